@@ -1,0 +1,38 @@
+# Two commands set everything up on a fresh machine:
+#   make train   – a short Fashion-MNIST training run that writes metrics and pictures to runs/quickstart
+#   make test    – the test suite
+# Both create .venv and install the package with its test extra first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN ?= runs/quickstart
+EPOCHS ?= 2
+
+.PHONY: install data train test test-fast clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Offline machines: Fashion-MNIST from Debian's package when we may install it (root), else torchvision downloads it.
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist) || true; fi
+
+train: install data
+	$(VENV)/bin/pyro-vae train --dataset fashion-mnist --epochs $(EPOCHS) --batch-size 128 --latent-dim 20 \
+		--hidden-dims 400 --elbo trace --device auto --out $(RUN) $(if $(wildcard $(RUN)/config.json),--resume,)
+	$(VENV)/bin/pyro-vae evaluate $(RUN) --nll-samples 100 --limit 1000
+
+test: install data
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,91 @@
+"""Run configuration: a plain dataclass that round-trips through JSON and rejects unknown keys."""
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class Config:
+    """Everything a training run needs; ``pyro-vae train`` flags map one-to-one onto these fields."""
+
+    # data
+    dataset: str = "fashion-mnist"
+    data_dir: Optional[str] = None
+    binarize: str = "dynamic"
+    validation: int = 0
+    limit: Optional[int] = None
+    test_limit: Optional[int] = None
+    exclude_class: Optional[int] = None
+    # model
+    model: str = "vae"
+    net: str = "mlp"
+    likelihood: str = "bernoulli"
+    sigma: float = 0.1
+    latent_dim: int = 20
+    hidden_dims: List[int] = field(default_factory=lambda: [400])
+    activation: str = "relu"
+    guide: str = "diagonal"
+    flows: int = 0
+    flow_hidden_dims: Optional[List[int]] = None
+    # inference
+    elbo: str = "trace"
+    particles: int = 1
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    lr_decay: float = 1.0
+    clip_norm: Optional[float] = None
+    seed: int = 0
+    device: str = "auto"
+    # output
+    out: str = "runs/latest"
+    eval_particles: int = 1
+    log_every: int = 50
+    pictures: bool = True
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Raise ValueError naming the field and how to fix it."""
+        positive = ["latent_dim", "epochs", "batch_size", "particles", "eval_particles", "log_every"]
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if any(not isinstance(h, int) or h <= 0 for h in self.hidden_dims):
+            raise ValueError(f"hidden_dims must be positive integers, got {self.hidden_dims!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if self.flows < 0:
+            raise ValueError(f"flows must be >= 0, got {self.flows}")
+        if self.optimizer not in ("adam", "clipped-adam"):
+            raise ValueError(f"optimizer must be 'adam' or 'clipped-adam', got {self.optimizer!r}")
+        if self.net not in ("mlp", "conv"):
+            raise ValueError(f"net must be 'mlp' or 'conv', got {self.net!r}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(names)}")
+        return cls(**d)
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as f:
+            return cls.from_dict(json.load(f))

@@ -1,0 +1,200 @@
+"""Image datasets held on the training device as one tensor each; batches are index slices.
+
+``load_images(name, root)`` reads MNIST or Fashion-MNIST through torchvision.
+When torchvision cannot download (no internet), Fashion-MNIST falls back to the
+gzipped IDX files of Debian's ``dataset-fashion-mnist`` package
+(``/usr/share/datasets/fashion-mnist``), copied into ``root/FashionMNIST/raw``.
+
+Binarization (``binarize``):
+
+* ``"none"``: grey levels in [0, 1];
+* ``"dynamic"``: training batches are resampled x ~ Bernoulli(grey level) every time
+  they are drawn; validation and test images are binarized once with a fixed seed;
+* ``"static"``: every image binarized once with a fixed seed.
+"""
+import gzip
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+BINARIZE = ("dynamic", "static", "none")
+DEBIAN_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+BINARIZE_SEED = 0
+
+
+def default_root():
+    """``$PYRO_VAE_DATA``, else ``~/.cache/pyro_vae``."""
+    return os.environ.get("PYRO_VAE_DATA", os.path.join(os.path.expanduser("~"), ".cache", "pyro_vae"))
+
+
+def _copy_local_files(name, root, source):
+    raw = os.path.join(root, DATASETS[name], "raw")
+    os.makedirs(raw, exist_ok=True)
+    for f in FILES:
+        target = os.path.join(raw, f)
+        if os.path.exists(target):
+            continue
+        for candidate, opener in ((os.path.join(source, f + ".gz"), gzip.open), (os.path.join(source, f), open)):
+            if os.path.exists(candidate):
+                with opener(candidate, "rb") as src, open(target + ".part", "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.replace(target + ".part", target)
+                break
+        else:
+            return False
+    return True
+
+
+def load_images(name, root=None, train=True):
+    """Return ``(images, labels)``: uint8 ``[N, 1, 28, 28]`` and int64 ``[N]`` for one split of ``name``."""
+    import torchvision
+
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    root = root or default_root()
+    cls = getattr(torchvision.datasets, DATASETS[name])
+    if root and not os.path.isdir(root) and os.path.exists(root):
+        raise ValueError(f"data directory {root!r} is not a directory")
+    try:
+        ds = cls(root, train=train, download=False)
+    except RuntimeError:
+        ds = None
+    if ds is None:
+        debian = DEBIAN_DIRS.get(name)
+        if debian and os.path.isdir(debian) and _copy_local_files(name, root, debian):
+            ds = cls(root, train=train, download=False)
+        else:
+            try:
+                ds = cls(root, train=train, download=True)
+            except Exception as e:  # no internet, blocked mirror, …
+                fixes = (f"put the four IDX files ({', '.join(FILES)}, gzipped or not) in a folder and pass "
+                         f"--data-dir FOLDER")
+                if name == "fashion-mnist":
+                    fixes = "install Debian's package (apt-get install dataset-fashion-mnist), or " + fixes
+                raise RuntimeError(
+                    f"could not load {name}: torchvision's download failed ({type(e).__name__}: {e}) and no local "
+                    f"copy was found under {root!r}. To fix: {fixes}."
+                ) from None
+    return ds.data.unsqueeze(1), ds.targets.long()
+
+
+def _resolve_root(name, data_dir):
+    """A ``--data-dir`` may be a torchvision root or a folder of raw IDX files; return a torchvision root."""
+    if data_dir is None:
+        return default_root()
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data directory {data_dir!r} does not exist; pass an existing folder to --data-dir")
+    if any(os.path.exists(os.path.join(data_dir, f + ext)) for f in FILES[:1] for ext in ("", ".gz")):
+        root = os.path.join(data_dir, "_torchvision")
+        if not _copy_local_files(name, root, data_dir):
+            raise FileNotFoundError(f"{data_dir!r} holds only some of the IDX files {FILES}")
+        return root
+    return data_dir
+
+
+def _binarize_once(x, seed=BINARIZE_SEED):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.bernoulli(x.cpu(), generator=g).to(x)
+
+
+@dataclass
+class ImageData:
+    """Train/validation/test images as float tensors in [0, 1] on one device.
+
+    ``train`` holds grey levels when ``binarize == "dynamic"`` (binarized per batch by
+    :meth:`batches`), binary values when ``"static"``; ``val``/``test`` are ready to use.
+    """
+
+    train: torch.Tensor
+    train_labels: torch.Tensor
+    test: torch.Tensor
+    test_labels: torch.Tensor
+    val: Optional[torch.Tensor] = None
+    val_labels: Optional[torch.Tensor] = None
+    binarize: str = "dynamic"
+
+    @property
+    def x_shape(self):
+        return tuple(self.train.shape[1:])
+
+    def to(self, device):
+        fields = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()}
+        return ImageData(**fields)
+
+    def batches(self, batch_size, shuffle=True, drop_last=False, generator=None):
+        """Yield ``(x, index)`` training batches: index slices of a permutation drawn on the data's device."""
+        n = len(self.train)
+        order = torch.randperm(n, device=self.train.device, generator=generator) if shuffle else None
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            idx = order[start : start + batch_size] if shuffle else slice(start, start + batch_size)
+            x = self.train[idx]
+            if self.binarize == "dynamic":
+                x = torch.bernoulli(x, generator=generator)
+            yield x, idx
+
+    def split(self, name):
+        """Evaluation images and labels of ``name`` in {"train", "val", "test"} (train binarized once if dynamic)."""
+        if name == "test":
+            return self.test, self.test_labels
+        if name == "val":
+            if self.val is None:
+                raise ValueError("this dataset has no validation split; build it with validation=N")
+            return self.val, self.val_labels
+        if name == "train":
+            x = _binarize_once(self.train) if self.binarize == "dynamic" else self.train
+            return x, self.train_labels
+        raise ValueError(f"unknown split {name!r}; choose train, val or test")
+
+
+def load_data(name="fashion-mnist", data_dir=None, binarize="dynamic", validation=0, limit=None, test_limit=None,
+              device="cpu", dtype=torch.float32, exclude_class=None):
+    """Load ``name`` as an :class:`ImageData` on ``device``.
+
+    :param int validation: hold out the last ``validation`` training images (e.g. 10000 for the 50k/10k/10k split).
+    :param int limit: keep only the first ``limit`` training images (smoke runs).
+    :param int test_limit: keep only the first ``test_limit`` test images.
+    :param int exclude_class: drop this label from the training (and validation) images, e.g. for anomaly detection.
+    """
+    if binarize not in BINARIZE:
+        raise ValueError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE)}")
+    root = _resolve_root(name, data_dir)
+    train, train_y = load_images(name, root, train=True)
+    test, test_y = load_images(name, root, train=False)
+    if validation < 0 or validation >= len(train):
+        raise ValueError(f"validation must be in [0, {len(train)}), got {validation}")
+    val = val_y = None
+    if validation:
+        train, val, train_y, val_y = train[:-validation], train[-validation:], train_y[:-validation], train_y[-validation:]
+    if exclude_class is not None:
+        keep = train_y != exclude_class
+        train, train_y = train[keep], train_y[keep]
+        if val is not None:
+            keep = val_y != exclude_class
+            val, val_y = val[keep], val_y[keep]
+    if limit:
+        train, train_y = train[:limit], train_y[:limit]
+    if test_limit:
+        test, test_y = test[:test_limit], test_y[:test_limit]
+
+    def prepare(x, once):
+        x = x.to(dtype) / 255.0
+        return _binarize_once(x) if once else x
+
+    static = binarize == "static"
+    evaluated = binarize != "none"
+    data = ImageData(
+        train=prepare(train, static),
+        train_labels=train_y,
+        test=prepare(test, evaluated),
+        test_labels=test_y,
+        val=None if val is None else prepare(val, evaluated),
+        val_labels=val_y,
+        binarize=binarize,
+    )
+    return data.to(device)

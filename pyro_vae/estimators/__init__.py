@@ -1,0 +1,53 @@
+"""ELBO estimators, swapped by name with :func:`make_elbo`.
+
+Every estimator is a :class:`pyro.infer.ELBO` with ``loss``, ``loss_and_grads``
+and ``differentiable_loss``, usable in :class:`pyro.infer.SVI`.  Particles are
+vectorized (one batched pass over ``num_particles`` samples).
+"""
+import inspect
+
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+ESTIMATORS = {}
+
+
+def register_elbo(name):
+    """Decorator adding an estimator class (or builder) ``f(num_particles, **options)`` to :data:`ESTIMATORS`."""
+
+    def decorator(builder):
+        ESTIMATORS[name] = builder
+        return builder
+
+    return decorator
+
+
+register_elbo("trace")(Trace_ELBO)
+register_elbo("meanfield")(TraceMeanField_ELBO)
+
+def _options_of(builder):
+    return sorted(set(inspect.signature(builder).parameters) - {"self", "num_particles", "args", "kwargs"})
+
+
+def make_elbo(name, num_particles=1, **options):
+    """Return the estimator ``name`` with ``num_particles`` vectorized particles.
+
+    :param str name: one of :data:`ESTIMATORS`: ``trace`` (Trace_ELBO), ``meanfield``
+        (TraceMeanField_ELBO, analytic KL where available), and those registered by the
+        other estimator modules.
+    :param int num_particles: samples per data point, drawn in one batched pass.
+    :param options: estimator options, e.g. ``max_plate_nesting``; an unknown option raises ValueError.
+    """
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; choose one of {', '.join(sorted(ESTIMATORS))}")
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+    builder = ESTIMATORS[name]
+    valid = _options_of(builder)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for estimator {name!r}; valid options: {valid}")
+    options.setdefault("vectorize_particles", True)
+    return builder(num_particles=num_particles, **options)
+
+
+__all__ = ["ESTIMATORS", "make_elbo", "register_elbo"]

@@ -1,0 +1,154 @@
+"""Runs built from a :class:`~pyro_vae.config.Config`: the plain Python calls behind ``pyro-vae train|evaluate|sample``.
+
+A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
+``samples.png``, ``reconstructions.png``, ``loss.png`` and, after evaluation,
+``eval.json``.
+"""
+import json
+import os
+
+import pyro
+import torch
+
+from .config import Config
+from .data import load_data
+from .guides import make_guide
+from .likelihoods import make_likelihood
+from .models import VAE
+from .nets import MLP, ConvDecoder, ConvEncoder
+from .pictures import save_run_pictures, save_samples
+from .training import CHECKPOINT, Trainer, resolve_device
+
+MODELS = {}
+
+
+def register_model(name):
+    """Decorator adding a builder ``f(config, x_shape, num_data) -> module with .model and .guide`` to :data:`MODELS`."""
+
+    def decorator(builder):
+        MODELS[name] = builder
+        return builder
+
+    return decorator
+
+
+def make_encoder(config, x_shape, out_dim=None):
+    """The encoder net x → context of size ``out_dim`` (default: the last hidden size)."""
+    out_dim = out_dim or config.hidden_dims[-1]
+    if config.net == "conv":
+        return ConvEncoder(out_dim, channels=x_shape[0], activation_name=config.activation)
+    return MLP(x_shape, config.hidden_dims[:-1], out_dim, config.activation, final_activation=True)
+
+
+def make_decoder(config, x_shape, in_dim):
+    """The decoder net z → decoder output of shape ``x_shape``."""
+    if config.net == "conv":
+        return ConvDecoder(in_dim, channels=x_shape[0], activation_name=config.activation)
+    return MLP(in_dim, list(reversed(config.hidden_dims)), x_shape, config.activation)
+
+
+def guide_options(config):
+    """Options passed to :func:`~pyro_vae.make_guide` beyond name, encoder and sizes."""
+    return {"hidden_dims": config.flow_hidden_dims} if config.flow_hidden_dims else {}
+
+
+@register_model("vae")
+def build_vae(config, x_shape, num_data=None):
+    """One Gaussian latent layer with the configured nets, guide and likelihood."""
+    encoder = make_encoder(config, x_shape)
+    guide = make_guide(config.guide, encoder, config.hidden_dims[-1], config.latent_dim, config.flows,
+                       **guide_options(config))
+    decoder = make_decoder(config, x_shape, config.latent_dim)
+    likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
+    return VAE(decoder, guide, likelihood, config.latent_dim, x_shape, num_data)
+
+
+def build_model(config, x_shape, num_data=None):
+    """Build the model named by ``config.model`` (one of :data:`MODELS`)."""
+    if config.model not in MODELS:
+        raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(sorted(MODELS))}")
+    return MODELS[config.model](config, x_shape, num_data)
+
+
+def _load_data(config, device):
+    return load_data(config.dataset, config.data_dir, config.binarize, config.validation, config.limit,
+                     config.test_limit, device=device, exclude_class=config.exclude_class)
+
+
+def train(config, resume=False, progress=True):
+    """Train the run described by ``config`` into ``config.out``; return ``(vae, data, history)``."""
+    out = config.out
+    config_path = os.path.join(out, "config.json")
+    if os.path.exists(config_path) and not resume:
+        raise FileExistsError(f"{out!r} already holds a run; pass --resume to continue it or choose another --out")
+    if resume:
+        if not os.path.exists(os.path.join(out, CHECKPOINT)):
+            raise FileNotFoundError(f"--resume: {out!r} has no {CHECKPOINT}; start a new run without --resume")
+        saved = Config.load(config_path)
+        if {k: v for k, v in saved.to_dict().items() if k != "epochs"} != \
+                {k: v for k, v in config.to_dict().items() if k != "epochs"}:
+            raise ValueError(f"--resume: the options differ from those saved in {config_path}; "
+                             "only --epochs may change when resuming")
+    device = resolve_device(config.device)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    data = _load_data(config, device)
+    vae = build_model(config, data.x_shape, num_data=len(data.train)).to(device)
+    os.makedirs(out, exist_ok=True)
+    config.save(config_path)
+    trainer = Trainer(vae.model, vae.guide, config.elbo, config.particles, config.lr, config.optimizer,
+                      config.lr_decay, config.clip_norm, out_dir=out, log_every=config.log_every,
+                      eval_particles=config.eval_particles, progress=progress, modules=[vae])
+    history = trainer.fit(data, config.epochs, config.batch_size, resume=resume)
+    if config.pictures:
+        vae.eval()
+        save_run_pictures(vae.model, vae.guide, data.test[:64], out)
+    return vae, data, history
+
+
+def load_run(run_dir, device="auto", data=True):
+    """Rebuild a run from its directory: ``(config, vae, data)`` with the checkpoint's parameters, in eval mode."""
+    config_path = os.path.join(run_dir, "config.json")
+    ckpt_path = os.path.join(run_dir, CHECKPOINT)
+    for path in (config_path, ckpt_path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{run_dir!r} is not a finished run: {os.path.basename(path)} is missing")
+    config = Config.load(config_path)
+    device = resolve_device(device)
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"checkpoint {ckpt_path!r} is unreadable ({type(e).__name__}); it may be corrupt") from None
+    pyro.clear_param_store()
+    dataset = _load_data(config, device) if data else None
+    x_shape = dataset.x_shape if dataset else (1, 28, 28)
+    num_data = len(dataset.train) if dataset else None
+    vae = build_model(config, x_shape, num_data=num_data).to(device)
+    trainer = Trainer(vae.model, vae.guide, config.elbo, config.particles, modules=[vae], progress=False)
+    probe = dataset.test[:2] if dataset else torch.zeros(2, *x_shape, device=device)
+    trainer.load_state_dict(state, probe)
+    vae.eval()
+    return config, vae, dataset
+
+
+def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="auto"):
+    """Evaluate a run on ``split``; write and return the ``eval.json`` figures."""
+    from .evaluation import evaluate
+
+    config, vae, data = load_run(run_dir, device)
+    x, _ = data.split(split)
+    if limit:
+        x = x[:limit]
+    result = {"split": split, **evaluate(vae.model, vae.guide, x, nll_samples=nll_samples)}
+    with open(os.path.join(run_dir, "eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def sample_run(run_dir, n=64, out=None, device="auto"):
+    """Write a fresh grid of ``n`` prior samples (default ``RUN_DIR/samples.png``); return its path."""
+    config, vae, data = load_run(run_dir, device)
+    path = out or os.path.join(run_dir, "samples.png")
+    probe = data.test[:1].expand(n, *data.x_shape)
+    save_samples(vae.model, probe, path, n=n)
+    return path

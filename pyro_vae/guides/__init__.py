@@ -1,0 +1,47 @@
+"""Guides q(z|x), swapped by name with :func:`make_guide`.
+
+Every guide is a module called as ``guide(x)`` that samples the latent site
+(default ``"z"``) inside the data plate (default ``"data"``) and registers its
+parameters with ``pyro.module``.
+"""
+from .diagonal import AmortizedGuide, DiagonalGuide
+
+GUIDES = {}
+
+
+def register_guide(name):
+    """Decorator adding a builder ``f(encoder, context_dim, latent_dim, num_flows, **options)`` to :data:`GUIDES`."""
+
+    def decorator(builder):
+        GUIDES[name] = builder
+        return builder
+
+    return decorator
+
+
+@register_guide("diagonal")
+def _diagonal(encoder, context_dim, latent_dim, num_flows=0, **options):
+    if num_flows:
+        raise ValueError("the diagonal guide has no flows; use --flows 0 or a flow guide such as 'iaf'")
+    return DiagonalGuide(encoder, context_dim, latent_dim, **options)
+
+
+def make_guide(name, encoder, context_dim, latent_dim, num_flows=0, **options):
+    """Return the amortized guide ``name`` over ``latent_dim`` latents, conditioned on ``encoder(x)``.
+
+    :param str name: one of :data:`GUIDES` (``diagonal``, …).
+    :param encoder: module mapping ``x`` to a context of shape ``[B, context_dim]``.
+    :param int num_flows: number of flow layers on top of the base Gaussian.
+    :param options: ``site``, ``plate`` and the guide's own options.
+    """
+    if name not in GUIDES:
+        raise ValueError(f"unknown guide {name!r}; choose one of {', '.join(sorted(GUIDES))}")
+    if num_flows < 0:
+        raise ValueError(f"num_flows must be >= 0, got {num_flows}")
+    try:
+        return GUIDES[name](encoder, context_dim, latent_dim, num_flows=num_flows, **options)
+    except TypeError as e:
+        raise ValueError(f"bad option for guide {name!r}: {e}") from None
+
+
+__all__ = ["AmortizedGuide", "DiagonalGuide", "GUIDES", "make_guide", "register_guide"]

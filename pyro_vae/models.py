@@ -1,0 +1,51 @@
+"""Generative models, each a container of a Pyro ``model(x)`` and its ``guide(x)``.
+
+Latent site names: ``"z"`` (the Gaussian latent, event shape ``[latent_dim]``)
+and ``"x"`` (the observed images, event shape ``x_shape``), both inside the
+``"data"`` plate at dim -1.
+"""
+import pyro
+import pyro.distributions as dist
+from torch import nn
+
+from .plates import data_plate
+
+
+class VAE(nn.Module):
+    """Variational autoencoder with a standard normal prior.
+
+    .. math:: p(x, z) = N(z; 0, I)\\,p(x | \\mathrm{decoder}(z)), \\qquad q(z|x) = \\mathrm{guide}(x)
+
+    :param decoder: module ``[..., latent_dim] -> [..., *x_shape]`` (logits or means).
+    :param guide: amortized guide module called as ``guide(x, num_data=...)`` (see :mod:`pyro_vae.guides`).
+    :param likelihood: module ``(out, x) -> distribution`` (see :mod:`pyro_vae.likelihoods`).
+    :param num_data: size of the full training set; the data plate scales each batch by
+        ``num_data / len(x)`` so the loss estimates the full-data ELBO. ``None``: no scaling.
+    """
+
+    def __init__(self, decoder, guide, likelihood, latent_dim, x_shape, num_data=None):
+        super().__init__()
+        if latent_dim <= 0:
+            raise ValueError(f"latent_dim must be positive, got {latent_dim}")
+        self.decoder = decoder
+        self.guide_module = guide
+        self.likelihood = likelihood
+        self.latent_dim = latent_dim
+        self.x_shape = tuple(x_shape)
+        self.num_data = num_data
+
+    def model(self, x):
+        """p(z) p(x|z) for a batch ``x`` of shape ``[B, *x_shape]``; priors follow x's device and dtype."""
+        pyro.module("decoder", self.decoder)
+        if any(p.requires_grad for p in self.likelihood.parameters()):
+            pyro.module("likelihood", self.likelihood)
+        with data_plate(x, self.num_data):
+            prior = dist.Normal(x.new_zeros(self.latent_dim), x.new_ones(self.latent_dim)).to_event(1)
+            z = pyro.sample("z", prior)
+            out = self.decoder(z)
+            pyro.sample("x", self.likelihood(out, x).to_event(len(self.x_shape)), obs=x)
+        return out
+
+    def guide(self, x):
+        """q(z|x), sampled inside the same data plate as the model."""
+        return self.guide_module(x, num_data=self.num_data)
