@@ -76,8 +76,9 @@ def load_images(name, root=None, train=True):
                          f"--data-dir FOLDER")
                 if name == "fashion-mnist":
                     fixes = "install Debian's package (apt-get install dataset-fashion-mnist), or " + fixes
+                reason = " ".join(str(e).split())[:300]
                 raise RuntimeError(
-                    f"could not load {name}: torchvision's download failed ({type(e).__name__}: {e}) and no local "
+                    f"could not load {name}: torchvision's download failed ({type(e).__name__}: {reason}) and no local "
                     f"copy was found under {root!r}. To fix: {fixes}."
                 ) from None
     return ds.data.unsqueeze(1), ds.targets.long()
