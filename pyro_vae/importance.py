@@ -74,35 +74,76 @@ def _site_terms(site, data_plate, particle_dim, num_particles):
     return lp.expand(num_particles, frame.size)
 
 
-def log_weights(model, guide, x, *args, num_particles=1, data_plate="data", max_plate_nesting=None, **kwargs):
-    """Draw ``num_particles`` vectorized particles from ``guide`` and return their :class:`LogWeights`.
+def trace_pair(model, guide, x, *args, num_particles=1, max_plate_nesting=None, replay=None, **kwargs):
+    """Trace ``guide`` inside a plate of ``num_particles`` vectorized particles and replay ``model`` against it.
 
-    ``guide(x, *args, **kwargs)`` is traced inside a plate over particles at dim
-    ``-(max_plate_nesting + 1)`` and ``model`` is replayed against it; z keeps its
-    reparameterized path, so the result is differentiable.
+    Returns ``(model_trace, guide_trace, particle_dim)``; the traces still hold their
+    subsample sites, so they can be replayed again.  With ``replay`` (a guide trace),
+    the guide's latent values are taken from it instead of being drawn, and its
+    distributions are re-evaluated at them (DReG and STL replay at detached z).
     """
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, x, *args, **kwargs)
     particle_dim = -(max_plate_nesting + 1)
+    traced_guide = guide if replay is None else poutine.replay(guide, trace=replay)
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim):
-        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+        guide_trace = poutine.trace(traced_guide).get_trace(x, *args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
+    return model_trace, guide_trace, particle_dim
+
+
+def split_log_weights(model_trace, guide_trace, particle_dim, num_particles, batch_size, data_plate="data"):
+    """Reduce a traced pair (from :func:`trace_pair`) to its :class:`LogWeights`, each ``[K, B]``."""
     guide_trace = prune_subsample_sites(guide_trace)
     model_trace = prune_subsample_sites(model_trace)
-    zero = x.new_zeros(num_particles, len(x))
-    obs, prior, q = zero, zero, zero
+    terms = {"obs": [], "prior": [], "guide": []}
     for site in model_trace.nodes.values():
-        if site["type"] != "sample":
-            continue
-        term = _site_terms(site, data_plate, particle_dim, num_particles)
-        if site["is_observed"]:
-            obs = obs + term
-        else:
-            prior = prior + term
+        if site["type"] == "sample":
+            key = "obs" if site["is_observed"] else "prior"
+            terms[key].append(_site_terms(site, data_plate, particle_dim, num_particles))
     for site in guide_trace.nodes.values():
         if site["type"] == "sample" and not site["is_observed"]:
-            q = q + _site_terms(site, data_plate, particle_dim, num_particles)
+            terms["guide"].append(_site_terms(site, data_plate, particle_dim, num_particles))
+    first = next((t for ts in terms.values() for t in ts), None)
+    if first is None:
+        raise ValueError(f"the model and guide have no sample sites inside the plate {data_plate!r}")
+    obs, prior, q = (sum(ts, first.new_zeros(num_particles, batch_size)) for ts in terms.values())
     return LogWeights(obs, prior, q, model_trace, guide_trace)
+
+
+def log_weights(model, guide, x, *args, num_particles=1, data_plate="data", max_plate_nesting=None, replay=None,
+                **kwargs):
+    """Draw ``num_particles`` vectorized particles from ``guide`` and return their :class:`LogWeights`.
+
+    ``guide(x, *args, **kwargs)`` is traced inside a plate over particles at dim
+    ``-(max_plate_nesting + 1)`` and ``model`` is replayed against it; z keeps its
+    reparameterized path, so the result is differentiable.  ``replay``: see :func:`trace_pair`.
+    """
+    model_trace, guide_trace, particle_dim = trace_pair(model, guide, x, *args, num_particles=num_particles,
+                                                        max_plate_nesting=max_plate_nesting, replay=replay, **kwargs)
+    return split_log_weights(model_trace, guide_trace, particle_dim, num_particles, len(x), data_plate)
+
+
+def data_plate_scale(trace, data_plate="data"):
+    """The subsampling factor ``full_size / size`` of the data plate in ``trace`` (1.0 when not subsampled)."""
+    for site in trace.nodes.values():
+        for f in site.get("cond_indep_stack", ()):
+            if f.name == data_plate:
+                return f.full_size / f.size if f.full_size else 1.0
+    raise ValueError(f"no site of the trace is inside the plate {data_plate!r}; put every sample site of model and "
+                     f"guide inside it (pass data_plate=NAME if your plate has another name)")
+
+
+def extra_scale(site, data_plate="data"):
+    """A site's scale divided by its data plate's subsampling factor: β from ``poutine.scale`` and other plates' factors.
+
+    Returns 1.0 for a site whose only scaling is the data plate's subsampling.
+    """
+    factor = 1.0
+    for f in site["cond_indep_stack"]:
+        if f.name == data_plate and f.full_size:
+            factor = f.full_size / f.size
+    return site["scale"] / factor
 
 
 @torch.no_grad()

@@ -3,10 +3,29 @@
 Every estimator is a :class:`pyro.infer.ELBO` with ``loss``, ``loss_and_grads``
 and ``differentiable_loss``, usable in :class:`pyro.infer.SVI`.  Particles are
 vectorized (one batched pass over ``num_particles`` samples).
+
+=========== ===================================================================
+``trace``     Pyro's Trace_ELBO
+``meanfield`` Pyro's TraceMeanField_ELBO (analytic KL where available)
+``iwae``      importance-weighted bound per data point (:mod:`.iwae`)
+``dreg``      IWAE bound, doubly-reparameterized guide gradient (:mod:`.dreg`)
+``stl``       ELBO, sticking-the-landing guide gradient (:mod:`.stl`)
+``renyi``     Rényi bound of order ``alpha`` per data point (:mod:`.renyi`)
+``enum``      Pyro's TraceEnum_ELBO, for enumerated discrete latents
+=========== ===================================================================
+
+The per-data-point estimators share one code path (:mod:`.base`): subsampling is
+applied outside the log-sum-exp, other per-site scales are refused.
 """
 import inspect
 
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+
+from .base import DetachedPathELBO, ImportanceWeightedELBO
+from .dreg import DReG_ELBO
+from .iwae import IWAE_ELBO
+from .renyi import Renyi_ELBO
+from .stl import STL_ELBO
 
 ESTIMATORS = {}
 
@@ -23,6 +42,12 @@ def register_elbo(name):
 
 register_elbo("trace")(Trace_ELBO)
 register_elbo("meanfield")(TraceMeanField_ELBO)
+register_elbo("enum")(TraceEnum_ELBO)
+register_elbo("iwae")(IWAE_ELBO)
+register_elbo("dreg")(DReG_ELBO)
+register_elbo("stl")(STL_ELBO)
+register_elbo("renyi")(Renyi_ELBO)
+
 
 def _options_of(builder):
     return sorted(set(inspect.signature(builder).parameters) - {"self", "num_particles", "args", "kwargs"})
@@ -32,8 +57,8 @@ def make_elbo(name, num_particles=1, **options):
     """Return the estimator ``name`` with ``num_particles`` vectorized particles.
 
     :param str name: one of :data:`ESTIMATORS`: ``trace`` (Trace_ELBO), ``meanfield``
-        (TraceMeanField_ELBO, analytic KL where available), and those registered by the
-        other estimator modules.
+        (TraceMeanField_ELBO, analytic KL where available), ``iwae``, ``dreg``, ``stl``,
+        ``renyi`` (option ``alpha``), ``enum`` (TraceEnum_ELBO) and any registered later.
     :param int num_particles: samples per data point, drawn in one batched pass.
     :param options: estimator options, e.g. ``max_plate_nesting``; an unknown option raises ValueError.
     """
@@ -50,4 +75,5 @@ def make_elbo(name, num_particles=1, **options):
     return builder(num_particles=num_particles, **options)
 
 
-__all__ = ["ESTIMATORS", "make_elbo", "register_elbo"]
+__all__ = ["DReG_ELBO", "DetachedPathELBO", "ESTIMATORS", "IWAE_ELBO", "ImportanceWeightedELBO", "Renyi_ELBO",
+           "STL_ELBO", "make_elbo", "register_elbo"]
