@@ -2,10 +2,31 @@
 
 Signs: ``elbo`` and ``recon`` are maximised (nats per image, ``elbo = recon − kl``),
 ``kl`` ≥ 0, ``nll = −log p(x)`` is positive and ``nll ≤ −elbo``.
-"""
-import torch
 
-from .importance import guess_max_plate_nesting, log_likelihood, log_weights
+Latent diagnostics read the guide's latent sites in the order the guide samples them:
+
+* posterior means E_q[z | x] (the site's ``fn.mean`` when the distribution has one,
+  else a Monte Carlo mean of its samples);
+* active units (Burda et al. 2016, "Importance Weighted Autoencoders"): dimension d of a
+  site is active when Var_x(E_q[z_d | x]) > 0.01;
+* the KL of each latent dimension, E_x KL(q(z_d|x) ‖ p(z_d)): analytic when the guide's and
+  prior's elementwise base distributions have a registered ``kl_divergence``, else Monte
+  Carlo E_q[log q(z_d|x) − log p(z_d)]; ``None`` for a site whose q does not factorize over
+  dimensions (e.g. a flow or a full-covariance Gaussian).
+"""
+import sys
+import warnings as _warnings
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions import Independent
+from pyro.poutine.util import prune_subsample_sites
+from torch.distributions import kl_divergence
+
+from .importance import PARTICLE_PLATE, guess_max_plate_nesting, log_likelihood, log_weights
+
+ACTIVE_THRESHOLD = 0.01
 
 
 @torch.no_grad()
@@ -30,19 +51,224 @@ def elbo_per_point(model, guide, x, *args, num_particles=1, batch_size=1000, **k
     return recon - kl
 
 
-def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, batch_size=1000, **kwargs):
-    """Return a dict of mean per-image figures over ``x``: ``elbo``, ``recon``, ``kl``, ``nll``, ``nll_samples``, ``images``.
+# ---------------------------------------------------------------------------------------------
+# latent sites, posterior means, active units, KL per dimension
+# ---------------------------------------------------------------------------------------------
+def _latent_sites(trace):
+    return [name for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]]
 
-    ``nll`` is omitted when ``nll_samples`` is 0.
+
+def latent_sites(guide, x, *args, **kwargs):
+    """Names of the guide's latent sample sites, in the order the guide samples them."""
+    with poutine.block():
+        trace = prune_subsample_sites(poutine.trace(guide).get_trace(x[:1], *args, **kwargs))
+    return _latent_sites(trace)
+
+
+def _event_to_particle_data(t, site, event_dim, particle_dim, data_plate="data"):
+    """Reshape a per-element tensor ``batch + event`` of ``site`` to ``[K, B, D]`` (event flattened to D).
+
+    Batch dims other than the particle plate and the data plate are summed out.
     """
-    recon, kl = elbo_terms(model, guide, x, *args, num_particles=elbo_particles, batch_size=batch_size, **kwargs)
+    frame = next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
+    if frame is None:
+        raise ValueError(f"latent site {site['name']!r} is not inside the plate {data_plate!r}")
+    batch = t.shape[: t.dim() - event_dim]
+    t = t.reshape(batch + (-1,))
+    ndim = -particle_dim
+    t = t.reshape((1,) * (ndim - len(batch)) + tuple(batch) + (t.shape[-1],))
+    keep = {particle_dim - 1, frame.dim - 1}
+    other = [d for d in range(particle_dim - 1, -1) if d not in keep]
+    if other:
+        t = t.sum(other, keepdim=True)
+    return t.reshape(t.shape[particle_dim - 1], t.shape[frame.dim - 1], t.shape[-1])
+
+
+def _site_mean(fn):
+    try:
+        mean = fn.mean
+    except (NotImplementedError, AttributeError):
+        return None
+    return mean if torch.is_tensor(mean) and torch.isfinite(mean).all() else None
+
+
+@torch.no_grad()
+def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_nesting=None, **kwargs):
+    """E_q[z | x_i] of every latent site of ``guide``: a dict ``{site: tensor [N, *event_shape]}`` in guide order.
+
+    A site whose distribution has a ``mean`` contributes ``fn.mean``, averaged over
+    ``mc_samples`` draws of the sites sampled before it (E[z₂] = E_{z₁}[E[z₂ | z₁]]); a
+    single site with a mean needs one draw.  A site without ``mean`` (e.g. a flow)
+    contributes the average of ``mc_samples`` of its own samples.
+    """
+    if mc_samples < 1:
+        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+    if max_plate_nesting is None:
+        max_plate_nesting = _guide_plate_nesting(guide, x[:batch_size], *args, **kwargs)
+    particle_dim = -(max_plate_nesting + 1)
+    sums = {}
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size]
+        k = 1
+        for attempt in range(2):
+            with poutine.block(), pyro.plate(PARTICLE_PLATE, k, dim=particle_dim):
+                trace = prune_subsample_sites(poutine.trace(guide).get_trace(xb, *args, **kwargs))
+            sites = _latent_sites(trace)
+            means = {n: _site_mean(trace.nodes[n]["fn"]) for n in sites}
+            if k > 1 or (len(sites) == 1 and means[sites[0]] is not None):
+                break
+            k = mc_samples
+        for name in sites:
+            site = trace.nodes[name]
+            value = site["value"]
+            m = means[name]
+            m = value if m is None else m.expand(value.shape)
+            event_dim = site["fn"].event_dim
+            m = _event_to_particle_data(m, site, event_dim, particle_dim)  # [K, B, D] (D: flattened event)
+            m = m.mean(0).reshape((len(xb),) + tuple(value.shape[value.dim() - event_dim:]))
+            sums.setdefault(name, []).append(m)
+    return {name: torch.cat(parts) for name, parts in sums.items()}
+
+
+def _guide_plate_nesting(guide, x, *args, **kwargs):
+    with poutine.block():
+        trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+    dims = [-f.dim for site in trace.nodes.values() if site["type"] == "sample"
+            for f in site["cond_indep_stack"] if f.vectorized]
+    return max(dims, default=0)
+
+
+def active_units(means, threshold=ACTIVE_THRESHOLD):
+    """Per-site ``(count, variances)``: Var over data of E_q[z_d | x] per dimension, and how many exceed ``threshold``.
+
+    .. math:: A_s = \\#\\{d : \\mathrm{Var}_x(\\mathbb{E}_{q(z|x)}[z_{s,d}]) > 0.01\\}
+
+    :param dict means: ``{site: [N, ...]}`` from :func:`posterior_means` (N ≥ 2).
+    :returns: dict ``{site: (int, tensor [D])}``.
+    """
+    out = {}
+    for name, m in means.items():
+        if len(m) < 2:
+            raise ValueError(f"active units need at least 2 images to take a variance over the data, got {len(m)}")
+        var = m.reshape(len(m), -1).double().var(0)
+        out[name] = (int((var > threshold).sum()), var)
+    return out
+
+
+def _elementwise(fn, value):
+    """Per-element log-density of ``value`` and the elementwise base distribution, or ``(None, None)``."""
+    base, n = fn, 0
+    while isinstance(base, Independent):
+        n += base.reinterpreted_batch_ndims
+        base = base.base_dist
+    if base.event_shape != ():
+        return None, None
+    lp = base.log_prob(value)
+    if lp.shape != value.shape:
+        return None, None
+    return lp, base
+
+
+def _kl_per_dim_of_site(name, guide_trace, model_trace):
+    """Per-element KL of one latent site, shape ``batch + event`` (analytic when possible, else one MC draw)."""
+    q_site, p_site = guide_trace.nodes[name], model_trace.nodes.get(name)
+    if p_site is None:
+        raise ValueError(f"the guide samples {name!r} but the model has no site of that name; "
+                         f"model and guide must share site names")
+    value = q_site["value"]
+    lq, q_base = _elementwise(q_site["fn"], value)
+    lp, p_base = _elementwise(p_site["fn"], value)
+    if lq is None or lp is None:
+        return None
+    try:
+        return kl_divergence(q_base, p_base).expand(value.shape)
+    except (NotImplementedError, RuntimeError):
+        pass
+    return lq - lp
+
+
+@torch.no_grad()
+def _latent_pass(model, guide, x, *args, num_particles=1, batch_size=1000, **kwargs):
+    """One pass over ``x``: per-image recon and KL ``[N]``, and per-site per-dimension KL ``[N, D]`` (or None)."""
+    mpn = guess_max_plate_nesting(model, guide, x[:batch_size], *args, **kwargs)
+    particle_dim = -(mpn + 1)
+    recon, kl, per_dim = [], [], {}
+    for start in range(0, len(x), batch_size):
+        w = log_weights(model, guide, x[start : start + batch_size], *args, num_particles=num_particles,
+                        max_plate_nesting=mpn, **kwargs)
+        recon.append(w.obs.mean(0))
+        kl.append((w.guide - w.prior).mean(0))
+        for name in _latent_sites(w.guide_trace):
+            site = w.guide_trace.nodes[name]
+            t = _kl_per_dim_of_site(name, w.guide_trace, w.model_trace)
+            if t is not None:
+                t = _event_to_particle_data(t, site, site["fn"].event_dim, particle_dim)
+                t = t.expand(num_particles, -1, -1).mean(0)
+            per_dim.setdefault(name, []).append(t)
+    per_dim = {n: (None if any(t is None for t in ts) else torch.cat(ts)) for n, ts in per_dim.items()}
+    return torch.cat(recon), torch.cat(kl), per_dim
+
+
+def collapse_warnings(active, dims, kl):
+    """Warnings (strings) when the posterior has collapsed: no active unit in a site, or under 10 % overall, or KL ≈ 0."""
+    out = []
+    for name, count in active.items():
+        if count == 0:
+            out.append(f"posterior collapse: latent site {name!r} has no active unit out of {dims[name]} "
+                       f"(Var_x E_q[z] <= {ACTIVE_THRESHOLD} in every dimension); the decoder ignores it")
+    total, total_dims = sum(active.values()), sum(dims.values())
+    if total and total < 0.1 * total_dims:
+        out.append(f"posterior collapse: only {total} of {total_dims} latent dimensions are active")
+    if kl < 0.1:
+        out.append(f"posterior collapse: mean KL(q‖p) is {kl:.3g} nats per image; the latents carry no information")
+    return out
+
+
+def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_samples=64, batch_size=1000,
+             verbose=True, **kwargs):
+    """Evaluate a model/guide pair on images ``x`` by tracing the pair; return a JSON-ready dict.
+
+    Keys (means per image, nats):
+
+    ``elbo`` = ``recon`` − ``kl``; ``recon`` = E_q[log p(x|z)]; ``kl`` = E_q[log q(z|x) − log p(z)] ≥ 0 (MC,
+    ``elbo_particles`` draws); ``nll`` = −log p(x) by importance sampling with ``nll_samples`` draws
+    (omitted when 0; see :func:`~pyro_vae.log_likelihood`); ``active_units`` (int for one latent site,
+    else a list per site in guide order); ``latent_dims`` (the same shape: dimensions per site);
+    ``kl_per_dim`` (list of floats, or a list of lists per site; ``None`` where q does not factorize);
+    ``latent_sites``; ``nll_samples``; ``images``; ``warnings`` (collapse diagnostics, also
+    printed to stderr when ``verbose``, else issued as :class:`UserWarning`).
+    """
+    if len(x) < 2:
+        raise ValueError(f"evaluate needs at least 2 images (active units take a variance over the data), got {len(x)}")
+    if nll_samples < 0 or elbo_particles < 1:
+        raise ValueError(f"nll_samples must be >= 0 and elbo_particles >= 1, got {nll_samples} and {elbo_particles}")
+    recon, kl, per_dim = _latent_pass(model, guide, x, *args, num_particles=elbo_particles, batch_size=batch_size,
+                                      **kwargs)
+    means = posterior_means(guide, x, *args, mc_samples=mean_samples, batch_size=batch_size, **kwargs)
+    active = active_units(means)
+    sites = list(means)
+    counts = {n: active[n][0] for n in sites}
+    dims = {n: active[n][1].numel() for n in sites}
+    kl_dims = {n: (None if per_dim.get(n) is None else per_dim[n].mean(0).tolist()) for n in sites}
+    one = len(sites) == 1
     result = {
         "elbo": (recon - kl).mean().item(),
         "recon": recon.mean().item(),
         "kl": kl.mean().item(),
+        "active_units": counts[sites[0]] if one else [counts[n] for n in sites],
+        "latent_dims": dims[sites[0]] if one else [dims[n] for n in sites],
+        "kl_per_dim": kl_dims[sites[0]] if one else [kl_dims[n] for n in sites],
+        "latent_sites": sites,
         "images": len(x),
         "nll_samples": nll_samples,
     }
     if nll_samples:
         result["nll"] = -log_likelihood(model, guide, x, *args, num_samples=nll_samples, **kwargs).mean().item()
+    result["warnings"] = collapse_warnings(counts, dims, result["kl"])
+    for w in result["warnings"]:
+        if verbose:
+            print(f"warning: {w}", file=sys.stderr)
+        else:
+            _warnings.warn(w, UserWarning, stacklevel=2)
     return result

@@ -2,6 +2,12 @@
 
 Image sites are read from the model's observed site (default ``"x"``): its
 distribution's ``mean`` is the picture (Bernoulli probabilities, Gaussian means).
+Decoding a chosen latent z → image conditions the model on it
+(``poutine.condition(model, data={"z": z})``) and reads that mean, so nothing
+about the decoder is assumed.
+
+Grids are written with :func:`torchvision.utils.save_image` (2-pixel padding): a grid of
+``r`` rows and ``c`` columns of 28×28 images is ``(30 r + 2) × (30 c + 2)`` pixels.
 """
 import json
 import os
@@ -9,6 +15,8 @@ import os
 import torch
 from pyro import poutine
 from torchvision.utils import save_image
+
+from .evaluation import posterior_means
 
 
 def _obs_mean(trace, obs_site):
@@ -32,6 +40,106 @@ def reconstructions(model, guide, x, obs_site="x"):
         guide_trace = poutine.trace(guide).get_trace(x)
         trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
     return _obs_mean(trace, obs_site)
+
+
+@torch.no_grad()
+def decode(model, latents, x, obs_site="x"):
+    """Mean of p(x | z) for chosen latents: the model conditioned on ``latents`` = ``{site: [n, ...]}``.
+
+    ``x`` (n rows) only sets the batch, shape, device and dtype the model is called with.
+    Latent sites not in ``latents`` are drawn from the model.
+    """
+    n = len(x)
+    for name, z in latents.items():
+        if len(z) != n:
+            raise ValueError(f"latent {name!r} has {len(z)} rows but x has {n}; pass one latent per image")
+    with poutine.block():
+        trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(x)
+    return _obs_mean(trace, obs_site)
+
+
+def _probe(x, n):
+    """``n`` rows shaped like ``x`` (the model's batch for decoding)."""
+    return x[:1].expand(n, *x.shape[1:])
+
+
+@torch.no_grad()
+def interpolations(model, guide, x_from, x_to, steps=10, obs_site="x"):
+    """Decoded straight lines between posterior means: ``[pairs, steps, *x_shape]``.
+
+    .. math:: z(t) = (1 − t)\,E_q[z | x_a] + t\,E_q[z | x_b], \quad t ∈ \{0, 1/(s−1), …, 1\}
+
+    Every latent site of the guide is interpolated (one path per pair of images).
+    """
+    if len(x_from) != len(x_to) or steps < 2:
+        raise ValueError(f"need as many start as end images and steps >= 2, got {len(x_from)}, {len(x_to)}, {steps}")
+    a, b = posterior_means(guide, x_from), posterior_means(guide, x_to)
+    t = torch.linspace(0, 1, steps, dtype=x_from.dtype, device=x_from.device)
+    latents = {}
+    for name in a:
+        shape = (1, steps) + (1,) * (a[name].dim() - 1)
+        za, zb = a[name].unsqueeze(1), b[name].unsqueeze(1)
+        latents[name] = (za + t.reshape(shape) * (zb - za)).reshape(-1, *a[name].shape[1:])
+    images = decode(model, latents, _probe(x_from, len(x_from) * steps), obs_site)
+    return images.reshape(len(x_from), steps, *x_from.shape[1:])
+
+
+@torch.no_grad()
+def traversals(model, guide, x, site=None, values=None, max_dims=32, obs_site="x"):
+    """Decoded traversals of each latent dimension around the posterior mean of one image ``x[:1]``.
+
+    Row d sets dimension d of ``site`` (default: the guide's first latent site) to each of
+    ``values`` (default: −3 … 3 in 9 steps, i.e. ±3 prior standard deviations) and keeps the
+    other dimensions, and the other sites, at E_q[z | x].  Returns ``[dims, len(values), *x_shape]``.
+    """
+    means = posterior_means(guide, x[:1])
+    site = site or next(iter(means))
+    if site not in means:
+        raise ValueError(f"the guide has no latent site {site!r}; its sites are {list(means)}")
+    if values is None:
+        values = torch.linspace(-3, 3, 9)
+    values = torch.as_tensor(values, dtype=x.dtype, device=x.device)
+    z0 = means[site].reshape(-1)
+    dims = min(z0.numel(), max_dims)
+    grid = z0.repeat(dims, len(values), 1)  # [dims, V, D]
+    idx = torch.arange(dims, device=x.device)
+    grid[idx, :, idx] = values
+    n = dims * len(values)
+    latents = {name: m.expand(n, *m.shape[1:]) for name, m in means.items()}
+    latents[site] = grid.reshape(n, *means[site].shape[1:])
+    images = decode(model, latents, _probe(x, n), obs_site)
+    return images.reshape(dims, len(values), *x.shape[1:])
+
+
+def project_2d(z):
+    """Points ``[N, D]`` → ``[N, 2]``: unchanged when D ≤ 2 (padded with zeros if D = 1), else the first two PCA scores."""
+    z = z.reshape(len(z), -1).double()
+    if z.shape[1] <= 2:
+        return torch.cat([z, z.new_zeros(len(z), 2 - z.shape[1])], 1)
+    centred = z - z.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ v[:2].T
+
+
+def save_latent_scatter(means, labels, path, title=None):
+    """Scatter of posterior means ``[N, D]`` (PCA to 2-D when D > 2) coloured by integer ``labels``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xy = project_2d(means).cpu().numpy()
+    labels = labels.cpu().numpy() if torch.is_tensor(labels) else labels
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=4, alpha=0.7)
+    pca = means.reshape(len(means), -1).shape[1] > 2
+    ax.set_xlabel("PC 1" if pca else "z₁")
+    ax.set_ylabel("PC 2" if pca else "z₂")
+    ax.set_title(title or ("posterior means, PCA" if pca else "posterior means"))
+    fig.colorbar(points, ax=ax, label="label")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def save_samples(model, x, path, n=64, nrow=8):
@@ -71,10 +179,41 @@ def save_loss_curve(metrics_path, path):
     plt.close(fig)
 
 
-def save_run_pictures(model, guide, x, out_dir):
-    """The standard pictures of a run directory: samples.png, reconstructions.png, loss.png."""
-    save_samples(model, x, os.path.join(out_dir, "samples.png"))
-    save_reconstructions(model, guide, x, os.path.join(out_dir, "reconstructions.png"))
+def save_interpolations(model, guide, x, path, pairs=8, steps=10):
+    """Write ``pairs`` rows, each decoding ``steps`` points on the line from E_q[z|x_i] to E_q[z|x_{i+pairs}]."""
+    if len(x) < 2:
+        raise ValueError(f"interpolations need at least 2 images, got {len(x)}")
+    pairs = min(pairs, len(x) // 2)
+    images = interpolations(model, guide, x[:pairs], x[pairs : 2 * pairs], steps)
+    save_image(images.reshape(-1, *x.shape[1:]), path, nrow=steps)
+
+
+def save_traversals(model, guide, x, path, site=None, steps=9, max_dims=32):
+    """Write one row per latent dimension of ``site``, traversing it over −3 … 3 around E_q[z | x[0]]."""
+    images = traversals(model, guide, x[:1], site, torch.linspace(-3, 3, steps), max_dims)
+    save_image(images.reshape(-1, *x.shape[1:]), path, nrow=steps)
+
+
+def save_run_pictures(model, guide, x, out_dir, labels=None):
+    """The pictures of a run directory, from images ``x`` (and their ``labels``, for the scatter).
+
+    samples.png, reconstructions.png, interpolations.png, traversals.png, loss.png (when
+    ``metrics.jsonl`` exists) and latent_scatter.png (when ``labels`` are given).  Returns the paths.
+    """
+    paths = {name: os.path.join(out_dir, name + ".png")
+             for name in ("samples", "reconstructions", "interpolations", "traversals")}
+    save_samples(model, x, paths["samples"])
+    save_reconstructions(model, guide, x, paths["reconstructions"])
+    save_interpolations(model, guide, x, paths["interpolations"])
+    save_traversals(model, guide, x, paths["traversals"])
     metrics = os.path.join(out_dir, "metrics.jsonl")
     if os.path.exists(metrics):
-        save_loss_curve(metrics, os.path.join(out_dir, "loss.png"))
+        paths["loss"] = os.path.join(out_dir, "loss.png")
+        save_loss_curve(metrics, paths["loss"])
+    if labels is not None:
+        means = posterior_means(guide, x)
+        first = next(iter(means))
+        paths["latent_scatter"] = os.path.join(out_dir, "latent_scatter.png")
+        save_latent_scatter(means[first], labels[: len(x)], paths["latent_scatter"],
+                            title=f"posterior means of {first!r} ({len(x)} images)")
+    return paths
