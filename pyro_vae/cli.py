@@ -1,4 +1,5 @@
-"""The ``pyro-vae`` command line: ``train``, ``evaluate RUN_DIR`` and ``sample RUN_DIR``.
+"""The ``pyro-vae`` command line: ``train``, ``evaluate RUN_DIR``, ``sample RUN_DIR``, ``anomaly RUN_DIR``,
+``denoise RUN_DIR`` and ``embed RUN_DIR``.
 
 Every flag of ``train`` is a field of :class:`~pyro_vae.config.Config` (kebab-case);
 the commands only build a config and call :mod:`pyro_vae.experiment`.
@@ -27,6 +28,7 @@ HELP = {
     "guide": "guide name (diagonal, …)",
     "flows": "number of flow layers in the guide",
     "flow_hidden_dims": "comma-separated hidden sizes of the flows' networks",
+    "latent_dims": "comma-separated latent sizes of the hierarchical model, z1 (next to x) first, e.g. 64,32",
     "elbo": "estimator name (trace, meanfield, …)",
     "particles": "samples per data point for the estimator (vectorized)",
     "lr_decay": "multiply the learning rate by this every epoch",
@@ -81,11 +83,35 @@ def build_parser():
     ev.add_argument("--split", choices=["test", "val", "train"], default="test")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--pictures", action=argparse.BooleanOptionalAction, default=True,
+                    help="write the run's pictures (samples, reconstructions, interpolations, traversals, scatter)")
     sa = sub.add_parser("sample", help="write a fresh grid of prior samples")
     sa.add_argument("run_dir")
     sa.add_argument("--n", type=int, default=64)
     sa.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png)")
     sa.add_argument("--device", default="auto")
+    an = sub.add_parser("anomaly", help="ROC AUC of per-image NLL (or −ELBO) for one class against the others")
+    an.add_argument("run_dir")
+    an.add_argument("--class", dest="anomaly_class", type=int, default=None,
+                    help="the anomalous test class (default: the run's --exclude-class)")
+    an.add_argument("--score", choices=["nll", "elbo"], default="nll", help="nll: −log p(x); elbo: −ELBO")
+    an.add_argument("--samples", type=int, default=1000, help="importance samples (nll) or particles (elbo)")
+    an.add_argument("--limit", type=int, default=None, help="score the first N test images only")
+    an.add_argument("--device", default="auto")
+    de = sub.add_parser("denoise", help="reconstruct corrupted test images; MSE of input and output vs the clean image")
+    de.add_argument("run_dir")
+    de.add_argument("--corruption", choices=["gaussian", "flip", "mask"], default="mask",
+                    help="gaussian: add σ·N(0,1); flip: invert pixels; mask: zero pixels (with probability --level)")
+    de.add_argument("--level", type=float, default=0.5, help="σ (gaussian) or the probability per pixel")
+    de.add_argument("--limit", type=int, default=1000, help="the first N test images")
+    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--device", default="auto")
+    em = sub.add_parser("embed", help="export posterior means and labels as .npy (dimensionality reduction)")
+    em.add_argument("run_dir")
+    em.add_argument("--split", choices=["test", "val", "train"], default="test")
+    em.add_argument("--limit", type=int, default=None)
+    em.add_argument("--out", default=None, help="folder for the .npy files (default RUN_DIR)")
+    em.add_argument("--device", default="auto")
     return parser
 
 
@@ -101,14 +127,30 @@ def run(argv=None):
             print(json.dumps(history[-1]))
         print(f"run directory: {config.out}")
     elif args.command == "evaluate":
-        result = experiment.evaluate_run(args.run_dir, args.nll_samples, args.limit, args.split, args.device)
-        if args.json:
-            print(json.dumps(result))
-        else:
-            for k, v in result.items():
-                print(f"{k:>14}: {v:.3f}" if isinstance(v, float) else f"{k:>14}: {v}")
+        result = experiment.evaluate_run(args.run_dir, args.nll_samples, args.limit, args.split, args.device,
+                                         pictures=args.pictures)
+        _print_result(result, args.json)
     elif args.command == "sample":
         print(experiment.sample_run(args.run_dir, args.n, args.out, args.device))
+    elif args.command == "anomaly":
+        _print_result(experiment.anomaly_run(args.run_dir, args.anomaly_class, args.score, args.samples, args.limit,
+                                             args.device), True)
+    elif args.command == "denoise":
+        _print_result(experiment.denoise_run(args.run_dir, args.corruption, args.level, args.limit, args.seed,
+                                             args.device), True)
+    elif args.command == "embed":
+        for path in experiment.embed_run(args.run_dir, args.split, args.limit, args.out, args.device):
+            print(path)
+
+
+def _print_result(result, as_json):
+    if as_json:
+        print(json.dumps(result))
+        return
+    for k, v in result.items():
+        if isinstance(v, list) and v and isinstance(v[0], float):
+            v = "[" + ", ".join(f"{e:.3f}" for e in v) + "]"
+        print(f"{k:>14}: {v:.3f}" if isinstance(v, float) else f"{k:>14}: {v}")
 
 
 def main(argv=None):

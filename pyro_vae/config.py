@@ -24,6 +24,7 @@ class Config:
     likelihood: str = "bernoulli"
     sigma: float = 0.1
     latent_dim: int = 20
+    latent_dims: Optional[List[int]] = None
     hidden_dims: List[int] = field(default_factory=lambda: [400])
     activation: str = "relu"
     guide: str = "diagonal"
@@ -63,6 +64,10 @@ class Config:
             raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if self.latent_dims is not None and (not self.latent_dims or any(
+                isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in self.latent_dims)):
+            raise ValueError(f"latent_dims must be positive integers such as 64,32 (z1 next to x first), "
+                             f"got {self.latent_dims!r}")
         if self.flows < 0:
             raise ValueError(f"flows must be >= 0, got {self.flows}")
         if self.optimizer not in ("adam", "clipped-adam"):

@@ -1,8 +1,9 @@
 """Runs built from a :class:`~pyro_vae.config.Config`: the plain Python calls behind ``pyro-vae train|evaluate|sample``.
 
 A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
-``samples.png``, ``reconstructions.png``, ``loss.png`` and, after evaluation,
-``eval.json``.
+``samples.png``, ``reconstructions.png``, ``interpolations.png``, ``traversals.png``, ``loss.png`` and, after
+evaluation, ``eval.json`` and ``latent_scatter.png`` (``anomaly.json``, ``denoise.json``/``denoise.png`` and
+``embeddings_SPLIT.npy`` after the corresponding commands).
 """
 import json
 import os
@@ -13,10 +14,11 @@ import torch
 from .config import Config
 from .data import load_data
 from .guides import make_guide
+from .hierarchical import build_hierarchical
 from .likelihoods import make_likelihood
 from .models import VAE
 from .nets import MLP, ConvDecoder, ConvEncoder
-from .pictures import save_run_pictures, save_samples
+from .pictures import save_latent_scatter, save_run_pictures, save_samples
 from .training import CHECKPOINT, Trainer, resolve_device
 
 MODELS = {}
@@ -61,6 +63,9 @@ def build_vae(config, x_shape, num_data=None):
     decoder = make_decoder(config, x_shape, config.latent_dim)
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
     return VAE(decoder, guide, likelihood, config.latent_dim, x_shape, num_data)
+
+
+register_model("hierarchical")(build_hierarchical)
 
 
 def build_model(config, x_shape, num_data=None):
@@ -131,18 +136,98 @@ def load_run(run_dir, device="auto", data=True):
     return config, vae, dataset
 
 
-def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="auto"):
-    """Evaluate a run on ``split``; write and return the ``eval.json`` figures."""
+def _eval_split(data, split, limit):
+    x, labels = data.split(split)
+    if limit is not None:
+        if limit < 2:
+            raise ValueError(f"--limit must be at least 2 images, got {limit}")
+        x, labels = x[:limit], labels[:limit]
+    return x, labels
+
+
+def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="auto", pictures=True):
+    """Evaluate a run on ``split``; write and return the ``eval.json`` figures (see :func:`~pyro_vae.evaluate`).
+
+    With ``pictures``, also (re)writes the run's PNGs from the evaluated images, including
+    interpolations, traversals and the scatter of posterior means coloured by label.
+    """
+    from .applications import embeddings
     from .evaluation import evaluate
 
     config, vae, data = load_run(run_dir, device)
-    x, _ = data.split(split)
-    if limit:
-        x = x[:limit]
+    x, labels = _eval_split(data, split, limit)
     result = {"split": split, **evaluate(vae.model, vae.guide, x, nll_samples=nll_samples)}
+    if pictures:
+        paths = save_run_pictures(vae.model, vae.guide, x[:64], run_dir)
+        save_latent_scatter(embeddings(vae.guide, x[:5000]), labels[:5000], os.path.join(run_dir, "latent_scatter.png"),
+                            title=f"posterior means, {split} ({min(len(x), 5000)} images)")
+        result["pictures"] = sorted(os.path.basename(p) for p in list(paths.values()) + ["latent_scatter.png"])
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
+
+
+def anomaly_run(run_dir, anomaly_class=None, score="nll", num_samples=1000, limit=None, device="auto"):
+    """ROC AUC of per-image anomaly scores: test images of ``anomaly_class`` (default: the run's
+    ``exclude_class``) are the positives, the other test images the negatives.  Writes ``anomaly.json``.
+    """
+    from .applications import anomaly_scores, roc_auc
+
+    config, vae, data = load_run(run_dir, device)
+    cls = config.exclude_class if anomaly_class is None else anomaly_class
+    if cls is None:
+        raise ValueError("which class is anomalous? pass --class K, or train with --exclude-class K")
+    x, labels = _eval_split(data, "test", limit)
+    positive = labels == cls
+    scores = anomaly_scores(vae.model, vae.guide, x, score=score, num_samples=num_samples)
+    result = {
+        "anomaly_class": int(cls),
+        "score": score,
+        "num_samples": num_samples,
+        "auc": roc_auc(scores, positive),
+        "anomalous": int(positive.sum()),
+        "normal": int((~positive).sum()),
+        "mean_score_anomalous": scores[positive].mean().item(),
+        "mean_score_normal": scores[~positive].mean().item(),
+        "auc_per_normal_class": {int(c): roc_auc(scores[positive | (labels == c)], positive[positive | (labels == c)])
+                                 for c in labels.unique().tolist() if c != cls},
+    }
+    with open(os.path.join(run_dir, "anomaly.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def denoise_run(run_dir, kind="mask", level=0.5, limit=1000, seed=0, device="auto"):
+    """Corrupt test images, reconstruct them through the run's VAE; write ``denoise.json`` and ``denoise.png``.
+
+    ``denoise.png`` has rows of 8 clean images, their corrupted versions and the reconstructions.
+    """
+    from torchvision.utils import save_image
+
+    from .applications import denoise
+
+    config, vae, data = load_run(run_dir, device)
+    x, _ = _eval_split(data, "test", limit)
+    out = denoise(vae.model, vae.guide, x, kind, level, seed)
+    rows = []
+    for start in range(0, min(len(x), 32), 8):
+        rows += [x[start : start + 8], out["noisy"][start : start + 8], out["denoised"][start : start + 8]]
+    save_image(torch.cat(rows), os.path.join(run_dir, "denoise.png"), nrow=8)
+    result = {"corruption": kind, "level": level, "images": len(x),
+              **{k: v for k, v in out.items() if not torch.is_tensor(v)}}
+    with open(os.path.join(run_dir, "denoise.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def embed_run(run_dir, split="test", limit=None, out=None, device="auto"):
+    """Write posterior means ``[N, D]`` and labels of ``split`` as ``embeddings_SPLIT.npy`` and
+    ``embeddings_SPLIT_labels.npy`` in ``out`` (default: the run directory); return the two paths."""
+    from .applications import save_embeddings
+
+    config, vae, data = load_run(run_dir, device)
+    x, labels = _eval_split(data, split, limit)
+    return save_embeddings(vae.guide, x, labels, out or run_dir, prefix=f"embeddings_{split}")
 
 
 def sample_run(run_dir, n=64, out=None, device="auto"):
