@@ -1,4 +1,4 @@
-"""SVI training loop over device-resident data, with metrics, atomic checkpoints and exact resume.
+"""SVI training loop over device-resident data: NaN guard, atomic checkpoints, exact resume, safe interrupts.
 
 The trainer takes any ``model``/``guide`` callables whose first argument is the
 batch ``x``; the built-in VAE's ``vae.model`` and ``vae.guide`` are one such pair.
@@ -6,15 +6,44 @@ batch ``x``; the built-in VAE's ``vae.model`` and ``vae.guide`` are one such pai
 Run directory (``out_dir``):
 
 =================== ======================================================================
-``metrics.jsonl``   one JSON object per epoch: ``epoch``, ``train_loss`` (mean −ELBO per
-                    training image, nats), ``test_elbo`` (mean ELBO per test image),
-                    ``seconds``, ``lr``, ``steps``
-``checkpoint.pt``   params, optimizer state, RNG states and epoch, written atomically
+``metrics.jsonl``   one JSON object per completed epoch: ``epoch``, ``train_loss`` (mean
+                    −ELBO per training image over the finite steps, nats), ``test_elbo``
+                    (mean ELBO per test image), ``seconds``, ``lr``, ``steps``,
+                    ``bad_steps`` (skipped non-finite steps)
+``checkpoint.pt``   epoch, params, module buffers, optimizer state, RNG states, learning-rate
+                    scale and the metrics of every completed epoch; written atomically
+                    (temporary file, fsync, rename) before the first epoch and after each one
 =================== ======================================================================
+
+Reliability contract:
+
+* **NaN guard.** After each backward pass the loss and every gradient are tested with
+  ``torch.isfinite`` on the device and reduced to one flag, the only value read by the
+  host per step.  A non-finite step is skipped *before* the optimizer runs, so the
+  parameters and optimizer state stay those of the last good step; module buffers
+  changed by the bad forward pass (e.g. σ-VAE's running σ*) are put back.  The learning
+  rate is multiplied by ``bad_lr_factor`` (kept for the rest of the run and saved in the
+  checkpoint) and after ``max_bad_steps`` bad steps in a row :class:`NonFiniteLossError`
+  is raised; the run directory then still holds the checkpoint and metrics of the last
+  completed epoch.
+* **Exact resume.** A checkpoint holds everything the next epoch reads, RNG states
+  included, and every random draw of the set-up happens before it is restored, so on
+  CPU ``fit(epochs=4)`` equals ``fit(epochs=2)`` then ``fit(epochs=4, resume=True)`` bit
+  for bit.  On resume ``metrics.jsonl`` is rewritten from the checkpoint's own copy of
+  the metrics, so every epoch is listed exactly once even after a SIGKILL between the
+  two writes of an epoch's end.
+* **Interrupts.** SIGINT/SIGTERM set a flag; the loop stops at the next step boundary
+  and raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``).  The partial epoch is
+  discarded: ``checkpoint.pt`` is the one written atomically at the end of the last
+  completed epoch, so ``--resume`` repeats the interrupted epoch exactly.  A second
+  signal interrupts at once (the files on disk are still consistent).
 """
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 
 import pyro
@@ -25,6 +54,7 @@ from pyro.infer import SVI
 from pyro.infer.util import zero_grads
 from tqdm.auto import tqdm
 
+from . import validation
 from .data import ImageData
 from .estimators import make_elbo
 from .evaluation import elbo_per_point
@@ -32,46 +62,65 @@ from .importance import guess_max_plate_nesting
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+OPTIMIZERS = ("adam", "clipped-adam")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive training steps had a NaN or infinite loss or gradient."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM at a step boundary; ``signum`` is the signal."""
+
+    def __init__(self, message, signum=signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
 
 
 class DeviceSVI(SVI):
-    """:class:`pyro.infer.SVI` whose :meth:`step` returns the loss as a tensor on the data's device.
+    """:class:`pyro.infer.SVI` whose :meth:`step` returns ``(loss tensor, finite flag)`` and skips bad updates.
 
-    It uses the estimator's ``differentiable_loss`` and never calls ``.item()``, so a
-    step does not wait for the device; estimators without ``differentiable_loss`` fall
-    back to ``loss_and_grads``.
+    It uses the estimator's ``differentiable_loss`` (or ``loss_and_grads`` when absent) and
+    never calls ``.item()`` on the loss.  With ``guard=True`` the loss and all gradients are
+    reduced on the device to one boolean, read by the host (one scalar sync per step); when
+    it is False the optimizer is not called, so parameters and optimizer state are unchanged.
     """
 
+    def __init__(self, model, guide, optim, loss, guard=True, **kwargs):
+        super().__init__(model, guide, optim, loss, **kwargs)
+        self.elbo = loss  # SVI keeps only the bound methods
+        self.guard = guard
+
     def step(self, *args, **kwargs):
-        if not hasattr(self.loss, "differentiable_loss"):
-            return torch.as_tensor(super().step(*args, **kwargs))
         with poutine.trace(param_only=True) as param_capture:
-            loss = self.loss.differentiable_loss(self.model, self.guide, *args, **kwargs)
-            loss.backward()
+            if hasattr(self.elbo, "differentiable_loss"):
+                loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+                loss.backward()
+                loss = loss.detach()
+            else:
+                loss = torch.as_tensor(self.loss_and_grads(self.model, self.guide, *args, **kwargs))
         params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-        self.optim(params)
+        ok = True
+        if self.guard:
+            flags = [torch.isfinite(loss).all()] + [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+            ok = bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
+        if ok:
+            self.optim(params)
         zero_grads(params)
-        return loss.detach()
+        return loss, ok
 
 
 def resolve_device(device="auto"):
     """``auto`` → ``cuda`` when available, else ``cpu``; checks that a requested CUDA device exists."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for but CUDA is not available; use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
-    return dev
+    return validation.check_device(device)
 
 
 def make_optimizer(name="adam", lr=1e-3, clip_norm=None):
     """A :mod:`pyro.optim` optimizer whose learning rate can be changed later with :func:`set_lr`."""
+    validation.check_choice("optimizer", name, OPTIMIZERS, "optimizer")
+    validation.check_positive_float("lr", lr, "; pass e.g. --lr 1e-3")
+    if clip_norm is not None:
+        validation.check_positive_float("clip_norm", clip_norm, "; pass e.g. --clip-norm 10 or leave it out")
     state = {"lr": lr}
     cls = {"adam": pyro.optim.Adam, "clipped-adam": pyro.optim.ClippedAdam}[name]
     clip_args = {"clip_norm": clip_norm} if clip_norm else {}
@@ -89,8 +138,21 @@ def set_lr(optim, lr):
 
 
 def _atomic_save(obj, path):
+    """``torch.save`` to a temporary file in the same folder, fsync it, then rename it over ``path``."""
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_lines(lines, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(lines)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -113,11 +175,21 @@ class Trainer:
     :param elbo: an estimator name for :func:`~pyro_vae.make_elbo` or a :class:`pyro.infer.ELBO`.
     :param out_dir: run directory for ``metrics.jsonl`` and ``checkpoint.pt`` (None: write nothing).
     :param modules: ``nn.Module`` s to switch between train and eval mode (optional).
+    :param int max_bad_steps: stop with :class:`NonFiniteLossError` after this many non-finite steps in a row.
+    :param float bad_lr_factor: multiply the learning rate by this after each non-finite step.
     """
 
     def __init__(self, model, guide, elbo="trace", particles=1, lr=1e-3, optimizer="adam", lr_decay=1.0,
                  clip_norm=None, out_dir=None, log_every=50, eval_particles=1, progress=True, modules=(),
-                 extra_state=None):
+                 extra_state=None, max_bad_steps=10, bad_lr_factor=0.5):
+        if not callable(model) or not callable(guide):
+            raise TypeError("model and guide must be callables taking the batch x first, e.g. vae.model, vae.guide")
+        validation.check_positive_int("particles", particles, "; pass e.g. --particles 1")
+        validation.check_fraction("lr_decay", lr_decay, "; 1 keeps the learning rate constant")
+        validation.check_positive_int("log_every", log_every)
+        validation.check_positive_int("eval_particles", eval_particles)
+        validation.check_positive_int("max_bad_steps", max_bad_steps, "; pass e.g. --max-bad-steps 10")
+        validation.check_fraction("bad_lr_factor", bad_lr_factor, "; e.g. 0.5 halves the learning rate")
         self.model, self.guide = model, guide
         self.elbo = make_elbo(elbo, particles) if isinstance(elbo, str) else elbo
         self.base_lr, self.lr_decay = lr, lr_decay
@@ -129,9 +201,18 @@ class Trainer:
         self.progress = progress
         self.modules = list(modules)
         self.extra_state = extra_state or {}
+        self.max_bad_steps, self.bad_lr_factor = max_bad_steps, bad_lr_factor
         self.epoch = 0
+        self.lr_scale = 1.0  # product of bad_lr_factor over the non-finite steps so far
+        self.history = []
+        self._signal = None
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
+
+    @property
+    def lr(self):
+        """Learning rate of the current epoch: ``lr · lr_decay^epoch · lr_scale``."""
+        return self.base_lr * self.lr_decay**self.epoch * self.lr_scale
 
     # -- checkpoints -------------------------------------------------------------------------
     @property
@@ -149,6 +230,8 @@ class Trainer:
             "buffers": {i: {k: b.cpu() for k, b in m.named_buffers()} for i, m in enumerate(self.modules)},
             "optim": self.optim.get_state(),
             "rng": rng,
+            "lr_scale": self.lr_scale,
+            "history": list(self.history),
             **self.extra_state,
         }
 
@@ -156,7 +239,10 @@ class Trainer:
         _atomic_save(self.state_dict(), path or self.checkpoint_path)
 
     def load_state_dict(self, state, x):
-        """Restore a :meth:`state_dict`; ``x`` is a batch used to register the pair's parameters first."""
+        """Restore a :meth:`state_dict`; ``x`` is a batch used to register the pair's parameters first.
+
+        A checkpoint of another model raises ValueError naming the first differing parameters.
+        """
         guess_max_plate_nesting(self.model, self.guide, x)  # registers every pyro.param / pyro.module
         store = pyro.get_param_store()
         current = dict(store.named_parameters())
@@ -164,34 +250,81 @@ class Trainer:
         extra = sorted(set(current) - set(state["params"]))
         if missing or extra:
             raise ValueError(f"checkpoint does not match this model: missing here {missing[:5]}, "
-                             f"not in checkpoint {extra[:5]}")
+                             f"not in checkpoint {extra[:5]}; load it with the options it was trained with")
         for name, value in state["params"].items():
             if current[name].shape != value.shape:
                 raise ValueError(f"checkpoint does not match this model: parameter {name!r} has shape "
-                                 f"{tuple(value.shape)} in the checkpoint and {tuple(current[name].shape)} here")
-            with torch.no_grad():
-                current[name].copy_(value)
+                                 f"{tuple(value.shape)} in the checkpoint and {tuple(current[name].shape)} here; "
+                                 f"load it with the options it was trained with")
+        buffers = state.get("buffers", {})
         for i, m in enumerate(self.modules):
             for k, b in m.named_buffers():
-                b.copy_(state["buffers"][i][k])
-        self.optim.set_state(state["optim"])
+                if k not in buffers.get(i, {}) or buffers[i][k].shape != b.shape:
+                    raise ValueError(f"checkpoint does not match this model: buffer {k!r} of module {i} is "
+                                     f"missing or has another shape")
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                current[name].copy_(value)
+            for i, m in enumerate(self.modules):
+                for k, b in m.named_buffers():
+                    b.copy_(buffers[i][k])
+        self._load_optim_state(state["optim"], current)
         rng = dict(state["rng"])
         cuda = rng.pop("cuda", None)
         pyro.util.set_rng_state(rng)
-        if cuda is not None and torch.cuda.is_available():
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
         self.epoch = state["epoch"]
+        self.lr_scale = state.get("lr_scale", 1.0)
+        self.history = list(state.get("history", []))
 
-    def _truncate_metrics(self):
-        """Keep the metrics of checkpointed epochs only, so a resumed run logs every epoch exactly once."""
-        path = os.path.join(self.out_dir, METRICS)
-        if not os.path.exists(path):
+    def _load_optim_state(self, optim_state, params):
+        """Load per-parameter optimizer states now (not lazily at the first step), so :func:`set_lr` reaches them."""
+        store = pyro.get_param_store()
+        for p, opt in self.optim.optim_objs.items():
+            name = store.param_name(p)
+            if name in optim_state:
+                opt.load_state_dict(optim_state[name])
+        self.optim.set_state({k: v for k, v in optim_state.items()
+                              if not any(store.param_name(p) == k for p in self.optim.optim_objs)})
+        pending = [params[k] for k in optim_state if k in params and params[k] not in self.optim.optim_objs]
+        for p in pending:
+            p.grad = None
+        self.optim(pending)  # no gradients: creates each optimizer and loads its state without a step
+
+    def _write_metrics(self):
+        """Rewrite ``metrics.jsonl`` from :attr:`history` (the checkpoint's copy), atomically."""
+        _atomic_write_lines([json.dumps(m) + "\n" for m in self.history], os.path.join(self.out_dir, METRICS))
+
+    # -- signals ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGINT/SIGTERM set a flag read at step boundaries; a second signal raises at once."""
+        self._signal = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
             return
-        with open(path) as f:
-            lines = [line for line in f if line.strip() and json.loads(line)["epoch"] <= self.epoch]
-        with open(path + ".tmp", "w") as f:
-            f.writelines(lines)
-        os.replace(path + ".tmp", path)
+
+        def handler(signum, frame):
+            if self._signal is not None:
+                raise TrainingInterrupted("interrupted twice; stopped at once", signum)
+            self._signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _check_signal(self, epochs):
+        if self._signal is None:
+            return
+        name = signal.Signals(self._signal).name
+        where = f"the checkpoint of epoch {self.epoch} in {self.out_dir!r}" if self.out_dir else "nothing (no out_dir)"
+        raise TrainingInterrupted(f"{name} during epoch {self.epoch + 1}/{epochs}: stopped at a step boundary; "
+                                  f"the partial epoch is discarded and the run holds {where}; "
+                                  f"continue with --resume", self._signal)
 
     # -- the loop ------------------------------------------------------------------------------
     def _set_training(self, mode):
@@ -207,49 +340,109 @@ class Trainer:
         finally:
             self._set_training(True)
 
+    def _prepare(self, data, test_x, batch_size, epochs):
+        """Check the options and the data once, before any training step."""
+        validation.check_positive_int("epochs", epochs, "; pass e.g. --epochs 10")
+        validation.check_positive_int("batch_size", batch_size, "; pass e.g. --batch-size 128")
+        if torch.is_tensor(data):
+            validation.check_data_for_model(self.model, data, "training data")
+            data = ImageData(train=data, train_labels=None, test=test_x, test_labels=None, binarize="none")
+        elif not isinstance(data, ImageData):
+            raise TypeError(f"data must be an ImageData (from load_data) or a tensor of images [N, ...], "
+                            f"got {type(data).__name__}")
+        else:
+            unit = validation.model_wants_unit_interval(self.model) or data.binarize == "dynamic"
+            validation.check_images(data.train, "training data", validation.model_x_shape(self.model), unit)
+        test_x = data.test if test_x is None else test_x
+        if test_x is not None:
+            validation.check_data_for_model(self.model, test_x, "test data")
+            if test_x.shape[1:] != data.train.shape[1:] or test_x.device != data.train.device:
+                raise ValueError(f"test data {tuple(test_x.shape)} on {test_x.device} does not match the training "
+                                 f"data {tuple(data.train.shape)} on {data.train.device}; give both the same shape "
+                                 f"and device")
+        return data, test_x
+
     def fit(self, data, epochs, batch_size=128, test_x=None, resume=False, callback=None):
-        """Train for ``epochs`` epochs (in total, counting resumed ones); return the list of epoch metrics.
+        """Train until ``epochs`` epochs are complete (counting resumed ones); return every epoch's metrics.
 
         :param data: an :class:`~pyro_vae.data.ImageData` or a tensor of training images.
         :param test_x: images for ``test_elbo`` (default: ``data.test``).
+        :param resume: continue from ``out_dir/checkpoint.pt`` instead of starting afresh.
         :param callback: called as ``callback(trainer, metrics)`` after each epoch.
         """
-        if torch.is_tensor(data):
-            data = ImageData(train=data, train_labels=None, test=test_x, test_labels=None, binarize="none")
-        test_x = data.test if test_x is None else test_x
-        first = next(data.batches(batch_size, shuffle=False))[0]
+        data, test_x = self._prepare(data, test_x, batch_size, epochs)
+        state = None
         if resume:
-            if not os.path.exists(self.checkpoint_path):
-                raise FileNotFoundError(f"--resume: no checkpoint at {self.checkpoint_path}")
-            self.load_state_dict(torch.load(self.checkpoint_path, weights_only=False), first)
-            self._truncate_metrics()
+            if not self.out_dir:
+                raise ValueError("resume=True needs the trainer's out_dir (the run directory to continue)")
+            state = validation.load_checkpoint(self.checkpoint_path)
+        first = next(data.batches(batch_size, shuffle=False))[0]
+        # every random draw of the set-up happens here, before the checkpoint's RNG state is restored
+        nesting = validation.check_pair_runs(self.model, self.guide, first)
+        if getattr(self.elbo, "max_plate_nesting", None) == math.inf:
+            self.elbo.max_plate_nesting = nesting  # else the ELBO guesses it, drawing samples, at its first step
         scale = data_scale(self.model, self.guide, first)
-        history = []
+        if state is not None:
+            self.load_state_dict(state, first)
+            self._write_metrics()
+        elif self.out_dir:
+            self.history = []
+            self._write_metrics()
+            self.save_checkpoint()  # epoch 0: an interrupted first epoch still resumes exactly
         steps_per_epoch = math.ceil(len(data.train) / batch_size)
+        buffers = [b for m in self.modules for b in m.buffers() if b.is_floating_point()]
         self._set_training(True)
-        while self.epoch < epochs:
-            set_lr(self.optim, self.base_lr * self.lr_decay**self.epoch)
-            start = time.perf_counter()
-            total = torch.zeros((), device=first.device)
-            bar = tqdm(data.batches(batch_size), total=steps_per_epoch, disable=not self.progress,
-                       desc=f"epoch {self.epoch + 1}/{epochs}", leave=False)
-            for step, (x, _) in enumerate(bar, 1):
-                total += self.svi.step(x) / (scale * len(x))
-                if self.progress and step % self.log_every == 0:
-                    bar.set_postfix(loss=f"{total.item() / step:.2f}")
-            self.epoch += 1
-            metrics = {"epoch": self.epoch, "train_loss": total.item() / steps_per_epoch}
-            if test_x is not None:
-                metrics["test_elbo"] = self.evaluate_elbo(test_x)
-            metrics.update(seconds=time.perf_counter() - start, lr=self.base_lr * self.lr_decay**(self.epoch - 1),
-                           steps=steps_per_epoch)
-            history.append(metrics)
-            if self.out_dir:
-                with open(os.path.join(self.out_dir, METRICS), "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                self.save_checkpoint()
-            if self.progress:
-                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
-            if callback:
-                callback(self, metrics)
-        return history
+        with self._stop_on_signals():
+            while self.epoch < epochs:
+                self._check_signal(epochs)
+                set_lr(self.optim, self.lr)
+                start = time.perf_counter()
+                total = torch.zeros((), device=first.device)
+                good = bad = bad_in_row = 0
+                bar = tqdm(data.batches(batch_size), total=steps_per_epoch, disable=not self.progress,
+                           desc=f"epoch {self.epoch + 1}/{epochs}", leave=False)
+                for step, (x, _) in enumerate(bar, 1):
+                    saved = [b.clone() for b in buffers]
+                    loss, ok = self.svi.step(x)
+                    if ok:
+                        total += loss / (scale * len(x))
+                        good, bad_in_row = good + 1, 0
+                    else:
+                        bad, bad_in_row = bad + 1, bad_in_row + 1
+                        self._bad_step(saved, buffers, bad_in_row, step, epochs)
+                    if self.progress and good and step % self.log_every == 0:
+                        bar.set_postfix(loss=f"{total.item() / good:.2f}")
+                    self._check_signal(epochs)
+                bar.close()
+                lr = self.lr
+                self.epoch += 1
+                metrics = {"epoch": self.epoch, "train_loss": total.item() / max(good, 1)}
+                if test_x is not None:
+                    metrics["test_elbo"] = self.evaluate_elbo(test_x)
+                metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=bad)
+                self.history.append(metrics)
+                if self.out_dir:
+                    with open(os.path.join(self.out_dir, METRICS), "a") as f:
+                        f.write(json.dumps(metrics) + "\n")
+                    self.save_checkpoint()
+                if self.progress:
+                    tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in metrics.items()))
+                if callback:
+                    callback(self, metrics)
+        return list(self.history)
+
+    def _bad_step(self, saved, buffers, bad_in_row, step, epochs):
+        """A skipped non-finite step: put buffers back, lower the learning rate, give up after too many."""
+        with torch.no_grad():
+            for b, s in zip(buffers, saved):
+                b.copy_(s)
+        self.lr_scale *= self.bad_lr_factor
+        set_lr(self.optim, self.lr)
+        if bad_in_row >= self.max_bad_steps:
+            kept = (f"; {self.out_dir!r} still holds the checkpoint and metrics of epoch {self.epoch}"
+                    if self.out_dir else "")
+            raise NonFiniteLossError(
+                f"the loss or its gradients were NaN/inf for {bad_in_row} steps in a row (epoch {self.epoch + 1}/"
+                f"{epochs}, step {step}) although the learning rate was lowered to {self.lr:.3g}{kept}; try a "
+                f"smaller --lr, --clip-norm, another --likelihood/--sigma, or check the data")

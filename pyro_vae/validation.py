@@ -1,0 +1,192 @@
+"""Input checks run once, early, by the public entry points; each failure is one actionable line.
+
+Every check raises :class:`ValueError` (a bad value) or :class:`TypeError` (a value of
+the wrong kind) whose message names the argument, what was wrong and what to change,
+so that ``pyro-vae`` can print it without a traceback.  Checks that need the data's
+values (:func:`check_images`) cost one device sync per call and run once per dataset,
+never per training step.
+"""
+import math
+import numbers
+import os
+
+import torch
+
+CHECKPOINT_KEYS = ("epoch", "params", "optim", "rng")
+
+
+def check_positive_int(name, value, hint=""):
+    """``value`` is an ``int`` (not a bool) ≥ 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__}){hint}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}{hint}")
+    return int(value)
+
+
+def check_nonnegative_int(name, value, hint=""):
+    """``value`` is an ``int`` (not a bool) ≥ 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= 0, got {value!r} ({type(value).__name__}){hint}")
+    if value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}{hint}")
+    return int(value)
+
+
+def check_positive_float(name, value, hint=""):
+    """``value`` is a finite real number > 0 (the learning rate, σ, a clipping norm, …)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite positive number, got {value!r} ({type(value).__name__}){hint}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}{hint}")
+    return float(value)
+
+
+def check_fraction(name, value, hint=""):
+    """``value`` is a real number in (0, 1] (a decay factor)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in (0, 1], got {value!r} ({type(value).__name__}){hint}")
+    if not 0 < value <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}{hint}")
+    return float(value)
+
+
+def check_choice(kind, value, choices, flag=None):
+    """``value`` is one of ``choices`` (a registry's names); the message lists them."""
+    if not isinstance(value, str):
+        raise TypeError(f"{kind} name must be a string, got {value!r} ({type(value).__name__})")
+    if value not in choices:
+        where = f" (--{flag})" if flag else ""
+        raise ValueError(f"unknown {kind} {value!r}{where}; choose one of {', '.join(sorted(choices))}")
+    return value
+
+
+def check_images(x, name="x", x_shape=None, unit_interval=False):
+    """``x`` is a non-empty floating tensor ``[N, *x_shape]`` of finite values (in [0, 1] if ``unit_interval``).
+
+    One reduction and one host sync over the whole tensor: call it once per dataset.
+    """
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch.Tensor of images [N, ...], got {type(x).__name__}")
+    if not (x.is_floating_point()):
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; convert it with "
+                        f"{name}.float() (and divide 8-bit images by 255)")
+    if x.dim() < 2 or len(x) == 0:
+        raise ValueError(f"{name} must have shape [N, ...] with N >= 1 data points, got {tuple(x.shape)}")
+    if x_shape is not None and tuple(x.shape[1:]) != tuple(x_shape):
+        raise ValueError(f"{name} has data points of shape {tuple(x.shape[1:])} but the model expects "
+                         f"{tuple(x_shape)}; reshape the data to [N, {', '.join(map(str, x_shape))}] or build the "
+                         f"model for this shape")
+    finite = torch.isfinite(x).all()
+    if unit_interval:
+        lo, hi = torch.aminmax(torch.nan_to_num(x, 0.5, 0.5, 0.5))
+        finite, lo, hi = torch.stack([finite.to(x.dtype), lo, hi]).tolist()
+    else:
+        finite, lo, hi = bool(finite), 0.0, 1.0
+    if not finite:
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(f"{name} holds {bad} NaN or infinite value(s); clean or drop those data points first")
+    if unit_interval and (lo < 0 or hi > 1):
+        raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}] but the Bernoulli likelihood needs values in "
+                         f"[0, 1]; rescale the data (e.g. divide 8-bit images by 255) or use a Gaussian likelihood "
+                         f"(--likelihood gaussian or sigma-vae)")
+    return x
+
+
+def model_x_shape(model):
+    """The data-point shape a built-in model expects (``model.__self__.x_shape``), or None for a plain function."""
+    owner = getattr(model, "__self__", None)
+    shape = getattr(owner, "x_shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def model_wants_unit_interval(model):
+    """True when ``model`` is a built-in model with a Bernoulli likelihood (data must lie in [0, 1])."""
+    from .likelihoods import Bernoulli
+
+    owner = getattr(model, "__self__", None)
+    return isinstance(getattr(owner, "likelihood", None), Bernoulli)
+
+
+def check_data_for_model(model, x, name="x"):
+    """:func:`check_images` with the shape and range the model's own attributes ask for."""
+    return check_images(x, name, x_shape=model_x_shape(model), unit_interval=model_wants_unit_interval(model))
+
+
+def check_pair_runs(model, guide, x):
+    """Trace ``guide`` and ``model`` once on ``x[:2]``; a failure deep in torch becomes one ValueError line."""
+    from pyro import poutine
+
+    from .importance import guess_max_plate_nesting
+
+    try:
+        with poutine.block():
+            return guess_max_plate_nesting(model, guide, x[:2])
+    except (RuntimeError, ValueError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"the model/guide pair fails on a batch of shape {tuple(x[:2].shape)}: {first}; "
+                         f"check that the data's shape, dtype and device fit the model") from None
+
+
+def check_device(device):
+    """``device`` names an existing device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` with N < the GPU count."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for but CUDA is not available here; "
+                             f"use --device cpu or --device auto")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r} does not exist: this machine has {count} GPU(s), "
+                             f"cuda:0 … cuda:{count - 1}")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def load_checkpoint(path):
+    """Read a trainer checkpoint; a missing, unreadable or foreign file raises one actionable error."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}; train the run first (without --resume to start it)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated file, not a torch file, pickle error …
+        raise ValueError(f"checkpoint {path!r} is unreadable ({type(e).__name__}); it may be corrupt or truncated: "
+                         f"restore it from a backup or start a new run in another directory") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path!r} is not a pyro_vae checkpoint (missing {missing}); point to a run directory "
+                         f"written by pyro-vae train")
+    return state
+
+
+def check_config(config):
+    """Names in a :class:`~pyro_vae.config.Config` that only the registries know (checked before loading data)."""
+    from .data import BINARIZE, DATASETS
+    from .estimators import ESTIMATORS
+    from .experiment import MODELS
+    from .guides import GUIDES
+    from .likelihoods import LIKELIHOODS
+    from .nets import ACTIVATIONS
+
+    check_choice("dataset", config.dataset, DATASETS, "dataset")
+    check_choice("binarize mode", config.binarize, BINARIZE, "binarize")
+    check_choice("model", config.model, MODELS, "model")
+    check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
+    check_choice("activation", config.activation, ACTIVATIONS, "activation")
+    check_choice("guide", config.guide, GUIDES, "guide")
+    check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
+    if config.data_dir is not None and not os.path.isdir(config.data_dir):
+        raise FileNotFoundError(f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
+                                f"--data-dir or leave it out to use the default cache")
+    check_device(config.device)
+    return config
