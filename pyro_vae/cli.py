@@ -33,6 +33,7 @@ HELP = {
     "particles": "samples per data point for the estimator (vectorized)",
     "lr_decay": "multiply the learning rate by this every epoch",
     "clip_norm": "clip each parameter's gradient norm",
+    "max_bad_steps": "stop after this many NaN/inf steps in a row (each one is skipped and halves the learning rate)",
     "device": "auto, cpu, cuda or cuda:N",
     "out": "run directory",
     "eval_particles": "particles for the per-epoch test ELBO",
@@ -160,9 +161,10 @@ def main(argv=None):
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("pyro-vae: interrupted; the last completed epoch is saved in the run directory", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM turned into TrainingInterrupted by the trainer
+        print(f"pyro-vae: interrupted: {e or 'the last completed epoch is saved in the run directory'}",
+              file=sys.stderr)
+        sys.exit(128 + int(getattr(e, "signum", 2)))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ class Config:
     optimizer: str = "adam"
     lr_decay: float = 1.0
     clip_norm: Optional[float] = None
+    max_bad_steps: int = 10
     seed: int = 0
     device: str = "auto"
     # output
@@ -53,7 +54,7 @@ class Config:
 
     def validate(self):
         """Raise ValueError naming the field and how to fix it."""
-        positive = ["latent_dim", "epochs", "batch_size", "particles", "eval_particles", "log_every"]
+        positive = ["latent_dim", "epochs", "batch_size", "particles", "eval_particles", "log_every", "max_bad_steps"]
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -62,6 +63,9 @@ class Config:
             raise ValueError(f"hidden_dims must be positive integers, got {self.hidden_dims!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
+        if self.clip_norm is not None and not (isinstance(self.clip_norm, (int, float)) and
+                                               math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ValueError(f"clip_norm must be a finite positive number or left out, got {self.clip_norm!r}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
         if self.latent_dims is not None and (not self.latent_dims or any(

@@ -19,7 +19,8 @@ from .likelihoods import make_likelihood
 from .models import VAE
 from .nets import MLP, ConvDecoder, ConvEncoder
 from .pictures import save_latent_scatter, save_run_pictures, save_samples
-from .training import CHECKPOINT, Trainer, resolve_device
+from . import validation
+from .training import CHECKPOINT, METRICS, Trainer, resolve_device
 
 MODELS = {}
 
@@ -82,13 +83,20 @@ def _load_data(config, device):
 
 def train(config, resume=False, progress=True):
     """Train the run described by ``config`` into ``config.out``; return ``(vae, data, history)``."""
+    validation.check_config(config)  # registry names and data directory, before any data is read
     out = config.out
     config_path = os.path.join(out, "config.json")
-    if os.path.exists(config_path) and not resume:
-        raise FileExistsError(f"{out!r} already holds a run; pass --resume to continue it or choose another --out")
+    held = [f for f in ("config.json", CHECKPOINT, METRICS) if os.path.exists(os.path.join(out, f))]
+    if held and not resume:
+        raise FileExistsError(f"{out!r} already holds a run ({', '.join(held)}); pass --resume to continue it "
+                              f"or choose another --out")
     if resume:
         if not os.path.exists(os.path.join(out, CHECKPOINT)):
             raise FileNotFoundError(f"--resume: {out!r} has no {CHECKPOINT}; start a new run without --resume")
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"--resume: {out!r} has no config.json, so it was not written by pyro-vae "
+                                    f"train; start a new run in another --out")
+        validation.load_checkpoint(os.path.join(out, CHECKPOINT))  # corrupt or foreign: fail before loading data
         saved = Config.load(config_path)
         if {k: v for k, v in saved.to_dict().items() if k != "epochs"} != \
                 {k: v for k, v in config.to_dict().items() if k != "epochs"}:
@@ -103,7 +111,8 @@ def train(config, resume=False, progress=True):
     config.save(config_path)
     trainer = Trainer(vae.model, vae.guide, config.elbo, config.particles, config.lr, config.optimizer,
                       config.lr_decay, config.clip_norm, out_dir=out, log_every=config.log_every,
-                      eval_particles=config.eval_particles, progress=progress, modules=[vae])
+                      eval_particles=config.eval_particles, progress=progress, modules=[vae],
+                      max_bad_steps=config.max_bad_steps)
     history = trainer.fit(data, config.epochs, config.batch_size, resume=resume)
     if config.pictures:
         vae.eval()
@@ -119,11 +128,9 @@ def load_run(run_dir, device="auto", data=True):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{run_dir!r} is not a finished run: {os.path.basename(path)} is missing")
     config = Config.load(config_path)
+    validation.check_config(config)
     device = resolve_device(device)
-    try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"checkpoint {ckpt_path!r} is unreadable ({type(e).__name__}); it may be corrupt") from None
+    state = validation.load_checkpoint(ckpt_path)
     pyro.clear_param_store()
     dataset = _load_data(config, device) if data else None
     x_shape = dataset.x_shape if dataset else (1, 28, 28)

@@ -14,6 +14,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from .validation import check_images, check_pair_runs, check_positive_int
+
 PARTICLE_PLATE = "_particles"
 
 
@@ -160,13 +162,13 @@ def log_likelihood(model, guide, x, *args, num_samples=5000, batch_size=None, ma
 
     :param int batch_size: data points per pass (default: ``max_elements`` // particles per pass, at least 1).
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    check_positive_int("num_samples", num_samples)
+    check_images(x, "x")  # a tensor of finite values, checked once per call
     n = len(x)
     if batch_size is None:
         batch_size = max(1, min(n, max_elements // min(num_samples, max_elements)))
     chunk = max(1, min(num_samples, max_elements // batch_size))
-    mpn = guess_max_plate_nesting(model, guide, x[:1], *args, **kwargs)
+    mpn = check_pair_runs(model, guide, x[:1], *args, **kwargs)  # a shape that does not fit: one ValueError
     out = []
     for start in range(0, n, batch_size):
         xb = x[start : start + batch_size]
