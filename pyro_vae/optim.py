@@ -1,0 +1,98 @@
+"""Optimizers for SVI: :class:`FusedOptim`, a drop-in :class:`pyro.optim.PyroOptim` with one torch optimizer.
+
+``pyro.optim.Adam`` builds one torch optimizer per parameter and calls each in
+turn every step: for a VAE with a dozen parameter tensors that is a dozen
+optimizer calls, a large share of a small model's step.  :class:`FusedOptim`
+puts every parameter in one torch optimizer (a new param group whenever new
+parameters appear), so a step is a single call using the optimizer's
+multi-tensor (``foreach``) kernels.  The update of each parameter is the same;
+``get_state``/``set_state`` keep PyroOptim's per-parameter-name format, so
+checkpoints move between the two.
+"""
+import pyro
+import pyro.optim
+import torch
+from pyro.optim.clipped_adam import ClippedAdam as _ClippedAdam
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "clipped-adam": _ClippedAdam}
+
+
+class FusedOptim(pyro.optim.PyroOptim):
+    """:class:`pyro.optim.PyroOptim` whose parameters all live in one torch optimizer."""
+
+    def __init__(self, optim_constructor, optim_args, clip_args=None):
+        super().__init__(optim_constructor, optim_args, clip_args)
+        self.optim = None
+        self._members = set()
+
+    def _add(self, params):
+        store = pyro.get_param_store()
+        group = {"params": params, **self._get_optim_args(params[0])}
+        if self.optim is None:
+            self.optim = self.pt_optim_constructor([group])
+        else:
+            self.optim.add_param_group(group)
+        for p in params:
+            self._members.add(p)
+            self.optim_objs[p] = self.optim
+            self.grad_clip[p] = self._get_grad_clip(p)
+            saved = self._state_waiting_to_be_consumed.pop(store.param_name(p), None)
+            if saved and saved.get("state"):
+                self.optim.state[p] = {k: (v.to(p) if torch.is_tensor(v) and k != "step" else v)
+                                       for k, v in saved["state"][0].items()}
+
+    def __call__(self, params, *args, **kwargs):
+        params = list(params)
+        new = [p for p in params if p not in self._members]
+        if new:
+            self._add(new)
+        for p in params:
+            if self.grad_clip[p] is not None:
+                self.grad_clip[p](p)
+        # step exactly the given parameters, like PyroOptim: hide the gradients of the others
+        others = self._members.difference(params) if len(params) != len(self._members) else ()
+        hidden = [(p, p.grad) for p in others if p.grad is not None]
+        for p, _ in hidden:
+            p.grad = None
+        self.optim.step(*args, **kwargs)
+        for p, g in hidden:
+            p.grad = g
+
+    def get_state(self):
+        """``{param name: state dict of a one-parameter optimizer}``, as :meth:`pyro.optim.PyroOptim.get_state`."""
+        if self.optim is None:
+            return dict(self._state_waiting_to_be_consumed)
+        store = pyro.get_param_store()
+        state = dict(self._state_waiting_to_be_consumed)
+        for group in self.optim.param_groups:
+            hyper = {k: v for k, v in group.items() if k != "params"}
+            for p in group["params"]:
+                st = self.optim.state.get(p)
+                state[store.param_name(p)] = {"state": {0: dict(st)} if st else {},
+                                              "param_groups": [{**hyper, "params": [0]}]}
+        return state
+
+
+def make_optimizer(name="adam", lr=1e-3, clip_norm=None, fused=True):
+    """A Pyro optimizer by name (``adam`` or ``clipped-adam``); :class:`FusedOptim` unless ``fused=False``.
+
+    Its learning rate can be changed later with :func:`set_lr` (e.g. a per-epoch decay).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and lr == lr and lr != float("inf")):
+        raise ValueError(f"lr must be a finite positive number, got {lr!r}")
+    holder = {"lr": lr}
+    cls = FusedOptim if fused else pyro.optim.PyroOptim
+    optim = cls(OPTIMIZERS[name], lambda param_name: dict(holder), {"clip_norm": clip_norm} if clip_norm else None)
+    optim._lr_holder = holder
+    return optim
+
+
+def set_lr(optim, lr):
+    """Set the learning rate of every parameter's optimizer, present and future."""
+    optim._lr_holder["lr"] = lr
+    objs = {id(o): o for o in optim.optim_objs.values()}
+    for opt in objs.values():
+        for group in opt.param_groups:
+            group["lr"] = lr
