@@ -245,6 +245,7 @@ def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_sa
         raise ValueError(f"nll_samples must be >= 0 and elbo_particles >= 1, got {nll_samples} and {elbo_particles}")
     recon, kl, per_dim = _latent_pass(model, guide, x, *args, num_particles=elbo_particles, batch_size=batch_size,
                                       **kwargs)
+    recon, kl = recon.double(), kl.double()
     means = posterior_means(guide, x, *args, mc_samples=mean_samples, batch_size=batch_size, **kwargs)
     active = active_units(means)
     sites = list(means)
