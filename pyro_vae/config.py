@@ -33,6 +33,16 @@ class Config:
     # inference
     elbo: str = "trace"
     particles: int = 1
+    # VAE variants (pyro_vae.variants, discrete, semisupervised, conditional)
+    beta: float = 1.0
+    kl_warmup_epochs: int = 0
+    free_bits: float = 0.0
+    categories: int = 10
+    temperature: float = 1.0
+    min_temperature: float = 0.5
+    temperature_decay: float = 0.9
+    labeled: int = 1000
+    aux_weight: Optional[float] = None
     # optimisation
     epochs: int = 10
     batch_size: int = 128
@@ -72,6 +82,25 @@ class Config:
                 isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in self.latent_dims)):
             raise ValueError(f"latent_dims must be positive integers such as 64,32 (z1 next to x first), "
                              f"got {self.latent_dims!r}")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0 (1 is the plain ELBO), got {self.beta!r}")
+        if isinstance(self.kl_warmup_epochs, bool) or not isinstance(self.kl_warmup_epochs, int) \
+                or self.kl_warmup_epochs < 0:
+            raise ValueError(f"kl_warmup_epochs must be an integer >= 0 (0: no warm-up), got {self.kl_warmup_epochs!r}")
+        if not (isinstance(self.free_bits, (int, float)) and math.isfinite(self.free_bits) and self.free_bits >= 0):
+            raise ValueError(f"free_bits must be a number >= 0 (nats per latent dimension; 0: off), "
+                             f"got {self.free_bits!r}")
+        if isinstance(self.categories, bool) or not isinstance(self.categories, int) or self.categories < 2:
+            raise ValueError(f"categories must be an integer >= 2, got {self.categories!r}")
+        if not 0 < self.min_temperature <= self.temperature:
+            raise ValueError(f"need 0 < min_temperature <= temperature, got {self.min_temperature!r} and "
+                             f"{self.temperature!r}")
+        if not 0 < self.temperature_decay <= 1:
+            raise ValueError(f"temperature_decay must be in (0, 1] (1: no annealing), got {self.temperature_decay!r}")
+        if isinstance(self.labeled, bool) or not isinstance(self.labeled, int) or self.labeled < 0:
+            raise ValueError(f"labeled must be an integer >= 0 (labeled training images for m2), got {self.labeled!r}")
+        if self.aux_weight is not None and not self.aux_weight >= 0:
+            raise ValueError(f"aux_weight must be >= 0 or left out (default 0.1·N/labeled), got {self.aux_weight!r}")
         if self.flows < 0:
             raise ValueError(f"flows must be >= 0, got {self.flows}")
         if self.optimizer not in ("adam", "clipped-adam"):

@@ -362,13 +362,15 @@ class Trainer:
                                  f"and device")
         return data, test_x
 
-    def fit(self, data, epochs, batch_size=128, test_x=None, resume=False, callback=None):
+    def fit(self, data, epochs, batch_size=128, test_x=None, resume=False, callback=None, batch_kwargs=None):
         """Train until ``epochs`` epochs are complete (counting resumed ones); return every epoch's metrics.
 
         :param data: an :class:`~pyro_vae.data.ImageData` or a tensor of training images.
         :param test_x: images for ``test_elbo`` (default: ``data.test``).
         :param resume: continue from ``out_dir/checkpoint.pt`` instead of starting afresh.
         :param callback: called as ``callback(trainer, metrics)`` after each epoch.
+        :param batch_kwargs: optional ``f(index) -> dict`` of extra keyword arguments for model and guide on the
+            training batch ``data.train[index]`` (e.g. labels for semi-supervised models); evaluation passes none.
         """
         data, test_x = self._prepare(data, test_x, batch_size, epochs)
         state = None
@@ -401,9 +403,9 @@ class Trainer:
                 good = bad = bad_in_row = 0
                 bar = tqdm(data.batches(batch_size), total=steps_per_epoch, disable=not self.progress,
                            desc=f"epoch {self.epoch + 1}/{epochs}", leave=False)
-                for step, (x, _) in enumerate(bar, 1):
+                for step, (x, idx) in enumerate(bar, 1):
                     saved = [b.clone() for b in buffers]
-                    loss, ok = self.svi.step(x)
+                    loss, ok = self.svi.step(x, **(batch_kwargs(idx) if batch_kwargs else {}))
                     if ok:
                         total += loss / (scale * len(x))
                         good, bad_in_row = good + 1, 0

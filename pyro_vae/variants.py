@@ -1,0 +1,274 @@
+"""Weights on the KL term for any model/guide pair: β-VAE, KL warm-up and free bits.
+
+* β-VAE (Higgins et al. 2017): :func:`beta_scale` multiplies the log-density of every
+  *latent* (unobserved) sample site of the model and of the guide by β, exactly like
+  ``poutine.scale`` restricted to those sites, so with ``trace`` or ``meanfield`` the loss is
+
+  .. math:: -\\mathbb{E}_q[\\log p(x|z)] + \\beta\\,\\mathrm{KL}(q(z|x)\\,\\|\\,p(z))
+
+  (TraceMeanField_ELBO's analytic KL gets the factor too).  β may be one number or a
+  ``{site: β}`` dict (per-layer β for hierarchical models, sites ``z1 … zL``).
+* KL warm-up (Bowman et al. 2016; Sønderby et al. 2016): :class:`KLSchedule` gives
+  β(e) = β · min(1, e / E) before epoch e + 1 (e completed epochs), so the first epoch is a
+  plain autoencoder and epoch E + 1 on uses the full β; per site when β is a dict.
+* Free bits (Kingma et al. 2016, "Improved Variational Inference with Inverse
+  Autoregressive Flow", eq. 15): :class:`FreeBitsELBO` minimises
+
+  .. math:: -\\frac{N}{B}\\sum_{i=1}^B \\mathbb{E}_q[\\log p(x_i|z)] + N \\sum_g \\beta_g \\max\\big(\\lambda,
+      \\tfrac{1}{B}\\textstyle\\sum_i \\mathrm{KL}_g(x_i)\\big)
+
+  with the KL of each group averaged over the minibatch.  Groups: each *latent dimension*
+  of a site whose guide and prior factorize over dimensions with an analytic elementwise
+  KL (diagonal Gaussians); otherwise the *whole site* (flows, relaxed categoricals), with
+  the Monte Carlo KL log q − log p.  β_g is the site's β from :func:`beta_scale`.
+
+Importance-weighted estimators (``iwae``, ``dreg``, ``stl``, ``renyi``) refuse scaled sites:
+a per-site factor inside a log-sum-exp is no longer a bound on log p(x) (see
+:mod:`pyro_vae.estimators.base`), so β ≠ 1, warm-up and free bits need ``trace``,
+``meanfield`` or ``enum``; :func:`check_estimator` says so before training starts.
+
+References:
+1. Higgins et al. 2017, "β-VAE: Learning Basic Visual Concepts with a Constrained Variational Framework".
+2. Bowman et al. 2016, "Generating Sentences from a Continuous Space" (KL annealing).
+3. Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive Flow" (free bits).
+"""
+import math
+import numbers
+
+import torch
+from pyro.infer import ELBO
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from torch.distributions import kl_divergence
+
+from .importance import data_plate_scale, extra_scale, guess_max_plate_nesting, split_log_weights, trace_pair
+
+SCALED_ESTIMATORS = ("trace", "meanfield", "enum")
+
+
+def _check_beta(beta, what="beta"):
+    if isinstance(beta, dict):
+        for site, b in beta.items():
+            _check_beta(b, f"beta[{site!r}]")
+        return
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"{what} must be a finite number >= 0 (or a dict {{site: beta}}), got {beta!r}")
+
+
+class BetaScaleMessenger(Messenger):
+    """Multiply the scale of every latent (unobserved, non-subsample) sample site by β.
+
+    :param beta: a number, a dict ``{site: β}`` (sites not in it keep β = 1), or a callable
+        with no argument returning one of those (read at every site, e.g. a warm-up schedule).
+    """
+
+    def __init__(self, beta=1.0):
+        super().__init__()
+        if not callable(beta):
+            _check_beta(beta)
+        self.beta = beta
+
+    def current(self):
+        """The β in force now (a number or a dict)."""
+        beta = self.beta() if callable(self.beta) else self.beta
+        return beta
+
+    def _process_message(self, msg):
+        if msg["type"] != "sample" or msg["is_observed"] or site_is_subsample(msg):
+            return
+        beta = self.current()
+        if isinstance(beta, dict):
+            beta = beta.get(msg["name"], 1.0)
+        if beta != 1.0:
+            msg["scale"] = beta * msg["scale"]
+
+
+def beta_scale(fn=None, beta=1.0):
+    """Handler: scale the log-densities of the latent sites of ``fn`` (a model or a guide) by ``beta``.
+
+    Wrap both model and guide with the same β: ``beta_scale(model, 4.0)``, ``beta_scale(guide, 4.0)``.
+
+    >>> import pyro, pyro.distributions as dist, torch
+    >>> from pyro import poutine
+    >>> def model():
+    ...     z = pyro.sample("z", dist.Normal(0., 1.))
+    ...     pyro.sample("x", dist.Normal(z, 1.), obs=torch.tensor(0.))
+    >>> tr = poutine.trace(beta_scale(model, 4.0)).get_trace()
+    >>> tr.nodes["z"]["scale"], tr.nodes["x"]["scale"]
+    (4.0, 1.0)
+    """
+    msngr = BetaScaleMessenger(beta)
+    return msngr(fn) if fn is not None else msngr
+
+
+class KLSchedule:
+    """Linear KL warm-up: β(e) = β · min(1, e / E) after e completed epochs (β itself when E = 0).
+
+    :param beta: the final β, a number or ``{site: β}`` (each site warms up alike).
+    :param int warmup_epochs: E, epochs over which β rises from 0.
+    """
+
+    def __init__(self, beta=1.0, warmup_epochs=0):
+        _check_beta(beta)
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"kl_warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
+        self.beta, self.warmup_epochs = beta, warmup_epochs
+
+    def factor(self, epoch):
+        """min(1, e / E): the fraction of β in force after ``epoch`` completed epochs."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        return 1.0 if self.warmup_epochs == 0 else min(1.0, epoch / self.warmup_epochs)
+
+    def __call__(self, epoch):
+        f = self.factor(epoch)
+        if isinstance(self.beta, dict):
+            return {site: b * f for site, b in self.beta.items()}
+        return self.beta * f
+
+    @property
+    def is_identity(self):
+        """True when the schedule is β = 1 at every epoch (nothing to scale)."""
+        values = self.beta.values() if isinstance(self.beta, dict) else [self.beta]
+        return self.warmup_epochs == 0 and all(b == 1.0 for b in values)
+
+
+def check_estimator(name, scaled=True, free_bits=0.0):
+    """ValueError unless estimator ``name`` supports the KL weights asked for (see the module docstring)."""
+    if (scaled or free_bits) and name not in SCALED_ESTIMATORS:
+        raise ValueError(
+            f"--elbo {name} is an importance-weighted bound: a β or free-bits weight on the KL inside its "
+            f"log-sum-exp is no longer a bound on log p(x), so it is refused; use --elbo trace or meanfield with "
+            f"--beta/--kl-warmup-epochs/--free-bits (or drop those flags)")
+    if free_bits and name == "enum":
+        raise ValueError("--free-bits does not support enumerated discrete latents (--elbo enum); use --elbo trace "
+                         "or meanfield, or drop --free-bits")
+
+
+# ---------------------------------------------------------------------------------------------
+# free bits
+# ---------------------------------------------------------------------------------------------
+def _factorized(fn):
+    """The elementwise base of ``Independent(...(base))`` with a scalar event, and its reinterpreted dims, or None."""
+    base, n = fn, 0
+    while hasattr(base, "base_dist") and hasattr(base, "reinterpreted_batch_ndims"):
+        n += base.reinterpreted_batch_ndims
+        base = base.base_dist
+    return (base, n) if base.event_shape == () else (None, 0)
+
+
+def _group_kl(q_site, p_site):
+    """Per-group KL of one latent site: ``(tensor batch_shape + group_shape, group_ndims)``.
+
+    Analytic per element when q and p factorize over the event and ``kl_divergence`` is
+    registered for their bases; else the Monte Carlo log q − log p of the whole site.
+    """
+    q_base, n = _factorized(q_site["fn"])
+    p_base, m = _factorized(p_site["fn"])
+    if q_base is not None and p_base is not None and n == m == q_site["fn"].event_dim:
+        try:
+            kl = kl_divergence(q_base, p_base)
+            return kl.expand(torch.broadcast_shapes(kl.shape, q_site["value"].shape)), n
+        except NotImplementedError:
+            pass
+    value = q_site["value"]
+    return q_site["fn"].log_prob(value) - p_site["fn"].log_prob(value), 0
+
+
+def _mean_over_points(t, site, group_ndims, particle_dim, data_plate):
+    """Reduce ``t`` (site batch dims + group dims) to ``[G]``: mean over particles and data points, sum over other plates."""
+    frame = next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
+    if frame is None:
+        raise ValueError(f"latent site {site['name']!r} is not inside the plate {data_plate!r}; free bits average "
+                         f"the KL over the data plate")
+    if site["mask"] is not None:
+        mask = torch.as_tensor(site["mask"], device=t.device)
+        t = t * mask.reshape(mask.shape + (1,) * group_ndims)
+    group = t.shape[t.dim() - group_ndims:]
+    batch = t.shape[: t.dim() - group_ndims]
+    t = t.reshape((1,) * (-particle_dim - len(batch)) + batch + group)
+    other = [d - group_ndims for d in range(particle_dim, 0) if d not in (particle_dim, frame.dim)]
+    if other:
+        t = t.sum(other, keepdim=True)
+    t = t.mean([particle_dim - group_ndims, frame.dim - group_ndims])
+    return t.reshape(-1)
+
+
+class FreeBitsELBO(ELBO):
+    """Negative ELBO with a floor λ on the minibatch-averaged KL of every latent dimension or site.
+
+    .. math:: \\mathcal{L} = -\\frac{N}{B}\\sum_i \\mathbb{E}_q \\log p(x_i|z)
+        + N \\sum_g \\beta_g \\max\\big(\\lambda, \\overline{\\mathrm{KL}}_g\\big)
+
+    Groups g are the dimensions of a diagonal site (analytic KL) or whole sites otherwise
+    (see :mod:`pyro_vae.variants`); β_g comes from :func:`beta_scale` on the pair, N/B from
+    the data plate.  With λ = 0 and β = 1 the loss equals TraceMeanField_ELBO's (analytic
+    KL) or Trace_ELBO's.  Particles are vectorized; guide sites must be reparameterizable.
+
+    :param float free_bits: λ, nats per group.
+    """
+
+    def __init__(self, num_particles=1, free_bits=0.0, max_plate_nesting=None, vectorize_particles=True,
+                 data_plate="data"):
+        if not (isinstance(free_bits, numbers.Real) and math.isfinite(free_bits) and free_bits >= 0):
+            raise ValueError(f"free_bits must be a finite number >= 0 (nats per latent dimension), got {free_bits!r}")
+        if not vectorize_particles:
+            raise ValueError("FreeBitsELBO always vectorizes its particles; drop vectorize_particles=False")
+        super().__init__(num_particles=num_particles, max_plate_nesting=math.inf if max_plate_nesting is None
+                         else max_plate_nesting, vectorize_particles=True)
+        self.free_bits = float(free_bits)
+        self.data_plate = data_plate
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("FreeBitsELBO traces the pair with pyro_vae.importance.trace_pair")
+
+    def terms(self, model, guide, x, *args, **kwargs):
+        """``(recon, kl)``: recon = Σ_i E_q log p(x_i|z) (a scalar), kl = ``{site: [G] tensor}`` minibatch-mean KLs.
+
+        Also returns the data plate's factor N/B and ``{site: β}`` as the third and fourth items.
+        """
+        if not torch.is_tensor(x):
+            raise TypeError(f"FreeBitsELBO needs the batch x (a tensor) first, got {type(x).__name__}")
+        if self.max_plate_nesting == math.inf:
+            self.max_plate_nesting = guess_max_plate_nesting(model, guide, x, *args, **kwargs)
+        model_trace, guide_trace, particle_dim = trace_pair(
+            model, guide, x, *args, num_particles=self.num_particles, max_plate_nesting=self.max_plate_nesting,
+            **kwargs)
+        weights = split_log_weights(model_trace, guide_trace, particle_dim, self.num_particles, len(x),
+                                    self.data_plate)
+        recon = weights.obs.mean(0).sum()
+        model_trace, guide_trace = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+        kl, beta = {}, {}
+        for name, q_site in guide_trace.nodes.items():
+            if q_site["type"] != "sample" or q_site["is_observed"]:
+                continue
+            if not q_site["fn"].has_rsample:
+                raise ValueError(f"FreeBitsELBO: guide site {name!r} ({type(q_site['fn']).__name__}) is not "
+                                 f"reparameterizable; free bits need reparameterized latents")
+            p_site = model_trace.nodes.get(name)
+            if p_site is None or p_site["type"] != "sample":
+                raise ValueError(f"FreeBitsELBO: the guide samples {name!r} but the model has no site of that name")
+            t, group_ndims = _group_kl(q_site, p_site)
+            kl[name] = _mean_over_points(t, q_site, group_ndims, particle_dim, self.data_plate)
+            beta[name] = extra_scale(q_site, self.data_plate)
+        for name, p_site in model_trace.nodes.items():
+            if p_site["type"] == "sample" and not p_site["is_observed"] and name not in kl:
+                raise ValueError(f"FreeBitsELBO: model latent site {name!r} has no guide site of the same name")
+        return recon, kl, data_plate_scale(guide_trace, self.data_plate), beta
+
+    def differentiable_loss(self, model, guide, x, *args, **kwargs):
+        recon, kl, scale, beta = self.terms(model, guide, x, *args, **kwargs)
+        penalty = sum((beta[n] * kl[n].clamp(min=self.free_bits).sum() for n in kl), recon.new_zeros(()))
+        return -scale * recon + scale * len(x) * penalty
+
+    def loss(self, model, guide, x, *args, **kwargs):
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, x, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, x, *args, **kwargs):
+        loss = self.differentiable_loss(model, guide, x, *args, **kwargs)
+        loss.backward()
+        return loss.item()
+
+
+__all__ = ["BetaScaleMessenger", "FreeBitsELBO", "KLSchedule", "beta_scale", "check_estimator"]
