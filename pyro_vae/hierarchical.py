@@ -246,6 +246,9 @@ def build_hierarchical(config, x_shape, num_data=None):
     return HierarchicalVAE(decoder, priors, guide, likelihood, dims, x_shape, num_data)
 
 
+build_hierarchical.guides = GUIDES  # the guide names this builder accepts (read by validation.check_config)
+
+
 def inverse_softplus(y):
     """ρ with softplus(ρ) = y (y > 0): ρ = y + log(−expm1(−y))."""
     y = torch.as_tensor(y)
