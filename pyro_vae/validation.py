@@ -71,7 +71,7 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
     if not (x.is_floating_point()):
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; convert it with "
                         f"{name}.float() (and divide 8-bit images by 255)")
-    if x.dim() < 2 or len(x) == 0:
+    if x.dim() < 1 or len(x) == 0:
         raise ValueError(f"{name} must have shape [N, ...] with N >= 1 data points, got {tuple(x.shape)}")
     if x_shape is not None and tuple(x.shape[1:]) != tuple(x_shape):
         raise ValueError(f"{name} has data points of shape {tuple(x.shape[1:])} but the model expects "
@@ -113,15 +113,19 @@ def check_data_for_model(model, x, name="x"):
     return check_images(x, name, x_shape=model_x_shape(model), unit_interval=model_wants_unit_interval(model))
 
 
-def check_pair_runs(model, guide, x):
-    """Trace ``guide`` and ``model`` once on ``x[:2]``; a failure deep in torch becomes one ValueError line."""
+def check_pair_runs(model, guide, x, *args, **kwargs):
+    """Trace ``guide`` and ``model`` once on ``x[:2]`` and return their max plate nesting.
+
+    A failure deep in torch (a shape that does not fit a layer, a wrong dtype or device)
+    becomes one ValueError line.
+    """
     from pyro import poutine
 
     from .importance import guess_max_plate_nesting
 
     try:
         with poutine.block():
-            return guess_max_plate_nesting(model, guide, x[:2])
+            return guess_max_plate_nesting(model, guide, x[:2], *args, **kwargs)
     except (RuntimeError, ValueError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"the model/guide pair fails on a batch of shape {tuple(x[:2].shape)}: {first}; "
@@ -170,7 +174,11 @@ def load_checkpoint(path):
 
 
 def check_config(config):
-    """Names in a :class:`~pyro_vae.config.Config` that only the registries know (checked before loading data)."""
+    """Names in a :class:`~pyro_vae.config.Config` that only the registries know, and the data directory.
+
+    Checked before any data is read; the device is checked by the caller (a run trained on
+    CUDA may be evaluated on CPU).
+    """
     from .data import BINARIZE, DATASETS
     from .estimators import ESTIMATORS
     from .experiment import MODELS
@@ -183,10 +191,10 @@ def check_config(config):
     check_choice("model", config.model, MODELS, "model")
     check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
     check_choice("activation", config.activation, ACTIVATIONS, "activation")
-    check_choice("guide", config.guide, GUIDES, "guide")
+    # a model builder may declare its own guide names (e.g. hierarchical: top-down, bottom-up)
+    check_choice("guide", config.guide, getattr(MODELS[config.model], "guides", GUIDES), "guide")
     check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         raise FileNotFoundError(f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
                                 f"--data-dir or leave it out to use the default cache")
-    check_device(config.device)
     return config
