@@ -247,10 +247,8 @@ def test_sites_layer_order_and_shapes(guide):
 def test_ladder_guide_shares_the_model_prior_nets_and_registers_them_once():
     hvae = build_model(_config(), (1, 28, 28))
     x = torch.rand(4, 1, 28, 28).bernoulli()
-    pyro.clear_param_store()
-    with poutine.trace(param_only=True) as tr:
-        hvae.guide(x)
-        hvae.model(x)
+    hvae.guide(x)
+    hvae.model(x)
     store = pyro.get_param_store()
     names = list(store.keys())
     ids = [id(store[n]) for n in names]
@@ -262,7 +260,6 @@ def test_ladder_guide_shares_the_model_prior_nets_and_registers_them_once():
     guide_trace = poutine.trace(hvae.guide).get_trace(x)
     guide_trace.nodes["z1"]["fn"].log_prob(guide_trace.nodes["z1"]["value"].detach()).sum().backward()
     assert hvae.priors[0].net[0].weight.grad.abs().sum() > 0
-    del tr
 
 
 @pytest.mark.parametrize("guide", ["top-down", "bottom-up"])
