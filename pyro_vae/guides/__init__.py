@@ -5,6 +5,7 @@ Every guide is a module called as ``guide(x)`` that samples the latent site
 parameters with ``pyro.module``.
 """
 from .diagonal import AmortizedGuide, DiagonalGuide
+from .flows import FLOWS, FlowGuide
 
 GUIDES = {}
 
@@ -26,10 +27,23 @@ def _diagonal(encoder, context_dim, latent_dim, num_flows=0, **options):
     return DiagonalGuide(encoder, context_dim, latent_dim, **options)
 
 
+def _flow_builder(flow):
+    def build(encoder, context_dim, latent_dim, num_flows=0, **options):
+        return FlowGuide(encoder, context_dim, latent_dim, flow=flow, num_flows=num_flows, **options)
+
+    build.__doc__ = f"The {flow!r} flow guide (see :mod:`pyro_vae.guides.flows`)."
+    return build
+
+
+for _flow in FLOWS:
+    register_guide(_flow)(_flow_builder(_flow))
+
+
 def make_guide(name, encoder, context_dim, latent_dim, num_flows=0, **options):
     """Return the amortized guide ``name`` over ``latent_dim`` latents, conditioned on ``encoder(x)``.
 
-    :param str name: one of :data:`GUIDES` (``diagonal``, …).
+    :param str name: one of :data:`GUIDES` (``diagonal``, and the flows ``iaf``, ``spline``,
+        ``householder``, ``sylvester``, ``planar``, ``radial``).
     :param encoder: module mapping ``x`` to a context of shape ``[B, context_dim]``.
     :param int num_flows: number of flow layers on top of the base Gaussian.
     :param options: ``site``, ``plate`` and the guide's own options.
@@ -44,4 +58,4 @@ def make_guide(name, encoder, context_dim, latent_dim, num_flows=0, **options):
         raise ValueError(f"bad option for guide {name!r}: {e}") from None
 
 
-__all__ = ["AmortizedGuide", "DiagonalGuide", "GUIDES", "make_guide", "register_guide"]
+__all__ = ["AmortizedGuide", "DiagonalGuide", "FLOWS", "FlowGuide", "GUIDES", "make_guide", "register_guide"]
