@@ -11,10 +11,15 @@ import os
 import pyro
 import torch
 
+from .conditional import build_cvae
 from .config import Config
 from .data import load_data
+from .discrete import build_relaxed_categorical
+from .estimators import make_elbo
 from .guides import make_guide
 from .hierarchical import build_hierarchical
+from .semisupervised import build_m2
+from .variants import KLSchedule, beta_scale, check_estimator
 from .likelihoods import make_likelihood
 from .models import VAE
 from .nets import MLP, ConvDecoder, ConvEncoder
@@ -67,6 +72,9 @@ def build_vae(config, x_shape, num_data=None):
 
 
 register_model("hierarchical")(build_hierarchical)
+register_model("relaxed-categorical")(build_relaxed_categorical)
+register_model("m2")(build_m2)
+register_model("cvae")(build_cvae)
 
 
 def build_model(config, x_shape, num_data=None):
@@ -109,11 +117,31 @@ def train(config, resume=False, progress=True):
     vae = build_model(config, data.x_shape, num_data=len(data.train)).to(device)
     os.makedirs(out, exist_ok=True)
     config.save(config_path)
-    trainer = Trainer(vae.model, vae.guide, config.elbo, config.particles, config.lr, config.optimizer,
+    model, guide, elbo = vae.model, vae.guide, config.elbo
+    schedule = KLSchedule(config.beta, config.kl_warmup_epochs)  # β-VAE, KL warm-up, free bits: pyro_vae.variants
+    if not schedule.is_identity or config.free_bits:
+        check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
+        beta = lambda: schedule(trainer.epoch)  # noqa: E731  read at every site, so also right after --resume
+        model, guide = beta_scale(model, beta), beta_scale(guide, beta)
+        if config.free_bits:
+            elbo = make_elbo("free-bits", config.particles, free_bits=config.free_bits)
+    trainer = Trainer(model, guide, elbo, config.particles, config.lr, config.optimizer,
                       config.lr_decay, config.clip_norm, out_dir=out, log_every=config.log_every,
                       eval_particles=config.eval_particles, progress=progress, modules=[vae],
                       max_bad_steps=config.max_bad_steps)
-    history = trainer.fit(data, config.epochs, config.batch_size, resume=resume)
+    # optional model hooks: on_epoch(completed epochs) e.g. anneals a temperature; batch_kwargs(data) gives
+    # index -> extra model/guide kwargs (labels); report(data) gives final figures (written to report.json)
+    on_epoch = getattr(vae, "on_epoch", None)
+    callback = (lambda t, metrics: on_epoch(t.epoch)) if on_epoch else None
+    batch_kwargs = vae.batch_kwargs(data) if hasattr(vae, "batch_kwargs") else None
+    history = trainer.fit(data, config.epochs, config.batch_size, resume=resume, callback=callback,
+                          batch_kwargs=batch_kwargs)
+    if hasattr(vae, "report"):
+        report = vae.report(data)
+        with open(os.path.join(out, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        if history:
+            history[-1] = {**history[-1], **report}
     if config.pictures:
         vae.eval()
         save_run_pictures(vae.model, vae.guide, data.test[:64], out)

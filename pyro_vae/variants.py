@@ -41,6 +41,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch.distributions import kl_divergence
 
+from .estimators import register_elbo
 from .importance import data_plate_scale, extra_scale, guess_max_plate_nesting, split_log_weights, trace_pair
 
 SCALED_ESTIMATORS = ("trace", "meanfield", "enum")
@@ -194,6 +195,7 @@ def _mean_over_points(t, site, group_ndims, particle_dim, data_plate):
     return t.reshape(-1)
 
 
+@register_elbo("free-bits")
 class FreeBitsELBO(ELBO):
     """Negative ELBO with a floor λ on the minibatch-averaged KL of every latent dimension or site.
 
