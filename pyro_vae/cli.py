@@ -29,7 +29,7 @@ HELP = {
     "flows": "number of flow layers in the guide (>= 1 for a flow guide, 0 for diagonal)",
     "flow_hidden_dims": "comma-separated hidden sizes of each flow layer's network (default 10 x latent-dim)",
     "latent_dims": "comma-separated latent sizes of the hierarchical model, z1 (next to x) first, e.g. 64,32",
-    "elbo": "estimator name (trace, meanfield, …)",
+    "elbo": "estimator name: trace, meanfield, iwae, dreg, stl, renyi (α = 0), enum, …",
     "particles": "samples per data point for the estimator (vectorized)",
     "beta": "β-VAE: weight of the latent sites' log-densities (the KL) in model and guide; trace/meanfield/enum only",
     "kl_warmup_epochs": "KL warm-up: β rises linearly from 0 to --beta over this many epochs (0: off)",
