@@ -113,6 +113,7 @@ def test_importance_weighted_estimators_refuse_beta(pair):
         make_elbo("iwae", 2).differentiable_loss(beta_scale(model, 2.0), beta_scale(guide, 2.0), x)
 
 
+@pytest.mark.slow  # ~10 s on an idle 2-core CPU, up to a minute when shared
 def test_beta_above_one_lowers_kl_and_reconstruction():
     """Same data, same budget: a linear VAE trained with β = 4 has a smaller KL and a worse reconstruction."""
     lg = LinearGaussian(latent_dim=2, obs_dim=6, sigma=0.3, dtype=torch.float32)
