@@ -122,9 +122,13 @@ def make_optimizer(name="adam", lr=1e-3, clip_norm=None):
     if clip_norm is not None:
         validation.check_positive_float("clip_norm", clip_norm, "; pass e.g. --clip-norm 10 or leave it out")
     state = {"lr": lr}
-    cls = {"adam": pyro.optim.Adam, "clipped-adam": pyro.optim.ClippedAdam}[name]
-    clip_args = {"clip_norm": clip_norm} if clip_norm else {}
-    optim = cls(lambda param_name: dict(state), clip_args=clip_args)
+    if name == "clipped-adam":  # pyro's ClippedAdam clips inside its own step and takes no clip_args
+        if clip_norm:
+            state["clip_norm"] = clip_norm
+        optim = pyro.optim.ClippedAdam(lambda param_name: dict(state))
+    else:
+        clip_args = {"clip_norm": clip_norm} if clip_norm else {}
+        optim = pyro.optim.Adam(lambda param_name: dict(state), clip_args=clip_args)
     optim._pyro_vae_lr = state
     return optim
 
@@ -140,11 +144,16 @@ def set_lr(optim, lr):
 def _atomic_save(obj, path):
     """``torch.save`` to a temporary file in the same folder, fsync it, then rename it over ``path``."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _atomic_write_lines(lines, path):
@@ -380,14 +389,15 @@ class Trainer:
             state = validation.load_checkpoint(self.checkpoint_path)
         first = next(data.batches(batch_size, shuffle=False))[0]
         # every random draw of the set-up happens here, before the checkpoint's RNG state is restored
-        nesting = validation.check_pair_runs(self.model, self.guide, first)
-        if getattr(self.elbo, "max_plate_nesting", None) == math.inf:
-            self.elbo.max_plate_nesting = nesting  # else the ELBO guesses it, drawing samples, at its first step
+        validation.check_pair_runs(self.model, self.guide, first)
+        if getattr(self.elbo, "max_plate_nesting", None) == math.inf and hasattr(self.elbo, "_guess_max_plate_nesting"):
+            # what pyro's ELBO does at its first step; it draws samples, so it must happen before the RNG is restored
+            self.elbo._guess_max_plate_nesting(self.model, self.guide, (first,), {})
         scale = data_scale(self.model, self.guide, first)
         if state is not None:
             self.load_state_dict(state, first)
             self._write_metrics()
-        elif self.out_dir:
+        elif self.out_dir and self.epoch == 0:
             self.history = []
             self._write_metrics()
             self.save_checkpoint()  # epoch 0: an interrupted first epoch still resumes exactly
