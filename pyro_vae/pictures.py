@@ -14,6 +14,7 @@ import os
 
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 from torchvision.utils import save_image
 
 from .evaluation import posterior_means
@@ -42,20 +43,39 @@ def reconstructions(model, guide, x, obs_site="x"):
     return _obs_mean(trace, obs_site)
 
 
+class _MeanPath(Messenger):
+    """Sets every latent site that is not observed or conditioned to its distribution's mean (when it has one)."""
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] or msg["value"] is not None:
+            return
+        try:
+            msg["value"] = msg["fn"].mean
+        except (NotImplementedError, AttributeError):
+            pass
+
+
 @torch.no_grad()
 def decode(model, latents, x, obs_site="x"):
     """Mean of p(x | z) for chosen latents: the model conditioned on ``latents`` = ``{site: [n, ...]}``.
 
     ``x`` (n rows) only sets the batch, shape, device and dtype the model is called with.
-    Latent sites not in ``latents`` are drawn from the model.
+    Latent sites not in ``latents`` take the mean of their conditional distribution in the model
+    (e.g. z₁ = E[z₁ | z₂] in a hierarchical model conditioned on z₂), or a sample when it has none.
     """
     n = len(x)
     for name, z in latents.items():
         if len(z) != n:
             raise ValueError(f"latent {name!r} has {len(z)} rows but x has {n}; pass one latent per image")
     with poutine.block():
-        trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(x)
+        trace = poutine.trace(_MeanPath()(poutine.condition(model, data=latents))).get_trace(x)
     return _obs_mean(trace, obs_site)
+
+
+def _model_latent_order(model, x):
+    with poutine.block():
+        trace = poutine.trace(model).get_trace(x[:1])
+    return [name for name, site in trace.nodes.items() if site["type"] == "sample" and not site["is_observed"]]
 
 
 def _probe(x, n):
@@ -90,7 +110,9 @@ def traversals(model, guide, x, site=None, values=None, max_dims=32, obs_site="x
 
     Row d sets dimension d of ``site`` (default: the guide's first latent site) to each of
     ``values`` (default: −3 … 3 in 9 steps, i.e. ±3 prior standard deviations) and keeps the
-    other dimensions, and the other sites, at E_q[z | x].  Returns ``[dims, len(values), *x_shape]``.
+    other dimensions, and the sites the model samples before ``site``, at E_q[z | x]; sites the
+    model samples after it take their conditional mean given it (see :func:`decode`).
+    Returns ``[dims, len(values), *x_shape]``.
     """
     means = posterior_means(guide, x[:1])
     site = site or next(iter(means))
@@ -105,7 +127,9 @@ def traversals(model, guide, x, site=None, values=None, max_dims=32, obs_site="x
     idx = torch.arange(dims, device=x.device)
     grid[idx, :, idx] = values
     n = dims * len(values)
-    latents = {name: m.expand(n, *m.shape[1:]) for name, m in means.items()}
+    order = _model_latent_order(model, x)
+    before = order[: order.index(site)] if site in order else list(means)
+    latents = {name: means[name].expand(n, *means[name].shape[1:]) for name in before if name in means}
     latents[site] = grid.reshape(n, *means[site].shape[1:])
     images = decode(model, latents, _probe(x, n), obs_site)
     return images.reshape(dims, len(values), *x.shape[1:])

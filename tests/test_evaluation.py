@@ -271,3 +271,33 @@ def test_run_pictures_exist_with_the_right_grid_sizes(tmp_path):
     for name in ("loss", "latent_scatter"):
         with Image.open(paths[name]) as im:
             assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_traversal_of_a_top_latent_decodes_through_the_conditional_mean_of_the_lower_one():
+    """z₂ ~ N(0, 1), z₁ | z₂ ~ N(a z₂, 0.1²), x | z₁ ~ N(W z₁ + b, σ²): traversing z₂ = v gives W (a v) + b."""
+    lg = unit_range_model()
+    a = torch.tensor([0.5, -1.0], dtype=torch.float64)
+
+    def model(x):
+        with data_plate(x):
+            z2 = pyro.sample("z2", dist.Normal(x.new_zeros(1), 1.0).to_event(1))
+            z1 = pyro.sample("z1", dist.Normal(z2 * a, 0.1).to_event(1))
+            pyro.sample("x", dist.Normal(z1 @ lg.W.T + lg.b, lg.sigma).to_event(1), obs=x)
+
+    def guide(x):
+        with data_plate(x):
+            pyro.sample("z2", dist.Normal(x[:, :1], 1.0).to_event(1))
+            pyro.sample("z1", dist.Normal(x[:, 1:3], 0.1).to_event(1))
+
+    x = lg.sample(1)
+    values = torch.tensor([-2.0, 1.0, 3.0])
+    rows = traversals(model, guide, x, site="z2", values=values)
+    assert rows.shape == (1, 3, 4)
+    assert torch.allclose(rows[0], (values[:, None].double() * a) @ lg.W.T + lg.b)
+    # traversing z1 keeps z1's other dimension at E_q[z1 | x] = x[1:3]
+    rows = traversals(model, guide, x, site="z1", values=values)
+    m1 = x[0, 1:3]
+    for d in range(2):
+        z = m1.repeat(3, 1)
+        z[:, d] = values
+        assert torch.allclose(rows[d], z @ lg.W.T + lg.b)
