@@ -20,6 +20,8 @@ from typing import Optional
 
 import torch
 
+from .validation import check_positive_int
+
 DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 BINARIZE = ("dynamic", "static", "none")
 DEBIAN_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
@@ -164,6 +166,11 @@ def load_data(name="fashion-mnist", data_dir=None, binarize="dynamic", validatio
     """
     if binarize not in BINARIZE:
         raise ValueError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE)}")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    for option, value in (("limit", limit), ("test_limit", test_limit)):
+        if value is not None:
+            check_positive_int(option, value, f"; pass --{option.replace('_', '-')} N with N >= 1 or leave it out")
     root = _resolve_root(name, data_dir)
     train, train_y = load_images(name, root, train=True)
     test, test_y = load_images(name, root, train=False)

@@ -194,6 +194,11 @@ def check_config(config):
     # a model builder may declare its own guide names (e.g. hierarchical: top-down, bottom-up)
     check_choice("guide", config.guide, getattr(MODELS[config.model], "guides", GUIDES), "guide")
     check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
+    check_positive_float("sigma", config.sigma, "; pass e.g. --sigma 0.1")
+    for option in ("limit", "test_limit"):
+        if getattr(config, option) is not None:
+            check_positive_int(option, getattr(config, option), f"; pass --{option.replace('_', '-')} N with N >= 1 "
+                                                                  f"or leave it out")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         raise FileNotFoundError(f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
                                 f"--data-dir or leave it out to use the default cache")

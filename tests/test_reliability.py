@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from linear_gaussian import LinearGaussian
-from pyro_vae import Config, Trainer, log_likelihood, make_elbo, make_guide
+from pyro_vae import Config, Trainer, load_data, log_likelihood, make_elbo, make_guide
 from pyro_vae import experiment, validation
 from pyro_vae.cli import main
 from pyro_vae.estimators import ESTIMATORS
@@ -54,6 +54,27 @@ def test_unknown_names_fail_before_anything_is_read_or_written(tmp_path, field, 
     with pytest.raises(ValueError, match=f"unknown .*{value!r}.*choose one of"):
         experiment.train(Config(out=str(out), **{field: value}))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"limit": -5}, "limit must be a positive integer"),
+    ({"test_limit": 0}, "test_limit must be a positive integer"),
+    ({"sigma": 0.0}, "sigma must be a finite positive number"),
+])
+def test_train_rejects_bad_data_options_before_reading(tmp_path, changes, words):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=words):
+        experiment.train(Config(out=str(out), **changes))
+    assert not out.exists()
+
+
+def test_load_data_rejects_bad_options(tmp_path):
+    with pytest.raises(ValueError, match="limit must be a positive integer, got -5"):
+        load_data("fashion-mnist", limit=-5)
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        load_data("cifar")
+    with pytest.raises(FileNotFoundError, match="does not exist; pass an existing folder to --data-dir"):
+        load_data("fashion-mnist", data_dir=str(tmp_path / "missing"))
 
 
 def test_library_entry_points_reject_bad_options():
@@ -199,6 +220,20 @@ def test_corrupt_missing_and_mismatched_checkpoints(tmp_path, capsys):
         experiment.load_run(str(out), device="cpu", data=False)
     with pytest.raises(FileNotFoundError, match="--resume: .* has no checkpoint.pt"):
         experiment.train(config, resume=True)
+
+
+def test_resume_with_a_checkpoint_of_another_model(tmp_path):
+    x = _images()
+    vae = tiny_vae()
+    Trainer(vae.model, vae.guide, out_dir=str(tmp_path), progress=False, modules=[vae]).fit(x, 1, batch_size=3)
+    pyro.clear_param_store()
+    other = build_model(Config(**{**TINY, "hidden_dims": [5]}), (1, 2, 2))
+    trainer = Trainer(other.model, other.guide, out_dir=str(tmp_path), progress=False, modules=[other])
+    with pytest.raises(ValueError, match="checkpoint does not match this model: parameter .* has shape"):
+        trainer.fit(x, 2, batch_size=3, resume=True)
+    os.remove(tmp_path / CHECKPOINT)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        trainer.fit(x, 2, batch_size=3, resume=True)
 
 
 def test_out_dir_holding_a_run_needs_resume(tmp_path, capsys):
