@@ -100,6 +100,7 @@ def build_parser():
     sa.add_argument("run_dir")
     sa.add_argument("--n", type=int, default=64)
     sa.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png)")
+    sa.add_argument("--label", type=int, default=None, help="class of the images (conditional models: cvae)")
     sa.add_argument("--device", default="auto")
     an = sub.add_parser("anomaly", help="ROC AUC of per-image NLL (or −ELBO) for one class against the others")
     an.add_argument("run_dir")
@@ -142,7 +143,7 @@ def run(argv=None):
                                          pictures=args.pictures)
         _print_result(result, args.json)
     elif args.command == "sample":
-        print(experiment.sample_run(args.run_dir, args.n, args.out, args.device))
+        print(experiment.sample_run(args.run_dir, args.n, args.out, args.device, args.label))
     elif args.command == "anomaly":
         _print_result(experiment.anomaly_run(args.run_dir, args.anomaly_class, args.score, args.samples, args.limit,
                                              args.device), True)

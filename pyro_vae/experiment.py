@@ -265,10 +265,23 @@ def embed_run(run_dir, split="test", limit=None, out=None, device="auto"):
     return save_embeddings(vae.guide, x, labels, out or run_dir, prefix=f"embeddings_{split}")
 
 
-def sample_run(run_dir, n=64, out=None, device="auto"):
-    """Write a fresh grid of ``n`` prior samples (default ``RUN_DIR/samples.png``); return its path."""
+def sample_run(run_dir, n=64, out=None, device="auto", label=None):
+    """Write a fresh grid of ``n`` prior samples (default ``RUN_DIR/samples.png``); return its path.
+
+    ``label``: class of the images, for conditional models (``--model cvae``).
+    """
+    from .conditional import CVAE
+
     config, vae, data = load_run(run_dir, device)
     path = out or os.path.join(run_dir, "samples.png")
     probe = data.test[:1].expand(n, *data.x_shape)
-    save_samples(vae.model, probe, path, n=n)
+    model = vae.model
+    if label is not None:
+        if not isinstance(vae, CVAE):
+            raise ValueError(f"--label needs a conditional model (--model cvae); this run's model is {config.model!r}")
+        if not 0 <= label < vae.num_classes:
+            raise ValueError(f"--label must be a class in [0, {vae.num_classes}), got {label}")
+        labels = torch.full((n,), label, dtype=torch.long, device=probe.device)
+        model = lambda x: vae.model(x, y=labels)  # noqa: E731
+    save_samples(model, probe, path, n=n)
     return path
