@@ -8,7 +8,8 @@ Run directory (``out_dir``):
 =================== ======================================================================
 ``metrics.jsonl``   one JSON object per completed epoch: ``epoch``, ``train_loss`` (mean
                     −ELBO per training image over the finite steps, nats), ``test_elbo``
-                    (mean ELBO per test image), ``seconds``, ``lr``, ``steps``,
+                    (mean ELBO per test image), ``seconds``, ``lr`` (at the epoch's end),
+                    ``steps``,
                     ``bad_steps`` (skipped non-finite steps)
 ``checkpoint.pt``   epoch, params, module buffers, optimizer state, RNG states, learning-rate
                     scale and the metrics of every completed epoch; written atomically
@@ -17,10 +18,11 @@ Run directory (``out_dir``):
 
 Reliability contract:
 
-* **NaN guard.** After each backward pass the loss and every gradient are tested with
-  ``torch.isfinite`` on the device and reduced to one flag, the only value read by the
-  host per step.  A non-finite step is skipped *before* the optimizer runs, so the
-  parameters and optimizer state stay those of the last good step; module buffers
+* **NaN guard.** After each backward pass the loss plus the total gradient norm (one
+  multi-tensor reduction on the device) is tested with ``torch.isfinite``; that one flag
+  is the only value the host reads per step.  A non-finite step is skipped *before* the
+  optimizer runs, so the parameters and optimizer state stay those of the last good
+  step (the skipped step itself has changed nothing to restore); module buffers
   changed by the bad forward pass (e.g. σ-VAE's running σ*) are put back.  The learning
   rate is multiplied by ``bad_lr_factor`` (kept for the rest of the run and saved in the
   checkpoint) and after ``max_bad_steps`` bad steps in a row :class:`NonFiniteLossError`
@@ -81,9 +83,10 @@ class DeviceSVI(SVI):
     """:class:`pyro.infer.SVI` whose :meth:`step` returns ``(loss tensor, finite flag)`` and skips bad updates.
 
     It uses the estimator's ``differentiable_loss`` (or ``loss_and_grads`` when absent) and
-    never calls ``.item()`` on the loss.  With ``guard=True`` the loss and all gradients are
-    reduced on the device to one boolean, read by the host (one scalar sync per step); when
-    it is False the optimizer is not called, so parameters and optimizer state are unchanged.
+    never calls ``.item()`` on the loss.  With ``guard=True`` the loss and the total gradient
+    norm are reduced on the device to one boolean, read by the host (one scalar sync per
+    step); when it is False the optimizer is not called, so parameters and optimizer state
+    are unchanged.
     """
 
     def __init__(self, model, guide, optim, loss, guard=True, **kwargs):
@@ -102,12 +105,22 @@ class DeviceSVI(SVI):
         params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
         ok = True
         if self.guard:
-            flags = [torch.isfinite(loss).all()] + [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
-            ok = bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
+            grads = [p.grad for p in params if p.grad is not None]
+            total = loss.sum()
+            if grads:  # ‖(g_1, …, g_n)‖₂ is finite iff every gradient is (or overflows for entries beyond ~1e19)
+                total = total + _total_norm(grads).to(total)
+            ok = bool(torch.isfinite(total))
         if ok:
             self.optim(params)
         zero_grads(params)
         return loss, ok
+
+
+def _total_norm(tensors):
+    """The 2-norm of all ``tensors`` together, with multi-tensor kernels (a few launches, one pass over the data)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        return torch.nn.utils.get_total_norm(tensors)
+    return torch.stack([n.float() for n in torch._foreach_norm(tensors)]).norm()
 
 
 def resolve_device(device="auto"):
