@@ -25,10 +25,10 @@ def synthetic_data():
                      binarize="dynamic")  # training batches resampled from the RNG every step
 
 
-def make_trainer(out_dir, seed=0):
+def make_trainer(out_dir, seed=0, device="cpu"):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    vae = build_model(CONFIG, (1, 3, 3), num_data=60)
+    vae = build_model(CONFIG, (1, 3, 3), num_data=60).to(device)
     return Trainer(vae.model, vae.guide, CONFIG.elbo, 2, CONFIG.lr, CONFIG.optimizer, CONFIG.lr_decay,
                    CONFIG.clip_norm, out_dir=str(out_dir), progress=False, modules=[vae])
 
@@ -102,6 +102,22 @@ def test_signal_mid_epoch_stops_cleanly_and_resumes_exactly(tmp_path, reference,
     resumed = trainer.fit(synthetic_data(), epochs=4, batch_size=16, resume=True)
     assert_same_state(final_state(trainer), state)
     assert comparable(resumed) == comparable(history)
+    assert metric_epochs(tmp_path / "run") == [1, 2, 3, 4]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resume_on_cuda(tmp_path):
+    """On CUDA the checkpoint also holds the CUDA RNG; kernels may not be bit-reproducible, so compare closely."""
+    data = synthetic_data().to("cuda")
+    reference = make_trainer(tmp_path / "ref", device="cuda")
+    reference.fit(data, epochs=4, batch_size=16)
+    expected = final_state(reference)[0]
+    make_trainer(tmp_path / "run", device="cuda").fit(data, epochs=2, batch_size=16)
+    assert "cuda" in torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["rng"]
+    trainer = make_trainer(tmp_path / "run", device="cuda")
+    trainer.fit(data, epochs=4, batch_size=16, resume=True)
+    for k, v in final_state(trainer)[0].items():
+        assert v.is_cuda and torch.allclose(v, expected[k], atol=1e-5), k
     assert metric_epochs(tmp_path / "run") == [1, 2, 3, 4]
 
 
