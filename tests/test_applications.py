@@ -133,6 +133,7 @@ def test_denoising_projects_gaussian_noise_onto_the_latent_subspace():
     out = denoise(lg.model, lg.exact_guide, x, "gaussian", 0.05, seed=1)
     assert out["mse_noisy"] == pytest.approx(0.05**2, rel=0.05)
     assert out["mse_denoised"] < 0.25 * out["mse_noisy"]
+    assert out["mse_clean_reconstruction"] < 0.1 * out["mse_noisy"]  # ≈ σ² = 1e-4, the data's own noise
     assert out["noisy"].shape == x.shape and out["denoised"].shape == x.shape
 
 
