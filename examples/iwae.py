@@ -28,6 +28,7 @@ import json
 import os
 import time
 
+import pyro
 import torch
 
 from pyro_vae import Config, Trainer, evaluate, load_data
@@ -51,6 +52,8 @@ def architecture(layers, hidden_dims, latent_dims):
 
 def run(config, schedule, data, nll_samples, progress=False):
     """Train ``config`` through ``schedule`` (``[(epochs, lr)]``) and return its test figures."""
+    pyro.clear_param_store()  # module names repeat across runs: each run starts from fresh parameters
+    pyro.set_rng_seed(config.seed)
     vae = build_model(config, data.x_shape, num_data=len(data.train)).to(data.train.device)
     os.makedirs(config.out, exist_ok=True)
     config.save(os.path.join(config.out, "config.json"))

@@ -32,5 +32,10 @@ def test_iwae_example_smoke(tmp_path):
         assert row["epochs"] == 1
         units = row["active_units"]
         assert 0 <= units <= 4 if row["layers"] == 1 else (len(units) == 2 and 0 <= units[0] <= 8)
+    # at k = 1 the IWAE bound is the ELBO: same seed, same gradients, so both runs end at the same model
+    for layers in (1, 2):
+        trace, iwae = (next(r for r in rows if (r["layers"], r["elbo"], r["k"]) == (layers, e, 1))
+                       for e in ("trace", "iwae"))
+        assert abs(trace["test_elbo"] - iwae["test_elbo"]) < 1e-3 and abs(trace["nll"] - iwae["nll"]) < 1e-3
     with open(tmp_path / "summary.json") as f:
         assert json.load(f)["runs"] == json.loads(json.dumps(rows))
