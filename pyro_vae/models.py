@@ -34,6 +34,13 @@ class VAE(nn.Module):
         self.x_shape = tuple(x_shape)
         self.num_data = num_data
 
+    @property
+    def jit_compatible(self):
+        """Whether the pair can be traced once and replayed (no data-dependent control flow or state)."""
+        if getattr(self.guide_module, "jit_compatible", True) is False:
+            return False
+        return not getattr(self.likelihood, "optimal", False)  # σ* updates a running buffer
+
     def model(self, x):
         """p(z) p(x|z) for a batch ``x`` of shape ``[B, *x_shape]``; priors follow x's device and dtype."""
         pyro.module("decoder", self.decoder)

@@ -17,6 +17,11 @@ from pyro.optim.clipped_adam import ClippedAdam as _ClippedAdam
 OPTIMIZERS = {"adam": torch.optim.Adam, "clipped-adam": _ClippedAdam}
 
 
+def _to_param(state, p):
+    """A saved per-parameter optimizer state with its tensors on ``p``'s device and dtype (``step`` as saved)."""
+    return {k: (v.to(p) if torch.is_tensor(v) and k != "step" else v) for k, v in state.items()}
+
+
 class FusedOptim(pyro.optim.PyroOptim):
     """:class:`pyro.optim.PyroOptim` whose parameters all live in one torch optimizer."""
 
@@ -38,14 +43,15 @@ class FusedOptim(pyro.optim.PyroOptim):
             self.grad_clip[p] = self._get_grad_clip(p)
             saved = self._state_waiting_to_be_consumed.pop(store.param_name(p), None)
             if saved and saved.get("state"):
-                self.optim.state[p] = {k: (v.to(p) if torch.is_tensor(v) and k != "step" else v)
-                                       for k, v in saved["state"][0].items()}
+                self.optim.state[p] = _to_param(saved["state"][0], p)
 
     def __call__(self, params, *args, **kwargs):
         params = list(params)
         new = [p for p in params if p not in self._members]
         if new:
             self._add(new)
+        if self.optim is None:
+            return
         for p in params:
             if self.grad_clip[p] is not None:
                 self.grad_clip[p](p)
@@ -57,6 +63,17 @@ class FusedOptim(pyro.optim.PyroOptim):
         self.optim.step(*args, **kwargs)
         for p, g in hidden:
             p.grad = g
+
+    def set_state(self, state_dict):
+        """Load per-parameter states: now for parameters already held, at first sight for the others."""
+        store = pyro.get_param_store()
+        members = {store.param_name(p): p for p in self._members}
+        for name, saved in state_dict.items():
+            p = members.get(name)
+            if p is None:
+                self._state_waiting_to_be_consumed[name] = saved
+            elif saved.get("state"):
+                self.optim.state[p] = _to_param(saved["state"][0], p)
 
     def get_state(self):
         """``{param name: state dict of a one-parameter optimizer}``, as :meth:`pyro.optim.PyroOptim.get_state`."""
@@ -76,15 +93,23 @@ class FusedOptim(pyro.optim.PyroOptim):
 def make_optimizer(name="adam", lr=1e-3, clip_norm=None, fused=True):
     """A Pyro optimizer by name (``adam`` or ``clipped-adam``); :class:`FusedOptim` unless ``fused=False``.
 
-    Its learning rate can be changed later with :func:`set_lr` (e.g. a per-epoch decay).
+    ``clip_norm`` clips each parameter's gradient norm (``clipped-adam`` does it inside its own
+    step).  The learning rate can be changed later with :func:`set_lr` (e.g. a per-epoch decay).
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and lr == lr and lr != float("inf")):
-        raise ValueError(f"lr must be a finite positive number, got {lr!r}")
+    from . import validation
+
+    validation.check_choice("optimizer", name, tuple(OPTIMIZERS), "optimizer")
+    validation.check_positive_float("lr", lr, "; pass e.g. --lr 1e-3")
+    if clip_norm is not None:
+        validation.check_positive_float("clip_norm", clip_norm, "; pass e.g. --clip-norm 10 or leave it out")
     holder = {"lr": lr}
+    clip_args = None
+    if clip_norm and name == "clipped-adam":
+        holder["clip_norm"] = clip_norm
+    elif clip_norm:
+        clip_args = {"clip_norm": clip_norm}
     cls = FusedOptim if fused else pyro.optim.PyroOptim
-    optim = cls(OPTIMIZERS[name], lambda param_name: dict(holder), {"clip_norm": clip_norm} if clip_norm else None)
+    optim = cls(OPTIMIZERS[name], lambda param_name: dict(holder), clip_args)
     optim._lr_holder = holder
     return optim
 

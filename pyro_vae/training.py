@@ -47,13 +47,14 @@ import os
 import signal
 import threading
 import time
+import warnings
+
+import logging
 
 import pyro
-import pyro.optim
 import torch
 from pyro import poutine
-from pyro.infer import SVI
-from pyro.infer.util import zero_grads
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 from tqdm.auto import tqdm
 
 from . import validation
@@ -61,10 +62,13 @@ from .data import ImageData
 from .estimators import make_elbo
 from .evaluation import elbo_per_point
 from .importance import guess_max_plate_nesting
+from .optim import OPTIMIZERS, make_optimizer, set_lr
 
+logger = logging.getLogger(__name__)
+# Pyro's JitTraceMeanField_ELBO does not reproduce TraceMeanField_ELBO's loss for the same noise: trace only
+_JIT_ELBOS = {Trace_ELBO: JitTrace_ELBO}
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-OPTIMIZERS = ("adam", "clipped-adam")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,6 +81,28 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, message, signum=signal.SIGINT):
         super().__init__(message)
         self.signum = signum
+
+
+@contextlib.contextmanager
+def _traced_normal_draws():
+    """Draw standard normals outside ``torch.jit.trace`` the way they are drawn inside it.
+
+    ``torch.distributions`` draws ``empty().normal_()`` eagerly but ``torch.normal(zeros, ones)``
+    under tracing: the same distribution, other numbers.  With this patch a plain and a traced
+    loss see the same noise for the same RNG state, so they can be compared exactly.
+    """
+    import torch.distributions.normal as normal_module
+
+    original = normal_module._standard_normal
+
+    def draw(shape, dtype, device):
+        return torch.normal(torch.zeros(shape, dtype=dtype, device=device), torch.ones(shape, dtype=dtype, device=device))
+
+    normal_module._standard_normal = draw
+    try:
+        yield
+    finally:
+        normal_module._standard_normal = original
 
 
 class DeviceSVI(SVI):
@@ -93,11 +119,13 @@ class DeviceSVI(SVI):
         super().__init__(model, guide, optim, loss, **kwargs)
         self.elbo = loss  # SVI keeps only the bound methods
         self.guard = guard
+        self.compiled = {}  # batch size -> jit-traced estimator (the fast path, see Trainer)
 
     def step(self, *args, **kwargs):
+        elbo = self.compiled.get(len(args[0]), self.elbo) if self.compiled else self.elbo
         with poutine.trace(param_only=True) as param_capture:
-            if hasattr(self.elbo, "differentiable_loss"):
-                loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+            if hasattr(elbo, "differentiable_loss"):
+                loss = elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
                 loss.backward()
                 loss = loss.detach()
             else:
@@ -112,7 +140,8 @@ class DeviceSVI(SVI):
             ok = bool(torch.isfinite(total))
         if ok:
             self.optim(params)
-        zero_grads(params)
+        for p in params:
+            p.grad = None
         return loss, ok
 
 
@@ -126,32 +155,6 @@ def _total_norm(tensors):
 def resolve_device(device="auto"):
     """``auto`` → ``cuda`` when available, else ``cpu``; checks that a requested CUDA device exists."""
     return validation.check_device(device)
-
-
-def make_optimizer(name="adam", lr=1e-3, clip_norm=None):
-    """A :mod:`pyro.optim` optimizer whose learning rate can be changed later with :func:`set_lr`."""
-    validation.check_choice("optimizer", name, OPTIMIZERS, "optimizer")
-    validation.check_positive_float("lr", lr, "; pass e.g. --lr 1e-3")
-    if clip_norm is not None:
-        validation.check_positive_float("clip_norm", clip_norm, "; pass e.g. --clip-norm 10 or leave it out")
-    state = {"lr": lr}
-    if name == "clipped-adam":  # pyro's ClippedAdam clips inside its own step and takes no clip_args
-        if clip_norm:
-            state["clip_norm"] = clip_norm
-        optim = pyro.optim.ClippedAdam(lambda param_name: dict(state))
-    else:
-        clip_args = {"clip_norm": clip_norm} if clip_norm else {}
-        optim = pyro.optim.Adam(lambda param_name: dict(state), clip_args=clip_args)
-    optim._pyro_vae_lr = state
-    return optim
-
-
-def set_lr(optim, lr):
-    """Set the learning rate of every parameter's optimizer, present and future."""
-    optim._pyro_vae_lr["lr"] = lr
-    for opt in optim.optim_objs.values():
-        for group in opt.param_groups:
-            group["lr"] = lr
 
 
 def _atomic_save(obj, path):
@@ -199,11 +202,14 @@ class Trainer:
     :param modules: ``nn.Module`` s to switch between train and eval mode (optional).
     :param int max_bad_steps: stop with :class:`NonFiniteLossError` after this many non-finite steps in a row.
     :param float bad_lr_factor: multiply the learning rate by this after each non-finite step.
+    :param fast: ``"auto"`` traces the loss with torch.jit when the pair declares ``jit_compatible = True``
+        (the built-in models do), ``True`` tries it for any pair, ``False`` never (see :meth:`enable_fast_path`);
+        whether it applies is said in :attr:`fast_note` and the log.
     """
 
     def __init__(self, model, guide, elbo="trace", particles=1, lr=1e-3, optimizer="adam", lr_decay=1.0,
                  clip_norm=None, out_dir=None, log_every=50, eval_particles=1, progress=True, modules=(),
-                 extra_state=None, max_bad_steps=10, bad_lr_factor=0.5):
+                 extra_state=None, max_bad_steps=10, bad_lr_factor=0.5, fast="auto"):
         if not callable(model) or not callable(guide):
             raise TypeError("model and guide must be callables taking the batch x first, e.g. vae.model, vae.guide")
         validation.check_positive_int("particles", particles, "; pass e.g. --particles 1")
@@ -228,6 +234,8 @@ class Trainer:
         self.lr_scale = 1.0  # product of bad_lr_factor over the non-finite steps so far
         self.history = []
         self._signal = None
+        self.fast = fast
+        self.fast_note = None
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
 
@@ -301,18 +309,12 @@ class Trainer:
         self.history = list(state.get("history", []))
 
     def _load_optim_state(self, optim_state, params):
-        """Load per-parameter optimizer states now (not lazily at the first step), so :func:`set_lr` reaches them."""
-        store = pyro.get_param_store()
-        for p, opt in self.optim.optim_objs.items():
-            name = store.param_name(p)
-            if name in optim_state:
-                opt.load_state_dict(optim_state[name])
-        self.optim.set_state({k: v for k, v in optim_state.items()
-                              if not any(store.param_name(p) == k for p in self.optim.optim_objs)})
-        pending = [params[k] for k in optim_state if k in params and params[k] not in self.optim.optim_objs]
+        """Load the optimizer state now (not lazily at the first step), so :func:`set_lr` reaches it."""
+        self.optim.set_state(optim_state)
+        pending = [params[k] for k in sorted(optim_state) if k in params]
         for p in pending:
             p.grad = None
-        self.optim(pending)  # no gradients: creates each optimizer and loads its state without a step
+        self.optim(pending)  # no gradients: creates the optimizer and loads the states without a step
 
     def _write_metrics(self):
         """Rewrite ``metrics.jsonl`` from :attr:`history` (the checkpoint's copy), atomically."""
@@ -347,6 +349,74 @@ class Trainer:
         raise TrainingInterrupted(f"{name} during epoch {self.epoch + 1}/{epochs}: stopped at a step boundary; "
                                   f"the partial epoch is discarded and the run holds {where}; "
                                   f"continue with --resume", self._signal)
+
+    def _guess_plate_nesting(self, x):
+        """What pyro's ELBO does at its first step; it draws samples, so it must happen before the RNG is restored."""
+        if getattr(self.elbo, "max_plate_nesting", None) == math.inf and hasattr(self.elbo, "_guess_max_plate_nesting"):
+            self.elbo._guess_max_plate_nesting(self.model, self.guide, (x,), {})
+
+    # -- the fast path ----------------------------------------------------------------------------
+    def _fast_blocker(self, batch_kwargs):
+        """Why the compiled loss cannot be used, or None."""
+        if not self.fast:
+            return "turned off"
+        owners = [getattr(fn, "__self__", fn) for fn in (self.model, self.guide)]
+        if self.fast == "auto" and not all(getattr(o, "jit_compatible", False) is True for o in owners):
+            return ("the pair does not declare jit_compatible = True (set it on a pair with no data-dependent "
+                    "control flow, or pass fast=True to try tracing it)")
+        if type(self.elbo) not in _JIT_ELBOS:
+            return f"{type(self.elbo).__name__} has no jit-traced twin that reproduces it (only Trace_ELBO has)"
+        if batch_kwargs is not None:
+            return "per-batch keyword arguments (labels) would be frozen into the trace"
+        for owner in owners:
+            if getattr(owner, "jit_compatible", True) is False:
+                return f"{type(owner).__name__} says it breaks jit tracing (e.g. flows, pyro-ppl/pyro#3132)"
+        return None
+
+    def enable_fast_path(self, batches, batch_kwargs=None):
+        """Trace the loss with :func:`torch.jit.trace` (Pyro's ``JitTrace_ELBO``) once per batch size.
+
+        Pyro then runs only while tracing; each step replays the traced graph.  A traced loss is
+        used only if, on each of ``batches`` (a full batch, a second one to catch data-dependent
+        control flow, and the last, shorter one), it equals the plain loss for the same random
+        numbers; otherwise the trainer falls back to the plain loss and says why in
+        :attr:`fast_note`.  The RNG state is left as it was, so results and resumes are unchanged.
+        """
+        self.svi.compiled = {}
+        why = self._fast_blocker(batch_kwargs)
+        if why is None:
+            self._guess_plate_nesting(batches[0])
+            rng = pyro.util.get_rng_state()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's deprecation notice
+                    why = self._compile(batches, rng)
+            except Exception as e:  # tracing failed: e.g. data-dependent Python control flow
+                why = f"tracing failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+            finally:
+                pyro.util.set_rng_state(rng)
+        if why is not None:
+            self.svi.compiled = {}
+        self.fast_note = ("fast path: loss traced with torch.jit for batch sizes "
+                          f"{sorted(self.svi.compiled)}" if why is None else f"fast path not used: {why}")
+        logger.info(self.fast_note)
+        return why is None
+
+    def _compile(self, batches, rng):
+        jit_cls = _JIT_ELBOS[type(self.elbo)]
+        options = {k: getattr(self.elbo, k) for k in ("num_particles", "max_plate_nesting", "vectorize_particles")}
+        for x in batches:
+            jit = self.svi.compiled.setdefault(len(x), jit_cls(ignore_jit_warnings=True, **options))
+            losses = []
+            for elbo in (self.elbo, jit, jit):  # plain; tracing (it runs the pair twice); a replay
+                pyro.util.set_rng_state(rng)
+                with torch.no_grad(), _traced_normal_draws():
+                    losses.append(elbo.differentiable_loss(self.model, self.guide, x))
+            plain, replay = losses[0], losses[2]
+            if not (replay - plain).abs() <= 1e-4 * (1 + plain.abs()):
+                return (f"the traced loss ({losses[2].item():.6g}) differs from the plain one ({plain.item():.6g}) "
+                        f"on a batch of {len(x)}: the pair has data-dependent control flow or state")
+        return None
 
     # -- the loop ------------------------------------------------------------------------------
     def _set_training(self, mode):
@@ -403,9 +473,7 @@ class Trainer:
         first = next(data.batches(batch_size, shuffle=False))[0]
         # every random draw of the set-up happens here, before the checkpoint's RNG state is restored
         validation.check_pair_runs(self.model, self.guide, first)
-        if getattr(self.elbo, "max_plate_nesting", None) == math.inf and hasattr(self.elbo, "_guess_max_plate_nesting"):
-            # what pyro's ELBO does at its first step; it draws samples, so it must happen before the RNG is restored
-            self.elbo._guess_max_plate_nesting(self.model, self.guide, (first,), {})
+        self._guess_plate_nesting(first)
         scale = data_scale(self.model, self.guide, first)
         if state is not None:
             self.load_state_dict(state, first)
@@ -415,6 +483,10 @@ class Trainer:
             self._write_metrics()
             self.save_checkpoint()  # epoch 0: an interrupted first epoch still resumes exactly
         steps_per_epoch = math.ceil(len(data.train) / batch_size)
+        if self.fast is not False and not self.svi.compiled:
+            n = len(data.train)
+            probes = [first, data.train[batch_size : 2 * batch_size], data.train[n - n % batch_size :]]
+            self.enable_fast_path([b for b in probes if len(b)], batch_kwargs)
         buffers = [b for m in self.modules for b in m.buffers() if b.is_floating_point()]
         self._set_training(True)
         with self._stop_on_signals():

@@ -1,0 +1,81 @@
+"""The trainer's fast path (fused optimizer, jit-traced loss): same results as the plain path, clean fallbacks."""
+import pyro
+import pyro.distributions as dist
+import torch
+
+from pyro_vae import VAE, Trainer, make_guide, make_likelihood
+from pyro_vae.data import ImageData
+from pyro_vae.nets import MLP
+
+X_SHAPE = (1, 6, 6)
+
+
+def _vae(guide="diagonal", flows=0):
+    encoder = MLP(X_SHAPE, [], 16, final_activation=True)
+    return VAE(MLP(3, [16], X_SHAPE), make_guide(guide, encoder, 16, 3, flows), make_likelihood("bernoulli", X_SHAPE),
+               3, X_SHAPE, num_data=100)
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(100, *X_SHAPE, generator=g)
+    return ImageData(train=x, train_labels=None, test=x[:20], test_labels=None, binarize="dynamic")
+
+
+def _fit(fast, make=_vae, elbo="trace"):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = make()
+    trainer = Trainer(vae.model, vae.guide, elbo, progress=False, modules=[vae], fast=fast)
+    history = trainer.fit(_data(), 3, batch_size=32)  # 100 = 3 × 32 + 4: two batch sizes
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+    return trainer, history, params
+
+
+def test_traced_loss_gives_the_plain_results():
+    fast, fast_history, fast_params = _fit("auto")
+    assert fast.fast_note.startswith("fast path: loss traced") and sorted(fast.svi.compiled) == [4, 32]
+    plain, plain_history, plain_params = _fit(False)
+    assert plain.svi.compiled == {}
+    for k in plain_params:
+        torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
+    for a, b in zip(fast_history, plain_history):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 * abs(b["train_loss"])
+
+
+def test_estimators_without_a_faithful_trace_fall_back():
+    trainer, _, _ = _fit("auto", elbo="meanfield")
+    assert trainer.svi.compiled == {} and "TraceMeanField_ELBO" in trainer.fast_note
+
+
+def test_flow_guides_fall_back_with_a_note():
+    trainer, history, _ = _fit("auto", make=lambda: _vae("iaf", 1))
+    assert trainer.svi.compiled == {} and "not used" in trainer.fast_note and "jit" in trainer.fast_note
+    assert history[-1]["test_elbo"] > history[0]["test_elbo"] - 5
+
+
+def test_user_pairs_need_to_declare_it_and_data_dependent_control_flow_is_caught():
+    decoder = MLP(2, [8], X_SHAPE)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            logits = decoder(z)
+            if x.mean() > 0.5:  # Python control flow on the data: a trace would freeze one branch
+                logits = logits * 2
+            pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False).to_event(3), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+
+    bright = torch.full((64, *X_SHAPE), 0.9).bernoulli()
+    dark = torch.full((64, *X_SHAPE), 0.1).bernoulli()
+    trainer = Trainer(model, guide, "trace", progress=False)
+    assert not trainer.enable_fast_path([bright[:32], dark[:32]])
+    assert "jit_compatible" in trainer.fast_note
+    trainer = Trainer(model, guide, "trace", progress=False, fast=True)
+    assert not trainer.enable_fast_path([bright[:32], dark[:32]])
+    assert "differs from the plain one" in trainer.fast_note
+    assert trainer.enable_fast_path([bright[:32], bright[32:]])  # one branch only: nothing to catch
