@@ -129,13 +129,19 @@ class ImageData:
         fields = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()}
         return ImageData(**fields)
 
-    def batches(self, batch_size, shuffle=True, drop_last=False, generator=None):
-        """Yield ``(x, index)`` training batches: index slices of a permutation drawn on the data's device."""
+    def batches(self, batch_size, shuffle=True, drop_last=False, generator=None, shard=None):
+        """Yield ``(x, index)`` training batches: index slices of a permutation drawn on the data's device.
+
+        ``shard`` (e.g. :func:`pyro_vae.distributed.shard`) maps each global batch of indices to this
+        process's share of it.
+        """
         n = len(self.train)
         order = torch.randperm(n, device=self.train.device, generator=generator) if shuffle else None
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             idx = order[start : start + batch_size] if shuffle else slice(start, start + batch_size)
+            if shard is not None:
+                idx = shard(idx if shuffle else torch.arange(n, device=self.train.device)[idx])
             x = self.train[idx]
             if self.binarize == "dynamic":
                 x = torch.bernoulli(x, generator=generator)

@@ -12,6 +12,7 @@ import pyro
 import torch
 
 from .conditional import build_cvae
+from . import distributed
 from .config import Config
 from .data import load_data
 from .discrete import build_relaxed_categorical
@@ -110,13 +111,14 @@ def train(config, resume=False, progress=True):
                 {k: v for k, v in config.to_dict().items() if k != "epochs"}:
             raise ValueError(f"--resume: the options differ from those saved in {config_path}; "
                              "only --epochs may change when resuming")
-    device = resolve_device(config.device)
+    device = distributed.init(resolve_device(config.device))  # torchrun: one rank per process
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     data = _load_data(config, device)
     vae = build_model(config, data.x_shape, num_data=len(data.train)).to(device)
     os.makedirs(out, exist_ok=True)
-    config.save(config_path)
+    if distributed.is_main():
+        config.save(config_path)
     model, guide, elbo = vae.model, vae.guide, config.elbo
     schedule = KLSchedule(config.beta, config.kl_warmup_epochs)  # β-VAE, KL warm-up, free bits: pyro_vae.variants
     if not schedule.is_identity or config.free_bits:
@@ -136,6 +138,8 @@ def train(config, resume=False, progress=True):
     batch_kwargs = vae.batch_kwargs(data) if hasattr(vae, "batch_kwargs") else None
     history = trainer.fit(data, config.epochs, config.batch_size, resume=resume, callback=callback,
                           batch_kwargs=batch_kwargs)
+    if not distributed.is_main():
+        return vae, data, history
     if hasattr(vae, "report"):
         report = vae.report(data)
         with open(os.path.join(out, "report.json"), "w") as f:

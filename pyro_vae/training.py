@@ -57,7 +57,7 @@ from pyro import poutine
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 from tqdm.auto import tqdm
 
-from . import validation
+from . import distributed, validation
 from .data import ImageData
 from .estimators import make_elbo
 from .evaluation import elbo_per_point
@@ -131,6 +131,9 @@ class DeviceSVI(SVI):
             else:
                 loss = torch.as_tensor(self.loss_and_grads(self.model, self.guide, *args, **kwargs))
         params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
+        if distributed.active():  # the same parameters on every rank, in the same (name) order
+            store = pyro.get_param_store()
+            distributed.average_gradients(sorted(params, key=store.param_name))
         ok = True
         if self.guard:
             grads = [p.grad for p in params if p.grad is not None]
@@ -184,11 +187,13 @@ def _atomic_write_lines(lines, path):
 def data_scale(model, guide, x, data_plate="data"):
     """The factor ``full_size / batch_size`` of the pair's data plate (1 when not subsampled)."""
     with poutine.block():
-        trace = poutine.trace(guide).get_trace(x)
-    for site in trace.nodes.values():
-        for f in site.get("cond_indep_stack", ()):
-            if f.name == data_plate and f.full_size:
-                return f.full_size / f.size
+        guide_trace = poutine.trace(guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    for trace in (guide_trace, model_trace):
+        for site in trace.nodes.values():
+            for f in site.get("cond_indep_stack", ()):
+                if f.name == data_plate and f.full_size:
+                    return f.full_size / f.size
     return 1.0
 
 
@@ -424,13 +429,24 @@ class Trainer:
             m.train(mode)
 
     def evaluate_elbo(self, x, batch_size=1000):
-        """Mean ELBO per image of ``x`` (nats)."""
+        """Mean ELBO per image of ``x`` (nats); under torch.distributed each rank scores its share."""
         self._set_training(False)
         try:
-            return elbo_per_point(self.model, self.guide, x, num_particles=self.eval_particles,
-                                  batch_size=batch_size).mean().item()
+            elbo = elbo_per_point(self.model, self.guide, distributed.shard(x), num_particles=self.eval_particles,
+                                  batch_size=batch_size)
         finally:
             self._set_training(True)
+        total = distributed.all_sum(torch.stack([elbo.sum(), elbo.new_tensor(float(len(elbo)))]))
+        return (total[0] / total[1]).item()
+
+    @property
+    def writes(self):
+        """Whether this process writes the run directory (it has one, and is rank 0 or alone)."""
+        return bool(self.out_dir) and distributed.is_main()
+
+    @staticmethod
+    def _params_by_name():
+        return [p for _, p in sorted(pyro.get_param_store().named_parameters())]
 
     def _prepare(self, data, test_x, batch_size, epochs):
         """Check the options and the data once, before any training step."""
@@ -470,22 +486,26 @@ class Trainer:
             if not self.out_dir:
                 raise ValueError("resume=True needs the trainer's out_dir (the run directory to continue)")
             state = validation.load_checkpoint(self.checkpoint_path)
-        first = next(data.batches(batch_size, shuffle=False))[0]
+        first = next(data.batches(batch_size, shuffle=False, shard=distributed.shard))[0]
         # every random draw of the set-up happens here, before the checkpoint's RNG state is restored
         validation.check_pair_runs(self.model, self.guide, first)
         self._guess_plate_nesting(first)
         scale = data_scale(self.model, self.guide, first)
         if state is not None:
             self.load_state_dict(state, first)
-            self._write_metrics()
-        elif self.out_dir and self.epoch == 0:
+            if self.writes:
+                self._write_metrics()
+        elif self.writes and self.epoch == 0:
             self.history = []
             self._write_metrics()
             self.save_checkpoint()  # epoch 0: an interrupted first epoch still resumes exactly
+        if distributed.active():
+            distributed.broadcast_parameters(self._params_by_name())
         steps_per_epoch = math.ceil(len(data.train) / batch_size)
         if self.fast is not False and not self.svi.compiled:
             n = len(data.train)
             probes = [first, data.train[batch_size : 2 * batch_size], data.train[n - n % batch_size :]]
+            probes = [distributed.shard(b) for b in probes]
             self.enable_fast_path([b for b in probes if len(b)], batch_kwargs)
         buffers = [b for m in self.modules for b in m.buffers() if b.is_floating_point()]
         self._set_training(True)
@@ -496,7 +516,8 @@ class Trainer:
                 start = time.perf_counter()
                 total = torch.zeros((), device=first.device)
                 good = bad = bad_in_row = 0
-                bar = tqdm(data.batches(batch_size), total=steps_per_epoch, disable=not self.progress,
+                bar = tqdm(data.batches(batch_size, shard=distributed.shard), total=steps_per_epoch,
+                           disable=not (self.progress and distributed.is_main()),
                            desc=f"epoch {self.epoch + 1}/{epochs}", leave=False)
                 for step, (x, idx) in enumerate(bar, 1):
                     saved = [b.clone() for b in buffers]
@@ -513,16 +534,17 @@ class Trainer:
                 bar.close()
                 lr = self.lr
                 self.epoch += 1
-                metrics = {"epoch": self.epoch, "train_loss": total.item() / max(good, 1)}
+                mean_loss = distributed.all_sum(total / max(good, 1)) / distributed.world_size()
+                metrics = {"epoch": self.epoch, "train_loss": mean_loss.item()}
                 if test_x is not None:
                     metrics["test_elbo"] = self.evaluate_elbo(test_x)
                 metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=bad)
                 self.history.append(metrics)
-                if self.out_dir:
+                if self.writes:
                     with open(os.path.join(self.out_dir, METRICS), "a") as f:
                         f.write(json.dumps(metrics) + "\n")
                     self.save_checkpoint()
-                if self.progress:
+                if self.progress and distributed.is_main():
                     tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in metrics.items()))
                 if callback:
