@@ -143,7 +143,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
 
 
 # -- a real process on real data: SIGTERM, then SIGKILL mid-epoch, then resume ----------------------------------
-TRAIN_ARGS = ["--dataset", "fashion-mnist", "--limit", "600", "--test-limit", "50", "--latent-dim", "4",
+TRAIN_ARGS = ["--dataset", "fashion-mnist", "--limit", "6000", "--test-limit", "50", "--latent-dim", "4",
               "--hidden-dims", "32", "--batch-size", "20", "--lr", "3e-3", "--device", "cpu", "--no-pictures",
               "--seed", "7"]
 
