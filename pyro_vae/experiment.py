@@ -11,22 +11,21 @@ import os
 import pyro
 import torch
 
+from . import distributed, validation
 from .conditional import build_cvae
-from . import distributed
 from .config import Config
 from .data import load_data
 from .discrete import build_relaxed_categorical
 from .estimators import make_elbo
 from .guides import make_guide
 from .hierarchical import build_hierarchical
-from .semisupervised import build_m2
-from .variants import KLSchedule, beta_scale, check_estimator
 from .likelihoods import make_likelihood
 from .models import VAE
 from .nets import MLP, ConvDecoder, ConvEncoder
 from .pictures import save_latent_scatter, save_run_pictures, save_samples
-from . import validation
+from .semisupervised import build_m2
 from .training import CHECKPOINT, METRICS, Trainer, resolve_device
+from .variants import KLSchedule, beta_scale, check_estimator
 
 MODELS = {}
 

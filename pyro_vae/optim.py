@@ -115,7 +115,7 @@ def make_optimizer(name="adam", lr=1e-3, clip_norm=None, fused=True):
 
 
 def set_lr(optim, lr):
-    """Set the learning rate of every parameter's optimizer, present and future."""
+    """Set the learning rate of every parameter's optimizer, present and future (each torch optimizer once)."""
     optim._lr_holder["lr"] = lr
     objs = {id(o): o for o in optim.optim_objs.values()}
     for opt in objs.values():
