@@ -24,7 +24,6 @@ import statistics
 import time
 
 import pyro
-import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 

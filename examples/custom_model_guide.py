@@ -15,7 +15,6 @@ import argparse
 
 import pyro
 import pyro.distributions as dist
-import torch
 from torch import nn
 
 from pyro_vae import Trainer, evaluate, load_data

@@ -8,7 +8,6 @@ References: 1. Kingma, Rezende, Mohamed, Welling 2014, "Semi-Supervised Learning
 """
 import argparse
 import json
-import os
 
 from pyro_vae.config import Config
 from pyro_vae.experiment import train

@@ -6,7 +6,6 @@ serves one sample per data point (``z: [B, D]``) and vectorized particles
 """
 import math
 
-import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "softplus": nn.Softplus}

@@ -62,7 +62,7 @@ from .data import ImageData
 from .estimators import make_elbo
 from .evaluation import elbo_per_point
 from .importance import guess_max_plate_nesting
-from .optim import OPTIMIZERS, make_optimizer, set_lr
+from .optim import make_optimizer, set_lr
 
 logger = logging.getLogger(__name__)
 # Pyro's JitTraceMeanField_ELBO does not reproduce TraceMeanField_ELBO's loss for the same noise: trace only

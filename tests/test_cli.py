@@ -1,5 +1,4 @@
 """The `pyro-vae` command line and the examples, run end to end on small real data."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,12 +7,12 @@ import sys
 import pytest
 import torch
 
+from examples_loader import load_example
 from pyro_vae.cli import main
 from pyro_vae.config import Config
 
 DEBIAN = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -73,9 +72,7 @@ def test_module_entry_point(tmp_path):
 
 
 def test_custom_model_guide_example_trains(tmp_path):
-    spec = importlib.util.spec_from_file_location("custom", os.path.join(ROOT, "examples", "custom_model_guide.py"))
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("custom_model_guide")
     history, result = example.main(example.parse_args(["--smoke", "--device", "cpu", "--out", str(tmp_path)]))
     assert history[-1]["test_elbo"] > history[0]["test_elbo"]
     assert result["nll"] < -history[-1]["test_elbo"] + 5

@@ -1,21 +1,13 @@
 """Smoke test of examples/anomaly_detection.py: train without one class on a subset, score the test images."""
-import importlib.util
 import json
 import os
 import warnings
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "anomaly_detection.py")
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("example_anomaly_detection", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from examples_loader import load_example
 
 
 def test_anomaly_example_smoke(tmp_path, capsys):
-    example = _load()
+    example = load_example("anomaly_detection")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = example.main(example.parse_args(["--smoke", "--out", str(tmp_path)]))

@@ -1,19 +1,17 @@
 """The Fashion-MNIST benchmark example runs every row end to end (tiny budget) and writes its table."""
-import importlib.util
 import json
 import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from examples_loader import load_example
+
 
 
 @pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST")
 def test_benchmark_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "data"))
-    spec = importlib.util.spec_from_file_location("bench", os.path.join(ROOT, "examples", "benchmark_fashion_mnist.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_example("benchmark_fashion_mnist")
     rows = bench.main(bench.parse_args(["--smoke", "--device", "cpu", "--out", str(tmp_path / "b")]))
     assert [r["row"] for r in rows] == list(bench.ROWS)
     for r in rows:

@@ -1,22 +1,13 @@
 """Smoke test of examples/hierarchical.py: the one- vs two-layer comparison runs end to end on a tiny subset."""
-import importlib.util
 import json
 import math
-import os
 import warnings
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "hierarchical.py")
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("example_hierarchical", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from examples_loader import load_example
 
 
 def test_hierarchical_example_smoke(tmp_path):
-    example = _load()
+    example = load_example("hierarchical")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # collapse warnings are expected after one tiny epoch
         rows = example.main(example.parse_args(["--smoke", "--out", str(tmp_path)]))

@@ -1,28 +1,19 @@
 """Smoke test of examples/iwae.py: VAE vs IWAE for two k, one and two stochastic layers, on a tiny subset."""
-import importlib.util
 import json
 import math
-import os
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "iwae.py")
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("example_iwae", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from examples_loader import load_example
 
 
 def test_burda_schedule():
-    example = _load()
+    example = load_example("iwae")
     schedule = example.burda_schedule()
     assert sum(e for e, _ in schedule) == 3280 and schedule[0] == (1, 1e-3)
     assert math.isclose(schedule[7][1], 1e-4) and schedule[3] == (27, 1e-3 * 10 ** (-3 / 7))
 
 
 def test_iwae_example_smoke(tmp_path):
-    example = _load()
+    example = load_example("iwae")
     rows = example.main(example.parse_args(["--smoke", "--layers", "1,2", "--out", str(tmp_path)]))
     assert [(r["layers"], r["elbo"], r["k"]) for r in rows] == [
         (layers, elbo, k) for layers in (1, 2) for k in (1, 5) for elbo in ("trace", "iwae")]
