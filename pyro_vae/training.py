@@ -47,17 +47,16 @@ import os
 import signal
 import threading
 import time
-import warnings
 
 import logging
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from pyro.infer import SVI
 from tqdm.auto import tqdm
 
-from . import distributed, validation
+from . import distributed, fast, validation
 from .data import ImageData
 from .estimators import make_elbo
 from .evaluation import elbo_per_point
@@ -65,8 +64,6 @@ from .importance import guess_max_plate_nesting
 from .optim import make_optimizer, set_lr
 
 logger = logging.getLogger(__name__)
-# Pyro's JitTraceMeanField_ELBO does not reproduce TraceMeanField_ELBO's loss for the same noise: trace only
-_JIT_ELBOS = {Trace_ELBO: JitTrace_ELBO}
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
@@ -83,28 +80,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-@contextlib.contextmanager
-def _traced_normal_draws():
-    """Draw standard normals outside ``torch.jit.trace`` the way they are drawn inside it.
-
-    ``torch.distributions`` draws ``empty().normal_()`` eagerly but ``torch.normal(zeros, ones)``
-    under tracing: the same distribution, other numbers.  With this patch a plain and a traced
-    loss see the same noise for the same RNG state, so they can be compared exactly.
-    """
-    import torch.distributions.normal as normal_module
-
-    original = normal_module._standard_normal
-
-    def draw(shape, dtype, device):
-        return torch.normal(torch.zeros(shape, dtype=dtype, device=device), torch.ones(shape, dtype=dtype, device=device))
-
-    normal_module._standard_normal = draw
-    try:
-        yield
-    finally:
-        normal_module._standard_normal = original
-
-
 class DeviceSVI(SVI):
     """:class:`pyro.infer.SVI` whose :meth:`step` returns ``(loss tensor, finite flag)`` and skips bad updates.
 
@@ -119,18 +94,23 @@ class DeviceSVI(SVI):
         super().__init__(model, guide, optim, loss, **kwargs)
         self.elbo = loss  # SVI keeps only the bound methods
         self.guard = guard
-        self.compiled = {}  # batch size -> jit-traced estimator (the fast path, see Trainer)
+        self.compiled = {}  # batch size -> fast.TracedLoss (the fast path, see Trainer.enable_fast_path)
 
     def step(self, *args, **kwargs):
-        elbo = self.compiled.get(len(args[0]), self.elbo) if self.compiled else self.elbo
-        with poutine.trace(param_only=True) as param_capture:
-            if hasattr(elbo, "differentiable_loss"):
-                loss = elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
-                loss.backward()
-                loss = loss.detach()
-            else:
-                loss = torch.as_tensor(self.loss_and_grads(self.model, self.guide, *args, **kwargs))
-        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
+        traced = self.compiled.get(len(args[0])) if self.compiled and len(args) == 1 and not kwargs else None
+        if traced is not None:  # the fast path: one graph replay, parameters known
+            loss = traced(args[0])
+            loss.backward()
+            loss, params = loss.detach(), traced.params
+        else:
+            with poutine.trace(param_only=True) as param_capture:
+                if hasattr(self.elbo, "differentiable_loss"):
+                    loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+                    loss.backward()
+                    loss = loss.detach()
+                else:
+                    loss = torch.as_tensor(self.loss_and_grads(self.model, self.guide, *args, **kwargs))
+            params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
         if distributed.active():  # the same parameters on every rank, in the same (name) order
             store = pyro.get_param_store()
             distributed.average_gradients(sorted(params, key=store.param_name))
@@ -361,67 +341,23 @@ class Trainer:
             self.elbo._guess_max_plate_nesting(self.model, self.guide, (x,), {})
 
     # -- the fast path ----------------------------------------------------------------------------
-    def _fast_blocker(self, batch_kwargs):
-        """Why the compiled loss cannot be used, or None."""
-        if not self.fast:
-            return "turned off"
-        owners = [getattr(fn, "__self__", fn) for fn in (self.model, self.guide)]
-        if self.fast == "auto" and not all(getattr(o, "jit_compatible", False) is True for o in owners):
-            return ("the pair does not declare jit_compatible = True (set it on a pair with no data-dependent "
-                    "control flow, or pass fast=True to try tracing it)")
-        if type(self.elbo) not in _JIT_ELBOS:
-            return f"{type(self.elbo).__name__} has no jit-traced twin that reproduces it (only Trace_ELBO has)"
-        if batch_kwargs is not None:
-            return "per-batch keyword arguments (labels) would be frozen into the trace"
-        for owner in owners:
-            if getattr(owner, "jit_compatible", True) is False:
-                return f"{type(owner).__name__} says it breaks jit tracing (e.g. flows, pyro-ppl/pyro#3132)"
-        return None
-
     def enable_fast_path(self, batches, batch_kwargs=None):
-        """Trace the loss with :func:`torch.jit.trace` (Pyro's ``JitTrace_ELBO``) once per batch size.
+        """Trace the loss once per batch size (:mod:`pyro_vae.fast`) where that is valid; else say why.
 
-        Pyro then runs only while tracing; each step replays the traced graph.  A traced loss is
-        used only if, on each of ``batches`` (a full batch, a second one to catch data-dependent
-        control flow, and the last, shorter one), it equals the plain loss for the same random
-        numbers; otherwise the trainer falls back to the plain loss and says why in
-        :attr:`fast_note`.  The RNG state is left as it was, so results and resumes are unchanged.
+        ``batches``: two different batches of each size training uses (a trace that freezes
+        data-dependent control flow is caught by comparing it with the plain loss on both).
+        The note is kept in :attr:`fast_note` and logged; the RNG state is left as it was.
         """
-        self.svi.compiled = {}
-        why = self._fast_blocker(batch_kwargs)
+        why = fast.blocker(self.elbo, self.model, self.guide, self.fast, batch_kwargs)
+        compiled = {}
         if why is None:
             self._guess_plate_nesting(batches[0])
-            rng = pyro.util.get_rng_state()
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's deprecation notice
-                    why = self._compile(batches, rng)
-            except Exception as e:  # tracing failed: e.g. data-dependent Python control flow
-                why = f"tracing failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
-            finally:
-                pyro.util.set_rng_state(rng)
-        if why is not None:
-            self.svi.compiled = {}
-        self.fast_note = ("fast path: loss traced with torch.jit for batch sizes "
-                          f"{sorted(self.svi.compiled)}" if why is None else f"fast path not used: {why}")
+            compiled, why = fast.trace_losses(self.elbo, self.model, self.guide, batches)
+        self.svi.compiled = compiled
+        self.fast_note = (f"fast path: loss traced with torch.jit for batch sizes {sorted(compiled)}"
+                          if why is None else f"fast path not used: {why}")
         logger.info(self.fast_note)
         return why is None
-
-    def _compile(self, batches, rng):
-        jit_cls = _JIT_ELBOS[type(self.elbo)]
-        options = {k: getattr(self.elbo, k) for k in ("num_particles", "max_plate_nesting", "vectorize_particles")}
-        for x in batches:
-            jit = self.svi.compiled.setdefault(len(x), jit_cls(ignore_jit_warnings=True, **options))
-            losses = []
-            for elbo in (self.elbo, jit, jit):  # plain; tracing (it runs the pair twice); a replay
-                pyro.util.set_rng_state(rng)
-                with torch.no_grad(), _traced_normal_draws():
-                    losses.append(elbo.differentiable_loss(self.model, self.guide, x))
-            plain, replay = losses[0], losses[2]
-            if not (replay - plain).abs() <= 1e-4 * (1 + plain.abs()):
-                return (f"the traced loss ({losses[2].item():.6g}) differs from the plain one ({plain.item():.6g}) "
-                        f"on a batch of {len(x)}: the pair has data-dependent control flow or state")
-        return None
 
     # -- the loop ------------------------------------------------------------------------------
     def _set_training(self, mode):
@@ -504,8 +440,10 @@ class Trainer:
         steps_per_epoch = math.ceil(len(data.train) / batch_size)
         if self.fast is not False and not self.svi.compiled:
             n = len(data.train)
-            probes = [first, data.train[batch_size : 2 * batch_size], data.train[n - n % batch_size :]]
-            probes = [distributed.shard(b) for b in probes]
+            probes = [data.train[:batch_size], data.train[batch_size : 2 * batch_size]]
+            if n % batch_size:  # the last, shorter batch: its own trace, checked on two different batches too
+                probes += [data.train[n - n % batch_size :], data.train[: n % batch_size]]
+            probes = [distributed.shard(b) for b in probes if len(b)]
             self.enable_fast_path([b for b in probes if len(b)], batch_kwargs)
         buffers = [b for m in self.modules for b in m.buffers() if b.is_floating_point()]
         self._set_training(True)
