@@ -84,12 +84,14 @@ def run_row(args, name):
 
 def markdown(rows, device):
     lines = [f"Device: {device}.", "",
-             "| configuration | NLL (nats) | ELBO | active units | train time | published (row) | reproduce |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| configuration | NLL (nats) | ELBO | active units | train time | published NLL (row) | NLL − published "
+             "| reproduce |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['row']} | {r['nll']:.2f} (K={r['nll_samples']}, {r['images']} images) | {r['elbo']:.2f} | "
                      f"{r['active_units']} | {r['train_seconds'] / 60:.1f} min ({r['epochs']} epochs) | "
-                     f"{r['published_nll']:.2f} ({r['published_row']}) | `{r['command']}` |")
+                     f"{r['published_nll']:.2f} ({r['published_row']}) | {r['nll'] - r['published_nll']:+.2f} | "
+                     f"`{r['command']}` |")
     return "\n".join(lines) + "\n"
 
 
