@@ -20,6 +20,15 @@ class LinearGaussian:
         self.sigma = sigma
         self.latent_dim, self.obs_dim = latent_dim, obs_dim
 
+    @classmethod
+    def unit_range(cls, obs_dim, sigma, w_scale, seed=0, latent_dim=2):
+        """Means 0.5 + W z with small W (|W| ~ w_scale): "images" whose means stay in [0, 1] for moderate z."""
+        g = torch.Generator().manual_seed(seed)
+        lg = cls(latent_dim=latent_dim, obs_dim=obs_dim, sigma=sigma,
+                 W=w_scale * torch.randn(obs_dim, latent_dim, generator=g))
+        lg.b = torch.full((obs_dim,), 0.5, dtype=lg.W.dtype, device=lg.W.device)
+        return lg
+
     # ---- Pyro functions (the contract: x first, sites in the "data" plate) ----
     def model(self, x, num_data=None):
         with data_plate(x, num_data):

@@ -109,10 +109,7 @@ def test_corrupt_changes_the_expected_fraction_of_pixels():
 
 def low_rank_images():
     """A linear-Gaussian model of "images" in [0, 1]: 2 latent dims, 50 pixels, means 0.5 + W z (|W| ~ 0.02), σ = 0.01."""
-    g = torch.Generator().manual_seed(0)
-    lg = LinearGaussian(latent_dim=2, obs_dim=50, sigma=0.01, W=0.02 * torch.randn(50, 2, generator=g))
-    lg.b = torch.full((50,), 0.5, dtype=torch.float64)
-    return lg
+    return LinearGaussian.unit_range(obs_dim=50, sigma=0.01, w_scale=0.02, seed=0)
 
 
 def test_reconstruct_is_the_model_mean_at_the_posterior_mean():

@@ -214,10 +214,7 @@ def test_evaluate_rejects_bad_input():
 # ---------------------------------------------------------------------------------------------
 def unit_range_model():
     """A linear-Gaussian model whose means W z + b stay inside [0, 1] for |z| ≤ 3 (the pictures clamp to [0, 1])."""
-    g = torch.Generator().manual_seed(1)
-    lg = LinearGaussian(latent_dim=2, obs_dim=4, sigma=0.05, W=0.05 * torch.randn(4, 2, generator=g))
-    lg.b = torch.full((4,), 0.5, dtype=torch.float64)
-    return lg
+    return LinearGaussian.unit_range(obs_dim=4, sigma=0.05, w_scale=0.05, seed=1)
 
 
 def test_decode_interpolations_and_traversals_are_the_models_means():
