@@ -60,7 +60,7 @@ from . import distributed, fast, validation
 from .data import ImageData
 from .estimators import make_elbo
 from .evaluation import elbo_per_point
-from .importance import guess_max_plate_nesting
+from .importance import data_plate_scale, guess_max_plate_nesting
 from .optim import make_optimizer, set_lr
 
 logger = logging.getLogger(__name__)
@@ -165,15 +165,15 @@ def _atomic_write_lines(lines, path):
 
 
 def data_scale(model, guide, x, data_plate="data"):
-    """The factor ``full_size / batch_size`` of the pair's data plate (1 when not subsampled)."""
+    """The factor ``full_size / batch_size`` of the pair's data plate (1 when not subsampled or absent)."""
     with poutine.block():
         guide_trace = poutine.trace(guide).get_trace(x)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
     for trace in (guide_trace, model_trace):
-        for site in trace.nodes.values():
-            for f in site.get("cond_indep_stack", ()):
-                if f.name == data_plate and f.full_size:
-                    return f.full_size / f.size
+        try:
+            return data_plate_scale(trace, data_plate)
+        except ValueError:  # no site of this trace in the plate (e.g. an empty guide)
+            continue
     return 1.0
 
 
