@@ -1,9 +1,10 @@
 """Run configuration: a plain dataclass that round-trips through JSON and rejects unknown keys."""
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import List, Optional
+
+from . import validation
 
 
 @dataclass
@@ -63,50 +64,37 @@ class Config:
         self.validate()
 
     def validate(self):
-        """Raise ValueError naming the field and how to fix it."""
-        positive = ["latent_dim", "epochs", "batch_size", "particles", "eval_particles", "log_every", "max_bad_steps"]
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if any(not isinstance(h, int) or h <= 0 for h in self.hidden_dims):
-            raise ValueError(f"hidden_dims must be positive integers, got {self.hidden_dims!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
-        if self.clip_norm is not None and not (isinstance(self.clip_norm, (int, float)) and
-                                               math.isfinite(self.clip_norm) and self.clip_norm > 0):
-            raise ValueError(f"clip_norm must be a finite positive number or left out, got {self.clip_norm!r}")
-        if not 0 < self.lr_decay <= 1:
-            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
-        if self.latent_dims is not None and (not self.latent_dims or any(
-                isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in self.latent_dims)):
-            raise ValueError(f"latent_dims must be positive integers such as 64,32 (z1 next to x first), "
-                             f"got {self.latent_dims!r}")
-        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
-            raise ValueError(f"beta must be a finite number >= 0 (1 is the plain ELBO), got {self.beta!r}")
-        if isinstance(self.kl_warmup_epochs, bool) or not isinstance(self.kl_warmup_epochs, int) \
-                or self.kl_warmup_epochs < 0:
-            raise ValueError(f"kl_warmup_epochs must be an integer >= 0 (0: no warm-up), got {self.kl_warmup_epochs!r}")
-        if not (isinstance(self.free_bits, (int, float)) and math.isfinite(self.free_bits) and self.free_bits >= 0):
-            raise ValueError(f"free_bits must be a number >= 0 (nats per latent dimension; 0: off), "
-                             f"got {self.free_bits!r}")
+        """Raise ValueError/TypeError naming the field and how to fix it (names are checked by
+        :func:`pyro_vae.validation.check_config`, which needs the registries)."""
+        for name in ("latent_dim", "epochs", "batch_size", "particles", "eval_particles", "log_every",
+                     "max_bad_steps"):
+            validation.check_positive_int(name, getattr(self, name))
+        for name in ("hidden_dims", "latent_dims", "flow_hidden_dims"):
+            dims = getattr(self, name)
+            if dims is not None and (not dims or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0
+                                                     for d in dims)):
+                raise ValueError(f"{name} must be positive integers such as 400 or 64,32, got {dims!r}")
+        validation.check_positive_float("lr", self.lr)
+        if self.clip_norm is not None:
+            validation.check_positive_float("clip_norm", self.clip_norm, "; pass e.g. --clip-norm 10 or leave it out")
+        validation.check_fraction("lr_decay", self.lr_decay, "; 1 keeps the learning rate constant")
+        validation.check_nonnegative_float("beta", self.beta, "; 1 is the plain ELBO")
+        validation.check_nonnegative_int("kl_warmup_epochs", self.kl_warmup_epochs, "; 0: no warm-up")
+        validation.check_nonnegative_float("free_bits", self.free_bits, "; nats per latent dimension, 0: off")
         if isinstance(self.categories, bool) or not isinstance(self.categories, int) or self.categories < 2:
             raise ValueError(f"categories must be an integer >= 2, got {self.categories!r}")
-        if not 0 < self.min_temperature <= self.temperature:
-            raise ValueError(f"need 0 < min_temperature <= temperature, got {self.min_temperature!r} and "
+        validation.check_positive_float("temperature", self.temperature)
+        validation.check_positive_float("min_temperature", self.min_temperature)
+        if self.min_temperature > self.temperature:
+            raise ValueError(f"need min_temperature <= temperature, got {self.min_temperature!r} and "
                              f"{self.temperature!r}")
-        if not 0 < self.temperature_decay <= 1:
-            raise ValueError(f"temperature_decay must be in (0, 1] (1: no annealing), got {self.temperature_decay!r}")
-        if isinstance(self.labeled, bool) or not isinstance(self.labeled, int) or self.labeled < 0:
-            raise ValueError(f"labeled must be an integer >= 0 (labeled training images for m2), got {self.labeled!r}")
-        if self.aux_weight is not None and not self.aux_weight >= 0:
-            raise ValueError(f"aux_weight must be >= 0 or left out (default 0.1·N/labeled), got {self.aux_weight!r}")
-        if self.flows < 0:
-            raise ValueError(f"flows must be >= 0, got {self.flows}")
-        if self.optimizer not in ("adam", "clipped-adam"):
-            raise ValueError(f"optimizer must be 'adam' or 'clipped-adam', got {self.optimizer!r}")
-        if self.net not in ("mlp", "conv"):
-            raise ValueError(f"net must be 'mlp' or 'conv', got {self.net!r}")
+        validation.check_fraction("temperature_decay", self.temperature_decay, "; 1: no annealing")
+        validation.check_nonnegative_int("labeled", self.labeled, "; labeled training images for m2")
+        if self.aux_weight is not None:
+            validation.check_nonnegative_float("aux_weight", self.aux_weight, "; leave it out for 0.1·N/labeled")
+        validation.check_nonnegative_int("flows", self.flows)
+        validation.check_choice("optimizer", self.optimizer, ("adam", "clipped-adam"), "optimizer")
+        validation.check_choice("net", self.net, ("mlp", "conv"), "net")
 
     def to_dict(self):
         return dataclasses.asdict(self)

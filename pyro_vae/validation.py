@@ -42,6 +42,15 @@ def check_positive_float(name, value, hint=""):
     return float(value)
 
 
+def check_nonnegative_float(name, value, hint=""):
+    """``value`` is a finite real number ≥ 0 (β, a free-bits floor, a loss weight)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number >= 0, got {value!r} ({type(value).__name__}){hint}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}{hint}")
+    return float(value)
+
+
 def check_fraction(name, value, hint=""):
     """``value`` is a real number in (0, 1] (a decay factor)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
