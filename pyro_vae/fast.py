@@ -8,9 +8,9 @@ unconstrained tensors and ``x``; a step is then one graph replay plus backward.
 A trace freezes Python control flow and constants (the batch size, the data
 plate's scale, a β or temperature read from Python), so it is only used where
 it is valid: for ``Trace_ELBO``, without per-batch keyword arguments, for pairs
-that declare ``jit_compatible = True`` (``fast="auto"``; the built-in VAE does
-unless its guide has flows, pyro-ppl/pyro#3132) or any pair with ``fast=True``;
-one trace per batch size; and only after the traced loss has equalled the plain
+that declare ``jit_compatible = True`` (``fast="auto"``: the built-in VAE unless
+its guide has flows, pyro-ppl/pyro#3132, and the hierarchical VAE) or any pair
+with ``fast=True``; one trace per batch size; and only after the traced loss has equalled the plain
 loss for the same random numbers on two different batches of each size.
 """
 import contextlib

@@ -97,6 +97,8 @@ class HierarchicalVAE(nn.Module):
         self.x_shape = tuple(x_shape)
         self.num_data = num_data
 
+    jit_compatible = True  # no data-dependent control flow or state: the trainer may trace its loss
+
     @property
     def sites(self):
         """Latent site names from x upwards: ``["z1", …, "zL"]``."""
