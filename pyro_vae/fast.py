@@ -10,8 +10,9 @@ plate's scale, a β or temperature read from Python), so it is only used where
 it is valid: for ``Trace_ELBO``, without per-batch keyword arguments, for pairs
 that declare ``jit_compatible = True`` (``fast="auto"``: the built-in VAE unless
 its guide has flows, pyro-ppl/pyro#3132, and the hierarchical VAE) or any pair
-with ``fast=True``; one trace per batch size; and only after the traced loss has equalled the plain
-loss for the same random numbers on two different batches of each size.
+with ``fast=True``; one trace per batch size; and only after the traced loss
+has equalled the plain loss for the same random numbers on two different
+batches of each size.
 """
 import contextlib
 import warnings
