@@ -24,25 +24,20 @@ from pyro.distributions import Independent
 from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import kl_divergence
 
-from .importance import PARTICLE_PLATE, guess_max_plate_nesting, log_likelihood, log_weights
+from .importance import (PARTICLE_PLATE, guess_max_plate_nesting, log_likelihood, log_weights, per_particle_and_point,
+                         plate_nesting)
 
 ACTIVE_THRESHOLD = 0.01
 
 
-@torch.no_grad()
 def elbo_terms(model, guide, x, *args, num_particles=1, batch_size=1000, **kwargs):
     """Per-image Monte Carlo ``(recon, kl)`` averaged over ``num_particles``, each of shape ``[N]``.
 
     recon_i = E_q[log p(x_i|z)],  kl_i = E_q[log q(z|x_i) − log p(z)],  ELBO_i = recon_i − kl_i.
     """
-    mpn = guess_max_plate_nesting(model, guide, x[:1], *args, **kwargs)
-    recon, kl = [], []
-    for start in range(0, len(x), batch_size):
-        w = log_weights(model, guide, x[start : start + batch_size], *args, num_particles=num_particles,
-                        max_plate_nesting=mpn, **kwargs)
-        recon.append(w.obs.mean(0))
-        kl.append((w.guide - w.prior).mean(0))
-    return torch.cat(recon), torch.cat(kl)
+    recon, kl, _ = _latent_pass(model, guide, x, *args, num_particles=num_particles, batch_size=batch_size,
+                                per_dim=False, **kwargs)
+    return recon, kl
 
 
 def elbo_per_point(model, guide, x, *args, num_particles=1, batch_size=1000, **kwargs):
@@ -66,25 +61,6 @@ def latent_sites(guide, x, *args, **kwargs):
     return _latent_sites(trace)
 
 
-def _event_to_particle_data(t, site, event_dim, particle_dim, data_plate="data"):
-    """Reshape a per-element tensor ``batch + event`` of ``site`` to ``[K, B, D]`` (event flattened to D).
-
-    Batch dims other than the particle plate and the data plate are summed out.
-    """
-    frame = next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
-    if frame is None:
-        raise ValueError(f"latent site {site['name']!r} is not inside the plate {data_plate!r}")
-    batch = t.shape[: t.dim() - event_dim]
-    t = t.reshape(batch + (-1,))
-    ndim = -particle_dim
-    t = t.reshape((1,) * (ndim - len(batch)) + tuple(batch) + (t.shape[-1],))
-    keep = {particle_dim - 1, frame.dim - 1}
-    other = [d for d in range(particle_dim - 1, -1) if d not in keep]
-    if other:
-        t = t.sum(other, keepdim=True)
-    return t.reshape(t.shape[particle_dim - 1], t.shape[frame.dim - 1], t.shape[-1])
-
-
 def _site_mean(fn):
     try:
         mean = fn.mean
@@ -105,7 +81,8 @@ def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_n
     if mc_samples < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
     if max_plate_nesting is None:
-        max_plate_nesting = _guide_plate_nesting(guide, x[:batch_size], *args, **kwargs)
+        with poutine.block():
+            max_plate_nesting = plate_nesting(poutine.trace(guide).get_trace(x[:batch_size], *args, **kwargs))
     particle_dim = -(max_plate_nesting + 1)
     sums = {}
     for start in range(0, len(x), batch_size):
@@ -125,18 +102,9 @@ def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_n
             m = means[name]
             m = value if m is None else m.expand(value.shape)
             event_dim = site["fn"].event_dim
-            m = _event_to_particle_data(m, site, event_dim, particle_dim)  # [K, B, D] (D: flattened event)
-            m = m.mean(0).reshape((len(xb),) + tuple(value.shape[value.dim() - event_dim:]))
+            m = per_particle_and_point(m, site, particle_dim, event_dim).mean(0)  # [B, *event]
             sums.setdefault(name, []).append(m)
     return {name: torch.cat(parts) for name, parts in sums.items()}
-
-
-def _guide_plate_nesting(guide, x, *args, **kwargs):
-    with poutine.block():
-        trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-    dims = [-f.dim for site in trace.nodes.values() if site["type"] == "sample"
-            for f in site["cond_indep_stack"] if f.vectorized]
-    return max(dims, default=0)
 
 
 def active_units(means, threshold=ACTIVE_THRESHOLD):
@@ -156,18 +124,32 @@ def active_units(means, threshold=ACTIVE_THRESHOLD):
     return out
 
 
-def _elementwise(fn, value):
-    """Per-element log-density of ``value`` and the elementwise base distribution, or ``(None, None)``."""
-    base, n = fn, 0
-    while isinstance(base, Independent):
-        n += base.reinterpreted_batch_ndims
-        base = base.base_dist
-    if base.event_shape != ():
-        return None, None
-    lp = base.log_prob(value)
-    if lp.shape != value.shape:
-        return None, None
-    return lp, base
+def _elementwise_base(fn):
+    """The elementwise base distribution of ``Independent(…(base))`` with a scalar event, or None."""
+    while isinstance(fn, Independent):
+        fn = fn.base_dist
+    return fn if fn.event_shape == () else None
+
+
+def elementwise_kl(q_fn, p_fn, value, monte_carlo=True):
+    """KL(q ‖ p) per element of ``value`` (shape ``batch + event``) when q and p factorize over the event.
+
+    Analytic where ``kl_divergence`` is registered for the elementwise bases; else, with
+    ``monte_carlo``, log q(z_d) − log p(z_d) at ``value``.  None when q or p does not
+    factorize (a flow, a full-covariance Gaussian) or (``monte_carlo=False``) no KL is registered.
+    """
+    q_base, p_base = _elementwise_base(q_fn), _elementwise_base(p_fn)
+    if q_base is None or p_base is None or q_fn.event_dim != p_fn.event_dim:
+        return None
+    try:
+        kl = kl_divergence(q_base, p_base)
+        return kl.expand(torch.broadcast_shapes(kl.shape, value.shape))
+    except (NotImplementedError, RuntimeError):
+        pass
+    if not monte_carlo:
+        return None
+    lq, lp = q_base.log_prob(value), p_base.log_prob(value)
+    return lq - lp if lq.shape == lp.shape == value.shape else None
 
 
 def _kl_per_dim_of_site(name, guide_trace, model_trace):
@@ -176,38 +158,30 @@ def _kl_per_dim_of_site(name, guide_trace, model_trace):
     if p_site is None:
         raise ValueError(f"the guide samples {name!r} but the model has no site of that name; "
                          f"model and guide must share site names")
-    value = q_site["value"]
-    lq, q_base = _elementwise(q_site["fn"], value)
-    lp, p_base = _elementwise(p_site["fn"], value)
-    if lq is None or lp is None:
-        return None
-    try:
-        return kl_divergence(q_base, p_base).expand(value.shape)
-    except (NotImplementedError, RuntimeError):
-        pass
-    return lq - lp
+    return elementwise_kl(q_site["fn"], p_site["fn"], q_site["value"])
 
 
 @torch.no_grad()
-def _latent_pass(model, guide, x, *args, num_particles=1, batch_size=1000, **kwargs):
-    """One pass over ``x``: per-image recon and KL ``[N]``, and per-site per-dimension KL ``[N, D]`` (or None)."""
-    mpn = guess_max_plate_nesting(model, guide, x[:batch_size], *args, **kwargs)
+def _latent_pass(model, guide, x, *args, num_particles=1, batch_size=1000, per_dim=True, **kwargs):
+    """One pass over ``x``: per-image recon and KL ``[N]``, and (``per_dim``) per-site per-dimension KL ``[N, D]``
+    (None for a site whose q does not factorize)."""
+    mpn = guess_max_plate_nesting(model, guide, x[:2], *args, **kwargs)
     particle_dim = -(mpn + 1)
-    recon, kl, per_dim = [], [], {}
+    recon, kl, site_kl = [], [], {}
     for start in range(0, len(x), batch_size):
         w = log_weights(model, guide, x[start : start + batch_size], *args, num_particles=num_particles,
                         max_plate_nesting=mpn, **kwargs)
         recon.append(w.obs.mean(0))
         kl.append((w.guide - w.prior).mean(0))
-        for name in _latent_sites(w.guide_trace):
+        for name in _latent_sites(w.guide_trace) if per_dim else ():
             site = w.guide_trace.nodes[name]
             t = _kl_per_dim_of_site(name, w.guide_trace, w.model_trace)
             if t is not None:
-                t = _event_to_particle_data(t, site, site["fn"].event_dim, particle_dim)
+                t = per_particle_and_point(t, site, particle_dim, site["fn"].event_dim).flatten(2)
                 t = t.expand(num_particles, -1, -1).mean(0)
-            per_dim.setdefault(name, []).append(t)
-    per_dim = {n: (None if any(t is None for t in ts) else torch.cat(ts)) for n, ts in per_dim.items()}
-    return torch.cat(recon), torch.cat(kl), per_dim
+            site_kl.setdefault(name, []).append(t)
+    site_kl = {n: (None if any(t is None for t in ts) else torch.cat(ts)) for n, ts in site_kl.items()}
+    return torch.cat(recon), torch.cat(kl), site_kl
 
 
 def collapse_warnings(active, dims, kl):

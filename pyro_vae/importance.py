@@ -39,40 +39,49 @@ class LogWeights(NamedTuple):
         return self.obs + self.prior - self.guide
 
 
+def plate_nesting(*traces):
+    """The number of batch dims the vectorized plates of ``traces`` use."""
+    dims = [-f.dim for tr in traces for site in tr.nodes.values() if site["type"] == "sample"
+            for f in site["cond_indep_stack"] if f.vectorized]
+    return max(dims, default=0)
+
+
 def guess_max_plate_nesting(model, guide, x, *args, **kwargs):
     """Trace the pair once and return the number of batch dims its plates use."""
     with poutine.block():
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
-    dims = [
-        -f.dim
-        for tr in (model_trace, guide_trace)
-        for site in tr.nodes.values()
-        if site["type"] == "sample"
-        for f in site["cond_indep_stack"]
-        if f.vectorized
-    ]
-    return max(dims, default=0)
+    return plate_nesting(model_trace, guide_trace)
+
+
+def per_particle_and_point(t, site, particle_dim, event_ndims=0, data_plate="data"):
+    """A per-element tensor of ``site`` (shape ``batch + event``) as ``[K', B', *event]``.
+
+    Batch dims other than the particle plate (dim ``particle_dim``) and the data plate are
+    summed out; K' and B' are 1 where ``t`` does not vary over particles or data points.
+    """
+    frame = next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
+    if frame is None:
+        raise ValueError(
+            f"sample site {site['name']!r} is not inside the plate {data_plate!r}: per-data-point figures need "
+            f"every sample site of model and guide inside it (pass data_plate=NAME if your plate has another name)"
+        )
+    event = t.shape[t.dim() - event_ndims:]
+    batch = t.shape[: t.dim() - event_ndims]
+    t = t.reshape((1,) * (-particle_dim - len(batch)) + batch + event)
+    other = [d - event_ndims for d in range(particle_dim, 0) if d not in (particle_dim, frame.dim)]
+    if other:
+        t = t.sum(other, keepdim=True)
+    return t.reshape((t.shape[particle_dim - event_ndims], t.shape[frame.dim - event_ndims]) + event)
 
 
 def _site_terms(site, data_plate, particle_dim, num_particles):
     """Unscaled log-density of one site reduced to ``[K, B]`` (K over particles, B over the data plate)."""
-    frame = next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
-    if frame is None:
-        raise ValueError(
-            f"sample site {site['name']!r} is not inside the plate {data_plate!r}: per-data-point weights need "
-            f"every sample site of model and guide inside it (pass data_plate=NAME if your plate has another name)"
-        )
     lp = site["fn"].log_prob(site["value"])
     if site["mask"] is not None:
         lp = lp * site["mask"]
-    ndim = -particle_dim
-    lp = lp.reshape((1,) * (ndim - lp.dim()) + lp.shape)
-    keep = {particle_dim, frame.dim}
-    other = [d for d in range(particle_dim, 0) if d not in keep]
-    if other:
-        lp = lp.sum(other, keepdim=True)
-    lp = lp.reshape(lp.shape[particle_dim], lp.shape[frame.dim])
+    lp = per_particle_and_point(lp, site, particle_dim, data_plate=data_plate)
+    frame = next(f for f in site["cond_indep_stack"] if f.name == data_plate)
     return lp.expand(num_particles, frame.size)
 
 

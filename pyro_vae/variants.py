@@ -38,11 +38,11 @@ import numbers
 import torch
 from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import prune_subsample_sites, site_is_subsample
-from torch.distributions import kl_divergence
+from pyro.poutine.util import site_is_subsample
 
 from .estimators import register_elbo
-from .importance import data_plate_scale, extra_scale, guess_max_plate_nesting, split_log_weights, trace_pair
+from .evaluation import elementwise_kl
+from .importance import data_plate_scale, extra_scale, guess_max_plate_nesting, log_weights, per_particle_and_point
 
 SCALED_ESTIMATORS = ("trace", "meanfield", "enum")
 
@@ -149,50 +149,25 @@ def check_estimator(name, scaled=True, free_bits=0.0):
 # ---------------------------------------------------------------------------------------------
 # free bits
 # ---------------------------------------------------------------------------------------------
-def _factorized(fn):
-    """The elementwise base of ``Independent(...(base))`` with a scalar event, and its reinterpreted dims, or None."""
-    base, n = fn, 0
-    while hasattr(base, "base_dist") and hasattr(base, "reinterpreted_batch_ndims"):
-        n += base.reinterpreted_batch_ndims
-        base = base.base_dist
-    return (base, n) if base.event_shape == () else (None, 0)
-
-
 def _group_kl(q_site, p_site):
     """Per-group KL of one latent site: ``(tensor batch_shape + group_shape, group_ndims)``.
 
     Analytic per element when q and p factorize over the event and ``kl_divergence`` is
     registered for their bases; else the Monte Carlo log q − log p of the whole site.
     """
-    q_base, n = _factorized(q_site["fn"])
-    p_base, m = _factorized(p_site["fn"])
-    if q_base is not None and p_base is not None and n == m == q_site["fn"].event_dim:
-        try:
-            kl = kl_divergence(q_base, p_base)
-            return kl.expand(torch.broadcast_shapes(kl.shape, q_site["value"].shape)), n
-        except NotImplementedError:
-            pass
     value = q_site["value"]
+    kl = elementwise_kl(q_site["fn"], p_site["fn"], value, monte_carlo=False)
+    if kl is not None:
+        return kl, q_site["fn"].event_dim
     return q_site["fn"].log_prob(value) - p_site["fn"].log_prob(value), 0
 
 
 def _mean_over_points(t, site, group_ndims, particle_dim, data_plate):
     """Reduce ``t`` (site batch dims + group dims) to ``[G]``: mean over particles and data points, sum over other plates."""
-    frame = next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
-    if frame is None:
-        raise ValueError(f"latent site {site['name']!r} is not inside the plate {data_plate!r}; free bits average "
-                         f"the KL over the data plate")
     if site["mask"] is not None:
         mask = torch.as_tensor(site["mask"], device=t.device)
         t = t * mask.reshape(mask.shape + (1,) * group_ndims)
-    group = t.shape[t.dim() - group_ndims:]
-    batch = t.shape[: t.dim() - group_ndims]
-    t = t.reshape((1,) * (-particle_dim - len(batch)) + batch + group)
-    other = [d - group_ndims for d in range(particle_dim, 0) if d not in (particle_dim, frame.dim)]
-    if other:
-        t = t.sum(other, keepdim=True)
-    t = t.mean([particle_dim - group_ndims, frame.dim - group_ndims])
-    return t.reshape(-1)
+    return per_particle_and_point(t, site, particle_dim, group_ndims, data_plate).mean([0, 1]).reshape(-1)
 
 
 @register_elbo("free-bits")
@@ -222,7 +197,7 @@ class FreeBitsELBO(ELBO):
         self.data_plate = data_plate
 
     def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("FreeBitsELBO traces the pair with pyro_vae.importance.trace_pair")
+        raise NotImplementedError("FreeBitsELBO traces the pair with pyro_vae.importance.log_weights")
 
     def terms(self, model, guide, x, *args, **kwargs):
         """``(recon, kl)``: recon = Σ_i E_q log p(x_i|z) (a scalar), kl = ``{site: [G] tensor}`` minibatch-mean KLs.
@@ -233,13 +208,11 @@ class FreeBitsELBO(ELBO):
             raise TypeError(f"FreeBitsELBO needs the batch x (a tensor) first, got {type(x).__name__}")
         if self.max_plate_nesting == math.inf:
             self.max_plate_nesting = guess_max_plate_nesting(model, guide, x, *args, **kwargs)
-        model_trace, guide_trace, particle_dim = trace_pair(
-            model, guide, x, *args, num_particles=self.num_particles, max_plate_nesting=self.max_plate_nesting,
-            **kwargs)
-        weights = split_log_weights(model_trace, guide_trace, particle_dim, self.num_particles, len(x),
-                                    self.data_plate)
+        weights = log_weights(model, guide, x, *args, num_particles=self.num_particles, data_plate=self.data_plate,
+                              max_plate_nesting=self.max_plate_nesting, **kwargs)
+        particle_dim = -(self.max_plate_nesting + 1)
         recon = weights.obs.mean(0).sum()
-        model_trace, guide_trace = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+        model_trace, guide_trace = weights.model_trace, weights.guide_trace  # without subsample sites
         kl, beta = {}, {}
         for name, q_site in guide_trace.nodes.items():
             if q_site["type"] != "sample" or q_site["is_observed"]:
