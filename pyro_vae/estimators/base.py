@@ -116,11 +116,9 @@ class ImportanceWeightedELBO(ELBO):
 
     def loss(self, model, guide, x, *args, **kwargs):
         """The loss as a float (no gradients)."""
-        with torch.no_grad():
-            weights, _ = self._trace(model, guide, x, args, kwargs)
-            self._check(weights)
-            scale = data_plate_scale(weights.guide_trace, self.data_plate)
-            return -scale * self.point_bound(weights.log_w).sum().item()
+        with torch.no_grad():  # the bound's value needs no replay, whatever the gradient estimator
+            bound, scale = ImportanceWeightedELBO.surrogate(self, model, guide, x, *args, **kwargs)
+            return -scale * bound.sum().item()
 
     def loss_and_grads(self, model, guide, x, *args, **kwargs):
         """Backpropagate :meth:`differentiable_loss` into every parameter it touches; return the loss as a float."""
