@@ -1,18 +1,25 @@
-"""The trainer's fast path: a pair's loss traced once with :func:`torch.jit.trace`, then replayed without Pyro.
+"""The trainer's fast path: loss *and gradients* of a pair traced once into one graph, then replayed without Pyro.
 
-Pyro's ``JitTrace_ELBO`` also traces the loss, but every call still looks each
-parameter up in the param store under two effect handlers.  :class:`TracedLoss`
-traces ``Trace_ELBO.differentiable_loss`` as a function of the param store's
-unconstrained tensors and ``x``; a step is then one graph replay plus backward.
+Pyro's ``JitTrace_ELBO`` traces the forward loss only: every step still looks
+each parameter up in the param store under effect handlers, and autograd
+rebuilds and walks its tape.  :class:`TracedStep` records one call of
 
-A trace freezes Python control flow and constants (the batch size, the data
-plate's scale, a β or temperature read from Python), so it is only used where
-it is valid: for ``Trace_ELBO``, without per-batch keyword arguments, for pairs
-that declare ``jit_compatible = True`` (``fast="auto"``: the built-in VAE unless
-its guide has flows, pyro-ppl/pyro#3132, and the hierarchical VAE) or any pair
-with ``fast=True``; one trace per batch size; and only after the traced loss
-has equalled the plain loss for the same random numbers on two different
-batches of each size.
+.. math:: (\\mathcal{L}, \\nabla_\\theta \\mathcal{L}) = (\\texttt{elbo.differentiable\\_loss}(x),\\;
+          \\texttt{torch.autograd.grad}(\\mathcal{L}, \\theta))
+
+with :func:`torch.fx.experimental.proxy_tensor.make_fx`, which sees every ATen op of the
+forward *and* of the backward pass on real tensors (so Pyro's handlers, the surrogate's
+``detach`` and the autograd tape are all resolved at trace time), and hands that graph
+to :func:`torch.jit.trace`.  A step is then one TorchScript replay returning the loss, a
+finiteness flag and the gradients, with no Python in between and no autograd.
+
+A trace freezes Python control flow and constants (the batch size, the data plate's
+scale, a β or temperature read from Python), so it is only used where it is valid: for
+``Trace_ELBO``, without per-batch keyword arguments, for pairs that declare
+``jit_compatible = True`` (``fast="auto"``: the built-in VAE unless its guide has flows,
+pyro-ppl/pyro#3132, and the hierarchical VAE) or any pair with ``fast=True``; one trace
+per batch size; and only after the replay has given the plain loss and gradients for
+the same random numbers on two different batches of each size.
 """
 import contextlib
 import warnings
@@ -23,70 +30,65 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 
-class TracedLoss:
-    """``loss(x) = elbo.differentiable_loss(model, guide, x)`` for batches of ``len(x)``, as a torch.jit graph.
+class TracedStep:
+    """``loss, ok, grads = step(x)``: −ELBO of a batch of ``len(x)``, whether it and every gradient are finite,
+    and ``∂ loss / ∂ params``, from one TorchScript graph.
 
-    :attr:`params` are the unconstrained param-store tensors the graph reads (its inputs
-    besides ``x``), in name order; gradients reach them as usual.
+    :attr:`params` are the unconstrained param-store tensors the graph reads (its inputs besides ``x``), in
+    name order; ``grads`` follow that order.
     """
 
     def __init__(self, elbo, model, guide, x):
+        from torch.fx.experimental.proxy_tensor import make_fx
+
         with poutine.block(), poutine.trace(param_only=True) as capture:
             elbo.differentiable_loss(model, guide, x)  # registers every parameter
         self.names = sorted(capture.trace.nodes)
         store = pyro.get_param_store()
         self.params = [store.get_param(name).unconstrained() for name in self.names]
 
-        def loss(*inputs):  # the pair reads the same tensors from the param store: the tracer sees them as inputs
-            return elbo.differentiable_loss(model, guide, inputs[-1])
+        def step(*inputs):  # the pair reads the same tensors from the param store: make_fx sees them as inputs
+            loss = elbo.differentiable_loss(model, guide, inputs[-1])
+            grads = torch.autograd.grad(loss, inputs[:-1], allow_unused=True, materialize_grads=True)
+            # a sum of everything is finite iff every entry is (or it overflows, ~1e38 in float32: also bad)
+            ok = torch.isfinite(sum((g.sum() for g in grads), loss.detach()))
+            return (loss.detach(), ok, *grads)
 
-        with warnings.catch_warnings(), _items_stay_tensors():
-            warnings.simplefilter("ignore")  # tracer warnings about Pyro's checks; torch.jit.trace's deprecation
-            self.graph = torch.jit.trace(loss, (*self.params, x), check_trace=False)
+        with _traceable():
+            graph = make_fx(step)(*self.params, x)
+            graph.graph.eliminate_dead_code()
+            graph.recompile()
+            with torch.no_grad():
+                self.graph = torch.jit.trace(graph, (*self.params, x), check_trace=False)
 
     def __call__(self, x):
-        return self.graph(*self.params, x)
+        with torch.no_grad():
+            loss, ok, *grads = self.graph(*self.params, x)
+        return loss, ok, grads
 
 
 @contextlib.contextmanager
-def _items_stay_tensors():
-    """Keep Trace_ELBO's ``torch_item`` values as (detached) tensors while tracing.
+def _traceable():
+    """Let ``Trace_ELBO`` run under make_fx: no host reads of traced values, no distribution argument checks.
 
-    ``Trace_ELBO.differentiable_loss`` returns ``loss + (surrogate − item(surrogate))`` with
-    ``loss`` summed from ``.item()`` floats; a trace would freeze those floats as constants of
-    the first batch.  As detached tensors they are recomputed at every replay: the value is
-    this step's ELBO and the gradient the surrogate's, as in the plain loss.
+    ``Trace_ELBO.differentiable_loss`` returns ``loss + (surrogate − item(surrogate))`` with ``loss`` summed
+    from ``.item()`` floats, and warns on NaN by reading the loss: both would freeze a value of the first
+    batch (make_fx refuses).  Here ``torch_item`` keeps a detached tensor, recomputed at every replay (the
+    value is this step's ELBO and the gradient the surrogate's, as in the plain loss), and ``warn_if_nan``
+    is skipped (the step's finiteness flag replaces it).  Argument validation reads tensors on the host too;
+    the replay is compared with the plain, validated loss before it is used.
     """
     import pyro.infer.trace_elbo as trace_elbo
 
-    original = trace_elbo.torch_item
+    saved = trace_elbo.torch_item, trace_elbo.warn_if_nan
     trace_elbo.torch_item = lambda x: x.detach() if torch.is_tensor(x) else x
+    trace_elbo.warn_if_nan = lambda value, *args, **kwargs: value
     try:
-        yield
+        with pyro.validation_enabled(False), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer warnings
+            yield
     finally:
-        trace_elbo.torch_item = original
-
-
-@contextlib.contextmanager
-def traced_normal_draws():
-    """Draw standard normals outside ``torch.jit.trace`` the way they are drawn inside it.
-
-    ``torch.distributions`` draws ``empty().normal_()`` eagerly but ``torch.normal(zeros, ones)``
-    under tracing: the same distribution, other numbers.  With this patch a plain and a traced
-    loss see the same noise for the same RNG state, so they can be compared exactly.
-    """
-    import torch.distributions.normal as normal_module
-
-    original = normal_module._standard_normal
-
-    def draw(shape, dtype, device):
-        return torch.normal(torch.zeros(shape, dtype=dtype, device=device), torch.ones(shape, dtype=dtype, device=device))
-
-    normal_module._standard_normal = draw
-    try:
-        yield
-    finally:
-        normal_module._standard_normal = original
+        trace_elbo.torch_item, trace_elbo.warn_if_nan = saved
 
 
 def blocker(elbo, model, guide, mode="auto", batch_kwargs=None):
@@ -107,8 +109,12 @@ def blocker(elbo, model, guide, mode="auto", batch_kwargs=None):
     return None
 
 
-def trace_losses(elbo, model, guide, batches):
-    """``({batch size: TracedLoss}, None)``, or ``({}, why)`` when a traced loss differs from the plain one.
+def _differs(a, b):
+    return not (a - b).abs().max() <= 1e-4 * (1 + b.abs().max())
+
+
+def trace_steps(elbo, model, guide, batches):
+    """``({batch size: TracedStep}, None)``, or ``({}, why)`` when a replay differs from the plain loss or gradients.
 
     ``batches`` must hold two different batches of each size used in training.  The RNG state
     is restored afterwards, so training draws the same numbers with or without the fast path.
@@ -117,18 +123,24 @@ def trace_losses(elbo, model, guide, batches):
     traced = {}
     try:
         for x in batches:
-            pyro.util.set_rng_state(rng)
-            with torch.no_grad(), traced_normal_draws():
-                plain = elbo.differentiable_loss(model, guide, x)
             if len(x) not in traced:
-                traced[len(x)] = TracedLoss(elbo, model, guide, x)
+                traced[len(x)] = TracedStep(elbo, model, guide, x)
+            step = traced[len(x)]
             pyro.util.set_rng_state(rng)
-            with torch.no_grad():
-                replay = traced[len(x)](x)
-            if not (replay - plain).abs() <= 1e-4 * (1 + plain.abs()):
-                return {}, (f"the traced loss ({replay.item():.6g}) differs from the plain one ({plain.item():.6g}) "
+            plain = elbo.differentiable_loss(model, guide, x)
+            plain_grads = torch.autograd.grad(plain, step.params, allow_unused=True, materialize_grads=True)
+            pyro.util.set_rng_state(rng)
+            loss, _, grads = step(x)
+            if _differs(loss, plain.detach()):
+                return {}, (f"the traced loss ({loss.item():.6g}) differs from the plain one ({plain.item():.6g}) "
                             f"on a batch of {len(x)}: the pair has data-dependent control flow or state")
+            for name, g, p in zip(step.names, grads, plain_grads):
+                if _differs(g, p):
+                    return {}, f"the traced gradient of {name!r} differs from the plain one on a batch of {len(x)}"
     except Exception as e:  # tracing failed
+        if "_local_scalar_dense" in str(e):
+            return {}, ("the pair reads a tensor's value in Python (data-dependent control flow, .item(), "
+                        "bool(tensor)), which a trace cannot follow")
         return {}, f"tracing failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
     finally:
         pyro.util.set_rng_state(rng)

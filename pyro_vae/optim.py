@@ -4,8 +4,8 @@
 turn every step: for a VAE with a dozen parameter tensors that is a dozen
 optimizer calls, a large share of a small model's step.  :class:`FusedOptim`
 puts every parameter in one torch optimizer (a new param group whenever new
-parameters appear), so a step is a single call using the optimizer's
-multi-tensor (``foreach``) kernels.  The update of each parameter is the same;
+parameters appear), so a step is a single call; Adam uses torch's fused kernel
+(``fused=True``: one kernel updates every parameter).  The update of each parameter is the same;
 ``get_state``/``set_state`` keep PyroOptim's per-parameter-name format, so
 checkpoints move between the two.
 """
@@ -14,7 +14,18 @@ import pyro.optim
 import torch
 from pyro.optim.clipped_adam import ClippedAdam as _ClippedAdam
 
+
+
+def _adam(params, **options):
+    """:class:`torch.optim.Adam` with its fused kernel (one kernel for all parameters) where the device has one."""
+    try:
+        return torch.optim.Adam(params, fused=True, **options)
+    except RuntimeError:  # a device without the fused kernel
+        return torch.optim.Adam(params, **options)
+
+
 OPTIMIZERS = {"adam": torch.optim.Adam, "clipped-adam": _ClippedAdam}
+FUSED = {torch.optim.Adam: _adam}  # the constructor FusedOptim uses instead
 
 
 def _to_param(state, p):
@@ -26,7 +37,7 @@ class FusedOptim(pyro.optim.PyroOptim):
     """:class:`pyro.optim.PyroOptim` whose parameters all live in one torch optimizer."""
 
     def __init__(self, optim_constructor, optim_args, clip_args=None):
-        super().__init__(optim_constructor, optim_args, clip_args)
+        super().__init__(FUSED.get(optim_constructor, optim_constructor), optim_args, clip_args)
         self.optim = None
         self._members = set()
 

@@ -94,14 +94,16 @@ class DeviceSVI(SVI):
         super().__init__(model, guide, optim, loss, **kwargs)
         self.elbo = loss  # SVI keeps only the bound methods
         self.guard = guard
-        self.compiled = {}  # batch size -> fast.TracedLoss (the fast path, see Trainer.enable_fast_path)
+        self.compiled = {}  # batch size -> fast.TracedStep (the fast path, see Trainer.enable_fast_path)
 
     def step(self, *args, **kwargs):
         traced = self.compiled.get(len(args[0])) if self.compiled and len(args) == 1 and not kwargs else None
-        if traced is not None:  # the fast path: one graph replay, parameters known
-            loss = traced(args[0])
-            loss.backward()
-            loss, params = loss.detach(), traced.params
+        flag = None  # the step's finiteness, a boolean tensor
+        if traced is not None:  # the fast path: one graph replay gives loss, finiteness and gradients
+            loss, flag, grads = traced(args[0])
+            params = traced.params
+            for p, g in zip(params, grads):
+                p.grad = g
         else:
             with poutine.trace(param_only=True) as param_capture:
                 if hasattr(self.elbo, "differentiable_loss"):
@@ -114,13 +116,16 @@ class DeviceSVI(SVI):
         if distributed.active():  # the same parameters on every rank, in the same (name) order
             store = pyro.get_param_store()
             distributed.average_gradients(sorted(params, key=store.param_name))
+            flag = None  # judge the averaged gradients: every rank then takes the same decision
         ok = True
         if self.guard:
-            grads = [p.grad for p in params if p.grad is not None]
-            total = loss.sum()
-            if grads:  # ‖(g_1, …, g_n)‖₂ is finite iff every gradient is (or overflows for entries beyond ~1e19)
-                total = total + _total_norm(grads).to(total)
-            ok = bool(torch.isfinite(total))
+            if flag is None:
+                grads = [p.grad for p in params if p.grad is not None]
+                total = loss.sum()
+                if grads:  # ‖(g_1, …, g_n)‖₂ is finite iff every gradient is (or overflows beyond ~1e19)
+                    total = total + _total_norm(grads).to(total)
+                flag = torch.isfinite(total)
+            ok = bool(flag)
         if ok:
             self.optim(params)
         for p in params:
@@ -187,7 +192,7 @@ class Trainer:
     :param modules: ``nn.Module`` s to switch between train and eval mode (optional).
     :param int max_bad_steps: stop with :class:`NonFiniteLossError` after this many non-finite steps in a row.
     :param float bad_lr_factor: multiply the learning rate by this after each non-finite step.
-    :param fast: ``"auto"`` traces the loss with torch.jit when the pair declares ``jit_compatible = True``
+    :param fast: ``"auto"`` traces loss and gradients into one graph when the pair declares ``jit_compatible = True``
         (the built-in models do), ``True`` tries it for any pair, ``False`` never (see :meth:`enable_fast_path`);
         whether it applies is said in :attr:`fast_note` and the log.
     """
@@ -342,7 +347,7 @@ class Trainer:
 
     # -- the fast path ----------------------------------------------------------------------------
     def enable_fast_path(self, batches, batch_kwargs=None):
-        """Trace the loss once per batch size (:mod:`pyro_vae.fast`) where that is valid; else say why.
+        """Trace loss and gradients once per batch size (:mod:`pyro_vae.fast`) where that is valid; else say why.
 
         ``batches``: two different batches of each size training uses (a trace that freezes
         data-dependent control flow is caught by comparing it with the plain loss on both).
@@ -352,9 +357,9 @@ class Trainer:
         compiled = {}
         if why is None:
             self._guess_plate_nesting(batches[0])
-            compiled, why = fast.trace_losses(self.elbo, self.model, self.guide, batches)
+            compiled, why = fast.trace_steps(self.elbo, self.model, self.guide, batches)
         self.svi.compiled = compiled
-        self.fast_note = (f"fast path: loss traced with torch.jit for batch sizes {sorted(compiled)}"
+        self.fast_note = (f"fast path: loss and gradients traced into one graph for batch sizes {sorted(compiled)}"
                           if why is None else f"fast path not used: {why}")
         logger.info(self.fast_note)
         return why is None

@@ -1,4 +1,4 @@
-"""The trainer's fast path (fused optimizer, jit-traced loss): same results as the plain path, clean fallbacks."""
+"""The trainer's fast path (fused optimizer, traced loss and gradients): same results as the plain path, clean fallbacks."""
 import pyro
 import pyro.distributions as dist
 import torch
@@ -34,7 +34,7 @@ def _fit(fast, make=_vae, elbo="trace"):
 
 def test_traced_loss_gives_the_plain_results():
     fast, fast_history, fast_params = _fit("auto")
-    assert fast.fast_note.startswith("fast path: loss traced") and sorted(fast.svi.compiled) == [4, 32]
+    assert fast.fast_note.startswith("fast path: loss and gradients traced") and sorted(fast.svi.compiled) == [4, 32]
     plain, plain_history, plain_params = _fit(False)
     assert plain.svi.compiled == {}
     for k in plain_params:
@@ -54,28 +54,67 @@ def test_flow_guides_fall_back_with_a_note():
     assert history[-1]["test_elbo"] > history[0]["test_elbo"] - 5
 
 
-def test_user_pairs_need_to_declare_it_and_data_dependent_control_flow_is_caught():
+def _pair_with(control):
+    """A user pair whose decoder output goes through ``control(x, logits)``."""
     decoder = MLP(2, [8], X_SHAPE)
 
     def model(x):
         pyro.module("decoder", decoder)
         with pyro.plate("data", len(x)):
             z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
-            logits = decoder(z)
-            if x.mean() > 0.5:  # Python control flow on the data: a trace would freeze one branch
-                logits = logits * 2
+            logits = control(x, decoder(z))
             pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False).to_event(3), obs=x)
 
     def guide(x):
         with pyro.plate("data", len(x)):
             pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
 
-    bright = torch.full((64, *X_SHAPE), 0.9).bernoulli()
-    dark = torch.full((64, *X_SHAPE), 0.1).bernoulli()
+    return model, guide
+
+
+def test_user_pairs_need_to_declare_it_and_data_dependent_control_flow_is_caught():
+    # Python control flow on the data: a trace would freeze one branch
+    model, guide = _pair_with(lambda x, logits: logits * 2 if x.mean() > 0.5 else logits)
+    x = torch.full((64, *X_SHAPE), 0.9).bernoulli()
     trainer = Trainer(model, guide, "trace", progress=False)
-    assert not trainer.enable_fast_path([bright[:32], dark[:32]])
+    assert not trainer.enable_fast_path([x[:32], x[32:]])
     assert "jit_compatible" in trainer.fast_note
     trainer = Trainer(model, guide, "trace", progress=False, fast=True)
-    assert not trainer.enable_fast_path([bright[:32], dark[:32]])
-    assert "differs from the plain one" in trainer.fast_note
-    assert trainer.enable_fast_path([bright[:32], bright[32:]])  # one branch only: nothing to catch
+    assert not trainer.enable_fast_path([x[:32], x[32:]])
+    assert "reads a tensor's value in Python" in trainer.fast_note and trainer.svi.compiled == {}
+
+
+def test_python_state_frozen_by_the_trace_is_caught():
+    calls = [0]
+
+    def control(x, logits):  # a value read from Python that changes between calls: a trace keeps the first
+        calls[0] += 1
+        return logits * calls[0]
+
+    model, guide = _pair_with(control)
+    x = torch.full((64, *X_SHAPE), 0.5).bernoulli()
+    trainer = Trainer(model, guide, "trace", progress=False, fast=True)
+    assert not trainer.enable_fast_path([x[:32], x[32:]])
+    assert "differs from the plain one" in trainer.fast_note and trainer.svi.compiled == {}
+    model, guide = _pair_with(lambda x, logits: logits * 2)
+    assert trainer.__class__(model, guide, "trace", progress=False, fast=True).enable_fast_path([x[:32], x[32:]])
+
+
+def test_a_nonfinite_replay_is_skipped():
+    pyro.clear_param_store()
+    vae = _vae()
+    x = _data().train.bernoulli()
+    trainer = Trainer(vae.model, vae.guide, "trace", progress=False, modules=[vae])
+    assert trainer.enable_fast_path([x[:32], x[32:64]])
+    trainer.svi.step(x[:32])
+    store = pyro.get_param_store()
+    before = {k: v.detach().clone() for k, v in store.named_parameters()}
+    poisoned = x[:32].clone()
+    poisoned[0, 0, 0, 0] = float("nan")  # NaN loss and gradients, found by the graph's own finiteness flag
+    loss, ok = trainer.svi.step(poisoned)
+    assert not ok and not torch.isfinite(loss)
+    assert all(torch.equal(v, before[k]) for k, v in store.named_parameters())
+    assert all(p.grad is None for p in trainer.svi.compiled[32].params)
+    loss, ok = trainer.svi.step(x[32:64])
+    assert ok and torch.isfinite(loss)
+    assert all(not torch.equal(v, before[k]) for k, v in store.named_parameters())
