@@ -47,10 +47,20 @@ def plate_nesting(*traces):
 
 
 def guess_max_plate_nesting(model, guide, x, *args, **kwargs):
-    """Trace the pair once and return the number of batch dims its plates use."""
+    """Trace the pair once and return the number of batch dims its plates use.
+
+    Raises ValueError when an observed site's data would be broadcast to its distribution's
+    shape (data of the wrong shape that torch would silently expand).
+    """
     with poutine.block():
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
+    for name, site in model_trace.nodes.items():
+        if site["type"] == "sample" and site["is_observed"] and torch.is_tensor(site["value"]):
+            shape, value = tuple(site["fn"].shape()), tuple(site["value"].shape)
+            if torch.broadcast_shapes(shape, value) != value:
+                raise ValueError(f"the observed site {name!r} got data of shape {value} but its distribution has "
+                                 f"shape {shape}: the data would be broadcast; give data whose shape matches")
     return plate_nesting(model_trace, guide_trace)
 
 

@@ -56,12 +56,20 @@ class FusedOptim(pyro.optim.PyroOptim):
             if saved and saved.get("state"):
                 self.optim.state[p] = _to_param(saved["state"][0], p)
 
-    def __call__(self, params, *args, **kwargs):
+    def __call__(self, params, *args, skip=None, **kwargs):
+        """Step ``params``; ``skip``: an optional boolean tensor, true to leave parameters and state unchanged.
+
+        With the fused Adam kernel the skip happens on the device (its ``found_inf`` input, as under
+        :class:`torch.amp.GradScaler`): the host never reads ``skip``.  Other optimizers read it.
+        """
         params = list(params)
         new = [p for p in params if p not in self._members]
         if new:
             self._add(new)
         if self.optim is None:
+            return
+        device_skip = skip is not None and self.optim.defaults.get("fused") is True
+        if skip is not None and not device_skip and bool(skip):
             return
         for p in params:
             if self.grad_clip[p] is not None:
@@ -71,7 +79,12 @@ class FusedOptim(pyro.optim.PyroOptim):
         hidden = [(p, p.grad) for p in others if p.grad is not None]
         for p, _ in hidden:
             p.grad = None
-        self.optim.step(*args, **kwargs)
+        if device_skip:
+            self.optim.found_inf = skip.to(params[0].device, torch.float32).reshape(())
+        try:
+            self.optim.step(*args, **kwargs)
+        finally:
+            self.optim.__dict__.pop("found_inf", None)
         for p, g in hidden:
             p.grad = g
 

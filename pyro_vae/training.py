@@ -18,16 +18,17 @@ Run directory (``out_dir``):
 
 Reliability contract:
 
-* **NaN guard.** After each backward pass the loss plus the total gradient norm (one
-  multi-tensor reduction on the device) is tested with ``torch.isfinite``; that one flag
-  is the only value the host reads per step.  A non-finite step is skipped *before* the
-  optimizer runs, so the parameters and optimizer state stay those of the last good
-  step (the skipped step itself has changed nothing to restore); module buffers
-  changed by the bad forward pass (e.g. σ-VAE's running σ*) are put back.  The learning
-  rate is multiplied by ``bad_lr_factor`` (kept for the rest of the run and saved in the
-  checkpoint) and after ``max_bad_steps`` bad steps in a row :class:`NonFiniteLossError`
-  is raised; the run directory then still holds the checkpoint and metrics of the last
-  completed epoch.
+* **NaN guard.** After each backward pass the loss and the gradients are reduced on the
+  device to one flag (their sum or 2-norm is finite).  A non-finite step is skipped by
+  the optimizer on the device (fused Adam's ``found_inf``), so the parameters and
+  optimizer state stay those of the last good step; module buffers changed by the bad
+  forward pass (e.g. σ-VAE's running σ*) are put back, on the device too.  The host
+  reads the count of bad steps every ``check_every`` steps (each step on a CPU, every
+  ``log_every`` steps on a GPU, so no step waits for the device): the learning rate is
+  then multiplied by ``bad_lr_factor`` once per bad step (kept for the rest of the run
+  and saved in the checkpoint), and after ``max_bad_steps`` bad steps in a row
+  :class:`NonFiniteLossError` is raised; the run directory then still holds the
+  checkpoint and metrics of the last completed epoch.
 * **Exact resume.** A checkpoint holds everything the next epoch reads, RNG states
   included, and every random draw of the set-up happens before it is restored, so on
   CPU ``fit(epochs=4)`` equals ``fit(epochs=2)`` then ``fit(epochs=4, resume=True)`` bit
@@ -61,7 +62,7 @@ from .data import ImageData
 from .estimators import make_elbo
 from .evaluation import elbo_per_point
 from .importance import data_plate_scale, guess_max_plate_nesting
-from .optim import make_optimizer, set_lr
+from .optim import FusedOptim, make_optimizer, set_lr
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -81,13 +82,14 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class DeviceSVI(SVI):
-    """:class:`pyro.infer.SVI` whose :meth:`step` returns ``(loss tensor, finite flag)`` and skips bad updates.
+    """:class:`pyro.infer.SVI` whose :meth:`step` returns ``(loss, ok)`` tensors and skips bad updates on the device.
 
     It uses the estimator's ``differentiable_loss`` (or ``loss_and_grads`` when absent) and
-    never calls ``.item()`` on the loss.  With ``guard=True`` the loss and the total gradient
-    norm are reduced on the device to one boolean, read by the host (one scalar sync per
-    step); when it is False the optimizer is not called, so parameters and optimizer state
-    are unchanged.
+    never reads the loss on the host.  With ``guard=True`` the loss and the gradients are
+    reduced on the device to one boolean ``ok`` (their sum or 2-norm is finite); when it is
+    False the optimizer leaves parameters and state unchanged.  With a :class:`FusedOptim`
+    over fused Adam (the trainer's default) that decision is taken on the device too, so a
+    step needs no host sync; other optimizers read ``ok`` on the host.
     """
 
     def __init__(self, model, guide, optim, loss, guard=True, **kwargs):
@@ -98,9 +100,9 @@ class DeviceSVI(SVI):
 
     def step(self, *args, **kwargs):
         traced = self.compiled.get(len(args[0])) if self.compiled and len(args) == 1 and not kwargs else None
-        flag = None  # the step's finiteness, a boolean tensor
+        ok = None
         if traced is not None:  # the fast path: one graph replay gives loss, finiteness and gradients
-            loss, flag, grads = traced(args[0])
+            loss, ok, grads = traced(args[0])
             params = traced.params
             for p, g in zip(params, grads):
                 p.grad = g
@@ -116,17 +118,18 @@ class DeviceSVI(SVI):
         if distributed.active():  # the same parameters on every rank, in the same (name) order
             store = pyro.get_param_store()
             distributed.average_gradients(sorted(params, key=store.param_name))
-            flag = None  # judge the averaged gradients: every rank then takes the same decision
-        ok = True
-        if self.guard:
-            if flag is None:
-                grads = [p.grad for p in params if p.grad is not None]
-                total = loss.sum()
-                if grads:  # ‖(g_1, …, g_n)‖₂ is finite iff every gradient is (or overflows beyond ~1e19)
-                    total = total + _total_norm(grads).to(total)
-                flag = torch.isfinite(total)
-            ok = bool(flag)
-        if ok:
+            ok = None  # judge the averaged gradients: every rank then takes the same decision
+        if not self.guard:
+            ok = torch.ones((), dtype=torch.bool, device=loss.device)
+        elif ok is None:
+            grads = [p.grad for p in params if p.grad is not None]
+            total = loss.sum()
+            if grads:  # ‖(g_1, …, g_n)‖₂ is finite iff every gradient is (or overflows beyond ~1e19)
+                total = total + _total_norm(grads).to(total)
+            ok = torch.isfinite(total)
+        if isinstance(self.optim, FusedOptim):
+            self.optim(params, skip=None if not self.guard else ~ok)
+        elif bool(ok):
             self.optim(params)
         for p in params:
             p.grad = None
@@ -195,11 +198,13 @@ class Trainer:
     :param fast: ``"auto"`` traces loss and gradients into one graph when the pair declares ``jit_compatible = True``
         (the built-in models do), ``True`` tries it for any pair, ``False`` never (see :meth:`enable_fast_path`);
         whether it applies is said in :attr:`fast_note` and the log.
+    :param check_every: every how many steps the host reads the NaN guard's counts (bad steps are skipped on the
+        device in between); default 1 on a CPU, where a read costs nothing, and ``log_every`` on a GPU.
     """
 
     def __init__(self, model, guide, elbo="trace", particles=1, lr=1e-3, optimizer="adam", lr_decay=1.0,
                  clip_norm=None, out_dir=None, log_every=50, eval_particles=1, progress=True, modules=(),
-                 extra_state=None, max_bad_steps=10, bad_lr_factor=0.5, fast="auto"):
+                 extra_state=None, max_bad_steps=10, bad_lr_factor=0.5, fast="auto", check_every=None):
         if not callable(model) or not callable(guide):
             raise TypeError("model and guide must be callables taking the batch x first, e.g. vae.model, vae.guide")
         validation.check_positive_int("particles", particles, "; pass e.g. --particles 1")
@@ -207,6 +212,8 @@ class Trainer:
         validation.check_positive_int("log_every", log_every)
         validation.check_positive_int("eval_particles", eval_particles)
         validation.check_positive_int("max_bad_steps", max_bad_steps, "; pass e.g. --max-bad-steps 10")
+        if check_every is not None:
+            validation.check_positive_int("check_every", check_every)
         validation.check_fraction("bad_lr_factor", bad_lr_factor, "; e.g. 0.5 halves the learning rate")
         self.model, self.guide = model, guide
         self.elbo = make_elbo(elbo, particles) if isinstance(elbo, str) else elbo
@@ -225,6 +232,7 @@ class Trainer:
         self.history = []
         self._signal = None
         self.fast = fast
+        self.check_every = check_every
         self.fast_note = None
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
@@ -451,6 +459,7 @@ class Trainer:
             probes = [distributed.shard(b) for b in probes if len(b)]
             self.enable_fast_path([b for b in probes if len(b)], batch_kwargs)
         buffers = [b for m in self.modules for b in m.buffers() if b.is_floating_point()]
+        check_every = self.check_every or (1 if first.device.type == "cpu" else self.log_every)
         self._set_training(True)
         with self._stop_on_signals():
             while self.epoch < epochs:
@@ -458,30 +467,36 @@ class Trainer:
                 set_lr(self.optim, self.lr)
                 start = time.perf_counter()
                 total = torch.zeros((), device=first.device)
-                good = bad = bad_in_row = 0
+                # on the device: bad steps this epoch, the current run of bad steps, the longest run since the
+                # last check; the host reads them every `check_every` steps (no host sync per step on a GPU)
+                bad = run = worst = torch.zeros((), dtype=torch.long, device=first.device)
+                seen = 0
                 bar = tqdm(data.batches(batch_size, shard=distributed.shard), total=steps_per_epoch,
                            disable=not (self.progress and distributed.is_main()),
                            desc=f"epoch {self.epoch + 1}/{epochs}", leave=False)
                 for step, (x, idx) in enumerate(bar, 1):
                     saved = [b.clone() for b in buffers]
                     loss, ok = self.svi.step(x, **(batch_kwargs(idx) if batch_kwargs else {}))
-                    if ok:
-                        total += loss / (scale * len(x))
-                        good, bad_in_row = good + 1, 0
-                    else:
-                        bad, bad_in_row = bad + 1, bad_in_row + 1
-                        self._bad_step(saved, buffers, bad_in_row, step, epochs)
-                    if self.progress and good and step % self.log_every == 0:
-                        bar.set_postfix(loss=f"{total.item() / good:.2f}")
+                    total += torch.where(ok, loss / (scale * len(x)), 0.0)
+                    bad, run = bad + ~ok, torch.where(ok, 0, run + 1)
+                    worst = torch.maximum(worst, run)
+                    with torch.no_grad():  # buffers changed by a bad forward pass (e.g. σ-VAE's running σ*) go back
+                        for b, s in zip(buffers, saved):
+                            b.copy_(torch.where(ok, b, s))
+                    if step % check_every == 0 or step == steps_per_epoch:
+                        seen = self._act_on_bad_steps(int(bad), seen, int(worst), step, epochs)
+                        worst = run
+                    if self.progress and step % self.log_every == 0 and step > seen:
+                        bar.set_postfix(loss=f"{total.item() / (step - seen):.2f}")
                     self._check_signal(epochs)
                 bar.close()
                 lr = self.lr
                 self.epoch += 1
-                mean_loss = distributed.all_sum(total / max(good, 1)) / distributed.world_size()
+                mean_loss = distributed.all_sum(total / max(steps_per_epoch - seen, 1)) / distributed.world_size()
                 metrics = {"epoch": self.epoch, "train_loss": mean_loss.item()}
                 if test_x is not None:
                     metrics["test_elbo"] = self.evaluate_elbo(test_x)
-                metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=bad)
+                metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=seen)
                 self.history.append(metrics)
                 if self.writes:
                     with open(os.path.join(self.out_dir, METRICS), "a") as f:
@@ -494,17 +509,20 @@ class Trainer:
                     callback(self, metrics)
         return list(self.history)
 
-    def _bad_step(self, saved, buffers, bad_in_row, step, epochs):
-        """A skipped non-finite step: put buffers back, lower the learning rate, give up after too many."""
-        with torch.no_grad():
-            for b, s in zip(buffers, saved):
-                b.copy_(s)
-        self.lr_scale *= self.bad_lr_factor
-        set_lr(self.optim, self.lr)
-        if bad_in_row >= self.max_bad_steps:
+    def _act_on_bad_steps(self, bad, seen, worst, step, epochs):
+        """``bad`` steps skipped this epoch, ``seen`` of them already acted on, ``worst`` the longest run of bad
+        steps in a row since the last check: lower the learning rate once per new bad step, give up after
+        ``max_bad_steps`` in a row.  Returns ``bad``."""
+        if bad > seen:
+            self.lr_scale *= self.bad_lr_factor ** (bad - seen)
+            set_lr(self.optim, self.lr)
+            logger.warning(f"{bad - seen} non-finite step(s) skipped by step {step} of epoch {self.epoch + 1}; "
+                           f"learning rate lowered to {self.lr:.3g}")
+        if worst >= self.max_bad_steps:
             kept = (f"; {self.out_dir!r} still holds the checkpoint and metrics of epoch {self.epoch}"
                     if self.out_dir else "")
             raise NonFiniteLossError(
-                f"the loss or its gradients were NaN/inf for {bad_in_row} steps in a row (epoch {self.epoch + 1}/"
+                f"the loss or its gradients were NaN/inf for {worst} steps in a row (epoch {self.epoch + 1}/"
                 f"{epochs}, step {step}) although the learning rate was lowered to {self.lr:.3g}{kept}; try a "
                 f"smaller --lr, --clip-norm, another --likelihood/--sigma, or check the data")
+        return bad

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 
 import pyro
 import pyro.distributions as dist
@@ -142,6 +143,10 @@ def test_log_likelihood_rejects_bad_data_with_one_line_errors():
         log_likelihood(lg.model, lg.exact_guide, torch.cat([x, x.new_full((1, 3), math.nan)]), num_samples=2)
     with pytest.raises(ValueError, match=r"fails on a batch of shape \(1, 5\): The size of tensor a \(5\) must match"):
         log_likelihood(lg.model, lg.exact_guide, torch.zeros(4, 5, dtype=x.dtype), num_samples=2)
+    for shape in [(1,), (4, 1)]:  # data torch would silently broadcast to [N, 3]; the check runs on x[:1]
+        with pytest.raises(ValueError, match=rf"site 'x' got data of shape {re.escape(str((1,) + shape[1:]))} "
+                                             r"but its distribution has shape \(1, 3\)"):
+            log_likelihood(lg.model, lg.exact_guide, torch.zeros(shape, dtype=x.dtype), num_samples=2)
     with pytest.raises(ValueError, match="num_samples must be a positive integer"):
         log_likelihood(lg.model, lg.exact_guide, x, num_samples=0)
 
@@ -315,6 +320,28 @@ def test_nonfinite_step_is_skipped_state_restored_and_lr_halved(tmp_path, kind):
     assert [m["lr"] for m in history] == [0.05, 0.025, 0.025, 0.025]
     assert all(math.isfinite(m["train_loss"]) for m in history)
     assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["lr_scale"] == 0.5  # kept across --resume
+
+
+def test_checks_every_few_steps_skip_on_the_device_and_act_at_the_check(tmp_path):
+    """What a GPU run does (the host reads the guard's counts every ``check_every`` steps), here on the CPU."""
+    pair = Poisoned(bad_epochs={2}, kind="grad")
+    x = torch.randn(8, generator=torch.Generator().manual_seed(0)) + 1.0
+    trainer = Trainer(pair.model, pair.guide, lr=0.05, out_dir=str(tmp_path), progress=False,
+                      modules=[pair.tracker], check_every=3)
+    pair.trainer = trainer
+    log = []
+    history = trainer.fit(x, epochs=3, batch_size=2, callback=lambda t, m: _snapshot(t, log))  # 4 steps per epoch
+    before, skipped, after = log
+    for name, value in before["params"].items():
+        assert torch.equal(skipped["params"][name], value) and not torch.equal(after["params"][name], value)
+    assert skipped["adam_steps"] == before["adam_steps"] == {"a": 4, "s": 4, "b": 4}
+    assert torch.equal(skipped["buffer"], before["buffer"])
+    assert [m["bad_steps"] for m in history] == [0, 4, 0]
+    assert [m["lr"] for m in history] == [0.05, 0.05 / 16, 0.05 / 16]  # halved per bad step, at steps 3 and 4
+    pair = Poisoned(bad_epochs={1})
+    pair.trainer = Trainer(pair.model, pair.guide, lr=0.05, progress=False, max_bad_steps=3, check_every=4)
+    with pytest.raises(NonFiniteLossError, match=r"NaN/inf for 4 steps in a row \(epoch 1/2, step 4\)"):
+        pair.trainer.fit(x, 2, 2)
 
 
 def test_too_many_bad_steps_stop_with_a_clear_error_and_keep_the_run_usable(tmp_path):
