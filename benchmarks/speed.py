@@ -179,8 +179,9 @@ def main(args):
             for key, value in sec.items():
                 epochs.append(f"| {name} | {key} | {value:.2f} | {value / sec['eager']:.2f} |")
                 print(f"{name:36s} {key:12s} {value:8.2f} s/epoch  ratio {value / sec['eager']:.2f}")
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    key = device.type.upper() + (f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else "")
+    threads = torch.get_num_threads()
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    key = device.type.upper() + (f", {threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else "")
     lines = [
         f"### {key}: {dev}",
         "",
@@ -196,33 +197,6 @@ def main(args):
         lines += ["", "| architecture | 60,000-image epoch | seconds (median) | ratio to eager |",
                   "| --- | --- | --- | --- |", *epochs]
     section = "\n".join(lines) + "\n"
-    if args.out:
-        _write_section(args.out, key, section)
-        print(f"written to {args.out}")
-
-
-def main(args):
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    lines = []
-    for name, (hidden, latent, batch) in ARCHS.items():
-        res = bench_arch(name, hidden, latent, batch, device, args.rounds, args.steps, args.warmup)
-        for key, (ms, ratio) in res.items():
-            lines.append(f"| {name} | {key} | {ms:.3f} | {ratio:.2f} |")
-            print(f"{name:36s} {key:9s} {ms:8.3f} ms/step  ratio {ratio:.2f}")
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    header = [
-        f"### {device.type.upper()}: {dev}",
-        "",
-        f"{datetime.date.today()}, torch {torch.__version__}, pyro {pyro.__version__}, pyro_vae {pyro_vae.__version__}; "
-        f"median of {args.rounds} interleaved rounds × {args.steps} steps after {args.warmup} warm-up steps.",
-        "",
-        "| architecture | step | ms/step (median) | ratio to eager |",
-        "| --- | --- | --- | --- |",
-    ]
-    section = "\n".join(header + lines) + "\n"
     if args.out:
         _write_section(args.out, key, section)
         print(f"written to {args.out}")

@@ -58,8 +58,10 @@ class TracedStep:
             graph = make_fx(step)(*self.params, x)
             graph.graph.eliminate_dead_code()
             graph.recompile()
-            with torch.no_grad():
-                self.graph = torch.jit.trace(graph, (*self.params, x), check_trace=False)
+            self.graph = graph  # runs as Python over ATen ops where TorchScript is gone (it is deprecated)
+            if hasattr(torch.jit, "trace"):
+                with torch.no_grad():
+                    self.graph = torch.jit.trace(graph, (*self.params, x), check_trace=False)
 
     def __call__(self, x):
         with torch.no_grad():
@@ -99,8 +101,8 @@ def blocker(elbo, model, guide, mode="auto", batch_kwargs=None):
     if mode == "auto" and not all(getattr(o, "jit_compatible", False) is True for o in owners):
         return ("the pair does not declare jit_compatible = True (set it on a pair with no data-dependent "
                 "control flow, or pass fast=True to try tracing it)")
-    if type(elbo) is not Trace_ELBO:
-        return f"only Trace_ELBO is traced, not {type(elbo).__name__}"
+    if type(elbo) is not Trace_ELBO and getattr(elbo, "traceable", False) is not True:
+        return f"only Trace_ELBO and estimators with traceable = True are traced, not {type(elbo).__name__}"
     if batch_kwargs is not None:
         return "per-batch keyword arguments (labels) would be frozen into the trace"
     for owner in owners:

@@ -1,6 +1,7 @@
 """The trainer's fast path (fused optimizer, traced loss and gradients): same results as the plain path, clean fallbacks."""
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 
 from pyro_vae import VAE, Trainer, make_guide, make_likelihood
@@ -22,20 +23,21 @@ def _data():
     return ImageData(train=x, train_labels=None, test=x[:20], test_labels=None, binarize="dynamic")
 
 
-def _fit(fast, make=_vae, elbo="trace"):
+def _fit(fast, make=_vae, elbo="trace", particles=1):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     vae = make()
-    trainer = Trainer(vae.model, vae.guide, elbo, progress=False, modules=[vae], fast=fast)
+    trainer = Trainer(vae.model, vae.guide, elbo, particles, progress=False, modules=[vae], fast=fast)
     history = trainer.fit(_data(), 3, batch_size=32)  # 100 = 3 × 32 + 4: two batch sizes
     params = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
     return trainer, history, params
 
 
-def test_traced_loss_gives_the_plain_results():
-    fast, fast_history, fast_params = _fit("auto")
+@pytest.mark.parametrize("elbo, particles", [("trace", 1), ("iwae", 5), ("dreg", 5)])
+def test_traced_loss_gives_the_plain_results(elbo, particles):
+    fast, fast_history, fast_params = _fit("auto", elbo=elbo, particles=particles)
     assert fast.fast_note.startswith("fast path: loss and gradients traced") and sorted(fast.svi.compiled) == [4, 32]
-    plain, plain_history, plain_params = _fit(False)
+    plain, plain_history, plain_params = _fit(False, elbo=elbo, particles=particles)
     assert plain.svi.compiled == {}
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)

@@ -43,6 +43,8 @@ class ImportanceWeightedELBO(ELBO):
     :param str data_plate: name of the plate over data points (default ``"data"``).
     """
 
+    traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.fast)
+
     def __init__(self, num_particles=1, max_plate_nesting=None, vectorize_particles=True, data_plate="data"):
         if not vectorize_particles:
             raise ValueError(f"{type(self).__name__} always vectorizes its particles; drop vectorize_particles=False")
