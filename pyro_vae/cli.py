@@ -47,7 +47,7 @@ HELP = {
     "device": "auto, cpu, cuda or cuda:N",
     "out": "run directory",
     "eval_particles": "particles for the per-epoch test ELBO",
-    "log_every": "update the progress bar every N steps (each update syncs with the device)",
+    "log_every": "update the progress bar, and on a GPU read the NaN guard's counts, every N steps (each syncs with the device)",
     "pictures": "write samples/reconstructions/loss pictures at the end (--no-pictures to skip)",
 }
 

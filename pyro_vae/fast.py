@@ -15,9 +15,10 @@ finiteness flag and the gradients, with no Python in between and no autograd.
 
 A trace freezes Python control flow and constants (the batch size, the data plate's
 scale, a β or temperature read from Python), so it is only used where it is valid: for
-``Trace_ELBO``, without per-batch keyword arguments, for pairs that declare
-``jit_compatible = True`` (``fast="auto"``: the built-in VAE unless its guide has flows,
-pyro-ppl/pyro#3132, and the hierarchical VAE) or any pair with ``fast=True``; one trace
+``Trace_ELBO`` and estimators that declare ``traceable = True`` (iwae, dreg, stl, renyi),
+without per-batch keyword arguments, for pairs that declare
+``jit_compatible = True`` (``fast="auto"``: the built-in VAE with any guide, flows included,
+and the hierarchical VAE) or any pair with ``fast=True``; one trace
 per batch size; and only after the replay has given the plain loss and gradients for
 the same random numbers on two different batches of each size.
 """
@@ -107,7 +108,7 @@ def blocker(elbo, model, guide, mode="auto", batch_kwargs=None):
         return "per-batch keyword arguments (labels) would be frozen into the trace"
     for owner in owners:
         if getattr(owner, "jit_compatible", True) is False:
-            return f"{type(owner).__name__} says it breaks jit tracing (e.g. flows, pyro-ppl/pyro#3132)"
+            return f"{type(owner).__name__} says it cannot be traced (jit_compatible = False)"
     return None
 
 

@@ -112,9 +112,10 @@ class DeviceSVI(SVI):
                     loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
                     loss.backward()
                     loss = loss.detach()
-                else:
+                else:  # a float: put it where the parameters are, as the flag's other inputs
                     loss = torch.as_tensor(self.loss_and_grads(self.model, self.guide, *args, **kwargs))
             params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
+            loss = loss.to(next(iter(params)).device) if params else loss
         if distributed.active():  # the same parameters on every rank, in the same (name) order
             store = pyro.get_param_store()
             distributed.average_gradients(sorted(params, key=store.param_name))

@@ -19,9 +19,10 @@ name          layer f_k                                                         
 
 The non-invertible flows score only the z they sampled themselves (Pyro caches
 each layer's input); estimators that re-score a detached z (DReG, STL) must check
-``guide.invertible`` first.  Flow guides set ``jit_compatible = False``: Pyro's
-``JitTrace_ELBO`` breaks on the per-call conditioned transforms (pyro-ppl/pyro#3132),
-so a fast path must refuse them.
+``guide.invertible`` first.  Pyro's ``JitTrace_ELBO`` breaks on the per-call
+conditioned transforms (pyro-ppl/pyro#3132); the trainer's fast path records ATen
+ops with ``make_fx`` instead, which follows them (checked against the plain loss
+and gradients for every flow), so flow guides set ``jit_compatible = True``.
 
 Design decision (Pyro conditional transforms, not Zuko).  We build on Pyro's
 ``Conditional*`` transforms and write only what Pyro lacks (the conditional
@@ -166,10 +167,10 @@ class FlowGuide(DiagonalGuide):
     :param options: the flow's own options (``spline``: ``count_bins``, ``bound``; ``sylvester``:
         ``reflections``) and ``site``, ``plate``, ``name`` of :class:`~pyro_vae.guides.AmortizedGuide`.
 
-    Attributes: ``invertible`` (can log q be evaluated at any z?), ``jit_compatible = False``.
+    Attributes: ``invertible`` (can log q be evaluated at any z?), ``jit_compatible = True``.
     """
 
-    jit_compatible = False
+    jit_compatible = True  # no data-dependent control flow or state: the trainer may trace loss and gradients
 
     def __init__(self, encoder, context_dim, latent_dim, flow="iaf", num_flows=1, hidden_dims=None, **options):
         if flow not in FLOWS:
