@@ -36,7 +36,7 @@ class TracedStep:
     and ``∂ loss / ∂ params``, from one TorchScript graph.
 
     :attr:`params` are the unconstrained param-store tensors the graph reads (its inputs besides ``x``), in
-    name order; ``grads`` follow that order.
+    name order; ``grads`` follow that order (None for a parameter the loss does not depend on).
     """
 
     def __init__(self, elbo, model, guide, x):
@@ -50,7 +50,9 @@ class TracedStep:
 
         def step(*inputs):  # the pair reads the same tensors from the param store: make_fx sees them as inputs
             loss = elbo.differentiable_loss(model, guide, inputs[-1])
-            grads = torch.autograd.grad(loss, inputs[:-1], allow_unused=True, materialize_grads=True)
+            grads = torch.autograd.grad(loss, inputs[:-1], allow_unused=True)
+            self.used = [g is not None for g in grads]  # a parameter the loss does not reach gets no gradient
+            grads = [g for g in grads if g is not None]
             # a sum of everything is finite iff every entry is (or it overflows, ~1e38 in float32: also bad)
             ok = torch.isfinite(sum((g.sum() for g in grads), loss.detach()))
             return (loss.detach(), ok, *grads)
@@ -67,7 +69,8 @@ class TracedStep:
     def __call__(self, x):
         with torch.no_grad():
             loss, ok, *grads = self.graph(*self.params, x)
-        return loss, ok, grads
+        grads = iter(grads)
+        return loss, ok, [next(grads) if used else None for used in self.used]
 
 
 @contextlib.contextmanager
@@ -113,6 +116,8 @@ def blocker(elbo, model, guide, mode="auto", batch_kwargs=None):
 
 
 def _differs(a, b):
+    if a is None or b is None:
+        return (a is None) != (b is None)
     return not (a - b).abs().max() <= 1e-4 * (1 + b.abs().max())
 
 
@@ -131,7 +136,7 @@ def trace_steps(elbo, model, guide, batches):
             step = traced[len(x)]
             pyro.util.set_rng_state(rng)
             plain = elbo.differentiable_loss(model, guide, x)
-            plain_grads = torch.autograd.grad(plain, step.params, allow_unused=True, materialize_grads=True)
+            plain_grads = torch.autograd.grad(plain, step.params, allow_unused=True)
             pyro.util.set_rng_state(rng)
             loss, _, grads = step(x)
             if _differs(loss, plain.detach()):

@@ -471,7 +471,7 @@ class Trainer:
                 # on the device: bad steps this epoch, the current run of bad steps, the longest run since the
                 # last check; the host reads them every `check_every` steps (no host sync per step on a GPU)
                 bad = run = worst = torch.zeros((), dtype=torch.long, device=first.device)
-                seen = 0
+                seen = step = 0
                 bar = tqdm(data.batches(batch_size, shard=distributed.shard), total=steps_per_epoch,
                            disable=not (self.progress and distributed.is_main()),
                            desc=f"epoch {self.epoch + 1}/{epochs}", leave=False)
@@ -484,16 +484,17 @@ class Trainer:
                     with torch.no_grad():  # buffers changed by a bad forward pass (e.g. σ-VAE's running σ*) go back
                         for b, s in zip(buffers, saved):
                             b.copy_(torch.where(ok, b, s))
-                    if step % check_every == 0 or step == steps_per_epoch:
+                    if step % check_every == 0:
                         seen = self._act_on_bad_steps(int(bad), seen, int(worst), step, epochs)
                         worst = run
                     if self.progress and step % self.log_every == 0 and step > seen:
                         bar.set_postfix(loss=f"{total.item() / (step - seen):.2f}")
                     self._check_signal(epochs)
                 bar.close()
+                seen = self._act_on_bad_steps(int(bad), seen, int(worst), step, epochs)
                 lr = self.lr
                 self.epoch += 1
-                mean_loss = distributed.all_sum(total / max(steps_per_epoch - seen, 1)) / distributed.world_size()
+                mean_loss = distributed.all_sum(total / max(step - seen, 1)) / distributed.world_size()
                 metrics = {"epoch": self.epoch, "train_loss": mean_loss.item()}
                 if test_x is not None:
                     metrics["test_elbo"] = self.evaluate_elbo(test_x)

@@ -126,3 +126,22 @@ def test_a_nonfinite_replay_is_skipped():
     loss, ok = trainer.svi.step(x[32:64])
     assert ok and torch.isfinite(loss)
     assert all(not torch.equal(v, before[k]) for k, v in store.named_parameters())
+
+
+def test_a_parameter_the_loss_does_not_reach_gets_no_gradient_and_no_optimizer_state():
+    pyro.clear_param_store()
+    model, guide = _pair_with(lambda x, logits: logits)
+
+    def model_with_an_idle_parameter(x):
+        pyro.param("idle", torch.ones(3))  # registered, never used by the loss
+        return model(x)
+
+    x = torch.full((64, *X_SHAPE), 0.5).bernoulli()
+    trainer = Trainer(model_with_an_idle_parameter, guide, "trace", progress=False, fast=True)
+    assert trainer.enable_fast_path([x[:32], x[32:]])
+    traced = trainer.svi.compiled[32]
+    assert [name for name, used in zip(traced.names, traced.used) if not used] == ["idle"]
+    for _ in range(3):
+        trainer.svi.step(x[:32])
+    state = trainer.optim.get_state()
+    assert state["idle"]["state"] == {} and state["decoder$$$0.weight"]["state"][0]["step"] == 3
