@@ -1,0 +1,39 @@
+"""The speed harnesses of benchmarks/ run end to end (tiny sizes) and write their tables; `--device cuda` runs them on a GPU."""
+import os
+
+import pytest
+
+from examples_loader import load_example
+
+DEBIAN = "/usr/share/datasets/fashion-mnist"
+
+
+def test_speed_harness_replaces_only_its_own_section(tmp_path, device):
+    speed = load_example("speed", "benchmarks")
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Speed\n\nThe reading stays.\n\n### ZZZ: another machine\n\nits table stays\n")
+    speed.main(speed.parse_args(["--device", str(device), "--rounds", "1", "--steps", "2", "--warmup", "1",
+                                 "--epoch-rounds", "1", "--num-data", "512", "--out", str(out)]))
+    text = out.read_text()
+    assert text.startswith("# Speed\n\nThe reading stays.\n") and "its table stays" in text
+    section = text[text.index(f"### {device.type.upper()}"):text.index("### ZZZ")]
+    for arch in speed.ARCHS:
+        for runner in ("eager", "eager-fused", "pyro", "pyro-jit", "pyro_vae"):
+            assert f"| {arch} | {runner} | " in section
+        assert f"| {arch} | eager | " in section.split("512-image epoch")[1]
+    rerun = out.read_text()
+    speed._write_section(str(out), "ZZZ", "### ZZZ: another machine\n\nnew table\n")
+    assert out.read_text() == rerun.replace("its table stays", "new table")
+
+
+@pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist")
+def test_particle_benchmark_table(tmp_path, device):
+    particles = load_example("particles", "benchmarks")
+    out = tmp_path / "PARTICLES.md"
+    medians = particles.main(particles.parse_args(["--device", str(device), "--estimators", "trace,iwae", "--k", "1,2",
+                                                   "--batch-size", "16", "--rounds", "1", "--warmup", "0",
+                                                   "--out", str(out)]))
+    assert sorted(medians) == [("iwae", 1), ("iwae", 2), ("trace", 1), ("trace", 2)]
+    assert all(v > 0 for v in medians.values())
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| trace |") or line.startswith("| iwae |")]
+    assert len(rows) == 2 and all(row.count("ms") == 2 and row.count("×") == 1 for row in rows)
