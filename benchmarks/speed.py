@@ -198,13 +198,13 @@ def main(args):
                   "| --- | --- | --- | --- |", *epochs]
     section = "\n".join(lines) + "\n"
     if args.out:
-        _write_section(args.out, key, section)
+        write_section(args.out, key, section)
         print(f"written to {args.out}")
 
 
-def _write_section(path, key, section):
-    """Replace (or add) this device's section of the results file, keeping the others and the text above them."""
-    head = "# Training-step speed: hand-written PyTorch vs Pyro SVI vs pyro_vae\n\nWritten by `benchmarks/speed.py`.\n"
+def write_section(path, key, section, head="# Training-step speed\n\nWritten by `benchmarks/speed.py`.\n"):
+    """Replace (or add) the section ``### KEY: ...`` of a results file, keeping the others and the text above
+    them (``head`` for a new file)."""
     sections = {}
     if os.path.exists(path):
         head, *parts = open(path).read().split("\n### ")

@@ -22,7 +22,7 @@ def test_speed_harness_replaces_only_its_own_section(tmp_path, device):
             assert f"| {arch} | {runner} | " in section
         assert f"| {arch} | eager | " in section.split("512-image epoch")[1]
     rerun = out.read_text()
-    speed._write_section(str(out), "ZZZ", "### ZZZ: another machine\n\nnew table\n")
+    speed.write_section(str(out), "ZZZ", "### ZZZ: another machine\n\nnew table\n")
     assert out.read_text() == rerun.replace("its table stays", "new table")
 
 
@@ -37,3 +37,16 @@ def test_particle_benchmark_table(tmp_path, device):
     assert all(v > 0 for v in medians.values())
     rows = [line for line in out.read_text().splitlines() if line.startswith("| trace |") or line.startswith("| iwae |")]
     assert len(rows) == 2 and all(row.count("ms") == 2 and row.count("×") == 1 for row in rows)
+
+
+@pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist")
+def test_log_likelihood_benchmark_table(tmp_path, device):
+    bench = load_example("log_likelihood", "benchmarks")
+    out = tmp_path / "LOG_LIKELIHOOD.md"
+    bench.main(bench.parse_args(["--device", str(device), "--images", "4", "--k", "8,64", "--max-elements", "32",
+                                 "--out", str(out)]))
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| 8 |") or
+            line.startswith("| 64 |")]
+    assert [row[1:3] for row in rows] == [["4", "32"], ["4", "32"]]
+    nll = [float(row[-1].rstrip(" |")) for row in rows]
+    assert all(400 < v < 800 for v in nll)  # an untrained VAE on binarized images: about 784 · log 2 ≈ 543 nats
