@@ -14,7 +14,6 @@ section of ``benchmarks/LOG_LIKELIHOOD.md``.
 import argparse
 import datetime
 import os
-import platform
 import resource
 import sys
 import time
@@ -28,7 +27,7 @@ from pyro_vae.training import resolve_device
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from speed import write_section  # noqa: E402  (benchmarks/speed.py: one results-file format)
+from speed import machine, write_section  # noqa: E402  (benchmarks/speed.py: one results-file format)
 
 
 LOG_LIKELIHOOD_TITLE = "# log_likelihood: time and peak memory against K\n\nWritten by `benchmarks/log_likelihood.py`.\n"
@@ -65,9 +64,7 @@ def main(args):
         rows.append(f"| {k} | {len(x)} | {args.max_elements} | {seconds:.2f} | {seconds * 10000 / len(x):.1f} | "
                     f"{peak / 2**20:.1f} | {nll:.2f} |")
         print(rows[-1])
-    threads = torch.get_num_threads()
-    key = device.type.upper() + (f", {threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else "")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    key, name = machine(device)
     memory = "max_memory_allocated during the call" if device.type == "cuda" else "the process's peak RSS after the call"
     section = "\n".join([
         f"### {key}: {name}",

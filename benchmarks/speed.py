@@ -179,9 +179,7 @@ def main(args):
             for key, value in sec.items():
                 epochs.append(f"| {name} | {key} | {value:.2f} | {value / sec['eager']:.2f} |")
                 print(f"{name:36s} {key:12s} {value:8.2f} s/epoch  ratio {value / sec['eager']:.2f}")
-    threads = torch.get_num_threads()
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    key = device.type.upper() + (f", {threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else "")
+    key, dev = machine(device)
     lines = [
         f"### {key}: {dev}",
         "",
@@ -200,6 +198,14 @@ def main(args):
     if args.out:
         write_section(args.out, key, section)
         print(f"written to {args.out}")
+
+
+def machine(device):
+    """``(key, name)`` of a results section: ``("CPU, 2 threads", "x86_64")`` or ``("CUDA", "NVIDIA H100 ...")``."""
+    if device.type == "cuda":
+        return "CUDA", torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"CPU, {threads} thread{'s' * (threads > 1)}", platform.processor() or platform.machine()
 
 
 def write_section(path, key, section, head="# Training-step speed\n\nWritten by `benchmarks/speed.py`.\n"):
