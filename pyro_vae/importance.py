@@ -14,7 +14,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
-from .validation import check_images, check_pair_runs, check_positive_int
+from .core.probe import checked_probe, find_data_plate, plate_nesting, probe  # noqa: F401  (plate_nesting: re-exported)
+from .validation import check_images, check_positive_int
 
 PARTICLE_PLATE = "_particles"
 
@@ -32,6 +33,7 @@ class LogWeights(NamedTuple):
     guide: torch.Tensor
     model_trace: object
     guide_trace: object
+    data_plate: object = None  # the PlateInfo of the data plate (its scale is the subsampling factor N / B)
 
     @property
     def log_w(self):
@@ -39,29 +41,13 @@ class LogWeights(NamedTuple):
         return self.obs + self.prior - self.guide
 
 
-def plate_nesting(*traces):
-    """The number of batch dims the vectorized plates of ``traces`` use."""
-    dims = [-f.dim for tr in traces for site in tr.nodes.values() if site["type"] == "sample"
-            for f in site["cond_indep_stack"] if f.vectorized]
-    return max(dims, default=0)
-
-
-def guess_max_plate_nesting(model, guide, x, *args, **kwargs):
-    """Trace the pair once and return the number of batch dims its plates use.
+def guess_max_plate_nesting(model, guide, *args, **kwargs):
+    """Trace the pair once (:func:`~pyro_vae.core.probe`) and return the number of batch dims its plates use.
 
     Raises ValueError when an observed site's data would be broadcast to its distribution's
     shape (data of the wrong shape that torch would silently expand).
     """
-    with poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
-    for name, site in model_trace.nodes.items():
-        if site["type"] == "sample" and site["is_observed"] and torch.is_tensor(site["value"]):
-            shape, value = tuple(site["fn"].shape()), tuple(site["value"].shape)
-            if torch.broadcast_shapes(shape, value) != value:
-                raise ValueError(f"the observed site {name!r} got data of shape {value} but its distribution has "
-                                 f"shape {shape}: the data would be broadcast; give data whose shape matches")
-    return plate_nesting(model_trace, guide_trace)
+    return probe(model, guide, *args, **kwargs).max_plate_nesting
 
 
 def per_particle_and_point(t, site, particle_dim, event_ndims=0, data_plate="data"):
@@ -73,8 +59,9 @@ def per_particle_and_point(t, site, particle_dim, event_ndims=0, data_plate="dat
     frame = next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
     if frame is None:
         raise ValueError(
-            f"sample site {site['name']!r} is not inside the plate {data_plate!r}: per-data-point figures need "
-            f"every sample site of model and guide inside it (pass data_plate=NAME if your plate has another name)"
+            f"sample site {site['name']!r} is not inside the data plate {data_plate!r}: per-data-point bounds and "
+            f"figures need every sample site of model and guide inside it (a global latent has no weight per data "
+            f"point: train such a pair with make_elbo('trace'); pass data_plate=NAME to name another plate)"
         )
     event = t.shape[t.dim() - event_ndims:]
     batch = t.shape[: t.dim() - event_ndims]
@@ -95,8 +82,9 @@ def _site_terms(site, data_plate, particle_dim, num_particles):
     return lp.expand(num_particles, frame.size)
 
 
-def trace_pair(model, guide, x, *args, num_particles=1, max_plate_nesting=None, replay=None, **kwargs):
-    """Trace ``guide`` inside a plate of ``num_particles`` vectorized particles and replay ``model`` against it.
+def trace_pair(model, guide, *args, num_particles=1, max_plate_nesting=None, replay=None, **kwargs):
+    """Trace ``guide(*args, **kwargs)`` inside a plate of ``num_particles`` vectorized particles and replay
+    ``model`` against it.
 
     Returns ``(model_trace, guide_trace, particle_dim)``; the traces still hold their
     subsample sites, so they can be replayed again.  With ``replay`` (a guide trace),
@@ -104,49 +92,66 @@ def trace_pair(model, guide, x, *args, num_particles=1, max_plate_nesting=None, 
     distributions are re-evaluated at them (DReG and STL replay at detached z).
     """
     if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, x, *args, **kwargs)
+        max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
     particle_dim = -(max_plate_nesting + 1)
     traced_guide = guide if replay is None else poutine.replay(guide, trace=replay)
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim):
-        guide_trace = poutine.trace(traced_guide).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, *args, **kwargs)
+        guide_trace = poutine.trace(traced_guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return model_trace, guide_trace, particle_dim
 
 
-def split_log_weights(model_trace, guide_trace, particle_dim, num_particles, batch_size, data_plate="data"):
-    """Reduce a traced pair (from :func:`trace_pair`) to its :class:`LogWeights`, each ``[K, B]``."""
+def traced_data_plate(model_trace, guide_trace=None, data_plate=None):
+    """The data plate (:class:`~pyro_vae.core.PlateInfo`) of a traced pair; one ValueError when there is none."""
+    plate = find_data_plate(model_trace, guide_trace, data_plate, ignore=(PARTICLE_PLATE,))
+    if plate is None:
+        raise ValueError("no plate holds every observed site, so there is no data plate to split log-weights per "
+                         "data point: put the observed sites in pyro.plate(...), or pass data_plate=NAME")
+    return plate
+
+
+def split_log_weights(model_trace, guide_trace, particle_dim, num_particles, data_plate=None):
+    """Reduce a traced pair (from :func:`trace_pair`) to its :class:`LogWeights`, each ``[K, B]``.
+
+    ``data_plate``: the plate's name (default: found from the traces, see :func:`~pyro_vae.core.probe`).
+    """
+    plate = traced_data_plate(model_trace, guide_trace, data_plate)
     guide_trace = prune_subsample_sites(guide_trace)
     model_trace = prune_subsample_sites(model_trace)
     terms = {"obs": [], "prior": [], "guide": []}
     for site in model_trace.nodes.values():
         if site["type"] == "sample":
             key = "obs" if site["is_observed"] else "prior"
-            terms[key].append(_site_terms(site, data_plate, particle_dim, num_particles))
+            terms[key].append(_site_terms(site, plate.name, particle_dim, num_particles))
     for site in guide_trace.nodes.values():
         if site["type"] == "sample" and not site["is_observed"]:
-            terms["guide"].append(_site_terms(site, data_plate, particle_dim, num_particles))
-    first = next((t for ts in terms.values() for t in ts), None)
-    if first is None:
-        raise ValueError(f"the model and guide have no sample sites inside the plate {data_plate!r}")
-    obs, prior, q = (sum(ts, first.new_zeros(num_particles, batch_size)) for ts in terms.values())
-    return LogWeights(obs, prior, q, model_trace, guide_trace)
+            terms["guide"].append(_site_terms(site, plate.name, particle_dim, num_particles))
+    first = next(t for ts in terms.values() for t in ts)
+    obs, prior, q = (sum(ts, first.new_zeros(num_particles, plate.subsample_size)) for ts in terms.values())
+    return LogWeights(obs, prior, q, model_trace, guide_trace, plate)
 
 
-def log_weights(model, guide, x, *args, num_particles=1, data_plate="data", max_plate_nesting=None, replay=None,
+def log_weights(model, guide, *args, num_particles=1, data_plate=None, max_plate_nesting=None, replay=None,
                 **kwargs):
     """Draw ``num_particles`` vectorized particles from ``guide`` and return their :class:`LogWeights`.
 
-    ``guide(x, *args, **kwargs)`` is traced inside a plate over particles at dim
+    ``guide(*args, **kwargs)`` is traced inside a plate over particles at dim
     ``-(max_plate_nesting + 1)`` and ``model`` is replayed against it; z keeps its
     reparameterized path, so the result is differentiable.  ``replay``: see :func:`trace_pair`.
     """
-    model_trace, guide_trace, particle_dim = trace_pair(model, guide, x, *args, num_particles=num_particles,
+    model_trace, guide_trace, particle_dim = trace_pair(model, guide, *args, num_particles=num_particles,
                                                         max_plate_nesting=max_plate_nesting, replay=replay, **kwargs)
-    return split_log_weights(model_trace, guide_trace, particle_dim, num_particles, len(x), data_plate)
+    return split_log_weights(model_trace, guide_trace, particle_dim, num_particles, data_plate)
 
 
-def data_plate_scale(trace, data_plate="data"):
-    """The subsampling factor ``full_size / size`` of the data plate in ``trace`` (1.0 when not subsampled)."""
+def data_plate_scale(trace, data_plate=None):
+    """The subsampling factor ``full_size / size`` of the data plate in ``trace`` (1.0 when not subsampled).
+
+    ``data_plate``: its name (default: the plate of the observed sites, else the one named ``"data"``).
+    """
+    if data_plate is None:
+        found = find_data_plate(trace, ignore=(PARTICLE_PLATE,))
+        data_plate = found.name if found is not None else "data"
     for site in trace.nodes.values():
         for f in site.get("cond_indep_stack", ()):
             if f.name == data_plate:
@@ -167,37 +172,78 @@ def extra_scale(site, data_plate="data"):
     return site["scale"] / factor
 
 
+def _split(args, rows):
+    """``args`` with every positional tensor that runs over the data points (leading dim = ``len(args[0])``) sliced."""
+    n = len(args[0])
+    return tuple(a[rows] if torch.is_tensor(a) and a.dim() and len(a) == n else a for a in args)
+
+
+def _runs_per_point(model, guide, args, kwargs, data_plate):
+    """Whether the pair runs on the first 2 data points of its positional tensors, with a data plate of 2 (so
+    log p(x) can be taken in chunks of data points).  A non-amortized guide (``pyro.param("loc", zeros(N, d))``)
+    cannot; parameters that the trial creates are removed again, and the trial is repeated once they exist at
+    their full size."""
+    store = pyro.get_param_store()
+    for attempt in range(2):
+        before = set(store.keys())
+        try:
+            info = probe(model, guide, *_split(args, slice(0, 2)), data_plate=data_plate, **kwargs)
+            ok = info.data_plate is not None and info.data_plate.subsample_size == 2
+        except Exception:  # noqa: BLE001 - any failure means: do not split the data
+            ok = False
+        created = set(store.keys()) - before
+        for name in created:
+            del store[name]
+        if not created:
+            return ok
+        probe(model, guide, *args, data_plate=data_plate, **kwargs)  # registers them at their full size
+    return ok
+
+
 @torch.no_grad()
-def log_likelihood(model, guide, x, *args, num_samples=5000, batch_size=None, max_elements=2**16, data_plate="data",
+def log_likelihood(model, guide, *args, num_samples=5000, batch_size=None, max_elements=2**16, data_plate=None,
                    **kwargs):
-    """Importance-sampled log p(x_i) for every data point, a tensor of shape ``[N]`` (float64).
+    """Importance-sampled log p(x_i) for every data point of the data plate, a tensor of shape ``[N]`` (float64).
 
     .. math:: \\log p(x_i) \\approx \\log \\frac{1}{K} \\sum_{k=1}^K \\frac{p(x_i, z_k)}{q(z_k | x_i)}, \\quad z_k \\sim q(z | x_i)
 
-    The estimate is a stochastic lower bound that tightens as ``num_samples`` grows
-    (it is the IWAE bound with K = ``num_samples``).  Memory is bounded by
-    ``max_elements`` particle×data-point pairs per pass, whatever K and N are; the
-    log-sum-exp is accumulated in float64 on x's device.
+    The pair is called as SVI calls it, ``guide(*args, **kwargs)``.  The estimate is a stochastic lower bound
+    that tightens as ``num_samples`` grows (the IWAE bound with K = ``num_samples``).  Memory is bounded by
+    ``max_elements`` particle×data-point pairs per pass, whatever K and N are: when the first argument is the
+    batch and the pair runs on part of it, data points are taken in chunks; otherwise (data closed over, a
+    non-amortized guide) every pass takes all N points and ``max_elements // N`` particles.  The log-sum-exp
+    is accumulated in float64 on the data's device.
 
     :param int batch_size: data points per pass (default: ``max_elements`` // particles per pass, at least 1).
+    :param str data_plate: the plate over data points (default: found from the trace).
     """
     check_positive_int("num_samples", num_samples)
-    check_images(x, "x")  # a tensor of finite values, checked once per call
-    n = len(x)
-    if batch_size is None:
-        batch_size = max(1, min(n, max_elements // min(num_samples, max_elements)))
+    for i, a in enumerate(args):
+        if torch.is_tensor(a) and a.is_floating_point():
+            check_images(a, f"argument {i}")  # finite values, checked once per call
+    splits = bool(args) and torch.is_tensor(args[0]) and args[0].dim() and len(args[0]) > 1
+    if splits and _runs_per_point(model, guide, args, kwargs, data_plate):
+        mpn = checked_probe(model, guide, *_split(args, slice(0, 1)), data_plate=data_plate, **kwargs).max_plate_nesting
+        n = len(args[0])
+        if batch_size is None:
+            batch_size = max(1, min(n, max_elements // min(num_samples, max_elements)))
+        chunks = [_split(args, slice(start, start + batch_size)) for start in range(0, n, batch_size)]
+    else:
+        info = checked_probe(model, guide, *args, data_plate=data_plate, **kwargs)  # one line if it does not fit
+        if info.data_plate is None:
+            raise ValueError("log_likelihood needs a data plate: put the observed sites in pyro.plate(...), or pass "
+                             "data_plate=NAME")
+        mpn, chunks = info.max_plate_nesting, [args]
+        batch_size = info.data_plate.subsample_size
     chunk = max(1, min(num_samples, max_elements // batch_size))
-    mpn = check_pair_runs(model, guide, x[:1], *args, **kwargs)  # a shape that does not fit: one ValueError
     out = []
-    for start in range(0, n, batch_size):
-        xb = x[start : start + batch_size]
-        total = torch.full((len(xb),), -math.inf, dtype=torch.float64, device=x.device)
-        done = 0
+    for chunk_args in chunks:
+        total, done = None, 0
         while done < num_samples:
             k = min(chunk, num_samples - done)
-            lw = log_weights(model, guide, xb, *args, num_particles=k, data_plate=data_plate,
-                             max_plate_nesting=mpn, **kwargs).log_w
-            total = torch.logaddexp(total, torch.logsumexp(lw.double(), dim=0))
+            lw = torch.logsumexp(log_weights(model, guide, *chunk_args, num_particles=k, data_plate=data_plate,
+                                             max_plate_nesting=mpn, **kwargs).log_w.double(), dim=0)
+            total = lw if total is None else torch.logaddexp(total, lw)
             done += k
         out.append(total - math.log(num_samples))
     return torch.cat(out)

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from .core.probe import checked_probe
+
 CHECKPOINT_KEYS = ("epoch", "params", "optim", "rng")
 
 
@@ -123,22 +125,9 @@ def check_data_for_model(model, x, name="x"):
 
 
 def check_pair_runs(model, guide, x, *args, **kwargs):
-    """Trace ``guide`` and ``model`` once on ``x[:2]`` and return their max plate nesting.
-
-    A failure deep in torch (a shape that does not fit a layer, a wrong dtype or device)
-    becomes one ValueError line.
-    """
-    from pyro import poutine
-
-    from .importance import guess_max_plate_nesting
-
-    try:
-        with poutine.block():
-            return guess_max_plate_nesting(model, guide, x[:2], *args, **kwargs)
-    except (RuntimeError, ValueError, IndexError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"the model/guide pair fails on a batch of shape {tuple(x[:2].shape)}: {first}; "
-                         f"check that the data's shape, dtype and device fit the model") from None
+    """Trace ``guide`` and ``model`` once on ``x[:2]`` and return their max plate nesting; a failure deep in torch
+    becomes one ValueError line (:func:`~pyro_vae.core.checked_probe`)."""
+    return checked_probe(model, guide, x[:2], *args, **kwargs).max_plate_nesting
 
 
 def check_device(device):

@@ -26,7 +26,7 @@ import torch
 from pyro.infer import ELBO
 from pyro.poutine.util import site_is_subsample
 
-from ..importance import data_plate_scale, extra_scale, guess_max_plate_nesting, split_log_weights, trace_pair
+from ..importance import extra_scale, guess_max_plate_nesting, split_log_weights, trace_pair
 
 
 def _is_one(scale):
@@ -40,12 +40,16 @@ class ImportanceWeightedELBO(ELBO):
 
     :param int num_particles: K, particles per data point (vectorized).
     :param int max_plate_nesting: plate dims used by model and guide (default: inferred on the first call).
-    :param str data_plate: name of the plate over data points (default ``"data"``).
+    :param str data_plate: name of the plate over data points (default: the plate that holds every observed
+        site, see :func:`~pyro_vae.core.probe`).
+
+    Model and guide are called as :class:`pyro.infer.SVI` calls them, with ``*args, **kwargs`` passed through;
+    the batch is the data plate's subsample.
     """
 
     traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.fast)
 
-    def __init__(self, num_particles=1, max_plate_nesting=None, vectorize_particles=True, data_plate="data"):
+    def __init__(self, num_particles=1, max_plate_nesting=None, vectorize_particles=True, data_plate=None):
         if not vectorize_particles:
             raise ValueError(f"{type(self).__name__} always vectorizes its particles; drop vectorize_particles=False")
         if max_plate_nesting is not None and (isinstance(max_plate_nesting, bool)
@@ -60,19 +64,21 @@ class ImportanceWeightedELBO(ELBO):
         """Map log-weights ``[K, B]`` to one bound per data point ``[B]``; its autograd gradient is the estimator's."""
         raise NotImplementedError
 
-    def _trace(self, model, guide, x, args, kwargs, replay=None):
+    def _trace(self, model, guide, args, kwargs, replay=None):
         if self.max_plate_nesting == math.inf:
-            self.max_plate_nesting = guess_max_plate_nesting(model, guide, x, *args, **kwargs)
+            self.max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
         model_trace, guide_trace, particle_dim = trace_pair(
-            model, guide, x, *args, num_particles=self.num_particles, max_plate_nesting=self.max_plate_nesting,
+            model, guide, *args, num_particles=self.num_particles, max_plate_nesting=self.max_plate_nesting,
             replay=replay, **kwargs)
-        weights = split_log_weights(model_trace, guide_trace, particle_dim, self.num_particles, len(x),
-                                    self.data_plate)
+        try:
+            weights = split_log_weights(model_trace, guide_trace, particle_dim, self.num_particles, self.data_plate)
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__} is a bound per data point: {e}") from None
         return weights, guide_trace
 
     def _get_trace(self, model, guide, args, kwargs):
-        """One vectorized pass: ``(model_trace, guide_trace)`` (args[0] is the batch x)."""
-        weights, _ = self._trace(model, guide, args[0], args[1:], kwargs)
+        """One vectorized pass: ``(model_trace, guide_trace)``."""
+        weights, _ = self._trace(model, guide, args, kwargs)
         return weights.model_trace, weights.guide_trace
 
     def _check(self, weights):
@@ -83,7 +89,7 @@ class ImportanceWeightedELBO(ELBO):
             for site in tr.nodes.values():
                 if site["type"] != "sample":
                     continue
-                if not _is_one(extra_scale(site, self.data_plate)):
+                if not _is_one(extra_scale(site, weights.data_plate.name)):
                     raise ValueError(
                         f"{name}: {who} site {site['name']!r} is scaled by something other than the data plate's "
                         f"subsampling (poutine.scale, e.g. a β-VAE, or another subsampled plate); an "
@@ -98,33 +104,30 @@ class ImportanceWeightedELBO(ELBO):
                         f"{name}: model latent site {site['name']!r} has no guide site; give the guide a site of "
                         f"the same name, or use make_elbo('enum') for enumerated discrete latents")
 
-    def surrogate(self, model, guide, x, *args, **kwargs):
+    def surrogate(self, model, guide, *args, **kwargs):
         """Per-data-point surrogate ``[B]`` whose value is the bound and whose gradient is the estimator's.
 
         Returns ``(surrogate, scale)``, ``scale`` being the data plate's subsampling factor.
         """
-        weights, _ = self._trace(model, guide, x, args, kwargs)
+        weights, _ = self._trace(model, guide, args, kwargs)
         self._check(weights)
-        return self.point_bound(weights.log_w), data_plate_scale(weights.guide_trace, self.data_plate)
+        return self.point_bound(weights.log_w), weights.data_plate.scale
 
     # -- Pyro's ELBO API -------------------------------------------------------------------------
-    def differentiable_loss(self, model, guide, x, *args, **kwargs):
+    def differentiable_loss(self, model, guide, *args, **kwargs):
         """−(subsampling factor) · Σ_i bound_i, differentiable w.r.t. model and guide parameters."""
-        if not torch.is_tensor(x):
-            raise TypeError(f"{type(self).__name__} needs the batch x (a tensor) as the first argument of model and "
-                            f"guide, got {type(x).__name__}")
-        surrogate, scale = self.surrogate(model, guide, x, *args, **kwargs)
+        surrogate, scale = self.surrogate(model, guide, *args, **kwargs)
         return -scale * surrogate.sum()
 
-    def loss(self, model, guide, x, *args, **kwargs):
+    def loss(self, model, guide, *args, **kwargs):
         """The loss as a float (no gradients)."""
         with torch.no_grad():  # the bound's value needs no replay, whatever the gradient estimator
-            bound, scale = ImportanceWeightedELBO.surrogate(self, model, guide, x, *args, **kwargs)
+            bound, scale = ImportanceWeightedELBO.surrogate(self, model, guide, *args, **kwargs)
             return -scale * bound.sum().item()
 
-    def loss_and_grads(self, model, guide, x, *args, **kwargs):
+    def loss_and_grads(self, model, guide, *args, **kwargs):
         """Backpropagate :meth:`differentiable_loss` into every parameter it touches; return the loss as a float."""
-        loss = self.differentiable_loss(model, guide, x, *args, **kwargs)
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return loss.item()
 
@@ -160,11 +163,11 @@ class DetachedPathELBO(ImportanceWeightedELBO):
         """Constant weights ``[K, B]`` of the path derivative for the guide parameters."""
         raise NotImplementedError
 
-    def surrogate(self, model, guide, x, *args, **kwargs):
-        live, live_guide_trace = self._trace(model, guide, x, args, kwargs)
+    def surrogate(self, model, guide, *args, **kwargs):
+        live, live_guide_trace = self._trace(model, guide, args, kwargs)
         self._check(live)
         try:
-            fixed, _ = self._trace(model, guide, x, args, kwargs, replay=_detached_replay_trace(live_guide_trace))
+            fixed, _ = self._trace(model, guide, args, kwargs, replay=_detached_replay_trace(live_guide_trace))
         except NotImplementedError as e:
             raise ValueError(f"{type(self).__name__} evaluates log q(z|x) at a fixed z, which needs the guide's "
                              f"inverse transform; this guide has none ({e or 'NotImplementedError'}). Use an "
@@ -179,4 +182,4 @@ class DetachedPathELBO(ImportanceWeightedELBO):
         model_part = (model_weights * lp_fixed).sum(0)
         guide_part = (path * (log_w - lp_fixed + fixed.guide)).sum(0)
         surrogate = bound.detach() + (model_part - model_part.detach()) + (guide_part - guide_part.detach())
-        return surrogate, data_plate_scale(live.guide_trace, self.data_plate)
+        return surrogate, live.data_plate.scale

@@ -24,7 +24,7 @@ class Renyi_ELBO(ImportanceWeightedELBO):
     """
 
     def __init__(self, num_particles=1, alpha=0.0, max_plate_nesting=None, vectorize_particles=True,
-                 data_plate="data"):
+                 data_plate=None):
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
             raise ValueError(f"alpha must be a finite number (0: IWAE, 1: ELBO), got {alpha!r}")
         super().__init__(num_particles, max_plate_nesting, vectorize_particles, data_plate)
