@@ -22,8 +22,9 @@ import pyro
 import torch
 
 from pyro_vae import Config, load_data, log_likelihood
-from pyro_vae.experiment import build_model, load_run
-from pyro_vae.training import resolve_device
+from pyro_vae.app.experiment import load_run
+from pyro_vae.models import build_model
+from pyro_vae.training.trainer import resolve_device
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)

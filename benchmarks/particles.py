@@ -19,8 +19,8 @@ import pyro
 import torch
 
 from pyro_vae import Config, Trainer, load_data
-from pyro_vae.experiment import build_model
-from pyro_vae.training import resolve_device
+from pyro_vae.models import build_model
+from pyro_vae.training.trainer import resolve_device
 
 
 def make_step(elbo, k, x, num_data):

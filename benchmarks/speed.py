@@ -1,6 +1,6 @@
 """Training-step cost: hand-written PyTorch vs plain Pyro SVI vs pyro_vae's trainer, side by side.
 
-For each architecture the steps use the same networks (pyro_vae.nets.MLP),
+For each architecture the steps use the same networks (pyro_vae.models.nets.MLP),
 the same device-resident data sliced by index, Adam with lr 1e-3 and the same
 estimator (one-sample ELBO, log p(x|z) + log p(z) − log q(z|x)):
 
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import pyro_vae
 from pyro_vae import VAE, Trainer, make_guide, make_likelihood
 from pyro_vae.data import ImageData
-from pyro_vae.nets import MLP
+from pyro_vae.models.nets import MLP
 
 ARCHS = {
     "overhead-bound 784-32-8, batch 32": (32, 8, 32),

@@ -7,8 +7,8 @@ figure of merit is the ROC AUC of the score for held-out-class versus normal tes
 datasets [2] (simple images can be likelier than the training images), so the example also
 reports the AUC against each normal class separately.
 
-Everything goes through the library: ``pyro_vae.experiment.train`` with ``exclude_class``, then
-``pyro_vae.experiment.anomaly_run`` (the plain call behind ``pyro-vae anomaly RUN_DIR``).
+Everything goes through the library: ``pyro_vae.app.experiment.train`` with ``exclude_class``, then
+``pyro_vae.app.experiment.anomaly_run`` (the plain call behind ``pyro-vae anomaly RUN_DIR``).
 
 References:
     1. Y. Burda, R. Grosse, R. Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
@@ -18,7 +18,7 @@ import argparse
 import os
 
 from pyro_vae import Config
-from pyro_vae import experiment
+from pyro_vae.app import experiment
 
 CLASSES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 

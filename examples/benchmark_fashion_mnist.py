@@ -10,7 +10,7 @@ guide; the same with convolutional encoder/decoder.  Differences from [1]: ReLU 
 instead of gated dense layers; importance-weighted rows train without warm-up (a β
 inside a log-sum-exp no longer gives a bound, so pyro_vae refuses it).
 
-Each row is a plain ``pyro_vae.Config`` trained by ``pyro_vae.experiment.train`` and
+Each row is a plain ``pyro_vae.Config`` trained by ``pyro_vae.app.experiment.train`` and
 evaluated by ``evaluate_run``; the table gives the command that reproduces it.
 
     python examples/benchmark_fashion_mnist.py --epochs 2000            # the paper's budget (GPU)
@@ -29,8 +29,8 @@ import time
 
 import torch
 
-from pyro_vae import experiment
-from pyro_vae.config import Config
+from pyro_vae.app import experiment
+from pyro_vae.app.config import Config
 
 PUBLISHED = {"VAE": 228.70, "VampPrior": 227.35, "HVAE": 227.37, "ConvHVAE": 225.38,
              "ConvHVAE + VampPrior": 224.67, "PixelSNAIL decoder": 223.68}

@@ -1,7 +1,7 @@
 """β-VAE on Fashion-MNIST: the KL / reconstruction trade-off of β = 1 and β = 4.
 
 Trains the same VAE (same data, seed and budget) with the latent sites' log-densities
-weighted by β (:func:`pyro_vae.variants.beta_scale`, ``--beta``) and prints the test
+weighted by β (:func:`pyro_vae.estimators.variants.beta_scale`, ``--beta``) and prints the test
 reconstruction term E_q log p(x|z) and KL per image.  Larger β buys a smaller KL with a
 worse reconstruction.
 
@@ -11,9 +11,9 @@ import argparse
 import json
 import os
 
-from pyro_vae.config import Config
-from pyro_vae.evaluation import elbo_terms
-from pyro_vae.experiment import train
+from pyro_vae.app.config import Config
+from pyro_vae.app.experiment import train
+from pyro_vae.evaluation.metrics import elbo_terms
 
 
 def main(args):

@@ -18,8 +18,8 @@ import pyro.distributions as dist
 from torch import nn
 
 from pyro_vae import Trainer, evaluate, load_data
-from pyro_vae.pictures import save_run_pictures
-from pyro_vae.training import resolve_device
+from pyro_vae.evaluation.pictures import save_run_pictures
+from pyro_vae.training.trainer import resolve_device
 
 LATENT, HIDDEN, PIXELS = 16, 256, 784
 encoder = nn.Sequential(nn.Flatten(), nn.Linear(PIXELS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2 * LATENT))

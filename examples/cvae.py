@@ -8,8 +8,8 @@ Models".
 import argparse
 import os
 
-from pyro_vae.config import Config
-from pyro_vae.experiment import sample_run, train
+from pyro_vae.app.config import Config
+from pyro_vae.app.experiment import sample_run, train
 
 
 def main(args):

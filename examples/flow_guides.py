@@ -22,7 +22,7 @@ import json
 import os
 
 from pyro_vae import Config, evaluate
-from pyro_vae.experiment import train
+from pyro_vae.app.experiment import train
 
 
 def main(args):

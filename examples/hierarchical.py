@@ -20,7 +20,7 @@ import json
 import os
 
 from pyro_vae import Config, evaluate
-from pyro_vae.experiment import train
+from pyro_vae.app.experiment import train
 
 
 def setups(d1, d2):

@@ -13,7 +13,7 @@ Burda et al.'s schedule (``--schedule burda``): stage i = 0 … 7 runs 3^i epoch
 learning rate 1e-3 · 10^(−i/7), 3280 epochs in all (``--stages`` keeps the first few).
 The paper's Adam ε = 1e-4 is not exposed by pyro_vae's optimizer (it uses 1e-8).
 
-Everything is a plain library call (``Config`` → :func:`pyro_vae.experiment.build_model`
+Everything is a plain library call (``Config`` → :func:`pyro_vae.models.build_model`
 → :class:`pyro_vae.Trainer` → :func:`pyro_vae.evaluate`); one run is also
 ``pyro-vae train --elbo iwae --particles 5 --hidden-dims 200,200 --latent-dim 50 --activation tanh``.
 Run directories go under ``--out``.
@@ -32,8 +32,8 @@ import pyro
 import torch
 
 from pyro_vae import Config, Trainer, evaluate, load_data
-from pyro_vae.experiment import MODELS, build_model
-from pyro_vae.training import resolve_device
+from pyro_vae.models import MODELS, build_model
+from pyro_vae.training.trainer import resolve_device
 
 
 def burda_schedule(stages=8):
@@ -46,7 +46,7 @@ def architecture(layers, hidden_dims, latent_dims):
     if layers == 1:
         return dict(model="vae", hidden_dims=hidden_dims, latent_dim=latent_dims[-1], guide="diagonal")
     if "hierarchical" not in MODELS:
-        raise ValueError("--layers 2 needs the 'hierarchical' model, which is not registered in pyro_vae.experiment")
+        raise ValueError("--layers 2 needs the 'hierarchical' model, which is not registered in pyro_vae.app.experiment")
     return dict(model="hierarchical", hidden_dims=hidden_dims, latent_dims=latent_dims, guide="bottom-up")
 
 

@@ -2,15 +2,15 @@
 
 The label is observed on ``--labeled`` class-balanced training images and enumerated
 exactly with TraceEnum_ELBO on the others, plus the auxiliary classification term
-α log q(y|x) on labeled images (:mod:`pyro_vae.semisupervised`).
+α log q(y|x) on labeled images (:mod:`pyro_vae.models.m2`).
 
 References: 1. Kingma, Rezende, Mohamed, Welling 2014, "Semi-Supervised Learning with Deep Generative Models".
 """
 import argparse
 import json
 
-from pyro_vae.config import Config
-from pyro_vae.experiment import train
+from pyro_vae.app.config import Config
+from pyro_vae.app.experiment import train
 
 
 def main(args):

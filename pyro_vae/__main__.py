@@ -1,3 +1,3 @@
-from .cli import main
+from pyro_vae.app.cli import main
 
 main()

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from .validation import check_positive_int
+from pyro_vae.core.checks import check_positive_int
 
 DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 BINARIZE = ("dynamic", "static", "none")
@@ -132,7 +132,7 @@ class ImageData:
     def batches(self, batch_size, shuffle=True, drop_last=False, generator=None, shard=None):
         """Yield ``(x, index)`` training batches: index slices of a permutation drawn on the data's device.
 
-        ``shard`` (e.g. :func:`pyro_vae.distributed.shard`) maps each global batch of indices to this
+        ``shard`` (e.g. :func:`pyro_vae.training.distributed.shard`) maps each global batch of indices to this
         process's share of it.
         """
         n = len(self.train)

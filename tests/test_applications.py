@@ -9,11 +9,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from linear_gaussian import LinearGaussian
+
 from pyro_vae import data_plate
-from pyro_vae.applications import (anomaly_scores, corrupt, denoise, embeddings, reconstruct, roc_auc,
-                                   save_embeddings)
+from pyro_vae.evaluation.applications import (anomaly_scores, corrupt, denoise, embeddings, reconstruct, roc_auc,
+                                              save_embeddings)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 import os
 
 import pytest
-
 from examples_loader import load_example
 
 DEBIAN = "/usr/share/datasets/fashion-mnist"

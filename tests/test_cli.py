@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import torch
-
 from examples_loader import load_example
-from pyro_vae.cli import main
-from pyro_vae.config import Config
+
+from pyro_vae.app.cli import main
+from pyro_vae.app.config import Config
 
 DEBIAN = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist")

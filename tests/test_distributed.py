@@ -16,7 +16,8 @@ pytestmark = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun i
 # x_i ~ N(μ, diag exp(2s)), fitted by maximum likelihood with the full-data scale N / batch.
 SCRIPT = textwrap.dedent('''
     import sys, torch, pyro, pyro.distributions as dist
-    from pyro_vae import Trainer, data_plate, distributed
+    from pyro_vae import Trainer, data_plate
+    from pyro_vae.training import distributed
 
     distributed.init(torch.device("cpu"))
     pyro.set_rng_seed(0)

@@ -11,16 +11,15 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import cuda
+from linear_gaussian import LinearGaussian
 from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer import SVI
 from torch import nn
 
-from linear_gaussian import LinearGaussian
 from pyro_vae import data_plate, log_weights, make_elbo
 from pyro_vae.estimators import ESTIMATORS, ImportanceWeightedELBO
-
-from conftest import cuda
 
 ALL = ["trace", "meanfield", "iwae", "dreg", "stl", "renyi", "enum"]
 OURS = ["iwae", "dreg", "renyi"]  # bounds per data point; stl is an ELBO, a sum of per-site terms

@@ -10,13 +10,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from linear_gaussian import LinearGaussian
 from PIL import Image
 
-from linear_gaussian import LinearGaussian
 from pyro_vae import VAE, data_plate, evaluate, log_likelihood, log_weights, make_guide, make_likelihood
-from pyro_vae.evaluation import active_units, elbo_per_point, latent_sites, posterior_means
-from pyro_vae.nets import MLP
-from pyro_vae.pictures import decode, interpolations, project_2d, save_run_pictures, traversals
+from pyro_vae.evaluation.metrics import active_units, elbo_per_point, latent_sites, posterior_means
+from pyro_vae.evaluation.pictures import decode, interpolations, project_2d, save_run_pictures, traversals
+from pyro_vae.models.nets import MLP
 
 
 def diagonal_guide(lg, scale_factor=1.0):

@@ -29,7 +29,7 @@ def _check_subcommands(run_dir, capsys):
     import numpy as np
     from PIL import Image
 
-    from pyro_vae.cli import main
+    from pyro_vae.app.cli import main
 
     main(["evaluate", run_dir, "--nll-samples", "20", "--limit", "100", "--json"])
     result = json.loads(capsys.readouterr().out)

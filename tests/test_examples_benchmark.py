@@ -3,9 +3,7 @@ import json
 import os
 
 import pytest
-
 from examples_loader import load_example
-
 
 
 @pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST")

@@ -3,7 +3,6 @@ import math
 import os
 
 import pytest
-
 from examples_loader import load_example
 
 

@@ -6,7 +6,7 @@ import torch
 
 from pyro_vae import VAE, Trainer, make_guide, make_likelihood
 from pyro_vae.data import ImageData
-from pyro_vae.nets import MLP
+from pyro_vae.models.nets import MLP
 
 X_SHAPE = (1, 6, 6)
 

@@ -6,15 +6,14 @@ from contextlib import contextmanager
 import pyro
 import pytest
 import torch
+from conftest import cuda
+from linear_gaussian import LinearGaussian
 from torch import nn
 
-from linear_gaussian import LinearGaussian
 from pyro_vae import Config, log_weights, make_guide
-from pyro_vae.experiment import build_model
+from pyro_vae.estimators.importance import PARTICLE_PLATE
 from pyro_vae.guides import FLOWS
-from pyro_vae.importance import PARTICLE_PLATE
-
-from conftest import cuda
+from pyro_vae.models import build_model
 
 NAMES = sorted(FLOWS)
 INVERTIBLE = [n for n in NAMES if FLOWS[n].invertible]

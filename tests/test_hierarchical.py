@@ -17,17 +17,17 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import cuda
 from pyro import poutine
 from pyro.distributions.kl import kl_divergence
 from torch import nn
 
-from conftest import cuda
 from pyro_vae import Config, log_weights
 from pyro_vae.estimators import ESTIMATORS, make_elbo
-from pyro_vae.experiment import MODELS, build_model
-from pyro_vae.hierarchical import (BottomUpGuide, GaussianConditional, HierarchicalVAE, LadderGuide,
-                                   inverse_softplus, precision_merge)
-from pyro_vae.likelihoods import Gaussian
+from pyro_vae.models import MODELS, build_model
+from pyro_vae.models.hierarchical import (BottomUpGuide, GaussianConditional, HierarchicalVAE, LadderGuide,
+                                          inverse_softplus, precision_merge)
+from pyro_vae.models.likelihoods import Gaussian
 
 D, D1, D2, SIGMA = 5, 3, 2, 0.5
 DT = torch.float64
@@ -289,7 +289,7 @@ def test_builder_rejects_bad_configs():
 
 
 def test_config_round_trips_and_cli_parses_latent_dims(tmp_path):
-    from pyro_vae.cli import build_parser
+    from pyro_vae.app.cli import build_parser
 
     args = build_parser().parse_args(["train", "--model", "hierarchical", "--latent-dims", "64,32"])
     assert args.latent_dims == [64, 32]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pyro_vae.likelihoods import LIKELIHOODS, make_likelihood
+from pyro_vae.models.likelihoods import LIKELIHOODS, make_likelihood
 
 X_SHAPE = (1, 4, 4)
 

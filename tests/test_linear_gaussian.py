@@ -1,6 +1,5 @@
 """The closed forms of tests/linear_gaussian.py, checked against brute force so other tests can rely on them."""
 import torch
-
 from linear_gaussian import LinearGaussian
 
 

@@ -4,12 +4,11 @@ import math
 import pyro
 import pytest
 import torch
-
-import pyro_vae.importance as importance
-from linear_gaussian import LinearGaussian
-from pyro_vae import data_plate, log_likelihood
-
 from conftest import cuda
+from linear_gaussian import LinearGaussian
+
+import pyro_vae.estimators.importance as importance
+from pyro_vae import data_plate, log_likelihood
 
 
 def widened_posterior_guide(lg, x, shift=0.3, widen=1.2):

@@ -7,11 +7,11 @@ import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO
 
-from pyro_vae.config import Config
-from pyro_vae.discrete import RelaxedCategoricalVAE
-from pyro_vae.experiment import build_model
-from pyro_vae.pictures import prior_samples
-from pyro_vae.semisupervised import balanced_labeled_mask
+from pyro_vae.app.config import Config
+from pyro_vae.evaluation.pictures import prior_samples
+from pyro_vae.models import build_model
+from pyro_vae.models.m2 import balanced_labeled_mask
+from pyro_vae.models.relaxed_categorical import RelaxedCategoricalVAE
 
 C, B, X = 10, 5, (1, 4, 4)
 

@@ -2,10 +2,10 @@
 import pyro
 import pytest
 import torch
+from linear_gaussian import LinearGaussian
 from pyro.infer import SVI, Trace_ELBO
 
-from linear_gaussian import LinearGaussian
-from pyro_vae.optim import make_optimizer, set_lr
+from pyro_vae.training.optim import make_optimizer, set_lr
 
 
 def _pair():

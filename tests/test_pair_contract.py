@@ -11,10 +11,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from linear_gaussian import LinearGaussian
 from pyro import poutine
 from pyro.distributions import constraints
 
-from linear_gaussian import LinearGaussian
 from pyro_vae import log_likelihood, make_elbo
 from pyro_vae.core import probe
 

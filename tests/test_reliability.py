@@ -10,16 +10,17 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from linear_gaussian import LinearGaussian
 from torch import nn
 
-from linear_gaussian import LinearGaussian
 from pyro_vae import Config, Trainer, load_data, log_likelihood, make_elbo, make_guide
-from pyro_vae import experiment, validation
-from pyro_vae.cli import main
+from pyro_vae.app import experiment
+from pyro_vae.app.cli import main
+from pyro_vae.core import checks as validation
 from pyro_vae.estimators import ESTIMATORS
-from pyro_vae.experiment import build_model
-from pyro_vae.nets import MLP
-from pyro_vae.training import CHECKPOINT, METRICS, NonFiniteLossError
+from pyro_vae.models import build_model
+from pyro_vae.models.nets import MLP
+from pyro_vae.training.trainer import CHECKPOINT, METRICS, NonFiniteLossError
 
 TINY = dict(latent_dim=2, hidden_dims=[8], lr=1e-2)
 

@@ -10,10 +10,11 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae import Config, Trainer, experiment
+from pyro_vae import Config, Trainer
+from pyro_vae.app import experiment
 from pyro_vae.data import ImageData
-from pyro_vae.experiment import build_model
-from pyro_vae.training import CHECKPOINT, METRICS, TrainingInterrupted
+from pyro_vae.models import build_model
+from pyro_vae.training.trainer import CHECKPOINT, METRICS, TrainingInterrupted
 
 CONFIG = Config(latent_dim=3, hidden_dims=[16], lr=1e-2, lr_decay=0.8, optimizer="clipped-adam", clip_norm=5.0)
 

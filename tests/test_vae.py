@@ -5,12 +5,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from linear_gaussian import LinearGaussian
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from linear_gaussian import LinearGaussian
 from pyro_vae import VAE, make_guide, make_likelihood
-from pyro_vae.nets import MLP, ConvDecoder, ConvEncoder
+from pyro_vae.models.nets import MLP, ConvDecoder, ConvEncoder
 
 X_SHAPE = (1, 6, 6)
 

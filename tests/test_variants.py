@@ -1,15 +1,15 @@
-"""β-VAE, KL warm-up and free bits (pyro_vae.variants) against closed forms on the linear-Gaussian model."""
+"""β-VAE, KL warm-up and free bits (pyro_vae.estimators.variants) against closed forms on the linear-Gaussian model."""
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from linear_gaussian import LinearGaussian
 from pyro.infer import TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 
-from linear_gaussian import LinearGaussian
 from pyro_vae import make_elbo
-from pyro_vae.evaluation import elbo_terms
-from pyro_vae.variants import FreeBitsELBO, KLSchedule, beta_scale, check_estimator
+from pyro_vae.estimators.variants import FreeBitsELBO, KLSchedule, beta_scale, check_estimator
+from pyro_vae.evaluation.metrics import elbo_terms
 
 N = 100  # full data size: the data plate scales each batch of 8 by N / 8
 

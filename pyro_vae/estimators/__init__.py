@@ -21,11 +21,11 @@ import inspect
 
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
-from .base import DetachedPathELBO, ImportanceWeightedELBO
-from .dreg import DReG_ELBO
-from .iwae import IWAE_ELBO
-from .renyi import Renyi_ELBO
-from .stl import STL_ELBO
+from pyro_vae.estimators.base import DetachedPathELBO, ImportanceWeightedELBO
+from pyro_vae.estimators.dreg import DReG_ELBO
+from pyro_vae.estimators.iwae import IWAE_ELBO
+from pyro_vae.estimators.renyi import Renyi_ELBO
+from pyro_vae.estimators.stl import STL_ELBO
 
 ESTIMATORS = {}
 

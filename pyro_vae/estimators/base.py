@@ -1,7 +1,7 @@
 """The shared code path of the per-data-point estimators: one vectorized pass, one bound per data point.
 
 For K particles z_ik ~ q(z | x_i) with log-weights ``log w_ik`` (see
-:func:`pyro_vae.importance.log_weights`; unscaled, one column per data point),
+:func:`pyro_vae.estimators.importance.log_weights`; unscaled, one column per data point),
 an estimator maps the ``[K, B]`` log-weights to one bound per data point and the
 loss is
 
@@ -26,7 +26,7 @@ import torch
 from pyro.infer import ELBO
 from pyro.poutine.util import site_is_subsample
 
-from ..importance import extra_scale, guess_max_plate_nesting, split_log_weights, trace_pair
+from pyro_vae.estimators.importance import extra_scale, guess_max_plate_nesting, split_log_weights, trace_pair
 
 
 def _is_one(scale):
@@ -47,7 +47,7 @@ class ImportanceWeightedELBO(ELBO):
     the batch is the data plate's subsample.
     """
 
-    traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.fast)
+    traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.training.fast)
 
     def __init__(self, num_particles=1, max_plate_nesting=None, vectorize_particles=True, data_plate=None):
         if not vectorize_particles:

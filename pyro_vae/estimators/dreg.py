@@ -16,8 +16,8 @@ References:
 """
 import torch
 
-from .base import DetachedPathELBO
-from .iwae import IWAE_ELBO
+from pyro_vae.estimators.base import DetachedPathELBO
+from pyro_vae.estimators.iwae import IWAE_ELBO
 
 
 class DReG_ELBO(DetachedPathELBO, IWAE_ELBO):

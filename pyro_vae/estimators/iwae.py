@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .base import ImportanceWeightedELBO
+from pyro_vae.estimators.base import ImportanceWeightedELBO
 
 
 class IWAE_ELBO(ImportanceWeightedELBO):

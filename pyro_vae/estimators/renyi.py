@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .base import ImportanceWeightedELBO
+from pyro_vae.estimators.base import ImportanceWeightedELBO
 
 
 class Renyi_ELBO(ImportanceWeightedELBO):

@@ -37,7 +37,7 @@ class STL_ELBO(Trace_ELBO):
     ``max_plate_nesting``, …).
     """
 
-    traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.fast)
+    traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.training.fast)
 
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)

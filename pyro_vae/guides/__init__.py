@@ -4,8 +4,8 @@ Every guide is a module called as ``guide(x)`` that samples the latent site
 (default ``"z"``) inside the data plate (default ``"data"``) and registers its
 parameters with ``pyro.module``.
 """
-from .diagonal import AmortizedGuide, DiagonalGuide
-from .flows import FLOWS, FlowGuide
+from pyro_vae.guides.diagonal import AmortizedGuide, DiagonalGuide
+from pyro_vae.guides.flows import FLOWS, FlowGuide
 
 GUIDES = {}
 

@@ -4,7 +4,7 @@ import pyro.distributions as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..plates import data_plate
+from pyro_vae.core.plates import data_plate
 
 
 class AmortizedGuide(nn.Module):

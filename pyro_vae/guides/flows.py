@@ -56,13 +56,13 @@ from typing import Callable, NamedTuple
 
 import pyro.distributions as dist
 import torch
-from pyro.distributions.transforms import (ConditionalAffineAutoregressive, ConditionalHouseholder,
-                                           ConditionalPlanar, ConditionalRadial, ConditionalSplineAutoregressive)
+from pyro.distributions.transforms import (ConditionalAffineAutoregressive, ConditionalHouseholder, ConditionalPlanar,
+                                           ConditionalRadial, ConditionalSplineAutoregressive)
 from pyro.nn import ConditionalAutoRegressiveNN, DenseNN
 from torch import nn
 
-from .diagonal import DiagonalGuide
-from .sylvester import ConditionalSylvester
+from pyro_vae.guides.diagonal import DiagonalGuide
+from pyro_vae.guides.sylvester import ConditionalSylvester
 
 
 class Flow(NamedTuple):

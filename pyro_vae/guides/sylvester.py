@@ -15,8 +15,8 @@ Variational Inference. UAI 2018, arXiv:1803.05649.
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.conditional import ConditionalTransformModule
-from torch.distributions import Transform
 from pyro.nn import DenseNN
+from torch.distributions import Transform
 
 
 def _matvec(m, x):

@@ -43,13 +43,12 @@ Reliability contract:
 """
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
 import threading
 import time
-
-import logging
 
 import pyro
 import torch
@@ -57,12 +56,13 @@ from pyro import poutine
 from pyro.infer import SVI
 from tqdm.auto import tqdm
 
-from . import distributed, fast, validation
-from .data import ImageData
-from .estimators import make_elbo
-from .evaluation import elbo_per_point
-from .importance import data_plate_scale, guess_max_plate_nesting
-from .optim import FusedOptim, make_optimizer, set_lr
+from pyro_vae.core import checks as validation
+from pyro_vae.data import ImageData
+from pyro_vae.estimators import make_elbo
+from pyro_vae.estimators.importance import data_plate_scale, guess_max_plate_nesting
+from pyro_vae.evaluation.metrics import elbo_per_point
+from pyro_vae.training import distributed, fast
+from pyro_vae.training.optim import FusedOptim, make_optimizer, set_lr
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -356,7 +356,7 @@ class Trainer:
 
     # -- the fast path ----------------------------------------------------------------------------
     def enable_fast_path(self, batches, batch_kwargs=None):
-        """Trace loss and gradients once per batch size (:mod:`pyro_vae.fast`) where that is valid; else say why.
+        """Trace loss and gradients once per batch size (:mod:`pyro_vae.training.fast`) where that is valid; else say why.
 
         ``batches``: two different batches of each size training uses (a trace that freezes
         data-dependent control flow is caught by comparing it with the plain loss on both).

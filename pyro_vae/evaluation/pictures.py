@@ -17,7 +17,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torchvision.utils import save_image
 
-from .evaluation import posterior_means
+from pyro_vae.evaluation.metrics import posterior_means
 
 
 def _obs_mean(trace, obs_site):

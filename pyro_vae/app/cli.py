@@ -1,8 +1,8 @@
 """The ``pyro-vae`` command line: ``train``, ``evaluate RUN_DIR``, ``sample RUN_DIR``, ``anomaly RUN_DIR``,
 ``denoise RUN_DIR`` and ``embed RUN_DIR``.
 
-Every flag of ``train`` is a field of :class:`~pyro_vae.config.Config` (kebab-case);
-the commands only build a config and call :mod:`pyro_vae.experiment`.
+Every flag of ``train`` is a field of :class:`~pyro_vae.app.config.Config` (kebab-case);
+the commands only build a config and call :mod:`pyro_vae.app.experiment`.
 """
 import argparse
 import dataclasses
@@ -10,7 +10,7 @@ import json
 import sys
 import typing
 
-from .config import Config
+from pyro_vae.app.config import Config
 
 HELP = {
     "dataset": "mnist or fashion-mnist",
@@ -128,7 +128,7 @@ def build_parser():
 
 
 def run(argv=None):
-    from . import experiment
+    from pyro_vae.app import experiment
 
     args = build_parser().parse_args(argv)
     if args.command == "train":

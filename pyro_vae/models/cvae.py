@@ -11,7 +11,7 @@ p(x) = Σ_y p(y) p(x | y) and every estimator and the evaluator apply unchanged.
 ``pyro-vae sample RUN --label K`` draws images of class K.
 
 The label-conditioned nets here are shared with the semi-supervised M2 model
-(:mod:`pyro_vae.semisupervised`).
+(:mod:`pyro_vae.models.m2`).
 """
 import math
 
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nets import MLP
-from .plates import data_plate
+from pyro_vae.core.plates import data_plate
+from pyro_vae.models.nets import MLP
 
 NUM_CLASSES = 10  # MNIST and Fashion-MNIST
 
@@ -111,7 +111,7 @@ class CVAE(nn.Module):
 
 def build_cvae(config, x_shape, num_data=None):
     """The CVAE with MLP nets of ``config.hidden_dims`` (``--net mlp`` only)."""
-    from .likelihoods import make_likelihood
+    from pyro_vae.models.likelihoods import make_likelihood
 
     if config.net != "mlp":
         raise ValueError("the cvae model uses MLP nets; pass --net mlp")

@@ -1,10 +1,11 @@
 """Run configuration: a plain dataclass that round-trips through JSON and rejects unknown keys."""
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from . import validation
+from pyro_vae.core import checks as validation
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Config:
     # inference
     elbo: str = "trace"
     particles: int = 1
-    # VAE variants (pyro_vae.variants, discrete, semisupervised, conditional)
+    # VAE variants (pyro_vae.estimators.variants, discrete, semisupervised, conditional)
     beta: float = 1.0
     kl_warmup_epochs: int = 0
     free_bits: float = 0.0
@@ -65,7 +66,7 @@ class Config:
 
     def validate(self):
         """Raise ValueError/TypeError naming the field and how to fix it (names are checked by
-        :func:`pyro_vae.validation.check_config`, which needs the registries)."""
+        :func:`check_config`, which needs the registries)."""
         for name in ("latent_dim", "epochs", "batch_size", "particles", "eval_particles", "log_every",
                      "max_bad_steps"):
             validation.check_positive_int(name, getattr(self, name))
@@ -115,3 +116,35 @@ class Config:
     def load(cls, path):
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+def check_config(config):
+    """Names in a :class:`~pyro_vae.app.config.Config` that only the registries know, and the data directory.
+
+    Checked before any data is read; the device is checked by the caller (a run trained on
+    CUDA may be evaluated on CPU).
+    """
+    from pyro_vae.data import BINARIZE, DATASETS  # the registries, imported when a run starts, not for --help
+    from pyro_vae.estimators import ESTIMATORS
+    from pyro_vae.guides import GUIDES
+    from pyro_vae.models import MODELS
+    from pyro_vae.models.likelihoods import LIKELIHOODS
+    from pyro_vae.models.nets import ACTIVATIONS
+
+    validation.check_choice("dataset", config.dataset, DATASETS, "dataset")
+    validation.check_choice("binarize mode", config.binarize, BINARIZE, "binarize")
+    validation.check_choice("model", config.model, MODELS, "model")
+    validation.check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
+    validation.check_choice("activation", config.activation, ACTIVATIONS, "activation")
+    # a model builder may declare its own guide names (e.g. hierarchical: top-down, bottom-up)
+    validation.check_choice("guide", config.guide, getattr(MODELS[config.model], "guides", GUIDES), "guide")
+    validation.check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
+    validation.check_positive_float("sigma", config.sigma, "; pass e.g. --sigma 0.1")
+    for option in ("limit", "test_limit"):
+        if getattr(config, option) is not None:
+            validation.check_positive_int(option, getattr(config, option), f"; pass --{option.replace('_', '-')} N with N >= 1 "
+                                                                  f"or leave it out")
+    if config.data_dir is not None and not os.path.isdir(config.data_dir):
+        raise FileNotFoundError(f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
+                                f"--data-dir or leave it out to use the default cache")
+    return config

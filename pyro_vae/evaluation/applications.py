@@ -15,9 +15,9 @@ import os
 import numpy as np
 import torch
 
-from .evaluation import elbo_per_point, posterior_means
-from .importance import log_likelihood
-from .pictures import decode
+from pyro_vae.estimators.importance import log_likelihood
+from pyro_vae.evaluation.metrics import elbo_per_point, posterior_means
+from pyro_vae.evaluation.pictures import decode
 
 SCORES = ("nll", "elbo")
 CORRUPTIONS = ("gaussian", "flip", "mask")

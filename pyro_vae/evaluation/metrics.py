@@ -20,12 +20,11 @@ import warnings as _warnings
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions import Independent
 from pyro.poutine.util import prune_subsample_sites
-from torch.distributions import kl_divergence
 
-from .importance import (PARTICLE_PLATE, guess_max_plate_nesting, log_likelihood, log_weights, per_particle_and_point,
-                         plate_nesting)
+from pyro_vae.core.kl import elementwise_kl
+from pyro_vae.estimators.importance import (PARTICLE_PLATE, guess_max_plate_nesting, log_likelihood, log_weights,
+                                            per_particle_and_point, plate_nesting)
 
 ACTIVE_THRESHOLD = 0.01
 
@@ -122,34 +121,6 @@ def active_units(means, threshold=ACTIVE_THRESHOLD):
         var = m.reshape(len(m), -1).double().var(0)
         out[name] = (int((var > threshold).sum()), var)
     return out
-
-
-def _elementwise_base(fn):
-    """The elementwise base distribution of ``Independent(…(base))`` with a scalar event, or None."""
-    while isinstance(fn, Independent):
-        fn = fn.base_dist
-    return fn if fn.event_shape == () else None
-
-
-def elementwise_kl(q_fn, p_fn, value, monte_carlo=True):
-    """KL(q ‖ p) per element of ``value`` (shape ``batch + event``) when q and p factorize over the event.
-
-    Analytic where ``kl_divergence`` is registered for the elementwise bases; else, with
-    ``monte_carlo``, log q(z_d) − log p(z_d) at ``value``.  None when q or p does not
-    factorize (a flow, a full-covariance Gaussian) or (``monte_carlo=False``) no KL is registered.
-    """
-    q_base, p_base = _elementwise_base(q_fn), _elementwise_base(p_fn)
-    if q_base is None or p_base is None or q_fn.event_dim != p_fn.event_dim:
-        return None
-    try:
-        kl = kl_divergence(q_base, p_base)
-        return kl.expand(torch.broadcast_shapes(kl.shape, value.shape))
-    except (NotImplementedError, RuntimeError):
-        pass
-    if not monte_carlo:
-        return None
-    lq, lp = q_base.log_prob(value), p_base.log_prob(value)
-    return lq - lp if lq.shape == lp.shape == value.shape else None
 
 
 def _kl_per_dim_of_site(name, guide_trace, model_trace):

@@ -30,9 +30,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from .conditional import NUM_CLASSES, LabelDecoder, LabelEncoder, check_labels
-from .nets import MLP
-from .plates import data_plate
+from pyro_vae.core.plates import data_plate
+from pyro_vae.models.cvae import NUM_CLASSES, LabelDecoder, LabelEncoder, check_labels
+from pyro_vae.models.nets import MLP
 
 
 def balanced_labeled_mask(labels, n, num_classes=NUM_CLASSES):
@@ -54,8 +54,8 @@ class M2(nn.Module):
     """The M2 model; see the module docstring.
 
     :param classifier: net ``x -> logits [..., C]`` of q(y|x).
-    :param encoder: :class:`~pyro_vae.conditional.LabelEncoder` of q(z|x, y).
-    :param decoder: :class:`~pyro_vae.conditional.LabelDecoder` of p(x|z, y).
+    :param encoder: :class:`~pyro_vae.models.cvae.LabelEncoder` of q(z|x, y).
+    :param decoder: :class:`~pyro_vae.models.cvae.LabelDecoder` of p(x|z, y).
     :param float aux_weight: α per labeled image (None: 0.1·N/N_labeled, set by :meth:`batch_kwargs`).
     :param int labeled: number of labeled training images used by :meth:`batch_kwargs`.
     """
@@ -146,7 +146,7 @@ class M2(nn.Module):
 
 def build_m2(config, x_shape, num_data=None):
     """M2 with MLP nets of ``config.hidden_dims`` (``--net mlp`` only); ``config.labeled`` labeled images."""
-    from .likelihoods import make_likelihood
+    from pyro_vae.models.likelihoods import make_likelihood
 
     if config.net != "mlp":
         raise ValueError("the m2 model uses MLP nets; pass --net mlp")

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .plates import data_plate
+from pyro_vae.core.plates import data_plate
 
 
 class GaussianConditional(nn.Module):
@@ -76,7 +76,7 @@ class HierarchicalVAE(nn.Module):
     :param priors: ``L − 1`` :class:`GaussianConditional` s; ``priors[l]`` maps z_{l+2} to
         p(z_{l+1} | z_{l+2}) (0-based ``l``, so ``priors[0]`` is p(z1 | z2)).
     :param guide: a :class:`BottomUpGuide` or :class:`LadderGuide`.
-    :param likelihood: module ``(out, x) -> distribution`` (see :mod:`pyro_vae.likelihoods`).
+    :param likelihood: module ``(out, x) -> distribution`` (see :mod:`pyro_vae.models.likelihoods`).
     :param latent_dims: sizes of z1 … zL.
     :param num_data: full training-set size for the data plate's scale (None: no scaling).
     """
@@ -207,7 +207,7 @@ GUIDES = ("top-down", "bottom-up")
 
 
 def _mlp(in_dim, out_dim, hidden, activation_name):
-    from .nets import MLP
+    from pyro_vae.models.nets import MLP
 
     return MLP(in_dim, [hidden] if hidden else [], out_dim, activation_name)
 
@@ -218,9 +218,9 @@ def build_hierarchical(config, x_shape, num_data=None):
     Encoder and decoder nets are the configured ones (``net``, ``hidden_dims``); the nets
     between latent layers are MLPs with one hidden layer of ``hidden_dims[-1]`` units.
     """
-    from .experiment import make_decoder, make_encoder
-    from .likelihoods import make_likelihood
-    from .nets import MLP
+    from pyro_vae.models.builders import make_decoder, make_encoder
+    from pyro_vae.models.likelihoods import make_likelihood
+    from pyro_vae.models.nets import MLP
 
     dims = config.latent_dims
     if not dims:
@@ -248,7 +248,7 @@ def build_hierarchical(config, x_shape, num_data=None):
     return HierarchicalVAE(decoder, priors, guide, likelihood, dims, x_shape, num_data)
 
 
-build_hierarchical.guides = GUIDES  # the guide names this builder accepts (read by validation.check_config)
+build_hierarchical.guides = GUIDES  # the guide names this builder accepts (read by pyro_vae.app.config.check_config)
 
 
 def inverse_softplus(y):

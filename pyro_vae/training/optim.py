@@ -15,7 +15,6 @@ import torch
 from pyro.optim.clipped_adam import ClippedAdam as _ClippedAdam
 
 
-
 def _adam(params, **options):
     """:class:`torch.optim.Adam` with its fused kernel (one kernel for all parameters) where the device has one."""
     try:
@@ -120,7 +119,7 @@ def make_optimizer(name="adam", lr=1e-3, clip_norm=None, fused=True):
     ``clip_norm`` clips each parameter's gradient norm (``clipped-adam`` does it inside its own
     step).  The learning rate can be changed later with :func:`set_lr` (e.g. a per-epoch decay).
     """
-    from . import validation
+    from pyro_vae.core import checks as validation
 
     validation.check_choice("optimizer", name, tuple(OPTIMIZERS), "optimizer")
     validation.check_positive_float("lr", lr, "; pass e.g. --lr 1e-3")

@@ -1,4 +1,4 @@
-"""Runs built from a :class:`~pyro_vae.config.Config`: the plain Python calls behind ``pyro-vae train|evaluate|sample``.
+"""Runs built from a :class:`~pyro_vae.app.config.Config`: the plain Python calls behind ``pyro-vae train|evaluate|sample``.
 
 A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
 ``samples.png``, ``reconstructions.png``, ``interpolations.png``, ``traversals.png``, ``loss.png`` and, after
@@ -11,78 +11,15 @@ import os
 import pyro
 import torch
 
-from . import distributed, validation
-from .conditional import build_cvae
-from .config import Config
-from .data import load_data
-from .discrete import build_relaxed_categorical
-from .estimators import make_elbo
-from .guides import make_guide
-from .hierarchical import build_hierarchical
-from .likelihoods import make_likelihood
-from .models import VAE
-from .nets import MLP, ConvDecoder, ConvEncoder
-from .pictures import save_latent_scatter, save_run_pictures, save_samples
-from .semisupervised import build_m2
-from .training import CHECKPOINT, METRICS, Trainer, resolve_device
-from .variants import KLSchedule, beta_scale, check_estimator
-
-MODELS = {}
-
-
-def register_model(name):
-    """Decorator adding a builder ``f(config, x_shape, num_data) -> module with .model and .guide`` to :data:`MODELS`."""
-
-    def decorator(builder):
-        MODELS[name] = builder
-        return builder
-
-    return decorator
-
-
-def make_encoder(config, x_shape, out_dim=None):
-    """The encoder net x → context of size ``out_dim`` (default: the last hidden size)."""
-    out_dim = out_dim or config.hidden_dims[-1]
-    if config.net == "conv":
-        return ConvEncoder(out_dim, channels=x_shape[0], activation_name=config.activation)
-    return MLP(x_shape, config.hidden_dims[:-1], out_dim, config.activation, final_activation=True)
-
-
-def make_decoder(config, x_shape, in_dim):
-    """The decoder net z → decoder output of shape ``x_shape``."""
-    if config.net == "conv":
-        return ConvDecoder(in_dim, channels=x_shape[0], activation_name=config.activation)
-    return MLP(in_dim, list(reversed(config.hidden_dims)), x_shape, config.activation)
-
-
-def guide_options(config):
-    """Options passed to :func:`~pyro_vae.make_guide` beyond name, encoder and sizes."""
-    return {"hidden_dims": config.flow_hidden_dims} if config.flow_hidden_dims else {}
-
-
-@register_model("vae")
-def build_vae(config, x_shape, num_data=None):
-    """One Gaussian latent layer with the configured nets, guide and likelihood."""
-    encoder = make_encoder(config, x_shape)
-    guide = make_guide(config.guide, encoder, config.hidden_dims[-1], config.latent_dim, config.flows,
-                       **guide_options(config))
-    decoder = make_decoder(config, x_shape, config.latent_dim)
-    likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
-    return VAE(decoder, guide, likelihood, config.latent_dim, x_shape, num_data)
-
-
-register_model("hierarchical")(build_hierarchical)
-register_model("relaxed-categorical")(build_relaxed_categorical)
-register_model("m2")(build_m2)
-register_model("cvae")(build_cvae)
-
-
-def build_model(config, x_shape, num_data=None):
-    """Build the model named by ``config.model`` (one of :data:`MODELS`)."""
-    if config.model not in MODELS:
-        raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(sorted(MODELS))}")
-    return MODELS[config.model](config, x_shape, num_data)
-
+from pyro_vae.app.config import Config, check_config
+from pyro_vae.core import checks as validation
+from pyro_vae.data import load_data
+from pyro_vae.estimators import make_elbo
+from pyro_vae.estimators.variants import KLSchedule, beta_scale, check_estimator
+from pyro_vae.evaluation.pictures import save_latent_scatter, save_run_pictures, save_samples
+from pyro_vae.models import build_model
+from pyro_vae.training import distributed
+from pyro_vae.training.trainer import CHECKPOINT, METRICS, Trainer, resolve_device
 
 def _load_data(config, device):
     return load_data(config.dataset, config.data_dir, config.binarize, config.validation, config.limit,
@@ -91,7 +28,7 @@ def _load_data(config, device):
 
 def train(config, resume=False, progress=True):
     """Train the run described by ``config`` into ``config.out``; return ``(vae, data, history)``."""
-    validation.check_config(config)  # registry names and data directory, before any data is read
+    check_config(config)  # registry names and data directory, before any data is read
     out = config.out
     config_path = os.path.join(out, "config.json")
     held = [f for f in ("config.json", CHECKPOINT, METRICS) if os.path.exists(os.path.join(out, f))]
@@ -119,7 +56,7 @@ def train(config, resume=False, progress=True):
     if distributed.is_main():
         config.save(config_path)
     model, guide, elbo = vae.model, vae.guide, config.elbo
-    schedule = KLSchedule(config.beta, config.kl_warmup_epochs)  # β-VAE, KL warm-up, free bits: pyro_vae.variants
+    schedule = KLSchedule(config.beta, config.kl_warmup_epochs)  # β-VAE, KL warm-up, free bits: pyro_vae.estimators.variants
     if not schedule.is_identity or config.free_bits:
         check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
         beta = lambda: schedule(trainer.epoch)  # noqa: E731  read at every site, so also right after --resume
@@ -159,7 +96,7 @@ def load_run(run_dir, device="auto", data=True):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{run_dir!r} is not a finished run: {os.path.basename(path)} is missing")
     config = Config.load(config_path)
-    validation.check_config(config)
+    check_config(config)
     device = resolve_device(device)
     state = validation.load_checkpoint(ckpt_path)
     pyro.clear_param_store()
@@ -189,8 +126,8 @@ def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="au
     With ``pictures``, also (re)writes the run's PNGs from the evaluated images, including
     interpolations, traversals and the scatter of posterior means coloured by label.
     """
-    from .applications import embeddings
-    from .evaluation import evaluate
+    from pyro_vae.evaluation.applications import embeddings
+    from pyro_vae.evaluation.metrics import evaluate
 
     config, vae, data = load_run(run_dir, device)
     x, labels = _eval_split(data, split, limit)
@@ -209,7 +146,7 @@ def anomaly_run(run_dir, anomaly_class=None, score="nll", num_samples=1000, limi
     """ROC AUC of per-image anomaly scores: test images of ``anomaly_class`` (default: the run's
     ``exclude_class``) are the positives, the other test images the negatives.  Writes ``anomaly.json``.
     """
-    from .applications import anomaly_scores, roc_auc
+    from pyro_vae.evaluation.applications import anomaly_scores, roc_auc
 
     config, vae, data = load_run(run_dir, device)
     cls = config.exclude_class if anomaly_class is None else anomaly_class
@@ -242,7 +179,7 @@ def denoise_run(run_dir, kind="mask", level=0.5, limit=1000, seed=0, device="aut
     """
     from torchvision.utils import save_image
 
-    from .applications import denoise
+    from pyro_vae.evaluation.applications import denoise
 
     config, vae, data = load_run(run_dir, device)
     x, _ = _eval_split(data, "test", limit)
@@ -261,7 +198,7 @@ def denoise_run(run_dir, kind="mask", level=0.5, limit=1000, seed=0, device="aut
 def embed_run(run_dir, split="test", limit=None, out=None, device="auto"):
     """Write posterior means ``[N, D]`` and labels of ``split`` as ``embeddings_SPLIT.npy`` and
     ``embeddings_SPLIT_labels.npy`` in ``out`` (default: the run directory); return the two paths."""
-    from .applications import save_embeddings
+    from pyro_vae.evaluation.applications import save_embeddings
 
     config, vae, data = load_run(run_dir, device)
     x, labels = _eval_split(data, split, limit)
@@ -273,7 +210,7 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None):
 
     ``label``: class of the images, for conditional models (``--model cvae``).
     """
-    from .conditional import CVAE
+    from pyro_vae.models.cvae import CVAE
 
     config, vae, data = load_run(run_dir, device)
     path = out or os.path.join(run_dir, "samples.png")

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .core.probe import checked_probe
+from pyro_vae.core.probe import checked_probe
 
 CHECKPOINT_KEYS = ("epoch", "params", "optim", "rng")
 
@@ -112,11 +112,9 @@ def model_x_shape(model):
 
 
 def model_wants_unit_interval(model):
-    """True when ``model`` is a built-in model with a Bernoulli likelihood (data must lie in [0, 1])."""
-    from .likelihoods import Bernoulli
-
+    """True when ``model`` is a built-in model whose likelihood needs data in [0, 1] (it says ``unit_interval``)."""
     owner = getattr(model, "__self__", None)
-    return isinstance(getattr(owner, "likelihood", None), Bernoulli)
+    return getattr(getattr(owner, "likelihood", None), "unit_interval", False) is True
 
 
 def check_data_for_model(model, x, name="x"):
@@ -169,35 +167,3 @@ def load_checkpoint(path):
         raise ValueError(f"{path!r} is not a pyro_vae checkpoint (missing {missing}); point to a run directory "
                          f"written by pyro-vae train")
     return state
-
-
-def check_config(config):
-    """Names in a :class:`~pyro_vae.config.Config` that only the registries know, and the data directory.
-
-    Checked before any data is read; the device is checked by the caller (a run trained on
-    CUDA may be evaluated on CPU).
-    """
-    from .data import BINARIZE, DATASETS
-    from .estimators import ESTIMATORS
-    from .experiment import MODELS
-    from .guides import GUIDES
-    from .likelihoods import LIKELIHOODS
-    from .nets import ACTIVATIONS
-
-    check_choice("dataset", config.dataset, DATASETS, "dataset")
-    check_choice("binarize mode", config.binarize, BINARIZE, "binarize")
-    check_choice("model", config.model, MODELS, "model")
-    check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
-    check_choice("activation", config.activation, ACTIVATIONS, "activation")
-    # a model builder may declare its own guide names (e.g. hierarchical: top-down, bottom-up)
-    check_choice("guide", config.guide, getattr(MODELS[config.model], "guides", GUIDES), "guide")
-    check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
-    check_positive_float("sigma", config.sigma, "; pass e.g. --sigma 0.1")
-    for option in ("limit", "test_limit"):
-        if getattr(config, option) is not None:
-            check_positive_int(option, getattr(config, option), f"; pass --{option.replace('_', '-')} N with N >= 1 "
-                                                                  f"or leave it out")
-    if config.data_dir is not None and not os.path.isdir(config.data_dir):
-        raise FileNotFoundError(f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
-                                f"--data-dir or leave it out to use the default cache")
-    return config

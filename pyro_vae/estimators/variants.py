@@ -40,9 +40,10 @@ from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from .estimators import register_elbo
-from .evaluation import elementwise_kl
-from .importance import data_plate_scale, extra_scale, guess_max_plate_nesting, log_weights, per_particle_and_point
+from pyro_vae.estimators import register_elbo
+from pyro_vae.estimators.importance import (data_plate_scale, extra_scale, guess_max_plate_nesting, log_weights,
+                                            per_particle_and_point)
+from pyro_vae.core.kl import elementwise_kl
 
 SCALED_ESTIMATORS = ("trace", "meanfield", "enum")
 
@@ -178,7 +179,7 @@ class FreeBitsELBO(ELBO):
         + N \\sum_g \\beta_g \\max\\big(\\lambda, \\overline{\\mathrm{KL}}_g\\big)
 
     Groups g are the dimensions of a diagonal site (analytic KL) or whole sites otherwise
-    (see :mod:`pyro_vae.variants`); β_g comes from :func:`beta_scale` on the pair, N/B from
+    (see :mod:`pyro_vae.estimators.variants`); β_g comes from :func:`beta_scale` on the pair, N/B from
     the data plate.  With λ = 0 and β = 1 the loss equals TraceMeanField_ELBO's (analytic
     KL) or Trace_ELBO's.  Particles are vectorized; guide sites must be reparameterizable.
 
@@ -197,7 +198,7 @@ class FreeBitsELBO(ELBO):
         self.data_plate = data_plate
 
     def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("FreeBitsELBO traces the pair with pyro_vae.importance.log_weights")
+        raise NotImplementedError("FreeBitsELBO traces the pair with pyro_vae.estimators.importance.log_weights")
 
     def terms(self, model, guide, x, *args, **kwargs):
         """``(recon, kl)``: recon = Σ_i E_q log p(x_i|z) (a scalar), kl = ``{site: [G] tensor}`` minibatch-mean KLs.

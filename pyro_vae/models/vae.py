@@ -8,7 +8,7 @@ import pyro
 import pyro.distributions as dist
 from torch import nn
 
-from .plates import data_plate
+from pyro_vae.core.plates import data_plate
 
 
 class VAE(nn.Module):
@@ -18,7 +18,7 @@ class VAE(nn.Module):
 
     :param decoder: module ``[..., latent_dim] -> [..., *x_shape]`` (logits or means).
     :param guide: amortized guide module called as ``guide(x, num_data=...)`` (see :mod:`pyro_vae.guides`).
-    :param likelihood: module ``(out, x) -> distribution`` (see :mod:`pyro_vae.likelihoods`).
+    :param likelihood: module ``(out, x) -> distribution`` (see :mod:`pyro_vae.models.likelihoods`).
     :param num_data: size of the full training set; the data plate scales each batch by
         ``num_data / len(x)`` so the loss estimates the full-data ELBO. ``None``: no scaling.
     """

@@ -26,6 +26,8 @@ class Bernoulli(nn.Module):
     ``log p`` is minus the binary cross-entropy and not a normalized density).
     """
 
+    unit_interval = True  # data must lie in [0, 1] (checked by pyro_vae.core.checks before training)
+
     def forward(self, out, x=None):
         return dist.Bernoulli(logits=out, validate_args=False)
 

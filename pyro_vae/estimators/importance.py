@@ -14,8 +14,9 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
-from .core.probe import checked_probe, find_data_plate, plate_nesting, probe  # noqa: F401  (plate_nesting: re-exported)
-from .validation import check_images, check_positive_int
+from pyro_vae.core.checks import check_images, check_positive_int
+from pyro_vae.core.probe import (checked_probe, find_data_plate,  # noqa: F401  (plate_nesting: re-exported)
+                                 plate_nesting, probe)
 
 PARTICLE_PLATE = "_particles"
 

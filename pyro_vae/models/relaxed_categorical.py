@@ -21,7 +21,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from .plates import data_plate
+from pyro_vae.core.plates import data_plate
 
 MIN_LOGIT = -20.0
 
@@ -79,9 +79,9 @@ class RelaxedCategoricalVAE(nn.Module):
 
 def build_relaxed_categorical(config, x_shape, num_data=None):
     """``config.latent_dim`` relaxed categorical latents of ``config.categories`` classes with MLP or conv nets."""
-    from .experiment import make_decoder, make_encoder
-    from .likelihoods import make_likelihood
-    from .nets import MLP
+    from pyro_vae.models.builders import make_decoder, make_encoder
+    from pyro_vae.models.likelihoods import make_likelihood
+    from pyro_vae.models.nets import MLP
 
     m, c = config.latent_dim, config.categories
     encoder = nn.Sequential(make_encoder(config, x_shape),

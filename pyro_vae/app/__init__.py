@@ -1,0 +1,1 @@
+"""The only layer that knows flags and run directories: :mod:`.config`, :mod:`.experiment`, :mod:`.cli`."""

@@ -1,0 +1,36 @@
+"""Nets, guide and likelihood of a model from a :class:`~pyro_vae.app.config.Config`: the pieces every model
+builder shares, and the one-layer VAE's builder."""
+from pyro_vae.guides import make_guide
+from pyro_vae.models.likelihoods import make_likelihood
+from pyro_vae.models.nets import MLP, ConvDecoder, ConvEncoder
+from pyro_vae.models.vae import VAE
+
+
+def make_encoder(config, x_shape, out_dim=None):
+    """The encoder net x → context of size ``out_dim`` (default: the last hidden size)."""
+    out_dim = out_dim or config.hidden_dims[-1]
+    if config.net == "conv":
+        return ConvEncoder(out_dim, channels=x_shape[0], activation_name=config.activation)
+    return MLP(x_shape, config.hidden_dims[:-1], out_dim, config.activation, final_activation=True)
+
+
+def make_decoder(config, x_shape, in_dim):
+    """The decoder net z → decoder output of shape ``x_shape``."""
+    if config.net == "conv":
+        return ConvDecoder(in_dim, channels=x_shape[0], activation_name=config.activation)
+    return MLP(in_dim, list(reversed(config.hidden_dims)), x_shape, config.activation)
+
+
+def guide_options(config):
+    """Options passed to :func:`~pyro_vae.make_guide` beyond name, encoder and sizes."""
+    return {"hidden_dims": config.flow_hidden_dims} if config.flow_hidden_dims else {}
+
+
+def build_vae(config, x_shape, num_data=None):
+    """One Gaussian latent layer with the configured nets, guide and likelihood."""
+    encoder = make_encoder(config, x_shape)
+    guide = make_guide(config.guide, encoder, config.hidden_dims[-1], config.latent_dim, config.flows,
+                       **guide_options(config))
+    decoder = make_decoder(config, x_shape, config.latent_dim)
+    likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
+    return VAE(decoder, guide, likelihood, config.latent_dim, x_shape, num_data)
