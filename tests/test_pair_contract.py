@@ -273,3 +273,52 @@ def test_probe_reads_the_data_plate_sites_and_params_from_one_trace():
         probe(model, guide, *args, data_plate="nope", **kwargs)
     model, guide, args, kwargs, *_ = table["non-amortized"]
     assert probe(model, guide, *args, **kwargs).params == ("loc", "tril")
+
+
+# ---- the Trainer, evaluate and the pictures on a pair with other names, subsampling and per-point parameters ----
+def named_subsampled_pair(lg, X):
+    """Plate "points" with the dataset size (scale N / B), observed site "obs", and a non-amortized guide at the
+    exact posterior whose per-point parameters are indexed by the batch's rows (``batch_kwargs``)."""
+    mean, tril = exact_posterior(lg, X)
+
+    def model(x, idx=None):
+        with pyro.plate("points", len(X), subsample=torch.arange(len(x))):
+            z = pyro.sample("z", z_prior(lg, x))
+            pyro.sample("obs", dist.Normal(z @ lg.W.T + lg.b, lg.sigma).to_event(1), obs=x)
+
+    def guide(x, idx=None):
+        loc = pyro.param("loc", mean.clone())
+        rows = torch.arange(len(x)) if idx is None else idx
+        with pyro.plate("points", len(X), subsample=torch.arange(len(x))):
+            pyro.sample("z", dist.MultivariateNormal(loc[rows], scale_tril=tril))
+
+    return model, guide
+
+
+def test_trainer_scales_the_loss_by_the_data_plate_whatever_its_name():
+    """With STL at the exact posterior every gradient is zero up to round-off (which Adam would blow up to steps of
+    lr: lr = 1e-9 keeps them negligible), so each epoch's train_loss is the mean −log p(x) per image exactly: the
+    trainer found plate "points" and its scale N / B."""
+    from pyro_vae import Trainer
+
+    lg = LinearGaussian()
+    X = lg.sample(N)
+    model, guide = named_subsampled_pair(lg, X)
+    trainer = Trainer(model, guide, elbo="stl", particles=3, lr=1e-9, progress=False)
+    history = trainer.fit(X, epochs=2, batch_size=B, batch_kwargs=lambda idx: {"idx": idx})
+    assert trainer.pair.data_plate.name == "points" and trainer.pair.observed == {"obs": (lg.obs_dim,)}
+    for row in history:
+        assert row["train_loss"] == pytest.approx(-lg.log_px(X).mean().item(), rel=1e-10)
+    torch.testing.assert_close(pyro.param("loc").detach(), exact_posterior(lg, X)[0])
+
+
+def test_evaluate_reads_the_data_plate_and_sites_from_the_trace():
+    from pyro_vae import evaluate
+
+    lg = LinearGaussian()
+    X = lg.sample(N)
+    model, guide = named_subsampled_pair(lg, X)
+    result = evaluate(model, guide, X, nll_samples=10, verbose=False)
+    assert result["elbo"] == pytest.approx(lg.log_px(X).mean().item(), rel=1e-10)  # exact posterior: ELBO = log p
+    assert result["nll"] == pytest.approx(-lg.log_px(X).mean().item(), rel=1e-10)
+    assert result["latent_sites"] == ["z"] and result["latent_dims"] == lg.latent_dim

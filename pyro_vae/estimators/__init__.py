@@ -14,8 +14,10 @@ vectorized (one batched pass over ``num_particles`` samples).
 ``enum``      Pyro's TraceEnum_ELBO, for enumerated discrete latents
 =========== ===================================================================
 
-The per-data-point estimators share one code path (:mod:`.base`): subsampling is
-applied outside the log-sum-exp, other per-site scales are refused.
+The bounds per data point (iwae, dreg, renyi) share one code path (:mod:`.base`):
+subsampling is applied outside the log-sum-exp, other per-site scales are refused.
+``trace``, ``meanfield`` and ``stl`` are ELBOs, sums of per-site terms, and take every
+pair that Pyro's ``Trace_ELBO`` takes.  Every estimator calls the pair as SVI does.
 """
 import inspect
 
@@ -24,7 +26,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro_vae.estimators.base import DetachedPathELBO, ImportanceWeightedELBO
 from pyro_vae.estimators.dreg import DReG_ELBO
 from pyro_vae.estimators.iwae import IWAE_ELBO
-from pyro_vae.estimators.renyi import Renyi_ELBO
+from pyro_vae.estimators.renyi import RenyiBound_ELBO
 from pyro_vae.estimators.stl import STL_ELBO
 
 ESTIMATORS = {}
@@ -46,20 +48,22 @@ register_elbo("enum")(TraceEnum_ELBO)
 register_elbo("iwae")(IWAE_ELBO)
 register_elbo("dreg")(DReG_ELBO)
 register_elbo("stl")(STL_ELBO)
-register_elbo("renyi")(Renyi_ELBO)
+register_elbo("renyi")(RenyiBound_ELBO)
 
 
 def _options_of(builder):
     return sorted(set(inspect.signature(builder).parameters) - {"self", "num_particles", "args", "kwargs"})
 
 
-def make_elbo(name, num_particles=1, **options):
+def make_elbo(name, num_particles=1, data_plate=None, **options):
     """Return the estimator ``name`` with ``num_particles`` vectorized particles.
 
     :param str name: one of :data:`ESTIMATORS`: ``trace`` (Trace_ELBO), ``meanfield``
         (TraceMeanField_ELBO, analytic KL where available), ``iwae``, ``dreg``, ``stl``,
         ``renyi`` (option ``alpha``), ``enum`` (TraceEnum_ELBO) and any registered later.
     :param int num_particles: samples per data point, drawn in one batched pass.
+    :param str data_plate: the plate over data points, for the estimators that take one (the bounds per data
+        point); the ELBOs read every scale from the trace and need no name.
     :param options: estimator options, e.g. ``max_plate_nesting``; an unknown option raises ValueError.
     """
     if name not in ESTIMATORS:
@@ -71,9 +75,11 @@ def make_elbo(name, num_particles=1, **options):
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for estimator {name!r}; valid options: {valid}")
+    if data_plate is not None and "data_plate" in valid:
+        options["data_plate"] = data_plate
     options.setdefault("vectorize_particles", True)
     return builder(num_particles=num_particles, **options)
 
 
-__all__ = ["DReG_ELBO", "DetachedPathELBO", "ESTIMATORS", "IWAE_ELBO", "ImportanceWeightedELBO", "Renyi_ELBO",
-           "STL_ELBO", "make_elbo", "register_elbo"]
+__all__ = ["DReG_ELBO", "DetachedPathELBO", "ESTIMATORS", "IWAE_ELBO", "ImportanceWeightedELBO",
+           "RenyiBound_ELBO", "STL_ELBO", "make_elbo", "register_elbo"]

@@ -17,8 +17,9 @@ import torch
 from pyro_vae.estimators.base import ImportanceWeightedELBO
 
 
-class Renyi_ELBO(ImportanceWeightedELBO):
-    """The Rényi bound of order ``alpha`` on per-data-point log-weights.
+class RenyiBound_ELBO(ImportanceWeightedELBO):
+    """The Rényi bound of order ``alpha`` on per-data-point log-weights (named apart from Pyro's ``RenyiELBO``,
+    which takes the log-sum-exp over the whole scaled batch).
 
     :param float alpha: the order α (finite; default 0, the IWAE bound).
     """

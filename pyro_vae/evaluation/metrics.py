@@ -23,6 +23,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.core.kl import elementwise_kl
+from pyro_vae.core.probe import checked_probe
 from pyro_vae.estimators.importance import (PARTICLE_PLATE, guess_max_plate_nesting, log_likelihood, log_weights,
                                             per_particle_and_point, plate_nesting)
 
@@ -68,14 +69,25 @@ def _site_mean(fn):
     return mean if torch.is_tensor(mean) and torch.isfinite(mean).all() else None
 
 
+def _latent_plate(guide_trace):
+    """The plate every latent site of a guide trace sits in (the data plate of a guide), else ``"data"``."""
+    common = None
+    for name in _latent_sites(guide_trace):
+        names = [f.name for f in guide_trace.nodes[name]["cond_indep_stack"] if f.name != PARTICLE_PLATE]
+        common = names if common is None else [n for n in common if n in names]
+    return common[0] if common and (len(common) == 1 or "data" not in common) else "data"
+
+
 @torch.no_grad()
-def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_nesting=None, **kwargs):
+def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_nesting=None, data_plate=None,
+                    **kwargs):
     """E_q[z | x_i] of every latent site of ``guide``: a dict ``{site: tensor [N, *event_shape]}`` in guide order.
 
     A site whose distribution has a ``mean`` contributes ``fn.mean``, averaged over
     ``mc_samples`` draws of the sites sampled before it (E[z₂] = E_{z₁}[E[z₂ | z₁]]); a
     single site with a mean needs one draw.  A site without ``mean`` (e.g. a flow)
-    contributes the average of ``mc_samples`` of its own samples.
+    contributes the average of ``mc_samples`` of its own samples.  ``data_plate``: the plate over data points
+    (default: the plate that holds every latent site, else the one named ``"data"``).
     """
     if mc_samples < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
@@ -101,7 +113,8 @@ def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_n
             m = means[name]
             m = value if m is None else m.expand(value.shape)
             event_dim = site["fn"].event_dim
-            m = per_particle_and_point(m, site, particle_dim, event_dim).mean(0)  # [B, *event]
+            m = per_particle_and_point(m, site, particle_dim, event_dim, data_plate or _latent_plate(trace))
+            m = m.mean(0)  # [B, *event]
             sums.setdefault(name, []).append(m)
     return {name: torch.cat(parts) for name, parts in sums.items()}
 
@@ -133,22 +146,22 @@ def _kl_per_dim_of_site(name, guide_trace, model_trace):
 
 
 @torch.no_grad()
-def _latent_pass(model, guide, x, *args, num_particles=1, batch_size=1000, per_dim=True, **kwargs):
+def _latent_pass(model, guide, x, *args, num_particles=1, batch_size=1000, per_dim=True, data_plate=None, **kwargs):
     """One pass over ``x``: per-image recon and KL ``[N]``, and (``per_dim``) per-site per-dimension KL ``[N, D]``
     (None for a site whose q does not factorize)."""
-    mpn = guess_max_plate_nesting(model, guide, x[:2], *args, **kwargs)
+    mpn = guess_max_plate_nesting(model, guide, x[:2], *args, data_plate=data_plate, **kwargs)
     particle_dim = -(mpn + 1)
     recon, kl, site_kl = [], [], {}
     for start in range(0, len(x), batch_size):
         w = log_weights(model, guide, x[start : start + batch_size], *args, num_particles=num_particles,
-                        max_plate_nesting=mpn, **kwargs)
+                        max_plate_nesting=mpn, data_plate=data_plate, **kwargs)
         recon.append(w.obs.mean(0))
         kl.append((w.guide - w.prior).mean(0))
         for name in _latent_sites(w.guide_trace) if per_dim else ():
             site = w.guide_trace.nodes[name]
             t = _kl_per_dim_of_site(name, w.guide_trace, w.model_trace)
             if t is not None:
-                t = per_particle_and_point(t, site, particle_dim, site["fn"].event_dim).flatten(2)
+                t = per_particle_and_point(t, site, particle_dim, site["fn"].event_dim, w.data_plate.name).flatten(2)
                 t = t.expand(num_particles, -1, -1).mean(0)
             site_kl.setdefault(name, []).append(t)
     site_kl = {n: (None if any(t is None for t in ts) else torch.cat(ts)) for n, ts in site_kl.items()}
@@ -171,7 +184,7 @@ def collapse_warnings(active, dims, kl):
 
 
 def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_samples=64, batch_size=1000,
-             verbose=True, **kwargs):
+             verbose=True, data_plate=None, **kwargs):
     """Evaluate a model/guide pair on images ``x`` by tracing the pair; return a JSON-ready dict.
 
     Keys (means per image, nats):
@@ -182,16 +195,19 @@ def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_sa
     else a list per site in guide order); ``latent_dims`` (the same shape: dimensions per site);
     ``kl_per_dim`` (list of floats, or a list of lists per site; ``None`` where q does not factorize);
     ``latent_sites``; ``nll_samples``; ``images``; ``warnings`` (collapse diagnostics, also
-    printed to stderr when ``verbose``, else issued as :class:`UserWarning`).
+    printed to stderr when ``verbose``, else issued as :class:`UserWarning`).  ``data_plate``: the plate over
+    data points, where the trace cannot tell (see :func:`~pyro_vae.core.probe`).
     """
     if len(x) < 2:
         raise ValueError(f"evaluate needs at least 2 images (active units take a variance over the data), got {len(x)}")
     if nll_samples < 0 or elbo_particles < 1:
         raise ValueError(f"nll_samples must be >= 0 and elbo_particles >= 1, got {nll_samples} and {elbo_particles}")
+    data_plate = checked_probe(model, guide, x[:2], *args, data_plate=data_plate, **kwargs).data_plate.name
     recon, kl, per_dim = _latent_pass(model, guide, x, *args, num_particles=elbo_particles, batch_size=batch_size,
-                                      **kwargs)
+                                      data_plate=data_plate, **kwargs)
     recon, kl = recon.double(), kl.double()
-    means = posterior_means(guide, x, *args, mc_samples=mean_samples, batch_size=batch_size, **kwargs)
+    means = posterior_means(guide, x, *args, mc_samples=mean_samples, batch_size=batch_size, data_plate=data_plate,
+                            **kwargs)
     active = active_units(means)
     sites = list(means)
     counts = {n: active[n][0] for n in sites}
@@ -210,7 +226,8 @@ def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_sa
         "nll_samples": nll_samples,
     }
     if nll_samples:
-        result["nll"] = -log_likelihood(model, guide, x, *args, num_samples=nll_samples, **kwargs).mean().item()
+        result["nll"] = -log_likelihood(model, guide, x, *args, num_samples=nll_samples, data_plate=data_plate,
+                                        **kwargs).mean().item()
     result["warnings"] = collapse_warnings(counts, dims, result["kl"])
     for w in result["warnings"]:
         if verbose:

@@ -57,9 +57,9 @@ from pyro.infer import SVI
 from tqdm.auto import tqdm
 
 from pyro_vae.core import checks as validation
+from pyro_vae.core.probe import checked_probe
 from pyro_vae.data import ImageData
 from pyro_vae.estimators import make_elbo
-from pyro_vae.estimators.importance import data_plate_scale, guess_max_plate_nesting
 from pyro_vae.evaluation.metrics import elbo_per_point
 from pyro_vae.training import distributed, fast
 from pyro_vae.training.optim import FusedOptim, make_optimizer, set_lr
@@ -173,19 +173,6 @@ def _atomic_write_lines(lines, path):
     os.replace(tmp, path)
 
 
-def data_scale(model, guide, x, data_plate="data"):
-    """The factor ``full_size / batch_size`` of the pair's data plate (1 when not subsampled or absent)."""
-    with poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    for trace in (guide_trace, model_trace):
-        try:
-            return data_plate_scale(trace, data_plate)
-        except ValueError:  # no site of this trace in the plate (e.g. an empty guide)
-            continue
-    return 1.0
-
-
 class Trainer:
     """Stochastic variational inference for a model/guide pair.
 
@@ -201,14 +188,17 @@ class Trainer:
         whether it applies is said in :attr:`fast_note` and the log.
     :param check_every: every how many steps the host reads the NaN guard's counts (bad steps are skipped on the
         device in between); default 1 on a CPU, where a read costs nothing, and ``log_every`` on a GPU.
+    :param str data_plate: the plate over data points, where the trace cannot tell (see
+        :func:`~pyro_vae.core.probe`); it sets the per-image scale of ``train_loss`` and is passed to the
+        per-data-point estimators.
     """
 
     def __init__(self, model, guide, elbo="trace", particles=1, lr=1e-3, optimizer="adam", lr_decay=1.0,
                  clip_norm=None, out_dir=None, log_every=50, eval_particles=1, progress=True, modules=(),
-                 extra_state=None, max_bad_steps=10, bad_lr_factor=0.5, fast="auto", check_every=None):
+                 extra_state=None, max_bad_steps=10, bad_lr_factor=0.5, fast="auto", check_every=None,
+                 data_plate=None):
         if not callable(model) or not callable(guide):
             raise TypeError("model and guide must be callables taking the batch x first, e.g. vae.model, vae.guide")
-        validation.check_positive_int("particles", particles, "; pass e.g. --particles 1")
         validation.check_fraction("lr_decay", lr_decay, "; 1 keeps the learning rate constant")
         validation.check_positive_int("log_every", log_every)
         validation.check_positive_int("eval_particles", eval_particles)
@@ -217,7 +207,9 @@ class Trainer:
             validation.check_positive_int("check_every", check_every)
         validation.check_fraction("bad_lr_factor", bad_lr_factor, "; e.g. 0.5 halves the learning rate")
         self.model, self.guide = model, guide
-        self.elbo = make_elbo(elbo, particles) if isinstance(elbo, str) else elbo
+        self.elbo = make_elbo(elbo, particles, data_plate=data_plate) if isinstance(elbo, str) else elbo
+        self.data_plate = data_plate
+        self.pair = None  # what the probe of the pair found (pyro_vae.core.PairInfo), set by fit
         self.base_lr, self.lr_decay = lr, lr_decay
         self.optim = make_optimizer(optimizer, lr, clip_norm)
         self.svi = DeviceSVI(model, guide, self.optim, self.elbo)
@@ -272,7 +264,7 @@ class Trainer:
 
         A checkpoint of another model raises ValueError naming the first differing parameters.
         """
-        guess_max_plate_nesting(self.model, self.guide, x)  # registers every pyro.param / pyro.module
+        checked_probe(self.model, self.guide, x, data_plate=self.data_plate)  # registers every param and module
         store = pyro.get_param_store()
         current = dict(store.named_parameters())
         missing = sorted(set(state["params"]) - set(current))
@@ -349,10 +341,15 @@ class Trainer:
                                   f"the partial epoch is discarded and the run holds {where}; "
                                   f"continue with --resume", self._signal)
 
-    def _guess_plate_nesting(self, x):
-        """What pyro's ELBO does at its first step; it draws samples, so it must happen before the RNG is restored."""
-        if getattr(self.elbo, "max_plate_nesting", None) == math.inf and hasattr(self.elbo, "_guess_max_plate_nesting"):
-            self.elbo._guess_max_plate_nesting(self.model, self.guide, (x,), {})
+    def _probe(self, x):
+        """Trace the pair once on a batch (:func:`~pyro_vae.core.checked_probe`): its shapes fit, and the plate
+        nesting that Pyro's ELBO would guess at its first step.  It draws samples, so it runs before the RNG
+        state of a checkpoint is restored."""
+        self.pair = checked_probe(self.model, self.guide, x, data_plate=self.data_plate)
+        if getattr(self.elbo, "max_plate_nesting", None) == math.inf:  # as Pyro counts it: vectorized particles too
+            particles = getattr(self.elbo, "vectorize_particles", False) and self.elbo.num_particles > 1
+            self.elbo.max_plate_nesting = self.pair.max_plate_nesting + int(particles)
+        return self.pair
 
     # -- the fast path ----------------------------------------------------------------------------
     def enable_fast_path(self, batches, batch_kwargs=None):
@@ -365,7 +362,8 @@ class Trainer:
         why = fast.blocker(self.elbo, self.model, self.guide, self.fast, batch_kwargs)
         compiled = {}
         if why is None:
-            self._guess_plate_nesting(batches[0])
+            if self.pair is None:
+                self._probe(batches[0])
             compiled, why = fast.trace_steps(self.elbo, self.model, self.guide, batches)
         self.svi.compiled = compiled
         self.fast_note = (f"fast path: loss and gradients traced into one graph for batch sizes {sorted(compiled)}"
@@ -438,9 +436,9 @@ class Trainer:
             state = validation.load_checkpoint(self.checkpoint_path)
         first = next(data.batches(batch_size, shuffle=False, shard=distributed.shard))[0]
         # every random draw of the set-up happens here, before the checkpoint's RNG state is restored
-        validation.check_pair_runs(self.model, self.guide, first)
-        self._guess_plate_nesting(first)
-        scale = data_scale(self.model, self.guide, first)
+        plate = self._probe(first).data_plate
+        # train_loss per image: a subsampled plate scales the batch to its full size N, else the loss is the batch's
+        per_image = (lambda b: plate.size) if plate is not None and plate.scale != 1 else (lambda b: b)
         if state is not None:
             self.load_state_dict(state, first)
             if self.writes:
@@ -467,7 +465,7 @@ class Trainer:
                 self._check_signal(epochs)
                 set_lr(self.optim, self.lr)
                 start = time.perf_counter()
-                total = torch.zeros((), device=first.device)
+                total = torch.zeros((), dtype=first.dtype, device=first.device)  # the data's precision
                 # on the device: bad steps this epoch, the current run of bad steps, the longest run since the
                 # last check; the host reads them every `check_every` steps (no host sync per step on a GPU)
                 bad = run = worst = torch.zeros((), dtype=torch.long, device=first.device)
@@ -478,7 +476,7 @@ class Trainer:
                 for step, (x, idx) in enumerate(bar, 1):
                     saved = [b.clone() for b in buffers]
                     loss, ok = self.svi.step(x, **(batch_kwargs(idx) if batch_kwargs else {}))
-                    total += torch.where(ok, loss / (scale * len(x)), 0.0)
+                    total += torch.where(ok, loss / per_image(len(x)), 0.0)
                     bad, run = bad + ~ok, torch.where(ok, 0, run + 1)
                     worst = torch.maximum(worst, run)
                     with torch.no_grad():  # buffers changed by a bad forward pass (e.g. σ-VAE's running σ*) go back
