@@ -13,14 +13,23 @@ forward *and* of the backward pass on real tensors (so Pyro's handlers, the surr
 to :func:`torch.jit.trace`.  A step is then one TorchScript replay returning the loss, a
 finiteness flag and the gradients, with no Python in between and no autograd.
 
-A trace freezes Python control flow and constants (the batch size, the data plate's
-scale, a β or temperature read from Python), so it is only used where it is valid: for
-``Trace_ELBO`` and estimators that declare ``traceable = True`` (iwae, dreg, stl, renyi),
-without per-batch keyword arguments, for pairs that declare
-``jit_compatible = True`` (``fast="auto"``: the built-in VAE with any guide, flows included,
-and the hierarchical VAE) or any pair with ``fast=True``; one trace
-per batch size; and only after the replay has given the plain loss and gradients for
-the same random numbers on two different batches of each size.
+A trace freezes Python control flow, Python numbers and tensor shapes, so it is made safe
+by construction where it can be and proven where it cannot:
+
+* every tensor the loss reads besides the parameters and ``x`` (module buffers, a β or
+  warm-up weight from :meth:`~pyro_vae.variants.KLSchedule.weights`, a temperature) becomes
+  an input of the graph (:func:`lift_constants`), so a replay reads its current value and
+  writes back its in-place updates, as the plain loss does;
+* ops whose output shape depends on the data (``nonzero``, ``masked_select``, ``unique``,
+  boolean-mask indexing: the spline flow's inside/outside split) are refused at trace time
+  (:func:`data_dependent_shapes`);
+* ``Trace_ELBO``, ``TraceMeanField_ELBO`` and estimators that declare ``traceable = True``
+  (iwae, dreg, stl, renyi, free bits) are traced, without per-batch keyword arguments; every
+  pair is tried unless it declares ``jit_compatible = False``;
+* one trace per batch size, used only after the replay has given the plain loss, gradients
+  and buffer updates for the same random numbers on two different batches of each size
+  (:func:`check_step`); the trainer repeats that proof at each epoch's start, and drops the
+  fast path when a value read from Python has changed since.
 """
 import contextlib
 import warnings
@@ -28,7 +37,7 @@ import warnings
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 
 class TracedStep:
@@ -60,22 +69,83 @@ class TracedStep:
         with _traceable():
             graph = make_fx(step)(*self.params, x)
             graph.graph.eliminate_dead_code()
-            graph.recompile()
+            why = data_dependent_shapes(graph)
+            if why:
+                raise Untraceable(why)
+            self.state = lift_constants(graph)
             self.graph = graph  # runs as Python over ATen ops where TorchScript is gone (it is deprecated)
             if hasattr(torch.jit, "trace"):
                 with torch.no_grad():
-                    self.graph = torch.jit.trace(graph, (*self.params, x), check_trace=False)
+                    self.graph = torch.jit.trace(graph, (*self.params, x, *self.state), check_trace=False)
 
     def __call__(self, x):
         with torch.no_grad():
-            loss, ok, *grads = self.graph(*self.params, x)
+            loss, ok, *grads = self.graph(*self.params, x, *self.state)
         grads = iter(grads)
         return loss, ok, [next(grads) if used else None for used in self.used]
 
 
+class Untraceable(ValueError):
+    """The pair's loss cannot be replayed from one trace; the message says why."""
+
+
+# ops whose output shape depends on the values of their inputs: a trace would freeze the first batch's shape
+_DATA_DEPENDENT = {"nonzero", "nonzero_numpy", "argwhere", "masked_select", "_unique", "_unique2", "unique_dim",
+                   "unique_consecutive", "unique_dim_consecutive", "bincount", "_local_scalar_dense"}
+_INDEXING = {"index", "_unsafe_index", "index_put", "index_put_", "_index_put_impl_", "_unsafe_index_put"}
+
+
+def data_dependent_shapes(graph):
+    """Why ``graph`` (from make_fx) cannot be replayed on other data, or None: the ops whose output shape depends on
+    tensor values (nonzero, masked_select, unique, boolean-mask indexing ``x[mask]`` / ``x[mask] = v``, …)."""
+    found = []
+    for node in graph.graph.nodes:
+        if node.op != "call_function" or not hasattr(node.target, "overloadpacket"):
+            continue
+        name = node.target.overloadpacket.__name__
+        if name == "repeat_interleave" and node.target._overloadname in ("Tensor", "self_Tensor"):
+            found.append(name)  # repeats given by a tensor
+        elif name in _DATA_DEPENDENT:
+            found.append(name)
+        elif name in _INDEXING and len(node.args) > 1 and isinstance(node.args[1], (list, tuple)):
+            masks = [i for i in node.args[1] if isinstance(i, torch.fx.Node)
+                     and getattr(i.meta.get("val"), "dtype", None) in (torch.bool, torch.uint8)]
+            if masks:
+                found.append(f"{name} with a boolean mask")
+    if not found:
+        return None
+    return (f"the loss has ops whose output shape depends on the data ({', '.join(sorted(set(found)))}), "
+            f"which a trace would freeze at the first batch's shape")
+
+
+def lift_constants(graph):
+    """Make every tensor that ``graph`` read from outside its inputs (module buffers, a β or temperature tensor, a
+    running σ*) an input of the graph, after the others; return those tensors.
+
+    A replay given the same objects then reads their current values, as the plain loss does, and writes
+    the in-place updates of the plain loss (e.g. a running average) back into them.
+    """
+    nodes = [n for n in graph.graph.nodes if n.op == "get_attr" and torch.is_tensor(getattr(graph, n.target, None))]
+    last = [n for n in graph.graph.nodes if n.op == "placeholder"][-1]
+    inputs, state = {}, []
+    for node in nodes:
+        if node.target not in inputs:  # one input per tensor, however often it is read
+            with graph.graph.inserting_after(last):
+                last = inputs[node.target] = graph.graph.placeholder(f"state_{len(state)}")
+            last.meta = dict(node.meta)
+            state.append(getattr(graph, node.target))
+        node.replace_all_uses_with(inputs[node.target])
+        graph.graph.erase_node(node)
+    for target in inputs:
+        delattr(graph, target)
+    graph.recompile()
+    return state
+
+
 @contextlib.contextmanager
 def _traceable():
-    """Let ``Trace_ELBO`` run under make_fx: no host reads of traced values, no distribution argument checks.
+    """Let ``Trace_ELBO`` (and ``TraceMeanField_ELBO``) run under make_fx: no host reads of traced values, no
+    distribution argument checks.
 
     ``Trace_ELBO.differentiable_loss`` returns ``loss + (surrogate − item(surrogate))`` with ``loss`` summed
     from ``.item()`` floats, and warns on NaN by reading the loss: both would freeze a value of the first
@@ -85,31 +155,46 @@ def _traceable():
     the replay is compared with the plain, validated loss before it is used.
     """
     import pyro.infer.trace_elbo as trace_elbo
+    import pyro.infer.trace_mean_field_elbo as mean_field
 
-    saved = trace_elbo.torch_item, trace_elbo.warn_if_nan
-    trace_elbo.torch_item = lambda x: x.detach() if torch.is_tensor(x) else x
-    trace_elbo.warn_if_nan = lambda value, *args, **kwargs: value
+    modules = (trace_elbo, mean_field)
+    saved = [(m.torch_item, m.warn_if_nan) for m in modules]
+    for m in modules:
+        m.torch_item = lambda x: x.detach() if torch.is_tensor(x) else x
+        m.warn_if_nan = lambda value, *args, **kwargs: value
     try:
         with pyro.validation_enabled(False), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer warnings
             yield
     finally:
-        trace_elbo.torch_item, trace_elbo.warn_if_nan = saved
+        for m, (item, warn) in zip(modules, saved):
+            m.torch_item, m.warn_if_nan = item, warn
+
+
+TRACED_ELBOS = (Trace_ELBO, TraceMeanField_ELBO)
+
+
+def _owner(fn):
+    """The object a model or guide belongs to: ``vae`` for ``vae.model``, also through handlers (``beta_scale``)."""
+    while hasattr(fn, "__wrapped__") and not hasattr(fn, "__self__"):
+        fn = fn.__wrapped__
+    return getattr(fn, "__self__", fn)
 
 
 def blocker(elbo, model, guide, mode="auto", batch_kwargs=None):
-    """Why the loss of this pair cannot be traced, or None.  ``mode``: ``"auto"``, ``True`` or ``False``."""
+    """Why the loss of this pair cannot be traced, or None.  ``mode``: ``"auto"``, ``True`` or ``False``.
+
+    Every pair is tried (its trace is then proven on real batches, see :func:`trace_steps`) unless it says
+    ``jit_compatible = False``.
+    """
     if not mode:
         return "turned off"
-    owners = [getattr(fn, "__self__", fn) for fn in (model, guide)]
-    if mode == "auto" and not all(getattr(o, "jit_compatible", False) is True for o in owners):
-        return ("the pair does not declare jit_compatible = True (set it on a pair with no data-dependent "
-                "control flow, or pass fast=True to try tracing it)")
-    if type(elbo) is not Trace_ELBO and getattr(elbo, "traceable", False) is not True:
-        return f"only Trace_ELBO and estimators with traceable = True are traced, not {type(elbo).__name__}"
+    if type(elbo) not in TRACED_ELBOS and getattr(elbo, "traceable", False) is not True:
+        return (f"only Trace_ELBO, TraceMeanField_ELBO and estimators with traceable = True are traced, "
+                f"not {type(elbo).__name__}")
     if batch_kwargs is not None:
         return "per-batch keyword arguments (labels) would be frozen into the trace"
-    for owner in owners:
+    for owner in (_owner(model), _owner(guide)):
         if getattr(owner, "jit_compatible", True) is False:
             return f"{type(owner).__name__} says it cannot be traced (jit_compatible = False)"
     return None
@@ -122,7 +207,8 @@ def _differs(a, b):
 
 
 def trace_steps(elbo, model, guide, batches):
-    """``({batch size: TracedStep}, None)``, or ``({}, why)`` when a replay differs from the plain loss or gradients.
+    """``({batch size: TracedStep}, None)``, or ``({}, why)`` when a trace is refused or a replay differs from
+    the plain loss or gradients.
 
     ``batches`` must hold two different batches of each size used in training.  The RNG state
     is restored afterwards, so training draws the same numbers with or without the fast path.
@@ -133,18 +219,11 @@ def trace_steps(elbo, model, guide, batches):
         for x in batches:
             if len(x) not in traced:
                 traced[len(x)] = TracedStep(elbo, model, guide, x)
-            step = traced[len(x)]
-            pyro.util.set_rng_state(rng)
-            plain = elbo.differentiable_loss(model, guide, x)
-            plain_grads = torch.autograd.grad(plain, step.params, allow_unused=True)
-            pyro.util.set_rng_state(rng)
-            loss, _, grads = step(x)
-            if _differs(loss, plain.detach()):
-                return {}, (f"the traced loss ({loss.item():.6g}) differs from the plain one ({plain.item():.6g}) "
-                            f"on a batch of {len(x)}: the pair has data-dependent control flow or state")
-            for name, g, p in zip(step.names, grads, plain_grads):
-                if _differs(g, p):
-                    return {}, f"the traced gradient of {name!r} differs from the plain one on a batch of {len(x)}"
+            why = check_step(traced[len(x)], elbo, model, guide, x)
+            if why:
+                return {}, why
+    except Untraceable as e:
+        return {}, str(e)
     except Exception as e:  # tracing failed
         if "_local_scalar_dense" in str(e):
             return {}, ("the pair reads a tensor's value in Python (data-dependent control flow, .item(), "
@@ -153,3 +232,28 @@ def trace_steps(elbo, model, guide, batches):
     finally:
         pyro.util.set_rng_state(rng)
     return traced, None
+
+
+def check_step(step, elbo, model, guide, x):
+    """Why the replay of ``step`` on batch ``x`` differs from the plain loss and gradients (same random numbers),
+    or None.  Leaves the RNG state and the tensors the step reads (module buffers) as the plain loss left them."""
+    rng = pyro.util.get_rng_state()
+    state = [t.clone() for t in step.state]
+    plain = elbo.differentiable_loss(model, guide, x)
+    plain_grads = torch.autograd.grad(plain, step.params, allow_unused=True)
+    after = [t.clone() for t in step.state]
+    with torch.no_grad():
+        for t, s in zip(step.state, state):
+            t.copy_(s)
+    pyro.util.set_rng_state(rng)
+    loss, _, grads = step(x)
+    if _differs(loss, plain.detach()):
+        return (f"the traced loss ({loss.item():.6g}) differs from the plain one ({plain.item():.6g}) "
+                f"on a batch of {len(x)}: the pair has data-dependent control flow or state")
+    for name, g, p in zip(step.names, grads, plain_grads):
+        if _differs(g, p):
+            return f"the traced gradient of {name!r} differs from the plain one on a batch of {len(x)}"
+    for i, (t, a) in enumerate(zip(step.state, after)):
+        if t.is_floating_point() and _differs(t, a):
+            return f"the traced update of a buffer of shape {tuple(t.shape)} differs from the plain one"
+    return None

@@ -10,7 +10,9 @@ Run directory (``out_dir``):
                     −ELBO per training image over the finite steps, nats), ``test_elbo``
                     (mean ELBO per test image), ``seconds``, ``lr`` (at the epoch's end),
                     ``steps``,
-                    ``bad_steps`` (skipped non-finite steps)
+                    ``bad_steps`` (skipped non-finite steps), ``fast_path`` (whether the
+                    epoch's steps replayed one traced graph) and ``fast_path_note`` (how,
+                    or why not)
 ``checkpoint.pt``   epoch, params, module buffers, optimizer state, RNG states, learning-rate
                     scale and the metrics of every completed epoch; written atomically
                     (temporary file, fsync, rename) before the first epoch and after each one
@@ -373,6 +375,28 @@ class Trainer:
         logger.info(self.fast_note)
         return why is None
 
+    def _recheck_fast_path(self, x):
+        """Prove the trace again at an epoch's start (values read from Python may have changed since it was made):
+        one plain and one traced step on ``x`` must agree, or the fast path is dropped.  RNG and buffers are
+        left as they were, so training draws the same numbers either way."""
+        step = self.svi.compiled.get(len(x))
+        if step is None:
+            return
+        rng, state = pyro.util.get_rng_state(), [t.clone() for t in step.state]
+        try:
+            why = fast.check_step(step, self.elbo, self.model, self.guide, x)
+        finally:
+            pyro.util.set_rng_state(rng)
+            with torch.no_grad():
+                for t, s in zip(step.state, state):
+                    t.copy_(s)
+        if why:
+            self.svi.compiled = {}
+            self.fast_note = f"fast path not used from epoch {self.epoch + 1} on: {why}"
+            logger.warning(self.fast_note)
+            if self.progress and distributed.is_main():
+                tqdm.write(self.fast_note)
+
     # -- the loop ------------------------------------------------------------------------------
     def _set_training(self, mode):
         for m in self.modules:
@@ -420,13 +444,17 @@ class Trainer:
                                  f"and device")
         return data, test_x
 
-    def fit(self, data, epochs, batch_size=128, test_x=None, resume=False, callback=None, batch_kwargs=None):
+    def fit(self, data, epochs, batch_size=128, test_x=None, resume=False, callback=None, batch_kwargs=None,
+            before_epoch=None):
         """Train until ``epochs`` epochs are complete (counting resumed ones); return every epoch's metrics.
 
         :param data: an :class:`~pyro_vae.data.ImageData` or a tensor of training images.
         :param test_x: images for ``test_elbo`` (default: ``data.test``).
         :param resume: continue from ``out_dir/checkpoint.pt`` instead of starting afresh.
         :param callback: called as ``callback(trainer, metrics)`` after each epoch.
+        :param before_epoch: called as ``before_epoch(trainer)`` before each epoch's first step, also the first
+            after a resume (``trainer.epoch`` epochs complete), e.g. ``KLSchedule.set_epoch``: values that change
+            during a run live in tensors the loss reads, so the traced fast path sees them too.
         :param batch_kwargs: optional ``f(index) -> dict`` of extra keyword arguments for model and guide on the
             training batch ``data.train[index]`` (e.g. labels for semi-supervised models); evaluation passes none.
         """
@@ -452,19 +480,28 @@ class Trainer:
         if distributed.active():
             distributed.broadcast_parameters(self._params_by_name())
         steps_per_epoch = math.ceil(len(data.train) / batch_size)
-        if self.fast is not False and not self.svi.compiled:
+        if self.fast is False:
+            self.svi.compiled, self.fast_note = {}, "fast path not used: turned off (fast=False)"
+        elif not self.svi.compiled:
             n = len(data.train)
             probes = [data.train[:batch_size], data.train[batch_size : 2 * batch_size]]
             if n % batch_size:  # the last, shorter batch: its own trace, checked on two different batches too
                 probes += [data.train[n - n % batch_size :], data.train[: n % batch_size]]
             probes = [distributed.shard(b) for b in probes if len(b)]
+            self._set_training(True)  # the mode the steps run in (a trace keeps it)
             self.enable_fast_path([b for b in probes if len(b)], batch_kwargs)
+        if self.progress and distributed.is_main() and self.fast_note:
+            tqdm.write(self.fast_note)
         buffers = [b for m in self.modules for b in m.buffers() if b.is_floating_point()]
         check_every = self.check_every or (1 if first.device.type == "cpu" else self.log_every)
         self._set_training(True)
         with self._stop_on_signals():
             while self.epoch < epochs:
                 self._check_signal(epochs)
+                if before_epoch:
+                    before_epoch(self)
+                if self.svi.compiled:
+                    self._recheck_fast_path(first)
                 set_lr(self.optim, self.lr)
                 start = time.perf_counter()
                 total = torch.zeros((), device=first.device)
@@ -498,7 +535,8 @@ class Trainer:
                 metrics = {"epoch": self.epoch, "train_loss": mean_loss.item()}
                 if test_x is not None:
                     metrics["test_elbo"] = self.evaluate_elbo(test_x)
-                metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=seen)
+                metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=seen,
+                               fast_path=bool(self.svi.compiled), fast_path_note=self.fast_note)
                 self.history.append(metrics)
                 if self.writes:
                     with open(os.path.join(self.out_dir, METRICS), "a") as f:
@@ -506,7 +544,7 @@ class Trainer:
                     self.save_checkpoint()
                 if self.progress and distributed.is_main():
                     tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                        for k, v in metrics.items()))
+                                        for k, v in metrics.items() if k != "fast_path_note"))
                 if callback:
                     callback(self, metrics)
         return list(self.history)
