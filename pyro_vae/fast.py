@@ -24,8 +24,8 @@ by construction where it can be and proven where it cannot:
   boolean-mask indexing: the spline flow's inside/outside split) are refused at trace time
   (:func:`data_dependent_shapes`);
 * ``Trace_ELBO``, ``TraceMeanField_ELBO`` and estimators that declare ``traceable = True``
-  (iwae, dreg, stl, renyi, free bits) are traced, without per-batch keyword arguments; every
-  pair is tried unless it declares ``jit_compatible = False``;
+  (iwae, dreg, stl, renyi, free bits) are traced, per-batch keyword arguments (labels) included
+  when they are tensors; every pair is tried unless it declares ``jit_compatible = False``;
 * one trace per batch size, used only after the replay has given the plain loss, gradients
   and buffer updates for the same random numbers on two different batches of each size
   (:func:`check_step`); the trainer repeats that proof at each epoch's start, and drops the
@@ -38,51 +38,95 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class TracedStep:
-    """``loss, ok, grads = step(x)``: −ELBO of a batch of ``len(x)``, whether it and every gradient are finite,
-    and ``∂ loss / ∂ params``, from one TorchScript graph.
+    """``loss, ok, grads = step(x, **kwargs)``: −ELBO of a batch of ``len(x)``, whether it and every gradient are
+    finite, and ``∂ loss / ∂ params``, from one graph.
 
     :attr:`params` are the unconstrained param-store tensors the graph reads (its inputs besides ``x``), in
     name order; ``grads`` follow that order (None for a parameter the loss does not depend on).
+    ``kwargs``: per-batch tensors passed to model and guide (e.g. labels ``y``), inputs of the graph too.
+    :attr:`backend` says what replays the graph: ``"torchscript"``, or ``"fx"`` (the make_fx graph run as
+    Python) where TorchScript is gone or cannot take an op (``convolution_backward``).
     """
 
-    def __init__(self, elbo, model, guide, x):
+    def __init__(self, elbo, model, guide, x, kwargs=None):
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        with poutine.block(), poutine.trace(param_only=True) as capture:
-            elbo.differentiable_loss(model, guide, x)  # registers every parameter
+        kwargs = dict(kwargs or {})
+        for key, value in kwargs.items():
+            if not torch.is_tensor(value):
+                raise Untraceable(f"the per-batch keyword argument {key!r} is a {type(value).__name__}, not a "
+                                  f"tensor: a trace would freeze it")
+        self.keys = sorted(kwargs)
+        writes = _Writes()  # what the loss updates in place (a running σ*) is put back after tracing
+        with poutine.block(), poutine.trace(param_only=True) as capture, writes:
+            elbo.differentiable_loss(model, guide, x, **kwargs)  # registers every parameter
         self.names = sorted(capture.trace.nodes)
         store = pyro.get_param_store()
         self.params = [store.get_param(name).unconstrained() for name in self.names]
+        n = len(self.params)
 
         def step(*inputs):  # the pair reads the same tensors from the param store: make_fx sees them as inputs
-            loss = elbo.differentiable_loss(model, guide, inputs[-1])
-            grads = torch.autograd.grad(loss, inputs[:-1], allow_unused=True)
+            loss = elbo.differentiable_loss(model, guide, inputs[n], **dict(zip(self.keys, inputs[n + 1 :])))
+            grads = torch.autograd.grad(loss, inputs[:n], allow_unused=True)
             self.used = [g is not None for g in grads]  # a parameter the loss does not reach gets no gradient
             grads = [g for g in grads if g is not None]
             # a sum of everything is finite iff every entry is (or it overflows, ~1e38 in float32: also bad)
             ok = torch.isfinite(sum((g.sum() for g in grads), loss.detach()))
             return (loss.detach(), ok, *grads)
 
-        with _traceable():
-            graph = make_fx(step)(*self.params, x)
+        inputs = (*self.params, x, *(kwargs[k] for k in self.keys))
+        with _traceable(), writes.undo():
+            graph = make_fx(step)(*inputs)
             graph.graph.eliminate_dead_code()
             why = data_dependent_shapes(graph)
             if why:
                 raise Untraceable(why)
             self.state = lift_constants(graph)
-            self.graph = graph  # runs as Python over ATen ops where TorchScript is gone (it is deprecated)
-            if hasattr(torch.jit, "trace"):
-                with torch.no_grad():
-                    self.graph = torch.jit.trace(graph, (*self.params, x, *self.state), check_trace=False)
+            self.graph, self.backend = graph, "fx"
+            if hasattr(torch.jit, "trace"):  # deprecated: gone in a later torch
+                try:
+                    with torch.no_grad():
+                        self.graph = torch.jit.trace(graph, (*inputs, *self.state), check_trace=False)
+                    self.backend = "torchscript"
+                except RuntimeError:  # an op the TorchScript tracer cannot take (convolution_backward)
+                    pass
 
-    def __call__(self, x):
+    def __call__(self, x, **kwargs):
         with torch.no_grad():
-            loss, ok, *grads = self.graph(*self.params, x, *self.state)
+            loss, ok, *grads = self.graph(*self.params, x, *(kwargs[k] for k in self.keys), *self.state)
         grads = iter(grads)
         return loss, ok, [next(grads) if used else None for used in self.used]
+
+
+class _Writes(TorchDispatchMode):
+    """Records the tensors that ops write in place, with their values before the first write; :meth:`undo` puts
+    them back at the end of its block (tracing runs the loss for real, twice; the plain path has not yet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.saved = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for i, a in enumerate(func._schema.arguments):
+            if a.alias_info is not None and a.alias_info.is_write:
+                t = kwargs.get(a.name, args[i] if i < len(args) else None)
+                if torch.is_tensor(t) and id(t) not in self.saved:
+                    self.saved[id(t)] = (t, t.clone())
+        return func(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def undo(self):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for t, value in reversed(list(self.saved.values())):
+                    t.copy_(value)
 
 
 class Untraceable(ValueError):
@@ -181,7 +225,7 @@ def _owner(fn):
     return getattr(fn, "__self__", fn)
 
 
-def blocker(elbo, model, guide, mode="auto", batch_kwargs=None):
+def blocker(elbo, model, guide, mode="auto"):
     """Why the loss of this pair cannot be traced, or None.  ``mode``: ``"auto"``, ``True`` or ``False``.
 
     Every pair is tried (its trace is then proven on real batches, see :func:`trace_steps`) unless it says
@@ -192,8 +236,6 @@ def blocker(elbo, model, guide, mode="auto", batch_kwargs=None):
     if type(elbo) not in TRACED_ELBOS and getattr(elbo, "traceable", False) is not True:
         return (f"only Trace_ELBO, TraceMeanField_ELBO and estimators with traceable = True are traced, "
                 f"not {type(elbo).__name__}")
-    if batch_kwargs is not None:
-        return "per-batch keyword arguments (labels) would be frozen into the trace"
     for owner in (_owner(model), _owner(guide)):
         if getattr(owner, "jit_compatible", True) is False:
             return f"{type(owner).__name__} says it cannot be traced (jit_compatible = False)"
@@ -210,16 +252,18 @@ def trace_steps(elbo, model, guide, batches):
     """``({batch size: TracedStep}, None)``, or ``({}, why)`` when a trace is refused or a replay differs from
     the plain loss or gradients.
 
-    ``batches`` must hold two different batches of each size used in training.  The RNG state
-    is restored afterwards, so training draws the same numbers with or without the fast path.
+    ``batches`` must hold two different batches of each size used in training: tensors ``x``, or pairs
+    ``(x, kwargs)`` with the per-batch keyword arguments of model and guide.  The RNG state is restored
+    afterwards, so training draws the same numbers with or without the fast path.
     """
     rng = pyro.util.get_rng_state()
     traced = {}
     try:
-        for x in batches:
+        for batch in batches:
+            x, kwargs = batch if isinstance(batch, tuple) else (batch, {})
             if len(x) not in traced:
-                traced[len(x)] = TracedStep(elbo, model, guide, x)
-            why = check_step(traced[len(x)], elbo, model, guide, x)
+                traced[len(x)] = TracedStep(elbo, model, guide, x, kwargs)
+            why = check_step(traced[len(x)], elbo, model, guide, x, kwargs)
             if why:
                 return {}, why
     except Untraceable as e:
@@ -234,26 +278,36 @@ def trace_steps(elbo, model, guide, batches):
     return traced, None
 
 
-def check_step(step, elbo, model, guide, x):
-    """Why the replay of ``step`` on batch ``x`` differs from the plain loss and gradients (same random numbers),
-    or None.  Leaves the RNG state and the tensors the step reads (module buffers) as the plain loss left them."""
+def check_step(step, elbo, model, guide, x, kwargs=None):
+    """Why the replay of ``step`` on batch ``x`` differs from the plain loss, gradients and buffer updates (same
+    random numbers), or None.  Leaves the tensors the step reads (module buffers) as they were; the RNG state
+    advanced by one step."""
+    kwargs = kwargs or {}
     rng = pyro.util.get_rng_state()
     state = [t.clone() for t in step.state]
-    plain = elbo.differentiable_loss(model, guide, x)
-    plain_grads = torch.autograd.grad(plain, step.params, allow_unused=True)
-    after = [t.clone() for t in step.state]
-    with torch.no_grad():
-        for t, s in zip(step.state, state):
-            t.copy_(s)
-    pyro.util.set_rng_state(rng)
-    loss, _, grads = step(x)
+    try:
+        plain = elbo.differentiable_loss(model, guide, x, **kwargs)
+        plain_grads = torch.autograd.grad(plain, step.params, allow_unused=True)
+        after = [t.clone() for t in step.state]
+        _put_back(step.state, state)
+        pyro.util.set_rng_state(rng)
+        loss, _, grads = step(x, **kwargs)
+        replayed = [t.clone() for t in step.state]
+    finally:
+        _put_back(step.state, state)
     if _differs(loss, plain.detach()):
         return (f"the traced loss ({loss.item():.6g}) differs from the plain one ({plain.item():.6g}) "
                 f"on a batch of {len(x)}: the pair has data-dependent control flow or state")
     for name, g, p in zip(step.names, grads, plain_grads):
         if _differs(g, p):
             return f"the traced gradient of {name!r} differs from the plain one on a batch of {len(x)}"
-    for i, (t, a) in enumerate(zip(step.state, after)):
+    for t, a in zip(replayed, after):
         if t.is_floating_point() and _differs(t, a):
             return f"the traced update of a buffer of shape {tuple(t.shape)} differs from the plain one"
     return None
+
+
+def _put_back(tensors, values):
+    with torch.no_grad():
+        for t, v in zip(tensors, values):
+            t.copy_(v)

@@ -101,10 +101,12 @@ class DeviceSVI(SVI):
         self.compiled = {}  # batch size -> fast.TracedStep (the fast path, see Trainer.enable_fast_path)
 
     def step(self, *args, **kwargs):
-        traced = self.compiled.get(len(args[0])) if self.compiled and len(args) == 1 and not kwargs else None
+        traced = self.compiled.get(len(args[0])) if self.compiled and len(args) == 1 else None
+        if traced is not None and sorted(kwargs) != traced.keys:
+            traced = None
         ok = None
         if traced is not None:  # the fast path: one graph replay gives loss, finiteness and gradients
-            loss, ok, grads = traced(args[0])
+            loss, ok, grads = traced(args[0], **kwargs)
             params = traced.params
             for p, g in zip(params, grads):
                 p.grad = g
@@ -351,23 +353,24 @@ class Trainer:
                                   f"the partial epoch is discarded and the run holds {where}; "
                                   f"continue with --resume", self._signal)
 
-    def _guess_plate_nesting(self, x):
+    def _guess_plate_nesting(self, x, kwargs=None):
         """What pyro's ELBO does at its first step; it draws samples, so it must happen before the RNG is restored."""
         if getattr(self.elbo, "max_plate_nesting", None) == math.inf and hasattr(self.elbo, "_guess_max_plate_nesting"):
-            self.elbo._guess_max_plate_nesting(self.model, self.guide, (x,), {})
+            self.elbo._guess_max_plate_nesting(self.model, self.guide, (x,), kwargs or {})
 
     # -- the fast path ----------------------------------------------------------------------------
-    def enable_fast_path(self, batches, batch_kwargs=None):
+    def enable_fast_path(self, batches):
         """Trace loss and gradients once per batch size (:mod:`pyro_vae.fast`) where that is valid; else say why.
 
-        ``batches``: two different batches of each size training uses (a trace that freezes
-        data-dependent control flow is caught by comparing it with the plain loss on both).
-        The note is kept in :attr:`fast_note` and logged; the RNG state is left as it was.
+        ``batches``: two different batches of each size training uses, tensors ``x`` or pairs ``(x, kwargs)``
+        with the per-batch keyword arguments (a trace that freezes data-dependent control flow is caught
+        by comparing it with the plain loss on both).  The note is kept in :attr:`fast_note` and logged;
+        the RNG state is left as it was.
         """
-        why = fast.blocker(self.elbo, self.model, self.guide, self.fast, batch_kwargs)
+        why = fast.blocker(self.elbo, self.model, self.guide, self.fast)
         compiled = {}
         if why is None:
-            self._guess_plate_nesting(batches[0])
+            self._guess_plate_nesting(*(batches[0] if isinstance(batches[0], tuple) else (batches[0],)))
             compiled, why = fast.trace_steps(self.elbo, self.model, self.guide, batches)
         self.svi.compiled = compiled
         self.fast_note = (f"fast path: loss and gradients traced into one graph for batch sizes {sorted(compiled)}"
@@ -375,21 +378,18 @@ class Trainer:
         logger.info(self.fast_note)
         return why is None
 
-    def _recheck_fast_path(self, x):
+    def _recheck_fast_path(self, x, kwargs):
         """Prove the trace again at an epoch's start (values read from Python may have changed since it was made):
         one plain and one traced step on ``x`` must agree, or the fast path is dropped.  RNG and buffers are
         left as they were, so training draws the same numbers either way."""
         step = self.svi.compiled.get(len(x))
         if step is None:
             return
-        rng, state = pyro.util.get_rng_state(), [t.clone() for t in step.state]
+        rng = pyro.util.get_rng_state()
         try:
-            why = fast.check_step(step, self.elbo, self.model, self.guide, x)
+            why = fast.check_step(step, self.elbo, self.model, self.guide, x, kwargs)
         finally:
             pyro.util.set_rng_state(rng)
-            with torch.no_grad():
-                for t, s in zip(step.state, state):
-                    t.copy_(s)
         if why:
             self.svi.compiled = {}
             self.fast_note = f"fast path not used from epoch {self.epoch + 1} on: {why}"
@@ -480,16 +480,20 @@ class Trainer:
         if distributed.active():
             distributed.broadcast_parameters(self._params_by_name())
         steps_per_epoch = math.ceil(len(data.train) / batch_size)
+        n = len(data.train)
+        probes = [slice(0, batch_size), slice(batch_size, 2 * batch_size)]
+        if n % batch_size:  # the last, shorter batch: its own trace, checked on two different batches too
+            probes += [slice(n - n % batch_size, n), slice(0, n % batch_size)]
+        # (x, kwargs) of two different batches of each size, as this rank sees them
+        probes = [(distributed.shard(data.train[s]),
+                   {k: distributed.shard(v) for k, v in (batch_kwargs(s) if batch_kwargs else {}).items()})
+                  for s in probes if len(range(n)[s])]
+        probes = [(x, kw) for x, kw in probes if len(x)]
         if self.fast is False:
             self.svi.compiled, self.fast_note = {}, "fast path not used: turned off (fast=False)"
         elif not self.svi.compiled:
-            n = len(data.train)
-            probes = [data.train[:batch_size], data.train[batch_size : 2 * batch_size]]
-            if n % batch_size:  # the last, shorter batch: its own trace, checked on two different batches too
-                probes += [data.train[n - n % batch_size :], data.train[: n % batch_size]]
-            probes = [distributed.shard(b) for b in probes if len(b)]
             self._set_training(True)  # the mode the steps run in (a trace keeps it)
-            self.enable_fast_path([b for b in probes if len(b)], batch_kwargs)
+            self.enable_fast_path(probes)
         if self.progress and distributed.is_main() and self.fast_note:
             tqdm.write(self.fast_note)
         buffers = [b for m in self.modules for b in m.buffers() if b.is_floating_point()]
@@ -501,7 +505,7 @@ class Trainer:
                 if before_epoch:
                     before_epoch(self)
                 if self.svi.compiled:
-                    self._recheck_fast_path(first)
+                    self._recheck_fast_path(*probes[0])
                 set_lr(self.optim, self.lr)
                 start = time.perf_counter()
                 total = torch.zeros((), device=first.device)

@@ -268,3 +268,43 @@ def test_a_module_buffer_changed_in_place_is_read_by_the_replay():
     for tau in (1.0, 0.25):
         temperature.fill_(tau)
         assert fast.check_step(step, trainer.elbo, model, guide, x[:32]) is None
+
+
+def _fit_built(fast, elbo="trace", **options):
+    """2 epochs of a built-in model (``Config(**options)``) on 28×28 images with labels, as ``pyro-vae train`` runs it."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    config = Config(latent_dim=3, hidden_dims=[16], **options)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(70, 1, 28, 28, generator=g)
+    data = ImageData(train=x, train_labels=torch.arange(70) % 10, test=x[:10], test_labels=None,
+                     binarize="none" if "sigma" in config.likelihood else "dynamic")
+    vae = build_model(config, data.x_shape, num_data=len(x))
+    trainer = Trainer(vae.model, vae.guide, elbo, progress=False, modules=[vae], fast=fast)
+    on_epoch = getattr(vae, "on_epoch", None)
+    history = trainer.fit(data, 2, batch_size=32, callback=on_epoch and (lambda t, m: on_epoch(t.epoch)),
+                          batch_kwargs=vae.batch_kwargs(data) if hasattr(vae, "batch_kwargs") else None)
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+    buffers = {k: b.clone() for k, b in vae.named_buffers()}
+    return trainer, history, params, buffers
+
+
+@pytest.mark.parametrize("elbo, options", [
+    ("trace", dict(net="conv")),  # convolution_backward: TorchScript cannot take it, the fx graph replays it
+    ("meanfield", dict(net="conv")),
+    ("trace", dict(model="relaxed-categorical", categories=4, temperature_decay=0.5)),  # τ: a buffer, annealed
+    ("trace", dict(model="cvae")),  # labels y: per-batch tensors, inputs of the graph
+    ("trace", dict(likelihood="sigma-vae-optimal")),  # σ*: a running buffer updated in place by each step
+])
+def test_built_in_models_take_the_fast_path_with_the_plain_results(elbo, options):
+    fast, fast_history, fast_params, fast_buffers = _fit_built("auto", elbo, **options)
+    assert sorted(fast.svi.compiled) == [6, 32] and all(m["fast_path"] for m in fast_history), fast.fast_note
+    _, plain_history, plain_params, plain_buffers = _fit_built(False, elbo, **options)
+    for k in plain_params:
+        torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
+    for k in plain_buffers:
+        torch.testing.assert_close(fast_buffers[k], plain_buffers[k], rtol=1e-5, atol=1e-6)
+    for a, b in zip(fast_history, plain_history):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 * abs(b["train_loss"])
+    if "temperature_decay" in options:
+        assert fast_buffers["temperature"].item() == 0.5  # τ_0 · 0.5^2 clamped at min_temperature 0.5
