@@ -32,6 +32,8 @@ by construction where it can be and proven where it cannot:
   fast path when a value read from Python has changed since.
 """
 import contextlib
+import copy
+import time
 import warnings
 
 import pyro
@@ -86,7 +88,9 @@ class TracedStep:
             if why:
                 raise Untraceable(why)
             self.state = lift_constants(graph)
+            self.fx = graph
             self.graph, self.backend = graph, "fx"
+            self.compile_seconds, self.cudagraphs = None, False
             if hasattr(torch.jit, "trace"):  # deprecated: gone in a later torch
                 try:
                     with torch.no_grad():
@@ -95,7 +99,48 @@ class TracedStep:
                 except RuntimeError:  # an op the TorchScript tracer cannot take (convolution_backward)
                     pass
 
+    def compile(self, x, kwargs=None):
+        """Replay through TorchInductor from now on (``torch._inductor.compile`` of the make_fx graph: no Dynamo,
+        no guards per call), as one CUDA graph on CUDA (``triton.cudagraphs``, what ``torch.compile(mode=
+        "reduce-overhead")`` does: static input buffers, no host work per step).  Compiles now, on ``x``.
+
+        Random ops call torch's own generator (``fallback_random``), so a replay draws the plain loss's numbers.
+        Returns None, or why not (inductor missing or failing: the current replay stays).  Compiled kernels
+        are cached on disk by inductor's FX graph cache, so a second run of the same graph compiles faster.
+        """
+        try:
+            import torch._inductor
+        except ImportError as e:
+            return f"torch._inductor is not available ({e})"
+        kwargs = kwargs or {}
+        inputs = [*self.params, x, *(kwargs[k] for k in self.keys), *self.state]
+        cudagraphs = x.device.type == "cuda"
+        options = {"fallback_random": True, "triton.cudagraphs": cudagraphs}
+        rng, saved = pyro.util.get_rng_state(), [t.clone() for t in self.state]
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                compiled = torch._inductor.compile(copy.deepcopy(self.fx), inputs, options)
+                compiled(*inputs)  # the first call finishes compiling (and records the CUDA graph's warm-up)
+        except Exception as e:  # a compiler missing or failing: keep the current replay
+            return f"compiling failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        finally:
+            pyro.util.set_rng_state(rng)
+            _put_back(self.state, saved)
+        self.previous = self.graph, self.backend
+        self.graph, self.backend, self.cudagraphs = compiled, "inductor", cudagraphs
+        self.compile_seconds = time.perf_counter() - start
+        return None
+
+    def uncompile(self):
+        """Go back to the replay used before :meth:`compile`."""
+        self.graph, self.backend = self.previous
+        self.cudagraphs = False
+
     def __call__(self, x, **kwargs):
+        if self.cudagraphs:  # a new step: the outputs of the last replay are no longer read
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.no_grad():
             loss, ok, *grads = self.graph(*self.params, x, *(kwargs[k] for k in self.keys), *self.state)
         grads = iter(grads)
@@ -311,3 +356,57 @@ def _put_back(tensors, values):
     with torch.no_grad():
         for t, v in zip(tensors, values):
             t.copy_(v)
+
+
+# compile when the planned steps of a run would take at least this long through the TorchScript/fx replay:
+# compiling costs 3–20 s (less when inductor's cache holds the graph) and saves 10–60 % of a step on a CPU,
+# more on CUDA, where the step becomes one CUDA graph launch
+COMPILE_WHEN_SECONDS = {"cpu": 120.0, "cuda": 20.0}
+
+
+def step_seconds(step, x, kwargs=None, repeats=5):
+    """Median seconds of one replay of ``step`` on ``x`` (RNG state and buffers left as they were)."""
+    kwargs = kwargs or {}
+    rng, saved = pyro.util.get_rng_state(), [t.clone() for t in step.state]
+    times = []
+    try:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            loss = step(x, **kwargs)[0]
+            float(loss)  # waits for the device
+            times.append(time.perf_counter() - start)
+    finally:
+        pyro.util.set_rng_state(rng)
+        _put_back(step.state, saved)
+    return sorted(times)[len(times) // 2]
+
+
+def compile_steps(traced, elbo, model, guide, batches):
+    """:meth:`TracedStep.compile` the step of the first batch's size (the last, shorter batch of an epoch keeps
+    its replay: compiling it would cost as much for one step an epoch) and prove it again on the batches of
+    that size (as :func:`trace_steps`); on failure it goes back to its earlier replay.  Returns ``(seconds,
+    None)`` or ``(None, why not)``."""
+    rng = pyro.util.get_rng_state()
+    done, start = [], time.perf_counter()
+    batches = [b if isinstance(b, tuple) else (b, {}) for b in batches]
+    size = len(batches[0][0])
+    try:
+        for x, kwargs in batches:
+            if len(x) != size:
+                continue
+            step = traced[len(x)]
+            if step.backend != "inductor":
+                why = step.compile(x, kwargs)
+                if why:
+                    raise Untraceable(why)
+                done.append(step)
+            why = check_step(step, elbo, model, guide, x, kwargs)
+            if why:
+                raise Untraceable(f"the compiled replay: {why}")
+    except Untraceable as e:
+        for step in done:
+            step.uncompile()
+        return None, str(e)
+    finally:
+        pyro.util.set_rng_state(rng)
+    return time.perf_counter() - start, None

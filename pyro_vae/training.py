@@ -68,6 +68,7 @@ from .optim import FusedOptim, make_optimizer, set_lr
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+FAST_MODES = ("auto", True, False, "compile", "trace")
 METRICS = "metrics.jsonl"
 
 
@@ -200,9 +201,11 @@ class Trainer:
     :param modules: ``nn.Module`` s to switch between train and eval mode (optional).
     :param int max_bad_steps: stop with :class:`NonFiniteLossError` after this many non-finite steps in a row.
     :param float bad_lr_factor: multiply the learning rate by this after each non-finite step.
-    :param fast: ``"auto"`` traces loss and gradients into one graph when the pair declares ``jit_compatible = True``
-        (the built-in models do), ``True`` tries it for any pair, ``False`` never (see :meth:`enable_fast_path`);
-        whether it applies is said in :attr:`fast_note` and the log.
+    :param fast: ``"auto"`` (or ``True``) traces loss and gradients into one graph for any pair that does not
+        declare ``jit_compatible = False``, once proven on real batches, and compiles it when the run is long
+        enough to pay for that; ``"compile"`` always compiles, ``"trace"`` never; ``False`` turns the fast path
+        off (see :meth:`enable_fast_path`).  Whether it applies is printed when training starts and said in
+        :attr:`fast_note` and in each epoch's metrics (``fast_path``, ``fast_path_note``).
     :param check_every: every how many steps the host reads the NaN guard's counts (bad steps are skipped on the
         device in between); default 1 on a CPU, where a read costs nothing, and ``log_every`` on a GPU.
     """
@@ -220,6 +223,8 @@ class Trainer:
         if check_every is not None:
             validation.check_positive_int("check_every", check_every)
         validation.check_fraction("bad_lr_factor", bad_lr_factor, "; e.g. 0.5 halves the learning rate")
+        if not any(fast is mode or (isinstance(fast, str) and fast == mode) for mode in FAST_MODES):
+            raise ValueError(f"fast must be one of {', '.join(map(repr, FAST_MODES))}, got {fast!r}")
         self.model, self.guide = model, guide
         self.elbo = make_elbo(elbo, particles) if isinstance(elbo, str) else elbo
         self.base_lr, self.lr_decay = lr, lr_decay
@@ -359,13 +364,17 @@ class Trainer:
             self.elbo._guess_max_plate_nesting(self.model, self.guide, (x,), kwargs or {})
 
     # -- the fast path ----------------------------------------------------------------------------
-    def enable_fast_path(self, batches):
+    def enable_fast_path(self, batches, planned_steps=None):
         """Trace loss and gradients once per batch size (:mod:`pyro_vae.fast`) where that is valid; else say why.
 
         ``batches``: two different batches of each size training uses, tensors ``x`` or pairs ``(x, kwargs)``
         with the per-batch keyword arguments (a trace that freezes data-dependent control flow is caught
         by comparing it with the plain loss on both).  The note is kept in :attr:`fast_note` and logged;
         the RNG state is left as it was.
+
+        The graphs are then compiled by TorchInductor (:meth:`fast.TracedStep.compile`) when ``fast="compile"``,
+        or with ``fast="auto"`` when the ``planned_steps`` of the run would take at least
+        ``fast.COMPILE_WHEN_SECONDS[device]`` through the TorchScript replay (compiling costs seconds).
         """
         why = fast.blocker(self.elbo, self.model, self.guide, self.fast)
         compiled = {}
@@ -373,10 +382,35 @@ class Trainer:
             self._guess_plate_nesting(*(batches[0] if isinstance(batches[0], tuple) else (batches[0],)))
             compiled, why = fast.trace_steps(self.elbo, self.model, self.guide, batches)
         self.svi.compiled = compiled
-        self.fast_note = (f"fast path: loss and gradients traced into one graph for batch sizes {sorted(compiled)}"
-                          if why is None else f"fast path not used: {why}")
+        if why is None:
+            self.fast_note = (f"fast path: loss and gradients traced into one graph for batch sizes "
+                              f"{sorted(compiled)}, {self._compile(batches, planned_steps)}")
+        else:
+            self.fast_note = f"fast path not used: {why}"
         logger.info(self.fast_note)
         return why is None
+
+    def _compile(self, batches, planned_steps):
+        """Compile the traced steps where that pays (see :meth:`enable_fast_path`); say how they are replayed."""
+        compiled = self.svi.compiled
+        x, kwargs = batches[0] if isinstance(batches[0], tuple) else (batches[0], {})
+        backend = compiled[len(x)].backend
+        if self.fast == "trace":
+            return f"replayed by {backend} (fast='trace': not compiled)"
+        if self.fast != "compile":
+            seconds = fast.step_seconds(compiled[len(x)], x, kwargs)
+            worth = fast.COMPILE_WHEN_SECONDS.get(x.device.type, fast.COMPILE_WHEN_SECONDS["cuda"])
+            if planned_steps is None or planned_steps * seconds < worth:
+                run = f"{planned_steps} planned steps" if planned_steps else "an unknown number of steps"
+                return (f"replayed by {backend} (not compiled: {run} of {seconds * 1e3:.2g} ms take less than "
+                        f"the {worth:.0f} s that pay for compiling)")
+        took, why = fast.compile_steps(compiled, self.elbo, self.model, self.guide, batches)
+        if why:
+            return f"replayed by {backend} (not compiled: {why})"
+        how = " as one CUDA graph per step" if x.device.type == "cuda" else ""
+        rest = [size for size, step in compiled.items() if step.backend != "inductor"]
+        rest = f"; batch size {', '.join(map(str, rest))} by {backend}" if rest else ""
+        return f"replayed by inductor{how} (compiled in {took:.1f} s){rest}"
 
     def _recheck_fast_path(self, x, kwargs):
         """Prove the trace again at an epoch's start (values read from Python may have changed since it was made):
@@ -493,7 +527,7 @@ class Trainer:
             self.svi.compiled, self.fast_note = {}, "fast path not used: turned off (fast=False)"
         elif not self.svi.compiled:
             self._set_training(True)  # the mode the steps run in (a trace keeps it)
-            self.enable_fast_path(probes)
+            self.enable_fast_path(probes, planned_steps=steps_per_epoch * (epochs - self.epoch))
         if self.progress and distributed.is_main() and self.fast_note:
             tqdm.write(self.fast_note)
         buffers = [b for m in self.modules for b in m.buffers() if b.is_floating_point()]

@@ -308,3 +308,57 @@ def test_built_in_models_take_the_fast_path_with_the_plain_results(elbo, options
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 * abs(b["train_loss"])
     if "temperature_decay" in options:
         assert fast_buffers["temperature"].item() == 0.5  # τ_0 · 0.5^2 clamped at min_temperature 0.5
+
+
+def test_a_short_run_is_not_compiled_and_a_failing_compiler_falls_back(monkeypatch):
+    trainer, history, _ = _fit("auto")
+    assert "replayed by torchscript (not compiled: 12 planned steps of" in trainer.fast_note
+    import torch._inductor
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch._inductor, "compile", broken)
+    trainer, history, params = _fit("compile")
+    assert "not compiled: compiling failed (RuntimeError: no C++ compiler)" in trainer.fast_note
+    assert {s.backend for s in trainer.svi.compiled.values()} == {"torchscript"}
+    _, _, plain_params = _fit(False)
+    for k in plain_params:
+        torch.testing.assert_close(params[k], plain_params[k], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="fast must be one of 'auto', True, False, 'compile', 'trace', got 'yes'"):
+        Trainer(*_pair_with(lambda x, logits: logits), fast="yes")
+
+
+def _compiled_fit(device, make=_vae):
+    results = []
+    for fast_mode in ("compile", False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        vae = make().to(device)
+        data = _data()
+        data = ImageData(train=data.train.to(device), train_labels=None, test=data.test.to(device), test_labels=None,
+                         binarize="dynamic")
+        trainer = Trainer(vae.model, vae.guide, "trace", progress=False, modules=[vae], fast=fast_mode)
+        history = trainer.fit(data, 2, batch_size=32)
+        results.append((trainer, history, {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}))
+    (fast_trainer, fast_history, fast_params), (_, plain_history, plain_params) = results
+    return fast_trainer, fast_params, plain_params
+
+
+@pytest.mark.slow
+def test_the_inductor_replay_gives_the_plain_results():
+    """Compiling takes 10-40 s on a 2-core CPU: slow-marked."""
+    trainer, fast_params, plain_params = _compiled_fit("cpu")
+    assert trainer.svi.compiled[32].backend == "inductor" and trainer.svi.compiled[4].backend == "torchscript"
+    assert "replayed by inductor (compiled in" in trainer.fast_note
+    for k in plain_params:
+        torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_compiled_step_is_one_cuda_graph_with_the_plain_results():
+    trainer, fast_params, plain_params = _compiled_fit("cuda")
+    step = trainer.svi.compiled[32]
+    assert step.backend == "inductor" and step.cudagraphs and "as one CUDA graph per step" in trainer.fast_note
+    for k in plain_params:
+        torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
