@@ -57,7 +57,8 @@ def test_estimators_without_a_faithful_trace_fall_back():
     assert all(m["fast_path"] is False and "TraceGraph_ELBO" in m["fast_path_note"] for m in history)
 
 
-@pytest.mark.parametrize("flow, elbo", [("iaf", "trace"), ("iaf", "iwae"), ("planar", "iwae")])
+@pytest.mark.parametrize("flow, elbo", [("iaf", "trace"), ("iaf", "iwae"), ("planar", "iwae"), ("iaf", "dreg"),
+                                        ("iaf", "stl"), ("householder", "dreg")])
 def test_flow_guides_take_the_fast_path_with_the_plain_results(flow, elbo):
     """Pyro's JitTrace_ELBO fails on conditioned flows (pyro-ppl/pyro#3132); make_fx follows them."""
     make = lambda: _vae(flow, 2)  # noqa: E731
