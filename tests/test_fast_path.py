@@ -1,12 +1,19 @@
 """The trainer's fast path (fused optimizer, traced loss and gradients): same results as the plain path, clean fallbacks."""
+import json
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae import VAE, Trainer, make_guide, make_likelihood
+from pyro_vae import VAE, Config, Trainer, load_data, make_guide, make_likelihood
 from pyro_vae.data import ImageData
+from pyro_vae.estimators.variants import FreeBitsELBO, KLSchedule, beta_scale
+from pyro_vae.models import build_model
 from pyro_vae.models.nets import MLP
+from pyro_vae.training import fast
+from pyro_vae.training.trainer import METRICS
 
 X_SHAPE = (1, 6, 6)
 
@@ -33,7 +40,7 @@ def _fit(fast, make=_vae, elbo="trace", particles=1):
     return trainer, history, params
 
 
-@pytest.mark.parametrize("elbo, particles", [("trace", 1), ("iwae", 5), ("dreg", 5)])
+@pytest.mark.parametrize("elbo, particles", [("trace", 1), ("meanfield", 1), ("iwae", 5), ("dreg", 5)])
 def test_traced_loss_gives_the_plain_results(elbo, particles):
     fast, fast_history, fast_params = _fit("auto", elbo=elbo, particles=particles)
     assert fast.fast_note.startswith("fast path: loss and gradients traced") and sorted(fast.svi.compiled) == [4, 32]
@@ -46,11 +53,13 @@ def test_traced_loss_gives_the_plain_results(elbo, particles):
 
 
 def test_estimators_without_a_faithful_trace_fall_back():
-    trainer, _, _ = _fit("auto", elbo="meanfield")
-    assert trainer.svi.compiled == {} and "TraceMeanField_ELBO" in trainer.fast_note
+    trainer, history, _ = _fit("auto", elbo=pyro.infer.TraceGraph_ELBO())
+    assert trainer.svi.compiled == {} and "TraceGraph_ELBO" in trainer.fast_note
+    assert all(m["fast_path"] is False and "TraceGraph_ELBO" in m["fast_path_note"] for m in history)
 
 
-@pytest.mark.parametrize("flow, elbo", [("iaf", "trace"), ("iaf", "iwae"), ("planar", "iwae")])
+@pytest.mark.parametrize("flow, elbo", [("iaf", "trace"), ("iaf", "iwae"), ("planar", "iwae"), ("iaf", "dreg"),
+                                        ("iaf", "stl"), ("householder", "dreg")])
 def test_flow_guides_take_the_fast_path_with_the_plain_results(flow, elbo):
     """Pyro's JitTrace_ELBO fails on conditioned flows (pyro-ppl/pyro#3132); make_fx follows them."""
     make = lambda: _vae(flow, 2)  # noqa: E731
@@ -80,16 +89,45 @@ def _pair_with(control):
     return model, guide
 
 
-def test_user_pairs_need_to_declare_it_and_data_dependent_control_flow_is_caught():
+def test_user_pairs_are_tried_and_data_dependent_control_flow_is_caught():
     # Python control flow on the data: a trace would freeze one branch
     model, guide = _pair_with(lambda x, logits: logits * 2 if x.mean() > 0.5 else logits)
     x = torch.full((64, *X_SHAPE), 0.9).bernoulli()
+    for fast in ("auto", True):
+        trainer = Trainer(model, guide, "trace", progress=False, fast=fast)
+        assert not trainer.enable_fast_path([x[:32], x[32:]])
+        assert "reads a tensor's value in Python" in trainer.fast_note and trainer.svi.compiled == {}
+    model, guide = _pair_with(lambda x, logits: logits * 2)
+    assert Trainer(model, guide, "trace", progress=False).enable_fast_path([x[:32], x[32:]])
+    model.jit_compatible = False  # a pair can opt out
+    trainer = Trainer(model, guide, "trace", progress=False)
+    assert not trainer.enable_fast_path([x[:32], x[32:]]) and "jit_compatible = False" in trainer.fast_note
+
+
+def _boolean_mask(x, logits):
+    out = logits.clone()
+    inside = x > 0.5
+    out[inside] = out[inside] * 2  # shapes [number of pixels > 0.5]: a different count on every batch
+    return out
+
+
+@pytest.mark.parametrize("control, op", [
+    (_boolean_mask, "index with a boolean mask"),
+    (lambda x, logits: logits + torch.nonzero(x.flatten()).float().mean(), "nonzero"),
+    (lambda x, logits: logits + torch.masked_select(logits, x > 0.5).mean(), "masked_select"),
+    (lambda x, logits: logits + torch.unique(x).sum(), "unique"),
+])
+def test_ops_with_data_dependent_shapes_are_refused_at_trace_time(control, op):
+    """A trace freezes the shape of ``x[mask]``; the two-batch check cannot catch it when both batches happen to
+    have the same count (here: two halves of one batch with the same number of ones)."""
+    model, guide = _pair_with(control)
+    x = torch.zeros(64, *X_SHAPE)
+    x.view(64, -1)[:, :10] = 1.0
     trainer = Trainer(model, guide, "trace", progress=False)
     assert not trainer.enable_fast_path([x[:32], x[32:]])
-    assert "jit_compatible" in trainer.fast_note
-    trainer = Trainer(model, guide, "trace", progress=False, fast=True)
-    assert not trainer.enable_fast_path([x[:32], x[32:]])
-    assert "reads a tensor's value in Python" in trainer.fast_note and trainer.svi.compiled == {}
+    assert "depends on the data" in trainer.fast_note and op in trainer.fast_note and trainer.svi.compiled == {}
+    pyro.set_rng_seed(0)
+    trainer.svi.step(x[:32].bernoulli(0.5))  # the plain path takes any count
 
 
 def test_python_state_frozen_by_the_trace_is_caught():
@@ -145,3 +183,184 @@ def test_a_parameter_the_loss_does_not_reach_gets_no_gradient_and_no_optimizer_s
         trainer.svi.step(x[:32])
     state = trainer.optim.get_state()
     assert state["idle"]["state"] == {} and state["decoder$$$0.weight"]["state"][0]["step"] == 3
+
+
+def test_whether_the_fast_path_applies_is_printed_and_recorded_in_every_metrics_row(tmp_path, capsys):
+    vae = _vae()
+    trainer = Trainer(vae.model, vae.guide, "trace", out_dir=str(tmp_path), modules=[vae])
+    history = trainer.fit(_data(), 2, batch_size=32)
+    printed = capsys.readouterr().out
+    assert printed.count("fast path: loss and gradients traced into one graph for batch sizes [4, 32]") == 1
+    rows = [json.loads(line) for line in open(tmp_path / METRICS)]
+    assert rows == history and len(rows) == 2
+    assert all(r["fast_path"] is True and r["fast_path_note"] == trainer.fast_note for r in rows)
+    pyro.clear_param_store()
+    vae = _vae()
+    trainer = Trainer(vae.model, vae.guide, "trace", progress=False, modules=[vae], fast=False)
+    history = trainer.fit(_data(), 1, batch_size=32)
+    assert capsys.readouterr().out == ""  # quiet
+    assert history[0]["fast_path"] is False and "turned off" in history[0]["fast_path_note"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("elbo", ["trace", "stl"])
+def test_the_spline_guide_trains_for_ten_epochs_on_real_data(elbo):
+    """Issue 21: the spline's masked indexing (inside vs outside its bound) has a data-dependent shape; a trace of it
+    crashed at a random step.  Refused at trace time, the run takes the plain path to the end."""
+    config = Config(guide="spline", flows=1, latent_dim=4, hidden_dims=[32], elbo=elbo)
+    data = load_data("fashion-mnist", limit=320, test_limit=64)
+    vae = build_model(config, data.x_shape, num_data=len(data.train))
+    trainer = Trainer(vae.model, vae.guide, elbo, progress=False, modules=[vae])
+    history = trainer.fit(data, 10, batch_size=32)
+    assert len(history) == 10 and all(math.isfinite(m["train_loss"]) and m["bad_steps"] == 0 for m in history)
+    assert all(m["fast_path"] is False and "with a boolean mask" in m["fast_path_note"] for m in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def _fit_scheduled(fast, elbo="trace", beta=1.0, free_bits=0.0):
+    """3 epochs with KL warm-up over 2 (β = 0, β/2, β): β lives in a tensor the traced graph reads."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = _vae()
+    schedule = KLSchedule(beta, warmup_epochs=2)
+    weight = schedule.weights()
+    model, guide = beta_scale(vae.model, weight), beta_scale(vae.guide, weight)
+    if free_bits:
+        elbo = FreeBitsELBO(free_bits=free_bits)
+    trainer = Trainer(model, guide, elbo, progress=False, modules=[vae], fast=fast)
+    seen = []
+    history = trainer.fit(_data(), 3, batch_size=32, before_epoch=lambda t: seen.append(schedule.set_epoch(t.epoch)))
+    assert seen == [0.0, beta / 2, beta]
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+    return trainer, history, params
+
+
+@pytest.mark.parametrize("elbo, beta, free_bits", [("trace", 1.0, 0.0), ("meanfield", 4.0, 0.0), ("trace", 2.0, 0.5)])
+def test_kl_warmup_beta_and_free_bits_take_the_fast_path_with_the_plain_results(elbo, beta, free_bits):
+    fast, fast_history, fast_params = _fit_scheduled("auto", elbo, beta, free_bits)
+    assert sorted(fast.svi.compiled) == [4, 32] and all(m["fast_path"] for m in fast_history)
+    _, plain_history, plain_params = _fit_scheduled(False, elbo, beta, free_bits)
+    for k in plain_params:
+        torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-5, atol=1e-6)
+    for a, b in zip(fast_history, plain_history):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-5 * abs(b["train_loss"])
+    # the warm-up is real: epoch 1 (β = 0) has no KL term, so its loss is below the full one of epoch 3's β
+    assert fast_history[0]["train_loss"] < fast_history[2]["train_loss"] or beta == 1.0
+
+
+def test_a_value_read_from_python_that_changes_between_epochs_drops_the_fast_path():
+    """A float a trace froze, changed by the user after an epoch: the proof repeated at each epoch's start sees it."""
+    weight = {"value": 1.0}
+    model, guide = _pair_with(lambda x, logits: logits * weight["value"])
+    x = torch.full((64, *X_SHAPE), 0.5).bernoulli()
+    trainer = Trainer(model, guide, "trace", progress=False)
+    history = trainer.fit(x, 3, batch_size=32, before_epoch=lambda t: weight.update(value=1.0 + (t.epoch >= 2)))
+    assert [m["fast_path"] for m in history] == [True, True, False]
+    assert "from epoch 3 on: the traced loss" in history[2]["fast_path_note"]
+
+
+def test_a_module_buffer_changed_in_place_is_read_by_the_replay():
+    """Buffers (a temperature, a running average) become inputs of the graph instead of frozen constants."""
+    temperature = torch.tensor(1.0)
+    model, guide = _pair_with(lambda x, logits: logits / temperature)
+    x = torch.full((64, *X_SHAPE), 0.5).bernoulli()
+    trainer = Trainer(model, guide, "trace", progress=False)
+    assert trainer.enable_fast_path([x[:32], x[32:]])
+    step = trainer.svi.compiled[32]
+    for tau in (1.0, 0.25):
+        temperature.fill_(tau)
+        assert fast.check_step(step, trainer.elbo, model, guide, x[:32]) is None
+
+
+def _fit_built(fast, elbo="trace", **options):
+    """2 epochs of a built-in model (``Config(**options)``) on 28×28 images with labels, as ``pyro-vae train`` runs it."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    config = Config(latent_dim=3, hidden_dims=[16], **options)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(70, 1, 28, 28, generator=g)
+    data = ImageData(train=x, train_labels=torch.arange(70) % 10, test=x[:10], test_labels=None,
+                     binarize="none" if "sigma" in config.likelihood else "dynamic")
+    vae = build_model(config, data.x_shape, num_data=len(x))
+    trainer = Trainer(vae.model, vae.guide, elbo, progress=False, modules=[vae], fast=fast)
+    on_epoch = getattr(vae, "on_epoch", None)
+    history = trainer.fit(data, 2, batch_size=32, callback=on_epoch and (lambda t, m: on_epoch(t.epoch)),
+                          batch_kwargs=vae.batch_kwargs(data) if hasattr(vae, "batch_kwargs") else None)
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+    buffers = {k: b.clone() for k, b in vae.named_buffers()}
+    return trainer, history, params, buffers
+
+
+@pytest.mark.parametrize("elbo, options", [
+    ("trace", dict(net="conv")),  # convolution_backward: TorchScript cannot take it, the fx graph replays it
+    ("meanfield", dict(net="conv")),
+    ("trace", dict(model="relaxed-categorical", categories=4, temperature_decay=0.5)),  # τ: a buffer, annealed
+    ("trace", dict(model="cvae")),  # labels y: per-batch tensors, inputs of the graph
+    ("trace", dict(likelihood="sigma-vae-optimal")),  # σ*: a running buffer updated in place by each step
+])
+def test_built_in_models_take_the_fast_path_with_the_plain_results(elbo, options):
+    fast, fast_history, fast_params, fast_buffers = _fit_built("auto", elbo, **options)
+    assert sorted(fast.svi.compiled) == [6, 32] and all(m["fast_path"] for m in fast_history), fast.fast_note
+    _, plain_history, plain_params, plain_buffers = _fit_built(False, elbo, **options)
+    for k in plain_params:
+        torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
+    for k in plain_buffers:
+        torch.testing.assert_close(fast_buffers[k], plain_buffers[k], rtol=1e-5, atol=1e-6)
+    for a, b in zip(fast_history, plain_history):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 * abs(b["train_loss"])
+    if "temperature_decay" in options:
+        assert fast_buffers["temperature"].item() == 0.5  # τ_0 · 0.5^2 clamped at min_temperature 0.5
+
+
+def test_a_short_run_is_not_compiled_and_a_failing_compiler_falls_back(monkeypatch):
+    trainer, history, _ = _fit("auto")
+    assert "replayed by torchscript (not compiled: 12 planned steps of" in trainer.fast_note
+    import torch._inductor
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch._inductor, "compile", broken)
+    trainer, history, params = _fit("compile")
+    assert "not compiled: compiling failed (RuntimeError: no C++ compiler)" in trainer.fast_note
+    assert {s.backend for s in trainer.svi.compiled.values()} == {"torchscript"}
+    _, _, plain_params = _fit(False)
+    for k in plain_params:
+        torch.testing.assert_close(params[k], plain_params[k], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="fast must be one of 'auto', True, False, 'compile', 'trace', got 'yes'"):
+        Trainer(*_pair_with(lambda x, logits: logits), fast="yes")
+
+
+def _compiled_fit(device, make=_vae):
+    results = []
+    for fast_mode in ("compile", False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        vae = make().to(device)
+        data = _data()
+        data = ImageData(train=data.train.to(device), train_labels=None, test=data.test.to(device), test_labels=None,
+                         binarize="dynamic")
+        trainer = Trainer(vae.model, vae.guide, "trace", progress=False, modules=[vae], fast=fast_mode)
+        history = trainer.fit(data, 2, batch_size=32)
+        results.append((trainer, history, {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}))
+    (fast_trainer, fast_history, fast_params), (_, plain_history, plain_params) = results
+    return fast_trainer, fast_params, plain_params
+
+
+@pytest.mark.slow
+def test_the_inductor_replay_gives_the_plain_results():
+    """Compiling takes 10-40 s on a 2-core CPU: slow-marked."""
+    trainer, fast_params, plain_params = _compiled_fit("cpu")
+    assert trainer.svi.compiled[32].backend == "inductor" and trainer.svi.compiled[4].backend == "torchscript"
+    assert "replayed by inductor (compiled in" in trainer.fast_note
+    for k in plain_params:
+        torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_compiled_step_is_one_cuda_graph_with_the_plain_results():
+    trainer, fast_params, plain_params = _compiled_fit("cuda")
+    step = trainer.svi.compiled[32]
+    assert step.backend == "inductor" and step.cudagraphs and "as one CUDA graph per step" in trainer.fast_note
+    for k in plain_params:
+        torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)

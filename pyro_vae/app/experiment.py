@@ -21,6 +21,7 @@ from pyro_vae.models import build_model
 from pyro_vae.training import distributed
 from pyro_vae.training.trainer import CHECKPOINT, METRICS, Trainer, resolve_device
 
+
 def _load_data(config, device):
     return load_data(config.dataset, config.data_dir, config.binarize, config.validation, config.limit,
                      config.test_limit, device=device, exclude_class=config.exclude_class)
@@ -56,11 +57,13 @@ def train(config, resume=False, progress=True):
     if distributed.is_main():
         config.save(config_path)
     model, guide, elbo = vae.model, vae.guide, config.elbo
-    schedule = KLSchedule(config.beta, config.kl_warmup_epochs)  # β-VAE, KL warm-up, free bits: pyro_vae.estimators.variants
+    schedule = KLSchedule(config.beta, config.kl_warmup_epochs)  # β-VAE, KL warm-up, free bits (estimators.variants)
+    before_epoch = None
     if not schedule.is_identity or config.free_bits:
         check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
-        beta = lambda: schedule(trainer.epoch)  # noqa: E731  read at every site, so also right after --resume
+        beta = schedule.weights(device)  # tensors set before each epoch (also after --resume): the traced step reads them
         model, guide = beta_scale(model, beta), beta_scale(guide, beta)
+        before_epoch = lambda t: schedule.set_epoch(t.epoch)  # noqa: E731
         if config.free_bits:
             elbo = make_elbo("free-bits", config.particles, free_bits=config.free_bits)
     trainer = Trainer(model, guide, elbo, config.particles, config.lr, config.optimizer,
@@ -73,7 +76,7 @@ def train(config, resume=False, progress=True):
     callback = (lambda t, metrics: on_epoch(t.epoch)) if on_epoch else None
     batch_kwargs = vae.batch_kwargs(data) if hasattr(vae, "batch_kwargs") else None
     history = trainer.fit(data, config.epochs, config.batch_size, resume=resume, callback=callback,
-                          batch_kwargs=batch_kwargs)
+                          batch_kwargs=batch_kwargs, before_epoch=before_epoch)
     if not distributed.is_main():
         return vae, data, history
     if hasattr(vae, "report"):

@@ -40,10 +40,10 @@ from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from pyro_vae.core.kl import elementwise_kl
 from pyro_vae.estimators import register_elbo
 from pyro_vae.estimators.importance import (data_plate_scale, extra_scale, guess_max_plate_nesting, log_weights,
                                             per_particle_and_point)
-from pyro_vae.core.kl import elementwise_kl
 
 SCALED_ESTIMATORS = ("trace", "meanfield", "enum")
 
@@ -53,6 +53,11 @@ def _check_beta(beta, what="beta"):
         for site, b in beta.items():
             _check_beta(b, f"beta[{site!r}]")
         return
+    if torch.is_tensor(beta):
+        if beta.dim() != 0 or not beta.is_floating_point():
+            raise ValueError(f"{what} must be a 0-d floating-point tensor when it is a tensor, got shape "
+                             f"{tuple(beta.shape)} and dtype {beta.dtype}")
+        return  # its value may change during a run (KLSchedule.set_epoch): it is read at every site
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta < 0:
         raise ValueError(f"{what} must be a finite number >= 0 (or a dict {{site: beta}}), got {beta!r}")
 
@@ -60,8 +65,10 @@ def _check_beta(beta, what="beta"):
 class BetaScaleMessenger(Messenger):
     """Multiply the scale of every latent (unobserved, non-subsample) sample site by β.
 
-    :param beta: a number, a dict ``{site: β}`` (sites not in it keep β = 1), or a callable
-        with no argument returning one of those (read at every site, e.g. a warm-up schedule).
+    :param beta: a number, a 0-d tensor, a dict ``{site: β}`` of those (sites not in it keep β = 1), or a
+        callable with no argument returning one of those (read at every site).  A tensor is read at every
+        step, also by the trainer's traced fast path, so a schedule that changes it in place
+        (:meth:`KLSchedule.weights`) needs no Python at each step; a number is a constant of the trace.
     """
 
     def __init__(self, beta=1.0):
@@ -81,7 +88,7 @@ class BetaScaleMessenger(Messenger):
         beta = self.current()
         if isinstance(beta, dict):
             beta = beta.get(msg["name"], 1.0)
-        if beta != 1.0:
+        if torch.is_tensor(beta) or beta != 1.0:
             msg["scale"] = beta * msg["scale"]
 
 
@@ -115,6 +122,30 @@ class KLSchedule:
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"kl_warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
         self.beta, self.warmup_epochs = beta, warmup_epochs
+        self._weights = None
+
+    def weights(self, device=None):
+        """β(e) as 0-d tensors on ``device`` (one, or ``{site: tensor}``) that :meth:`set_epoch` updates in place.
+
+        Give them to :func:`beta_scale`: the loss, plain or traced once (the trainer's fast path), then reads the
+        current β at every step.  Created at the first call, holding β(0).
+        """
+        if self._weights is None:
+            value = self(0)
+            make = lambda b: torch.tensor(float(b), device=device)  # noqa: E731
+            self._weights = {k: make(b) for k, b in value.items()} if isinstance(value, dict) else make(value)
+        return self._weights
+
+    def set_epoch(self, epoch):
+        """Set the tensors of :meth:`weights` to β(``epoch``) (``epoch`` completed epochs), in place; return β."""
+        value, weights = self(epoch), self.weights()
+        with torch.no_grad():
+            if isinstance(value, dict):
+                for site, b in value.items():
+                    weights[site].fill_(b)
+            else:
+                weights.fill_(value)
+        return value
 
     def factor(self, epoch):
         """min(1, e / E): the fraction of β in force after ``epoch`` completed epochs."""
@@ -185,6 +216,8 @@ class FreeBitsELBO(ELBO):
 
     :param float free_bits: λ, nats per group.
     """
+
+    traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.training.fast)
 
     def __init__(self, num_particles=1, free_bits=0.0, max_plate_nesting=None, vectorize_particles=True,
                  data_plate="data"):

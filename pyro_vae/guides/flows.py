@@ -91,11 +91,29 @@ def _order(latent_dim, index):
     return order.flip(0) if index % 2 else order
 
 
+class _ConditionalAffineAutoregressive(ConditionalAffineAutoregressive):
+    """Pyro's conditional IAF whose inverse walks the variable order as Python ints.
+
+    Pyro's ``AffineAutoregressive._inverse`` loops ``for idx in arn.permutation`` (a tensor) and indexes with
+    each 0-d tensor, a host read per variable: a traced step (:mod:`pyro_vae.training.fast`) cannot follow it, so DReG
+    and STL, which invert the flow, would lose the fast path.  The order is fixed at construction.
+    """
+
+    def __init__(self, nn, **kwargs):
+        super().__init__(nn, **kwargs)
+        self._order = nn.permutation.tolist()
+
+    def condition(self, context):
+        transform = super().condition(context)
+        transform.arn.permutation = self._order  # only the inverse reads it
+        return transform
+
+
 @register_flow("iaf", invertible=True)
 def iaf_layer(latent_dim, context_dim, hidden_dims, index):
     """z' = μ(z_<, h) + σ(z_<, h) ⊙ z with a conditional MADE; log|det| = Σ log σ."""
     arn = ConditionalAutoRegressiveNN(latent_dim, context_dim, hidden_dims, permutation=_order(latent_dim, index))
-    return ConditionalAffineAutoregressive(arn)
+    return _ConditionalAffineAutoregressive(arn)
 
 
 @register_flow("spline", invertible=True)

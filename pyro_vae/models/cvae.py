@@ -29,7 +29,7 @@ NUM_CLASSES = 10  # MNIST and Fashion-MNIST
 
 def with_label(h, y, num_classes):
     """Concatenate features ``h [..., H]`` with ``one_hot(y) [..., C]``, broadcasting their batch shapes."""
-    onehot = F.one_hot(y, num_classes).to(h.dtype)
+    onehot = (y.unsqueeze(-1) == torch.arange(num_classes, device=y.device)).to(h.dtype)  # no host read: traceable
     batch = torch.broadcast_shapes(h.shape[:-1], onehot.shape[:-1])
     return torch.cat([h.expand(*batch, h.shape[-1]), onehot.expand(*batch, num_classes)], -1)
 
@@ -106,6 +106,9 @@ class CVAE(nn.Module):
     def batch_kwargs(self, data):
         """Training labels per batch: ``index -> {"y": labels[index]}``."""
         labels = data.train_labels.to(data.train.device)
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
+            raise ValueError(f"training labels must lie in [0, {self.num_classes}), got {int(labels.min())}.."
+                             f"{int(labels.max())}")
         return lambda idx: {"y": labels[idx]}
 
 

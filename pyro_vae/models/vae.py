@@ -36,10 +36,9 @@ class VAE(nn.Module):
 
     @property
     def jit_compatible(self):
-        """Whether the pair can be traced once and replayed (no data-dependent control flow or state)."""
-        if getattr(self.guide_module, "jit_compatible", True) is False:
-            return False
-        return not getattr(self.likelihood, "optimal", False)  # σ* updates a running buffer
+        """Whether the pair can be traced once and replayed: as its guide says (buffers such as σ-VAE's running σ*
+        are inputs of the trace, see :mod:`pyro_vae.training.fast`)."""
+        return getattr(self.guide_module, "jit_compatible", True) is not False
 
     def model(self, x):
         """p(z) p(x|z) for a batch ``x`` of shape ``[B, *x_shape]``; priors follow x's device and dtype."""

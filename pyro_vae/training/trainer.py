@@ -10,7 +10,9 @@ Run directory (``out_dir``):
                     −ELBO per training image over the finite steps, nats), ``test_elbo``
                     (mean ELBO per test image), ``seconds``, ``lr`` (at the epoch's end),
                     ``steps``,
-                    ``bad_steps`` (skipped non-finite steps)
+                    ``bad_steps`` (skipped non-finite steps), ``fast_path`` (whether the
+                    epoch's steps replayed one traced graph) and ``fast_path_note`` (how,
+                    or why not)
 ``checkpoint.pt``   epoch, params, module buffers, optimizer state, RNG states, learning-rate
                     scale and the metrics of every completed epoch; written atomically
                     (temporary file, fsync, rename) before the first epoch and after each one
@@ -66,6 +68,7 @@ from pyro_vae.training.optim import FusedOptim, make_optimizer, set_lr
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+FAST_MODES = ("auto", True, False, "compile", "trace")
 METRICS = "metrics.jsonl"
 
 
@@ -99,10 +102,12 @@ class DeviceSVI(SVI):
         self.compiled = {}  # batch size -> fast.TracedStep (the fast path, see Trainer.enable_fast_path)
 
     def step(self, *args, **kwargs):
-        traced = self.compiled.get(len(args[0])) if self.compiled and len(args) == 1 and not kwargs else None
+        traced = self.compiled.get(len(args[0])) if self.compiled and len(args) == 1 else None
+        if traced is not None and sorted(kwargs) != traced.keys:
+            traced = None
         ok = None
         if traced is not None:  # the fast path: one graph replay gives loss, finiteness and gradients
-            loss, ok, grads = traced(args[0])
+            loss, ok, grads = traced(args[0], **kwargs)
             params = traced.params
             for p, g in zip(params, grads):
                 p.grad = g
@@ -183,9 +188,11 @@ class Trainer:
     :param modules: ``nn.Module`` s to switch between train and eval mode (optional).
     :param int max_bad_steps: stop with :class:`NonFiniteLossError` after this many non-finite steps in a row.
     :param float bad_lr_factor: multiply the learning rate by this after each non-finite step.
-    :param fast: ``"auto"`` traces loss and gradients into one graph when the pair declares ``jit_compatible = True``
-        (the built-in models do), ``True`` tries it for any pair, ``False`` never (see :meth:`enable_fast_path`);
-        whether it applies is said in :attr:`fast_note` and the log.
+    :param fast: ``"auto"`` (or ``True``) traces loss and gradients into one graph for any pair that does not
+        declare ``jit_compatible = False``, once proven on real batches, and compiles it when the run is long
+        enough to pay for that; ``"compile"`` always compiles, ``"trace"`` never; ``False`` turns the fast path
+        off (see :meth:`enable_fast_path`).  Whether it applies is printed when training starts and said in
+        :attr:`fast_note` and in each epoch's metrics (``fast_path``, ``fast_path_note``).
     :param check_every: every how many steps the host reads the NaN guard's counts (bad steps are skipped on the
         device in between); default 1 on a CPU, where a read costs nothing, and ``log_every`` on a GPU.
     :param str data_plate: the plate over data points, where the trace cannot tell (see
@@ -206,6 +213,8 @@ class Trainer:
         if check_every is not None:
             validation.check_positive_int("check_every", check_every)
         validation.check_fraction("bad_lr_factor", bad_lr_factor, "; e.g. 0.5 halves the learning rate")
+        if not any(fast is mode or (isinstance(fast, str) and fast == mode) for mode in FAST_MODES):
+            raise ValueError(f"fast must be one of {', '.join(map(repr, FAST_MODES))}, got {fast!r}")
         self.model, self.guide = model, guide
         self.elbo = make_elbo(elbo, particles, data_plate=data_plate) if isinstance(elbo, str) else elbo
         self.data_plate = data_plate
@@ -341,35 +350,84 @@ class Trainer:
                                   f"the partial epoch is discarded and the run holds {where}; "
                                   f"continue with --resume", self._signal)
 
-    def _probe(self, x):
+    def _probe(self, x, kwargs=None):
         """Trace the pair once on a batch (:func:`~pyro_vae.core.checked_probe`): its shapes fit, and the plate
         nesting that Pyro's ELBO would guess at its first step.  It draws samples, so it runs before the RNG
         state of a checkpoint is restored."""
-        self.pair = checked_probe(self.model, self.guide, x, data_plate=self.data_plate)
+        self.pair = checked_probe(self.model, self.guide, x, data_plate=self.data_plate, **(kwargs or {}))
         if getattr(self.elbo, "max_plate_nesting", None) == math.inf:  # as Pyro counts it: vectorized particles too
             particles = getattr(self.elbo, "vectorize_particles", False) and self.elbo.num_particles > 1
             self.elbo.max_plate_nesting = self.pair.max_plate_nesting + int(particles)
         return self.pair
 
     # -- the fast path ----------------------------------------------------------------------------
-    def enable_fast_path(self, batches, batch_kwargs=None):
+    def enable_fast_path(self, batches, planned_steps=None):
         """Trace loss and gradients once per batch size (:mod:`pyro_vae.training.fast`) where that is valid; else say why.
 
-        ``batches``: two different batches of each size training uses (a trace that freezes
-        data-dependent control flow is caught by comparing it with the plain loss on both).
-        The note is kept in :attr:`fast_note` and logged; the RNG state is left as it was.
+        ``batches``: two different batches of each size training uses, tensors ``x`` or pairs ``(x, kwargs)``
+        with the per-batch keyword arguments (a trace that freezes data-dependent control flow is caught
+        by comparing it with the plain loss on both).  The note is kept in :attr:`fast_note` and logged;
+        the RNG state is left as it was.
+
+        The graphs are then compiled by TorchInductor (:meth:`fast.TracedStep.compile`) when ``fast="compile"``,
+        or with ``fast="auto"`` when the ``planned_steps`` of the run would take at least
+        ``fast.COMPILE_WHEN_SECONDS[device]`` through the TorchScript replay (compiling costs seconds).
         """
-        why = fast.blocker(self.elbo, self.model, self.guide, self.fast, batch_kwargs)
+        why = fast.blocker(self.elbo, self.model, self.guide, self.fast)
         compiled = {}
         if why is None:
             if self.pair is None:
-                self._probe(batches[0])
+                self._probe(*(batches[0] if isinstance(batches[0], tuple) else (batches[0],)))
             compiled, why = fast.trace_steps(self.elbo, self.model, self.guide, batches)
         self.svi.compiled = compiled
-        self.fast_note = (f"fast path: loss and gradients traced into one graph for batch sizes {sorted(compiled)}"
-                          if why is None else f"fast path not used: {why}")
+        if why is None:
+            self.fast_note = (f"fast path: loss and gradients traced into one graph for batch sizes "
+                              f"{sorted(compiled)}, {self._compile(batches, planned_steps)}")
+        else:
+            self.fast_note = f"fast path not used: {why}"
         logger.info(self.fast_note)
         return why is None
+
+    def _compile(self, batches, planned_steps):
+        """Compile the traced steps where that pays (see :meth:`enable_fast_path`); say how they are replayed."""
+        compiled = self.svi.compiled
+        x, kwargs = batches[0] if isinstance(batches[0], tuple) else (batches[0], {})
+        backend = compiled[len(x)].backend
+        if self.fast == "trace":
+            return f"replayed by {backend} (fast='trace': not compiled)"
+        if self.fast != "compile":
+            seconds = fast.step_seconds(compiled[len(x)], x, kwargs)
+            worth = fast.COMPILE_WHEN_SECONDS.get(x.device.type, fast.COMPILE_WHEN_SECONDS["cuda"])
+            if planned_steps is None or planned_steps * seconds < worth:
+                run = f"{planned_steps} planned steps" if planned_steps else "an unknown number of steps"
+                return (f"replayed by {backend} (not compiled: {run} of {seconds * 1e3:.2g} ms take less than "
+                        f"the {worth:.0f} s that pay for compiling)")
+        took, why = fast.compile_steps(compiled, self.elbo, self.model, self.guide, batches)
+        if why:
+            return f"replayed by {backend} (not compiled: {why})"
+        how = " as one CUDA graph per step" if x.device.type == "cuda" else ""
+        rest = [size for size, step in compiled.items() if step.backend != "inductor"]
+        rest = f"; batch size {', '.join(map(str, rest))} by {backend}" if rest else ""
+        return f"replayed by inductor{how} (compiled in {took:.1f} s){rest}"
+
+    def _recheck_fast_path(self, x, kwargs):
+        """Prove the trace again at an epoch's start (values read from Python may have changed since it was made):
+        one plain and one traced step on ``x`` must agree, or the fast path is dropped.  RNG and buffers are
+        left as they were, so training draws the same numbers either way."""
+        step = self.svi.compiled.get(len(x))
+        if step is None:
+            return
+        rng = pyro.util.get_rng_state()
+        try:
+            why = fast.check_step(step, self.elbo, self.model, self.guide, x, kwargs)
+        finally:
+            pyro.util.set_rng_state(rng)
+        if why:
+            self.svi.compiled = {}
+            self.fast_note = f"fast path not used from epoch {self.epoch + 1} on: {why}"
+            logger.warning(self.fast_note)
+            if self.progress and distributed.is_main():
+                tqdm.write(self.fast_note)
 
     # -- the loop ------------------------------------------------------------------------------
     def _set_training(self, mode):
@@ -418,13 +476,17 @@ class Trainer:
                                  f"and device")
         return data, test_x
 
-    def fit(self, data, epochs, batch_size=128, test_x=None, resume=False, callback=None, batch_kwargs=None):
+    def fit(self, data, epochs, batch_size=128, test_x=None, resume=False, callback=None, batch_kwargs=None,
+            before_epoch=None):
         """Train until ``epochs`` epochs are complete (counting resumed ones); return every epoch's metrics.
 
         :param data: an :class:`~pyro_vae.data.ImageData` or a tensor of training images.
         :param test_x: images for ``test_elbo`` (default: ``data.test``).
         :param resume: continue from ``out_dir/checkpoint.pt`` instead of starting afresh.
         :param callback: called as ``callback(trainer, metrics)`` after each epoch.
+        :param before_epoch: called as ``before_epoch(trainer)`` before each epoch's first step, also the first
+            after a resume (``trainer.epoch`` epochs complete), e.g. ``KLSchedule.set_epoch``: values that change
+            during a run live in tensors the loss reads, so the traced fast path sees them too.
         :param batch_kwargs: optional ``f(index) -> dict`` of extra keyword arguments for model and guide on the
             training batch ``data.train[index]`` (e.g. labels for semi-supervised models); evaluation passes none.
         """
@@ -450,19 +512,32 @@ class Trainer:
         if distributed.active():
             distributed.broadcast_parameters(self._params_by_name())
         steps_per_epoch = math.ceil(len(data.train) / batch_size)
-        if self.fast is not False and not self.svi.compiled:
-            n = len(data.train)
-            probes = [data.train[:batch_size], data.train[batch_size : 2 * batch_size]]
-            if n % batch_size:  # the last, shorter batch: its own trace, checked on two different batches too
-                probes += [data.train[n - n % batch_size :], data.train[: n % batch_size]]
-            probes = [distributed.shard(b) for b in probes if len(b)]
-            self.enable_fast_path([b for b in probes if len(b)], batch_kwargs)
+        n = len(data.train)
+        probes = [slice(0, batch_size), slice(batch_size, 2 * batch_size)]
+        if n % batch_size:  # the last, shorter batch: its own trace, checked on two different batches too
+            probes += [slice(n - n % batch_size, n), slice(0, n % batch_size)]
+        # (x, kwargs) of two different batches of each size, as this rank sees them
+        probes = [(distributed.shard(data.train[s]),
+                   {k: distributed.shard(v) for k, v in (batch_kwargs(s) if batch_kwargs else {}).items()})
+                  for s in probes if len(range(n)[s])]
+        probes = [(x, kw) for x, kw in probes if len(x)]
+        if self.fast is False:
+            self.svi.compiled, self.fast_note = {}, "fast path not used: turned off (fast=False)"
+        elif not self.svi.compiled:
+            self._set_training(True)  # the mode the steps run in (a trace keeps it)
+            self.enable_fast_path(probes, planned_steps=steps_per_epoch * (epochs - self.epoch))
+        if self.progress and distributed.is_main() and self.fast_note:
+            tqdm.write(self.fast_note)
         buffers = [b for m in self.modules for b in m.buffers() if b.is_floating_point()]
         check_every = self.check_every or (1 if first.device.type == "cpu" else self.log_every)
         self._set_training(True)
         with self._stop_on_signals():
             while self.epoch < epochs:
                 self._check_signal(epochs)
+                if before_epoch:
+                    before_epoch(self)
+                if self.svi.compiled:
+                    self._recheck_fast_path(*probes[0])
                 set_lr(self.optim, self.lr)
                 start = time.perf_counter()
                 total = torch.zeros((), dtype=first.dtype, device=first.device)  # the data's precision
@@ -496,7 +571,8 @@ class Trainer:
                 metrics = {"epoch": self.epoch, "train_loss": mean_loss.item()}
                 if test_x is not None:
                     metrics["test_elbo"] = self.evaluate_elbo(test_x)
-                metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=seen)
+                metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=seen,
+                               fast_path=bool(self.svi.compiled), fast_path_note=self.fast_note)
                 self.history.append(metrics)
                 if self.writes:
                     with open(os.path.join(self.out_dir, METRICS), "a") as f:
@@ -504,7 +580,7 @@ class Trainer:
                     self.save_checkpoint()
                 if self.progress and distributed.is_main():
                     tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                        for k, v in metrics.items()))
+                                        for k, v in metrics.items() if k != "fast_path_note"))
                 if callback:
                     callback(self, metrics)
         return list(self.history)
