@@ -22,8 +22,10 @@ from .hierarchical import build_hierarchical
 from .likelihoods import make_likelihood
 from .models import VAE
 from .nets import MLP, ConvDecoder, ConvEncoder
+from .priors import PseudoInputs
 from .pictures import save_latent_scatter, save_run_pictures, save_samples
 from .semisupervised import build_m2
+from .tensorboard import bits_per_dim, evaluated_step, log_evaluation
 from .training import CHECKPOINT, METRICS, Trainer, resolve_device
 from .variants import KLSchedule, beta_scale, check_estimator
 
@@ -68,9 +70,11 @@ def build_vae(config, x_shape, num_data=None):
                        **guide_options(config))
     decoder = make_decoder(config, x_shape, config.latent_dim)
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
-    return VAE(decoder, guide, likelihood, config.latent_dim, x_shape, num_data)
+    pseudo = PseudoInputs(config.pseudo_inputs, x_shape) if config.prior == "vampprior" else None
+    return VAE(decoder, guide, likelihood, config.latent_dim, x_shape, num_data, pseudo_inputs=pseudo)
 
 
+build_vae.priors = ("standard", "vampprior")  # the --prior names a builder accepts (read by validation.check_config)
 register_model("hierarchical")(build_hierarchical)
 register_model("relaxed-categorical")(build_relaxed_categorical)
 register_model("m2")(build_m2)
@@ -129,14 +133,16 @@ def train(config, resume=False, progress=True):
     trainer = Trainer(model, guide, elbo, config.particles, config.lr, config.optimizer,
                       config.lr_decay, config.clip_norm, out_dir=out, log_every=config.log_every,
                       eval_particles=config.eval_particles, progress=progress, modules=[vae],
-                      max_bad_steps=config.max_bad_steps)
+                      max_bad_steps=config.max_bad_steps, tensorboard=config.tensorboard,
+                      images_every=config.images_every)
     # optional model hooks: on_epoch(completed epochs) e.g. anneals a temperature; batch_kwargs(data) gives
     # index -> extra model/guide kwargs (labels); report(data) gives final figures (written to report.json)
     on_epoch = getattr(vae, "on_epoch", None)
     callback = (lambda t, metrics: on_epoch(t.epoch)) if on_epoch else None
     batch_kwargs = vae.batch_kwargs(data) if hasattr(vae, "batch_kwargs") else None
     history = trainer.fit(data, config.epochs, config.batch_size, resume=resume, callback=callback,
-                          batch_kwargs=batch_kwargs)
+                          batch_kwargs=batch_kwargs, early_stopping=config.early_stopping,
+                          warmup_epochs=config.kl_warmup_epochs)
     if not distributed.is_main():
         return vae, data, history
     if hasattr(vae, "report"):
@@ -162,6 +168,8 @@ def load_run(run_dir, device="auto", data=True):
     validation.check_config(config)
     device = resolve_device(device)
     state = validation.load_checkpoint(ckpt_path)
+    if config.early_stopping and state.get("best"):  # early stopping: the parameters of the best epoch
+        state = {**state, **{k: state["best"][k] for k in ("params", "buffers")}}
     pyro.clear_param_store()
     dataset = _load_data(config, device) if data else None
     x_shape = dataset.x_shape if dataset else (1, 28, 28)
@@ -195,6 +203,10 @@ def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="au
     config, vae, data = load_run(run_dir, device)
     x, labels = _eval_split(data, split, limit)
     result = {"split": split, **evaluate(vae.model, vae.guide, x, nll_samples=nll_samples)}
+    if "nll" in result and config.binarize != "none" and config.likelihood == "bernoulli":  # discrete data
+        result["bits_per_dim"] = bits_per_dim(result["nll"], x[0].numel())
+    if config.tensorboard:
+        log_evaluation(run_dir, result, evaluated_step(run_dir, config), split)
     if pictures:
         paths = save_run_pictures(vae.model, vae.guide, x[:64], run_dir)
         save_latent_scatter(embeddings(vae.guide, x[:5000]), labels[:5000], os.path.join(run_dir, "latent_scatter.png"),

@@ -10,11 +10,21 @@ Run directory (``out_dir``):
                     −ELBO per training image over the finite steps, nats), ``test_elbo``
                     (mean ELBO per test image), ``seconds``, ``lr`` (at the epoch's end),
                     ``steps``,
-                    ``bad_steps`` (skipped non-finite steps)
+                    ``bad_steps`` (skipped non-finite steps); ``test_recon`` and ``test_kl``
+                    (``test_elbo = test_recon − test_kl``); ``validation_elbo`` when the data
+                    has a validation split; ``active_units`` and ``kl_per_dim`` (``{site: …}``,
+                    on the first ``diagnostic_images`` test images)
 ``checkpoint.pt``   epoch, params, module buffers, optimizer state, RNG states, learning-rate
-                    scale and the metrics of every completed epoch; written atomically
-                    (temporary file, fsync, rename) before the first epoch and after each one
+                    scale, the metrics of every completed epoch and (early stopping) the best
+                    epoch's parameters; written atomically (temporary file, fsync, rename)
+                    before the first epoch and after each one
+``best.pt``         early stopping: ``epoch``, ``params``, ``buffers`` of the epoch with the
+                    highest ``validation_elbo``
+``events.out.*``    TensorBoard event files: the same rows, the running loss, pictures
 =================== ======================================================================
+
+Validation, the per-epoch latent figures and the pictures draw their random numbers from a
+fork of the RNG, so they leave the training trajectory as it would be without them.
 
 Reliability contract:
 
@@ -60,12 +70,13 @@ from tqdm.auto import tqdm
 from . import distributed, fast, validation
 from .data import ImageData
 from .estimators import make_elbo
-from .evaluation import elbo_per_point
+from .evaluation import _latent_pass, active_units, elbo_terms, posterior_means
 from .importance import data_plate_scale, guess_max_plate_nesting
 from .optim import FusedOptim, make_optimizer, set_lr
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
 METRICS = "metrics.jsonl"
 
 
@@ -164,6 +175,20 @@ def _atomic_save(obj, path):
         raise
 
 
+@contextlib.contextmanager
+def _closing(writer):
+    try:
+        yield writer
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _cuda_devices(x):
+    """The CUDA device of tensor ``x`` as a list for :func:`torch.random.fork_rng` (empty on a CPU)."""
+    return [x.device] if x.device.type == "cuda" else []
+
+
 def _atomic_write_lines(lines, path):
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -201,11 +226,16 @@ class Trainer:
         whether it applies is said in :attr:`fast_note` and the log.
     :param check_every: every how many steps the host reads the NaN guard's counts (bad steps are skipped on the
         device in between); default 1 on a CPU, where a read costs nothing, and ``log_every`` on a GPU.
+    :param tensorboard: write TensorBoard event files into ``out_dir`` (:mod:`pyro_vae.tensorboard`): every metrics
+        row, the running loss every ``log_every`` steps, and pictures every ``images_every`` epochs (0: none).
+    :param diagnostic_images: the first this many test images give each epoch's ``active_units`` and ``kl_per_dim``
+        (0: not computed).
     """
 
     def __init__(self, model, guide, elbo="trace", particles=1, lr=1e-3, optimizer="adam", lr_decay=1.0,
                  clip_norm=None, out_dir=None, log_every=50, eval_particles=1, progress=True, modules=(),
-                 extra_state=None, max_bad_steps=10, bad_lr_factor=0.5, fast="auto", check_every=None):
+                 extra_state=None, max_bad_steps=10, bad_lr_factor=0.5, fast="auto", check_every=None,
+                 tensorboard=True, images_every=1, diagnostic_images=1000):
         if not callable(model) or not callable(guide):
             raise TypeError("model and guide must be callables taking the batch x first, e.g. vae.model, vae.guide")
         validation.check_positive_int("particles", particles, "; pass e.g. --particles 1")
@@ -235,6 +265,10 @@ class Trainer:
         self.fast = fast
         self.check_every = check_every
         self.fast_note = None
+        validation.check_nonnegative_int("images_every", images_every, "; 0: no images in TensorBoard")
+        validation.check_nonnegative_int("diagnostic_images", diagnostic_images, "; 0: no per-epoch active units")
+        self.tensorboard, self.images_every, self.diagnostic_images = tensorboard, images_every, diagnostic_images
+        self.best = None  # parameters and buffers of the best epoch (early stopping), see _snapshot
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
 
@@ -261,6 +295,7 @@ class Trainer:
             "rng": rng,
             "lr_scale": self.lr_scale,
             "history": list(self.history),
+            "best": self.best,
             **self.extra_state,
         }
 
@@ -306,6 +341,7 @@ class Trainer:
         self.epoch = state["epoch"]
         self.lr_scale = state.get("lr_scale", 1.0)
         self.history = list(state.get("history", []))
+        self.best = state.get("best")
 
     def _load_optim_state(self, optim_state, params):
         """Load the optimizer state now (not lazily at the first step), so :func:`set_lr` reaches it."""
@@ -380,14 +416,33 @@ class Trainer:
 
     def evaluate_elbo(self, x, batch_size=1000):
         """Mean ELBO per image of ``x`` (nats); under torch.distributed each rank scores its share."""
+        return self.evaluate_terms(x, batch_size)["elbo"]
+
+    def evaluate_terms(self, x, batch_size=1000):
+        """Mean ``elbo``, ``recon`` = E_q[log p(x|z)] and ``kl`` = E_q[log q − log p] per image of ``x`` (nats;
+        ``elbo = recon − kl``), from one pass; under torch.distributed each rank scores its share."""
         self._set_training(False)
         try:
-            elbo = elbo_per_point(self.model, self.guide, distributed.shard(x), num_particles=self.eval_particles,
-                                  batch_size=batch_size)
+            recon, kl = elbo_terms(self.model, self.guide, distributed.shard(x), num_particles=self.eval_particles,
+                                   batch_size=batch_size)
         finally:
             self._set_training(True)
-        total = distributed.all_sum(torch.stack([elbo.sum(), elbo.new_tensor(float(len(elbo)))]))
-        return (total[0] / total[1]).item()
+        elbo = recon - kl
+        total = distributed.all_sum(torch.stack([elbo.sum(), recon.sum(), kl.sum(), elbo.new_tensor(float(len(elbo)))]))
+        mean = (total[:3] / total[3]).tolist()
+        return dict(zip(("elbo", "recon", "kl"), mean))
+
+    def latent_figures(self, x, batch_size=1000):
+        """``{"active_units": {site: count}, "kl_per_dim": {site: [KL of each dimension]}}`` on images ``x``
+        (see :mod:`pyro_vae.evaluation`; a site whose q does not factorize has no ``kl_per_dim`` entry)."""
+        self._set_training(False)
+        try:
+            _, _, per_dim = _latent_pass(self.model, self.guide, x, batch_size=batch_size)
+            active = active_units(posterior_means(self.guide, x, batch_size=batch_size))
+        finally:
+            self._set_training(True)
+        return {"active_units": {site: count for site, (count, _) in active.items()},
+                "kl_per_dim": {site: t.mean(0).tolist() for site, t in per_dim.items() if t is not None}}
 
     @property
     def writes(self):
@@ -420,8 +475,10 @@ class Trainer:
                                  f"and device")
         return data, test_x
 
-    def fit(self, data, epochs, batch_size=128, test_x=None, resume=False, callback=None, batch_kwargs=None):
-        """Train until ``epochs`` epochs are complete (counting resumed ones); return every epoch's metrics.
+    def fit(self, data, epochs, batch_size=128, test_x=None, resume=False, callback=None, batch_kwargs=None,
+            val_x=None, early_stopping=None, warmup_epochs=0):
+        """Train until ``epochs`` epochs are complete (counting resumed ones), or early stopping ends the run;
+        return every epoch's metrics.
 
         :param data: an :class:`~pyro_vae.data.ImageData` or a tensor of training images.
         :param test_x: images for ``test_elbo`` (default: ``data.test``).
@@ -429,8 +486,21 @@ class Trainer:
         :param callback: called as ``callback(trainer, metrics)`` after each epoch.
         :param batch_kwargs: optional ``f(index) -> dict`` of extra keyword arguments for model and guide on the
             training batch ``data.train[index]`` (e.g. labels for semi-supervised models); evaluation passes none.
+        :param val_x: images for ``validation_elbo`` (default: ``data.val``, when the data has a validation split).
+        :param early_stopping: patience P: stop once ``validation_elbo`` has not improved for P epochs in a row
+            after the first ``warmup_epochs`` (the counter stays at 0 during warm-up); the parameters of the best
+            epoch are kept in the checkpoint and in ``best.pt`` (see :attr:`best_epoch`).  None: off.
         """
         data, test_x = self._prepare(data, test_x, batch_size, epochs)
+        val_x = data.val if val_x is None else val_x
+        if early_stopping is not None:
+            validation.check_positive_int("early_stopping", early_stopping, "; pass e.g. --early-stopping 50")
+            validation.check_nonnegative_int("warmup_epochs", warmup_epochs)
+            if val_x is None:
+                raise ValueError("early stopping watches the validation ELBO, but the data has no validation split; "
+                                 "pass --validation N (e.g. 10000) or leave out --early-stopping")
+        if val_x is not None:
+            validation.check_data_for_model(self.model, val_x, "validation data")
         state = None
         if resume:
             if not self.out_dir:
@@ -445,6 +515,8 @@ class Trainer:
             self.load_state_dict(state, first)
             if self.writes:
                 self._write_metrics()
+                if self.best is not None:
+                    _atomic_save(self.best, os.path.join(self.out_dir, BEST))
         elif self.writes and self.epoch == 0:
             self.history = []
             self._write_metrics()
@@ -462,8 +534,14 @@ class Trainer:
         buffers = [b for m in self.modules for b in m.buffers() if b.is_floating_point()]
         check_every = self.check_every or (1 if first.device.type == "cpu" else self.log_every)
         self._set_training(True)
-        with self._stop_on_signals():
-            while self.epoch < epochs:
+        tb = None
+        if self.writes and self.tensorboard:
+            from .tensorboard import RunWriter
+
+            tb = RunWriter(self.out_dir, purge_step=self.epoch * steps_per_epoch + 1)  # drops an interrupted epoch
+        patience = (early_stopping, warmup_epochs) if early_stopping is not None else None
+        with self._stop_on_signals(), _closing(tb):
+            while self.epoch < epochs and not (patience and self.stop_early(*patience)):
                 self._check_signal(epochs)
                 set_lr(self.optim, self.lr)
                 start = time.perf_counter()
@@ -487,8 +565,11 @@ class Trainer:
                     if step % check_every == 0:
                         seen = self._act_on_bad_steps(int(bad), seen, int(worst), step, epochs)
                         worst = run
-                    if self.progress and step % self.log_every == 0 and step > seen:
-                        bar.set_postfix(loss=f"{total.item() / (step - seen):.2f}")
+                    if (self.progress or tb) and step % self.log_every == 0 and step > seen:
+                        running = total.item() / (step - seen)
+                        bar.set_postfix(loss=f"{running:.2f}")
+                        if tb:
+                            tb.scalar("running_loss", running, self.epoch * steps_per_epoch + step)
                     self._check_signal(epochs)
                 bar.close()
                 seen = self._act_on_bad_steps(int(bad), seen, int(worst), step, epochs)
@@ -497,19 +578,88 @@ class Trainer:
                 mean_loss = distributed.all_sum(total / max(step - seen, 1)) / distributed.world_size()
                 metrics = {"epoch": self.epoch, "train_loss": mean_loss.item()}
                 if test_x is not None:
-                    metrics["test_elbo"] = self.evaluate_elbo(test_x)
+                    metrics.update({f"test_{k}": v for k, v in self.evaluate_terms(test_x).items()})
+                with torch.random.fork_rng(devices=_cuda_devices(first)):  # leaves training's random stream as it is
+                    if val_x is not None:
+                        metrics["validation_elbo"] = self.evaluate_elbo(val_x)
+                    if test_x is not None and self.diagnostic_images:
+                        metrics.update(self._latent_figures(test_x[: self.diagnostic_images]))
                 metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=seen)
                 self.history.append(metrics)
+                if patience and self.best_epoch == self.epoch:
+                    self.best = self._snapshot()
                 if self.writes:
                     with open(os.path.join(self.out_dir, METRICS), "a") as f:
                         f.write(json.dumps(metrics) + "\n")
+                    if tb:
+                        self._write_tensorboard(tb, metrics, first.device, test_x, steps_per_epoch, epochs)
                     self.save_checkpoint()
+                    if patience and self.best_epoch == self.epoch:
+                        _atomic_save(self.best, os.path.join(self.out_dir, BEST))
                 if self.progress and distributed.is_main():
                     tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in metrics.items()))
                 if callback:
                     callback(self, metrics)
+        if patience and self.stop_early(*patience) and self.progress and distributed.is_main():
+            tqdm.write(f"early stopping after epoch {self.epoch}: the validation ELBO peaked at epoch "
+                       f"{self.best_epoch}")
         return list(self.history)
+
+    # -- early stopping and the per-epoch record ----------------------------------------------------
+    @property
+    def best_epoch(self):
+        """The epoch with the highest ``validation_elbo`` so far (the first of ties), or None."""
+        scored = [(m["validation_elbo"], -m["epoch"]) for m in self.history
+                  if m.get("validation_elbo") is not None and math.isfinite(m["validation_elbo"])]
+        return -max(scored)[1] if scored else None
+
+    def stop_early(self, patience, warmup_epochs=0):
+        """Whether ``patience`` epochs have passed since the best validation ELBO, counting from the warm-up's end.
+
+        It is read from :attr:`history` alone, so a resumed run continues the count exactly.
+        """
+        if not self.history or self.best_epoch is None:
+            return False
+        return self.epoch - max(self.best_epoch, warmup_epochs) >= patience
+
+    def _snapshot(self):
+        """Parameters and buffers now (on the CPU), with the epoch: what ``best.pt`` holds."""
+        store = pyro.get_param_store()
+        return {"epoch": self.epoch,
+                "params": {name: p.detach().cpu().clone() for name, p in store.named_parameters()},
+                "buffers": {i: {k: b.detach().cpu().clone() for k, b in m.named_buffers()}
+                            for i, m in enumerate(self.modules)}}
+
+    def _latent_figures(self, x):
+        """:meth:`latent_figures`, or {} (with one warning, and off for the rest of the run) for a pair it fails on."""
+        try:
+            return self.latent_figures(x)
+        except Exception as e:  # a user pair the evaluator cannot read: training goes on without these figures
+            logger.warning(f"per-epoch active units / KL per dimension turned off: {type(e).__name__}: {e}")
+            self.diagnostic_images = 0
+            return {}
+
+    def _write_tensorboard(self, tb, metrics, device, test_x, steps_per_epoch, epochs):
+        """The epoch's row, and every ``images_every`` epochs (and the last) its pictures, then flush: the events
+        are on disk before the checkpoint that includes the epoch."""
+        step = self.epoch * steps_per_epoch
+        tb.row(metrics, step)
+        if test_x is not None and self.images_every and (self.epoch % self.images_every == 0 or self.epoch == epochs):
+            self._set_training(False)
+            try:
+                from .tensorboard import picture_grids
+
+                with torch.random.fork_rng(devices=_cuda_devices(test_x)):
+                    grids = picture_grids(self.model, self.guide, test_x)
+                for tag, images in grids.items():
+                    tb.images(tag, images, step)
+            except Exception as e:  # e.g. a pair without an observed image site "x"
+                logger.warning(f"TensorBoard images turned off: {type(e).__name__}: {e}")
+                self.images_every = 0
+            finally:
+                self._set_training(True)
+        tb.flush()
 
     def _act_on_bad_steps(self, bad, seen, worst, step, epochs):
         """``bad`` steps skipped this epoch, ``seen`` of them already acted on, ``worst`` the longest run of bad

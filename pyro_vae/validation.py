@@ -203,6 +203,10 @@ def check_config(config):
     # a model builder may declare its own guide names (e.g. hierarchical: top-down, bottom-up)
     check_choice("guide", config.guide, getattr(MODELS[config.model], "guides", GUIDES), "guide")
     check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
+    priors = getattr(MODELS[config.model], "priors", ("standard",))
+    if config.prior not in priors:
+        raise ValueError(f"--prior {config.prior} is not available for --model {config.model}; it offers "
+                         f"{', '.join(priors)}")
     check_positive_float("sigma", config.sigma, "; pass e.g. --sigma 0.1")
     for option in ("limit", "test_limit"):
         if getattr(config, option) is not None:
