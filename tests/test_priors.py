@@ -37,6 +37,21 @@ def test_log_density_is_the_mixture_computed_by_hand():
     expanded = prior.expand((4,))  # what pyro.plate does
     assert expanded.batch_shape == (4,)
     torch.testing.assert_close(expanded.log_prob(z), normal_mixture_by_hand(z, loc, scale), rtol=1e-12, atol=1e-12)
+    # components with a batch dimension of their own take the generic path (a [..., K, D] tensor): the same density
+    batched = VampPrior(dist.Normal(loc.expand(4, 5, 3), scale.expand(4, 5, 3)).to_event(1))
+    assert batched._gaussians is None and batched.batch_shape == (4,)
+    torch.testing.assert_close(batched.log_prob(z), normal_mixture_by_hand(z, loc, scale), rtol=1e-12, atol=1e-12)
+
+
+def test_float32_density_of_40_dimensional_posteriors_is_accurate():
+    """The matrix-product form on float32 inputs stays within 1e-4 nats of float64 for 500 sharp posteriors, D = 40."""
+    g = torch.Generator().manual_seed(0)
+    loc, scale = torch.randn(500, 40, generator=g) * 2, torch.rand(500, 40, generator=g) * 0.95 + 0.05
+    z = loc[:100] + scale[:100] * torch.randn(100, 40, generator=g)  # near the components, where they are sharp
+    prior = VampPrior(dist.Normal(loc, scale).to_event(1)).expand((100,))
+    exact = normal_mixture_by_hand(z.double(), loc.double(), scale.double())
+    assert prior.log_prob(z).dtype == torch.float32
+    assert (prior.log_prob(z).double() - exact).abs().max() < 1e-4
 
 
 def test_samples_follow_the_mixture():
