@@ -163,16 +163,25 @@ def test_early_stopping_needs_a_validation_split():
 @pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist")
 def test_evaluate_adds_nll_and_bits_per_dim_to_the_run(tmp_path, monkeypatch):
     monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "data"))
-    config = Config(limit=200, test_limit=40, validation=100, early_stopping=5, latent_dim=4, hidden_dims=[32],
-                    epochs=2, batch_size=50, device="cpu", pictures=False, out=str(tmp_path / "run"))
-    experiment.train(config, progress=False)
+    # 20 training images: the validation ELBO peaks after some 15 epochs, and the run stops 3 later
+    config = Config(limit=20, test_limit=40, validation=100, early_stopping=3, latent_dim=8, hidden_dims=[128],
+                    epochs=30, lr=0.01, batch_size=10, device="cpu", pictures=False, out=str(tmp_path / "run"))
+    _, _, history = experiment.train(config, progress=False)
     result = experiment.evaluate_run(config.out, nll_samples=20, pictures=False)
     assert result["bits_per_dim"] == pytest.approx(result["nll"] / (784 * math.log(2)))
     scalars = read_scalars(config.out)
-    best = max(rows(config.out), key=lambda r: r["validation_elbo"])["epoch"]
-    assert scalars["eval/test/nll"] == [(best * 4, pytest.approx(result["nll"], rel=1e-6))]  # at the best epoch
+    best = max(history, key=lambda r: r["validation_elbo"])["epoch"]
+    assert len(history) == best + 3 < 30
+    assert scalars["eval/test/nll"] == [(best * 2, pytest.approx(result["nll"], rel=1e-6))]  # at the best epoch
     assert scalars["eval/test/bits_per_dim"][0][1] == pytest.approx(result["bits_per_dim"], rel=1e-6)
-    assert len(scalars["train_loss"]) == 2
+    assert len(scalars["train_loss"]) == len(history)
+    # evaluation (and every command that loads the run) reads the best epoch's parameters, not the last ones
+    saved = torch.load(os.path.join(config.out, "best.pt"), weights_only=False)
+    last = torch.load(os.path.join(config.out, "checkpoint.pt"), weights_only=False)["params"]
+    assert saved["epoch"] == best
+    experiment.load_run(config.out, "cpu", data=False)
+    for name, value in pyro.get_param_store().named_parameters():
+        assert torch.equal(value.detach(), saved["params"][name]) and not torch.equal(value.detach(), last[name])
 
 
 def _free_port():
