@@ -1,19 +1,26 @@
-"""Fashion-MNIST likelihood benchmark in the VampPrior setup, next to the published numbers.
+"""Fashion-MNIST likelihood benchmark in the VampPrior protocol, next to the published numbers.
 
-Setup of Tomczak & Welling's VampPrior code [1], used by the Exemplar VAE results [2]:
+Protocol of Tomczak & Welling's VampPrior code [1], used by the Exemplar VAE results [2]:
 50k train / 10k validation / 10k test images from torchvision, dynamically binarized
-training images, test images binarized once with a fixed seed, MLPs 784-300-300 with
-z = 40, Adam 5e-4, batch 100, KL warm-up over 100 epochs, NLL from 5000 importance
-samples.  Rows: the one-layer VAE; the same trained with IWAE (k = 50) and with DReG
-(k = 50); an IAF guide; a two-layer hierarchical model with the top-down (ladder)
-guide; the same with convolutional encoder/decoder.  Differences from [1]: ReLU MLPs
-instead of gated dense layers; importance-weighted rows train without warm-up (a β
-inside a log-sum-exp no longer gives a bound, so pyro_vae refuses it).
+training images, validation and test images binarized once with a fixed seed, MLPs
+784-300-300 with z = 40, Adam 5e-4, batch 100, KL warm-up over 100 epochs, early stopping
+on the validation ELBO with a look-ahead of 50 epochs (counted after the warm-up), at most
+2000 epochs, the best epoch's parameters evaluated: NLL from K = 5000 importance samples on
+all 10k test images.  Rows: the one-layer VAE; the same trained with IWAE (k = 50) and with
+DReG (k = 50); an IAF guide; the VampPrior (500 pseudo-inputs); a two-layer hierarchical
+model with the top-down (ladder) guide; the same with convolutional encoder/decoder, and
+with a VampPrior on its top layer.  Differences from [1]: ReLU MLPs instead of gated dense
+layers; importance-weighted rows train without warm-up (a β inside a log-sum-exp no longer
+gives a bound, so pyro_vae refuses it).
 
 Each row is a plain ``pyro_vae.Config`` trained by ``pyro_vae.app.experiment.train`` and
-evaluated by ``evaluate_run``; the table gives the command that reproduces it.
+evaluated by ``evaluate_run``; its ``command`` is the ``pyro-vae train`` line that reproduces
+the run from epoch 1 with its seed.  Results: ``{"rows": [...]}`` in
+``benchmarks/fashion_mnist_full.json`` for the protocol's budget (elsewhere ``OUT/fashion_mnist_full.json``,
+so a small budget never overwrites the measured rows), and a markdown table next to it.
 
-    python examples/benchmark_fashion_mnist.py --epochs 2000            # the paper's budget (GPU)
+    python examples/benchmark_fashion_mnist.py --device cuda                # the protocol (GPU, hours per row)
+    python examples/benchmark_fashion_mnist.py --device cuda --resume       # continue it after a stop
     python examples/benchmark_fashion_mnist.py --epochs 5 --warmup 2 --nll-samples 500 --test-limit 1000
     python examples/benchmark_fashion_mnist.py --smoke
 
@@ -41,58 +48,87 @@ ROWS = {
     "iwae-k50": ({"elbo": "iwae", "particles": 50, "kl_warmup_epochs": 0}, "VAE"),
     "dreg-k50": ({"elbo": "dreg", "particles": 50, "kl_warmup_epochs": 0}, "VAE"),
     "iaf": ({"guide": "iaf", "flows": 2, "flow_hidden_dims": [300]}, "VAE"),
+    "vampprior": ({"prior": "vampprior", "pseudo_inputs": 500}, "VampPrior"),
     "hvae-top-down": ({"model": "hierarchical", "latent_dims": [40, 40], "guide": "top-down"}, "HVAE"),
     "conv-hvae-top-down": ({"model": "hierarchical", "latent_dims": [40, 40], "guide": "top-down", "net": "conv"},
                            "ConvHVAE"),
+    "conv-hvae-vampprior": ({"model": "hierarchical", "latent_dims": [40, 40], "guide": "top-down", "net": "conv",
+                             "prior": "vampprior", "pseudo_inputs": 500}, "ConvHVAE + VampPrior"),
 }
+PROTOCOL = {"epochs": 2000, "warmup": 100, "early_stopping": 50, "nll_samples": 5000, "limit": None,
+            "test_limit": None}
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                       "fashion_mnist_full.json")
 
 
 def base_config(args, name):
     overrides, _ = ROWS[name]
     config = dict(dataset="fashion-mnist", validation=10000, binarize="dynamic", hidden_dims=[300, 300],
                   latent_dim=40, lr=5e-4, batch_size=100, epochs=args.epochs, kl_warmup_epochs=args.warmup,
-                  device=args.device, seed=args.seed, out=os.path.join(args.out, name), limit=args.limit,
-                  test_limit=args.test_limit, log_every=100)
+                  early_stopping=args.early_stopping or None, device=args.device, seed=args.seed,
+                  out=os.path.join(args.out, name), limit=args.limit, test_limit=args.test_limit, log_every=100,
+                  images_every=args.images_every)
     config.update(overrides)
     return Config(**config)
 
 
 def command(config):
-    """The `pyro-vae train` command line of a config (non-default fields only)."""
+    """The ``pyro-vae train`` line of a config: its non-default fields, and always the seed and the device."""
     default = Config().to_dict()
     parts = ["pyro-vae train"]
     for k, v in config.to_dict().items():
-        if v == default[k] or k in ("out",):
+        if k == "out" or (v == default[k] and k not in ("seed", "device")):
             continue
-        v = ",".join(map(str, v)) if isinstance(v, list) else v
-        parts.append(f"--{k.replace('_', '-')} {v}")
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            parts.append(flag if v else "--no-" + flag[2:])
+            continue
+        parts.append(f"{flag} {','.join(map(str, v)) if isinstance(v, list) else v}")
     return " ".join(parts) + f" --out runs/{os.path.basename(config.out)}"
 
 
-def run_row(args, name):
+def run_row(args, name, device):
     config = base_config(args, name)
+    held = os.path.exists(os.path.join(config.out, "checkpoint.pt"))
+    if held and not args.resume:
+        raise SystemExit(f"{config.out} already holds a run; pass --resume to continue it, or another --out")
     start = time.perf_counter()
-    experiment.train(config, resume=os.path.exists(os.path.join(config.out, "config.json")), progress=args.progress)
-    seconds = time.perf_counter() - start
+    _, _, history = experiment.train(config, resume=held, progress=args.progress)
+    trained = time.perf_counter() - start
     result = experiment.evaluate_run(config.out, nll_samples=args.nll_samples, limit=args.test_limit,
                                      split="test", device=args.device, pictures=False)
-    return {"row": name, "nll": result["nll"], "elbo": result["elbo"], "kl": result["kl"],
-            "active_units": result["active_units"], "train_seconds": seconds, "epochs": config.epochs,
-            "images": result["images"], "nll_samples": args.nll_samples, "published_row": ROWS[name][1],
-            "published_nll": PUBLISHED[ROWS[name][1]], "command": command(config)}
+    scored = [m for m in history if m.get("validation_elbo") is not None]
+    best = max(scored, key=lambda m: m["validation_elbo"])["epoch"] if scored else None
+    published = ROWS[name][1]
+    return {"row": name, "nll": result["nll"], "nll_samples": args.nll_samples, "images": result["images"],
+            "bits_per_dim": result.get("bits_per_dim"), "elbo": result["elbo"], "kl": result["kl"],
+            "active_units": result["active_units"], "epochs": len(history),
+            "best_epoch": best if config.early_stopping else len(history),
+            "published": {"row": published, "nll": PUBLISHED[published]}, "command": command(config),
+            "device": device, "hours": sum(m["seconds"] for m in history) / 3600,  # training, over every resume
+            "eval_hours": (time.perf_counter() - start - trained) / 3600,
+            # the run's metrics rows (its metrics.jsonl), without the per-dimension KL lists (in TensorBoard)
+            "history": [{k: v for k, v in m.items() if k != "kl_per_dim"} for m in history]}
 
 
-def markdown(rows, device):
-    lines = [f"Device: {device}.", "",
-             "| configuration | NLL (nats) | ELBO | active units | train time | published NLL (row) | NLL − published "
+def markdown(rows):
+    lines = ["| configuration | NLL (nats) | epochs (best) | published NLL (row) | NLL − published | device, hours "
              "| reproduce |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['row']} | {r['nll']:.2f} (K={r['nll_samples']}, {r['images']} images) | {r['elbo']:.2f} | "
-                     f"{r['active_units']} | {r['train_seconds'] / 60:.1f} min ({r['epochs']} epochs) | "
-                     f"{r['published_nll']:.2f} ({r['published_row']}) | {r['nll'] - r['published_nll']:+.2f} | "
-                     f"`{r['command']}` |")
+        pub = r["published"]
+        lines.append(f"| {r['row']} | {r['nll']:.2f} (K={r['nll_samples']}, {r['images']} images) | {r['epochs']} "
+                     f"({r['best_epoch']}) | {pub['nll']:.2f} ({pub['row']}) | {r['nll'] - pub['nll']:+.2f} | "
+                     f"{r['device']}, {r['hours']:.2f} h | `{r['command']}` |")
     return "\n".join(lines) + "\n"
+
+
+def results_path(args):
+    """``benchmarks/fashion_mnist_full.json`` at the protocol's budget, else ``OUT/fashion_mnist_full.json``."""
+    if args.results:
+        return args.results
+    protocol = all(getattr(args, k) == v for k, v in PROTOCOL.items()) and not args.smoke
+    return RESULTS if protocol else os.path.join(args.out, "fashion_mnist_full.json")
 
 
 def main(args):
@@ -103,26 +139,38 @@ def main(args):
     device = str(experiment.resolve_device(args.device))
     if device.startswith("cuda"):
         device += f" ({torch.cuda.get_device_name(torch.device(device))})"
+    path = results_path(args)
+    done = {r["row"]: r for r in _load(path)} if args.resume else {}
     rows = []
     for name in names:
-        rows.append(run_row(args, name))
-        print(json.dumps(rows[-1]))
-        table = write_results(args.out, rows, device)  # after every row, so a long run keeps what it measured
+        if name in done and done[name]["command"] == command(base_config(args, name)):
+            rows.append(done[name])  # finished and evaluated before the stop: kept as it is
+            continue
+        rows.append(run_row(args, name, device))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "history"}))
+        table = write_results(path, rows)  # after every row, so a long run keeps what it measured
+    table = write_results(path, rows)
     print(table)
     return rows
 
 
-def write_results(out, rows, device):
-    """Merge ``rows`` into ``out/results.json`` (rows measured earlier stay) and write ``out/results.md``."""
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "results.json")
+def _load(path):
+    return json.load(open(path))["rows"] if os.path.exists(path) else []
+
+
+def write_results(path, rows):
+    """Merge ``rows`` into ``path`` as ``{"rows": [...]}`` (rows measured earlier stay) and write the table beside it
+    (``.md``)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     done = {r["row"] for r in rows}
-    merged = [r for r in json.load(open(path)) if r["row"] not in done] if os.path.exists(path) else []
-    merged = sorted(merged + rows, key=lambda r: list(ROWS).index(r["row"]))
-    with open(path, "w") as f:
-        json.dump(merged, f, indent=2)
-    table = markdown(merged, device)
-    with open(os.path.join(out, "results.md"), "w") as f:
+    merged = [r for r in _load(path) if r["row"] not in done]
+    merged = sorted(merged + rows, key=lambda r: list(ROWS).index(r["row"]) if r["row"] in ROWS else len(ROWS))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"rows": merged}, f, indent=1)
+    os.replace(tmp, path)
+    table = markdown(merged)
+    with open(os.path.splitext(path)[0] + ".md", "w") as f:
         f.write(table)
     return table
 
@@ -130,19 +178,25 @@ def write_results(out, rows, device):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default=None, help=f"comma-separated subset of {', '.join(ROWS)}")
-    p.add_argument("--epochs", type=int, default=2000)
-    p.add_argument("--warmup", type=int, default=100, help="KL warm-up epochs (not for iwae/dreg rows)")
-    p.add_argument("--nll-samples", type=int, default=5000)
+    p.add_argument("--epochs", type=int, default=PROTOCOL["epochs"], help="at most this many epochs")
+    p.add_argument("--warmup", type=int, default=PROTOCOL["warmup"], help="KL warm-up epochs (not for iwae/dreg rows)")
+    p.add_argument("--early-stopping", type=int, default=PROTOCOL["early_stopping"],
+                   help="look-ahead in epochs on the validation ELBO (0: train all --epochs)")
+    p.add_argument("--nll-samples", type=int, default=PROTOCOL["nll_samples"])
     p.add_argument("--limit", type=int, default=None, help="training images (default: all 50k)")
     p.add_argument("--test-limit", type=int, default=None, help="test images (default: all 10k)")
+    p.add_argument("--images-every", type=int, default=10, help="TensorBoard pictures every N epochs")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/benchmark_fashion_mnist")
+    p.add_argument("--out", default="runs/benchmark_fashion_mnist", help="folder of the run directories")
+    p.add_argument("--results", default=None, help="results JSON (default: see results_path)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the runs in --out from their checkpoints; rows already evaluated are kept")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--smoke", action="store_true", help="every row on a tiny budget (seconds)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.epochs, args.warmup, args.nll_samples, args.limit, args.test_limit = 1, 1, 10, 300, 100
+        args.epochs, args.warmup, args.early_stopping, args.nll_samples, args.limit, args.test_limit = 2, 1, 1, 10, 300, 100
     return args
 
 

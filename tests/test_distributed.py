@@ -78,3 +78,8 @@ def test_torchrun_cli_on_fashion_mnist(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["test_elbo"] > rows[0]["test_elbo"] and rows[1]["test_elbo"] < 0
     assert os.path.exists(out / "checkpoint.pt")
+    # TensorBoard: rank 0 alone writes one event file, with each epoch once
+    from pyro_vae.training.tensorboard import read_scalars
+
+    assert len([f for f in os.listdir(out) if f.startswith("events.out.tfevents.")]) == 1
+    assert [v for _, v in read_scalars(out)["test_elbo"]] == pytest.approx([r["test_elbo"] for r in rows], rel=1e-6)

@@ -14,6 +14,7 @@ from pyro_vae import Config, Trainer
 from pyro_vae.app import experiment
 from pyro_vae.data import ImageData
 from pyro_vae.models import build_model
+from pyro_vae.training.tensorboard import read_scalars
 from pyro_vae.training.trainer import CHECKPOINT, METRICS, TrainingInterrupted
 
 CONFIG = Config(latent_dim=3, hidden_dims=[16], lr=1e-2, lr_decay=0.8, optimizer="clipped-adam", clip_norm=5.0)
@@ -136,7 +137,8 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         trainer.fit(synthetic_data(), epochs=2, batch_size=16)
     assert (tmp_path / "run" / CHECKPOINT).read_bytes() == before
-    assert sorted(os.listdir(tmp_path / "run")) == [CHECKPOINT, METRICS]
+    assert sorted(f for f in os.listdir(tmp_path / "run") if not f.startswith("events.out.tfevents.")) == \
+        [CHECKPOINT, METRICS]
     monkeypatch.undo()
     trainer = make_trainer(tmp_path / "run")
     assert [m["epoch"] for m in trainer.fit(synthetic_data(), epochs=2, batch_size=16, resume=True)] == [1, 2]
@@ -193,6 +195,8 @@ def test_cli_run_survives_sigterm_and_sigkill(tmp_path):
     config = Config.load(out / "config.json")
     _, _, history = experiment.train(config, resume=True, progress=False)
     assert [m["epoch"] for m in history] == metric_epochs(out) == [1, 2, 3, 4]
+    steps = history[0]["steps"]  # TensorBoard: the killed epoch's events are purged, no epoch appears twice
+    assert [s for s, _ in read_scalars(out)["train_loss"]] == [steps * e for e in (1, 2, 3, 4)]
     resumed = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
 
     _, _, reference = experiment.train(Config(**{**config.to_dict(), "out": str(tmp_path / "ref")}), progress=False)

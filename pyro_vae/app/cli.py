@@ -28,6 +28,13 @@ HELP = {
     "guide": "guide name (diagonal, or a flow: iaf, spline, householder, sylvester, planar, radial; top-down or bottom-up for --model hierarchical)",
     "flows": "number of flow layers in the guide (>= 1 for a flow guide, 0 for diagonal)",
     "flow_hidden_dims": "comma-separated hidden sizes of each flow layer's network (default 10 x latent-dim)",
+    "prior": "p(z): standard (N(0, I)) or vampprior (mixture of the guide's posteriors at learned pseudo-inputs; "
+             "top layer of --model hierarchical, which then needs --guide top-down)",
+    "pseudo_inputs": "vampprior: number K of learned pseudo-inputs",
+    "early_stopping": "stop once the validation ELBO has not improved for this many epochs after the KL warm-up "
+                      "(needs --validation N); evaluation then uses the best epoch (best.pt)",
+    "tensorboard": "write TensorBoard event files into the run directory (--no-tensorboard to skip)",
+    "images_every": "TensorBoard: samples and reconstructions every N epochs, and at the last (0: none)",
     "latent_dims": "comma-separated latent sizes of the hierarchical model, z1 (next to x) first, e.g. 64,32",
     "elbo": "estimator name: trace, meanfield, iwae, dreg, stl, renyi (α = 0), enum, …",
     "particles": "samples per data point for the estimator (vectorized)",

@@ -32,6 +32,8 @@ class Config:
     guide: str = "diagonal"
     flows: int = 0
     flow_hidden_dims: Optional[List[int]] = None
+    prior: str = "standard"
+    pseudo_inputs: int = 500
     # inference
     elbo: str = "trace"
     particles: int = 1
@@ -54,12 +56,15 @@ class Config:
     clip_norm: Optional[float] = None
     max_bad_steps: int = 10
     seed: int = 0
+    early_stopping: Optional[int] = None
     device: str = "auto"
     # output
     out: str = "runs/latest"
     eval_particles: int = 1
     log_every: int = 50
     pictures: bool = True
+    tensorboard: bool = True
+    images_every: int = 1
 
     def __post_init__(self):
         self.validate()
@@ -96,6 +101,14 @@ class Config:
         validation.check_nonnegative_int("flows", self.flows)
         validation.check_choice("optimizer", self.optimizer, ("adam", "clipped-adam"), "optimizer")
         validation.check_choice("net", self.net, ("mlp", "conv"), "net")
+        validation.check_choice("prior", self.prior, ("standard", "vampprior"), "prior")
+        validation.check_positive_int("pseudo_inputs", self.pseudo_inputs, "; pass e.g. --pseudo-inputs 500")
+        validation.check_nonnegative_int("images_every", self.images_every, "; 0: no images in TensorBoard")
+        if self.early_stopping is not None:
+            validation.check_positive_int("early_stopping", self.early_stopping, "; pass e.g. --early-stopping 50")
+            if not self.validation:
+                raise ValueError("--early-stopping watches the validation ELBO: also pass --validation N "
+                                 "(e.g. --validation 10000 for the 50k/10k/10k split)")
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -139,6 +152,10 @@ def check_config(config):
     # a model builder may declare its own guide names (e.g. hierarchical: top-down, bottom-up)
     validation.check_choice("guide", config.guide, getattr(MODELS[config.model], "guides", GUIDES), "guide")
     validation.check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
+    priors = getattr(MODELS[config.model], "priors", ("standard",))
+    if config.prior not in priors:
+        raise ValueError(f"--prior {config.prior} is not available for --model {config.model}; it offers "
+                         f"{', '.join(priors)}")
     validation.check_positive_float("sigma", config.sigma, "; pass e.g. --sigma 0.1")
     for option in ("limit", "test_limit"):
         if getattr(config, option) is not None:

@@ -19,6 +19,7 @@ from pyro_vae.estimators.variants import KLSchedule, beta_scale, check_estimator
 from pyro_vae.evaluation.pictures import save_latent_scatter, save_run_pictures, save_samples
 from pyro_vae.models import build_model
 from pyro_vae.training import distributed
+from pyro_vae.training.tensorboard import bits_per_dim, evaluated_step, log_evaluation
 from pyro_vae.training.trainer import CHECKPOINT, METRICS, Trainer, resolve_device
 
 
@@ -69,14 +70,16 @@ def train(config, resume=False, progress=True):
     trainer = Trainer(model, guide, elbo, config.particles, config.lr, config.optimizer,
                       config.lr_decay, config.clip_norm, out_dir=out, log_every=config.log_every,
                       eval_particles=config.eval_particles, progress=progress, modules=[vae],
-                      max_bad_steps=config.max_bad_steps)
+                      max_bad_steps=config.max_bad_steps, tensorboard=config.tensorboard,
+                      images_every=config.images_every)
     # optional model hooks: on_epoch(completed epochs) e.g. anneals a temperature; batch_kwargs(data) gives
     # index -> extra model/guide kwargs (labels); report(data) gives final figures (written to report.json)
     on_epoch = getattr(vae, "on_epoch", None)
     callback = (lambda t, metrics: on_epoch(t.epoch)) if on_epoch else None
     batch_kwargs = vae.batch_kwargs(data) if hasattr(vae, "batch_kwargs") else None
     history = trainer.fit(data, config.epochs, config.batch_size, resume=resume, callback=callback,
-                          batch_kwargs=batch_kwargs, before_epoch=before_epoch)
+                          batch_kwargs=batch_kwargs, before_epoch=before_epoch, early_stopping=config.early_stopping,
+                          warmup_epochs=config.kl_warmup_epochs)
     if not distributed.is_main():
         return vae, data, history
     if hasattr(vae, "report"):
@@ -102,6 +105,8 @@ def load_run(run_dir, device="auto", data=True):
     check_config(config)
     device = resolve_device(device)
     state = validation.load_checkpoint(ckpt_path)
+    if config.early_stopping and state.get("best"):  # early stopping: the parameters of the best epoch
+        state = {**state, **{k: state["best"][k] for k in ("params", "buffers")}}
     pyro.clear_param_store()
     dataset = _load_data(config, device) if data else None
     x_shape = dataset.x_shape if dataset else (1, 28, 28)
@@ -135,6 +140,10 @@ def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="au
     config, vae, data = load_run(run_dir, device)
     x, labels = _eval_split(data, split, limit)
     result = {"split": split, **evaluate(vae.model, vae.guide, x, nll_samples=nll_samples)}
+    if "nll" in result and config.binarize != "none" and config.likelihood == "bernoulli":  # discrete data
+        result["bits_per_dim"] = bits_per_dim(result["nll"], x[0].numel())
+    if config.tensorboard:
+        log_evaluation(run_dir, result, evaluated_step(run_dir, config), split)
     if pictures:
         paths = save_run_pictures(vae.model, vae.guide, x[:64], run_dir)
         save_latent_scatter(embeddings(vae.guide, x[:5000]), labels[:5000], os.path.join(run_dir, "latent_scatter.png"),

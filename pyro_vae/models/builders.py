@@ -3,6 +3,7 @@ builder shares, and the one-layer VAE's builder."""
 from pyro_vae.guides import make_guide
 from pyro_vae.models.likelihoods import make_likelihood
 from pyro_vae.models.nets import MLP, ConvDecoder, ConvEncoder
+from pyro_vae.models.priors import PseudoInputs
 from pyro_vae.models.vae import VAE
 
 
@@ -33,4 +34,8 @@ def build_vae(config, x_shape, num_data=None):
                        **guide_options(config))
     decoder = make_decoder(config, x_shape, config.latent_dim)
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
-    return VAE(decoder, guide, likelihood, config.latent_dim, x_shape, num_data)
+    pseudo = PseudoInputs(config.pseudo_inputs, x_shape) if config.prior == "vampprior" else None
+    return VAE(decoder, guide, likelihood, config.latent_dim, x_shape, num_data, pseudo_inputs=pseudo)
+
+
+build_vae.priors = ("standard", "vampprior")  # the --prior names a builder accepts (read by app.config.check_config)

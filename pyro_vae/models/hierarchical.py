@@ -23,6 +23,11 @@ analytic given the sample of the layer above; it is an unbiased ELBO with the to
   prior p(z_l | z_{l+1}) (σ⁻² = σ̂⁻² + σ_p⁻², μ = σ²(μ̂ σ̂⁻² + μ_p σ_p⁻²)), the ladder VAE [2].
   The prior nets are the model's (registered once, as ``"priors"``).
 
+With ``--prior vampprior`` the top layer's prior is the VampPrior (Tomczak & Welling 2018)
+p(z_L) = (1/K) Σ_k q(z_L | u_k), the mixture of the top-down guide's top layer at K learned
+pseudo-inputs (:mod:`pyro_vae.models.priors`); it needs the top-down guide, whose q(z_L | x) depends on
+x alone (the bottom-up guide's is a marginal over z_1 … z_{L-1}).
+
 Each layer is sampled by :meth:`HierarchicalVAE.sample_layer`, the one place where a
 per-layer scale (KL warm-up, free bits) can act on model and guide alike.
 
@@ -38,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vae.core.plates import data_plate
+from pyro_vae.models.priors import VampPrior
 
 
 class GaussianConditional(nn.Module):
@@ -79,9 +85,11 @@ class HierarchicalVAE(nn.Module):
     :param likelihood: module ``(out, x) -> distribution`` (see :mod:`pyro_vae.models.likelihoods`).
     :param latent_dims: sizes of z1 … zL.
     :param num_data: full training-set size for the data plate's scale (None: no scaling).
+    :param pseudo_inputs: a :class:`~pyro_vae.models.priors.PseudoInputs` for a VampPrior on z_L (top-down guide only), or
+        ``None`` for N(0, I).
     """
 
-    def __init__(self, decoder, priors, guide, likelihood, latent_dims, x_shape, num_data=None):
+    def __init__(self, decoder, priors, guide, likelihood, latent_dims, x_shape, num_data=None, pseudo_inputs=None):
         super().__init__()
         latent_dims = list(latent_dims)
         if not latent_dims or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in latent_dims):
@@ -96,6 +104,10 @@ class HierarchicalVAE(nn.Module):
         self.latent_dims = latent_dims
         self.x_shape = tuple(x_shape)
         self.num_data = num_data
+        if pseudo_inputs is not None and not isinstance(guide, LadderGuide):
+            raise ValueError(f"--prior vampprior on the hierarchical model needs the top-down guide (its q(z_L | x) "
+                             f"is a Gaussian of x alone), got {type(guide).__name__}; pass --guide top-down")
+        self.pseudo_inputs = pseudo_inputs
 
     jit_compatible = True  # no data-dependent control flow or state: the trainer may trace its loss
 
@@ -110,6 +122,13 @@ class HierarchicalVAE(nn.Module):
             dim = self.latent_dims[layer]
             return x.new_zeros(dim), x.new_ones(dim)
         return self.priors[layer](z_above)
+
+    def vampprior(self, x):
+        """p(z_L) = (1/K) Σ_k q(z_L | u_k): the guide's top layer at the pseudo-inputs, on x's device and dtype."""
+        pyro.module("pseudo_inputs", self.pseudo_inputs)
+        pyro.module(self.guide_module.name, self.guide_module)  # the guide's nets, registered once under its name
+        loc, scale = self.guide_module.top(self.pseudo_inputs().to(x), self)
+        return VampPrior(dist.Normal(loc, scale).to_event(1))
 
     def sample_layer(self, layer, loc, scale):
         """Sample site ``z{layer+1}`` from N(loc, diag scale²) (event dim 1); used by model and guides alike."""
@@ -126,10 +145,14 @@ class HierarchicalVAE(nn.Module):
         self.register_priors()
         if any(p.requires_grad for p in self.likelihood.parameters()):
             pyro.module("likelihood", self.likelihood)
+        top = self.vampprior(x) if self.pseudo_inputs is not None else None
         with data_plate(x, self.num_data):
             z = None
             for layer in reversed(range(len(self.latent_dims))):
-                z = self.sample_layer(layer, *self.prior(layer, z, x))
+                if top is not None and layer == len(self.latent_dims) - 1:
+                    z = pyro.sample(self.sites[layer], top)
+                else:
+                    z = self.sample_layer(layer, *self.prior(layer, z, x))
             out = self.decoder(z)
             pyro.sample("x", self.likelihood(out, x).to_event(len(self.x_shape)), obs=x)
         return out
@@ -188,6 +211,13 @@ class LadderGuide(nn.Module):
             out.append(head(d))
         return out
 
+    def top(self, x, hvae):
+        """``(loc, scale)`` of q(z_L | x): the top estimate merged with N(0, I), the top layer of :meth:`forward`."""
+        d = x
+        for f in self.up:
+            d = f(d)
+        return precision_merge(*self.heads[-1](d), *hvae.prior(len(hvae.latent_dims) - 1, None, x))
+
     def forward(self, x, hvae):
         if len(self.heads) != len(hvae.latent_dims):
             raise ValueError(f"this guide has {len(self.heads)} layers, the model {len(hvae.latent_dims)}")
@@ -245,10 +275,16 @@ def build_hierarchical(config, x_shape, num_data=None):
         guide = LadderGuide(up, heads)
     decoder = make_decoder(config, x_shape, dims[0])
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
-    return HierarchicalVAE(decoder, priors, guide, likelihood, dims, x_shape, num_data)
+    pseudo = None
+    if config.prior == "vampprior":
+        from pyro_vae.models.priors import PseudoInputs
+
+        pseudo = PseudoInputs(config.pseudo_inputs, x_shape)
+    return HierarchicalVAE(decoder, priors, guide, likelihood, dims, x_shape, num_data, pseudo_inputs=pseudo)
 
 
 build_hierarchical.guides = GUIDES  # the guide names this builder accepts (read by pyro_vae.app.config.check_config)
+build_hierarchical.priors = ("standard", "vampprior")
 
 
 def inverse_softplus(y):

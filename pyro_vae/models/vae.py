@@ -9,21 +9,25 @@ import pyro.distributions as dist
 from torch import nn
 
 from pyro_vae.core.plates import data_plate
+from pyro_vae.models.priors import VampPrior, check_vampprior_guide
 
 
 class VAE(nn.Module):
-    """Variational autoencoder with a standard normal prior.
+    """Variational autoencoder with a standard normal prior, or a VampPrior.
 
-    .. math:: p(x, z) = N(z; 0, I)\\,p(x | \\mathrm{decoder}(z)), \\qquad q(z|x) = \\mathrm{guide}(x)
+    .. math:: p(x, z) = p(z)\\,p(x | \\mathrm{decoder}(z)), \\qquad q(z|x) = \\mathrm{guide}(x), \\qquad
+              p(z) = N(0, I) \\ \\text{or} \\ \\tfrac{1}{K}\\textstyle\\sum_k q(z | u_k)
 
     :param decoder: module ``[..., latent_dim] -> [..., *x_shape]`` (logits or means).
     :param guide: amortized guide module called as ``guide(x, num_data=...)`` (see :mod:`pyro_vae.guides`).
     :param likelihood: module ``(out, x) -> distribution`` (see :mod:`pyro_vae.models.likelihoods`).
     :param num_data: size of the full training set; the data plate scales each batch by
         ``num_data / len(x)`` so the loss estimates the full-data ELBO. ``None``: no scaling.
+    :param pseudo_inputs: a :class:`~pyro_vae.models.priors.PseudoInputs` for the VampPrior (the guide must be diagonal),
+        or ``None`` for N(0, I).
     """
 
-    def __init__(self, decoder, guide, likelihood, latent_dim, x_shape, num_data=None):
+    def __init__(self, decoder, guide, likelihood, latent_dim, x_shape, num_data=None, pseudo_inputs=None):
         super().__init__()
         if latent_dim <= 0:
             raise ValueError(f"latent_dim must be positive, got {latent_dim}")
@@ -33,6 +37,9 @@ class VAE(nn.Module):
         self.latent_dim = latent_dim
         self.x_shape = tuple(x_shape)
         self.num_data = num_data
+        if pseudo_inputs is not None:
+            check_vampprior_guide(guide)
+        self.pseudo_inputs = pseudo_inputs
 
     @property
     def jit_compatible(self):
@@ -45,12 +52,21 @@ class VAE(nn.Module):
         pyro.module("decoder", self.decoder)
         if any(p.requires_grad for p in self.likelihood.parameters()):
             pyro.module("likelihood", self.likelihood)
+        prior = self.prior(x)
         with data_plate(x, self.num_data):
-            prior = dist.Normal(x.new_zeros(self.latent_dim), x.new_ones(self.latent_dim)).to_event(1)
             z = pyro.sample("z", prior)
             out = self.decoder(z)
             pyro.sample("x", self.likelihood(out, x).to_event(len(self.x_shape)), obs=x)
         return out
+
+    def prior(self, x):
+        """p(z) on x's device and dtype: N(0, I), or the VampPrior (1/K) Σ_k q(z | u_k) at the pseudo-inputs."""
+        if self.pseudo_inputs is None:
+            return dist.Normal(x.new_zeros(self.latent_dim), x.new_ones(self.latent_dim)).to_event(1)
+        guide = self.guide_module
+        pyro.module("pseudo_inputs", self.pseudo_inputs)
+        pyro.module(guide.name, guide)  # the model reads the guide's encoder: the same parameters, registered once
+        return VampPrior(guide.distribution(guide.encoder(self.pseudo_inputs().to(x))))
 
     def guide(self, x):
         """q(z|x), sampled inside the same data plate as the model."""

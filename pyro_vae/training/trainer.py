@@ -12,11 +12,21 @@ Run directory (``out_dir``):
                     ``steps``,
                     ``bad_steps`` (skipped non-finite steps), ``fast_path`` (whether the
                     epoch's steps replayed one traced graph) and ``fast_path_note`` (how,
-                    or why not)
+                    or why not); ``test_recon`` and ``test_kl``
+                    (``test_elbo = test_recon − test_kl``); ``validation_elbo`` when the data
+                    has a validation split; ``active_units`` and ``kl_per_dim`` (``{site: …}``,
+                    on the first ``diagnostic_images`` test images)
 ``checkpoint.pt``   epoch, params, module buffers, optimizer state, RNG states, learning-rate
-                    scale and the metrics of every completed epoch; written atomically
-                    (temporary file, fsync, rename) before the first epoch and after each one
+                    scale, the metrics of every completed epoch and (early stopping) the best
+                    epoch's parameters; written atomically (temporary file, fsync, rename)
+                    before the first epoch and after each one
+``best.pt``         early stopping: ``epoch``, ``params``, ``buffers`` of the epoch with the
+                    highest ``validation_elbo``
+``events.out.*``    TensorBoard event files: the same rows, the running loss, pictures
 =================== ======================================================================
+
+Validation, the per-epoch latent figures and the pictures draw their random numbers from a
+fork of the RNG, so they leave the training trajectory as it would be without them.
 
 Reliability contract:
 
@@ -62,12 +72,13 @@ from pyro_vae.core import checks as validation
 from pyro_vae.core.probe import checked_probe
 from pyro_vae.data import ImageData
 from pyro_vae.estimators import make_elbo
-from pyro_vae.evaluation.metrics import elbo_per_point
+from pyro_vae.evaluation.metrics import _latent_pass, active_units, elbo_terms, posterior_means
 from pyro_vae.training import distributed, fast
 from pyro_vae.training.optim import FusedOptim, make_optimizer, set_lr
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
 FAST_MODES = ("auto", True, False, "compile", "trace")
 METRICS = "metrics.jsonl"
 
@@ -169,6 +180,20 @@ def _atomic_save(obj, path):
         raise
 
 
+@contextlib.contextmanager
+def _closing(writer):
+    try:
+        yield writer
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _cuda_devices(x):
+    """The CUDA device of tensor ``x`` as a list for :func:`torch.random.fork_rng` (empty on a CPU)."""
+    return [x.device] if x.device.type == "cuda" else []
+
+
 def _atomic_write_lines(lines, path):
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -198,12 +223,16 @@ class Trainer:
     :param str data_plate: the plate over data points, where the trace cannot tell (see
         :func:`~pyro_vae.core.probe`); it sets the per-image scale of ``train_loss`` and is passed to the
         per-data-point estimators.
+    :param tensorboard: write TensorBoard event files into ``out_dir`` (:mod:`pyro_vae.training.tensorboard`): every metrics
+        row, the running loss every ``log_every`` steps, and pictures every ``images_every`` epochs (0: none).
+    :param diagnostic_images: the first this many test images give each epoch's ``active_units`` and ``kl_per_dim``
+        (0: not computed).
     """
 
     def __init__(self, model, guide, elbo="trace", particles=1, lr=1e-3, optimizer="adam", lr_decay=1.0,
                  clip_norm=None, out_dir=None, log_every=50, eval_particles=1, progress=True, modules=(),
                  extra_state=None, max_bad_steps=10, bad_lr_factor=0.5, fast="auto", check_every=None,
-                 data_plate=None):
+                 data_plate=None, tensorboard=True, images_every=1, diagnostic_images=1000):
         if not callable(model) or not callable(guide):
             raise TypeError("model and guide must be callables taking the batch x first, e.g. vae.model, vae.guide")
         validation.check_fraction("lr_decay", lr_decay, "; 1 keeps the learning rate constant")
@@ -236,6 +265,10 @@ class Trainer:
         self.fast = fast
         self.check_every = check_every
         self.fast_note = None
+        validation.check_nonnegative_int("images_every", images_every, "; 0: no images in TensorBoard")
+        validation.check_nonnegative_int("diagnostic_images", diagnostic_images, "; 0: no per-epoch active units")
+        self.tensorboard, self.images_every, self.diagnostic_images = tensorboard, images_every, diagnostic_images
+        self.best = None  # parameters and buffers of the best epoch (early stopping), see _snapshot
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
 
@@ -262,6 +295,7 @@ class Trainer:
             "rng": rng,
             "lr_scale": self.lr_scale,
             "history": list(self.history),
+            "best": self.best,
             **self.extra_state,
         }
 
@@ -307,6 +341,7 @@ class Trainer:
         self.epoch = state["epoch"]
         self.lr_scale = state.get("lr_scale", 1.0)
         self.history = list(state.get("history", []))
+        self.best = state.get("best")
 
     def _load_optim_state(self, optim_state, params):
         """Load the optimizer state now (not lazily at the first step), so :func:`set_lr` reaches it."""
@@ -436,14 +471,33 @@ class Trainer:
 
     def evaluate_elbo(self, x, batch_size=1000):
         """Mean ELBO per image of ``x`` (nats); under torch.distributed each rank scores its share."""
+        return self.evaluate_terms(x, batch_size)["elbo"]
+
+    def evaluate_terms(self, x, batch_size=1000):
+        """Mean ``elbo``, ``recon`` = E_q[log p(x|z)] and ``kl`` = E_q[log q − log p] per image of ``x`` (nats;
+        ``elbo = recon − kl``), from one pass; under torch.distributed each rank scores its share."""
         self._set_training(False)
         try:
-            elbo = elbo_per_point(self.model, self.guide, distributed.shard(x), num_particles=self.eval_particles,
-                                  batch_size=batch_size)
+            recon, kl = elbo_terms(self.model, self.guide, distributed.shard(x), num_particles=self.eval_particles,
+                                   batch_size=batch_size)
         finally:
             self._set_training(True)
-        total = distributed.all_sum(torch.stack([elbo.sum(), elbo.new_tensor(float(len(elbo)))]))
-        return (total[0] / total[1]).item()
+        elbo = recon - kl
+        total = distributed.all_sum(torch.stack([elbo.sum(), recon.sum(), kl.sum(), elbo.new_tensor(float(len(elbo)))]))
+        mean = (total[:3] / total[3]).tolist()
+        return dict(zip(("elbo", "recon", "kl"), mean))
+
+    def latent_figures(self, x, batch_size=1000):
+        """``{"active_units": {site: count}, "kl_per_dim": {site: [KL of each dimension]}}`` on images ``x``
+        (see :mod:`pyro_vae.evaluation.metrics`; a site whose q does not factorize has no ``kl_per_dim`` entry)."""
+        self._set_training(False)
+        try:
+            _, _, per_dim = _latent_pass(self.model, self.guide, x, batch_size=batch_size)
+            active = active_units(posterior_means(self.guide, x, batch_size=batch_size))
+        finally:
+            self._set_training(True)
+        return {"active_units": {site: count for site, (count, _) in active.items()},
+                "kl_per_dim": {site: t.mean(0).tolist() for site, t in per_dim.items() if t is not None}}
 
     @property
     def writes(self):
@@ -477,8 +531,9 @@ class Trainer:
         return data, test_x
 
     def fit(self, data, epochs, batch_size=128, test_x=None, resume=False, callback=None, batch_kwargs=None,
-            before_epoch=None):
-        """Train until ``epochs`` epochs are complete (counting resumed ones); return every epoch's metrics.
+            before_epoch=None, val_x=None, early_stopping=None, warmup_epochs=0):
+        """Train until ``epochs`` epochs are complete (counting resumed ones), or early stopping ends the run;
+        return every epoch's metrics.
 
         :param data: an :class:`~pyro_vae.data.ImageData` or a tensor of training images.
         :param test_x: images for ``test_elbo`` (default: ``data.test``).
@@ -489,8 +544,21 @@ class Trainer:
             during a run live in tensors the loss reads, so the traced fast path sees them too.
         :param batch_kwargs: optional ``f(index) -> dict`` of extra keyword arguments for model and guide on the
             training batch ``data.train[index]`` (e.g. labels for semi-supervised models); evaluation passes none.
+        :param val_x: images for ``validation_elbo`` (default: ``data.val``, when the data has a validation split).
+        :param early_stopping: patience P: stop once ``validation_elbo`` has not improved for P epochs in a row
+            after the first ``warmup_epochs`` (the counter stays at 0 during warm-up); the parameters of the best
+            epoch are kept in the checkpoint and in ``best.pt`` (see :attr:`best_epoch`).  None: off.
         """
         data, test_x = self._prepare(data, test_x, batch_size, epochs)
+        val_x = data.val if val_x is None else val_x
+        if early_stopping is not None:
+            validation.check_positive_int("early_stopping", early_stopping, "; pass e.g. --early-stopping 50")
+            validation.check_nonnegative_int("warmup_epochs", warmup_epochs)
+            if val_x is None:
+                raise ValueError("early stopping watches the validation ELBO, but the data has no validation split; "
+                                 "pass --validation N (e.g. 10000) or leave out --early-stopping")
+        if val_x is not None:
+            validation.check_data_for_model(self.model, val_x, "validation data")
         state = None
         if resume:
             if not self.out_dir:
@@ -505,6 +573,8 @@ class Trainer:
             self.load_state_dict(state, first)
             if self.writes:
                 self._write_metrics()
+                if self.best is not None:
+                    _atomic_save(self.best, os.path.join(self.out_dir, BEST))
         elif self.writes and self.epoch == 0:
             self.history = []
             self._write_metrics()
@@ -531,8 +601,14 @@ class Trainer:
         buffers = [b for m in self.modules for b in m.buffers() if b.is_floating_point()]
         check_every = self.check_every or (1 if first.device.type == "cpu" else self.log_every)
         self._set_training(True)
-        with self._stop_on_signals():
-            while self.epoch < epochs:
+        tb = None
+        if self.writes and self.tensorboard:
+            from pyro_vae.training.tensorboard import RunWriter
+
+            tb = RunWriter(self.out_dir, purge_step=self.epoch * steps_per_epoch + 1)  # drops an interrupted epoch
+        patience = (early_stopping, warmup_epochs) if early_stopping is not None else None
+        with self._stop_on_signals(), _closing(tb):
+            while self.epoch < epochs and not (patience and self.stop_early(*patience)):
                 self._check_signal(epochs)
                 if before_epoch:
                     before_epoch(self)
@@ -560,8 +636,11 @@ class Trainer:
                     if step % check_every == 0:
                         seen = self._act_on_bad_steps(int(bad), seen, int(worst), step, epochs)
                         worst = run
-                    if self.progress and step % self.log_every == 0 and step > seen:
-                        bar.set_postfix(loss=f"{total.item() / (step - seen):.2f}")
+                    if (self.progress or tb) and step % self.log_every == 0 and step > seen:
+                        running = total.item() / (step - seen)
+                        bar.set_postfix(loss=f"{running:.2f}")
+                        if tb:
+                            tb.scalar("running_loss", running, self.epoch * steps_per_epoch + step)
                     self._check_signal(epochs)
                 bar.close()
                 seen = self._act_on_bad_steps(int(bad), seen, int(worst), step, epochs)
@@ -570,20 +649,89 @@ class Trainer:
                 mean_loss = distributed.all_sum(total / max(step - seen, 1)) / distributed.world_size()
                 metrics = {"epoch": self.epoch, "train_loss": mean_loss.item()}
                 if test_x is not None:
-                    metrics["test_elbo"] = self.evaluate_elbo(test_x)
+                    metrics.update({f"test_{k}": v for k, v in self.evaluate_terms(test_x).items()})
+                with torch.random.fork_rng(devices=_cuda_devices(first)):  # leaves training's random stream as it is
+                    if val_x is not None:
+                        metrics["validation_elbo"] = self.evaluate_elbo(val_x)
+                    if test_x is not None and self.diagnostic_images:
+                        metrics.update(self._latent_figures(test_x[: self.diagnostic_images]))
                 metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=seen,
                                fast_path=bool(self.svi.compiled), fast_path_note=self.fast_note)
                 self.history.append(metrics)
+                if patience and self.best_epoch == self.epoch:
+                    self.best = self._snapshot()
                 if self.writes:
                     with open(os.path.join(self.out_dir, METRICS), "a") as f:
                         f.write(json.dumps(metrics) + "\n")
+                    if tb:
+                        self._write_tensorboard(tb, metrics, first.device, test_x, steps_per_epoch, epochs)
                     self.save_checkpoint()
+                    if patience and self.best_epoch == self.epoch:
+                        _atomic_save(self.best, os.path.join(self.out_dir, BEST))
                 if self.progress and distributed.is_main():
                     tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in metrics.items() if k != "fast_path_note"))
                 if callback:
                     callback(self, metrics)
+        if patience and self.stop_early(*patience) and self.progress and distributed.is_main():
+            tqdm.write(f"early stopping after epoch {self.epoch}: the validation ELBO peaked at epoch "
+                       f"{self.best_epoch}")
         return list(self.history)
+
+    # -- early stopping and the per-epoch record ----------------------------------------------------
+    @property
+    def best_epoch(self):
+        """The epoch with the highest ``validation_elbo`` so far (the first of ties), or None."""
+        scored = [(m["validation_elbo"], -m["epoch"]) for m in self.history
+                  if m.get("validation_elbo") is not None and math.isfinite(m["validation_elbo"])]
+        return -max(scored)[1] if scored else None
+
+    def stop_early(self, patience, warmup_epochs=0):
+        """Whether ``patience`` epochs have passed since the best validation ELBO, counting from the warm-up's end.
+
+        It is read from :attr:`history` alone, so a resumed run continues the count exactly.
+        """
+        if not self.history or self.best_epoch is None:
+            return False
+        return self.epoch - max(self.best_epoch, warmup_epochs) >= patience
+
+    def _snapshot(self):
+        """Parameters and buffers now (on the CPU), with the epoch: what ``best.pt`` holds."""
+        store = pyro.get_param_store()
+        return {"epoch": self.epoch,
+                "params": {name: p.detach().cpu().clone() for name, p in store.named_parameters()},
+                "buffers": {i: {k: b.detach().cpu().clone() for k, b in m.named_buffers()}
+                            for i, m in enumerate(self.modules)}}
+
+    def _latent_figures(self, x):
+        """:meth:`latent_figures`, or {} (with one warning, and off for the rest of the run) for a pair it fails on."""
+        try:
+            return self.latent_figures(x)
+        except Exception as e:  # a user pair the evaluator cannot read: training goes on without these figures
+            logger.warning(f"per-epoch active units / KL per dimension turned off: {type(e).__name__}: {e}")
+            self.diagnostic_images = 0
+            return {}
+
+    def _write_tensorboard(self, tb, metrics, device, test_x, steps_per_epoch, epochs):
+        """The epoch's row, and every ``images_every`` epochs (and the last) its pictures, then flush: the events
+        are on disk before the checkpoint that includes the epoch."""
+        step = self.epoch * steps_per_epoch
+        tb.row(metrics, step)
+        if test_x is not None and self.images_every and (self.epoch % self.images_every == 0 or self.epoch == epochs):
+            self._set_training(False)
+            try:
+                from pyro_vae.training.tensorboard import picture_grids
+
+                with torch.random.fork_rng(devices=_cuda_devices(test_x)):
+                    grids = picture_grids(self.model, self.guide, test_x)
+                for tag, images in grids.items():
+                    tb.images(tag, images, step)
+            except Exception as e:  # e.g. a pair without an observed image site "x"
+                logger.warning(f"TensorBoard images turned off: {type(e).__name__}: {e}")
+                self.images_every = 0
+            finally:
+                self._set_training(True)
+        tb.flush()
 
     def _act_on_bad_steps(self, bad, seen, worst, step, epochs):
         """``bad`` steps skipped this epoch, ``seen`` of them already acted on, ``worst`` the longest run of bad

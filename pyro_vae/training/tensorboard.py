@@ -1,0 +1,145 @@
+"""TensorBoard event files for a run directory, written from the same rows as ``metrics.jsonl``.
+
+Tags are the keys of the trainer's metrics row, so what TensorBoard shows is what
+``metrics.jsonl`` holds: a number ``row[k]`` is the scalar ``k`` (booleans as 0/1), a dict or
+list is flattened with ``/`` (``active_units/z``, ``kl_per_dim/z/07``), a string is a text
+entry written when it changes (e.g. ``fast_path_note``).  The horizontal axis is the
+optimizer step: an epoch's row is written at its last step, ``epoch · steps_per_epoch``,
+and the running training loss every ``log_every`` steps under ``running_loss``.  Images:
+``samples`` (prior samples) and ``reconstructions`` (test inputs above their
+reconstructions).  ``pyro-vae evaluate`` adds ``eval/SPLIT/…`` (NLL, bits/dim, ELBO, …).
+
+On resume the writer is opened with ``purge_step`` = the first step after the checkpoint, so
+the events of an interrupted epoch are dropped by TensorBoard and no step appears twice.
+"""
+import math
+import numbers
+
+import torch
+
+SKIPPED = ("epoch",)  # the step axis already says it
+
+
+def flatten(row, prefix=""):
+    """``(scalars, texts)``: ``{tag: float}`` and ``{tag: str}`` of a metrics row (nested dicts/lists joined by ``/``)."""
+    scalars, texts = {}, {}
+    for key, value in row.items():
+        if not prefix and key in SKIPPED:
+            continue
+        tag = f"{prefix}{key}"
+        if isinstance(value, bool):
+            scalars[tag] = float(value)
+        elif isinstance(value, numbers.Real):
+            if math.isfinite(value):
+                scalars[tag] = float(value)
+        elif isinstance(value, str):
+            texts[tag] = value
+        elif isinstance(value, dict):
+            s, t = flatten(value, tag + "/")
+            scalars.update(s)
+            texts.update(t)
+        elif isinstance(value, (list, tuple)):
+            width = len(str(max(len(value) - 1, 0)))
+            s, t = flatten({f"{i:0{width}d}": v for i, v in enumerate(value)}, tag + "/")
+            scalars.update(s)
+            texts.update(t)
+    return scalars, texts
+
+
+class RunWriter:
+    """A :class:`torch.utils.tensorboard.SummaryWriter` on a run directory.
+
+    :param log_dir: the run directory (event files ``events.out.tfevents.*`` go there).
+    :param purge_step: on resume, the first step after the checkpoint; events at or after it are dropped.
+    """
+
+    def __init__(self, log_dir, purge_step=None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir, purge_step=purge_step, flush_secs=30)
+        self._texts = {}
+
+    def row(self, row, step):
+        """Every scalar of a metrics row at ``step``; each text entry when it differs from the last one written."""
+        scalars, texts = flatten(row)
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+        for tag, text in texts.items():
+            if self._texts.get(tag) != text:
+                self.writer.add_text(tag, text, step)
+                self._texts[tag] = text
+
+    def scalar(self, tag, value, step):
+        self.writer.add_scalar(tag, value, step)
+
+    def images(self, tag, images, step, nrow=8):
+        """A grid of images ``[N, C, H, W]`` in [0, 1]."""
+        from torchvision.utils import make_grid
+
+        self.writer.add_image(tag, make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2), step)
+
+    def flush(self):
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+@torch.no_grad()
+def picture_grids(model, guide, x, n=32):
+    """``{"samples": [n, ...], "reconstructions": [2n, ...]}``: prior samples, and rows of 8 inputs above their
+    reconstructions (from the first ``n`` images of ``x``)."""
+    from pyro_vae.evaluation.pictures import prior_samples, reconstructions
+
+    x = x[:n]
+    samples = prior_samples(model, x[:1].expand(n, *x.shape[1:]))
+    recon = reconstructions(model, guide, x)
+    rows = []
+    for start in range(0, len(x), 8):
+        rows += [x[start : start + 8], recon[start : start + 8].reshape(-1, *x.shape[1:])]
+    return {"samples": samples.reshape(-1, *x.shape[1:]), "reconstructions": torch.cat(rows)}
+
+
+def bits_per_dim(nll, dims):
+    """nll / (D ln 2): −log₂ p(x) per pixel (defined for discrete data, e.g. binarized images)."""
+    return nll / (dims * math.log(2))
+
+
+def log_evaluation(run_dir, result, step, split="test"):
+    """Add an evaluation's figures to the run's event files as ``eval/SPLIT/KEY`` at ``step`` (the checkpoint's)."""
+    writer = RunWriter(run_dir)
+    try:
+        keep = {k: v for k, v in result.items() if k in ("nll", "bits_per_dim", "elbo", "recon", "kl", "active_units")}
+        scalars, _ = flatten(keep, f"eval/{split}/")
+        for tag, value in scalars.items():
+            writer.scalar(tag, value, step)
+    finally:
+        writer.close()
+
+
+def evaluated_step(run_dir, config):
+    """The step of the parameters an evaluation reads: the last epoch's, or with early stopping the best epoch's."""
+    import json
+    import os
+
+    path = os.path.join(run_dir, "metrics.jsonl")
+    rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+    if config.early_stopping:
+        scored = [(r["validation_elbo"], -r["epoch"]) for r in rows
+                  if r.get("validation_elbo") is not None and math.isfinite(r["validation_elbo"])]
+        if scored:
+            best = -max(scored)[1]
+            rows = [r for r in rows if r["epoch"] <= best]
+    return sum(r.get("steps", 0) for r in rows)
+
+
+def read_scalars(run_dir):
+    """``{tag: [(step, value), …]}`` of the run's event files, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+__all__ = ["RunWriter", "bits_per_dim", "evaluated_step", "flatten", "log_evaluation", "picture_grids", "read_scalars"]
