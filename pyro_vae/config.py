@@ -28,7 +28,7 @@ class Config:
     latent_dims: Optional[List[int]] = None
     hidden_dims: List[int] = field(default_factory=lambda: [400])
     activation: str = "relu"
-    guide: str = "diagonal"
+    guide: Optional[str] = None  # None: the model's default guide (vae: diagonal; hierarchical: top-down; …)
     flows: int = 0
     flow_hidden_dims: Optional[List[int]] = None
     # inference

@@ -5,7 +5,9 @@ A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
 evaluation, ``eval.json`` and ``latent_scatter.png`` (``anomaly.json``, ``denoise.json``/``denoise.png`` and
 ``embeddings_SPLIT.npy`` after the corresponding commands).
 """
+import dataclasses
 import json
+import logging
 import os
 
 import pyro
@@ -17,21 +19,28 @@ from .config import Config
 from .data import load_data
 from .discrete import build_relaxed_categorical
 from .estimators import make_elbo
-from .guides import make_guide
+from .guides import GUIDES, make_guide
 from .hierarchical import build_hierarchical
 from .likelihoods import make_likelihood
 from .models import VAE
 from .nets import MLP, ConvDecoder, ConvEncoder
-from .pictures import save_latent_scatter, save_run_pictures, save_samples
 from .semisupervised import build_m2
 from .training import CHECKPOINT, METRICS, Trainer, resolve_device
-from .variants import KLSchedule, beta_scale, check_estimator
+from .variants import KLSchedule, beta_scale
+
+LOG = "pyro-vae.log"  # the run's log: the trainer's log lines, and the traceback of a failed command (cli.py)
 
 MODELS = {}
 
 
 def register_model(name):
-    """Decorator adding a builder ``f(config, x_shape, num_data) -> module with .model and .guide`` to :data:`MODELS`."""
+    """Decorator adding a builder ``f(config, x_shape, num_data) -> module with .model and .guide`` to :data:`MODELS`.
+
+    A builder may declare, as attributes read by :func:`pyro_vae.validation.check_config` before any data is
+    read: ``guides`` (the guide names it accepts; default every registered guide), ``default_guide`` (used when
+    ``config.guide`` is None; default the first of them), ``nets`` (default all) and ``check(config)`` (its own
+    one-line refusals).
+    """
 
     def decorator(builder):
         MODELS[name] = builder
@@ -71,16 +80,23 @@ def build_vae(config, x_shape, num_data=None):
     return VAE(decoder, guide, likelihood, config.latent_dim, x_shape, num_data)
 
 
+build_vae.guides, build_vae.default_guide = GUIDES, "diagonal"  # every registered guide, flows included
 register_model("hierarchical")(build_hierarchical)
 register_model("relaxed-categorical")(build_relaxed_categorical)
 register_model("m2")(build_m2)
 register_model("cvae")(build_cvae)
 
 
+def with_defaults(config):
+    """``config`` with the model's defaults filled in: ``guide=None`` becomes the model's default guide."""
+    if config.guide is None and config.model in MODELS:
+        return dataclasses.replace(config, guide=validation.model_guides(MODELS[config.model])[1])
+    return config
+
+
 def build_model(config, x_shape, num_data=None):
-    """Build the model named by ``config.model`` (one of :data:`MODELS`)."""
-    if config.model not in MODELS:
-        raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(sorted(MODELS))}")
+    """Build the model named by ``config.model`` (one of :data:`MODELS`), after :func:`~pyro_vae.validation.check_config`."""
+    config = with_defaults(validation.check_config(config))
     return MODELS[config.model](config, x_shape, num_data)
 
 
@@ -90,8 +106,13 @@ def _load_data(config, device):
 
 
 def train(config, resume=False, progress=True):
-    """Train the run described by ``config`` into ``config.out``; return ``(vae, data, history)``."""
-    validation.check_config(config)  # registry names and data directory, before any data is read
+    """Train the run described by ``config`` into ``config.out``; return ``(vae, data, history)``.
+
+    Every refusal (:func:`~pyro_vae.validation.check_config`) happens before any data is read. The run's
+    log lines (the fast-path note, skipped steps) go to ``OUT/pyro-vae.log``; under torchrun every rank
+    returns only when rank 0 has written its files.
+    """
+    config = with_defaults(validation.check_config(config))  # names, combination, data directory: no data read yet
     out = config.out
     config_path = os.path.join(out, "config.json")
     held = [f for f in ("config.json", CHECKPOINT, METRICS) if os.path.exists(os.path.join(out, f))]
@@ -116,12 +137,33 @@ def train(config, resume=False, progress=True):
     data = _load_data(config, device)
     vae = build_model(config, data.x_shape, num_data=len(data.train)).to(device)
     os.makedirs(out, exist_ok=True)
-    if distributed.is_main():
-        config.save(config_path)
+    logger, level = logging.getLogger("pyro_vae"), logging.getLogger("pyro_vae").level
+    handler = None
+    if distributed.is_main():  # the package's log lines (fast-path note, skipped steps) also go to OUT/pyro-vae.log
+        handler = logging.FileHandler(os.path.join(out, LOG))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                               "%Y-%m-%d %H:%M:%S"))
+        handler.setLevel(logging.INFO)
+        logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+        logger.addHandler(handler)
+    try:
+        if distributed.is_main():
+            config.save(config_path)
+        result = _fit(config, vae, data, resume, progress)
+        distributed.barrier()  # the other ranks wait for rank 0's report and pictures before they exit
+        return result
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            handler.close()
+
+
+def _fit(config, vae, data, resume, progress):
+    out = config.out
     model, guide, elbo = vae.model, vae.guide, config.elbo
     schedule = KLSchedule(config.beta, config.kl_warmup_epochs)  # β-VAE, KL warm-up, free bits: pyro_vae.variants
-    if not schedule.is_identity or config.free_bits:
-        check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
+    if not schedule.is_identity or config.free_bits:  # check_config has refused the estimators that cannot
         beta = lambda: schedule(trainer.epoch)  # noqa: E731  read at every site, so also right after --resume
         model, guide = beta_scale(model, beta), beta_scale(guide, beta)
         if config.free_bits:
@@ -146,6 +188,8 @@ def train(config, resume=False, progress=True):
         if history:
             history[-1] = {**history[-1], **report}
     if config.pictures:
+        from .pictures import save_run_pictures
+
         vae.eval()
         save_run_pictures(vae.model, vae.guide, data.test[:64], out)
     return vae, data, history
@@ -158,8 +202,7 @@ def load_run(run_dir, device="auto", data=True):
     for path in (config_path, ckpt_path):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{run_dir!r} is not a finished run: {os.path.basename(path)} is missing")
-    config = Config.load(config_path)
-    validation.check_config(config)
+    config = with_defaults(validation.check_config(Config.load(config_path)))
     device = resolve_device(device)
     state = validation.load_checkpoint(ckpt_path)
     pyro.clear_param_store()
@@ -191,6 +234,7 @@ def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="au
     """
     from .applications import embeddings
     from .evaluation import evaluate
+    from .pictures import save_latent_scatter, save_run_pictures
 
     config, vae, data = load_run(run_dir, device)
     x, labels = _eval_split(data, split, limit)
@@ -274,6 +318,7 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None):
     ``label``: class of the images, for conditional models (``--model cvae``).
     """
     from .conditional import CVAE
+    from .pictures import save_samples
 
     config, vae, data = load_run(run_dir, device)
     path = out or os.path.join(run_dir, "samples.png")

@@ -157,3 +157,6 @@ def build_m2(config, x_shape, num_data=None):
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
     return M2(classifier, encoder, decoder, likelihood, config.latent_dim, x_shape, NUM_CLASSES, num_data,
               config.aux_weight, config.labeled)
+
+
+build_m2.guides, build_m2.nets = ("diagonal",), ("mlp",)  # its own guide q(z | x, y) (read by validation.check_config)

@@ -182,27 +182,62 @@ def load_checkpoint(path):
     return state
 
 
-def check_config(config):
-    """Names in a :class:`~pyro_vae.config.Config` that only the registries know, and the data directory.
+def model_guides(builder):
+    """The guide names a model builder accepts (its ``guides``, default every registered guide) and its default
+    guide (its ``default_guide``, else the first of them)."""
+    from .guides import GUIDES
 
-    Checked before any data is read; the device is checked by the caller (a run trained on
-    CUDA may be evaluated on CPU).
+    guides = getattr(builder, "guides", GUIDES)
+    return guides, getattr(builder, "default_guide", next(iter(guides)))
+
+
+def check_config(config):
+    """Names in a :class:`~pyro_vae.config.Config` that only the registries know, the combination of model, guide,
+    net, estimator and KL variant, and the data directory: the one place that refuses a configuration.
+
+    Checked before any data is read; each refusal is one line naming the conflict.  The device is
+    checked by the caller (a run trained on CUDA may be evaluated on CPU).
     """
     from .data import BINARIZE, DATASETS
-    from .estimators import ESTIMATORS
+    from .estimators import ESTIMATORS, DetachedPathELBO
     from .experiment import MODELS
-    from .guides import GUIDES
+    from .guides import FLOWS
     from .likelihoods import LIKELIHOODS
     from .nets import ACTIVATIONS
+    from .variants import KLSchedule, check_estimator
 
     check_choice("dataset", config.dataset, DATASETS, "dataset")
     check_choice("binarize mode", config.binarize, BINARIZE, "binarize")
     check_choice("model", config.model, MODELS, "model")
     check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
     check_choice("activation", config.activation, ACTIVATIONS, "activation")
-    # a model builder may declare its own guide names (e.g. hierarchical: top-down, bottom-up)
-    check_choice("guide", config.guide, getattr(MODELS[config.model], "guides", GUIDES), "guide")
+    builder = MODELS[config.model]
+    guides, default = model_guides(builder)  # a model builder may declare its own guides (hierarchical: top-down…)
+    guide = default if config.guide is None else config.guide
+    if not isinstance(guide, str) or guide not in guides:
+        raise ValueError(f"--model {config.model} has no guide {guide!r} (--guide); choose one of "
+                         f"{', '.join(sorted(guides))}, or leave --guide out for its default, {default}")
     check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
+    nets = getattr(builder, "nets", None)
+    if nets is not None and config.net not in nets:
+        raise ValueError(f"--model {config.model} has {' or '.join(nets)} nets only, not --net {config.net}; "
+                         f"pass --net {nets[0]}")
+    if guide in FLOWS and config.flows < 1:
+        raise ValueError(f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)")
+    if guide not in FLOWS and (config.flows or config.flow_hidden_dims):
+        flag = "--flows" if config.flows else "--flow-hidden-dims"
+        raise ValueError(f"{flag} needs a flow guide (--guide {', '.join(FLOWS)}); the {guide!r} guide has no "
+                         f"flows: drop {flag}")
+    if guide in FLOWS and not FLOWS[guide].invertible and isinstance(ESTIMATORS[config.elbo], type) and \
+            issubclass(ESTIMATORS[config.elbo], DetachedPathELBO):
+        raise ValueError(f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; the "
+                         f"{guide!r} flow has none: use --guide "
+                         f"{' or '.join(n for n, f in FLOWS.items() if f.invertible)}, or --elbo iwae")
+    schedule = KLSchedule(config.beta, config.kl_warmup_epochs)
+    if not schedule.is_identity or config.free_bits:
+        check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
+    if hasattr(builder, "check"):  # the model's own rules (e.g. hierarchical: --latent-dims)
+        builder.check(config)
     check_positive_float("sigma", config.sigma, "; pass e.g. --sigma 0.1")
     for option in ("limit", "test_limit"):
         if getattr(config, option) is not None:
