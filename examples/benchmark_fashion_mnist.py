@@ -30,6 +30,7 @@ import time
 import torch
 
 from pyro_vae import experiment
+from pyro_vae.experiment import output_dir
 from pyro_vae.config import Config
 
 PUBLISHED = {"VAE": 228.70, "VampPrior": 227.35, "HVAE": 227.37, "ConvHVAE": 225.38,
@@ -137,10 +138,13 @@ def parse_args(argv=None):
     p.add_argument("--test-limit", type=int, default=None, help="test images (default: all 10k)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/benchmark_fashion_mnist")
+    p.add_argument("--out", default=None,
+                   help="run directory (default runs/benchmark_fashion_mnist; runs/…-2, … when taken; "
+                        "--smoke: a fresh temporary one)")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--smoke", action="store_true", help="every row on a tiny budget (seconds)")
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, "benchmark_fashion_mnist", args.smoke, True)
     if args.smoke:
         args.epochs, args.warmup, args.nll_samples, args.limit, args.test_limit = 1, 1, 10, 300, 100
     return args

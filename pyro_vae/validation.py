@@ -10,7 +10,7 @@ import math
 import numbers
 import os
 
-import torch
+# torch is imported by the checks that need it, so that `pyro-vae --help` (config.py imports this) stays fast
 
 CHECKPOINT_KEYS = ("epoch", "params", "optim", "rng")
 
@@ -75,6 +75,8 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
 
     One reduction and one host sync over the whole tensor: call it once per dataset.
     """
+    import torch
+
     if not torch.is_tensor(x):
         raise TypeError(f"{name} must be a torch.Tensor of images [N, ...], got {type(x).__name__}")
     if not (x.is_floating_point()):
@@ -143,6 +145,8 @@ def check_pair_runs(model, guide, x, *args, **kwargs):
 
 def check_device(device):
     """``device`` names an existing device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` with N < the GPU count."""
+    import torch
+
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
@@ -168,6 +172,8 @@ def check_device(device):
 
 def load_checkpoint(path):
     """Read a trainer checkpoint; a missing, unreadable or foreign file raises one actionable error."""
+    import torch
+
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}; train the run first (without --resume to start it)")
     try:
