@@ -38,8 +38,8 @@ def register_model(name):
 
     A builder may declare, as attributes read by :func:`pyro_vae.validation.check_config` before any data is
     read: ``guides`` (the guide names it accepts; default every registered guide), ``default_guide`` (used when
-    ``config.guide`` is None; default the first of them), ``nets`` (default all) and ``check(config)`` (its own
-    one-line refusals).
+    ``config.guide`` is None; default the first of them), ``nets`` and ``estimators`` (default all) and
+    ``check(config)`` (its own one-line refusals).
     """
 
     def decorator(builder):
@@ -47,6 +47,9 @@ def register_model(name):
         return builder
 
     return decorator
+
+
+NETS = ("mlp", "conv")  # the encoder/decoder nets of make_encoder and make_decoder (--net)
 
 
 def make_encoder(config, x_shape, out_dim=None):

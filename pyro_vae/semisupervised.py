@@ -159,4 +159,6 @@ def build_m2(config, x_shape, num_data=None):
               config.aux_weight, config.labeled)
 
 
-build_m2.guides, build_m2.nets = ("diagonal",), ("mlp",)  # its own guide q(z | x, y) (read by validation.check_config)
+# read by validation.check_config: its own guide q(y | x) q(z | x, y), MLP nets, and the estimators that train a
+# guide with a discrete site y (score function or enumeration; the others need reparameterized sites)
+build_m2.guides, build_m2.nets, build_m2.estimators = ("diagonal",), ("mlp",), ("trace", "enum")

@@ -228,6 +228,13 @@ def check_config(config):
     if nets is not None and config.net not in nets:
         raise ValueError(f"--model {config.model} has {' or '.join(nets)} nets only, not --net {config.net}; "
                          f"pass --net {nets[0]}")
+    estimators = getattr(builder, "estimators", None)  # e.g. m2: a discrete latent that is not reparameterizable
+    used = "free-bits" if config.free_bits else config.elbo
+    if estimators is not None and used not in estimators:
+        what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
+        raise ValueError(f"--model {config.model} samples a discrete latent that is not reparameterizable, which "
+                         f"{what} cannot train; use --elbo {' or '.join(estimators)}"
+                         + (" without --free-bits" if config.free_bits else ""))
     if guide in FLOWS and config.flows < 1:
         raise ValueError(f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)")
     if guide not in FLOWS and (config.flows or config.flow_hidden_dims):

@@ -44,7 +44,7 @@ from .estimators import register_elbo
 from .evaluation import elementwise_kl
 from .importance import data_plate_scale, extra_scale, guess_max_plate_nesting, log_weights, per_particle_and_point
 
-SCALED_ESTIMATORS = ("trace", "meanfield", "enum")
+SCALED_ESTIMATORS = ("trace", "meanfield", "enum", "free-bits")  # free-bits: FreeBitsELBO reads β per site
 
 
 def _check_beta(beta, what="beta"):
