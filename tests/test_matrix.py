@@ -17,6 +17,8 @@ import itertools
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -271,3 +273,41 @@ def test_failure_inside_torch_is_one_line_with_the_traceback_in_the_log(debug, t
         assert err.count("\n") == 1 and str(out / experiment.LOG) in err
     log = (out / experiment.LOG).read_text()
     assert "Traceback (most recent call last)" in log and "_torchscript_failure" in log
+
+
+def test_help_imports_neither_torch_nor_pyro():
+    code = ("import sys; from pyro_vae.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'pyro', 'torchvision') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+@needs_data
+def test_quiet_train_prints_nothing(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_DATA": str(tmp_path / "data")}
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--limit", "128", "--test-limit", "32",
+                           "--epochs", "1", "--batch-size", "64", "--hidden-dims", "8", "--latent-dim", "2",
+                           "--device", "cpu", "--out", str(out), "--quiet", "--no-pictures"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stdout + proc.stderr
+    assert "fast path" in (out / experiment.LOG).read_text()  # the trainer's notes go to the run's log instead
+
+
+def test_examples_write_smoke_runs_to_fresh_directories_and_number_full_runs(tmp_path, capsys):
+    from examples_loader import load_example
+
+    example = load_example("beta_vae")
+    first, second = (example.parse_args(["--smoke"]).out for _ in range(2))
+    assert first != second and os.listdir(first) == os.listdir(second) == []
+    os.rmdir(first), os.rmdir(second)
+    out = tmp_path / "runs" / "beta_vae"
+    assert experiment.output_dir(str(out), "beta_vae") == str(out)  # new
+    out.mkdir(parents=True)
+    (out / "beta_vae.json").write_text("{}")
+    assert experiment.output_dir(str(out), "beta_vae") == f"{out}-2"  # taken: the next number
+    os.makedirs(f"{out}-2/beta1")
+    assert experiment.output_dir(str(out), "beta_vae") == f"{out}-3"
+    assert experiment.output_dir(str(out), "beta_vae", resume=True) == str(out)
+    printed = capsys.readouterr().out
+    assert "pass --resume to continue it" in printed and f"resuming the run(s) in {out}" in printed
