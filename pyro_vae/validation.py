@@ -221,7 +221,7 @@ def check_config(config):
     guides, default = model_guides(builder)  # a model builder may declare its own guides (hierarchical: top-down…)
     guide = default if config.guide is None else config.guide
     if not isinstance(guide, str) or guide not in guides:
-        raise ValueError(f"--model {config.model} has no guide {guide!r} (--guide); choose one of "
+        raise ValueError(f"unknown guide {guide!r} for --model {config.model} (--guide); choose one of "
                          f"{', '.join(sorted(guides))}, or leave --guide out for its default, {default}")
     check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
     nets = getattr(builder, "nets", None)

@@ -162,7 +162,7 @@ def test_refused_before_any_data_is_read_with_one_line(model, guide, tmp_path, m
     (["--flows", "2"], "--flows needs a flow guide"),
     (["--model", "hierarchical"], "needs --latent-dims"),
     (["--model", "hierarchical", "--latent-dims", "4,2", "--flows", "1"], "--flows needs a flow guide"),
-    (["--model", "m2", "--guide", "top-down"], "has no guide 'top-down'"),
+    (["--model", "m2", "--guide", "top-down"], "unknown guide 'top-down' for --model m2"),
 ])
 def test_supporting_flags_are_checked_before_any_data_is_read(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(experiment, "load_data", lambda *a, **k: pytest.fail("data was read"))
