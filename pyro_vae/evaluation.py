@@ -76,9 +76,10 @@ def _site_mean(fn):
 
 @torch.no_grad()
 def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_nesting=None, **kwargs):
-    """E_q[z | x_i] of every continuous latent site of ``guide``: a dict ``{site: tensor [N, *event_shape]}`` in
+    """E_q[z | x_i] of every real-valued latent site of ``guide``: a dict ``{site: tensor [N, *event_shape]}`` in
     guide order.  Integer-valued sites (e.g. the class ``y`` of M2 or of an unconditioned CVAE) have no mean in
-    latent space and are left out (a one-hot site's mean is its probabilities); the sites after them are averaged over their draws, E_q[z|x] = E_{q(y|x)} E_q[z|x,y].
+    latent space and are left out (a one-hot site's mean is its probabilities); the sites after them are
+    averaged over their draws, E_q[z|x] = E_{q(y|x)} E_q[z|x,y].
 
     A site whose distribution has a ``mean`` contributes ``fn.mean``, averaged over
     ``mc_samples`` draws of the sites sampled before it (E[z₂] = E_{z₁}[E[z₂ | z₁]]); a

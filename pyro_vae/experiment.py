@@ -98,7 +98,8 @@ def with_defaults(config):
 
 
 def build_model(config, x_shape, num_data=None):
-    """Build the model named by ``config.model`` (one of :data:`MODELS`), after :func:`~pyro_vae.validation.check_config`."""
+    """Build the model named by ``config.model`` (one of :data:`MODELS`), once
+    :func:`~pyro_vae.validation.check_config` accepts the configuration."""
     config = with_defaults(validation.check_config(config))
     return MODELS[config.model](config, x_shape, num_data)
 
@@ -353,7 +354,8 @@ def output_dir(out, name, smoke=False, resume=False):
         return out
     out = out or os.path.join("runs", name)
     if resume:
-        print(f"resuming the run(s) in {out}" if os.path.isdir(out) and os.listdir(out) else f"new run: writing to {out}")
+        held = os.path.isdir(out) and os.listdir(out)
+        print(f"resuming the run(s) in {out}" if held else f"new run: writing to {out}")
         return out
     fresh, n = out, 1
     while os.path.exists(fresh) and (not os.path.isdir(fresh) or os.listdir(fresh)):
