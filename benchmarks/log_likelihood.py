@@ -30,7 +30,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from speed import machine, write_section  # noqa: E402  (benchmarks/speed.py: one results-file format)
 
-
 LOG_LIKELIHOOD_TITLE = "# log_likelihood: time and peak memory against K\n\nWritten by `benchmarks/log_likelihood.py`.\n"
 
 

@@ -19,6 +19,7 @@ import os
 
 from pyro_vae import Config
 from pyro_vae.app import experiment
+from pyro_vae.app.experiment import output_dir
 
 CLASSES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 
@@ -52,10 +53,13 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/anomaly_detection", help="run directory")
+    parser.add_argument("--out", default=None,
+                        help="run directory (default runs/anomaly_detection; runs/…-2, … when taken; "
+                             "--smoke: a fresh temporary one)")
     parser.add_argument("--resume", action="store_true", help="continue training the run in --out")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run on a small subset")
     args = parser.parse_args(argv)
+    args.out = output_dir(args.out, "anomaly_detection", args.smoke, args.resume)
     if not 0 <= args.anomaly_class < len(CLASSES):
         parser.error(f"--anomaly-class must be in 0..9, got {args.anomaly_class}")
     if args.smoke:

@@ -38,6 +38,7 @@ import torch
 
 from pyro_vae.app import experiment
 from pyro_vae.app.config import Config
+from pyro_vae.app.experiment import output_dir
 
 PUBLISHED = {"VAE": 228.70, "VampPrior": 227.35, "HVAE": 227.37, "ConvHVAE": 225.38,
              "ConvHVAE + VampPrior": 224.67, "PixelSNAIL decoder": 223.68}
@@ -188,13 +189,16 @@ def parse_args(argv=None):
     p.add_argument("--images-every", type=int, default=10, help="TensorBoard pictures every N epochs")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/benchmark_fashion_mnist", help="folder of the run directories")
+    p.add_argument("--out", default=None,
+                   help="folder of the run directories (default runs/benchmark_fashion_mnist; runs/…-2, … when "
+                        "taken, unless --resume; --smoke: a fresh temporary one)")
     p.add_argument("--results", default=None, help="results JSON (default: see results_path)")
     p.add_argument("--resume", action="store_true",
                    help="continue the runs in --out from their checkpoints; rows already evaluated are kept")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--smoke", action="store_true", help="every row on a tiny budget (seconds)")
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, "benchmark_fashion_mnist", args.smoke, args.resume)
     if args.smoke:
         args.epochs, args.warmup, args.early_stopping, args.nll_samples, args.limit, args.test_limit = 2, 1, 1, 10, 300, 100
     return args

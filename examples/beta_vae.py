@@ -12,7 +12,7 @@ import json
 import os
 
 from pyro_vae.app.config import Config
-from pyro_vae.app.experiment import train
+from pyro_vae.app.experiment import output_dir, train
 from pyro_vae.evaluation.metrics import elbo_terms
 
 
@@ -22,7 +22,7 @@ def main(args):
         config = Config(beta=beta, elbo="meanfield", epochs=args.epochs, limit=args.limit, test_limit=args.test_limit,
                         hidden_dims=args.hidden_dims, latent_dim=args.latent_dim, kl_warmup_epochs=args.warmup,
                         out=os.path.join(args.out, f"beta{beta:g}"), pictures=not args.smoke, device=args.device)
-        vae, data, _ = train(config, progress=False)
+        vae, data, _ = train(config, resume=args.resume, progress=False)
         vae.eval()
         recon, kl = elbo_terms(vae.model, vae.guide, data.test, num_particles=4)
         rows[f"beta={beta:g}"] = {"recon": recon.mean().item(), "kl": kl.mean().item(),
@@ -44,9 +44,13 @@ def parse_args(argv=None):
     p.add_argument("--hidden-dims", type=int, nargs="+", default=[400])
     p.add_argument("--latent-dim", type=int, default=20)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="runs/beta_vae")
+    p.add_argument("--out", default=None,
+                   help="run directory (default runs/beta_vae, or runs/beta_vae-2, … when taken; "
+                        "--smoke: a fresh temporary one)")
+    p.add_argument("--resume", action="store_true", help="continue the run(s) in --out")
     p.add_argument("--smoke", action="store_true", help="tiny run: 1 epoch on 256 images")
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, "beta_vae", args.smoke, args.resume)
     if args.smoke:
         args.epochs, args.limit, args.test_limit, args.hidden_dims, args.latent_dim = 1, 256, 128, [32], 4
     return args

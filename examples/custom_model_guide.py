@@ -18,6 +18,7 @@ import pyro.distributions as dist
 from torch import nn
 
 from pyro_vae import Trainer, evaluate, load_data
+from pyro_vae.app.experiment import output_dir
 from pyro_vae.evaluation.pictures import save_run_pictures
 from pyro_vae.training.trainer import resolve_device
 
@@ -71,9 +72,12 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/custom_model_guide")
+    parser.add_argument("--out", default=None,
+                        help="run directory (default runs/custom_model_guide; runs/…-2, … when taken; "
+                             "--smoke: a fresh temporary one)")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run on a small subset")
     args = parser.parse_args(argv)
+    args.out = output_dir(args.out, "custom_model_guide", args.smoke, False)
     if args.smoke:
         args.epochs, args.limit, args.test_limit, args.nll_samples = 2, 1000, 200, 20
     return args

@@ -9,14 +9,14 @@ import argparse
 import os
 
 from pyro_vae.app.config import Config
-from pyro_vae.app.experiment import sample_run, train
+from pyro_vae.app.experiment import output_dir, sample_run, train
 
 
 def main(args):
     config = Config(model="cvae", epochs=args.epochs, limit=args.limit, test_limit=args.test_limit,
                     hidden_dims=args.hidden_dims, latent_dim=args.latent_dim, out=args.out,
                     pictures=not args.smoke, device=args.device)
-    _, _, history = train(config, progress=False)
+    _, _, history = train(config, resume=args.resume, progress=False)
     paths = [sample_run(args.out, n=args.n, out=os.path.join(args.out, f"class_{k}.png"), device=args.device,
                         label=k) for k in range(10)]
     print(f"test ELBO (labels marginalized) {history[-1]['test_elbo']:.2f}; samples: {args.out}/class_K.png")
@@ -32,9 +32,13 @@ def parse_args(argv=None):
     p.add_argument("--hidden-dims", type=int, nargs="+", default=[400])
     p.add_argument("--latent-dim", type=int, default=20)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="runs/cvae")
+    p.add_argument("--out", default=None,
+                   help="run directory (default runs/cvae, or runs/cvae-2, … when taken; "
+                        "--smoke: a fresh temporary one)")
+    p.add_argument("--resume", action="store_true", help="continue the run(s) in --out")
     p.add_argument("--smoke", action="store_true", help="tiny run: 1 epoch on 256 images")
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, "cvae", args.smoke, args.resume)
     if args.smoke:
         args.epochs, args.limit, args.test_limit, args.hidden_dims, args.latent_dim, args.n = 1, 256, 128, [32], 4, 4
     return args

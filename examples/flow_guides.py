@@ -22,7 +22,7 @@ import json
 import os
 
 from pyro_vae import Config, evaluate
-from pyro_vae.app.experiment import train
+from pyro_vae.app.experiment import output_dir, train
 
 
 def main(args):
@@ -33,7 +33,7 @@ def main(args):
     for guide in args.guides:
         config = Config(**common, guide=guide, flows=0 if guide == "diagonal" else args.flows,
                         out=os.path.join(args.out, guide))
-        vae, data, history = train(config, progress=False)
+        vae, data, history = train(config, resume=args.resume, progress=False)
         vae.eval()
         result = evaluate(vae.model, vae.guide, data.test, nll_samples=args.nll_samples, verbose=False)
         rows[guide] = {"test_elbo": result["elbo"], "nll": result["nll"], "gap": -result["nll"] - result["elbo"],
@@ -67,9 +67,13 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/flow_guides")
+    parser.add_argument("--out", default=None,
+                        help="run directory (default runs/flow_guides, or runs/flow_guides-2, … when taken; "
+                             "--smoke: a fresh temporary one)")
+    parser.add_argument("--resume", action="store_true", help="continue the run(s) in --out")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run on a small subset")
     args = parser.parse_args(argv)
+    args.out = output_dir(args.out, "flow_guides", args.smoke, args.resume)
     if args.smoke:
         args.epochs, args.limit, args.test_limit, args.nll_samples = 1, 500, 100, 10
         args.latent_dim, args.hidden_dims, args.flows = 8, [64], 2

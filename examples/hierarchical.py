@@ -20,7 +20,7 @@ import json
 import os
 
 from pyro_vae import Config, evaluate
-from pyro_vae.app.experiment import train
+from pyro_vae.app.experiment import output_dir, train
 
 
 def setups(d1, d2):
@@ -48,7 +48,7 @@ def main(args):
     for name, overrides in setups(args.d1, args.d2).items():
         out = os.path.join(args.out, name.replace(" ", "-"))
         config = Config(**common, **overrides, out=out)
-        vae, data, history = train(config, progress=False)
+        vae, data, history = train(config, resume=args.resume, progress=False)
         vae.eval()
         result = evaluate(vae.model, vae.guide, data.test, nll_samples=args.nll_samples, verbose=False)
         rows[name] = {"test_elbo": result["elbo"], "nll": result["nll"], "active_units": result["active_units"],
@@ -77,9 +77,13 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/hierarchical")
+    parser.add_argument("--out", default=None,
+                        help="run directory (default runs/hierarchical, or runs/hierarchical-2, … when taken; "
+                             "--smoke: a fresh temporary one)")
+    parser.add_argument("--resume", action="store_true", help="continue the run(s) in --out")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run on a small subset")
     args = parser.parse_args(argv)
+    args.out = output_dir(args.out, "hierarchical", args.smoke, args.resume)
     if args.smoke:
         args.epochs, args.limit, args.test_limit, args.nll_samples = 1, 500, 100, 10
         args.d1, args.d2, args.hidden_dims = 16, 8, [64]

@@ -32,7 +32,7 @@ import pyro
 import torch
 
 from pyro_vae import Config, Trainer, evaluate, load_data
-from pyro_vae.models import MODELS, build_model
+from pyro_vae.app.experiment import MODELS, build_model, output_dir
 from pyro_vae.training.trainer import resolve_device
 
 
@@ -122,9 +122,12 @@ def parse_args(argv=None):
     parser.add_argument("--test-limit", type=int, default=None, help="test images to use")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/iwae")
+    parser.add_argument("--out", default=None,
+                        help="run directory (default runs/iwae, or runs/iwae-2, … when taken; "
+                             "--smoke: a fresh temporary one)")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run on a small subset")
     args = parser.parse_args(argv)
+    args.out = output_dir(args.out, "iwae", args.smoke, False)
     if args.smoke:
         args.epochs, args.limit, args.test_limit, args.nll_samples, args.batch_size = 1, 200, 50, 20, 50
         args.k, args.hidden_dims, args.latent_dims = [1, 5], [32], [8, 4]

@@ -10,14 +10,14 @@ import argparse
 import json
 
 from pyro_vae.app.config import Config
-from pyro_vae.app.experiment import train
+from pyro_vae.app.experiment import output_dir, train
 
 
 def main(args):
     config = Config(model="m2", elbo="enum", labeled=args.labeled, epochs=args.epochs, limit=args.limit,
                     test_limit=args.test_limit, hidden_dims=args.hidden_dims, latent_dim=args.latent_dim,
                     out=args.out, pictures=False, device=args.device)
-    _, _, history = train(config, progress=False)
+    _, _, history = train(config, resume=args.resume, progress=False)
     result = {k: history[-1][k] for k in ("test_accuracy", "labeled", "test_elbo", "epoch")}
     print(json.dumps(result))
     return result
@@ -32,9 +32,13 @@ def parse_args(argv=None):
     p.add_argument("--hidden-dims", type=int, nargs="+", default=[500])
     p.add_argument("--latent-dim", type=int, default=50)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="runs/m2")
+    p.add_argument("--out", default=None,
+                   help="run directory (default runs/m2, or runs/m2-2, … when taken; "
+                        "--smoke: a fresh temporary one)")
+    p.add_argument("--resume", action="store_true", help="continue the run(s) in --out")
     p.add_argument("--smoke", action="store_true", help="tiny run: 1 epoch on 256 images, 50 labels")
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, "m2", args.smoke, args.resume)
     if args.smoke:
         args.epochs, args.limit, args.test_limit, args.labeled = 1, 256, 128, 50
         args.hidden_dims, args.latent_dim = [32], 4

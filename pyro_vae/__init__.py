@@ -2,22 +2,33 @@
 
 Every model and guide is a Pyro function taking the batch ``x`` first; estimators
 are swapped by name with :func:`make_elbo`, guides with :func:`make_guide`.
+
+The names below are imported on first use (PEP 562), so ``import pyro_vae.config`` and
+``pyro-vae --help`` do not import torch and Pyro.
 """
-from pyro_vae.app.config import Config
-from pyro_vae.core.plates import data_plate
-from pyro_vae.data import load_data
-from pyro_vae.estimators import make_elbo
-from pyro_vae.estimators.importance import log_likelihood, log_weights
-from pyro_vae.estimators.variants import FreeBitsELBO, KLSchedule, beta_scale
-from pyro_vae.evaluation.metrics import elbo_per_point, evaluate
-from pyro_vae.guides import make_guide
-from pyro_vae.models.hierarchical import HierarchicalVAE
-from pyro_vae.models.likelihoods import make_likelihood
-from pyro_vae.models.vae import VAE
-from pyro_vae.training.trainer import Trainer
+import importlib
+
+_EXPORTS = {  # imported on first use, so that `pyro-vae --help` imports neither torch nor pyro
+    "Config": "app.config", "data_plate": "core.plates", "probe": "core.probe", "load_data": "data",
+    "make_elbo": "estimators", "log_likelihood": "estimators.importance", "log_weights": "estimators.importance",
+    "FreeBitsELBO": "estimators.variants", "KLSchedule": "estimators.variants", "beta_scale": "estimators.variants",
+    "elbo_per_point": "evaluation.metrics", "evaluate": "evaluation.metrics", "make_guide": "guides",
+    "HierarchicalVAE": "models.hierarchical", "make_likelihood": "models.likelihoods", "VAE": "models.vae",
+    "Trainer": "training.trainer",
+}
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "Trainer", "VAE", "data_plate", "elbo_per_point", "evaluate", "load_data", "log_likelihood",
-           "log_weights", "make_elbo", "make_guide", "make_likelihood", "FreeBitsELBO", "KLSchedule", "beta_scale",
-           "HierarchicalVAE"]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -78,8 +78,17 @@ def test_torchrun_cli_on_fashion_mnist(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["test_elbo"] > rows[0]["test_elbo"] and rows[1]["test_elbo"] < 0
     assert os.path.exists(out / "checkpoint.pt")
-    # TensorBoard: rank 0 alone writes one event file, with each epoch once
-    from pyro_vae.training.tensorboard import read_scalars
 
-    assert len([f for f in os.listdir(out) if f.startswith("events.out.tfevents.")]) == 1
-    assert [v for _, v in read_scalars(out)["test_elbo"]] == pytest.approx([r["test_elbo"] for r in rows], rel=1e-6)
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST")
+def test_torchrun_cli_five_launches_in_a_row_all_succeed(tmp_path):
+    """The CLI ends the process group on exit and the other rank waits for rank 0's pictures: no SIGABRT at exit."""
+    for i in range(5):
+        out = tmp_path / f"run{i}"
+        proc = _run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "pyro_vae", "train", "--device", "cpu",
+                     "--limit", "128", "--test-limit", "32", "--epochs", "1", "--batch-size", "32", "--hidden-dims",
+                     "8", "--latent-dim", "2", "--out", str(out), "--quiet"], cwd=str(tmp_path))
+        assert "terminate called" not in proc.stderr and "FAILED" not in proc.stderr, proc.stderr[-2000:]
+        assert [json.loads(line)["epoch"] for line in open(out / "metrics.jsonl")] == [1]
+        assert (out / "samples.png").stat().st_size > 0  # rank 0 wrote its pictures before the group ended

@@ -133,6 +133,6 @@ def test_vampprior_refuses_guides_it_cannot_score_with():
         vamp_vae(model="hierarchical", latent_dims=[3, 2], guide="bottom-up")
     with pytest.raises(ValueError, match="pseudo_inputs"):
         Config(prior="vampprior", pseudo_inputs=0)
-    from pyro_vae.core import checks as validation
+    from pyro_vae.app.config import check_config
     with pytest.raises(ValueError, match="--prior vampprior is not available for --model m2"):
-        validation.check_config(Config(model="m2", prior="vampprior"))
+        check_config(Config(model="m2", prior="vampprior"))

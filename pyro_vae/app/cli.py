@@ -2,15 +2,28 @@
 ``denoise RUN_DIR`` and ``embed RUN_DIR``.
 
 Every flag of ``train`` is a field of :class:`~pyro_vae.app.config.Config` (kebab-case);
-the commands only build a config and call :mod:`pyro_vae.app.experiment`.
+the commands only build a config and call :mod:`pyro_vae.app.experiment`, imported when a
+command runs (``--help`` imports neither torch nor pyro).
+
+Exit status: 0 on success; 2 for a user error (a bad option, missing data or run, a refused
+combination), printed as one line; 1 for a failure inside torch, Pyro or elsewhere, printed as
+one line that names it, with the traceback behind ``--debug`` and in the run's ``pyro-vae.log``;
+128 + N when stopped by signal N.
 """
 import argparse
 import dataclasses
+import functools
 import json
+import os
 import sys
+import time
+import traceback
 import typing
 
 from pyro_vae.app.config import Config
+
+LOG = "pyro-vae.log"  # in the run directory: the traceback of a failed command, the trainer's log lines
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError)
 
 HELP = {
     "dataset": "mnist or fashion-mnist",
@@ -25,7 +38,9 @@ HELP = {
     "likelihood": "bernoulli, gaussian, learned-gaussian, sigma-vae or sigma-vae-optimal",
     "sigma": "σ of the fixed Gaussian likelihood (initial σ of the learned ones)",
     "hidden_dims": "comma-separated hidden sizes of encoder (decoder mirrors them), e.g. 400 or 300,300",
-    "guide": "guide name (diagonal, or a flow: iaf, spline, householder, sylvester, planar, radial; top-down or bottom-up for --model hierarchical)",
+    "guide": "guide name; default: the model's own (vae: diagonal, or a flow: iaf, spline, householder, sylvester, "
+             "planar, radial; hierarchical: top-down or bottom-up; relaxed-categorical: categorical; m2, cvae: "
+             "diagonal)",
     "flows": "number of flow layers in the guide (>= 1 for a flow guide, 0 for diagonal)",
     "flow_hidden_dims": "comma-separated hidden sizes of each flow layer's network (default 10 x latent-dim)",
     "prior": "p(z): standard (N(0, I)) or vampprior (mixture of the guide's posteriors at learned pseudo-inputs; "
@@ -89,12 +104,16 @@ def add_config_arguments(parser, cls=Config):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders with Pyro.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help=f"on an error, print the full traceback (it is also written to RUN_DIR/{LOG})")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a model; writes a run directory")
+    add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)  # noqa: E731
+    train = add("train", help="train a model; writes a run directory")
     add_config_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    ev = sub.add_parser("evaluate", help="evaluate a run: ELBO, NLL, KL/reconstruction; writes eval.json")
+    train.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+    ev = add("evaluate", help="evaluate a run: ELBO, NLL, KL/reconstruction; writes eval.json")
     ev.add_argument("run_dir")
     ev.add_argument("--nll-samples", type=int, default=5000, help="importance samples for the NLL (0: skip)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
@@ -103,13 +122,13 @@ def build_parser():
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--pictures", action=argparse.BooleanOptionalAction, default=True,
                     help="write the run's pictures (samples, reconstructions, interpolations, traversals, scatter)")
-    sa = sub.add_parser("sample", help="write a fresh grid of prior samples")
+    sa = add("sample", help="write a fresh grid of prior samples")
     sa.add_argument("run_dir")
     sa.add_argument("--n", type=int, default=64)
     sa.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png)")
     sa.add_argument("--label", type=int, default=None, help="class of the images (conditional models: cvae)")
     sa.add_argument("--device", default="auto")
-    an = sub.add_parser("anomaly", help="ROC AUC of per-image NLL (or −ELBO) for one class against the others")
+    an = add("anomaly", help="ROC AUC of per-image NLL (or −ELBO) for one class against the others")
     an.add_argument("run_dir")
     an.add_argument("--class", dest="anomaly_class", type=int, default=None,
                     help="the anomalous test class (default: the run's --exclude-class)")
@@ -117,7 +136,7 @@ def build_parser():
     an.add_argument("--samples", type=int, default=1000, help="importance samples (nll) or particles (elbo)")
     an.add_argument("--limit", type=int, default=None, help="score the first N test images only")
     an.add_argument("--device", default="auto")
-    de = sub.add_parser("denoise", help="reconstruct corrupted test images; MSE of input and output vs the clean image")
+    de = add("denoise", help="reconstruct corrupted test images; MSE of input and output vs the clean image")
     de.add_argument("run_dir")
     de.add_argument("--corruption", choices=["gaussian", "flip", "mask"], default="mask",
                     help="gaussian: add σ·N(0,1); flip: invert pixels; mask: zero pixels (with probability --level)")
@@ -125,7 +144,7 @@ def build_parser():
     de.add_argument("--limit", type=int, default=1000, help="the first N test images")
     de.add_argument("--seed", type=int, default=0)
     de.add_argument("--device", default="auto")
-    em = sub.add_parser("embed", help="export posterior means and labels as .npy (dimensionality reduction)")
+    em = add("embed", help="export posterior means and labels as .npy (dimensionality reduction)")
     em.add_argument("run_dir")
     em.add_argument("--split", choices=["test", "val", "train"], default="test")
     em.add_argument("--limit", type=int, default=None)
@@ -134,17 +153,26 @@ def build_parser():
     return parser
 
 
-def run(argv=None):
+@functools.lru_cache(maxsize=None)
+def _parser():
+    return build_parser()  # built once per process: a parser is reusable, and building one takes ~20 ms
+
+
+def run(args):
+    """Run the parsed command ``args``."""
+    import logging
+
     from pyro_vae.app import experiment
 
-    args = build_parser().parse_args(argv)
+    logging.getLogger("pyro").setLevel(logging.WARNING)  # not Pyro's "Guessed max_plate_nesting = 1"
     if args.command == "train":
         fields = {f.name for f in dataclasses.fields(Config)}
         config = Config(**{k: v for k, v in vars(args).items() if k in fields})
         _, _, history = experiment.train(config, resume=args.resume, progress=not args.quiet)
-        if history:
-            print(json.dumps(history[-1]))
-        print(f"run directory: {config.out}")
+        if not args.quiet and _is_main():
+            if history:
+                print(json.dumps(history[-1]))
+            print(f"run directory: {config.out}")
     elif args.command == "evaluate":
         result = experiment.evaluate_run(args.run_dir, args.nll_samples, args.limit, args.split, args.device,
                                          pictures=args.pictures)
@@ -162,6 +190,11 @@ def run(argv=None):
             print(path)
 
 
+def _is_main():
+    dist = sys.modules.get("pyro_vae.training.distributed")
+    return dist is None or dist.is_main()
+
+
 def _print_result(result, as_json):
     if as_json:
         print(json.dumps(result))
@@ -172,17 +205,91 @@ def _print_result(result, as_json):
         print(f"{k:>14}: {v:.3f}" if isinstance(v, float) else f"{k:>14}: {v}")
 
 
-def main(argv=None):
-    """Entry point: user errors print one line and exit with status 2, no traceback."""
+def _raised_by_us(e):
+    """Whether the innermost frame of ``e``'s traceback is in pyro_vae (our own checks' one-line errors)."""
+    frames = traceback.extract_tb(e.__traceback__)
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # pyro_vae/, above app/
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package + os.sep)
+
+
+def one_line(e):
+    """The line of ``e``'s message that says what went wrong (a TorchScript error's own last line)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if len(lines) > 1 and ("TorchScript" in lines[0] or lines[0].endswith(":")):
+        named = [line for line in lines if line.split(":", 1)[0].endswith(("Error", "Exception"))]
+        if named:
+            return named[-1].split(":", 1)[1].strip() or named[-1]
+    return lines[0]
+
+
+def explain(e):
+    """``(exit status, one line)`` for an exception that ended a command (see the module docstring)."""
+    if isinstance(e, USER_ERRORS) and _raised_by_us(e):
+        return 2, one_line(e)
+    frames = traceback.extract_tb(e.__traceback__)
+    where = ""
+    if frames:
+        path = frames[-1].filename
+        package = next((p for p in ("torch", "pyro", "pyro_vae", "numpy", "matplotlib", "torchvision")
+                        if f"{os.sep}{p}{os.sep}" in path), None)
+        where = f" in {package or os.path.basename(path)}"
+        ours = [f for f in frames if os.sep + "pyro_vae" + os.sep in f.filename]
+        if ours and package != "pyro_vae":
+            where += f" (called from {os.path.basename(ours[-1].filename)}:{ours[-1].lineno} {ours[-1].name})"
+    return 1, (f"{type(e).__name__}{where}: {one_line(e)}; this combination of options may be unsupported or this "
+               f"is a bug: rerun with --debug for the traceback")
+
+
+def _run_dir(args):
+    path = getattr(args, "out", None) if args.command == "train" else getattr(args, "run_dir", None)
+    return path if path and os.path.isdir(path) else None
+
+
+def _log_error(args, argv, e):
+    """Append the traceback of ``e`` to the run directory's log (when there is one); return its path or None."""
+    run_dir = _run_dir(args)
+    if run_dir is None or not _is_main():
+        return None
+    path = os.path.join(run_dir, LOG)
     try:
-        run(argv)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        print(f"pyro-vae: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        with open(path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR pyro-vae {' '.join(argv)}\n")
+            f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    except OSError:
+        return None
+    return path
+
+
+def _shutdown():
+    """End the torch.distributed process group, if this process joined one (every exit path)."""
+    dist = sys.modules.get("pyro_vae.training.distributed")
+    if dist is not None:
+        dist.shutdown()
+
+
+def main(argv=None):
+    """Entry point: errors print one line (status 2 for user errors, 1 for others; see the module docstring)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    try:
+        run(args)
     except KeyboardInterrupt as e:  # SIGINT, or SIGTERM turned into TrainingInterrupted by the trainer
         print(f"pyro-vae: interrupted: {e or 'the last completed epoch is saved in the run directory'}",
               file=sys.stderr)
         sys.exit(128 + int(getattr(e, "signum", 2)))
+    except Exception as e:
+        code, line = explain(e)
+        log = _log_error(args, argv, e)
+        if args.debug:
+            traceback.print_exc()
+        elif code == 1 and log:
+            line += f" (also in {log})"
+        print(f"pyro-vae: error: {line}", file=sys.stderr)
+        sys.exit(code)
+    finally:
+        _shutdown()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ class Config:
     latent_dims: Optional[List[int]] = None
     hidden_dims: List[int] = field(default_factory=lambda: [400])
     activation: str = "relu"
-    guide: str = "diagonal"
+    guide: Optional[str] = None  # None: the model's default guide (vae: diagonal; hierarchical: top-down; …)
     flows: int = 0
     flow_hidden_dims: Optional[List[int]] = None
     prior: str = "standard"
@@ -132,15 +132,17 @@ class Config:
 
 
 def check_config(config):
-    """Names in a :class:`~pyro_vae.app.config.Config` that only the registries know, and the data directory.
+    """Names in a :class:`Config` that only the registries know, the combination of model, guide,
+    net, estimator and KL variant, and the data directory: the one place that refuses a configuration.
 
-    Checked before any data is read; the device is checked by the caller (a run trained on
-    CUDA may be evaluated on CPU).
+    Checked before any data is read; each refusal is one line naming the conflict.  The device is
+    checked by the caller (a run trained on CUDA may be evaluated on CPU).
     """
     from pyro_vae.data import BINARIZE, DATASETS  # the registries, imported when a run starts, not for --help
     from pyro_vae.estimators import ESTIMATORS
-    from pyro_vae.guides import GUIDES
-    from pyro_vae.models import MODELS
+    from pyro_vae.estimators.variants import KLSchedule, check_estimator
+    from pyro_vae.guides import FLOWS
+    from pyro_vae.models import MODELS, model_guides
     from pyro_vae.models.likelihoods import LIKELIHOODS
     from pyro_vae.models.nets import ACTIVATIONS
 
@@ -149,13 +151,43 @@ def check_config(config):
     validation.check_choice("model", config.model, MODELS, "model")
     validation.check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
     validation.check_choice("activation", config.activation, ACTIVATIONS, "activation")
-    # a model builder may declare its own guide names (e.g. hierarchical: top-down, bottom-up)
-    validation.check_choice("guide", config.guide, getattr(MODELS[config.model], "guides", GUIDES), "guide")
+    builder = MODELS[config.model]
+    guides, default = model_guides(builder)  # a model builder may declare its own guides (hierarchical: top-down…)
+    guide = default if config.guide is None else config.guide
+    if not isinstance(guide, str) or guide not in guides:
+        raise ValueError(f"unknown guide {guide!r} for --model {config.model} (--guide); choose one of "
+                         f"{', '.join(sorted(guides))}, or leave --guide out for its default, {default}")
     validation.check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
-    priors = getattr(MODELS[config.model], "priors", ("standard",))
+    nets = getattr(builder, "nets", None)
+    if nets is not None and config.net not in nets:
+        raise ValueError(f"--model {config.model} has {' or '.join(nets)} nets only, not --net {config.net}; "
+                         f"pass --net {nets[0]}")
+    estimators = getattr(builder, "estimators", None)  # e.g. m2: a discrete latent that is not reparameterizable
+    used = "free-bits" if config.free_bits else config.elbo
+    if estimators is not None and used not in estimators:
+        what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
+        raise ValueError(f"--model {config.model} samples a discrete latent that is not reparameterizable, which "
+                         f"{what} cannot train; use --elbo {' or '.join(estimators)}"
+                         + (" without --free-bits" if config.free_bits else ""))
+    if guide in FLOWS and config.flows < 1:
+        raise ValueError(f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)")
+    if guide not in FLOWS and (config.flows or config.flow_hidden_dims):
+        flag = "--flows" if config.flows else "--flow-hidden-dims"
+        raise ValueError(f"{flag} needs a flow guide (--guide {', '.join(FLOWS)}); the {guide!r} guide has no "
+                         f"flows: drop {flag}")
+    if guide in FLOWS and not FLOWS[guide].invertible and getattr(ESTIMATORS[config.elbo], "needs_inverse", False):
+        raise ValueError(f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; the "
+                         f"{guide!r} flow has none: use --guide "
+                         f"{' or '.join(n for n, f in FLOWS.items() if f.invertible)}, or --elbo iwae")
+    schedule = KLSchedule(config.beta, config.kl_warmup_epochs)
+    if not schedule.is_identity or config.free_bits:
+        check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
+    priors = getattr(builder, "priors", ("standard",))
     if config.prior not in priors:
         raise ValueError(f"--prior {config.prior} is not available for --model {config.model}; it offers "
                          f"{', '.join(priors)}")
+    if hasattr(builder, "check"):  # the model's own rules (e.g. hierarchical: --latent-dims)
+        builder.check(config)
     validation.check_positive_float("sigma", config.sigma, "; pass e.g. --sigma 0.1")
     for option in ("limit", "test_limit"):
         if getattr(config, option) is not None:

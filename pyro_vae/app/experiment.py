@@ -5,7 +5,9 @@ A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
 evaluation, ``eval.json`` and ``latent_scatter.png`` (``anomaly.json``, ``denoise.json``/``denoise.png`` and
 ``embeddings_SPLIT.npy`` after the corresponding commands).
 """
+import dataclasses
 import json
+import logging
 import os
 
 import pyro
@@ -15,12 +17,13 @@ from pyro_vae.app.config import Config, check_config
 from pyro_vae.core import checks as validation
 from pyro_vae.data import load_data
 from pyro_vae.estimators import make_elbo
-from pyro_vae.estimators.variants import KLSchedule, beta_scale, check_estimator
-from pyro_vae.evaluation.pictures import save_latent_scatter, save_run_pictures, save_samples
-from pyro_vae.models import build_model
+from pyro_vae.estimators.variants import KLSchedule, beta_scale
+from pyro_vae.models import build_model, with_defaults
 from pyro_vae.training import distributed
 from pyro_vae.training.tensorboard import bits_per_dim, evaluated_step, log_evaluation
 from pyro_vae.training.trainer import CHECKPOINT, METRICS, Trainer, resolve_device
+
+LOG = "pyro-vae.log"  # the run's log: the trainer's log lines, and the traceback of a failed command (cli.py)
 
 
 def _load_data(config, device):
@@ -29,8 +32,13 @@ def _load_data(config, device):
 
 
 def train(config, resume=False, progress=True):
-    """Train the run described by ``config`` into ``config.out``; return ``(vae, data, history)``."""
-    check_config(config)  # registry names and data directory, before any data is read
+    """Train the run described by ``config`` into ``config.out``; return ``(vae, data, history)``.
+
+    Every refusal (:func:`~pyro_vae.app.config.check_config`) happens before any data is read. The run's
+    log lines (the fast-path note, skipped steps) go to ``OUT/pyro-vae.log``; under torchrun every rank
+    returns only when rank 0 has written its files.
+    """
+    config = with_defaults(check_config(config))  # names, combination, data directory: no data read yet
     out = config.out
     config_path = os.path.join(out, "config.json")
     held = [f for f in ("config.json", CHECKPOINT, METRICS) if os.path.exists(os.path.join(out, f))]
@@ -55,13 +63,34 @@ def train(config, resume=False, progress=True):
     data = _load_data(config, device)
     vae = build_model(config, data.x_shape, num_data=len(data.train)).to(device)
     os.makedirs(out, exist_ok=True)
-    if distributed.is_main():
-        config.save(config_path)
+    logger, level = logging.getLogger("pyro_vae"), logging.getLogger("pyro_vae").level
+    handler = None
+    if distributed.is_main():  # the package's log lines (fast-path note, skipped steps) also go to OUT/pyro-vae.log
+        handler = logging.FileHandler(os.path.join(out, LOG))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                               "%Y-%m-%d %H:%M:%S"))
+        handler.setLevel(logging.INFO)
+        logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+        logger.addHandler(handler)
+    try:
+        if distributed.is_main():
+            config.save(config_path)
+        result = _fit(config, vae, data, resume, progress)
+        distributed.barrier()  # the other ranks wait for rank 0's report and pictures before they exit
+        return result
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            handler.close()
+
+
+def _fit(config, vae, data, resume, progress):
+    out, device = config.out, data.train.device
     model, guide, elbo = vae.model, vae.guide, config.elbo
     schedule = KLSchedule(config.beta, config.kl_warmup_epochs)  # β-VAE, KL warm-up, free bits (estimators.variants)
     before_epoch = None
-    if not schedule.is_identity or config.free_bits:
-        check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
+    if not schedule.is_identity or config.free_bits:  # check_config has refused the estimators that cannot
         beta = schedule.weights(device)  # tensors set before each epoch (also after --resume): the traced step reads them
         model, guide = beta_scale(model, beta), beta_scale(guide, beta)
         before_epoch = lambda t: schedule.set_epoch(t.epoch)  # noqa: E731
@@ -89,6 +118,8 @@ def train(config, resume=False, progress=True):
         if history:
             history[-1] = {**history[-1], **report}
     if config.pictures:
+        from pyro_vae.evaluation.pictures import save_run_pictures
+
         vae.eval()
         save_run_pictures(vae.model, vae.guide, data.test[:64], out)
     return vae, data, history
@@ -101,8 +132,7 @@ def load_run(run_dir, device="auto", data=True):
     for path in (config_path, ckpt_path):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{run_dir!r} is not a finished run: {os.path.basename(path)} is missing")
-    config = Config.load(config_path)
-    check_config(config)
+    config = with_defaults(check_config(Config.load(config_path)))
     device = resolve_device(device)
     state = validation.load_checkpoint(ckpt_path)
     if config.early_stopping and state.get("best"):  # early stopping: the parameters of the best epoch
@@ -136,6 +166,7 @@ def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="au
     """
     from pyro_vae.evaluation.applications import embeddings
     from pyro_vae.evaluation.metrics import evaluate
+    from pyro_vae.evaluation.pictures import save_latent_scatter, save_run_pictures
 
     config, vae, data = load_run(run_dir, device)
     x, labels = _eval_split(data, split, limit)
@@ -222,6 +253,7 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None):
 
     ``label``: class of the images, for conditional models (``--model cvae``).
     """
+    from pyro_vae.evaluation.pictures import save_samples
     from pyro_vae.models.cvae import CVAE
 
     config, vae, data = load_run(run_dir, device)
@@ -237,3 +269,30 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None):
         model = lambda x: vae.model(x, y=labels)  # noqa: E731
     save_samples(model, probe, path, n=n)
     return path
+
+
+def output_dir(out, name, smoke=False, resume=False):
+    """The directory an example (or any script) writes to, said on stdout.
+
+    ``out=None`` with ``smoke``: a fresh temporary directory (a smoke run never collides with
+    another); ``resume``: ``out`` (default ``runs/NAME``) as it is, to continue its runs; else
+    ``out`` when it does not exist or is empty, or the first of ``out-2``, ``out-3``, … that does not.
+    """
+    import tempfile
+
+    if out is None and smoke:
+        out = tempfile.mkdtemp(prefix=f"pyro_vae_{name}_")
+        print(f"smoke run: writing to the fresh directory {out}")
+        return out
+    out = out or os.path.join("runs", name)
+    if resume:
+        held = os.path.isdir(out) and os.listdir(out)
+        print(f"resuming the run(s) in {out}" if held else f"new run: writing to {out}")
+        return out
+    fresh, n = out, 1
+    while os.path.exists(fresh) and (not os.path.isdir(fresh) or os.listdir(fresh)):
+        n += 1
+        fresh = f"{out}-{n}"
+    print(f"new run: writing to {fresh}" + (f" ({out} holds an earlier run; pass --resume to continue it)"
+                                             if fresh != out else ""))
+    return fresh

@@ -1,4 +1,13 @@
-"""The lowest layer: facts about a model/guide pair read from one trace (:mod:`.probe`).  Imports nothing above it."""
-from pyro_vae.core.probe import PairInfo, PlateInfo, checked_probe, find_data_plate, plate_nesting, probe
+"""The lowest layer: facts about a model/guide pair read from one trace (:mod:`.probe`), input checks
+(:mod:`.checks`), the data plate (:mod:`.plates`) and KL per dimension (:mod:`.kl`).  Imports nothing above it;
+its names are imported on first use, so that ``pyro-vae --help`` imports neither torch nor pyro."""
+import importlib
 
-__all__ = ["PairInfo", "PlateInfo", "checked_probe", "find_data_plate", "plate_nesting", "probe"]
+_PROBE = ("PairInfo", "PlateInfo", "checked_probe", "find_data_plate", "plate_nesting", "probe")
+__all__ = list(_PROBE)
+
+
+def __getattr__(name):
+    if name in _PROBE:
+        return getattr(importlib.import_module(f"{__name__}.probe"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,9 +10,9 @@ import math
 import numbers
 import os
 
-import torch
 
-from pyro_vae.core.probe import checked_probe
+# torch is imported by the checks that need it, so that `pyro-vae --help` (config.py imports this) stays fast
+
 
 CHECKPOINT_KEYS = ("epoch", "params", "optim", "rng")
 
@@ -77,6 +77,8 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
 
     One reduction and one host sync over the whole tensor: call it once per dataset.
     """
+    import torch
+
     if not torch.is_tensor(x):
         raise TypeError(f"{name} must be a torch.Tensor of images [N, ...], got {type(x).__name__}")
     if not (x.is_floating_point()):
@@ -125,11 +127,15 @@ def check_data_for_model(model, x, name="x"):
 def check_pair_runs(model, guide, x, *args, **kwargs):
     """Trace ``guide`` and ``model`` once on ``x[:2]`` and return their max plate nesting; a failure deep in torch
     becomes one ValueError line (:func:`~pyro_vae.core.checked_probe`)."""
+    from pyro_vae.core.probe import checked_probe
+
     return checked_probe(model, guide, x[:2], *args, **kwargs).max_plate_nesting
 
 
 def check_device(device):
     """``device`` names an existing device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` with N < the GPU count."""
+    import torch
+
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
@@ -155,6 +161,8 @@ def check_device(device):
 
 def load_checkpoint(path):
     """Read a trainer checkpoint; a missing, unreadable or foreign file raises one actionable error."""
+    import torch
+
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}; train the run first (without --resume to start it)")
     try:

@@ -159,6 +159,8 @@ class DetachedPathELBO(ImportanceWeightedELBO):
     inverse for the replay; a non-invertible guide is refused.
     """
 
+    needs_inverse = True  # log q(z̄) at a detached z̄: a flow guide must be invertible
+
     def path_weights(self, log_w):
         """Constant weights ``[K, B]`` of the path derivative for the guide parameters."""
         raise NotImplementedError

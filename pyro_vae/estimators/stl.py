@@ -38,6 +38,7 @@ class STL_ELBO(Trace_ELBO):
     """
 
     traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.training.fast)
+    needs_inverse = True  # log q(z̄) at a detached z̄: a flow guide must be invertible
 
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)

@@ -45,7 +45,8 @@ from pyro_vae.estimators import register_elbo
 from pyro_vae.estimators.importance import (data_plate_scale, extra_scale, guess_max_plate_nesting, log_weights,
                                             per_particle_and_point)
 
-SCALED_ESTIMATORS = ("trace", "meanfield", "enum")
+# sums of per-site terms, which take any per-site weight; free-bits: FreeBitsELBO reads β per site
+SCALED_ESTIMATORS = ("trace", "meanfield", "stl", "enum", "free-bits")
 
 
 def _check_beta(beta, what="beta"):
@@ -171,7 +172,7 @@ def check_estimator(name, scaled=True, free_bits=0.0):
     if (scaled or free_bits) and name not in SCALED_ESTIMATORS:
         raise ValueError(
             f"--elbo {name} is an importance-weighted bound: a β or free-bits weight on the KL inside its "
-            f"log-sum-exp is no longer a bound on log p(x), so it is refused; use --elbo trace or meanfield with "
+            f"log-sum-exp is no longer a bound on log p(x), so it is refused; use --elbo trace, meanfield or stl with "
             f"--beta/--kl-warmup-epochs/--free-bits (or drop those flags)")
     if free_bits and name == "enum":
         raise ValueError("--free-bits does not support enumerated discrete latents (--elbo enum); use --elbo trace "

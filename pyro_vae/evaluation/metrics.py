@@ -54,6 +54,11 @@ def _latent_sites(trace):
             if site["type"] == "sample" and not site["is_observed"]]
 
 
+def _is_discrete(site):
+    """An integer-valued site (a class label): it has no posterior mean in latent space (a one-hot site has one)."""
+    return not site["value"].is_floating_point()
+
+
 def latent_sites(guide, x, *args, **kwargs):
     """Names of the guide's latent sample sites, in the order the guide samples them."""
     with poutine.block():
@@ -81,7 +86,10 @@ def _latent_plate(guide_trace):
 @torch.no_grad()
 def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_nesting=None, data_plate=None,
                     **kwargs):
-    """E_q[z | x_i] of every latent site of ``guide``: a dict ``{site: tensor [N, *event_shape]}`` in guide order.
+    """E_q[z | x_i] of every real-valued latent site of ``guide``: a dict ``{site: tensor [N, *event_shape]}`` in
+    guide order.  Integer-valued sites (e.g. the class ``y`` of M2 or of an unconditioned CVAE) have no mean in
+    latent space and are left out (a one-hot site's mean is its probabilities); the sites after them are
+    averaged over their draws, E_q[z|x] = E_{q(y|x)} E_q[z|x,y].
 
     A site whose distribution has a ``mean`` contributes ``fn.mean``, averaged over
     ``mc_samples`` draws of the sites sampled before it (E[z₂] = E_{z₁}[E[z₂ | z₁]]); a
@@ -102,9 +110,12 @@ def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_n
         for attempt in range(2):
             with poutine.block(), pyro.plate(PARTICLE_PLATE, k, dim=particle_dim):
                 trace = prune_subsample_sites(poutine.trace(guide).get_trace(xb, *args, **kwargs))
-            sites = _latent_sites(trace)
+            every = _latent_sites(trace)
+            sites = [n for n in every if not _is_discrete(trace.nodes[n])]
+            if not sites:
+                raise ValueError("the guide has no real-valued latent site, so there is no posterior mean to take")
             means = {n: _site_mean(trace.nodes[n]["fn"]) for n in sites}
-            if k > 1 or (len(sites) == 1 and means[sites[0]] is not None):
+            if k > 1 or (len(every) == 1 and means[sites[0]] is not None):
                 break
             k = mc_samples
         for name in sites:
@@ -161,7 +172,8 @@ def _latent_pass(model, guide, x, *args, num_particles=1, batch_size=1000, per_d
             site = w.guide_trace.nodes[name]
             t = _kl_per_dim_of_site(name, w.guide_trace, w.model_trace)
             if t is not None:
-                t = per_particle_and_point(t, site, particle_dim, site["fn"].event_dim, w.data_plate.name).flatten(2)
+                t = per_particle_and_point(t, site, particle_dim, site["fn"].event_dim, w.data_plate.name)
+                t = t.reshape(*t.shape[:2], -1)  # [K', B', D]; a scalar site (a class label) is one dimension
                 t = t.expand(num_particles, -1, -1).mean(0)
             site_kl.setdefault(name, []).append(t)
     site_kl = {n: (None if any(t is None for t in ts) else torch.cat(ts)) for n, ts in site_kl.items()}

@@ -44,15 +44,18 @@ def reconstructions(model, guide, x, obs_site="x"):
 
 
 class _MeanPath(Messenger):
-    """Sets every latent site that is not observed or conditioned to its distribution's mean (when it has one)."""
+    """Sets every latent site that is not observed or conditioned to its distribution's mean when it has a finite
+    one (a one-hot categorical: its probabilities); the others (a class label, whose mean is NaN) are sampled."""
 
     def _pyro_sample(self, msg):
         if msg["is_observed"] or msg["value"] is not None:
             return
         try:
-            msg["value"] = msg["fn"].mean
+            mean = msg["fn"].mean
         except (NotImplementedError, AttributeError):
-            pass
+            return
+        if torch.is_tensor(mean) and mean.is_floating_point() and torch.isfinite(mean).all():
+            msg["value"] = mean
 
 
 @torch.no_grad()

@@ -3,6 +3,9 @@
 :data:`MODELS` maps a name to a builder ``f(config, x_shape, num_data)``; a builder may declare its own
 guide names (``builder.guides``) and default guide (``builder.default_guide``).
 """
+import dataclasses
+
+from pyro_vae.guides import GUIDES
 from pyro_vae.models.builders import build_vae
 from pyro_vae.models.cvae import build_cvae
 from pyro_vae.models.hierarchical import build_hierarchical
@@ -13,7 +16,13 @@ MODELS = {}
 
 
 def register_model(name):
-    """Decorator adding a builder ``f(config, x_shape, num_data) -> module with .model and .guide`` to :data:`MODELS`."""
+    """Decorator adding a builder ``f(config, x_shape, num_data) -> module with .model and .guide`` to :data:`MODELS`.
+
+    A builder may declare, as attributes read by :func:`pyro_vae.app.config.check_config` before any data is
+    read: ``guides`` (the guide names it accepts; default every registered guide), ``default_guide`` (used when
+    ``config.guide`` is None; default the first of them), ``nets``, ``estimators`` and ``priors`` (default all)
+    and ``check(config)`` (its own one-line refusals).
+    """
 
     def decorator(builder):
         MODELS[name] = builder
@@ -29,11 +38,27 @@ register_model("m2")(build_m2)
 register_model("cvae")(build_cvae)
 
 
+def model_guides(builder):
+    """The guide names a model builder accepts (its ``guides``, default every registered guide) and its default
+    guide (its ``default_guide``, else the first of them)."""
+    guides = getattr(builder, "guides", GUIDES)
+    return guides, getattr(builder, "default_guide", next(iter(guides)))
+
+
+def with_defaults(config):
+    """``config`` with the model's defaults filled in: ``guide=None`` becomes the model's default guide."""
+    if config.guide is None and config.model in MODELS:
+        return dataclasses.replace(config, guide=model_guides(MODELS[config.model])[1])
+    return config
+
+
 def build_model(config, x_shape, num_data=None):
-    """Build the model named by ``config.model`` (one of :data:`MODELS`)."""
+    """Build the model named by ``config.model`` (one of :data:`MODELS`) with its defaults filled in; the
+    combination of options is checked where they enter (:func:`pyro_vae.app.config.check_config`)."""
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(sorted(MODELS))}")
+    config = with_defaults(config)
     return MODELS[config.model](config, x_shape, num_data)
 
 
-__all__ = ["MODELS", "build_model", "register_model"]
+__all__ = ["MODELS", "build_model", "model_guides", "register_model", "with_defaults"]

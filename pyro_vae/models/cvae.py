@@ -123,3 +123,6 @@ def build_cvae(config, x_shape, num_data=None):
                            config.activation)
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
     return CVAE(encoder, decoder, likelihood, config.latent_dim, x_shape, NUM_CLASSES, num_data)
+
+
+build_cvae.guides, build_cvae.nets = ("diagonal",), ("mlp",)  # its own guide q(z | x, y) (read by pyro_vae.app.config.check_config)

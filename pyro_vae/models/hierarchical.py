@@ -283,7 +283,14 @@ def build_hierarchical(config, x_shape, num_data=None):
     return HierarchicalVAE(decoder, priors, guide, likelihood, dims, x_shape, num_data, pseudo_inputs=pseudo)
 
 
-build_hierarchical.guides = GUIDES  # the guide names this builder accepts (read by pyro_vae.app.config.check_config)
+def _check_config(config):
+    if not config.latent_dims:
+        raise ValueError("the hierarchical model needs --latent-dims, e.g. --latent-dims 64,32 (z1 next to x first)")
+
+
+# read by pyro_vae.app.config.check_config: the guide names this builder accepts, the one it uses by default, its own checks
+build_hierarchical.guides, build_hierarchical.default_guide = GUIDES, "top-down"
+build_hierarchical.check = _check_config
 build_hierarchical.priors = ("standard", "vampprior")
 
 

@@ -157,3 +157,8 @@ def build_m2(config, x_shape, num_data=None):
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
     return M2(classifier, encoder, decoder, likelihood, config.latent_dim, x_shape, NUM_CLASSES, num_data,
               config.aux_weight, config.labeled)
+
+
+# read by pyro_vae.app.config.check_config: its own guide q(y | x) q(z | x, y), MLP nets, and the estimators that train a
+# guide with a discrete site y (score function or enumeration; the others need reparameterized sites)
+build_m2.guides, build_m2.nets, build_m2.estimators = ("diagonal",), ("mlp",), ("trace", "enum")

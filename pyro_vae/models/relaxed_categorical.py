@@ -93,3 +93,6 @@ def build_relaxed_categorical(config, x_shape, num_data=None):
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
     return RelaxedCategoricalVAE(encoder, decoder, likelihood, m, c, x_shape, num_data, config.temperature,
                                  config.min_temperature, config.temperature_decay)
+
+
+build_relaxed_categorical.guides = ("categorical",)  # its own guide: factorized (relaxed) categoricals q(z_m | x)
