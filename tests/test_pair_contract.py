@@ -6,6 +6,7 @@ plate names, a subsampled plate, a global latent, ``poutine.scale``, a non-amort
 posterior every bound equals log p(x) (times the plate's and poutine's scales), to float64 round-off.
 """
 import math
+import os
 
 import pyro
 import pyro.distributions as dist
@@ -322,3 +323,29 @@ def test_evaluate_reads_the_data_plate_and_sites_from_the_trace():
     assert result["elbo"] == pytest.approx(lg.log_px(X).mean().item(), rel=1e-10)  # exact posterior: ELBO = log p
     assert result["nll"] == pytest.approx(-lg.log_px(X).mean().item(), rel=1e-10)
     assert result["latent_sites"] == ["z"] and result["latent_dims"] == lg.latent_dim
+
+
+def test_pictures_find_the_observed_site_whatever_its_name(tmp_path):
+    """The pictures of a pair whose observed site is "obs" in plate "points": every file is written, and the
+    reconstructions are the exact posterior's decoded means (clamped to [0, 1] as images)."""
+    from pyro_vae.evaluation.pictures import reconstructions, save_run_pictures
+
+    lg = LinearGaussian.unit_range(obs_dim=16, sigma=0.1, w_scale=0.05)
+    X = lg.sample(N).reshape(N, 1, 4, 4).clamp(0, 1)
+    mean, tril = exact_posterior(lg, X.reshape(N, -1))
+
+    def model(x):
+        with pyro.plate("points", len(x)):
+            z = pyro.sample("z", z_prior(lg, x))
+            loc = (z @ lg.W.T + lg.b).reshape(*z.shape[:-1], 1, 4, 4)
+            pyro.sample("obs", dist.Normal(loc, lg.sigma).to_event(3), obs=x)
+
+    def guide(x):
+        m, t = exact_posterior(lg, x.reshape(len(x), -1))
+        with pyro.plate("points", len(x)):
+            pyro.sample("z", dist.MultivariateNormal(m, scale_tril=t))
+
+    paths = save_run_pictures(model, guide, X, str(tmp_path), labels=torch.arange(N))
+    assert all(os.path.getsize(p) > 0 for p in paths.values()) and len(paths) == 5
+    recon = reconstructions(model, guide, X)
+    assert recon.shape == X.shape and ((recon >= 0) & (recon <= 1)).all()

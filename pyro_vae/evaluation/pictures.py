@@ -15,27 +15,41 @@ import os
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import prune_subsample_sites
 from torchvision.utils import save_image
 
 from pyro_vae.evaluation.metrics import posterior_means
 
 
-def _obs_mean(trace, obs_site):
+def _observed_site(trace, exclude=()):
+    """The name of the one observed site of a model trace; one ValueError line naming ``obs_site`` otherwise."""
+    observed = [n for n, s in trace.nodes.items() if s["type"] == "sample" and s["is_observed"] and n not in exclude]
+    if len(observed) != 1:
+        raise ValueError(f"the model observes {len(observed)} sites ({', '.join(observed) or 'none'}); pass "
+                         f"obs_site=NAME of its observed images")
+    return observed[0]
+
+
+def _obs_mean(trace, obs_site=None):
+    """The mean of the observed site ``obs_site`` (default: the model's one observed site), clamped to [0, 1]."""
+    obs_site = _observed_site(trace) if obs_site is None else obs_site
     if obs_site not in trace.nodes:
         raise ValueError(f"the model has no site {obs_site!r}; pass obs_site=NAME of its observed images")
     return trace.nodes[obs_site]["fn"].mean.clamp(0, 1)
 
 
 @torch.no_grad()
-def prior_samples(model, x, obs_site="x"):
+def prior_samples(model, x, obs_site=None):
     """Mean of p(x|z) for z drawn from the prior, one per row of ``x`` (``x`` only sets shape, device and dtype)."""
     with poutine.block():
+        if obs_site is None:  # the one observed site, read before uncondition turns it into a latent
+            obs_site = _observed_site(poutine.trace(model).get_trace(x))
         trace = poutine.trace(poutine.uncondition(model)).get_trace(x)
     return _obs_mean(trace, obs_site)
 
 
 @torch.no_grad()
-def reconstructions(model, guide, x, obs_site="x"):
+def reconstructions(model, guide, x, obs_site=None):
     """Mean of p(x|z) for z ~ q(z|x)."""
     with poutine.block():
         guide_trace = poutine.trace(guide).get_trace(x)
@@ -59,7 +73,7 @@ class _MeanPath(Messenger):
 
 
 @torch.no_grad()
-def decode(model, latents, x, obs_site="x"):
+def decode(model, latents, x, obs_site=None):
     """Mean of p(x | z) for chosen latents: the model conditioned on ``latents`` = ``{site: [n, ...]}``.
 
     ``x`` (n rows) only sets the batch, shape, device and dtype the model is called with.
@@ -72,6 +86,8 @@ def decode(model, latents, x, obs_site="x"):
             raise ValueError(f"latent {name!r} has {len(z)} rows but x has {n}; pass one latent per image")
     with poutine.block():
         trace = poutine.trace(_MeanPath()(poutine.condition(model, data=latents))).get_trace(x)
+    if obs_site is None:  # the conditioned latents count as observed here: the one other observed site
+        obs_site = _observed_site(prune_subsample_sites(trace), exclude=latents)
     return _obs_mean(trace, obs_site)
 
 
@@ -87,7 +103,7 @@ def _probe(x, n):
 
 
 @torch.no_grad()
-def interpolations(model, guide, x_from, x_to, steps=10, obs_site="x"):
+def interpolations(model, guide, x_from, x_to, steps=10, obs_site=None):
     """Decoded straight lines between posterior means: ``[pairs, steps, *x_shape]``.
 
     .. math:: z(t) = (1 − t)\,E_q[z | x_a] + t\,E_q[z | x_b], \quad t ∈ \{0, 1/(s−1), …, 1\}
@@ -108,7 +124,7 @@ def interpolations(model, guide, x_from, x_to, steps=10, obs_site="x"):
 
 
 @torch.no_grad()
-def traversals(model, guide, x, site=None, values=None, max_dims=32, obs_site="x"):
+def traversals(model, guide, x, site=None, values=None, max_dims=32, obs_site=None):
     """Decoded traversals of each latent dimension around the posterior mean of one image ``x[:1]``.
 
     Row d sets dimension d of ``site`` (default: the guide's first latent site) to each of
@@ -169,15 +185,15 @@ def save_latent_scatter(means, labels, path, title=None):
     plt.close(fig)
 
 
-def save_samples(model, x, path, n=64, nrow=8):
+def save_samples(model, x, path, n=64, nrow=8, obs_site=None):
     """Write a grid of ``n`` prior samples to ``path``."""
-    save_image(prior_samples(model, x[:n]).reshape(-1, *x.shape[1:]), path, nrow=nrow)
+    save_image(prior_samples(model, x[:n], obs_site).reshape(-1, *x.shape[1:]), path, nrow=nrow)
 
 
-def save_reconstructions(model, guide, x, path, n=32, nrow=8):
+def save_reconstructions(model, guide, x, path, n=32, nrow=8, obs_site=None):
     """Write rows of ``nrow`` test inputs, each above a row of their reconstructions."""
     x = x[:n]
-    recon = reconstructions(model, guide, x).reshape(x.shape)
+    recon = reconstructions(model, guide, x, obs_site).reshape(x.shape)
     rows = []
     for start in range(0, len(x), nrow):
         rows += [x[start : start + nrow], recon[start : start + nrow]]
@@ -206,33 +222,34 @@ def save_loss_curve(metrics_path, path):
     plt.close(fig)
 
 
-def save_interpolations(model, guide, x, path, pairs=8, steps=10):
+def save_interpolations(model, guide, x, path, pairs=8, steps=10, obs_site=None):
     """Write ``pairs`` rows, each decoding ``steps`` points on the line from E_q[z|x_i] to E_q[z|x_{i+pairs}]."""
     if len(x) < 2:
         raise ValueError(f"interpolations need at least 2 images, got {len(x)}")
     pairs = min(pairs, len(x) // 2)
-    images = interpolations(model, guide, x[:pairs], x[pairs : 2 * pairs], steps)
+    images = interpolations(model, guide, x[:pairs], x[pairs : 2 * pairs], steps, obs_site)
     save_image(images.reshape(-1, *x.shape[1:]), path, nrow=steps)
 
 
-def save_traversals(model, guide, x, path, site=None, steps=9, max_dims=32):
+def save_traversals(model, guide, x, path, site=None, steps=9, max_dims=32, obs_site=None):
     """Write one row per latent dimension of ``site``, traversing it over −3 … 3 around E_q[z | x[0]]."""
-    images = traversals(model, guide, x[:1], site, torch.linspace(-3, 3, steps), max_dims)
+    images = traversals(model, guide, x[:1], site, torch.linspace(-3, 3, steps), max_dims, obs_site)
     save_image(images.reshape(-1, *x.shape[1:]), path, nrow=steps)
 
 
-def save_run_pictures(model, guide, x, out_dir, labels=None):
+def save_run_pictures(model, guide, x, out_dir, labels=None, obs_site=None):
     """The pictures of a run directory, from images ``x`` (and their ``labels``, for the scatter).
 
     samples.png, reconstructions.png, interpolations.png, traversals.png, loss.png (when
-    ``metrics.jsonl`` exists) and latent_scatter.png (when ``labels`` are given).  Returns the paths.
+    ``metrics.jsonl`` exists) and latent_scatter.png (when ``labels`` are given).  ``obs_site``: the observed
+    images' site (default: the model's one observed site).  Returns the paths.
     """
     paths = {name: os.path.join(out_dir, name + ".png")
              for name in ("samples", "reconstructions", "interpolations", "traversals")}
-    save_samples(model, x, paths["samples"])
-    save_reconstructions(model, guide, x, paths["reconstructions"])
-    save_interpolations(model, guide, x, paths["interpolations"])
-    save_traversals(model, guide, x, paths["traversals"])
+    save_samples(model, x, paths["samples"], obs_site=obs_site)
+    save_reconstructions(model, guide, x, paths["reconstructions"], obs_site=obs_site)
+    save_interpolations(model, guide, x, paths["interpolations"], obs_site=obs_site)
+    save_traversals(model, guide, x, paths["traversals"], obs_site=obs_site)
     metrics = os.path.join(out_dir, "metrics.jsonl")
     if os.path.exists(metrics):
         paths["loss"] = os.path.join(out_dir, "loss.png")
