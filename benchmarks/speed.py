@@ -329,7 +329,7 @@ def interleave(runners, scopes, data, batch, rounds, steps, warmup, kwargs_of=la
 def short(note):
     """The fast-path note in a table cell: the replay, or why the plain path runs."""
     if note.startswith("fast path not used: "):
-        return "plain: " + note[len("fast path not used: "):].split(", which")[0][:90]
+        return "plain: " + note[len("fast path not used: "):].split(" (")[0].split(", which")[0]
     return note.split(", replayed by ")[1].split(" (")[0] if ", replayed by " in note else note
 
 

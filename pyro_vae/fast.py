@@ -9,9 +9,17 @@ rebuilds and walks its tape.  :class:`TracedStep` records one call of
 
 with :func:`torch.fx.experimental.proxy_tensor.make_fx`, which sees every ATen op of the
 forward *and* of the backward pass on real tensors (so Pyro's handlers, the surrogate's
-``detach`` and the autograd tape are all resolved at trace time), and hands that graph
-to :func:`torch.jit.trace`.  A step is then one TorchScript replay returning the loss, a
-finiteness flag and the gradients, with no Python in between and no autograd.
+``detach`` and the autograd tape are all resolved at trace time).  A step is then one replay
+of that graph returning the loss, a finiteness flag and the gradients, with no Pyro and no
+autograd in between.  What replays it is decided per run:
+
+* **TorchInductor** (``torch._inductor.compile`` of the graph: no Dynamo, so no guards per
+  call; on CUDA one CUDA graph per step, as ``torch.compile(mode="reduce-overhead")``) when the
+  run's planned steps would take at least :data:`COMPILE_WHEN_SECONDS` through the replay
+  below: compiling costs seconds (cached on disk by inductor across runs);
+* else :func:`torch.jit.trace` (TorchScript, deprecated in torch ≥ 2.15 but the cheapest
+  replay to build), or the fx graph itself run as Python where TorchScript is gone or cannot
+  take an op (``convolution_backward`` of conv nets).
 
 A trace freezes Python control flow, Python numbers and tensor shapes, so it is made safe
 by construction where it can be and proven where it cannot:
