@@ -59,7 +59,8 @@ class TracedStep:
     name order; ``grads`` follow that order (None for a parameter the loss does not depend on).
     ``kwargs``: per-batch tensors passed to model and guide (e.g. labels ``y``), inputs of the graph too.
     :attr:`backend` says what replays the graph: ``"torchscript"``, or ``"fx"`` (the make_fx graph run as
-    Python) where TorchScript is gone or cannot take an op (``convolution_backward``).
+    Python) where TorchScript is gone or cannot take an op (``convolution_backward``), or ``"inductor"``
+    after :meth:`compile`.
     """
 
     def __init__(self, elbo, model, guide, x, kwargs=None):
@@ -110,7 +111,8 @@ class TracedStep:
     def compile(self, x, kwargs=None):
         """Replay through TorchInductor from now on (``torch._inductor.compile`` of the make_fx graph: no Dynamo,
         no guards per call), as one CUDA graph on CUDA (``triton.cudagraphs``, what ``torch.compile(mode=
-        "reduce-overhead")`` does: static input buffers, no host work per step).  Compiles now, on ``x``.
+        "reduce-overhead")`` does: the step's kernels launched as one graph from static buffers, into which
+        the inputs are copied on the device; no host sync).  Compiles now, on ``x``.
 
         Random ops call torch's own generator (``fallback_random``), so a replay draws the plain loss's numbers.
         Returns None, or why not (inductor missing or failing: the current replay stays).  Compiled kernels
