@@ -219,12 +219,15 @@ def data_dependent_shapes(graph):
 
 def lift_constants(graph):
     """Make every tensor that ``graph`` read from outside its inputs (module buffers, a β or temperature tensor, a
-    running σ*) an input of the graph, after the others; return those tensors.
+    running σ*) an input of the graph, after the others; return those tensors.  Literals stay constants.
 
     A replay given the same objects then reads their current values, as the plain loss does, and writes
     the in-place updates of the plain loss (e.g. a running average) back into them.
     """
-    nodes = [n for n in graph.graph.nodes if n.op == "get_attr" and torch.is_tensor(getattr(graph, n.target, None))]
+    nodes = [n for n in graph.graph.nodes if n.op == "get_attr" and torch.is_tensor(getattr(graph, n.target, None))
+             and not all(u.target is torch.ops.aten.lift_fresh_copy.default for u in n.users)]
+    # (a tensor only copied by lift_fresh_copy is a literal, torch.tensor(...), that the loss creates afresh at
+    # every call: it stays a constant, on the graph's device for a CUDA graph)
     last = [n for n in graph.graph.nodes if n.op == "placeholder"][-1]
     inputs, state = {}, []
     for node in nodes:

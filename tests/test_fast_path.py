@@ -313,7 +313,7 @@ def test_built_in_models_take_the_fast_path_with_the_plain_results(elbo, options
 
 def test_a_short_run_is_not_compiled_and_a_failing_compiler_falls_back(monkeypatch):
     trainer, history, _ = _fit("auto")
-    assert "replayed by torchscript (not compiled: 12 planned steps of" in trainer.fast_note
+    assert "replayed by torchscript (not compiled: the run is too short to pay for compiling)" in trainer.fast_note
     import torch._inductor
 
     def broken(*args, **kwargs):
@@ -351,7 +351,8 @@ def test_the_inductor_replay_gives_the_plain_results():
     """Compiling takes 10-40 s on a 2-core CPU: slow-marked."""
     trainer, fast_params, plain_params = _compiled_fit("cpu")
     assert trainer.svi.compiled[32].backend == "inductor" and trainer.svi.compiled[4].backend == "torchscript"
-    assert "replayed by inductor (compiled in" in trainer.fast_note
+    assert "replayed by inductor; batch size 4 by torchscript" in trainer.fast_note
+    assert trainer.svi.compiled[32].compile_seconds > 0
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
 
@@ -363,3 +364,14 @@ def test_on_cuda_the_compiled_step_is_one_cuda_graph_with_the_plain_results():
     assert step.backend == "inductor" and step.cudagraphs and "as one CUDA graph per step" in trainer.fast_note
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
+
+
+def test_tensors_read_from_outside_become_inputs_and_literals_stay_constants():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    weight = torch.tensor(3.0)
+    graph = make_fx(lambda w, x: (x * w * weight + torch.tensor(2.0)).sum())(torch.ones(3), torch.ones(3))
+    state = fast.lift_constants(graph)
+    assert len(state) == 1 and state[0] is weight  # torch.tensor(2.0) is made afresh by every plain call
+    weight.fill_(5.0)
+    assert graph(torch.ones(3), torch.ones(3), *state).item() == 3 * (5.0 + 2.0)
