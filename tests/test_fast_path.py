@@ -1,13 +1,14 @@
 """The trainer's fast path (fused optimizer, traced loss and gradients): same results as the plain path, clean fallbacks."""
 import json
 import math
+import os
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae import VAE, Config, Trainer, fast, load_data, make_guide, make_likelihood
+from pyro_vae import VAE, Config, Trainer, experiment, fast, load_data, make_guide, make_likelihood
 from pyro_vae.data import ImageData
 from pyro_vae.experiment import build_model
 from pyro_vae.nets import MLP
@@ -375,3 +376,13 @@ def test_tensors_read_from_outside_become_inputs_and_literals_stay_constants():
     assert len(state) == 1 and state[0] is weight  # torch.tensor(2.0) is made afresh by every plain call
     weight.fill_(5.0)
     assert graph(torch.ones(3), torch.ones(3), *state).item() == 3 * (5.0 + 2.0)
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST")
+def test_pyro_vae_train_with_warmup_beta_and_free_bits_takes_the_fast_path(tmp_path):
+    """What ``pyro-vae train --kl-warmup-epochs 2 --beta 2 --free-bits 0.1`` runs: every epoch on the fast path."""
+    config = Config(limit=256, test_limit=64, epochs=3, kl_warmup_epochs=2, beta=2.0, free_bits=0.1, latent_dim=4,
+                    hidden_dims=[32], batch_size=64, pictures=False, out=str(tmp_path / "run"))
+    _, _, history = experiment.train(config, progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / METRICS)]
+    assert [r["fast_path"] for r in rows] == [True] * 3 and rows == history
