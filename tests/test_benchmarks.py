@@ -12,7 +12,9 @@ def test_speed_harness_replaces_only_its_own_section(tmp_path, device):
     out = tmp_path / "RESULTS.md"
     out.write_text("# Speed\n\nThe reading stays.\n\n### ZZZ: another machine\n\nits table stays\n")
     speed.main(speed.parse_args(["--device", str(device), "--rounds", "1", "--steps", "2", "--warmup", "1",
-                                 "--epoch-rounds", "1", "--num-data", "512", "--out", str(out)]))
+                                 "--epoch-rounds", "1", "--num-data", "512", "--configs", "kl-warmup,spline-stl",
+                                 "--config-rounds", "1", "--config-steps", "2", "--no-compile", "--process-rounds", "0",
+                                 "--out", str(out)]))
     text = out.read_text()
     assert text.startswith("# Speed\n\nThe reading stays.\n") and "its table stays" in text
     section = text[text.index(f"### {device.type.upper()}"):text.index("### ZZZ")]
@@ -20,6 +22,10 @@ def test_speed_harness_replaces_only_its_own_section(tmp_path, device):
         for runner in ("eager", "eager-fused", "pyro", "pyro-jit", "pyro_vae"):
             assert f"| {arch} | {runner} | " in section
         assert f"| {arch} | eager | " in section.split("512-image epoch")[1]
+    configs = text.split("configurations:")[1]
+    assert "| kl-warmup | torchscript | " in configs  # β in a tensor: the fast path, against its eager twin
+    assert configs.split("| kl-warmup |")[1].split("\n")[0].count(" – ") == 3  # no inductor columns (--no-compile)
+    assert "| spline-stl | plain: the loss has ops whose output shape depends on the data" in configs
     rerun = out.read_text()
     speed.write_section(str(out), "ZZZ", "### ZZZ: another machine\n\nnew table\n")
     assert out.read_text() == rerun.replace("its table stays", "new table")

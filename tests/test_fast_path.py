@@ -1,6 +1,7 @@
 """The trainer's fast path (fused optimizer, traced loss and gradients): same results as the plain path, clean fallbacks."""
 import json
 import math
+import os
 
 import pyro
 import pyro.distributions as dist
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from pyro_vae import VAE, Config, Trainer, load_data, make_guide, make_likelihood
+from pyro_vae.app import experiment
 from pyro_vae.data import ImageData
 from pyro_vae.estimators.variants import FreeBitsELBO, KLSchedule, beta_scale
 from pyro_vae.models import build_model
@@ -314,7 +316,7 @@ def test_built_in_models_take_the_fast_path_with_the_plain_results(elbo, options
 
 def test_a_short_run_is_not_compiled_and_a_failing_compiler_falls_back(monkeypatch):
     trainer, history, _ = _fit("auto")
-    assert "replayed by torchscript (not compiled: 12 planned steps of" in trainer.fast_note
+    assert "replayed by torchscript (not compiled: the run is too short to pay for compiling)" in trainer.fast_note
     import torch._inductor
 
     def broken(*args, **kwargs):
@@ -352,7 +354,8 @@ def test_the_inductor_replay_gives_the_plain_results():
     """Compiling takes 10-40 s on a 2-core CPU: slow-marked."""
     trainer, fast_params, plain_params = _compiled_fit("cpu")
     assert trainer.svi.compiled[32].backend == "inductor" and trainer.svi.compiled[4].backend == "torchscript"
-    assert "replayed by inductor (compiled in" in trainer.fast_note
+    assert "replayed by inductor; batch size 4 by torchscript" in trainer.fast_note
+    assert trainer.svi.compiled[32].compile_seconds > 0
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
 
@@ -364,3 +367,24 @@ def test_on_cuda_the_compiled_step_is_one_cuda_graph_with_the_plain_results():
     assert step.backend == "inductor" and step.cudagraphs and "as one CUDA graph per step" in trainer.fast_note
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
+
+
+def test_tensors_read_from_outside_become_inputs_and_literals_stay_constants():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    weight = torch.tensor(3.0)
+    graph = make_fx(lambda w, x: (x * w * weight + torch.tensor(2.0)).sum())(torch.ones(3), torch.ones(3))
+    state = fast.lift_constants(graph)
+    assert len(state) == 1 and state[0] is weight  # torch.tensor(2.0) is made afresh by every plain call
+    weight.fill_(5.0)
+    assert graph(torch.ones(3), torch.ones(3), *state).item() == 3 * (5.0 + 2.0)
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST")
+def test_pyro_vae_train_with_warmup_beta_and_free_bits_takes_the_fast_path(tmp_path):
+    """What ``pyro-vae train --kl-warmup-epochs 2 --beta 2 --free-bits 0.1`` runs: every epoch on the fast path."""
+    config = Config(limit=256, test_limit=64, epochs=3, kl_warmup_epochs=2, beta=2.0, free_bits=0.1, latent_dim=4,
+                    hidden_dims=[32], batch_size=64, pictures=False, out=str(tmp_path / "run"))
+    _, _, history = experiment.train(config, progress=False)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / METRICS)]
+    assert [r["fast_path"] for r in rows] == [True] * 3 and rows == history

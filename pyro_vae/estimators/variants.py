@@ -10,7 +10,10 @@
   ``{site: β}`` dict (per-layer β for hierarchical models, sites ``z1 … zL``).
 * KL warm-up (Bowman et al. 2016; Sønderby et al. 2016): :class:`KLSchedule` gives
   β(e) = β · min(1, e / E) before epoch e + 1 (e completed epochs), so the first epoch is a
-  plain autoencoder and epoch E + 1 on uses the full β; per site when β is a dict.
+  plain autoencoder and epoch E + 1 on uses the full β; per site when β is a dict.  β lives
+  in 0-d tensors (:meth:`KLSchedule.weights`) that :meth:`KLSchedule.set_epoch` updates in
+  place before each epoch (``Trainer.fit(before_epoch=...)``), so the trainer's traced step
+  reads the current β instead of freezing the first one.
 * Free bits (Kingma et al. 2016, "Improved Variational Inference with Inverse
   Autoregressive Flow", eq. 15): :class:`FreeBitsELBO` minimises
 

@@ -9,9 +9,17 @@ rebuilds and walks its tape.  :class:`TracedStep` records one call of
 
 with :func:`torch.fx.experimental.proxy_tensor.make_fx`, which sees every ATen op of the
 forward *and* of the backward pass on real tensors (so Pyro's handlers, the surrogate's
-``detach`` and the autograd tape are all resolved at trace time), and hands that graph
-to :func:`torch.jit.trace`.  A step is then one TorchScript replay returning the loss, a
-finiteness flag and the gradients, with no Python in between and no autograd.
+``detach`` and the autograd tape are all resolved at trace time).  A step is then one replay
+of that graph returning the loss, a finiteness flag and the gradients, with no Pyro and no
+autograd in between.  What replays it is decided per run:
+
+* **TorchInductor** (``torch._inductor.compile`` of the graph: no Dynamo, so no guards per
+  call; on CUDA one CUDA graph per step, as ``torch.compile(mode="reduce-overhead")``) when the
+  run's planned steps would take at least :data:`COMPILE_WHEN_SECONDS` through the replay
+  below: compiling costs seconds (cached on disk by inductor across runs);
+* else :func:`torch.jit.trace` (TorchScript, deprecated in torch ≥ 2.15 but the cheapest
+  replay to build), or the fx graph itself run as Python where TorchScript is gone or cannot
+  take an op (``convolution_backward`` of conv nets).
 
 A trace freezes Python control flow, Python numbers and tensor shapes, so it is made safe
 by construction where it can be and proven where it cannot:
@@ -51,7 +59,8 @@ class TracedStep:
     name order; ``grads`` follow that order (None for a parameter the loss does not depend on).
     ``kwargs``: per-batch tensors passed to model and guide (e.g. labels ``y``), inputs of the graph too.
     :attr:`backend` says what replays the graph: ``"torchscript"``, or ``"fx"`` (the make_fx graph run as
-    Python) where TorchScript is gone or cannot take an op (``convolution_backward``).
+    Python) where TorchScript is gone or cannot take an op (``convolution_backward``), or ``"inductor"``
+    after :meth:`compile`.
     """
 
     def __init__(self, elbo, model, guide, x, kwargs=None):
@@ -102,7 +111,8 @@ class TracedStep:
     def compile(self, x, kwargs=None):
         """Replay through TorchInductor from now on (``torch._inductor.compile`` of the make_fx graph: no Dynamo,
         no guards per call), as one CUDA graph on CUDA (``triton.cudagraphs``, what ``torch.compile(mode=
-        "reduce-overhead")`` does: static input buffers, no host work per step).  Compiles now, on ``x``.
+        "reduce-overhead")`` does: the step's kernels launched as one graph from static buffers, into which
+        the inputs are copied on the device; no host sync).  Compiles now, on ``x``.
 
         Random ops call torch's own generator (``fallback_random``), so a replay draws the plain loss's numbers.
         Returns None, or why not (inductor missing or failing: the current replay stays).  Compiled kernels
@@ -209,12 +219,15 @@ def data_dependent_shapes(graph):
 
 def lift_constants(graph):
     """Make every tensor that ``graph`` read from outside its inputs (module buffers, a β or temperature tensor, a
-    running σ*) an input of the graph, after the others; return those tensors.
+    running σ*) an input of the graph, after the others; return those tensors.  Literals stay constants.
 
     A replay given the same objects then reads their current values, as the plain loss does, and writes
     the in-place updates of the plain loss (e.g. a running average) back into them.
     """
-    nodes = [n for n in graph.graph.nodes if n.op == "get_attr" and torch.is_tensor(getattr(graph, n.target, None))]
+    nodes = [n for n in graph.graph.nodes if n.op == "get_attr" and torch.is_tensor(getattr(graph, n.target, None))
+             and not all(u.target is torch.ops.aten.lift_fresh_copy.default for u in n.users)]
+    # (a tensor only copied by lift_fresh_copy is a literal, torch.tensor(...), that the loss creates afresh at
+    # every call: it stays a constant, on the graph's device for a CUDA graph)
     last = [n for n in graph.graph.nodes if n.op == "placeholder"][-1]
     inputs, state = {}, []
     for node in nodes:

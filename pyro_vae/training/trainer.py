@@ -434,16 +434,17 @@ class Trainer:
             seconds = fast.step_seconds(compiled[len(x)], x, kwargs)
             worth = fast.COMPILE_WHEN_SECONDS.get(x.device.type, fast.COMPILE_WHEN_SECONDS["cuda"])
             if planned_steps is None or planned_steps * seconds < worth:
-                run = f"{planned_steps} planned steps" if planned_steps else "an unknown number of steps"
-                return (f"replayed by {backend} (not compiled: {run} of {seconds * 1e3:.2g} ms take less than "
-                        f"the {worth:.0f} s that pay for compiling)")
+                logger.info(f"fast path: {planned_steps or 'an unknown number of'} planned steps of "
+                            f"{seconds * 1e3:.3g} ms through {backend}; compiling pays from {worth:.0f} s")
+                return f"replayed by {backend} (not compiled: the run is too short to pay for compiling)"
         took, why = fast.compile_steps(compiled, self.elbo, self.model, self.guide, batches)
         if why:
             return f"replayed by {backend} (not compiled: {why})"
+        logger.info(f"fast path: compiled by inductor in {took:.1f} s")
         how = " as one CUDA graph per step" if x.device.type == "cuda" else ""
         rest = [size for size, step in compiled.items() if step.backend != "inductor"]
         rest = f"; batch size {', '.join(map(str, rest))} by {backend}" if rest else ""
-        return f"replayed by inductor{how} (compiled in {took:.1f} s){rest}"
+        return f"replayed by inductor{how}{rest}"
 
     def _recheck_fast_path(self, x, kwargs):
         """Prove the trace again at an epoch's start (values read from Python may have changed since it was made):
