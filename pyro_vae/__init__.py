@@ -13,6 +13,7 @@ from .importance import log_likelihood, log_weights
 from .likelihoods import make_likelihood
 from .models import VAE
 from .plates import data_plate
+from .priors import PseudoInputs, VampPrior
 from .training import Trainer
 from .variants import FreeBitsELBO, KLSchedule, beta_scale
 
@@ -20,4 +21,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Config", "Trainer", "VAE", "data_plate", "elbo_per_point", "evaluate", "load_data", "log_likelihood",
            "log_weights", "make_elbo", "make_guide", "make_likelihood", "FreeBitsELBO", "KLSchedule", "beta_scale",
-           "HierarchicalVAE"]
+           "HierarchicalVAE", "PseudoInputs", "VampPrior"]
