@@ -14,6 +14,7 @@ _EXPORTS = {  # imported on first use, so that `pyro-vae --help` imports neither
     "FreeBitsELBO": "estimators.variants", "KLSchedule": "estimators.variants", "beta_scale": "estimators.variants",
     "elbo_per_point": "evaluation.metrics", "evaluate": "evaluation.metrics", "make_guide": "guides",
     "HierarchicalVAE": "models.hierarchical", "make_likelihood": "models.likelihoods", "VAE": "models.vae",
+    "VampPrior": "models.priors", "PseudoInputs": "models.priors",
     "Trainer": "training.trainer",
 }
 

@@ -175,6 +175,7 @@ def test_evaluate_adds_nll_and_bits_per_dim_to_the_run(tmp_path, monkeypatch):
     assert len(history) == best + 3 < 30
     assert scalars["eval/test/nll"] == [(best * 2, pytest.approx(result["nll"], rel=1e-6))]  # at the best epoch
     assert scalars["eval/test/bits_per_dim"][0][1] == pytest.approx(result["bits_per_dim"], rel=1e-6)
+    assert scalars["eval/test/active_units/z"][0][1] == result["active_units"]
     assert len(scalars["train_loss"]) == len(history)
     # evaluation (and every command that loads the run) reads the best epoch's parameters, not the last ones
     saved = torch.load(os.path.join(config.out, "best.pt"), weights_only=False)

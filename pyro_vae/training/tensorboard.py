@@ -109,7 +109,10 @@ def log_evaluation(run_dir, result, step, split="test"):
     """Add an evaluation's figures to the run's event files as ``eval/SPLIT/KEY`` at ``step`` (the checkpoint's)."""
     writer = RunWriter(run_dir)
     try:
-        keep = {k: v for k, v in result.items() if k in ("nll", "bits_per_dim", "elbo", "recon", "kl", "active_units")}
+        keep = {k: v for k, v in result.items() if k in ("nll", "bits_per_dim", "elbo", "recon", "kl")}
+        units, sites = result.get("active_units"), result.get("latent_sites") or ["z"]
+        if units is not None:  # per site, as in the training rows: active_units/z1, …
+            keep["active_units"] = dict(zip(sites, units if isinstance(units, list) else [units]))
         scalars, _ = flatten(keep, f"eval/{split}/")
         for tag, value in scalars.items():
             writer.scalar(tag, value, step)
