@@ -97,8 +97,8 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
         raise ValueError(f"{name} holds {bad} NaN or infinite value(s); clean or drop those data points first")
     if unit_interval and (lo < 0 or hi > 1):
         raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}] but the Bernoulli likelihood needs values in "
-                         f"[0, 1]; rescale the data (e.g. divide 8-bit images by 255) or use a Gaussian likelihood "
-                         f"(--likelihood gaussian or sigma-vae)")
+                         f"[0, 1] (so do the 8-bit ones); rescale the data (e.g. divide 8-bit images by 255) or use a "
+                         f"Gaussian likelihood (--likelihood gaussian or sigma-vae)")
     return x
 
 
@@ -110,11 +110,18 @@ def model_x_shape(model):
 
 
 def model_wants_unit_interval(model):
-    """True when ``model`` is a built-in model with a Bernoulli likelihood (data must lie in [0, 1])."""
-    from .likelihoods import Bernoulli
+    """True when ``model`` is a built-in model with a Bernoulli or 8-bit likelihood (data must lie in [0, 1])."""
+    from .likelihoods import Bernoulli, Categorical, DiscretizedLogistic
 
     owner = getattr(model, "__self__", None)
-    return isinstance(getattr(owner, "likelihood", None), Bernoulli)
+    return isinstance(getattr(owner, "likelihood", None), (Bernoulli, Categorical, DiscretizedLogistic))
+
+
+def model_is_eight_bit(model):
+    """True when ``model`` is a built-in model with an 8-bit likelihood (discretized logistic, categorical)."""
+    from .likelihoods import Categorical, DiscretizedLogistic
+
+    return isinstance(getattr(getattr(model, "__self__", None), "likelihood", None), (Categorical, DiscretizedLogistic))
 
 
 def check_data_for_model(model, x, name="x"):
@@ -182,21 +189,29 @@ def load_checkpoint(path):
     return state
 
 
+def check_eight_bit(eight_bit, binarize, likelihood="the 8-bit likelihood"):
+    """An 8-bit likelihood needs the grey levels k/255 (``binarize="none"``), not binarized images."""
+    if eight_bit and binarize != "none":
+        raise ValueError(f"the {likelihood} likelihood models 8-bit grey levels but the data is binarized "
+                         f"(binarize={binarize!r}); pass --binarize none")
+
+
 def check_config(config):
     """Names in a :class:`~pyro_vae.config.Config` that only the registries know, and the data directory.
 
     Checked before any data is read; the device is checked by the caller (a run trained on
     CUDA may be evaluated on CPU).
     """
-    from .data import BINARIZE, DATASETS
+    from .data import BINARIZE, check_source
     from .estimators import ESTIMATORS
     from .experiment import MODELS
     from .guides import GUIDES
-    from .likelihoods import LIKELIHOODS
+    from .likelihoods import EIGHT_BIT, LIKELIHOODS
     from .nets import ACTIVATIONS
 
-    check_choice("dataset", config.dataset, DATASETS, "dataset")
+    check_source(config.dataset)
     check_choice("binarize mode", config.binarize, BINARIZE, "binarize")
+    check_eight_bit(config.likelihood in EIGHT_BIT, config.binarize, config.likelihood)
     check_choice("model", config.model, MODELS, "model")
     check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
     check_choice("activation", config.activation, ACTIVATIONS, "activation")
