@@ -242,8 +242,11 @@ def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_sa
         "nll_samples": nll_samples,
     }
     if nll_samples:
-        result["nll"] = -log_likelihood(model, guide, x, *args, num_samples=nll_samples, **kwargs).mean().item()
         values = eight_bit_dims(model, x, *args, **kwargs)  # 8-bit likelihoods: nats of a discrete distribution
+        # their decoders emit K or 256 numbers per value: fewer particle × image pairs per pass (≤ 2²² values)
+        memory = {"max_elements": max(1, 2**22 // values)} if values else {}
+        result["nll"] = -log_likelihood(model, guide, x, *args, num_samples=nll_samples, **memory,
+                                        **kwargs).mean().item()
         if values:
             result["bits_per_dim"] = result["nll"] / (values * math.log(2))
     result["warnings"] = collapse_warnings(counts, dims, result["kl"])

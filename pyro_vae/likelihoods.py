@@ -137,8 +137,8 @@ class EightBit(TorchDistribution):
 class DiscretizedLogisticMixture(EightBit):
     """Mixture of K discretized logistics per element, on the grid k/255 with open edge bins.
 
-    .. math:: p(k) = \sum_j \pi_j [\sigma((c_k + w/2 − μ_j)/s_j) − \sigma((c_k − w/2 − μ_j)/s_j)],
-              \quad c_k = k/255,\ w = 1/255,
+    .. math:: p(k) = \\sum_j \\pi_j [\\sigma((c_k + w/2 − μ_j)/s_j) − \\sigma((c_k − w/2 − μ_j)/s_j)],
+              \\quad c_k = k/255,\\ w = 1/255,
 
     with σ(·) replaced by 1 above the top bin's lower edge and by 0 below the bottom bin's upper
     edge (so the 256 probabilities sum to 1).  Inside, log[σ(a) − σ(b)] = log σ(a) + log σ(−b) +

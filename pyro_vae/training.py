@@ -411,8 +411,8 @@ class Trainer:
             validation.check_data_for_model(self.model, data, "training data")
             data = ImageData(train=data, train_labels=None, test=test_x, test_labels=None, binarize="none")
         elif not isinstance(data, ImageData):
-            raise TypeError(f"data must be an ImageData (from load_data), a tensor of images [N, ...] or a torch "
-                            f"Dataset, got {type(data).__name__}")
+            raise TypeError(f"data must be an ImageData (from load_data) or a tensor of images [N, ...] (or a torch "
+                            f"Dataset of them), got {type(data).__name__}")
         else:
             validation.check_eight_bit(validation.model_is_eight_bit(self.model), data.binarize)
             unit = validation.model_wants_unit_interval(self.model) or data.binarize == "dynamic"
