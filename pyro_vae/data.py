@@ -230,7 +230,6 @@ def load_data(name="fashion-mnist", data_dir=None, binarize="dynamic", validatio
     :param int image_size: resize (shorter side) and centre-crop every image to ``image_size × image_size``.
     :param float test_fraction: share of the images split off as the test set (seed ``split_seed``) when the
         source has none.
-
     :param int validation: hold out the last ``validation`` training images (e.g. 10000 for the 50k/10k/10k split).
     :param int limit: keep only the first ``limit`` training images (smoke runs).
     :param int test_limit: keep only the first ``test_limit`` test images.
