@@ -1,5 +1,10 @@
 """Image datasets held on the training device as one tensor each; batches are index slices.
 
+Sources (:func:`load_data`'s ``name``): ``mnist``, ``fashion-mnist``, the torchvision names of
+:data:`pyro_vae.datasets.TORCHVISION` (kmnist, emnist, cifar10, cifar100, svhn, celeba, omniglot),
+``folder:PATH``, ``npy:PATH``/``pt:PATH``, or in Python an array, tensor or torch ``Dataset``
+(see :mod:`pyro_vae.datasets`).  A source without a test set gets one split off with a fixed seed.
+
 ``load_images(name, root)`` reads MNIST or Fashion-MNIST through torchvision.
 When torchvision cannot download (no internet), Fashion-MNIST falls back to the
 gzipped IDX files of Debian's ``dataset-fashion-mnist`` package
@@ -11,6 +16,9 @@ Binarization (``binarize``):
 * ``"dynamic"``: training batches are resampled x ~ Bernoulli(grey level) every time
   they are drawn; validation and test images are binarized once with a fixed seed;
 * ``"static"``: every image binarized once with a fixed seed.
+
+8-bit images are carried as grey levels k/255 (``binarize="none"``); the 8-bit likelihoods
+(``discretized-logistic``, ``categorical``) score the bin round(255 x).
 """
 import gzip
 import os
@@ -20,6 +28,7 @@ from typing import Optional
 
 import torch
 
+from pyro_vae import datasets
 from pyro_vae.core.checks import check_positive_int
 
 DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
@@ -100,6 +109,56 @@ def _resolve_root(name, data_dir):
     return data_dir
 
 
+def check_source(name):
+    """``name`` is a known dataset or a ``folder:``/``npy:``/``pt:`` source whose path exists (one-line errors)."""
+    if not isinstance(name, str):
+        raise TypeError(f"dataset must be a name such as fashion-mnist or folder:PATH, got {type(name).__name__}")
+    kind, arg = datasets.parse_source(name)
+    if kind is None and name not in DATASETS:
+        names = ", ".join([*DATASETS, *datasets.TORCHVISION])
+        raise ValueError(f"unknown dataset {name!r}; choose one of {names}, or folder:PATH, npy:PATH (.npy, .npz, "
+                         f".pt)")
+    path = arg.partition(",")[0] if kind == "array" else arg
+    if kind in ("folder", "array") and not os.path.exists(path):
+        what = "image folder" if kind == "folder" else "array file"
+        raise FileNotFoundError(f"{what} {path!r} does not exist; pass --dataset {name.partition(':')[0]}:PATH with "
+                                f"an existing path")
+    return kind
+
+
+def read_source(name, data_dir=None, image_size=None, labels=None):
+    """``(train_x, train_y, test_x, test_y)`` of any source (``test_*`` None when it has no test set).
+
+    Images are uint8 (or float in [0, 1] from float arrays and tensor Datasets) ``[N, C, H, W]``.
+    """
+    if isinstance(name, str):
+        kind = check_source(name)
+        if kind is None:  # mnist, fashion-mnist
+            root = _resolve_root(name, data_dir)
+            (x, y), (tx, ty) = load_images(name, root, train=True), load_images(name, root, train=False)
+            return datasets.fit_size(x, image_size), y, datasets.fit_size(tx, image_size), ty
+        if kind == "folder":
+            return datasets.read_folder(name.partition(":")[2], image_size)
+        if kind == "array":
+            x, y, tx, ty = datasets.read_array(name.partition(":")[2], labels)
+        else:
+            root = data_dir or default_root()
+            if data_dir is not None and not os.path.isdir(data_dir):
+                raise FileNotFoundError(f"data directory {data_dir!r} does not exist; pass an existing folder to "
+                                        f"--data-dir")
+            return datasets.read_torchvision(name, root, image_size)
+    elif torch.is_tensor(name) or hasattr(name, "__array__"):
+        x, y, tx, ty = datasets.from_arrays(name, labels)
+    elif isinstance(name, torch.utils.data.Dataset):
+        x, y = datasets.dataset_tensors(name, image_size)
+        x, y, tx, ty = datasets.from_arrays(x, y, where="the dataset")
+    else:
+        raise TypeError(f"data source must be a dataset name, folder:PATH, npy:PATH, an array or tensor of images, or "
+                        f"a torch Dataset; got {type(name).__name__}")
+    fit = lambda t: None if t is None else datasets.fit_size(t, image_size)  # noqa: E731
+    return fit(x), y, fit(tx), ty
+
+
 def _binarize_once(x, seed=BINARIZE_SEED):
     g = torch.Generator(device="cpu").manual_seed(seed)
     return torch.bernoulli(x.cpu(), generator=g).to(x)
@@ -162,9 +221,15 @@ class ImageData:
 
 
 def load_data(name="fashion-mnist", data_dir=None, binarize="dynamic", validation=0, limit=None, test_limit=None,
-              device="cpu", dtype=torch.float32, exclude_class=None):
+              device="cpu", dtype=torch.float32, exclude_class=None, image_size=None, test_fraction=0.1, labels=None,
+              split_seed=0):
     """Load ``name`` as an :class:`ImageData` on ``device``.
 
+    :param name: a dataset name, ``folder:PATH``, ``npy:PATH`` / ``pt:PATH`` (see :mod:`pyro_vae.datasets`), or an
+        array / tensor of images (``labels``: its labels) or a torch ``Dataset``.
+    :param int image_size: resize (shorter side) and centre-crop every image to ``image_size × image_size``.
+    :param float test_fraction: share of the images split off as the test set (seed ``split_seed``) when the
+        source has none.
     :param int validation: hold out the last ``validation`` training images (e.g. 10000 for the 50k/10k/10k split).
     :param int limit: keep only the first ``limit`` training images (smoke runs).
     :param int test_limit: keep only the first ``test_limit`` test images.
@@ -172,14 +237,12 @@ def load_data(name="fashion-mnist", data_dir=None, binarize="dynamic", validatio
     """
     if binarize not in BINARIZE:
         raise ValueError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE)}")
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    for option, value in (("limit", limit), ("test_limit", test_limit)):
+    for option, value in (("limit", limit), ("test_limit", test_limit), ("image_size", image_size)):
         if value is not None:
             check_positive_int(option, value, f"; pass --{option.replace('_', '-')} N with N >= 1 or leave it out")
-    root = _resolve_root(name, data_dir)
-    train, train_y = load_images(name, root, train=True)
-    test, test_y = load_images(name, root, train=False)
+    train, train_y, test, test_y = read_source(name, data_dir, image_size, labels)
+    if test is None:
+        train, train_y, test, test_y = datasets.split_off(train, train_y, test_fraction, split_seed)
     if validation < 0 or validation >= len(train):
         raise ValueError(f"validation must be in [0, {len(train)}), got {validation}")
     val = val_y = None
@@ -197,7 +260,7 @@ def load_data(name="fashion-mnist", data_dir=None, binarize="dynamic", validatio
         test, test_y = test[:test_limit], test_y[:test_limit]
 
     def prepare(x, once):
-        x = x.to(dtype) / 255.0
+        x = x.to(dtype) / 255.0 if x.dtype == torch.uint8 else x.to(dtype)
         return _binarize_once(x) if once else x
 
     static = binarize == "static"

@@ -40,7 +40,8 @@ def graph():
 
 def layer(module):
     parts = module.split(".")
-    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+    name = "data" if len(parts) > 1 and parts[1] == "datasets" else (parts[1] if len(parts) > 1 else None)
+    return LAYERS.index(name) if name in LAYERS else None
 
 
 def test_every_module_imports_only_its_own_layer_or_below():

@@ -26,7 +26,11 @@ LOG = "pyro-vae.log"  # in the run directory: the traceback of a failed command,
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError)
 
 HELP = {
-    "dataset": "mnist or fashion-mnist",
+    "dataset": "mnist, fashion-mnist, kmnist, emnist, cifar10, cifar100, svhn, celeba, omniglot (torchvision), "
+               "folder:PATH (images; class subfolders are labels) or npy:PATH (.npy/.npz/.pt array; IMAGES,LABELS)",
+    "image_size": "resize (shorter side) and centre-crop images to N×N (default: their own size, if shared)",
+    "test_fraction": "share of the images split off (fixed seed) as the test set when the source has none",
+    "mixtures": "discretized-logistic likelihood: logistics K in each pixel's mixture",
     "data_dir": "torchvision root, or a folder holding the four IDX files (gzipped or not)",
     "binarize": "dynamic (resampled every batch), static (fixed seed) or none (grey levels)",
     "validation": "hold out the last N training images as a validation split",
@@ -35,7 +39,8 @@ HELP = {
     "exclude_class": "drop this label from the training images (anomaly detection)",
     "model": "model name (vae, hierarchical, …)",
     "net": "mlp or conv",
-    "likelihood": "bernoulli, gaussian, learned-gaussian, sigma-vae or sigma-vae-optimal",
+    "likelihood": "bernoulli, gaussian, learned-gaussian, sigma-vae, sigma-vae-optimal, or for 8-bit images "
+                  "(--binarize none; evaluate reports bits_per_dim) discretized-logistic or categorical",
     "sigma": "σ of the fixed Gaussian likelihood (initial σ of the learned ones)",
     "hidden_dims": "comma-separated hidden sizes of encoder (decoder mirrors them), e.g. 400 or 300,300",
     "guide": "guide name; default: the model's own (vae: diagonal, or a flow: iaf, spline, householder, sylvester, "

@@ -20,11 +20,14 @@ class Config:
     limit: Optional[int] = None
     test_limit: Optional[int] = None
     exclude_class: Optional[int] = None
+    image_size: Optional[int] = None
+    test_fraction: float = 0.1
     # model
     model: str = "vae"
     net: str = "mlp"
     likelihood: str = "bernoulli"
     sigma: float = 0.1
+    mixtures: int = 10
     latent_dim: int = 20
     latent_dims: Optional[List[int]] = None
     hidden_dims: List[int] = field(default_factory=lambda: [400])
@@ -72,7 +75,7 @@ class Config:
     def validate(self):
         """Raise ValueError/TypeError naming the field and how to fix it (names are checked by
         :func:`check_config`, which needs the registries)."""
-        for name in ("latent_dim", "epochs", "batch_size", "particles", "eval_particles", "log_every",
+        for name in ("latent_dim", "mixtures", "epochs", "batch_size", "particles", "eval_particles", "log_every",
                      "max_bad_steps"):
             validation.check_positive_int(name, getattr(self, name))
         for name in ("hidden_dims", "latent_dims", "flow_hidden_dims"):
@@ -81,6 +84,10 @@ class Config:
                                                      for d in dims)):
                 raise ValueError(f"{name} must be positive integers such as 400 or 64,32, got {dims!r}")
         validation.check_positive_float("lr", self.lr)
+        if self.image_size is not None:
+            validation.check_positive_int("image_size", self.image_size, "; pass e.g. --image-size 32 or leave it out")
+        if not (isinstance(self.test_fraction, (int, float)) and 0 < self.test_fraction < 1):
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}; e.g. --test-fraction 0.1")
         if self.clip_norm is not None:
             validation.check_positive_float("clip_norm", self.clip_norm, "; pass e.g. --clip-norm 10 or leave it out")
         validation.check_fraction("lr_decay", self.lr_decay, "; 1 keeps the learning rate constant")
@@ -138,16 +145,17 @@ def check_config(config):
     Checked before any data is read; each refusal is one line naming the conflict.  The device is
     checked by the caller (a run trained on CUDA may be evaluated on CPU).
     """
-    from pyro_vae.data import BINARIZE, DATASETS  # the registries, imported when a run starts, not for --help
+    from pyro_vae.data import BINARIZE, check_source  # the registries, imported when a run starts, not for --help
     from pyro_vae.estimators import ESTIMATORS
     from pyro_vae.estimators.variants import KLSchedule, check_estimator
     from pyro_vae.guides import FLOWS
     from pyro_vae.models import MODELS, model_guides
-    from pyro_vae.models.likelihoods import LIKELIHOODS
+    from pyro_vae.models.likelihoods import EIGHT_BIT, LIKELIHOODS
     from pyro_vae.models.nets import ACTIVATIONS
 
-    validation.check_choice("dataset", config.dataset, DATASETS, "dataset")
+    check_source(config.dataset)
     validation.check_choice("binarize mode", config.binarize, BINARIZE, "binarize")
+    validation.check_eight_bit(config.likelihood in EIGHT_BIT, config.binarize, config.likelihood)
     validation.check_choice("model", config.model, MODELS, "model")
     validation.check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
     validation.check_choice("activation", config.activation, ACTIVATIONS, "activation")

@@ -20,7 +20,7 @@ from pyro_vae.estimators import make_elbo
 from pyro_vae.estimators.variants import KLSchedule, beta_scale
 from pyro_vae.models import build_model, with_defaults
 from pyro_vae.training import distributed
-from pyro_vae.training.tensorboard import bits_per_dim, evaluated_step, log_evaluation
+from pyro_vae.training.tensorboard import evaluated_step, log_evaluation
 from pyro_vae.training.trainer import CHECKPOINT, METRICS, Trainer, resolve_device
 
 LOG = "pyro-vae.log"  # the run's log: the trainer's log lines, and the traceback of a failed command (cli.py)
@@ -28,7 +28,8 @@ LOG = "pyro-vae.log"  # the run's log: the trainer's log lines, and the tracebac
 
 def _load_data(config, device):
     return load_data(config.dataset, config.data_dir, config.binarize, config.validation, config.limit,
-                     config.test_limit, device=device, exclude_class=config.exclude_class)
+                     config.test_limit, device=device, exclude_class=config.exclude_class,
+                     image_size=config.image_size, test_fraction=config.test_fraction)
 
 
 def train(config, resume=False, progress=True):
@@ -171,8 +172,6 @@ def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="au
     config, vae, data = load_run(run_dir, device)
     x, labels = _eval_split(data, split, limit)
     result = {"split": split, **evaluate(vae.model, vae.guide, x, nll_samples=nll_samples)}
-    if "nll" in result and config.binarize != "none" and config.likelihood == "bernoulli":  # discrete data
-        result["bits_per_dim"] = bits_per_dim(result["nll"], x[0].numel())
     if config.tensorboard:
         log_evaluation(run_dir, result, evaluated_step(run_dir, config), split)
     if pictures:

@@ -10,7 +10,6 @@ import math
 import numbers
 import os
 
-
 # torch is imported by the checks that need it, so that `pyro-vae --help` (config.py imports this) stays fast
 
 
@@ -101,8 +100,8 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
         raise ValueError(f"{name} holds {bad} NaN or infinite value(s); clean or drop those data points first")
     if unit_interval and (lo < 0 or hi > 1):
         raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}] but the Bernoulli likelihood needs values in "
-                         f"[0, 1]; rescale the data (e.g. divide 8-bit images by 255) or use a Gaussian likelihood "
-                         f"(--likelihood gaussian or sigma-vae)")
+                         f"[0, 1] (so do the 8-bit ones); rescale the data (e.g. divide 8-bit images by 255) or use a "
+                         f"Gaussian likelihood (--likelihood gaussian or sigma-vae)")
     return x
 
 
@@ -117,6 +116,11 @@ def model_wants_unit_interval(model):
     """True when ``model`` is a built-in model whose likelihood needs data in [0, 1] (it says ``unit_interval``)."""
     owner = getattr(model, "__self__", None)
     return getattr(getattr(owner, "likelihood", None), "unit_interval", False) is True
+
+
+def model_is_eight_bit(model):
+    """True when ``model`` is a built-in model with an 8-bit likelihood (it says ``eight_bit``)."""
+    return getattr(getattr(getattr(model, "__self__", None), "likelihood", None), "eight_bit", False) is True
 
 
 def check_data_for_model(model, x, name="x"):
@@ -175,3 +179,10 @@ def load_checkpoint(path):
         raise ValueError(f"{path!r} is not a pyro_vae checkpoint (missing {missing}); point to a run directory "
                          f"written by pyro-vae train")
     return state
+
+
+def check_eight_bit(eight_bit, binarize, likelihood="the 8-bit likelihood"):
+    """An 8-bit likelihood needs the grey levels k/255 (``binarize="none"``), not binarized images."""
+    if eight_bit and binarize != "none":
+        raise ValueError(f"the {likelihood} likelihood models 8-bit grey levels but the data is binarized "
+                         f"(binarize={binarize!r}); pass --binarize none")

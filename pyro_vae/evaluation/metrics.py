@@ -14,6 +14,7 @@ Latent diagnostics read the guide's latent sites in the order the guide samples 
   Carlo E_q[log q(z_d|x) − log p(z_d)]; ``None`` for a site whose q does not factorize over
   dimensions (e.g. a flow or a full-covariance Gaussian).
 """
+import math
 import sys
 import warnings as _warnings
 
@@ -26,6 +27,7 @@ from pyro_vae.core.kl import elementwise_kl
 from pyro_vae.core.probe import checked_probe
 from pyro_vae.estimators.importance import (PARTICLE_PLATE, guess_max_plate_nesting, log_likelihood, log_weights,
                                             per_particle_and_point, plate_nesting)
+from pyro_vae.models.likelihoods import discrete_dims
 
 ACTIVE_THRESHOLD = 0.01
 
@@ -203,7 +205,8 @@ def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_sa
 
     ``elbo`` = ``recon`` − ``kl``; ``recon`` = E_q[log p(x|z)]; ``kl`` = E_q[log q(z|x) − log p(z)] ≥ 0 (MC,
     ``elbo_particles`` draws); ``nll`` = −log p(x) by importance sampling with ``nll_samples`` draws
-    (omitted when 0; see :func:`~pyro_vae.log_likelihood`); ``active_units`` (int for one latent site,
+    (omitted when 0; see :func:`~pyro_vae.log_likelihood`); ``bits_per_dim`` = nll / (D ln 2) beside it when
+    the observed images have an 8-bit likelihood (D values per image); ``active_units`` (int for one latent site,
     else a list per site in guide order); ``latent_dims`` (the same shape: dimensions per site);
     ``kl_per_dim`` (list of floats, or a list of lists per site; ``None`` where q does not factorize);
     ``latent_sites``; ``nll_samples``; ``images``; ``warnings`` (collapse diagnostics, also
@@ -238,8 +241,13 @@ def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_sa
         "nll_samples": nll_samples,
     }
     if nll_samples:
+        values = discrete_dims(model, x, *args, **kwargs)  # a discrete likelihood: nats of a discrete distribution
+        # 8-bit decoders emit K or 256 numbers per value: fewer particle × image pairs per pass (≤ 2²² values)
+        memory = {"max_elements": max(1, 2**22 // values)} if values else {}
         result["nll"] = -log_likelihood(model, guide, x, *args, num_samples=nll_samples, data_plate=data_plate,
-                                        **kwargs).mean().item()
+                                        **memory, **kwargs).mean().item()
+        if values:
+            result["bits_per_dim"] = result["nll"] / (values * math.log(2))
     result["warnings"] = collapse_warnings(counts, dims, result["kl"])
     for w in result["warnings"]:
         if verbose:

@@ -13,15 +13,16 @@ def make_encoder(config, x_shape, out_dim=None):
     """The encoder net x → context of size ``out_dim`` (default: the last hidden size)."""
     out_dim = out_dim or config.hidden_dims[-1]
     if config.net == "conv":
-        return ConvEncoder(out_dim, channels=x_shape[0], activation_name=config.activation)
+        return ConvEncoder(out_dim, channels=x_shape[0], activation_name=config.activation, image_size=x_shape[1:])
     return MLP(x_shape, config.hidden_dims[:-1], out_dim, config.activation, final_activation=True)
 
 
 def make_decoder(config, x_shape, in_dim):
-    """The decoder net z → decoder output of shape ``x_shape``."""
+    """The decoder net z → decoder output of the likelihood's ``params_shape(x_shape)`` (``x_shape`` for most)."""
+    out_shape = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures).params_shape(x_shape)
     if config.net == "conv":
-        return ConvDecoder(in_dim, channels=x_shape[0], activation_name=config.activation)
-    return MLP(in_dim, list(reversed(config.hidden_dims)), x_shape, config.activation)
+        return ConvDecoder(in_dim, channels=out_shape[0], activation_name=config.activation, image_size=x_shape[1:])
+    return MLP(in_dim, list(reversed(config.hidden_dims)), out_shape, config.activation)
 
 
 def guide_options(config):
@@ -35,7 +36,7 @@ def build_vae(config, x_shape, num_data=None):
     guide = make_guide(config.guide, encoder, config.hidden_dims[-1], config.latent_dim, config.flows,
                        **guide_options(config))
     decoder = make_decoder(config, x_shape, config.latent_dim)
-    likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
+    likelihood = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures)
     pseudo = PseudoInputs(config.pseudo_inputs, x_shape) if config.prior == "vampprior" else None
     return VAE(decoder, guide, likelihood, config.latent_dim, x_shape, num_data, pseudo_inputs=pseudo)
 

@@ -1,4 +1,4 @@
-"""Neural networks used by the built-in models and guides.
+"""Neural networks used by the built-in models and guides: MLPs, and conv nets for images of any C × H × W.
 
 Every net accepts any number of leading batch dimensions, so the same decoder
 serves one sample per data point (``z: [B, D]``) and vectorized particles
@@ -48,18 +48,36 @@ def _flatten_batch(x, event_dims):
     return x.reshape(-1, *x.shape[x.dim() - event_dims :]), batch
 
 
-class ConvEncoder(nn.Module):
-    """Convolutional encoder for ``[..., C, 28, 28]`` images: two stride-2 convs (28→14→7), then a linear map to ``out_dim``."""
+def conv_sizes(image_size, min_size=8):
+    """Feature-map sizes ``[(H, W), (H₁, W₁), …]`` of stride-2 convs (k = 4, p = 1: H → ⌊H/2⌋), halving while the
+    larger side exceeds ``min_size`` (at least once): 28 → 14 → 7, 32 → 16 → 8, 64 → 32 → 16 → 8."""
+    sizes = [tuple(int(s) for s in image_size)]
+    if len(sizes[0]) != 2 or min(sizes[0]) < 2:
+        raise ValueError(f"conv nets need images of at least 2×2 pixels, got size {sizes[0]}")
+    while len(sizes) == 1 or (max(sizes[-1]) > min_size and min(sizes[-1]) >= 4):
+        sizes.append(tuple(s // 2 for s in sizes[-1]))
+    return sizes
 
-    def __init__(self, out_dim, channels=1, width=32, activation_name="relu"):
+
+def _widths(width, layers):
+    return [width * 2 ** min(i, 2) for i in range(layers)]  # 32, 64, 128, 128, …
+
+
+class ConvEncoder(nn.Module):
+    """Convolutional encoder for ``[..., C, H, W]`` images: stride-2 convs (see :func:`conv_sizes`; 28→14→7 for
+    28×28), then a linear map to ``out_dim``.  Channel widths ``width``, 2·``width``, 4·``width``, …"""
+
+    def __init__(self, out_dim, channels=1, width=32, activation_name="relu", image_size=(28, 28)):
         super().__init__()
+        sizes = conv_sizes(image_size)
+        widths = _widths(width, len(sizes) - 1)
+        layers = []
+        for c_in, c_out in zip([channels, *widths[:-1]], widths):
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), activation(activation_name)]
         self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 4, 2, 1),
-            activation(activation_name),
-            nn.Conv2d(width, 2 * width, 4, 2, 1),
-            activation(activation_name),
+            *layers,
             nn.Flatten(),
-            nn.Linear(2 * width * 7 * 7, out_dim),
+            nn.Linear(widths[-1] * math.prod(sizes[-1]), out_dim),
             activation(activation_name),
         )
 
@@ -69,20 +87,27 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Convolutional decoder ``[..., in_dim] -> [..., C, 28, 28]``: linear to 7×7 maps, two stride-2 transposed convs."""
+    """Convolutional decoder ``[..., in_dim] -> [..., C, H, W]``: linear to the encoder's smallest maps, then
+    stride-2 transposed convs back through :func:`conv_sizes` (output padding restores odd sizes)."""
 
-    def __init__(self, in_dim, channels=1, width=32, activation_name="relu"):
+    def __init__(self, in_dim, channels=1, width=32, activation_name="relu", image_size=(28, 28)):
         super().__init__()
-        self.width = width
-        self.fc = nn.Sequential(nn.Linear(in_dim, 2 * width * 7 * 7), activation(activation_name))
-        self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1),
-            activation(activation_name),
-            nn.ConvTranspose2d(width, channels, 4, 2, 1),
-        )
+        sizes = conv_sizes(image_size)
+        widths = _widths(width, len(sizes) - 1)
+        self.start = (widths[-1], *sizes[-1])
+        self.fc = nn.Sequential(nn.Linear(in_dim, math.prod(self.start)), activation(activation_name))
+        layers = []
+        outs = [*reversed(widths[:-1]), channels]
+        for i, (c_in, c_out) in enumerate(zip(reversed(widths), outs)):
+            small, big = sizes[len(sizes) - 1 - i], sizes[len(sizes) - 2 - i]
+            pad = tuple(b - 2 * s for b, s in zip(big, small))
+            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, output_padding=pad))
+            if i < len(outs) - 1:
+                layers.append(activation(activation_name))
+        self.deconv = nn.Sequential(*layers)
 
     def forward(self, z):
         flat, batch = _flatten_batch(z, 1)
-        h = self.fc(flat).reshape(-1, 2 * self.width, 7, 7)
+        h = self.fc(flat).reshape(-1, *self.start)
         out = self.deconv(h)
         return out.reshape(*batch, *out.shape[1:])

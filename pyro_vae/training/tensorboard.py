@@ -100,11 +100,6 @@ def picture_grids(model, guide, x, n=32):
     return {"samples": samples.reshape(-1, *x.shape[1:]), "reconstructions": torch.cat(rows)}
 
 
-def bits_per_dim(nll, dims):
-    """nll / (D ln 2): −log₂ p(x) per pixel (defined for discrete data, e.g. binarized images)."""
-    return nll / (dims * math.log(2))
-
-
 def log_evaluation(run_dir, result, step, split="test"):
     """Add an evaluation's figures to the run's event files as ``eval/SPLIT/KEY`` at ``step`` (the checkpoint's)."""
     writer = RunWriter(run_dir)

@@ -513,13 +513,19 @@ class Trainer:
         """Check the options and the data once, before any training step."""
         validation.check_positive_int("epochs", epochs, "; pass e.g. --epochs 10")
         validation.check_positive_int("batch_size", batch_size, "; pass e.g. --batch-size 128")
+        if isinstance(data, torch.utils.data.Dataset):  # items: an image, or (image, label, …); labels unused
+            from pyro_vae.datasets import dataset_tensors
+
+            data = dataset_tensors(data, where="the training Dataset")[0]
+            data = data.float() / 255 if data.dtype == torch.uint8 else data
         if torch.is_tensor(data):
             validation.check_data_for_model(self.model, data, "training data")
             data = ImageData(train=data, train_labels=None, test=test_x, test_labels=None, binarize="none")
         elif not isinstance(data, ImageData):
-            raise TypeError(f"data must be an ImageData (from load_data) or a tensor of images [N, ...], "
-                            f"got {type(data).__name__}")
+            raise TypeError(f"data must be an ImageData (from load_data) or a tensor of images [N, ...] (or a torch "
+                            f"Dataset of them), got {type(data).__name__}")
         else:
+            validation.check_eight_bit(validation.model_is_eight_bit(self.model), data.binarize)
             unit = validation.model_wants_unit_interval(self.model) or data.binarize == "dynamic"
             validation.check_images(data.train, "training data", validation.model_x_shape(self.model), unit)
         test_x = data.test if test_x is None else test_x
@@ -536,7 +542,8 @@ class Trainer:
         """Train until ``epochs`` epochs are complete (counting resumed ones), or early stopping ends the run;
         return every epoch's metrics.
 
-        :param data: an :class:`~pyro_vae.data.ImageData` or a tensor of training images.
+        :param data: an :class:`~pyro_vae.data.ImageData`, a tensor of training images, or a torch ``Dataset`` of
+            images (or ``(image, label)`` pairs; PIL images and uint8 become floats in [0, 1]).
         :param test_x: images for ``test_elbo`` (default: ``data.test``).
         :param resume: continue from ``out_dir/checkpoint.pt`` instead of starting afresh.
         :param callback: called as ``callback(trainer, metrics)`` after each epoch.
