@@ -5,7 +5,6 @@ A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
 evaluation, ``eval.json`` and ``latent_scatter.png`` (``anomaly.json``, ``denoise.json``/``denoise.png`` and
 ``embeddings_SPLIT.npy`` after the corresponding commands).
 """
-import dataclasses
 import json
 import logging
 import os

@@ -140,4 +140,4 @@ def read_scalars(run_dir):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-__all__ = ["RunWriter", "bits_per_dim", "evaluated_step", "flatten", "log_evaluation", "picture_grids", "read_scalars"]
+__all__ = ["RunWriter", "evaluated_step", "flatten", "log_evaluation", "picture_grids", "read_scalars"]

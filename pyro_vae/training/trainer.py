@@ -58,14 +58,10 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
 
 import pyro
 import torch
-from pyro import poutine
-from pyro.infer import SVI
 from tqdm.auto import tqdm
 
 from pyro_vae.core import checks as validation
@@ -73,111 +69,19 @@ from pyro_vae.core.probe import checked_probe
 from pyro_vae.data import ImageData
 from pyro_vae.estimators import make_elbo
 from pyro_vae.evaluation.metrics import _latent_pass, active_units, elbo_terms, posterior_means
-from pyro_vae.training import distributed, fast
-from pyro_vae.training.optim import FusedOptim, make_optimizer, set_lr
+from pyro_vae.training import checkpoint, distributed, fast
+from pyro_vae.training.checkpoint import BEST, CHECKPOINT, METRICS
+from pyro_vae.training.guards import NonFiniteLossError, SignalGuard, TrainingInterrupted  # noqa: F401  (their home)
+from pyro_vae.training.optim import make_optimizer, set_lr
+from pyro_vae.training.svi import DeviceSVI
 
 logger = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
 FAST_MODES = ("auto", True, False, "compile", "trace")
-METRICS = "metrics.jsonl"
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive training steps had a NaN or infinite loss or gradient."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM at a step boundary; ``signum`` is the signal."""
-
-    def __init__(self, message, signum=signal.SIGINT):
-        super().__init__(message)
-        self.signum = signum
-
-
-class DeviceSVI(SVI):
-    """:class:`pyro.infer.SVI` whose :meth:`step` returns ``(loss, ok)`` tensors and skips bad updates on the device.
-
-    It uses the estimator's ``differentiable_loss`` (or ``loss_and_grads`` when absent) and
-    never reads the loss on the host.  With ``guard=True`` the loss and the gradients are
-    reduced on the device to one boolean ``ok`` (their sum or 2-norm is finite); when it is
-    False the optimizer leaves parameters and state unchanged.  With a :class:`FusedOptim`
-    over fused Adam (the trainer's default) that decision is taken on the device too, so a
-    step needs no host sync; other optimizers read ``ok`` on the host.
-    """
-
-    def __init__(self, model, guide, optim, loss, guard=True, **kwargs):
-        super().__init__(model, guide, optim, loss, **kwargs)
-        self.elbo = loss  # SVI keeps only the bound methods
-        self.guard = guard
-        self.compiled = {}  # batch size -> fast.TracedStep (the fast path, see Trainer.enable_fast_path)
-
-    def step(self, *args, **kwargs):
-        traced = self.compiled.get(len(args[0])) if self.compiled and len(args) == 1 else None
-        if traced is not None and sorted(kwargs) != traced.keys:
-            traced = None
-        ok = None
-        if traced is not None:  # the fast path: one graph replay gives loss, finiteness and gradients
-            loss, ok, grads = traced(args[0], **kwargs)
-            params = traced.params
-            for p, g in zip(params, grads):
-                p.grad = g
-        else:
-            with poutine.trace(param_only=True) as param_capture:
-                if hasattr(self.elbo, "differentiable_loss"):
-                    loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
-                    loss.backward()
-                    loss = loss.detach()
-                else:  # a float: put it where the parameters are, as the flag's other inputs
-                    loss = torch.as_tensor(self.loss_and_grads(self.model, self.guide, *args, **kwargs))
-            params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-            loss = loss.to(next(iter(params)).device) if params else loss
-        if distributed.active():  # the same parameters on every rank, in the same (name) order
-            store = pyro.get_param_store()
-            distributed.average_gradients(sorted(params, key=store.param_name))
-            ok = None  # judge the averaged gradients: every rank then takes the same decision
-        if not self.guard:
-            ok = torch.ones((), dtype=torch.bool, device=loss.device)
-        elif ok is None:
-            grads = [p.grad for p in params if p.grad is not None]
-            total = loss.sum()
-            if grads:  # ‖(g_1, …, g_n)‖₂ is finite iff every gradient is (or overflows beyond ~1e19)
-                total = total + _total_norm(grads).to(total)
-            ok = torch.isfinite(total)
-        if isinstance(self.optim, FusedOptim):
-            self.optim(params, skip=None if not self.guard else ~ok)
-        elif bool(ok):
-            self.optim(params)
-        for p in params:
-            p.grad = None
-        return loss, ok
-
-
-def _total_norm(tensors):
-    """The 2-norm of all ``tensors`` together, with multi-tensor kernels (a few launches, one pass over the data)."""
-    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
-        return torch.nn.utils.get_total_norm(tensors)
-    return torch.stack([n.float() for n in torch._foreach_norm(tensors)]).norm()
 
 
 def resolve_device(device="auto"):
     """``auto`` → ``cuda`` when available, else ``cpu``; checks that a requested CUDA device exists."""
     return validation.check_device(device)
-
-
-def _atomic_save(obj, path):
-    """``torch.save`` to a temporary file in the same folder, fsync it, then rename it over ``path``."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 @contextlib.contextmanager
@@ -192,15 +96,6 @@ def _closing(writer):
 def _cuda_devices(x):
     """The CUDA device of tensor ``x`` as a list for :func:`torch.random.fork_rng` (empty on a CPU)."""
     return [x.device] if x.device.type == "cuda" else []
-
-
-def _atomic_write_lines(lines, path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(lines)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -261,7 +156,7 @@ class Trainer:
         self.epoch = 0
         self.lr_scale = 1.0  # product of bad_lr_factor over the non-finite steps so far
         self.history = []
-        self._signal = None
+        self._signals = SignalGuard()
         self.fast = fast
         self.check_every = check_every
         self.fast_note = None
@@ -283,24 +178,12 @@ class Trainer:
         return os.path.join(self.out_dir, CHECKPOINT)
 
     def state_dict(self):
-        rng = pyro.util.get_rng_state()
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        store = pyro.get_param_store()
-        return {
-            "epoch": self.epoch,
-            "params": {name: p.detach().cpu() for name, p in store.named_parameters()},
-            "buffers": {i: {k: b.cpu() for k, b in m.named_buffers()} for i, m in enumerate(self.modules)},
-            "optim": self.optim.get_state(),
-            "rng": rng,
-            "lr_scale": self.lr_scale,
-            "history": list(self.history),
-            "best": self.best,
-            **self.extra_state,
-        }
+        """Everything a resume needs (:func:`~pyro_vae.training.checkpoint.capture`)."""
+        return checkpoint.capture(self.modules, self.optim, epoch=self.epoch, lr_scale=self.lr_scale,
+                                  history=list(self.history), best=self.best, **self.extra_state)
 
     def save_checkpoint(self, path=None):
-        _atomic_save(self.state_dict(), path or self.checkpoint_path)
+        checkpoint.atomic_save(self.state_dict(), path or self.checkpoint_path)
 
     def load_state_dict(self, state, x):
         """Restore a :meth:`state_dict`; ``x`` is a batch used to register the pair's parameters first.
@@ -308,82 +191,22 @@ class Trainer:
         A checkpoint of another model raises ValueError naming the first differing parameters.
         """
         checked_probe(self.model, self.guide, x, data_plate=self.data_plate)  # registers every param and module
-        store = pyro.get_param_store()
-        current = dict(store.named_parameters())
-        missing = sorted(set(state["params"]) - set(current))
-        extra = sorted(set(current) - set(state["params"]))
-        if missing or extra:
-            raise ValueError(f"checkpoint does not match this model: missing here {missing[:5]}, "
-                             f"not in checkpoint {extra[:5]}; load it with the options it was trained with")
-        for name, value in state["params"].items():
-            if current[name].shape != value.shape:
-                raise ValueError(f"checkpoint does not match this model: parameter {name!r} has shape "
-                                 f"{tuple(value.shape)} in the checkpoint and {tuple(current[name].shape)} here; "
-                                 f"load it with the options it was trained with")
-        buffers = state.get("buffers", {})
-        for i, m in enumerate(self.modules):
-            for k, b in m.named_buffers():
-                if k not in buffers.get(i, {}) or buffers[i][k].shape != b.shape:
-                    raise ValueError(f"checkpoint does not match this model: buffer {k!r} of module {i} is "
-                                     f"missing or has another shape")
-        with torch.no_grad():
-            for name, value in state["params"].items():
-                current[name].copy_(value)
-            for i, m in enumerate(self.modules):
-                for k, b in m.named_buffers():
-                    b.copy_(buffers[i][k])
-        self._load_optim_state(state["optim"], current)
-        rng = dict(state["rng"])
-        cuda = rng.pop("cuda", None)
-        pyro.util.set_rng_state(rng)
-        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
+        checkpoint.restore(state, self.modules, self.optim)
         self.epoch = state["epoch"]
         self.lr_scale = state.get("lr_scale", 1.0)
         self.history = list(state.get("history", []))
         self.best = state.get("best")
 
-    def _load_optim_state(self, optim_state, params):
-        """Load the optimizer state now (not lazily at the first step), so :func:`set_lr` reaches it."""
-        self.optim.set_state(optim_state)
-        pending = [params[k] for k in sorted(optim_state) if k in params]
-        for p in pending:
-            p.grad = None
-        self.optim(pending)  # no gradients: creates the optimizer and loads the states without a step
-
     def _write_metrics(self):
         """Rewrite ``metrics.jsonl`` from :attr:`history` (the checkpoint's copy), atomically."""
-        _atomic_write_lines([json.dumps(m) + "\n" for m in self.history], os.path.join(self.out_dir, METRICS))
+        checkpoint.atomic_write_lines([json.dumps(m) + "\n" for m in self.history], os.path.join(self.out_dir, METRICS))
 
     # -- signals ---------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _stop_on_signals(self):
-        """SIGINT/SIGTERM set a flag read at step boundaries; a second signal raises at once."""
-        self._signal = None
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._signal is not None:
-                raise TrainingInterrupted("interrupted twice; stopped at once", signum)
-            self._signal = signum
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
     def _check_signal(self, epochs):
-        if self._signal is None:
-            return
-        name = signal.Signals(self._signal).name
         where = f"the checkpoint of epoch {self.epoch} in {self.out_dir!r}" if self.out_dir else "nothing (no out_dir)"
-        raise TrainingInterrupted(f"{name} during epoch {self.epoch + 1}/{epochs}: stopped at a step boundary; "
-                                  f"the partial epoch is discarded and the run holds {where}; "
-                                  f"continue with --resume", self._signal)
+        self._signals.check(lambda name: f"{name} during epoch {self.epoch + 1}/{epochs}: stopped at a step boundary; "
+                                          f"the partial epoch is discarded and the run holds {where}; "
+                                          f"continue with --resume")
 
     def _probe(self, x, kwargs=None):
         """Trace the pair once on a batch (:func:`~pyro_vae.core.checked_probe`): its shapes fit, and the plate
@@ -582,7 +405,7 @@ class Trainer:
             if self.writes:
                 self._write_metrics()
                 if self.best is not None:
-                    _atomic_save(self.best, os.path.join(self.out_dir, BEST))
+                    checkpoint.atomic_save(self.best, os.path.join(self.out_dir, BEST))
         elif self.writes and self.epoch == 0:
             self.history = []
             self._write_metrics()
@@ -615,7 +438,7 @@ class Trainer:
 
             tb = RunWriter(self.out_dir, purge_step=self.epoch * steps_per_epoch + 1)  # drops an interrupted epoch
         patience = (early_stopping, warmup_epochs) if early_stopping is not None else None
-        with self._stop_on_signals(), _closing(tb):
+        with self._signals.installed(), _closing(tb):
             while self.epoch < epochs and not (patience and self.stop_early(*patience)):
                 self._check_signal(epochs)
                 if before_epoch:
@@ -675,7 +498,7 @@ class Trainer:
                         self._write_tensorboard(tb, metrics, first.device, test_x, steps_per_epoch, epochs)
                     self.save_checkpoint()
                     if patience and self.best_epoch == self.epoch:
-                        _atomic_save(self.best, os.path.join(self.out_dir, BEST))
+                        checkpoint.atomic_save(self.best, os.path.join(self.out_dir, BEST))
                 if self.progress and distributed.is_main():
                     tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in metrics.items() if k != "fast_path_note"))

@@ -1,0 +1,92 @@
+"""Run-directory files written so that no crash, interrupt or NaN loses them: atomic writes, and the state a
+resume restores (parameters, module buffers, optimizer and RNG states)."""
+import os
+
+import pyro
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+METRICS = "metrics.jsonl"
+
+
+def atomic_save(obj, path):
+    """``torch.save`` to a temporary file in the same folder, fsync it, then rename it over ``path``."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_lines(lines, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def capture(modules, optim, **extra):
+    """The state to save: every Pyro parameter, the ``modules``' buffers, the optimizer's and the RNGs' states,
+    and ``extra`` (epoch, history, …)."""
+    rng = pyro.util.get_rng_state()
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    store = pyro.get_param_store()
+    return {
+        "params": {name: p.detach().cpu() for name, p in store.named_parameters()},
+        "buffers": {i: {k: b.cpu() for k, b in m.named_buffers()} for i, m in enumerate(modules)},
+        "optim": optim.get_state(),
+        "rng": rng,
+        **extra,
+    }
+
+
+def restore(state, modules, optim):
+    """Put a :func:`capture` back: parameters (already registered), buffers, optimizer and RNG states.
+
+    A checkpoint of another model raises ValueError naming the first differing parameters.
+    """
+    store = pyro.get_param_store()
+    current = dict(store.named_parameters())
+    missing = sorted(set(state["params"]) - set(current))
+    extra = sorted(set(current) - set(state["params"]))
+    if missing or extra:
+        raise ValueError(f"checkpoint does not match this model: missing here {missing[:5]}, "
+                         f"not in checkpoint {extra[:5]}; load it with the options it was trained with")
+    for name, value in state["params"].items():
+        if current[name].shape != value.shape:
+            raise ValueError(f"checkpoint does not match this model: parameter {name!r} has shape "
+                             f"{tuple(value.shape)} in the checkpoint and {tuple(current[name].shape)} here; "
+                             f"load it with the options it was trained with")
+    buffers = state.get("buffers", {})
+    for i, m in enumerate(modules):
+        for k, b in m.named_buffers():
+            if k not in buffers.get(i, {}) or buffers[i][k].shape != b.shape:
+                raise ValueError(f"checkpoint does not match this model: buffer {k!r} of module {i} is "
+                                 f"missing or has another shape")
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            current[name].copy_(value)
+        for i, m in enumerate(modules):
+            for k, b in m.named_buffers():
+                b.copy_(buffers[i][k])
+    # the optimizer state now, not lazily at the first step, so that set_lr reaches it
+    optim.set_state(state["optim"])
+    pending = [current[k] for k in sorted(state["optim"]) if k in current]
+    for p in pending:
+        p.grad = None
+    optim(pending)  # no gradients: creates the optimizer and loads the states without a step
+    rng = dict(state["rng"])
+    cuda = rng.pop("cuda", None)
+    pyro.util.set_rng_state(rng)
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
