@@ -1,6 +1,6 @@
 """pyro_vae: variational autoencoders written the Pyro way.
 
-Every model and guide is a Pyro function taking the batch ``x`` first; estimators
+Every model and guide is a Pyro function, called the way :class:`pyro.infer.SVI` calls it; estimators
 are swapped by name with :func:`make_elbo`, guides with :func:`make_guide`.
 
 The names below are imported on first use (PEP 562), so ``import pyro_vae.config`` and
