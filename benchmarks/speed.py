@@ -239,8 +239,8 @@ def build_pair(name, num_data, device):
     """``(module, model, guide, elbo factory, β tensor or None)`` of configuration ``name``, as
     ``pyro_vae.app.experiment.train`` builds it (β-VAE, warm-up and free bits wrap the pair with tensor weights)."""
     from pyro_vae import Config, make_elbo
-    from pyro_vae.app.experiment import build_model
     from pyro_vae.estimators.variants import KLSchedule, beta_scale
+    from pyro_vae.models import build_model
 
     options, _ = CONFIGS[name]
     if options is None:

@@ -32,7 +32,8 @@ import pyro
 import torch
 
 from pyro_vae import Config, Trainer, evaluate, load_data
-from pyro_vae.app.experiment import MODELS, build_model, output_dir
+from pyro_vae.app.experiment import output_dir
+from pyro_vae.models import MODELS, build_model
 from pyro_vae.training.trainer import resolve_device
 
 

@@ -9,7 +9,7 @@ The names below are imported on first use (PEP 562), so ``import pyro_vae.config
 import importlib
 
 _EXPORTS = {  # imported on first use, so that `pyro-vae --help` imports neither torch nor pyro
-    "Config": "app.config", "data_plate": "core.plates", "probe": "core.probe", "load_data": "data",
+    "Config": "app.config", "data_plate": "core.plates", "probe": "core.pair", "load_data": "data",
     "make_elbo": "estimators", "log_likelihood": "estimators.importance", "log_weights": "estimators.importance",
     "FreeBitsELBO": "estimators.variants", "KLSchedule": "estimators.variants", "beta_scale": "estimators.variants",
     "elbo_per_point": "evaluation.metrics", "evaluate": "evaluation.metrics", "make_guide": "guides",

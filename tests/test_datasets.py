@@ -9,8 +9,8 @@ from PIL import Image
 
 from pyro_vae import Trainer, load_data
 from pyro_vae.app.config import Config
-from pyro_vae.app.experiment import build_model
 from pyro_vae.datasets import UNLABELLED, fit_size
+from pyro_vae.models import build_model
 
 
 def _rgb(n, size=32, seed=0):

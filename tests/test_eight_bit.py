@@ -13,7 +13,7 @@ from PIL import Image
 
 from pyro_vae import Config, Trainer, evaluate, load_data
 from pyro_vae.app.cli import main
-from pyro_vae.app.experiment import build_model
+from pyro_vae.models import build_model
 from pyro_vae.models.likelihoods import make_likelihood
 from pyro_vae.models.nets import ConvDecoder, ConvEncoder
 

@@ -9,9 +9,9 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import Config, Trainer
-from pyro_vae.app.experiment import build_model
 from pyro_vae.data import ImageData
 from pyro_vae.estimators.importance import log_likelihood
+from pyro_vae.models import build_model
 from pyro_vae.models.priors import VampPrior
 
 

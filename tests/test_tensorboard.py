@@ -15,8 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from pyro_vae import Config, Trainer
 from pyro_vae.app import experiment
-from pyro_vae.app.experiment import build_model
 from pyro_vae.data import ImageData
+from pyro_vae.models import build_model
 from pyro_vae.training.tensorboard import flatten, read_scalars
 from pyro_vae.training.trainer import METRICS, TrainingInterrupted
 

@@ -1,4 +1,4 @@
-"""The lowest layer: facts about a model/guide pair read from one trace (:mod:`.probe`), input checks
+"""The lowest layer: facts about a model/guide pair read from one trace (:mod:`.pair`), input checks
 (:mod:`.checks`), the data plate (:mod:`.plates`) and KL per dimension (:mod:`.kl`).  Imports nothing above it;
 its names are imported on first use, so that ``pyro-vae --help`` imports neither torch nor pyro."""
 import importlib
@@ -9,5 +9,5 @@ __all__ = list(_PROBE)
 
 def __getattr__(name):
     if name in _PROBE:
-        return getattr(importlib.import_module(f"{__name__}.probe"), name)
+        return getattr(importlib.import_module(f"{__name__}.pair"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

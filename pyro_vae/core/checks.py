@@ -131,7 +131,7 @@ def check_data_for_model(model, x, name="x"):
 def check_pair_runs(model, guide, x, *args, **kwargs):
     """Trace ``guide`` and ``model`` once on ``x[:2]`` and return their max plate nesting; a failure deep in torch
     becomes one ValueError line (:func:`~pyro_vae.core.checked_probe`)."""
-    from pyro_vae.core.probe import checked_probe
+    from pyro_vae.core.pair import checked_probe
 
     return checked_probe(model, guide, x[:2], *args, **kwargs).max_plate_nesting
 

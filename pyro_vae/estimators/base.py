@@ -41,7 +41,7 @@ class ImportanceWeightedELBO(ELBO):
     :param int num_particles: K, particles per data point (vectorized).
     :param int max_plate_nesting: plate dims used by model and guide (default: inferred on the first call).
     :param str data_plate: name of the plate over data points (default: the plate that holds every observed
-        site, see :func:`~pyro_vae.core.probe`).
+        site, see :func:`~pyro_vae.core.pair`).
 
     Model and guide are called as :class:`pyro.infer.SVI` calls them, with ``*args, **kwargs`` passed through;
     the batch is the data plate's subsample.

@@ -15,7 +15,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.core.checks import check_images, check_positive_int
-from pyro_vae.core.probe import (checked_probe, find_data_plate,  # noqa: F401  (plate_nesting: re-exported)
+from pyro_vae.core.pair import (checked_probe, find_data_plate,  # noqa: F401  (plate_nesting: re-exported)
                                  plate_nesting, probe)
 
 PARTICLE_PLATE = "_particles"
@@ -43,7 +43,7 @@ class LogWeights(NamedTuple):
 
 
 def guess_max_plate_nesting(model, guide, *args, **kwargs):
-    """Trace the pair once (:func:`~pyro_vae.core.probe`) and return the number of batch dims its plates use.
+    """Trace the pair once (:func:`~pyro_vae.core.pair`) and return the number of batch dims its plates use.
 
     Raises ValueError when an observed site's data would be broadcast to its distribution's
     shape (data of the wrong shape that torch would silently expand).
@@ -114,7 +114,7 @@ def traced_data_plate(model_trace, guide_trace=None, data_plate=None):
 def split_log_weights(model_trace, guide_trace, particle_dim, num_particles, data_plate=None):
     """Reduce a traced pair (from :func:`trace_pair`) to its :class:`LogWeights`, each ``[K, B]``.
 
-    ``data_plate``: the plate's name (default: found from the traces, see :func:`~pyro_vae.core.probe`).
+    ``data_plate``: the plate's name (default: found from the traces, see :func:`~pyro_vae.core.pair`).
     """
     plate = traced_data_plate(model_trace, guide_trace, data_plate)
     guide_trace = prune_subsample_sites(guide_trace)

@@ -24,7 +24,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.core.kl import elementwise_kl
-from pyro_vae.core.probe import checked_probe
+from pyro_vae.core.pair import checked_probe
 from pyro_vae.estimators.importance import (PARTICLE_PLATE, guess_max_plate_nesting, log_likelihood, log_weights,
                                             per_particle_and_point, plate_nesting)
 from pyro_vae.models.likelihoods import discrete_dims
@@ -211,7 +211,7 @@ def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_sa
     ``kl_per_dim`` (list of floats, or a list of lists per site; ``None`` where q does not factorize);
     ``latent_sites``; ``nll_samples``; ``images``; ``warnings`` (collapse diagnostics, also
     printed to stderr when ``verbose``, else issued as :class:`UserWarning`).  ``data_plate``: the plate over
-    data points, where the trace cannot tell (see :func:`~pyro_vae.core.probe`).
+    data points, where the trace cannot tell (see :func:`~pyro_vae.core.pair`).
     """
     if len(x) < 2:
         raise ValueError(f"evaluate needs at least 2 images (active units take a variance over the data), got {len(x)}")

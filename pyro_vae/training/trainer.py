@@ -65,7 +65,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.core import checks as validation
-from pyro_vae.core.probe import checked_probe
+from pyro_vae.core.pair import checked_probe
 from pyro_vae.data import ImageData
 from pyro_vae.estimators import make_elbo
 from pyro_vae.evaluation.metrics import _latent_pass, active_units, elbo_terms, posterior_means
@@ -116,7 +116,7 @@ class Trainer:
     :param check_every: every how many steps the host reads the NaN guard's counts (bad steps are skipped on the
         device in between); default 1 on a CPU, where a read costs nothing, and ``log_every`` on a GPU.
     :param str data_plate: the plate over data points, where the trace cannot tell (see
-        :func:`~pyro_vae.core.probe`); it sets the per-image scale of ``train_loss`` and is passed to the
+        :func:`~pyro_vae.core.pair`); it sets the per-image scale of ``train_loss`` and is passed to the
         per-data-point estimators.
     :param tensorboard: write TensorBoard event files into ``out_dir`` (:mod:`pyro_vae.training.tensorboard`): every metrics
         row, the running loss every ``log_every`` steps, and pictures every ``images_every`` epochs (0: none).
