@@ -32,7 +32,7 @@ from pyro_vae.evaluation.metrics import posterior_means
 from pyro_vae.guides import FLOWS, GUIDES
 from pyro_vae.models import MODELS, model_guides, with_defaults
 from pyro_vae.models.builders import NETS
-from pyro_vae.models.likelihoods import LIKELIHOODS
+from pyro_vae.models.likelihoods import EIGHT_BIT, LIKELIHOODS
 
 DEBIAN = "/usr/share/datasets/fashion-mnist"
 needs_data = pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist")
@@ -61,9 +61,12 @@ def combinations():
 
 
 def config_of(combo, out="runs/matrix"):
-    """The Config fields of a combination; a flow guide gets one layer (the flag that makes it a flow)."""
+    """The Config fields of a combination; a flow guide gets one layer (the flag that makes it a flow), an 8-bit
+    likelihood the grey levels (``binarize="none"``)."""
     fields = {**SMALL, **{a: combo[a] for a in AXES if a != "variant"}, **VARIANTS[combo["variant"]]}
     fields["flows"] = 1 if combo["guide"] in FLOWS else 0
+    if combo["likelihood"] in EIGHT_BIT:
+        fields["binarize"] = "none"  # the flag that makes it valid: 8-bit grey levels, not binarized images
     return dict(fields, out=out)
 
 

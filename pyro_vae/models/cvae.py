@@ -119,9 +119,9 @@ def build_cvae(config, x_shape, num_data=None):
     if config.net != "mlp":
         raise ValueError("the cvae model uses MLP nets; pass --net mlp")
     encoder = LabelEncoder(x_shape, config.hidden_dims, config.latent_dim, NUM_CLASSES, config.activation)
-    decoder = LabelDecoder(config.latent_dim, list(reversed(config.hidden_dims)), x_shape, NUM_CLASSES,
-                           config.activation)
-    likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
+    likelihood = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures)
+    decoder = LabelDecoder(config.latent_dim, list(reversed(config.hidden_dims)), likelihood.params_shape(x_shape),
+                           NUM_CLASSES, config.activation)
     return CVAE(encoder, decoder, likelihood, config.latent_dim, x_shape, NUM_CLASSES, num_data)
 
 

@@ -152,9 +152,9 @@ def build_m2(config, x_shape, num_data=None):
         raise ValueError("the m2 model uses MLP nets; pass --net mlp")
     classifier = MLP(x_shape, config.hidden_dims, NUM_CLASSES, config.activation)
     encoder = LabelEncoder(x_shape, config.hidden_dims, config.latent_dim, NUM_CLASSES, config.activation)
-    decoder = LabelDecoder(config.latent_dim, list(reversed(config.hidden_dims)), x_shape, NUM_CLASSES,
-                           config.activation)
-    likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
+    likelihood = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures)
+    decoder = LabelDecoder(config.latent_dim, list(reversed(config.hidden_dims)), likelihood.params_shape(x_shape),
+                           NUM_CLASSES, config.activation)
     return M2(classifier, encoder, decoder, likelihood, config.latent_dim, x_shape, NUM_CLASSES, num_data,
               config.aux_weight, config.labeled)
 

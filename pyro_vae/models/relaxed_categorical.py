@@ -86,11 +86,11 @@ def build_relaxed_categorical(config, x_shape, num_data=None):
     m, c = config.latent_dim, config.categories
     encoder = nn.Sequential(make_encoder(config, x_shape),
                             MLP(config.hidden_dims[-1], [], (m, c), config.activation))
+    likelihood = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures)
     if config.net == "mlp":
-        decoder = MLP((m, c), list(reversed(config.hidden_dims)), x_shape, config.activation)
+        decoder = MLP((m, c), list(reversed(config.hidden_dims)), likelihood.params_shape(x_shape), config.activation)
     else:
         decoder = nn.Sequential(nn.Flatten(-2), make_decoder(config, x_shape, m * c))
-    likelihood = make_likelihood(config.likelihood, x_shape, config.sigma)
     return RelaxedCategoricalVAE(encoder, decoder, likelihood, m, c, x_shape, num_data, config.temperature,
                                  config.min_temperature, config.temperature_decay)
 
