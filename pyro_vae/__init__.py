@@ -11,7 +11,7 @@ import importlib
 _EXPORTS = {  # imported on first use, so that `pyro-vae --help` imports neither torch nor pyro
     "Config": "app.config", "data_plate": "core.plates", "probe": "core.pair", "load_data": "data",
     "make_elbo": "estimators", "log_likelihood": "estimators.importance", "log_weights": "estimators.importance",
-    "FreeBitsELBO": "estimators.variants", "KLSchedule": "estimators.variants", "beta_scale": "estimators.variants",
+    "FreeBits_ELBO": "estimators.variants", "KLSchedule": "estimators.variants", "beta_scale": "estimators.variants",
     "elbo_per_point": "evaluation.metrics", "evaluate": "evaluation.metrics", "make_guide": "guides",
     "HierarchicalVAE": "models.hierarchical", "make_likelihood": "models.likelihoods", "VAE": "models.vae",
     "VampPrior": "models.priors", "PseudoInputs": "models.priors",

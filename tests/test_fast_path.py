@@ -11,7 +11,7 @@ import torch
 from pyro_vae import VAE, Config, Trainer, load_data, make_guide, make_likelihood
 from pyro_vae.app import experiment
 from pyro_vae.data import ImageData
-from pyro_vae.estimators.variants import FreeBitsELBO, KLSchedule, beta_scale
+from pyro_vae.estimators.variants import FreeBits_ELBO, KLSchedule, beta_scale
 from pyro_vae.models import build_model
 from pyro_vae.models.nets import MLP
 from pyro_vae.training import fast
@@ -228,7 +228,7 @@ def _fit_scheduled(fast, elbo="trace", beta=1.0, free_bits=0.0):
     weight = schedule.weights()
     model, guide = beta_scale(vae.model, weight), beta_scale(vae.guide, weight)
     if free_bits:
-        elbo = FreeBitsELBO(free_bits=free_bits)
+        elbo = FreeBits_ELBO(free_bits=free_bits)
     trainer = Trainer(model, guide, elbo, progress=False, modules=[vae], fast=fast)
     seen = []
     history = trainer.fit(_data(), 3, batch_size=32, before_epoch=lambda t: seen.append(schedule.set_epoch(t.epoch)))

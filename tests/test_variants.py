@@ -8,7 +8,7 @@ from pyro.infer import TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 
 from pyro_vae import make_elbo
-from pyro_vae.estimators.variants import FreeBitsELBO, KLSchedule, beta_scale, check_estimator
+from pyro_vae.estimators.variants import FreeBits_ELBO, KLSchedule, beta_scale, check_estimator
 from pyro_vae.evaluation.metrics import elbo_terms
 
 N = 100  # full data size: the data plate scales each batch of 8 by N / 8
@@ -69,7 +69,7 @@ def test_free_bits_zero_equals_meanfield(pair):
 def test_free_bits_floor(pair):
     model, guide, x, kl, *_ = pair
     lam = 0.5
-    fb = FreeBitsELBO(num_particles=4, free_bits=lam, max_plate_nesting=1)
+    fb = FreeBits_ELBO(num_particles=4, free_bits=lam, max_plate_nesting=1)
     mf = TraceMeanField_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
     recon_part = _loss(mf, model, guide, x, 0.0)  # −(N/B) Σ recon, same particles
     per_dim = kl.mean(0)  # batch-mean KL of each latent dimension
@@ -83,7 +83,7 @@ def test_free_bits_floor(pair):
 
 def test_free_bits_whole_site_for_non_factorized_guides(pair):
     _, _, x, _, lg, *_ = pair
-    fb = FreeBitsELBO(num_particles=2000, free_bits=0.0, max_plate_nesting=1)
+    fb = FreeBits_ELBO(num_particles=2000, free_bits=0.0, max_plate_nesting=1)
     pyro.set_rng_seed(0)
     _, kls, _, _ = fb.terms(lg.model, lg.exact_guide, x)
     assert kls["z"].shape == (1,)  # a full-covariance site is one group

@@ -15,7 +15,7 @@
   place before each epoch (``Trainer.fit(before_epoch=...)``), so the trainer's traced step
   reads the current β instead of freezing the first one.
 * Free bits (Kingma et al. 2016, "Improved Variational Inference with Inverse
-  Autoregressive Flow", eq. 15): :class:`FreeBitsELBO` minimises
+  Autoregressive Flow", eq. 15): :class:`FreeBits_ELBO` minimises
 
   .. math:: -\\frac{N}{B}\\sum_{i=1}^B \\mathbb{E}_q[\\log p(x_i|z)] + N \\sum_g \\beta_g \\max\\big(\\lambda,
       \\tfrac{1}{B}\\textstyle\\sum_i \\mathrm{KL}_g(x_i)\\big)
@@ -48,7 +48,7 @@ from pyro_vae.estimators import register_elbo
 from pyro_vae.estimators.importance import (data_plate_scale, extra_scale, guess_max_plate_nesting, log_weights,
                                             per_particle_and_point)
 
-# sums of per-site terms, which take any per-site weight; free-bits: FreeBitsELBO reads β per site
+# sums of per-site terms, which take any per-site weight; free-bits: FreeBits_ELBO reads β per site
 SCALED_ESTIMATORS = ("trace", "meanfield", "stl", "enum", "free-bits")
 
 
@@ -207,7 +207,7 @@ def _mean_over_points(t, site, group_ndims, particle_dim, data_plate):
 
 
 @register_elbo("free-bits")
-class FreeBitsELBO(ELBO):
+class FreeBits_ELBO(ELBO):
     """Negative ELBO with a floor λ on the minibatch-averaged KL of every latent dimension or site.
 
     .. math:: \\mathcal{L} = -\\frac{N}{B}\\sum_i \\mathbb{E}_q \\log p(x_i|z)
@@ -228,14 +228,14 @@ class FreeBitsELBO(ELBO):
         if not (isinstance(free_bits, numbers.Real) and math.isfinite(free_bits) and free_bits >= 0):
             raise ValueError(f"free_bits must be a finite number >= 0 (nats per latent dimension), got {free_bits!r}")
         if not vectorize_particles:
-            raise ValueError("FreeBitsELBO always vectorizes its particles; drop vectorize_particles=False")
+            raise ValueError("FreeBits_ELBO always vectorizes its particles; drop vectorize_particles=False")
         super().__init__(num_particles=num_particles, max_plate_nesting=math.inf if max_plate_nesting is None
                          else max_plate_nesting, vectorize_particles=True)
         self.free_bits = float(free_bits)
         self.data_plate = data_plate
 
     def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("FreeBitsELBO traces the pair with pyro_vae.estimators.importance.log_weights")
+        raise NotImplementedError("FreeBits_ELBO traces the pair with pyro_vae.estimators.importance.log_weights")
 
     def terms(self, model, guide, x, *args, **kwargs):
         """``(recon, kl)``: recon = Σ_i E_q log p(x_i|z) (a scalar), kl = ``{site: [G] tensor}`` minibatch-mean KLs.
@@ -243,7 +243,7 @@ class FreeBitsELBO(ELBO):
         Also returns the data plate's factor N/B and ``{site: β}`` as the third and fourth items.
         """
         if not torch.is_tensor(x):
-            raise TypeError(f"FreeBitsELBO needs the batch x (a tensor) first, got {type(x).__name__}")
+            raise TypeError(f"FreeBits_ELBO needs the batch x (a tensor) first, got {type(x).__name__}")
         if self.max_plate_nesting == math.inf:
             self.max_plate_nesting = guess_max_plate_nesting(model, guide, x, *args, **kwargs)
         weights = log_weights(model, guide, x, *args, num_particles=self.num_particles, data_plate=self.data_plate,
@@ -256,17 +256,17 @@ class FreeBitsELBO(ELBO):
             if q_site["type"] != "sample" or q_site["is_observed"]:
                 continue
             if not q_site["fn"].has_rsample:
-                raise ValueError(f"FreeBitsELBO: guide site {name!r} ({type(q_site['fn']).__name__}) is not "
+                raise ValueError(f"FreeBits_ELBO: guide site {name!r} ({type(q_site['fn']).__name__}) is not "
                                  f"reparameterizable; free bits need reparameterized latents")
             p_site = model_trace.nodes.get(name)
             if p_site is None or p_site["type"] != "sample":
-                raise ValueError(f"FreeBitsELBO: the guide samples {name!r} but the model has no site of that name")
+                raise ValueError(f"FreeBits_ELBO: the guide samples {name!r} but the model has no site of that name")
             t, group_ndims = _group_kl(q_site, p_site)
             kl[name] = _mean_over_points(t, q_site, group_ndims, particle_dim, self.data_plate)
             beta[name] = extra_scale(q_site, self.data_plate)
         for name, p_site in model_trace.nodes.items():
             if p_site["type"] == "sample" and not p_site["is_observed"] and name not in kl:
-                raise ValueError(f"FreeBitsELBO: model latent site {name!r} has no guide site of the same name")
+                raise ValueError(f"FreeBits_ELBO: model latent site {name!r} has no guide site of the same name")
         return recon, kl, data_plate_scale(guide_trace, self.data_plate), beta
 
     def differentiable_loss(self, model, guide, x, *args, **kwargs):
@@ -284,4 +284,4 @@ class FreeBitsELBO(ELBO):
         return loss.item()
 
 
-__all__ = ["BetaScaleMessenger", "FreeBitsELBO", "KLSchedule", "beta_scale", "check_estimator"]
+__all__ = ["BetaScaleMessenger", "FreeBits_ELBO", "KLSchedule", "beta_scale", "check_estimator"]
