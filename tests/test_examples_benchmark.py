@@ -49,8 +49,8 @@ def test_benchmark_smoke(tmp_path, monkeypatch):
     assert table.count("\n| ") == len(rows) + 1 and "228.70" in table and "224.67" in table  # rule, rows
     # hierarchical rows report active units per layer
     assert isinstance(rows[-1]["active_units"], list) and len(rows[-1]["active_units"]) == 2
-    # without --resume an existing run is refused; with it, evaluated rows are kept and the runs are not redone
-    with pytest.raises(SystemExit, match="--resume"):
-        bench.main(bench.parse_args(argv + ["--rows", "vae", "--results", str(tmp_path / "other.json")]))
+    # without --resume a folder that holds runs is not reused: a fresh numbered one is (as every example does);
+    # with it, evaluated rows are kept and the runs are not redone
+    assert bench.parse_args(argv + ["--rows", "vae"]).out == f"{tmp_path / 'b'}-2"
     again = bench.main(bench.parse_args(argv + ["--resume", "--rows", "vae,vampprior"]))
     assert again == [r for r in saved if r["row"] in ("vae", "vampprior")]
