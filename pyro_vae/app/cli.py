@@ -76,6 +76,8 @@ HELP = {
     "eval_particles": "particles for the per-epoch test ELBO",
     "log_every": "update the progress bar, and on a GPU read the NaN guard's counts, every N steps (each syncs with the device)",
     "pictures": "write samples/reconstructions/loss pictures at the end (--no-pictures to skip)",
+    "fast": "the fast path: auto (trace every pair, compile long runs), compile (always), trace (never compile) "
+            "or off (plain Pyro SVI steps)",
 }
 
 

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 from pyro_vae.core import checks as validation
 
+FAST = ("auto", "compile", "trace", "off")  # --fast: Trainer(fast=...), "off" being False
+
 
 @dataclass
 class Config:
@@ -58,6 +60,7 @@ class Config:
     lr_decay: float = 1.0
     clip_norm: Optional[float] = None
     max_bad_steps: int = 10
+    fast: str = "auto"
     seed: int = 0
     early_stopping: Optional[int] = None
     device: str = "auto"
@@ -108,6 +111,7 @@ class Config:
         validation.check_nonnegative_int("flows", self.flows)
         validation.check_choice("optimizer", self.optimizer, ("adam", "clipped-adam"), "optimizer")
         validation.check_choice("net", self.net, ("mlp", "conv"), "net")
+        validation.check_choice("fast-path mode", self.fast, FAST, "fast")
         validation.check_choice("prior", self.prior, ("standard", "vampprior"), "prior")
         validation.check_positive_int("pseudo_inputs", self.pseudo_inputs, "; pass e.g. --pseudo-inputs 500")
         validation.check_nonnegative_int("images_every", self.images_every, "; 0: no images in TensorBoard")

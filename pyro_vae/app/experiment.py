@@ -100,7 +100,7 @@ def _fit(config, vae, data, resume, progress):
                       config.lr_decay, config.clip_norm, out_dir=out, log_every=config.log_every,
                       eval_particles=config.eval_particles, progress=progress, modules=[vae],
                       max_bad_steps=config.max_bad_steps, tensorboard=config.tensorboard,
-                      images_every=config.images_every)
+                      images_every=config.images_every, fast=False if config.fast == "off" else config.fast)
     # optional model hooks: on_epoch(completed epochs) e.g. anneals a temperature; batch_kwargs(data) gives
     # index -> extra model/guide kwargs (labels); report(data) gives final figures (written to report.json)
     on_epoch = getattr(vae, "on_epoch", None)
