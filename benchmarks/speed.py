@@ -129,29 +129,8 @@ COMPILE_SECONDS = {}  # (hidden, latent, batch) or configuration name -> seconds
 
 def bench_steps(hidden, latent, batch, data, rounds, steps, warmup, compile=False):
     """Median ms per step of each runner, interleaved rounds of ``steps`` steps."""
-    device, num_data = data.device, len(data)
     runners, scopes, _ = make_runners(hidden, latent, batch, data, compile)
-    store = pyro.get_param_store()
-    times = {k: [] for k in runners}
-    perm = torch.randperm(num_data, device=device)
-
-    def run(key, n, record):
-        with store.scope(scopes.get(key)):
-            for i in range(n):
-                x = data[perm[(i * batch) % (num_data - batch):][:batch]]
-                sync(device)
-                t0 = time.perf_counter()
-                runners[key](x)
-                sync(device)
-                if record:
-                    times[key].append(time.perf_counter() - t0)
-
-    for key in runners:
-        run(key, warmup, record=False)
-    for _ in range(rounds):
-        for key in runners:
-            run(key, steps, record=True)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    return interleave(runners, scopes, data, batch, rounds, steps, warmup)
 
 
 def bench_epochs(hidden, latent, batch, data, rounds):
