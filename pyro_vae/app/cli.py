@@ -58,7 +58,7 @@ HELP = {
     "latent_dims": "comma-separated latent sizes of the hierarchical model, z1 (next to x) first, e.g. 64,32",
     "elbo": "estimator name: trace, meanfield, iwae, dreg, stl, renyi (α = 0), enum, …",
     "particles": "samples per data point for the estimator (vectorized)",
-    "beta": "β-VAE: weight of the latent sites' log-densities (the KL) in model and guide; trace/meanfield/enum only",
+    "beta": "β-VAE: weight of the latent sites' log-densities (the KL) in model and guide; trace/meanfield/stl/enum only",
     "kl_warmup_epochs": "KL warm-up: β rises linearly from 0 to --beta over this many epochs (0: off)",
     "free_bits": "free bits λ: floor (nats) on the batch-mean KL of each latent dimension (whole site if not "
                  "diagonal); 0: off",
