@@ -95,8 +95,8 @@ def test_user_pairs_are_tried_and_data_dependent_control_flow_is_caught():
     # Python control flow on the data: a trace would freeze one branch
     model, guide = _pair_with(lambda x, logits: logits * 2 if x.mean() > 0.5 else logits)
     x = torch.full((64, *X_SHAPE), 0.9).bernoulli()
-    for fast in ("auto", True):
-        trainer = Trainer(model, guide, "trace", progress=False, fast=fast)
+    for mode in ("auto", True):
+        trainer = Trainer(model, guide, "trace", progress=False, fast=mode)
         assert not trainer.enable_fast_path([x[:32], x[32:]])
         assert "reads a tensor's value in Python" in trainer.fast_note and trainer.svi.compiled == {}
     model, guide = _pair_with(lambda x, logits: logits * 2)
