@@ -105,3 +105,13 @@ def test_fast_flag_reaches_the_trainer(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(base + ["--fast", "always", "--out", str(tmp_path / "bad")])
     assert e.value.code == 2 and not (tmp_path / "bad").exists()
+
+
+def test_a_moved_run_directory_resumes(tmp_path):
+    """The run folder is where a run lives, not one of its options: moved elsewhere, it resumes there."""
+    args = ["train", "--limit", "128", "--test-limit", "64", "--epochs", "1", "--hidden-dims", "16",
+            "--latent-dim", "2", "--device", "cpu", "--quiet", "--no-pictures", "--no-tensorboard"]
+    main(args + ["--out", str(tmp_path / "a")])
+    os.rename(tmp_path / "a", tmp_path / "b")
+    main([*args[:6], "2", *args[7:], "--out", str(tmp_path / "b"), "--resume"])
+    assert [json.loads(line)["epoch"] for line in open(tmp_path / "b" / "metrics.jsonl")] == [1, 2]

@@ -53,10 +53,11 @@ def train(config, resume=False, progress=True):
                                     f"train; start a new run in another --out")
         validation.load_checkpoint(os.path.join(out, CHECKPOINT))  # corrupt or foreign: fail before loading data
         saved = Config.load(config_path)
-        if {k: v for k, v in saved.to_dict().items() if k != "epochs"} != \
-                {k: v for k, v in config.to_dict().items() if k != "epochs"}:
+        free = ("epochs", "out")  # a run may be given more epochs, and its folder may have been moved
+        if {k: v for k, v in saved.to_dict().items() if k not in free} != \
+                {k: v for k, v in config.to_dict().items() if k not in free}:
             raise ValueError(f"--resume: the options differ from those saved in {config_path}; "
-                             "only --epochs may change when resuming")
+                             "only --epochs may change when resuming (and --out, for a moved run folder)")
     device = distributed.init(resolve_device(config.device))  # torchrun: one rank per process
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
