@@ -14,12 +14,11 @@ References:
     1. Y. Burda, R. Grosse, R. Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
     2. E. Nalisnick et al., "Do Deep Generative Models Know What They Don't Know?", ICLR 2019.
 """
-import argparse
 import os
 
 from pyro_vae import Config
 from pyro_vae.app import experiment
-from pyro_vae.app.experiment import output_dir
+from pyro_vae.app.scripts import parse_script_args, script_parser
 
 CLASSES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 
@@ -42,28 +41,15 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--anomaly-class", type=int, default=8, help="the class left out of training (8: bag)")
-    parser.add_argument("--score", choices=["nll", "elbo"], default="nll", help="nll: −log p(x); elbo: −ELBO")
-    parser.add_argument("--samples", type=int, default=200, help="importance samples per image for the score")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--latent-dim", type=int, default=20)
-    parser.add_argument("--limit", type=int, default=None, help="training images to use")
-    parser.add_argument("--test-limit", type=int, default=None)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None,
-                        help="run directory (default runs/anomaly_detection; runs/…-2, … when taken; "
-                             "--smoke: a fresh temporary one)")
-    parser.add_argument("--resume", action="store_true", help="continue training the run in --out")
-    parser.add_argument("--smoke", action="store_true", help="seconds-long run on a small subset")
-    args = parser.parse_args(argv)
-    args.out = output_dir(args.out, "anomaly_detection", args.smoke, args.resume)
+    p = script_parser(__doc__, "anomaly_detection")
+    p.add_argument("--anomaly-class", type=int, default=8, help="the class left out of training (8: bag)")
+    p.add_argument("--score", choices=["nll", "elbo"], default="nll", help="nll: −log p(x); elbo: −ELBO")
+    p.add_argument("--samples", type=int, default=200, help="importance samples per image for the score")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--latent-dim", type=int, default=20)
+    args = parse_script_args(p, argv, smoke=dict(epochs=2, limit=2000, test_limit=500, samples=10))
     if not 0 <= args.anomaly_class < len(CLASSES):
-        parser.error(f"--anomaly-class must be in 0..9, got {args.anomaly_class}")
-    if args.smoke:
-        args.epochs, args.limit, args.test_limit, args.samples = 2, 2000, 500, 10
+        p.error(f"--anomaly-class must be in 0..9, got {args.anomaly_class}")
     return args
 
 

@@ -29,7 +29,6 @@ References:
     2. S. Norouzi, D. J. Fleet, M. Norouzi, "Exemplar VAE: Linking Generative Models, Nearest
        Neighbor Retrieval, and Data Augmentation", NeurIPS 2020 (Table 1, Fashion-MNIST).
 """
-import argparse
 import json
 import os
 import time
@@ -38,7 +37,7 @@ import torch
 
 from pyro_vae.app import experiment
 from pyro_vae.app.config import Config
-from pyro_vae.app.experiment import output_dir
+from pyro_vae.app.scripts import parse_script_args, script_parser
 
 PUBLISHED = {"VAE": 228.70, "VampPrior": 227.35, "HVAE": 227.37, "ConvHVAE": 225.38,
              "ConvHVAE + VampPrior": 224.67, "PixelSNAIL decoder": 223.68}
@@ -67,8 +66,8 @@ def base_config(args, name):
     config = dict(dataset="fashion-mnist", validation=10000, binarize="dynamic", hidden_dims=[300, 300],
                   latent_dim=40, lr=5e-4, batch_size=100, epochs=args.epochs, kl_warmup_epochs=args.warmup,
                   early_stopping=args.early_stopping or None, device=args.device, seed=args.seed,
-                  out=os.path.join(args.out, name), limit=args.limit, test_limit=args.test_limit, log_every=100,
-                  images_every=args.images_every)
+                  data_dir=args.data_dir, out=os.path.join(args.out, name), limit=args.limit,
+                  test_limit=args.test_limit, log_every=100, images_every=args.images_every)
     config.update(overrides)
     return Config(**config)
 
@@ -177,31 +176,18 @@ def write_results(path, rows):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = script_parser(__doc__, "benchmark_fashion_mnist", smoke="every row on a tiny budget (seconds)")
     p.add_argument("--rows", default=None, help=f"comma-separated subset of {', '.join(ROWS)}")
     p.add_argument("--epochs", type=int, default=PROTOCOL["epochs"], help="at most this many epochs")
     p.add_argument("--warmup", type=int, default=PROTOCOL["warmup"], help="KL warm-up epochs (not for iwae/dreg rows)")
     p.add_argument("--early-stopping", type=int, default=PROTOCOL["early_stopping"],
                    help="look-ahead in epochs on the validation ELBO (0: train all --epochs)")
     p.add_argument("--nll-samples", type=int, default=PROTOCOL["nll_samples"])
-    p.add_argument("--limit", type=int, default=None, help="training images (default: all 50k)")
-    p.add_argument("--test-limit", type=int, default=None, help="test images (default: all 10k)")
     p.add_argument("--images-every", type=int, default=10, help="TensorBoard pictures every N epochs")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None,
-                   help="folder of the run directories (default runs/benchmark_fashion_mnist; runs/…-2, … when "
-                        "taken, unless --resume; --smoke: a fresh temporary one)")
     p.add_argument("--results", default=None, help="results JSON (default: see results_path)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the runs in --out from their checkpoints; rows already evaluated are kept")
     p.add_argument("--progress", action="store_true")
-    p.add_argument("--smoke", action="store_true", help="every row on a tiny budget (seconds)")
-    args = p.parse_args(argv)
-    args.out = output_dir(args.out, "benchmark_fashion_mnist", args.smoke, args.resume)
-    if args.smoke:
-        args.epochs, args.warmup, args.early_stopping, args.nll_samples, args.limit, args.test_limit = 2, 1, 1, 10, 300, 100
-    return args
+    return parse_script_args(p, argv, smoke=dict(epochs=2, warmup=1, early_stopping=1, nll_samples=10, limit=300,
+                                                 test_limit=100))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ References:
     3. A. Vahdat, J. Kautz, "NVAE: A Deep Hierarchical Variational Autoencoder", NeurIPS 2020.
     4. R. Child, "Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them on Images", ICLR 2021.
 """
-import argparse
 import json
 import os
 
@@ -37,6 +36,7 @@ import numpy as np
 
 from pyro_vae import Config, evaluate
 from pyro_vae.app.experiment import train
+from pyro_vae.app.scripts import int_list, parse_script_args, script_parser
 
 
 def smoke_images(n=256, size=32, channels=3, seed=0):
@@ -67,7 +67,7 @@ def main(args):
                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, limit=args.limit,
                     test_limit=args.test_limit, seed=args.seed, device=args.device, pictures=not args.smoke,
                     out=os.path.join(args.out, "run"))
-    vae, data, history = train(config, progress=not args.smoke)
+    vae, data, history = train(config, resume=args.resume, progress=not args.smoke)
     vae.eval()
     result = evaluate(vae.model, vae.guide, data.test, nll_samples=args.nll_samples, verbose=False)
     summary = {"dataset": dataset, "test_images": result["images"], "nll_samples": args.nll_samples,
@@ -83,26 +83,19 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mixtures", type=int, default=10, help="logistics per sub-pixel")
-    parser.add_argument("--latent-dim", type=int, default=128)
-    parser.add_argument("--hidden-dims", type=lambda s: [int(v) for v in s.split(",")], default=[512])
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--nll-samples", type=int, default=1000)
-    parser.add_argument("--limit", type=int, default=None, help="training images to use")
-    parser.add_argument("--test-limit", type=int, default=None, help="test images to score")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/cifar10_conv")
-    parser.add_argument("--smoke", action="store_true", help="a few epochs on 256 generated images, tiny nets (no download)")
-    parser.add_argument("--smoke-epochs", type=int, default=3)
-    args = parser.parse_args(argv)
+    p = script_parser(__doc__, "cifar10_conv", smoke="a few epochs on 256 generated images, tiny nets (no download)")
+    p.add_argument("--mixtures", type=int, default=10, help="logistics per sub-pixel")
+    p.add_argument("--latent-dim", type=int, default=128)
+    p.add_argument("--hidden-dims", type=int_list, default=[512])
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--nll-samples", type=int, default=1000)
+    p.add_argument("--smoke-epochs", type=int, default=3)
+    args = parse_script_args(p, argv, smoke=dict(latent_dim=16, hidden_dims=[64], mixtures=3, batch_size=16, lr=3e-3,
+                                                 nll_samples=20))
     if args.smoke:
-        args.epochs, args.latent_dim, args.hidden_dims, args.mixtures = args.smoke_epochs, 16, [64], 3
-        args.batch_size, args.lr, args.nll_samples = 16, 3e-3, 20
+        args.epochs = args.smoke_epochs
     return args
 
 

@@ -11,14 +11,13 @@ twist: a learned per-dimension prior scale (a plain ``pyro.param``).
 References:
     1. D. P. Kingma, M. Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
 """
-import argparse
 
 import pyro
 import pyro.distributions as dist
 from torch import nn
 
 from pyro_vae import Trainer, evaluate, load_data
-from pyro_vae.app.experiment import output_dir
+from pyro_vae.app.scripts import parse_script_args, script_parser
 from pyro_vae.evaluation.pictures import save_run_pictures
 from pyro_vae.training.trainer import resolve_device
 
@@ -60,27 +59,14 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--elbo", default="trace", help="any estimator name of pyro_vae.make_elbo")
-    parser.add_argument("--particles", type=int, default=1)
-    parser.add_argument("--nll-samples", type=int, default=500)
-    parser.add_argument("--limit", type=int, default=None, help="training images to use")
-    parser.add_argument("--test-limit", type=int, default=None)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None,
-                        help="run directory (default runs/custom_model_guide; runs/…-2, … when taken; "
-                             "--smoke: a fresh temporary one)")
-    parser.add_argument("--smoke", action="store_true", help="seconds-long run on a small subset")
-    args = parser.parse_args(argv)
-    args.out = output_dir(args.out, "custom_model_guide", args.smoke, False)
-    if args.smoke:
-        args.epochs, args.limit, args.test_limit, args.nll_samples = 2, 1000, 200, 20
-    return args
+    p = script_parser(__doc__, "custom_model_guide", resume=False)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--elbo", default="trace", help="any estimator name of pyro_vae.make_elbo")
+    p.add_argument("--particles", type=int, default=1)
+    p.add_argument("--nll-samples", type=int, default=500)
+    return parse_script_args(p, argv, smoke=dict(epochs=2, limit=1000, test_limit=200, nll_samples=20))
 
 
 if __name__ == "__main__":

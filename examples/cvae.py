@@ -5,17 +5,17 @@ Writes ``class_K.png`` (prior samples of class K) for every class into the run d
 References: 1. Sohn, Lee, Yan 2015, "Learning Structured Output Representation using Deep Conditional Generative
 Models".
 """
-import argparse
 import os
 
 from pyro_vae.app.config import Config
-from pyro_vae.app.experiment import output_dir, sample_run, train
+from pyro_vae.app.experiment import sample_run, train
+from pyro_vae.app.scripts import int_list, parse_script_args, script_parser
 
 
 def main(args):
     config = Config(model="cvae", epochs=args.epochs, limit=args.limit, test_limit=args.test_limit,
                     hidden_dims=args.hidden_dims, latent_dim=args.latent_dim, out=args.out,
-                    pictures=not args.smoke, device=args.device)
+                    pictures=not args.smoke, device=args.device, seed=args.seed, data_dir=args.data_dir)
     _, _, history = train(config, resume=args.resume, progress=False)
     paths = [sample_run(args.out, n=args.n, out=os.path.join(args.out, f"class_{k}.png"), device=args.device,
                         label=k) for k in range(10)]
@@ -24,24 +24,13 @@ def main(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = script_parser(__doc__, "cvae", smoke="tiny run: 1 epoch on 256 images")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--n", type=int, default=16, help="images per class")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--test-limit", type=int, default=None)
-    p.add_argument("--hidden-dims", type=int, nargs="+", default=[400])
+    p.add_argument("--hidden-dims", type=int_list, default=[400])
     p.add_argument("--latent-dim", type=int, default=20)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None,
-                   help="run directory (default runs/cvae, or runs/cvae-2, … when taken; "
-                        "--smoke: a fresh temporary one)")
-    p.add_argument("--resume", action="store_true", help="continue the run(s) in --out")
-    p.add_argument("--smoke", action="store_true", help="tiny run: 1 epoch on 256 images")
-    args = p.parse_args(argv)
-    args.out = output_dir(args.out, "cvae", args.smoke, args.resume)
-    if args.smoke:
-        args.epochs, args.limit, args.test_limit, args.hidden_dims, args.latent_dim, args.n = 1, 256, 128, [32], 4, 4
-    return args
+    return parse_script_args(p, argv, smoke=dict(epochs=1, limit=256, test_limit=128, hidden_dims=[32], latent_dim=4,
+                                                 n=4))
 
 
 if __name__ == "__main__":

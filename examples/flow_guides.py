@@ -17,12 +17,12 @@ References:
     2. D. J. Rezende, S. Mohamed, "Variational Inference with Normalizing Flows", ICML 2015.
     3. Y. Burda, R. Grosse, R. Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
 """
-import argparse
 import json
 import os
 
 from pyro_vae import Config, evaluate
-from pyro_vae.app.experiment import output_dir, train
+from pyro_vae.app.experiment import train
+from pyro_vae.app.scripts import int_list, parse_script_args, script_parser
 
 
 def main(args):
@@ -51,33 +51,20 @@ def _ints(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--guides", type=lambda s: s.split(","), default=["diagonal", "iaf", "planar"],
-                        help="comma-separated guide names (any of pyro_vae.guides.GUIDES)")
-    parser.add_argument("--flows", type=int, default=4, help="flow layers of every flow guide")
-    parser.add_argument("--flow-hidden-dims", type=_ints, default=None, help="hidden sizes of each layer's net")
-    parser.add_argument("--latent-dim", type=int, default=20)
-    parser.add_argument("--hidden-dims", type=_ints, default=[400])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--nll-samples", type=int, default=1000)
-    parser.add_argument("--limit", type=int, default=None, help="training images to use")
-    parser.add_argument("--test-limit", type=int, default=2000)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None,
-                        help="run directory (default runs/flow_guides, or runs/flow_guides-2, … when taken; "
-                             "--smoke: a fresh temporary one)")
-    parser.add_argument("--resume", action="store_true", help="continue the run(s) in --out")
-    parser.add_argument("--smoke", action="store_true", help="seconds-long run on a small subset")
-    args = parser.parse_args(argv)
-    args.out = output_dir(args.out, "flow_guides", args.smoke, args.resume)
-    if args.smoke:
-        args.epochs, args.limit, args.test_limit, args.nll_samples = 1, 500, 100, 10
-        args.latent_dim, args.hidden_dims, args.flows = 8, [64], 2
-    return args
+    p = script_parser(__doc__, "flow_guides")
+    p.add_argument("--guides", type=lambda s: s.split(","), default=["diagonal", "iaf", "planar"],
+                   help="comma-separated guide names (any of pyro_vae.guides.GUIDES)")
+    p.add_argument("--flows", type=int, default=4, help="flow layers of every flow guide")
+    p.add_argument("--flow-hidden-dims", type=int_list, default=None, help="hidden sizes of each layer's net")
+    p.add_argument("--latent-dim", type=int, default=20)
+    p.add_argument("--hidden-dims", type=int_list, default=[400])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--nll-samples", type=int, default=1000)
+    p.set_defaults(test_limit=2000)
+    return parse_script_args(p, argv, smoke=dict(epochs=1, limit=500, test_limit=100, nll_samples=10, latent_dim=8,
+                                                 hidden_dims=[64], flows=2))
 
 
 if __name__ == "__main__":

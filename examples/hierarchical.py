@@ -15,12 +15,12 @@ References:
     2. C. K. Sønderby, T. Raiko, L. Maaløe, S. K. Sønderby, O. Winther, "Ladder Variational
        Autoencoders", NeurIPS 2016.
 """
-import argparse
 import json
 import os
 
 from pyro_vae import Config, evaluate
-from pyro_vae.app.experiment import output_dir, train
+from pyro_vae.app.experiment import train
+from pyro_vae.app.scripts import int_list, parse_script_args, script_parser
 
 
 def setups(d1, d2):
@@ -62,32 +62,19 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--d1", type=int, default=64, help="size of z1 (and of the one-layer latent)")
-    parser.add_argument("--d2", type=int, default=32, help="size of z2")
-    parser.add_argument("--hidden-dims", type=lambda s: [int(v) for v in s.split(",")], default=[400])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--elbo", default="trace", help="any estimator name of pyro_vae.make_elbo")
-    parser.add_argument("--particles", type=int, default=1)
-    parser.add_argument("--nll-samples", type=int, default=500)
-    parser.add_argument("--limit", type=int, default=None, help="training images to use")
-    parser.add_argument("--test-limit", type=int, default=1000)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None,
-                        help="run directory (default runs/hierarchical, or runs/hierarchical-2, … when taken; "
-                             "--smoke: a fresh temporary one)")
-    parser.add_argument("--resume", action="store_true", help="continue the run(s) in --out")
-    parser.add_argument("--smoke", action="store_true", help="seconds-long run on a small subset")
-    args = parser.parse_args(argv)
-    args.out = output_dir(args.out, "hierarchical", args.smoke, args.resume)
-    if args.smoke:
-        args.epochs, args.limit, args.test_limit, args.nll_samples = 1, 500, 100, 10
-        args.d1, args.d2, args.hidden_dims = 16, 8, [64]
-    return args
+    p = script_parser(__doc__, "hierarchical")
+    p.add_argument("--d1", type=int, default=64, help="size of z1 (and of the one-layer latent)")
+    p.add_argument("--d2", type=int, default=32, help="size of z2")
+    p.add_argument("--hidden-dims", type=int_list, default=[400])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--elbo", default="trace", help="any estimator name of pyro_vae.make_elbo")
+    p.add_argument("--particles", type=int, default=1)
+    p.add_argument("--nll-samples", type=int, default=500)
+    p.set_defaults(test_limit=1000)
+    return parse_script_args(p, argv, smoke=dict(epochs=1, limit=500, test_limit=100, nll_samples=10, d1=16, d2=8,
+                                                 hidden_dims=[64]))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ References:
     2. G. Tucker, D. Lawson, S. Gu, C. J. Maddison. Doubly Reparameterized Gradient Estimators for Monte Carlo
        Objectives. ICLR 2019, arXiv:1810.04152.
 """
-import argparse
 import json
 import os
 import time
@@ -32,7 +31,7 @@ import pyro
 import torch
 
 from pyro_vae import Config, Trainer, evaluate, load_data
-from pyro_vae.app.experiment import output_dir
+from pyro_vae.app.scripts import int_list, parse_script_args, script_parser
 from pyro_vae.models import MODELS, build_model
 from pyro_vae.training.trainer import resolve_device
 
@@ -97,42 +96,25 @@ def main(args):
     return rows
 
 
-def _ints(text):
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist or mnist")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--elbos", type=lambda s: s.split(","), default=["trace", "iwae"],
-                        help="comma-separated estimator names compared at each k (trace = VAE, iwae, dreg, …)")
-    parser.add_argument("--k", type=_ints, default=[1, 5, 50], help="comma-separated particle counts")
-    parser.add_argument("--layers", type=_ints, default=[1], help="stochastic layers to run: 1, 2 or 1,2")
-    parser.add_argument("--hidden-dims", type=_ints, default=[200, 200])
-    parser.add_argument("--latent-dims", type=_ints, default=[100, 50],
-                        help="latent sizes, z1 first; one layer uses the last (50)")
-    parser.add_argument("--schedule", choices=["constant", "burda"], default="constant",
-                        help="constant: --epochs at --lr; burda: 3^i epochs at 1e-3·10^(-i/7), i < --stages")
-    parser.add_argument("--stages", type=int, default=8, help="stages of the burda schedule (8: 3280 epochs)")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument("--nll-samples", type=int, default=5000)
-    parser.add_argument("--limit", type=int, default=None, help="training images to use")
-    parser.add_argument("--test-limit", type=int, default=None, help="test images to use")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None,
-                        help="run directory (default runs/iwae, or runs/iwae-2, … when taken; "
-                             "--smoke: a fresh temporary one)")
-    parser.add_argument("--smoke", action="store_true", help="seconds-long run on a small subset")
-    args = parser.parse_args(argv)
-    args.out = output_dir(args.out, "iwae", args.smoke, False)
-    if args.smoke:
-        args.epochs, args.limit, args.test_limit, args.nll_samples, args.batch_size = 1, 200, 50, 20, 50
-        args.k, args.hidden_dims, args.latent_dims = [1, 5], [32], [8, 4]
-    return args
+    p = script_parser(__doc__, "iwae", resume=False)
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist or mnist")
+    p.add_argument("--elbos", type=lambda s: s.split(","), default=["trace", "iwae"],
+                   help="comma-separated estimator names compared at each k (trace = VAE, iwae, dreg, …)")
+    p.add_argument("--k", type=int_list, default=[1, 5, 50], help="comma-separated particle counts")
+    p.add_argument("--layers", type=int_list, default=[1], help="stochastic layers to run: 1, 2 or 1,2")
+    p.add_argument("--hidden-dims", type=int_list, default=[200, 200])
+    p.add_argument("--latent-dims", type=int_list, default=[100, 50],
+                   help="latent sizes, z1 first; one layer uses the last (50)")
+    p.add_argument("--schedule", choices=["constant", "burda"], default="constant",
+                   help="constant: --epochs at --lr; burda: 3^i epochs at 1e-3·10^(-i/7), i < --stages")
+    p.add_argument("--stages", type=int, default=8, help="stages of the burda schedule (8: 3280 epochs)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--nll-samples", type=int, default=5000)
+    return parse_script_args(p, argv, smoke=dict(epochs=1, limit=200, test_limit=50, nll_samples=20, batch_size=50,
+                                                 k=[1, 5], hidden_dims=[32], latent_dims=[8, 4]))
 
 
 if __name__ == "__main__":

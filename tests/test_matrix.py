@@ -302,17 +302,37 @@ def test_quiet_train_prints_nothing(tmp_path):
 def test_examples_write_smoke_runs_to_fresh_directories_and_number_full_runs(tmp_path, capsys):
     from examples_loader import load_example
 
+    from pyro_vae.app import scripts
+
     example = load_example("beta_vae")
     first, second = (example.parse_args(["--smoke"]).out for _ in range(2))
     assert first != second and os.listdir(first) == os.listdir(second) == []
     os.rmdir(first), os.rmdir(second)
     out = tmp_path / "runs" / "beta_vae"
-    assert experiment.output_dir(str(out), "beta_vae") == str(out)  # new
+    assert scripts.output_dir(str(out), "beta_vae") == str(out)  # new
     out.mkdir(parents=True)
     (out / "beta_vae.json").write_text("{}")
-    assert experiment.output_dir(str(out), "beta_vae") == f"{out}-2"  # taken: the next number
+    assert scripts.output_dir(str(out), "beta_vae") == f"{out}-2"  # taken: the next number
     os.makedirs(f"{out}-2/beta1")
-    assert experiment.output_dir(str(out), "beta_vae") == f"{out}-3"
-    assert experiment.output_dir(str(out), "beta_vae", resume=True) == str(out)
+    assert scripts.output_dir(str(out), "beta_vae") == f"{out}-3"
+    assert scripts.output_dir(str(out), "beta_vae", resume=True) == str(out)
     printed = capsys.readouterr().out
     assert "pass --resume to continue it" in printed and f"resuming the run(s) in {out}" in printed
+
+
+@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..",
+                                                                                  "examples")) if f.endswith(".py")))
+def test_every_example_takes_the_shared_run_flags_and_comma_separated_lists(name, tmp_path):
+    """Every example takes --seed, --data-dir, --device, --limit and --out, and its list flags are comma-separated
+    as in pyro-vae train (a space-separated list is an error, not a silent one-element list)."""
+    from examples_loader import load_example
+
+    example = load_example(name)
+    args = example.parse_args(["--seed", "3", "--data-dir", str(tmp_path), "--device", "cpu", "--limit", "7",
+                               "--out", str(tmp_path / "run")])
+    assert (args.seed, args.data_dir, args.device, args.limit, args.out) == (3, str(tmp_path), "cpu", 7,
+                                                                               str(tmp_path / "run"))
+    if hasattr(args, "hidden_dims"):
+        assert example.parse_args(["--hidden-dims", "8,16", "--out", str(tmp_path / "run")]).hidden_dims == [8, 16]
+        with pytest.raises(SystemExit):
+            example.parse_args(["--hidden-dims", "8", "16", "--out", str(tmp_path / "run")])

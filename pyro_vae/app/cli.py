@@ -21,6 +21,7 @@ import traceback
 import typing
 
 from pyro_vae.app.config import Config
+from pyro_vae.app.scripts import int_list
 
 LOG = "pyro-vae.log"  # in the run directory: the traceback of a failed command, the trainer's log lines
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError)
@@ -81,13 +82,6 @@ HELP = {
 }
 
 
-def _int_list(text):
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 400,200, got {text!r}") from None
-
-
 def add_config_arguments(parser, cls=Config):
     """Add one ``--kebab-case`` flag per config field."""
     hints = typing.get_type_hints(cls)
@@ -103,7 +97,7 @@ def add_config_arguments(parser, cls=Config):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         if typing.get_origin(base) is list:
-            kwargs["type"] = _int_list
+            kwargs["type"] = int_list
         elif base in (int, float, str):
             kwargs["type"] = base
         parser.add_argument(flag, **kwargs)

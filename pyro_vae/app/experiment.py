@@ -268,30 +268,3 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None):
         model = lambda x: vae.model(x, y=labels)  # noqa: E731
     save_samples(model, probe, path, n=n)
     return path
-
-
-def output_dir(out, name, smoke=False, resume=False):
-    """The directory an example (or any script) writes to, said on stdout.
-
-    ``out=None`` with ``smoke``: a fresh temporary directory (a smoke run never collides with
-    another); ``resume``: ``out`` (default ``runs/NAME``) as it is, to continue its runs; else
-    ``out`` when it does not exist or is empty, or the first of ``out-2``, ``out-3``, … that does not.
-    """
-    import tempfile
-
-    if out is None and smoke:
-        out = tempfile.mkdtemp(prefix=f"pyro_vae_{name}_")
-        print(f"smoke run: writing to the fresh directory {out}")
-        return out
-    out = out or os.path.join("runs", name)
-    if resume:
-        held = os.path.isdir(out) and os.listdir(out)
-        print(f"resuming the run(s) in {out}" if held else f"new run: writing to {out}")
-        return out
-    fresh, n = out, 1
-    while os.path.exists(fresh) and (not os.path.isdir(fresh) or os.listdir(fresh)):
-        n += 1
-        fresh = f"{out}-{n}"
-    print(f"new run: writing to {fresh}" + (f" ({out} holds an earlier run; pass --resume to continue it)"
-                                             if fresh != out else ""))
-    return fresh
