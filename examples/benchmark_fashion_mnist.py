@@ -9,9 +9,10 @@ on the validation ELBO with a look-ahead of 50 epochs (counted after the warm-up
 all 10k test images.  Rows: the one-layer VAE; the same trained with IWAE (k = 50) and with
 DReG (k = 50); an IAF guide; the VampPrior (500 pseudo-inputs); a two-layer hierarchical
 model with the top-down (ladder) guide; the same with convolutional encoder/decoder, and
-with a VampPrior on its top layer.  Differences from [1]: ReLU MLPs instead of gated dense
-layers; importance-weighted rows train without warm-up (a β inside a log-sum-exp no longer
-gives a bound, so pyro_vae refuses it).
+with a VampPrior on its top layer; and the one-layer VAE and the VampPrior with the gated dense
+layers of [1] (``--activation gated``, rows ``vae-gated`` and ``vampprior-gated``).  Differences
+from [1]: the other rows use ReLU MLPs instead of gated dense layers; importance-weighted rows
+train without warm-up (a β inside a log-sum-exp no longer gives a bound, so pyro_vae refuses it).
 
 Each row is a plain ``pyro_vae.Config`` trained by ``pyro_vae.app.experiment.train`` and
 evaluated by ``evaluate_run``; its ``command`` is the ``pyro-vae train`` line that reproduces
@@ -49,6 +50,8 @@ ROWS = {
     "dreg-k50": ({"elbo": "dreg", "particles": 50, "kl_warmup_epochs": 0}, "VAE"),
     "iaf": ({"guide": "iaf", "flows": 2, "flow_hidden_dims": [300]}, "VAE"),
     "vampprior": ({"prior": "vampprior", "pseudo_inputs": 500}, "VampPrior"),
+    "vae-gated": ({"activation": "gated"}, "VAE"),
+    "vampprior-gated": ({"activation": "gated", "prior": "vampprior", "pseudo_inputs": 500}, "VampPrior"),
     "hvae-top-down": ({"model": "hierarchical", "latent_dims": [40, 40], "guide": "top-down"}, "HVAE"),
     "conv-hvae-top-down": ({"model": "hierarchical", "latent_dims": [40, 40], "guide": "top-down", "net": "conv"},
                            "ConvHVAE"),
@@ -56,14 +59,14 @@ ROWS = {
                              "prior": "vampprior", "pseudo_inputs": 500}, "ConvHVAE + VampPrior"),
 }
 PROTOCOL = {"epochs": 2000, "warmup": 100, "early_stopping": 50, "nll_samples": 5000, "limit": None,
-            "test_limit": None}
+            "test_limit": None, "validation": 10000}
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
                        "fashion_mnist_full.json")
 
 
 def base_config(args, name):
     overrides, _ = ROWS[name]
-    config = dict(dataset="fashion-mnist", validation=10000, binarize="dynamic", hidden_dims=[300, 300],
+    config = dict(dataset="fashion-mnist", validation=args.validation, binarize="dynamic", hidden_dims=[300, 300],
                   latent_dim=40, lr=5e-4, batch_size=100, epochs=args.epochs, kl_warmup_epochs=args.warmup,
                   early_stopping=args.early_stopping or None, device=args.device, seed=args.seed,
                   data_dir=args.data_dir, out=os.path.join(args.out, name), limit=args.limit,
@@ -183,11 +186,13 @@ def parse_args(argv=None):
     p.add_argument("--early-stopping", type=int, default=PROTOCOL["early_stopping"],
                    help="look-ahead in epochs on the validation ELBO (0: train all --epochs)")
     p.add_argument("--nll-samples", type=int, default=PROTOCOL["nll_samples"])
+    p.add_argument("--validation", type=int, default=PROTOCOL["validation"],
+                   help="training images held out for early stopping (the last N of the 60k)")
     p.add_argument("--images-every", type=int, default=10, help="TensorBoard pictures every N epochs")
     p.add_argument("--results", default=None, help="results JSON (default: see results_path)")
     p.add_argument("--progress", action="store_true")
     return parse_script_args(p, argv, smoke=dict(epochs=2, warmup=1, early_stopping=1, nll_samples=10, limit=300,
-                                                 test_limit=100))
+                                                 test_limit=100, validation=200))
 
 
 if __name__ == "__main__":

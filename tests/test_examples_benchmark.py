@@ -40,7 +40,7 @@ def test_benchmark_smoke(tmp_path, monkeypatch):
         assert 0 < r["nll"] < -r["elbo"] + 10
         assert r["nll_samples"] == 10 and r["images"] == 100
         assert r["command"].startswith("pyro-vae train ") and "--seed 0" in r["command"]
-        assert "--early-stopping 1" in r["command"] and "--validation 10000" in r["command"]
+        assert "--early-stopping 1" in r["command"] and "--validation 200" in r["command"]
         assert [m["epoch"] for m in r["history"]] == list(range(1, r["epochs"] + 1))
         val = [m["validation_elbo"] for m in r["history"]]
         assert r["best_epoch"] == 1 + val.index(max(val))

@@ -138,3 +138,25 @@ def test_bad_latent_dim_is_rejected():
     with pytest.raises(ValueError, match="unknown guide"):
         make_guide("nope", torch.nn.Identity(), 8, 2)
     pyro.clear_param_store()
+
+
+def test_gated_mlp_layer_is_the_gated_dense_formula():
+    """--activation gated: every hidden layer is h = (W x + b) ⊙ σ(V x + c), written out here from its weights."""
+    torch.manual_seed(0)
+    net = MLP(5, [4, 3], 2, "gated", final_activation=True)
+    x = torch.randn(7, 5)
+    h = x
+    for linear in (m for m in net if isinstance(m, torch.nn.Linear)):
+        w, v = linear.weight.chunk(2, dim=0)
+        b, c = linear.bias.chunk(2)
+        h = (h @ w.T + b) * torch.sigmoid(h @ v.T + c)
+    assert torch.allclose(net(x), h, atol=1e-6) and net(x).shape == (7, 2)
+    plain = MLP(5, [4], 2, "gated")  # without a final activation the output layer stays linear
+    assert isinstance(plain[-1], torch.nn.Linear) and plain[-1].out_features == 2
+
+
+def test_gated_activation_is_refused_for_conv_nets_before_any_data_is_read():
+    from pyro_vae.app.config import Config, check_config
+
+    with pytest.raises(ValueError, match="--activation gated .* --net mlp"):
+        check_config(Config(net="conv", activation="gated"))

@@ -40,6 +40,8 @@ HELP = {
     "exclude_class": "drop this label from the training images (anomaly detection)",
     "model": "model name (vae, hierarchical, …)",
     "net": "mlp or conv",
+    "activation": "relu, tanh, elu, gelu, softplus, or gated (mlp nets: gated dense layers h = (Wx+b)·σ(Vx+c), as in "
+                  "the VampPrior code)",
     "likelihood": "bernoulli, gaussian, learned-gaussian, sigma-vae, sigma-vae-optimal, or for 8-bit images "
                   "(--binarize none; evaluate reports bits_per_dim) discretized-logistic or categorical",
     "sigma": "σ of the fixed Gaussian likelihood (initial σ of the learned ones)",

@@ -155,14 +155,14 @@ def check_config(config):
     from pyro_vae.guides import FLOWS
     from pyro_vae.models import MODELS, model_guides
     from pyro_vae.models.likelihoods import EIGHT_BIT, LIKELIHOODS
-    from pyro_vae.models.nets import ACTIVATIONS
+    from pyro_vae.models.nets import ACTIVATIONS, GATED
 
     check_source(config.dataset)
     validation.check_choice("binarize mode", config.binarize, BINARIZE, "binarize")
     validation.check_eight_bit(config.likelihood in EIGHT_BIT, config.binarize, config.likelihood)
     validation.check_choice("model", config.model, MODELS, "model")
     validation.check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
-    validation.check_choice("activation", config.activation, ACTIVATIONS, "activation")
+    validation.check_choice("activation", config.activation, [*ACTIVATIONS, GATED], "activation")
     builder = MODELS[config.model]
     guides, default = model_guides(builder)  # a model builder may declare its own guides (hierarchical: top-down…)
     guide = default if config.guide is None else config.guide
@@ -174,6 +174,9 @@ def check_config(config):
     if nets is not None and config.net not in nets:
         raise ValueError(f"--model {config.model} has {' or '.join(nets)} nets only, not --net {config.net}; "
                          f"pass --net {nets[0]}")
+    if config.activation == GATED and config.net != "mlp":
+        raise ValueError(f"--activation gated is a gated dense layer, for --net mlp; --net {config.net} takes a "
+                         f"pointwise activation: --activation {' or '.join(sorted(ACTIVATIONS))}")
     estimators = getattr(builder, "estimators", None)  # e.g. m2: a discrete latent that is not reparameterizable
     used = "free-bits" if config.free_bits else config.elbo
     if estimators is not None and used not in estimators:

@@ -3,19 +3,36 @@
 Every net accepts any number of leading batch dimensions, so the same decoder
 serves one sample per data point (``z: [B, D]``) and vectorized particles
 (``z: [K, B, D]``).
+
+References:
+    1. J. M. Tomczak, M. Welling, "VAE with a VampPrior", AISTATS 2018 (its code's ``GatedDense`` layers).
+    2. Y. N. Dauphin, A. Fan, M. Auli, D. Grangier, "Language Modeling with Gated Convolutional Networks",
+       ICML 2017, arXiv:1612.08083.
 """
 import math
 
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "softplus": nn.Softplus}
+GATED = "gated"  # MLP layers only: h = (W x + b) ⊙ σ(V x + c), the gated dense layer of the VampPrior code [1]
 
 
 def activation(name):
-    """Return a fresh activation module by name (one of :data:`ACTIVATIONS`)."""
+    """Return a fresh pointwise activation module by name (one of :data:`ACTIVATIONS`)."""
+    if name == GATED:
+        raise ValueError("the gated activation is for MLPs (net='mlp'); conv nets take a pointwise activation: "
+                         f"one of {sorted(ACTIVATIONS)}")
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted([*ACTIVATIONS, GATED])}")
     return ACTIVATIONS[name]()
+
+
+def dense(in_dim, out_dim, activation_name):
+    """A fully connected layer with its activation: ``[Linear, activation]``, or for ``"gated"``
+    ``[Linear(in, 2·out), GLU]``, i.e. h = (W x + b) ⊙ σ(V x + c) (Dauphin et al. 2017 [2])."""
+    if activation_name == GATED:
+        return [nn.Linear(in_dim, 2 * out_dim), nn.GLU(dim=-1)]
+    return [nn.Linear(in_dim, out_dim), activation(activation_name)]
 
 
 class MLP(nn.Sequential):
@@ -31,10 +48,9 @@ class MLP(nn.Sequential):
         dims = [math.prod(self.in_shape), *hidden_dims]
         layers = []
         for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b), activation(activation_name)]
-        layers.append(nn.Linear(dims[-1], math.prod(self.out_shape)))
-        if final_activation:
-            layers.append(activation(activation_name))
+            layers += dense(a, b, activation_name)
+        out_dim = math.prod(self.out_shape)
+        layers += dense(dims[-1], out_dim, activation_name) if final_activation else [nn.Linear(dims[-1], out_dim)]
         super().__init__(*layers)
 
     def forward(self, x):
