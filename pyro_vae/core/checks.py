@@ -16,49 +16,75 @@ import os
 CHECKPOINT_KEYS = ("epoch", "params", "optim", "rng")
 
 
+def _number(name, value, integral, in_range, what, hint):
+    """``value`` is a number of the kind ``integral`` asks for (not a bool) and ``in_range(value)``; else a
+    TypeError or ValueError that says ``name must be WHAT``."""
+    kind = numbers.Integral if integral else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__}){hint}")
+    if not ((integral or math.isfinite(value)) and in_range(value)):
+        raise ValueError(f"{name} must be {what}, got {value!r}{hint}")
+    return int(value) if integral else float(value)
+
+
 def check_positive_int(name, value, hint=""):
     """``value`` is an ``int`` (not a bool) ≥ 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__}){hint}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}{hint}")
-    return int(value)
+    return _number(name, value, True, lambda v: v >= 1, "a positive integer", hint)
 
 
 def check_nonnegative_int(name, value, hint=""):
     """``value`` is an ``int`` (not a bool) ≥ 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= 0, got {value!r} ({type(value).__name__}){hint}")
-    if value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}{hint}")
-    return int(value)
+    return _number(name, value, True, lambda v: v >= 0, "an integer >= 0", hint)
 
 
 def check_positive_float(name, value, hint=""):
     """``value`` is a finite real number > 0 (the learning rate, σ, a clipping norm, …)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite positive number, got {value!r} ({type(value).__name__}){hint}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}{hint}")
-    return float(value)
+    return _number(name, value, False, lambda v: v > 0, "a finite positive number", hint)
 
 
 def check_nonnegative_float(name, value, hint=""):
     """``value`` is a finite real number ≥ 0 (β, a free-bits floor, a loss weight)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite number >= 0, got {value!r} ({type(value).__name__}){hint}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}{hint}")
-    return float(value)
+    return _number(name, value, False, lambda v: v >= 0, "a finite number >= 0", hint)
 
 
 def check_fraction(name, value, hint=""):
     """``value`` is a real number in (0, 1] (a decay factor)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number in (0, 1], got {value!r} ({type(value).__name__}){hint}")
-    if not 0 < value <= 1:
-        raise ValueError(f"{name} must be in (0, 1], got {value!r}{hint}")
-    return float(value)
+    return _number(name, value, False, lambda v: 0 < v <= 1, "a number in (0, 1]", hint)
+
+
+# The one check of each training option, by its Python name (a Config field, or an argument of Trainer, fit,
+# make_optimizer, make_elbo): Config.validate calls it for a configured run, the Python entry point for a call.
+# None is accepted for the options in OPTIONAL.
+OPTIONS = {
+    "particles": (check_positive_int, "; e.g. particles=1"),
+    "eval_particles": (check_positive_int, ""),
+    "epochs": (check_positive_int, "; e.g. epochs=10"),
+    "batch_size": (check_positive_int, "; e.g. batch_size=128"),
+    "lr": (check_positive_float, "; e.g. lr=1e-3"),
+    "lr_decay": (check_fraction, "; 1 keeps the learning rate constant"),
+    "clip_norm": (check_positive_float, "; e.g. clip_norm=10, or None for no clipping"),
+    "max_bad_steps": (check_positive_int, "; e.g. max_bad_steps=10"),
+    "bad_lr_factor": (check_fraction, "; e.g. 0.5 halves the learning rate"),
+    "log_every": (check_positive_int, ""),
+    "check_every": (check_positive_int, ""),
+    "images_every": (check_nonnegative_int, "; 0: no images in TensorBoard"),
+    "diagnostic_images": (check_nonnegative_int, "; 0: no per-epoch active units"),
+    "early_stopping": (check_positive_int, "; e.g. early_stopping=50, or None to train every epoch"),
+    "warmup_epochs": (check_nonnegative_int, ""),
+    "kl_warmup_epochs": (check_nonnegative_int, "; 0: no warm-up"),
+    "beta": (check_nonnegative_float, "; 1 is the plain ELBO"),
+    "free_bits": (check_nonnegative_float, "; nats per latent dimension, 0: off"),
+}
+OPTIONAL = ("clip_norm", "check_every", "early_stopping")
+
+
+def check_option(name, value, argument=None):
+    """Check the training option ``name`` (:data:`OPTIONS`) where it enters; the message names ``argument`` (the
+    caller's own name for it, e.g. ``num_particles``; default ``name``)."""
+    if value is None and name in OPTIONAL:
+        return None
+    check, hint = OPTIONS[name]
+    return check(argument or name, value, hint)
 
 
 def check_choice(kind, value, choices, flag=None):

@@ -17,6 +17,8 @@ import numbers
 
 import torch
 
+from pyro_vae.training.early_stopping import best_epoch
+
 SKIPPED = ("epoch",)  # the step axis already says it
 
 
@@ -122,12 +124,9 @@ def evaluated_step(run_dir, config):
 
     path = os.path.join(run_dir, "metrics.jsonl")
     rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
-    if config.early_stopping:
-        scored = [(r["validation_elbo"], -r["epoch"]) for r in rows
-                  if r.get("validation_elbo") is not None and math.isfinite(r["validation_elbo"])]
-        if scored:
-            best = -max(scored)[1]
-            rows = [r for r in rows if r["epoch"] <= best]
+    best = best_epoch(rows) if config.early_stopping else None
+    if best is not None:
+        rows = [r for r in rows if r["epoch"] <= best]
     return sum(r.get("steps", 0) for r in rows)
 
 
