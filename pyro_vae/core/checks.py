@@ -74,8 +74,13 @@ OPTIONS = {
     "kl_warmup_epochs": (check_nonnegative_int, "; 0: no warm-up"),
     "beta": (check_nonnegative_float, "; 1 is the plain ELBO"),
     "free_bits": (check_nonnegative_float, "; nats per latent dimension, 0: off"),
+    "limit": (check_positive_int, "; e.g. limit=1000, or None for all"),
+    "test_limit": (check_positive_int, "; e.g. test_limit=1000, or None for all"),
+    "image_size": (check_positive_int, "; e.g. image_size=32, or None for the images' own size"),
+    "test_fraction": (lambda name, v, hint: _number(name, v, False, lambda f: 0 < f < 1, "a number in (0, 1)", hint),
+                      "; e.g. test_fraction=0.1"),
 }
-OPTIONAL = ("clip_norm", "check_every", "early_stopping")
+OPTIONAL = ("clip_norm", "check_every", "early_stopping", "limit", "test_limit", "image_size")
 
 
 def check_option(name, value, argument=None):
@@ -87,12 +92,12 @@ def check_option(name, value, argument=None):
     return check(argument or name, value, hint)
 
 
-def check_choice(kind, value, choices, flag=None):
-    """``value`` is one of ``choices`` (a registry's names); the message lists them."""
+def check_choice(kind, value, choices, argument=None):
+    """``value`` is one of ``choices`` (a registry's names); the message lists them and names ``argument``."""
     if not isinstance(value, str):
         raise TypeError(f"{kind} name must be a string, got {value!r} ({type(value).__name__})")
     if value not in choices:
-        where = f" (--{flag})" if flag else ""
+        where = f" ({argument}={value!r})" if argument else ""
         raise ValueError(f"unknown {kind} {value!r}{where}; choose one of {', '.join(sorted(choices))}")
     return value
 
@@ -127,7 +132,7 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
     if unit_interval and (lo < 0 or hi > 1):
         raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}] but the Bernoulli likelihood needs values in "
                          f"[0, 1] (so do the 8-bit ones); rescale the data (e.g. divide 8-bit images by 255) or use a "
-                         f"Gaussian likelihood (--likelihood gaussian or sigma-vae)")
+                         f"Gaussian likelihood (likelihood='gaussian' or 'sigma-vae')")
     return x
 
 
@@ -179,7 +184,7 @@ def check_device(device):
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was asked for but CUDA is not available here; "
-                             f"use --device cpu or --device auto")
+                             f"use device='cpu' or device='auto'")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"device {device!r} does not exist: this machine has {count} GPU(s), "
@@ -194,7 +199,7 @@ def load_checkpoint(path):
     import torch
 
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r}; train the run first (without --resume to start it)")
+        raise FileNotFoundError(f"no checkpoint at {path!r}; train the run first (without resume=True to start it)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated file, not a torch file, pickle error …
@@ -211,4 +216,4 @@ def check_eight_bit(eight_bit, binarize, likelihood="the 8-bit likelihood"):
     """An 8-bit likelihood needs the grey levels k/255 (``binarize="none"``), not binarized images."""
     if eight_bit and binarize != "none":
         raise ValueError(f"the {likelihood} likelihood models 8-bit grey levels but the data is binarized "
-                         f"(binarize={binarize!r}); pass --binarize none")
+                         f"(binarize={binarize!r}); pass binarize='none'")

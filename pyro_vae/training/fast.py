@@ -187,6 +187,23 @@ def compile_steps(traced, elbo, model, guide, batches):
     return time.perf_counter() - start, None
 
 
+def probe_rows(n, batch_size):
+    """Slices of two different batches of each size that an epoch over ``n`` data points in batches of
+    ``batch_size`` has (the last, shorter batch gets its own trace, proven on two batches too)."""
+    rows = [slice(0, batch_size), slice(batch_size, 2 * batch_size)]
+    if n % batch_size:
+        rows += [slice(n - n % batch_size, n), slice(0, n % batch_size)]
+    return rows
+
+
+def traceable_batches(calls):
+    """``[(x, kwargs)]`` of the pair's calls ``(args, kwargs)``, or None where the batch is not the one positional
+    argument of each (a traced step replays ``model(x, **kwargs)``)."""
+    if not all(len(args) == 1 and torch.is_tensor(args[0]) for args, _ in calls):
+        return None
+    return [(args[0], kwargs) for args, kwargs in calls]
+
+
 def _pairs(batches):
     return [b if isinstance(b, tuple) else (b, {}) for b in batches]
 

@@ -52,6 +52,15 @@ def latent_figures(model, guide, x, batch_size=1000, batch_call=None):
             "kl_per_dim": {site: t.mean(0).tolist() for site, t in per_dim.items() if t is not None}}
 
 
+def latent_figures_or_none(model, guide, x, batch_call=None):
+    """:func:`latent_figures`, or None (with one warning) for a user pair the evaluator cannot read."""
+    try:
+        return latent_figures(model, guide, x, batch_call=batch_call)
+    except Exception as e:  # noqa: BLE001 - training goes on without these figures
+        logger.warning(f"per-epoch active units / KL per dimension turned off: {type(e).__name__}: {e}")
+        return None
+
+
 def write_epoch(tb, metrics, step, model=None, guide=None, x=None, modules=()):
     """Write the epoch's row at ``step`` and, given images ``x``, the samples and reconstructions of the pair, then
     flush: the events are on disk before the checkpoint that includes the epoch.  Returns False when the pictures

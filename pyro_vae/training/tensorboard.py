@@ -12,6 +12,7 @@ reconstructions).  ``pyro-vae evaluate`` adds ``eval/SPLIT/…`` (NLL, bits/dim,
 On resume the writer is opened with ``purge_step`` = the first step after the checkpoint, so
 the events of an interrupted epoch are dropped by TensorBoard and no step appears twice.
 """
+import contextlib
 import math
 import numbers
 
@@ -87,6 +88,17 @@ class RunWriter:
         self.writer.close()
 
 
+@contextlib.contextmanager
+def run_writer(log_dir, purge_step=None):
+    """A :class:`RunWriter` on ``log_dir`` inside the block, closed after it; None when ``log_dir`` is falsy."""
+    writer = RunWriter(log_dir, purge_step=purge_step) if log_dir else None
+    try:
+        yield writer
+    finally:
+        if writer is not None:
+            writer.close()
+
+
 @torch.no_grad()
 def picture_grids(model, guide, x, n=32):
     """``{"samples": [n, ...], "reconstructions": [2n, ...]}``: prior samples, and rows of 8 inputs above their
@@ -139,4 +151,4 @@ def read_scalars(run_dir):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-__all__ = ["RunWriter", "evaluated_step", "flatten", "log_evaluation", "picture_grids", "read_scalars"]
+__all__ = ["RunWriter", "evaluated_step", "flatten", "log_evaluation", "picture_grids", "read_scalars", "run_writer"]

@@ -1,7 +1,7 @@
 """SVI training loop over device-resident data: NaN guard, atomic checkpoints, exact resume, safe interrupts.
 
-The trainer takes any ``model``/``guide`` callables whose first argument is the
-batch ``x``; the built-in VAE's ``vae.model`` and ``vae.guide`` are one such pair.
+The trainer takes any ``model``/``guide`` pair, called as ``SVI.step`` calls it; ``batch_call`` says how a batch
+becomes its arguments (default ``model(x)``: the built-in VAE's ``vae.model`` and ``vae.guide`` are one such pair).
 
 Run directory (``out_dir``):
 
@@ -25,35 +25,23 @@ Run directory (``out_dir``):
 ``events.out.*``    TensorBoard event files: the same rows, the running loss, pictures
 =================== ======================================================================
 
-Validation, the per-epoch latent figures and the pictures draw their random numbers from a
-fork of the RNG, so they leave the training trajectory as it would be without them.
+Validation, the per-epoch figures (:mod:`.figures`) and the pictures draw their random numbers from a fork
+of the RNG, so they leave the training trajectory as it would be without them.  The loop uses separate pieces:
 
-Reliability contract:
-
-* **NaN guard.** After each backward pass the loss and the gradients are reduced on the
-  device to one flag (their sum or 2-norm is finite).  A non-finite step is skipped by
-  the optimizer on the device (fused Adam's ``found_inf``), so the parameters and
-  optimizer state stay those of the last good step; module buffers changed by the bad
-  forward pass (e.g. σ-VAE's running σ*) are put back, on the device too.  The host
-  reads the count of bad steps every ``check_every`` steps (each step on a CPU, every
-  ``log_every`` steps on a GPU, so no step waits for the device): the learning rate is
-  then multiplied by ``bad_lr_factor`` once per bad step (kept for the rest of the run
-  and saved in the checkpoint), and after ``max_bad_steps`` bad steps in a row
-  :class:`NonFiniteLossError` is raised; the run directory then still holds the
-  checkpoint and metrics of the last completed epoch.
-* **Exact resume.** A checkpoint holds everything the next epoch reads, RNG states
-  included, and every random draw of the set-up happens before it is restored, so on
-  CPU ``fit(epochs=4)`` equals ``fit(epochs=2)`` then ``fit(epochs=4, resume=True)`` bit
-  for bit.  On resume ``metrics.jsonl`` is rewritten from the checkpoint's own copy of
-  the metrics, so every epoch is listed exactly once even after a SIGKILL between the
-  two writes of an epoch's end.
-* **Interrupts.** SIGINT/SIGTERM set a flag; the loop stops at the next step boundary
-  and raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``).  The partial epoch is
-  discarded: ``checkpoint.pt`` is the one written atomically at the end of the last
-  completed epoch, so ``--resume`` repeats the interrupted epoch exactly.  A second
-  signal interrupts at once (the files on disk are still consistent).
+* the step, :class:`~pyro_vae.training.svi.DeviceSVI` (a replayed graph where :mod:`.fast` proved one);
+* the **NaN guard** (:class:`~pyro_vae.training.guards.NonFiniteGuard`): a non-finite step is skipped on the
+  device, the learning rate is multiplied by ``bad_lr_factor`` once per bad step (kept for the rest of the
+  run and saved in the checkpoint), and ``max_bad_steps`` bad steps in a row raise
+  :class:`NonFiniteLossError`, the run directory still holding the last completed epoch;
+* **checkpoints** (:mod:`.checkpoint`): everything the next epoch reads, RNG states included, written
+  atomically before the first epoch and after each one; every random draw of the set-up happens before a
+  checkpoint is restored, so on CPU ``fit(epochs=4)`` equals ``fit(epochs=2)`` then ``fit(epochs=4,
+  resume=True)`` bit for bit, and ``metrics.jsonl`` is rewritten from the checkpoint's copy of the metrics;
+* the **signal guard** (:class:`~pyro_vae.training.guards.SignalGuard`): SIGINT/SIGTERM stop the loop at the
+  next step boundary with :class:`TrainingInterrupted` (a ``KeyboardInterrupt``); the partial epoch is
+  discarded, so ``resume=True`` repeats it exactly; a second signal interrupts at once;
+* early stopping (:mod:`.early_stopping`) and the TensorBoard files (:mod:`.tensorboard`).
 """
-import contextlib
 import json
 import logging
 import math
@@ -66,7 +54,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.core import checks as validation
 from pyro_vae.core.pair import batch_as_argument, checked_probe
-from pyro_vae.data import ImageData
+from pyro_vae.data import training_data
 from pyro_vae.estimators import make_elbo
 from pyro_vae.training import checkpoint, distributed, fast, figures
 from pyro_vae.training.checkpoint import BEST, CHECKPOINT, METRICS
@@ -74,6 +62,7 @@ from pyro_vae.training.early_stopping import best_epoch, should_stop, snapshot
 from pyro_vae.training.guards import NonFiniteGuard, NonFiniteLossError, SignalGuard, TrainingInterrupted
 from pyro_vae.training.optim import make_optimizer, set_lr
 from pyro_vae.training.svi import DeviceSVI
+from pyro_vae.training.tensorboard import run_writer
 
 __all__ = ["BEST", "CHECKPOINT", "METRICS", "NonFiniteLossError", "Trainer", "TrainingInterrupted", "resolve_device"]
 logger = logging.getLogger(__name__)
@@ -83,15 +72,6 @@ FAST_MODES = ("auto", True, False, "compile", "trace")
 def resolve_device(device="auto"):
     """``auto`` → ``cuda`` when available, else ``cpu``; checks that a requested CUDA device exists."""
     return validation.check_device(device)
-
-
-@contextlib.contextmanager
-def _closing(writer):
-    try:
-        yield writer
-    finally:
-        if writer is not None:
-            writer.close()
 
 
 class Trainer:
@@ -104,21 +84,18 @@ class Trainer:
     :param modules: ``nn.Module`` s to switch between train and eval mode (optional).
     :param int max_bad_steps: stop with :class:`NonFiniteLossError` after this many non-finite steps in a row.
     :param float bad_lr_factor: multiply the learning rate by this after each non-finite step.
-    :param fast: ``"auto"`` (or ``True``) traces loss and gradients into one graph for any pair that does not
-        declare ``jit_compatible = False``, once proven on real batches, and compiles it when the run is long
-        enough to pay for that; ``"compile"`` always compiles, ``"trace"`` never; ``False`` turns the fast path
-        off (see :meth:`enable_fast_path`).  Whether it applies is printed when training starts and said in
-        :attr:`fast_note` and in each epoch's metrics (``fast_path``, ``fast_path_note``).
+    :param fast: ``"auto"``/``True``, ``"compile"``, ``"trace"`` or ``False``: the fast path
+        (:func:`~pyro_vae.training.fast.select_steps`); whether it applies is printed when training starts and
+        said in :attr:`fast_note` and in each epoch's metrics (``fast_path``, ``fast_path_note``).
     :param check_every: every how many steps the host reads the NaN guard's counts (bad steps are skipped on the
         device in between); default 1 on a CPU, where a read costs nothing, and ``log_every`` on a GPU.
     :param str data_plate: the plate over data points, where the trace cannot tell (see
         :func:`~pyro_vae.core.pair`); it sets the per-image scale of ``train_loss`` and is passed to the
         per-data-point estimators.
-    :param batch_call: ``batch_call(x, idx) -> (args, kwargs)``: how the pair takes a batch, rows ``x`` at indices
-        ``idx`` of the data (of the training data in steps, of the evaluated images in the per-epoch figures);
-        the pair is called ``model(*args, **kwargs)``, as ``SVI.step(*args, **kwargs)`` calls it.  Default
-        :func:`~pyro_vae.core.pair.batch_as_argument`, ``model(x)``; e.g. ``lambda x, idx: ((), {"x": x})`` for
-        ``model(x=None)``.  The fast path applies when the batch is the one positional argument.
+    :param batch_call: ``batch_call(x, idx) -> (args, kwargs)``: the pair's arguments on rows ``x`` at indices
+        ``idx`` of the data (training data in steps, the evaluated images in the per-epoch figures), called
+        ``model(*args, **kwargs)`` as ``SVI.step`` calls it; default ``model(x)``, see
+        :func:`~pyro_vae.core.pair.batch_as_argument`.  The fast path needs the batch as the one argument.
     :param tensorboard: write TensorBoard event files into ``out_dir`` (:mod:`pyro_vae.training.tensorboard`): every
         metrics row, the running loss every ``log_every`` steps, and pictures every ``images_every`` epochs (0: none).
     :param diagnostic_images: the first this many test images give each epoch's ``active_units`` and ``kl_per_dim``
@@ -144,20 +121,13 @@ class Trainer:
         self.base_lr, self.lr_decay = lr, lr_decay
         self.optim = make_optimizer(optimizer, lr, clip_norm)
         self.svi = DeviceSVI(model, guide, self.optim, self.elbo)
-        self.out_dir = out_dir
-        self.log_every = log_every
-        self.eval_particles = eval_particles
-        self.progress = progress
-        self.modules = list(modules)
-        self.extra_state = extra_state or {}
-        self.max_bad_steps, self.bad_lr_factor = max_bad_steps, bad_lr_factor
-        self.epoch = 0
+        self.out_dir, self.log_every, self.eval_particles, self.progress = out_dir, log_every, eval_particles, progress
+        self.modules, self.extra_state = list(modules), extra_state or {}
+        self.max_bad_steps, self.bad_lr_factor, self.check_every = max_bad_steps, bad_lr_factor, check_every
+        self.epoch, self.history = 0, []
         self.lr_scale = 1.0  # product of bad_lr_factor over the non-finite steps so far
-        self.history = []
         self._signals = SignalGuard()
-        self.fast = fast
-        self.check_every = check_every
-        self.fast_note = None
+        self.fast, self.fast_note = fast, None
         self.tensorboard, self.images_every, self.diagnostic_images = tensorboard, images_every, diagnostic_images
         self.best = None  # parameters and buffers of the best epoch (early stopping), see early_stopping.snapshot
         if out_dir:
@@ -167,10 +137,6 @@ class Trainer:
     def lr(self):
         """Learning rate of the current epoch: ``lr · lr_decay^epoch · lr_scale``."""
         return self.base_lr * self.lr_decay**self.epoch * self.lr_scale
-
-    def _call(self, x, idx=None):
-        """``(args, kwargs)`` of the pair on rows ``x`` (at ``idx``, default ``0 … len(x) − 1``)."""
-        return self.batch_call(x, torch.arange(len(x), device=x.device) if idx is None else idx)
 
     # -- checkpoints -------------------------------------------------------------------------
     @property
@@ -190,7 +156,7 @@ class Trainer:
 
         A checkpoint of another model raises ValueError naming the first differing parameters.
         """
-        args, kwargs = self._call(x)
+        args, kwargs = self.batch_call(x, torch.arange(len(x), device=x.device))
         checked_probe(self.model, self.guide, *args, data_plate=self.data_plate, **kwargs)  # registers every param
         checkpoint.restore(state, self.modules, self.optim)
         self.epoch = state["epoch"]
@@ -275,15 +241,6 @@ class Trainer:
         with figures.eval_mode(self.modules):
             return figures.latent_figures(self.model, self.guide, x, batch_size, self.batch_call)
 
-    def _latent_figures(self, x):
-        """:meth:`latent_figures`, or {} (with one warning, and off for the rest of the run) for a pair it fails on."""
-        try:
-            return self.latent_figures(x)
-        except Exception as e:  # a user pair the evaluator cannot read: training goes on without these figures
-            logger.warning(f"per-epoch active units / KL per dimension turned off: {type(e).__name__}: {e}")
-            self.diagnostic_images = 0
-            return {}
-
     @property
     def best_epoch(self):
         """The epoch with the highest ``validation_elbo`` so far (the first of ties), or None."""
@@ -307,34 +264,6 @@ class Trainer:
     def _params_by_name():
         return [p for _, p in sorted(pyro.get_param_store().named_parameters())]
 
-    def _prepare(self, data, test_x, batch_size, epochs):
-        """Check the options and the data once, before any training step."""
-        validation.check_option("epochs", epochs)
-        validation.check_option("batch_size", batch_size)
-        if isinstance(data, torch.utils.data.Dataset):  # items: an image, or (image, label, …); labels unused
-            from pyro_vae.datasets import dataset_tensors
-
-            data = dataset_tensors(data, where="the training Dataset")[0]
-            data = data.float() / 255 if data.dtype == torch.uint8 else data
-        if torch.is_tensor(data):
-            validation.check_data_for_model(self.model, data, "training data")
-            data = ImageData(train=data, train_labels=None, test=test_x, test_labels=None, binarize="none")
-        elif not isinstance(data, ImageData):
-            raise TypeError(f"data must be an ImageData (from load_data) or a tensor of images [N, ...] (or a torch "
-                            f"Dataset of them), got {type(data).__name__}")
-        else:
-            validation.check_eight_bit(validation.model_is_eight_bit(self.model), data.binarize)
-            unit = validation.model_wants_unit_interval(self.model) or data.binarize == "dynamic"
-            validation.check_images(data.train, "training data", validation.model_x_shape(self.model), unit)
-        test_x = data.test if test_x is None else test_x
-        if test_x is not None:
-            validation.check_data_for_model(self.model, test_x, "test data")
-            if test_x.shape[1:] != data.train.shape[1:] or test_x.device != data.train.device:
-                raise ValueError(f"test data {tuple(test_x.shape)} on {test_x.device} does not match the training "
-                                 f"data {tuple(data.train.shape)} on {data.train.device}; give both the same shape "
-                                 f"and device")
-        return data, test_x
-
     def fit(self, data, epochs, batch_size=128, test_x=None, resume=False, callback=None, batch_kwargs=None,
             before_epoch=None, val_x=None, early_stopping=None, warmup_epochs=0):
         """Train until ``epochs`` epochs are complete (counting resumed ones), or early stopping ends the run;
@@ -355,7 +284,9 @@ class Trainer:
             after the first ``warmup_epochs`` (the counter stays at 0 during warm-up); the parameters of the best
             epoch are kept in the checkpoint and in ``best.pt`` (see :attr:`best_epoch`).  None: off.
         """
-        data, test_x = self._prepare(data, test_x, batch_size, epochs)
+        validation.check_option("epochs", epochs)
+        validation.check_option("batch_size", batch_size)
+        data, test_x = training_data(data, test_x, self.model)  # the data checked once, before any step
         val_x = data.val if val_x is None else val_x
         validation.check_option("early_stopping", early_stopping)
         validation.check_option("warmup_epochs", warmup_epochs)
@@ -393,40 +324,31 @@ class Trainer:
         if distributed.active():
             distributed.broadcast_parameters(self._params_by_name())
         steps_per_epoch = math.ceil(len(data.train) / batch_size)
-        n = len(data.train)
-        rows = [slice(0, batch_size), slice(batch_size, 2 * batch_size)]
-        if n % batch_size:  # the last, shorter batch: its own trace, checked on two different batches too
-            rows += [slice(n - n % batch_size, n), slice(0, n % batch_size)]
-        # the calls on two different batches of each size, as this rank sees them
-        rows = [distributed.shard(torch.arange(n, device=first.device)[s]) for s in rows]
-        probes = [call(data.train[idx], idx) for idx in rows if len(idx)]
-        if self.fast is False:
-            self.svi.compiled, self.fast_note = {}, "fast path not used: turned off (fast=False)"
-        elif not all(len(a) == 1 and torch.is_tensor(a[0]) for a, _ in probes):
-            self.svi.compiled, self.fast_note = {}, ("fast path not used: the batch is not the pair's one "
-                                                    "positional argument (see batch_call)")
+        everything = torch.arange(len(data.train), device=first.device)  # two batches of each size, on this rank:
+        rows = [distributed.shard(everything[s]) for s in fast.probe_rows(len(data.train), batch_size)]
+        probes = fast.traceable_batches([call(data.train[idx], idx) for idx in rows if len(idx)])
+        if self.fast is False or probes is None:
+            why = "turned off (fast=False)" if self.fast is False else "the batch is not the pair's one argument"
+            self.svi.compiled, self.fast_note = {}, f"fast path not used: {why}"
         elif not self.svi.compiled:
             self._set_training(True)  # the mode the steps run in (a trace keeps it)
-            self.enable_fast_path([(a[0], kw) for a, kw in probes], planned_steps=steps_per_epoch * (epochs - self.epoch))
+            self.enable_fast_path(probes, planned_steps=steps_per_epoch * (epochs - self.epoch))
         if self.progress and distributed.is_main() and self.fast_note:
             tqdm.write(self.fast_note)
         guard = NonFiniteGuard([b for m in self.modules for b in m.buffers() if b.is_floating_point()],
                                self.max_bad_steps)
         check_every = self.check_every or (1 if first.device.type == "cpu" else self.log_every)
         self._set_training(True)
-        tb = None
-        if self.writes and self.tensorboard:
-            from pyro_vae.training.tensorboard import RunWriter
-
-            tb = RunWriter(self.out_dir, purge_step=self.epoch * steps_per_epoch + 1)  # drops an interrupted epoch
         patience = (early_stopping, warmup_epochs) if early_stopping is not None else None
-        with self._signals.installed(), _closing(tb):
+        # TensorBoard: purge_step drops the events of an interrupted epoch
+        with self._signals.installed(), run_writer(self.writes and self.tensorboard and self.out_dir,
+                                                   purge_step=self.epoch * steps_per_epoch + 1) as tb:
             while self.epoch < epochs and not (patience and self.stop_early(*patience)):
                 self._check_signal(epochs)
                 if before_epoch:
                     before_epoch(self)
                 if self.svi.compiled:
-                    self._recheck_fast_path(probes[0][0][0], probes[0][1])
+                    self._recheck_fast_path(*probes[0])
                 set_lr(self.optim, self.lr)
                 start = time.perf_counter()
                 total = torch.zeros((), dtype=first.dtype, device=first.device)  # the data's precision
@@ -461,7 +383,11 @@ class Trainer:
                     if val_x is not None:
                         metrics["validation_elbo"] = self.evaluate_elbo(val_x)
                     if test_x is not None and self.diagnostic_images:
-                        metrics.update(self._latent_figures(test_x[: self.diagnostic_images]))
+                        with figures.eval_mode(self.modules):  # None: a pair they fail on; off from now on
+                            found = figures.latent_figures_or_none(self.model, self.guide,
+                                                                   test_x[: self.diagnostic_images], self.batch_call)
+                        self.diagnostic_images = self.diagnostic_images if found is not None else 0
+                        metrics.update(found or {})
                 metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=guard.seen,
                                fast_path=bool(self.svi.compiled), fast_path_note=self.fast_note)
                 self.history.append(metrics)
