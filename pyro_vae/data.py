@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 
 from pyro_vae import datasets
-from pyro_vae.core.checks import check_positive_int
+from pyro_vae.core.checks import check_option
 
 DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 BINARIZE = ("dynamic", "static", "none")
@@ -84,7 +84,7 @@ def load_images(name, root=None, train=True):
                 ds = cls(root, train=train, download=True)
             except Exception as e:  # no internet, blocked mirror, …
                 fixes = (f"put the four IDX files ({', '.join(FILES)}, gzipped or not) in a folder and pass "
-                         f"--data-dir FOLDER")
+                         f"data_dir=FOLDER")
                 if name == "fashion-mnist":
                     fixes = "install Debian's package (apt-get install dataset-fashion-mnist), or " + fixes
                 reason = " ".join(str(e).split())[:300]
@@ -96,11 +96,11 @@ def load_images(name, root=None, train=True):
 
 
 def _resolve_root(name, data_dir):
-    """A ``--data-dir`` may be a torchvision root or a folder of raw IDX files; return a torchvision root."""
+    """A ``data_dir`` may be a torchvision root or a folder of raw IDX files; return a torchvision root."""
     if data_dir is None:
         return default_root()
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"data directory {data_dir!r} does not exist; pass an existing folder to --data-dir")
+        raise FileNotFoundError(f"data directory {data_dir!r} does not exist; pass an existing folder as data_dir=")
     if any(os.path.exists(os.path.join(data_dir, f + ext)) for f in FILES[:1] for ext in ("", ".gz")):
         root = os.path.join(data_dir, "_torchvision")
         if not _copy_local_files(name, root, data_dir):
@@ -121,8 +121,8 @@ def check_source(name):
     path = arg.partition(",")[0] if kind == "array" else arg
     if kind in ("folder", "array") and not os.path.exists(path):
         what = "image folder" if kind == "folder" else "array file"
-        raise FileNotFoundError(f"{what} {path!r} does not exist; pass --dataset {name.partition(':')[0]}:PATH with "
-                                f"an existing path")
+        raise FileNotFoundError(f"{what} {path!r} does not exist; pass dataset='{name.partition(':')[0]}:PATH' "
+                                f"with an existing path")
     return kind
 
 
@@ -144,8 +144,8 @@ def read_source(name, data_dir=None, image_size=None, labels=None):
         else:
             root = data_dir or default_root()
             if data_dir is not None and not os.path.isdir(data_dir):
-                raise FileNotFoundError(f"data directory {data_dir!r} does not exist; pass an existing folder to "
-                                        f"--data-dir")
+                raise FileNotFoundError(f"data directory {data_dir!r} does not exist; pass an existing folder as "
+                                        f"data_dir=")
             return datasets.read_torchvision(name, root, image_size)
     elif torch.is_tensor(name) or hasattr(name, "__array__"):
         x, y, tx, ty = datasets.from_arrays(name, labels)
@@ -220,6 +220,36 @@ class ImageData:
         raise ValueError(f"unknown split {name!r}; choose train, val or test")
 
 
+def training_data(data, test_x=None, model=None):
+    """``(ImageData, test images)`` of what the trainer is given, checked once against ``model``'s own shape and
+    range (:func:`~pyro_vae.core.checks.check_data_for_model`): an :class:`ImageData`, a tensor of images
+    ``[N, ...]``, or a torch ``Dataset`` of images or ``(image, label, …)`` items (labels unused; uint8 becomes
+    floats in [0, 1]).  ``test_x``: the test images (default ``data.test``)."""
+    from pyro_vae.core import checks
+
+    if isinstance(data, torch.utils.data.Dataset):
+        data = datasets.dataset_tensors(data, where="the training Dataset")[0]
+        data = data.float() / 255 if data.dtype == torch.uint8 else data
+    if torch.is_tensor(data):
+        checks.check_data_for_model(model, data, "training data")
+        data = ImageData(train=data, train_labels=None, test=test_x, test_labels=None, binarize="none")
+    elif not isinstance(data, ImageData):
+        raise TypeError(f"data must be an ImageData (from load_data) or a tensor of images [N, ...] (or a torch "
+                        f"Dataset of them), got {type(data).__name__}")
+    else:
+        checks.check_eight_bit(checks.model_is_eight_bit(model), data.binarize)
+        unit = checks.model_wants_unit_interval(model) or data.binarize == "dynamic"
+        checks.check_images(data.train, "training data", checks.model_x_shape(model), unit)
+    test_x = data.test if test_x is None else test_x
+    if test_x is not None:
+        checks.check_data_for_model(model, test_x, "test data")
+        if test_x.shape[1:] != data.train.shape[1:] or test_x.device != data.train.device:
+            raise ValueError(f"test data {tuple(test_x.shape)} on {test_x.device} does not match the training "
+                             f"data {tuple(data.train.shape)} on {data.train.device}; give both the same shape "
+                             f"and device")
+    return data, test_x
+
+
 def load_data(name="fashion-mnist", data_dir=None, binarize="dynamic", validation=0, limit=None, test_limit=None,
               device="cpu", dtype=torch.float32, exclude_class=None, image_size=None, test_fraction=0.1, labels=None,
               split_seed=0):
@@ -237,9 +267,9 @@ def load_data(name="fashion-mnist", data_dir=None, binarize="dynamic", validatio
     """
     if binarize not in BINARIZE:
         raise ValueError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE)}")
-    for option, value in (("limit", limit), ("test_limit", test_limit), ("image_size", image_size)):
-        if value is not None:
-            check_positive_int(option, value, f"; pass --{option.replace('_', '-')} N with N >= 1 or leave it out")
+    for option, value in (("limit", limit), ("test_limit", test_limit), ("image_size", image_size),
+                          ("test_fraction", test_fraction)):
+        check_option(option, value)
     train, train_y, test, test_y = read_source(name, data_dir, image_size, labels)
     if test is None:
         train, train_y, test, test_y = datasets.split_off(train, train_y, test_fraction, split_seed)

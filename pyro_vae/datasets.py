@@ -1,6 +1,6 @@
 """Image sources beyond the IDX datasets: folders, arrays, torch Datasets and torchvision datasets by name.
 
-``--dataset`` (``load_data``'s ``name``) takes:
+``load_data``'s ``name`` (the Config field ``dataset``) takes:
 
 * ``folder:PATH``: PNG/JPEG (also BMP, GIF, WebP, TIFF) images, grey or RGB (all RGB if any is colour).
   Class subfolders give labels (sorted names → 0, 1, …); images directly in PATH are unlabelled.
@@ -41,7 +41,7 @@ def parse_source(name):
     kind, sep, rest = name.partition(":")
     if sep and kind in PREFIXES:
         if not rest:
-            raise ValueError(f"--dataset {name!r} names no path; pass e.g. {kind}:/data/my_images")
+            raise ValueError(f"dataset={name!r} names no path; pass e.g. dataset='{kind}:/data/my_images'")
         return ("folder" if kind == "folder" else "array"), rest
     if name in TORCHVISION:
         return "torchvision", name
@@ -135,7 +135,7 @@ def stack_images(arrays, names, where, image_size=None):
     if len(sizes) > 1:
         examples = ", ".join(f"{h}×{w} ({n})" for (h, w), n in list(sizes.items())[:3])
         raise ValueError(f"the images of {where} have {len(sizes)} different sizes, e.g. {examples}; pass "
-                         f"--image-size N (image_size=N) to resize and crop them all to N×N")
+                         f"image_size=N to resize and crop them all to N×N")
     return torch.stack(tensors)
 
 
@@ -172,8 +172,8 @@ def read_folder(path, image_size=None):
     from PIL import Image
 
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"image folder {path!r} does not exist; pass --dataset folder:PATH with an existing "
-                                f"folder")
+        raise FileNotFoundError(f"image folder {path!r} does not exist; pass dataset='folder:PATH' with an "
+                                f"existing folder")
     split_dirs = [os.path.join(path, s) for s in ("train", "test")]
     splits = [_scan(p) for p in split_dirs] if all(map(os.path.isdir, split_dirs)) else [_scan(path)]
     names = sorted({c for s in splits for c in s if c is not None})
@@ -212,8 +212,8 @@ KEYS = {"x": ("x", "images"), "y": ("y", "labels"), "x_test": ("x_test", "test_i
 
 def _load_array_file(path):
     if not os.path.exists(path):
-        raise FileNotFoundError(f"array file {path!r} does not exist; pass --dataset npy:PATH with an existing "
-                                f".npy, .npz or .pt file")
+        raise FileNotFoundError(f"array file {path!r} does not exist; pass dataset='npy:PATH' with an "
+                                f"existing .npy, .npz or .pt file")
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".npy":
@@ -332,7 +332,7 @@ def read_torchvision(name, root, image_size=None):
                     f"could not load {name}: it is not under {root!r} and torchvision's download failed "
                     f"({type(e).__name__}: {reason}). To fix: on a machine with internet run python -c \"import "
                     f"torchvision; torchvision.datasets.{cls_name}('DIR', download=True, **{kwargs!r})\" and copy DIR's "
-                    f"contents into {root!r} (or pass --data-dir DIR / set $PYRO_VAE_DATA)") from None
+                    f"contents into {root!r} (or pass data_dir=DIR / set $PYRO_VAE_DATA)") from None
         out += _torchvision_tensors(name, ds, image_size)
     return tuple(out)
 
@@ -354,8 +354,6 @@ def _torchvision_tensors(name, ds, image_size):
 
 def split_off(x, y, fraction, seed=0):
     """Random test split of ``round(fraction · N)`` (at least 1) images with a fixed ``seed``: ``(x, y, test, test_y)``."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {fraction!r}; e.g. --test-fraction 0.1")
     if len(x) < 2:
         raise ValueError(f"need at least 2 images to split off a test set, got {len(x)}")
     n_test = min(len(x) - 1, max(1, round(fraction * len(x))))

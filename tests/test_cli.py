@@ -43,7 +43,7 @@ def test_train_evaluate_sample(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--latent-dim", "0"], "latent_dim must be a positive integer"),
+    (["train", "--latent-dim", "0"], "--latent-dim must be a positive integer"),
     (["train", "--lr", "nan"], "lr must be a finite positive number"),
     (["train", "--elbo", "nope", "--limit", "64", "--epochs", "1"], "unknown estimator"),
     (["evaluate", "/nonexistent/run"], "not a finished run"),
@@ -54,6 +54,36 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, config, flags, arguments", [
+    (["--lr", "0"], dict(lr=0.0), "--lr must be a finite positive number, got 0.0; e.g. --lr 1e-3",
+     "lr must be a finite positive number, got 0.0; e.g. lr=1e-3"),
+    (["--model", "hierarchical"], dict(model="hierarchical"), "needs --latent-dims, e.g. --latent-dims 64,32 (z1",
+     "needs latent_dims, e.g. latent_dims=[64, 32] (z1"),
+    (["--elbo", "iwae", "--beta", "2"], dict(elbo="iwae", beta=2.0), "use --elbo trace, --elbo meanfield or --elbo "
+     "stl with --beta, --kl-warmup-epochs or --free-bits", "use elbo='trace', elbo='meanfield' or elbo='stl' with beta="),
+])
+def test_a_cli_error_names_the_flag_and_the_same_error_from_python_the_argument(argv, config, flags, arguments,
+                                                                                  capsys, tmp_path):
+    from pyro_vae.app.config import check_config
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--out", str(tmp_path / "r"), *argv])
+    assert e.value.code == 2 and flags in capsys.readouterr().err
+    with pytest.raises(ValueError) as e:
+        check_config(Config(**config))
+    assert arguments in str(e.value) and "--" not in str(e.value)
+
+
+def test_as_flags_turns_python_names_into_flags_and_leaves_the_rest():
+    from pyro_vae.app.cli import as_flags
+
+    assert as_flags("pass guide='top-down' or set tensorboard=False; continue with resume=True") == \
+        "pass --guide top-down or set --no-tensorboard; continue with --resume"
+    assert as_flags("try a smaller lr=, or clip_norm=10; kl_warmup_epochs and data_plate=NAME stay") == \
+        "try a smaller --lr, or --clip-norm 10; --kl-warmup-epochs and data_plate=NAME stay"
+    assert as_flags("the model and the guide") == "the model and the guide"  # plain words are not names
 
 
 def test_existing_run_needs_resume(tmp_path):

@@ -55,7 +55,7 @@ def test_missing_data_everywhere_names_both_fixes(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", no_download)
     with pytest.raises(RuntimeError) as e:
         load_data("fashion-mnist", str(tmp_path))
-    assert "apt-get install dataset-fashion-mnist" in str(e.value) and "--data-dir" in str(e.value)
+    assert "apt-get install dataset-fashion-mnist" in str(e.value) and "data_dir=FOLDER" in str(e.value)
 
 
 def test_missing_data_dir_and_bad_names(tmp_path):

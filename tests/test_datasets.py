@@ -71,7 +71,7 @@ def test_grey_and_rgb_together_become_rgb_and_image_size_resizes_and_crops(tmp_p
     _save(tmp_path, [np.full((40, 40), 7, np.uint8)])
     _save(tmp_path, [np.full((40, 40, 3), (10, 20, 30), np.uint8)], start=1)
     _save(tmp_path, [np.full((32, 48, 3), 200, np.uint8)], ext="jpg", start=2)
-    with pytest.raises(ValueError, match=r"2 different sizes.*--image-size"):
+    with pytest.raises(ValueError, match=r"2 different sizes.*image_size=N"):
         load_data(f"folder:{tmp_path}", binarize="none")
     d = load_data(f"folder:{tmp_path}", binarize="none", image_size=16, test_fraction=0.34)
     x = torch.cat([d.train, d.test])
@@ -200,7 +200,7 @@ def test_offline_torchvision_dataset_names_the_manual_fix(monkeypatch, tmp_path)
     with pytest.raises(RuntimeError) as e:
         load_data("cifar10", str(tmp_path))
     message = str(e.value)
-    assert "torchvision.datasets.CIFAR10('DIR', download=True" in message and "--data-dir" in message
+    assert "torchvision.datasets.CIFAR10('DIR', download=True" in message and "data_dir=DIR" in message
     assert "\n" not in message
 
 
@@ -224,7 +224,7 @@ BAD = [
     ("unreadable file", lambda p: _bad_png(p / "bad"), "folder:{}/bad", ValueError, r"cannot read image .*broken.png"),
     ("truncated file", lambda p: _truncated_png(p / "cut"), "folder:{}/cut", ValueError, r"cannot read .*0000.png"),
     ("mixed sizes", lambda p: (_save(p / "mix", _rgb(1, 8)), _save(p / "mix", _rgb(1, 9), start=1)),
-     "folder:{}/mix", ValueError, r"different sizes.*--image-size"),
+     "folder:{}/mix", ValueError, r"different sizes.*image_size=N"),
     ("top level and classes", lambda p: (_save(p / "both", _rgb(1)), _save(p / "both" / "a", _rgb(1))),
      "folder:{}/both", ValueError, r"both at its top level .* and in subfolders"),
     ("rank 2", lambda p: np.save(p / "flat.npy", np.zeros((5, 784))), "npy:{}/flat.npy", ValueError, "rank 2"),

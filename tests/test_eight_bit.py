@@ -92,7 +92,7 @@ def test_bernoulli_reports_bits_per_dim_on_binary_images_only():
 def test_8_bit_likelihoods_refuse_binarized_data():
     data = load_data(torch.randint(0, 256, (20, 1, 4, 4), dtype=torch.uint8), binarize="dynamic")
     vae = build_model(Config(likelihood="categorical", binarize="none", latent_dim=2, hidden_dims=[8]), (1, 4, 4))
-    with pytest.raises(ValueError, match="binarize='dynamic'.*--binarize none"):
+    with pytest.raises(ValueError, match="binarize='dynamic'.*binarize='none'"):
         Trainer(vae.model, vae.guide, progress=False).fit(data, epochs=1)
 
 
@@ -138,10 +138,10 @@ def test_cli_categorical_mlp_on_a_grey_npy_array(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--likelihood", "discretized-logistic"], "binarize='dynamic'"),
+    (["--likelihood", "discretized-logistic"], "(--binarize dynamic); pass --binarize none"),
     (["--dataset", "folder:/nonexistent/images"], "image folder '/nonexistent/images' does not exist"),
     (["--dataset", "cifar"], "unknown dataset 'cifar'"),
-    (["--image-size", "0"], "image_size must be a positive integer"),
+    (["--image-size", "0"], "--image-size must be a positive integer"),
 ])
 def test_cli_data_errors_exit_2_with_one_line(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:

@@ -14,7 +14,7 @@ from pyro_vae.data import ImageData
 from pyro_vae.estimators.variants import FreeBits_ELBO, KLSchedule, beta_scale
 from pyro_vae.models import build_model
 from pyro_vae.models.nets import MLP
-from pyro_vae.training import fast
+from pyro_vae.training import capture, fast
 from pyro_vae.training.trainer import METRICS
 
 X_SHAPE = (1, 6, 6)
@@ -374,7 +374,7 @@ def test_tensors_read_from_outside_become_inputs_and_literals_stay_constants():
 
     weight = torch.tensor(3.0)
     graph = make_fx(lambda w, x: (x * w * weight + torch.tensor(2.0)).sum())(torch.ones(3), torch.ones(3))
-    state = fast.lift_constants(graph)
+    state = capture.lift_constants(graph)
     assert len(state) == 1 and state[0] is weight  # torch.tensor(2.0) is made afresh by every plain call
     weight.fill_(5.0)
     assert graph(torch.ones(3), torch.ones(3), *state).item() == 3 * (5.0 + 2.0)

@@ -277,7 +277,7 @@ def test_every_estimator_runs_one_svi_step(guide, estimator):
 
 
 def test_builder_rejects_bad_configs():
-    with pytest.raises(ValueError, match="--latent-dims"):
+    with pytest.raises(ValueError, match="latent_dims=\\[64, 32\\]"):
         build_model(_config(latent_dims=None), (1, 28, 28))
     with pytest.raises(ValueError, match="top-down"):
         build_model(_config(guide="diagonal"), (1, 28, 28))

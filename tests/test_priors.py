@@ -127,9 +127,9 @@ def test_vampprior_vae_trains_on_the_fast_path_and_learns_its_pseudo_inputs():
 
 
 def test_vampprior_refuses_guides_it_cannot_score_with():
-    with pytest.raises(ValueError, match="--guide diagonal"):
+    with pytest.raises(ValueError, match="guide='diagonal'"):
         vamp_vae(guide="iaf", flows=1, flow_hidden_dims=[8])
-    with pytest.raises(ValueError, match="--guide top-down"):
+    with pytest.raises(ValueError, match="guide='top-down'"):
         vamp_vae(model="hierarchical", latent_dims=[3, 2], guide="bottom-up")
     with pytest.raises(ValueError, match="pseudo_inputs"):
         Config(prior="vampprior", pseudo_inputs=0)

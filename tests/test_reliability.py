@@ -75,7 +75,7 @@ def test_load_data_rejects_bad_options(tmp_path):
         load_data("fashion-mnist", limit=-5)
     with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
         load_data("cifar")
-    with pytest.raises(FileNotFoundError, match="does not exist; pass an existing folder to --data-dir"):
+    with pytest.raises(FileNotFoundError, match="does not exist; pass an existing folder as data_dir="):
         load_data("fashion-mnist", data_dir=str(tmp_path / "missing"))
 
 
@@ -155,7 +155,7 @@ def test_log_likelihood_rejects_bad_data_with_one_line_errors():
 # -- devices, directories, checkpoints ------------------------------------------------------------------
 def test_cuda_absent_or_missing_index(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="CUDA is not available here; use --device cpu"):
+    with pytest.raises(ValueError, match="CUDA is not available here; use device='cpu'"):
         validation.check_device("cuda")
     assert validation.check_device("auto") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -178,9 +178,9 @@ def _cli_error(capsys, argv):
 def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "run")
     base = ["train", "--out", out, "--quiet", "--no-pictures"]
-    assert "latent_dim must be a positive integer" in _cli_error(capsys, base + ["--latent-dim", "0"])
+    assert "--latent-dim must be a positive integer" in _cli_error(capsys, base + ["--latent-dim", "0"])
     assert "lr must be a finite positive number" in _cli_error(capsys, base + ["--lr", "nan"])
-    assert "unknown estimator 'nope' (--elbo)" in _cli_error(capsys, base + ["--elbo", "nope"])
+    assert "unknown estimator 'nope' (--elbo nope)" in _cli_error(capsys, base + ["--elbo", "nope"])
     assert "does not exist; pass an existing folder" in _cli_error(capsys, base + ["--data-dir", str(tmp_path / "no")])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "CUDA is not available" in _cli_error(capsys, base + ["--device", "cuda:1"])

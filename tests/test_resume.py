@@ -94,7 +94,7 @@ def test_signal_mid_epoch_stops_cleanly_and_resumes_exactly(tmp_path, reference,
         return step(x)
 
     trainer.svi.step = step_then_signal
-    with pytest.raises(TrainingInterrupted, match=f"{signum.name} during epoch {stop_epoch}/4.*--resume") as info:
+    with pytest.raises(TrainingInterrupted, match=f"{signum.name} during epoch {stop_epoch}/4.*resume=True") as info:
         trainer.fit(synthetic_data(), epochs=4, batch_size=16)
     assert info.value.signum == signum and isinstance(info.value, KeyboardInterrupt)
     assert signal.getsignal(signum) is not None and calls.count(stop_epoch - 1) == 2  # stopped right after the step

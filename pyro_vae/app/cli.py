@@ -245,6 +245,52 @@ def explain(e):
                f"is a bug: rerun with --debug for the traceback")
 
 
+_VALUE = r"""('[^']*'|"[^"]*"|\[[^\]]*\]|[^\s,;:)]+)?"""  # a Python value after "name=": quoted, a list, a word
+
+
+@functools.lru_cache(maxsize=None)
+def _flag_names():
+    """``{dest: (flag, is a switch)}`` of every option of every command (``kl_warmup_epochs`` → ``--kl-warmup-epochs``)."""
+    names = {}
+    for parser in _parser()._subparsers._group_actions[0].choices.values():
+        for action in parser._actions:
+            longs = [o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-")]
+            if longs and len(action.dest) > 1 and action.dest not in ("help", "debug"):
+                names[action.dest] = (longs[0], action.nargs == 0)
+    return names
+
+
+def as_flags(text):
+    """A library error's text with the Python names of options written as the flags that set them.
+
+    ``lr=1e-3`` → ``--lr 1e-3``, ``guide='top-down'`` → ``--guide top-down``, ``latent_dims=[64, 32]`` →
+    ``--latent-dims 64,32``, ``resume=True`` → ``--resume``, ``tensorboard=False`` → ``--no-tensorboard``, ``lr=``
+    → ``--lr``, a bare name with an underscore, ``kl_warmup_epochs`` → ``--kl-warmup-epochs``, and the name that
+    opens the message (``lr must be …`` → ``--lr must be …``).  Library code
+    names the Python arguments (Config fields, function arguments); only the CLI knows the flags.
+    """
+    import re
+
+    names = _flag_names()
+
+    def keyword(m):
+        name, value = m.group(1), m.group(2) or ""
+        if name not in names:
+            return m.group(0)
+        flag, switch = names[name]
+        if switch or value in ("True", "False"):
+            return flag if value != "False" else "--no-" + flag[2:]
+        value = value.strip("'\"")
+        if value.startswith("["):
+            value = ",".join(v.strip() for v in value[1:-1].split(","))
+        return f"{flag} {value}" if value else flag
+
+    text = re.sub(r"^([a-z][a-z0-9_]*)(?= must )", lambda m: names.get(m.group(1), (m.group(1),))[0], text)
+    text = re.sub(r"(?<![\w.\-])([a-z][a-z0-9_]*)=" + _VALUE, keyword, text)
+    return re.sub(r"(?<![\w.\-])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)\b(?![=(])",
+                  lambda m: names[m.group(1)][0] if m.group(1) in names else m.group(0), text)
+
+
 def _run_dir(args):
     path = getattr(args, "out", None) if args.command == "train" else getattr(args, "run_dir", None)
     return path if path and os.path.isdir(path) else None
@@ -279,11 +325,12 @@ def main(argv=None):
     try:
         run(args)
     except KeyboardInterrupt as e:  # SIGINT, or SIGTERM turned into TrainingInterrupted by the trainer
-        print(f"pyro-vae: interrupted: {e or 'the last completed epoch is saved in the run directory'}",
+        print(f"pyro-vae: interrupted: {as_flags(str(e)) or 'the last completed epoch is saved in the run directory'}",
               file=sys.stderr)
         sys.exit(128 + int(getattr(e, "signum", 2)))
     except Exception as e:
         code, line = explain(e)
+        line = as_flags(line) if code == 2 else line  # a user error names Python arguments: say the flags
         log = _log_error(args, argv, e)
         if args.debug:
             traceback.print_exc()

@@ -78,25 +78,17 @@ class Config:
     def validate(self):
         """Raise ValueError/TypeError naming the field and how to fix it (names are checked by
         :func:`check_config`, which needs the registries)."""
-        for name in ("latent_dim", "mixtures", "epochs", "batch_size", "particles", "eval_particles", "log_every",
-                     "max_bad_steps"):
+        for name in ("particles", "eval_particles", "epochs", "batch_size", "lr", "lr_decay", "clip_norm",
+                     "max_bad_steps", "log_every", "images_every", "early_stopping", "kl_warmup_epochs", "beta",
+                     "free_bits", "image_size", "test_fraction"):
+            validation.check_option(name, getattr(self, name))  # the one check of each, also run by the Python calls
+        for name in ("latent_dim", "mixtures"):
             validation.check_positive_int(name, getattr(self, name))
         for name in ("hidden_dims", "latent_dims", "flow_hidden_dims"):
             dims = getattr(self, name)
             if dims is not None and (not dims or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0
                                                      for d in dims)):
                 raise ValueError(f"{name} must be positive integers such as 400 or 64,32, got {dims!r}")
-        validation.check_positive_float("lr", self.lr)
-        if self.image_size is not None:
-            validation.check_positive_int("image_size", self.image_size, "; pass e.g. --image-size 32 or leave it out")
-        if not (isinstance(self.test_fraction, (int, float)) and 0 < self.test_fraction < 1):
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}; e.g. --test-fraction 0.1")
-        if self.clip_norm is not None:
-            validation.check_positive_float("clip_norm", self.clip_norm, "; pass e.g. --clip-norm 10 or leave it out")
-        validation.check_fraction("lr_decay", self.lr_decay, "; 1 keeps the learning rate constant")
-        validation.check_nonnegative_float("beta", self.beta, "; 1 is the plain ELBO")
-        validation.check_nonnegative_int("kl_warmup_epochs", self.kl_warmup_epochs, "; 0: no warm-up")
-        validation.check_nonnegative_float("free_bits", self.free_bits, "; nats per latent dimension, 0: off")
         if isinstance(self.categories, bool) or not isinstance(self.categories, int) or self.categories < 2:
             raise ValueError(f"categories must be an integer >= 2, got {self.categories!r}")
         validation.check_positive_float("temperature", self.temperature)
@@ -114,9 +106,7 @@ class Config:
         validation.check_choice("fast-path mode", self.fast, FAST, "fast")
         validation.check_choice("prior", self.prior, ("standard", "vampprior"), "prior")
         validation.check_positive_int("pseudo_inputs", self.pseudo_inputs, "; pass e.g. --pseudo-inputs 500")
-        validation.check_nonnegative_int("images_every", self.images_every, "; 0: no images in TensorBoard")
         if self.early_stopping is not None:
-            validation.check_positive_int("early_stopping", self.early_stopping, "; pass e.g. --early-stopping 50")
             if not self.validation:
                 raise ValueError("--early-stopping watches the validation ELBO: also pass --validation N "
                                  "(e.g. --validation 10000 for the 50k/10k/10k split)")
@@ -205,9 +195,7 @@ def check_config(config):
         builder.check(config)
     validation.check_positive_float("sigma", config.sigma, "; pass e.g. --sigma 0.1")
     for option in ("limit", "test_limit"):
-        if getattr(config, option) is not None:
-            validation.check_positive_int(option, getattr(config, option), f"; pass --{option.replace('_', '-')} N with N >= 1 "
-                                                                  f"or leave it out")
+        validation.check_option(option, getattr(config, option))
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         raise FileNotFoundError(f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
                                 f"--data-dir or leave it out to use the default cache")

@@ -3,7 +3,7 @@
 its names are imported on first use, so that ``pyro-vae --help`` imports neither torch nor pyro."""
 import importlib
 
-_PROBE = ("PairInfo", "PlateInfo", "checked_probe", "find_data_plate", "plate_nesting", "probe")
+_PROBE = ("PairInfo", "PlateInfo", "batch_as_argument", "checked_probe", "find_data_plate", "plate_nesting", "probe")
 __all__ = list(_PROBE)
 
 

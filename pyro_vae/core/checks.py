@@ -16,57 +16,88 @@ import os
 CHECKPOINT_KEYS = ("epoch", "params", "optim", "rng")
 
 
+def _number(name, value, integral, in_range, what, hint):
+    """``value`` is a number of the kind ``integral`` asks for (not a bool) and ``in_range(value)``; else a
+    TypeError or ValueError that says ``name must be WHAT``."""
+    kind = numbers.Integral if integral else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__}){hint}")
+    if not ((integral or math.isfinite(value)) and in_range(value)):
+        raise ValueError(f"{name} must be {what}, got {value!r}{hint}")
+    return int(value) if integral else float(value)
+
+
 def check_positive_int(name, value, hint=""):
     """``value`` is an ``int`` (not a bool) ≥ 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__}){hint}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}{hint}")
-    return int(value)
+    return _number(name, value, True, lambda v: v >= 1, "a positive integer", hint)
 
 
 def check_nonnegative_int(name, value, hint=""):
     """``value`` is an ``int`` (not a bool) ≥ 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= 0, got {value!r} ({type(value).__name__}){hint}")
-    if value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}{hint}")
-    return int(value)
+    return _number(name, value, True, lambda v: v >= 0, "an integer >= 0", hint)
 
 
 def check_positive_float(name, value, hint=""):
     """``value`` is a finite real number > 0 (the learning rate, σ, a clipping norm, …)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite positive number, got {value!r} ({type(value).__name__}){hint}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}{hint}")
-    return float(value)
+    return _number(name, value, False, lambda v: v > 0, "a finite positive number", hint)
 
 
 def check_nonnegative_float(name, value, hint=""):
     """``value`` is a finite real number ≥ 0 (β, a free-bits floor, a loss weight)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite number >= 0, got {value!r} ({type(value).__name__}){hint}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}{hint}")
-    return float(value)
+    return _number(name, value, False, lambda v: v >= 0, "a finite number >= 0", hint)
 
 
 def check_fraction(name, value, hint=""):
     """``value`` is a real number in (0, 1] (a decay factor)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number in (0, 1], got {value!r} ({type(value).__name__}){hint}")
-    if not 0 < value <= 1:
-        raise ValueError(f"{name} must be in (0, 1], got {value!r}{hint}")
-    return float(value)
+    return _number(name, value, False, lambda v: 0 < v <= 1, "a number in (0, 1]", hint)
 
 
-def check_choice(kind, value, choices, flag=None):
-    """``value`` is one of ``choices`` (a registry's names); the message lists them."""
+# The one check of each training option, by its Python name (a Config field, or an argument of Trainer, fit,
+# make_optimizer, make_elbo): Config.validate calls it for a configured run, the Python entry point for a call.
+# None is accepted for the options in OPTIONAL.
+OPTIONS = {
+    "particles": (check_positive_int, "; e.g. particles=1"),
+    "eval_particles": (check_positive_int, ""),
+    "epochs": (check_positive_int, "; e.g. epochs=10"),
+    "batch_size": (check_positive_int, "; e.g. batch_size=128"),
+    "lr": (check_positive_float, "; e.g. lr=1e-3"),
+    "lr_decay": (check_fraction, "; 1 keeps the learning rate constant"),
+    "clip_norm": (check_positive_float, "; e.g. clip_norm=10, or None for no clipping"),
+    "max_bad_steps": (check_positive_int, "; e.g. max_bad_steps=10"),
+    "bad_lr_factor": (check_fraction, "; e.g. 0.5 halves the learning rate"),
+    "log_every": (check_positive_int, ""),
+    "check_every": (check_positive_int, ""),
+    "images_every": (check_nonnegative_int, "; 0: no images in TensorBoard"),
+    "diagnostic_images": (check_nonnegative_int, "; 0: no per-epoch active units"),
+    "early_stopping": (check_positive_int, "; e.g. early_stopping=50, or None to train every epoch"),
+    "warmup_epochs": (check_nonnegative_int, ""),
+    "kl_warmup_epochs": (check_nonnegative_int, "; 0: no warm-up"),
+    "beta": (check_nonnegative_float, "; 1 is the plain ELBO"),
+    "free_bits": (check_nonnegative_float, "; nats per latent dimension, 0: off"),
+    "limit": (check_positive_int, "; e.g. limit=1000, or None for all"),
+    "test_limit": (check_positive_int, "; e.g. test_limit=1000, or None for all"),
+    "image_size": (check_positive_int, "; e.g. image_size=32, or None for the images' own size"),
+    "test_fraction": (lambda name, v, hint: _number(name, v, False, lambda f: 0 < f < 1, "a number in (0, 1)", hint),
+                      "; e.g. test_fraction=0.1"),
+}
+OPTIONAL = ("clip_norm", "check_every", "early_stopping", "limit", "test_limit", "image_size")
+
+
+def check_option(name, value, argument=None):
+    """Check the training option ``name`` (:data:`OPTIONS`) where it enters; the message names ``argument`` (the
+    caller's own name for it, e.g. ``num_particles``; default ``name``)."""
+    if value is None and name in OPTIONAL:
+        return None
+    check, hint = OPTIONS[name]
+    return check(argument or name, value, hint)
+
+
+def check_choice(kind, value, choices, argument=None):
+    """``value`` is one of ``choices`` (a registry's names); the message lists them and names ``argument``."""
     if not isinstance(value, str):
         raise TypeError(f"{kind} name must be a string, got {value!r} ({type(value).__name__})")
     if value not in choices:
-        where = f" (--{flag})" if flag else ""
+        where = f" ({argument}={value!r})" if argument else ""
         raise ValueError(f"unknown {kind} {value!r}{where}; choose one of {', '.join(sorted(choices))}")
     return value
 
@@ -101,7 +132,7 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
     if unit_interval and (lo < 0 or hi > 1):
         raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}] but the Bernoulli likelihood needs values in "
                          f"[0, 1] (so do the 8-bit ones); rescale the data (e.g. divide 8-bit images by 255) or use a "
-                         f"Gaussian likelihood (--likelihood gaussian or sigma-vae)")
+                         f"Gaussian likelihood (likelihood='gaussian' or 'sigma-vae')")
     return x
 
 
@@ -153,7 +184,7 @@ def check_device(device):
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was asked for but CUDA is not available here; "
-                             f"use --device cpu or --device auto")
+                             f"use device='cpu' or device='auto'")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"device {device!r} does not exist: this machine has {count} GPU(s), "
@@ -168,7 +199,7 @@ def load_checkpoint(path):
     import torch
 
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r}; train the run first (without --resume to start it)")
+        raise FileNotFoundError(f"no checkpoint at {path!r}; train the run first (without resume=True to start it)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated file, not a torch file, pickle error …
@@ -185,4 +216,4 @@ def check_eight_bit(eight_bit, binarize, likelihood="the 8-bit likelihood"):
     """An 8-bit likelihood needs the grey levels k/255 (``binarize="none"``), not binarized images."""
     if eight_bit and binarize != "none":
         raise ValueError(f"the {likelihood} likelihood models 8-bit grey levels but the data is binarized "
-                         f"(binarize={binarize!r}); pass --binarize none")
+                         f"(binarize={binarize!r}); pass binarize='none'")

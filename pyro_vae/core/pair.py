@@ -159,3 +159,14 @@ def checked_probe(model, guide, *args, data_plate=None, **kwargs):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"the model/guide pair fails on a batch of shape {_shapes(args, kwargs)}: {first}; "
                          f"check that the data's shape, dtype and device fit the model") from None
+
+
+def batch_as_argument(x, idx):
+    """The default ``batch_call`` of the trainer and :func:`~pyro_vae.evaluate`: rows ``x`` (at indices ``idx`` of
+    the data) become the pair's one positional argument, ``model(x)``; returns ``(args, kwargs)`` as SVI takes them.
+
+    Other pairs say how they take a batch with their own ``batch_call(x, idx) -> (args, kwargs)``:
+    ``lambda x, idx: ((), {"x": x})`` for ``model(x=None)``, ``lambda x, idx: ((x, labels[idx]), {})`` for
+    ``model(images, labels)``, ``lambda x, idx: ((idx,), {})`` for data closed over and a plate subsampled by ``idx``.
+    """
+    return (x,), {}

@@ -23,6 +23,7 @@ import inspect
 
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
+from pyro_vae.core.checks import check_choice, check_option
 from pyro_vae.estimators.base import DetachedPathELBO, ImportanceWeightedELBO
 from pyro_vae.estimators.dreg import DReG_ELBO
 from pyro_vae.estimators.iwae import IWAE_ELBO
@@ -66,10 +67,8 @@ def make_elbo(name, num_particles=1, data_plate=None, **options):
         point); the ELBOs read every scale from the trace and need no name.
     :param options: estimator options, e.g. ``max_plate_nesting``; an unknown option raises ValueError.
     """
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; choose one of {', '.join(sorted(ESTIMATORS))}")
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+    check_choice("estimator", name, ESTIMATORS)
+    check_option("particles", num_particles, "num_particles")
     builder = ESTIMATORS[name]
     valid = _options_of(builder)
     unknown = sorted(set(options) - set(valid))

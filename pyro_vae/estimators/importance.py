@@ -15,8 +15,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.core.checks import check_images, check_positive_int
-from pyro_vae.core.pair import (checked_probe, find_data_plate,  # noqa: F401  (plate_nesting: re-exported)
-                                 plate_nesting, probe)
+from pyro_vae.core.pair import checked_probe, find_data_plate, probe
 
 PARTICLE_PLATE = "_particles"
 
@@ -179,16 +178,18 @@ def _split(args, rows):
     return tuple(a[rows] if torch.is_tensor(a) and a.dim() and len(a) == n else a for a in args)
 
 
-def _runs_per_point(model, guide, args, kwargs, data_plate):
-    """Whether the pair runs on the first 2 data points of its positional tensors, with a data plate of 2 (so
-    log p(x) can be taken in chunks of data points).  A non-amortized guide (``pyro.param("loc", zeros(N, d))``)
-    cannot; parameters that the trial creates are removed again, and the trial is repeated once they exist at
-    their full size."""
+def runs_per_point(model, guide, call, data_plate=None):
+    """Whether the pair runs on 2 of its data points with a data plate of 2, so that log p(x), the ELBO and the
+    latent figures can be taken in chunks of data points.  ``call(rows) -> (args, kwargs)``: the pair's arguments on
+    the data points ``rows`` (a slice).  A non-amortized guide (``pyro.param("loc", zeros(N, d))``) cannot run on
+    part of the data; parameters that the trial creates are removed again, and the trial is repeated once they
+    exist at their full size (``call(slice(None))``)."""
     store = pyro.get_param_store()
     for attempt in range(2):
         before = set(store.keys())
         try:
-            info = probe(model, guide, *_split(args, slice(0, 2)), data_plate=data_plate, **kwargs)
+            args, kwargs = call(slice(0, 2))
+            info = probe(model, guide, *args, data_plate=data_plate, **kwargs)
             ok = info.data_plate is not None and info.data_plate.subsample_size == 2
         except Exception:  # noqa: BLE001 - any failure means: do not split the data
             ok = False
@@ -197,6 +198,7 @@ def _runs_per_point(model, guide, args, kwargs, data_plate):
             del store[name]
         if not created:
             return ok
+        args, kwargs = call(slice(None))
         probe(model, guide, *args, data_plate=data_plate, **kwargs)  # registers them at their full size
     return ok
 
@@ -223,7 +225,7 @@ def log_likelihood(model, guide, *args, num_samples=5000, batch_size=None, max_e
         if torch.is_tensor(a) and a.is_floating_point():
             check_images(a, f"argument {i}")  # finite values, checked once per call
     splits = bool(args) and torch.is_tensor(args[0]) and args[0].dim() and len(args[0]) > 1
-    if splits and _runs_per_point(model, guide, args, kwargs, data_plate):
+    if splits and runs_per_point(model, guide, lambda rows: (_split(args, rows), kwargs), data_plate):
         mpn = checked_probe(model, guide, *_split(args, slice(0, 1)), data_plate=data_plate, **kwargs).max_plate_nesting
         n = len(args[0])
         if batch_size is None:

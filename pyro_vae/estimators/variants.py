@@ -36,13 +36,13 @@ References:
 3. Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive Flow" (free bits).
 """
 import math
-import numbers
 
 import torch
 from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from pyro_vae.core.checks import check_option
 from pyro_vae.core.kl import elementwise_kl
 from pyro_vae.estimators import register_elbo
 from pyro_vae.estimators.importance import (data_plate_scale, extra_scale, guess_max_plate_nesting, log_weights,
@@ -62,8 +62,7 @@ def _check_beta(beta, what="beta"):
             raise ValueError(f"{what} must be a 0-d floating-point tensor when it is a tensor, got shape "
                              f"{tuple(beta.shape)} and dtype {beta.dtype}")
         return  # its value may change during a run (KLSchedule.set_epoch): it is read at every site
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"{what} must be a finite number >= 0 (or a dict {{site: beta}}), got {beta!r}")
+    check_option("beta", beta, what)
 
 
 class BetaScaleMessenger(Messenger):
@@ -123,8 +122,7 @@ class KLSchedule:
 
     def __init__(self, beta=1.0, warmup_epochs=0):
         _check_beta(beta)
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"kl_warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
+        check_option("kl_warmup_epochs", warmup_epochs)
         self.beta, self.warmup_epochs = beta, warmup_epochs
         self._weights = None
 
@@ -174,12 +172,12 @@ def check_estimator(name, scaled=True, free_bits=0.0):
     """ValueError unless estimator ``name`` supports the KL weights asked for (see the module docstring)."""
     if (scaled or free_bits) and name not in SCALED_ESTIMATORS:
         raise ValueError(
-            f"--elbo {name} is an importance-weighted bound: a β or free-bits weight on the KL inside its "
-            f"log-sum-exp is no longer a bound on log p(x), so it is refused; use --elbo trace, meanfield or stl with "
-            f"--beta/--kl-warmup-epochs/--free-bits (or drop those flags)")
+            f"elbo={name!r} is an importance-weighted bound: a β or free-bits weight on the KL inside its "
+            f"log-sum-exp is no longer a bound on log p(x), so it is refused; use elbo='trace', elbo='meanfield' "
+            f"or elbo='stl' with beta=, kl_warmup_epochs= or free_bits= (or leave those out)")
     if free_bits and name == "enum":
-        raise ValueError("--free-bits does not support enumerated discrete latents (--elbo enum); use --elbo trace "
-                         "or meanfield, or drop --free-bits")
+        raise ValueError("free_bits does not support enumerated discrete latents (elbo='enum'); use elbo='trace' "
+                         "or elbo='meanfield', or leave out free_bits")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,8 +223,7 @@ class FreeBits_ELBO(ELBO):
 
     def __init__(self, num_particles=1, free_bits=0.0, max_plate_nesting=None, vectorize_particles=True,
                  data_plate="data"):
-        if not (isinstance(free_bits, numbers.Real) and math.isfinite(free_bits) and free_bits >= 0):
-            raise ValueError(f"free_bits must be a finite number >= 0 (nats per latent dimension), got {free_bits!r}")
+        check_option("free_bits", free_bits)
         if not vectorize_particles:
             raise ValueError("FreeBits_ELBO always vectorizes its particles; drop vectorize_particles=False")
         super().__init__(num_particles=num_particles, max_plate_nesting=math.inf if max_plate_nesting is None

@@ -24,21 +24,22 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.core.kl import elementwise_kl
-from pyro_vae.core.pair import checked_probe
+from pyro_vae.core.pair import batch_as_argument, checked_probe, plate_nesting
 from pyro_vae.estimators.importance import (PARTICLE_PLATE, guess_max_plate_nesting, log_likelihood, log_weights,
-                                            per_particle_and_point, plate_nesting)
+                                            per_particle_and_point, runs_per_point)
 from pyro_vae.models.likelihoods import discrete_dims
 
 ACTIVE_THRESHOLD = 0.01
 
 
-def elbo_terms(model, guide, x, *args, num_particles=1, batch_size=1000, **kwargs):
+def elbo_terms(model, guide, x, *args, num_particles=1, batch_size=1000, batch_call=None, **kwargs):
     """Per-image Monte Carlo ``(recon, kl)`` averaged over ``num_particles``, each of shape ``[N]``.
 
     recon_i = E_q[log p(x_i|z)],  kl_i = E_q[log q(z|x_i) − log p(z)],  ELBO_i = recon_i − kl_i.
+    ``batch_call``: how the pair takes rows of ``x`` (see :func:`evaluate`); ``batch_size=None``: all at once.
     """
     recon, kl, _ = _latent_pass(model, guide, x, *args, num_particles=num_particles, batch_size=batch_size,
-                                per_dim=False, **kwargs)
+                                per_dim=False, batch_call=batch_call, **kwargs)
     return recon, kl
 
 
@@ -46,6 +47,25 @@ def elbo_per_point(model, guide, x, *args, num_particles=1, batch_size=1000, **k
     """Monte Carlo ELBO of every image, shape ``[N]`` (nats)."""
     recon, kl = elbo_terms(model, guide, x, *args, num_particles=num_particles, batch_size=batch_size, **kwargs)
     return recon - kl
+
+
+def _caller(x, args, kwargs, batch_call):
+    """``call(rows) -> (args, kwargs)``: the pair's arguments on the rows ``rows`` (a slice) of ``x``, from
+    ``batch_call(x[rows], idx[rows])`` (default :func:`~pyro_vae.core.pair.batch_as_argument`), followed by the
+    extra ``args`` and ``kwargs``."""
+    batch_call = batch_call or batch_as_argument
+    idx = torch.arange(len(x), device=x.device)
+
+    def call(rows):
+        a, kw = batch_call(x[rows], idx[rows])
+        return (*a, *args), {**kw, **kwargs}
+
+    return call
+
+
+def _row_chunks(n, batch_size):
+    """Slices of ``batch_size`` data points over ``n`` (one slice of all of them for ``batch_size=None``)."""
+    return [slice(None)] if batch_size is None else [slice(s, s + batch_size) for s in range(0, n, batch_size)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +107,7 @@ def _latent_plate(guide_trace):
 
 @torch.no_grad()
 def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_nesting=None, data_plate=None,
-                    **kwargs):
+                    batch_call=None, **kwargs):
     """E_q[z | x_i] of every real-valued latent site of ``guide``: a dict ``{site: tensor [N, *event_shape]}`` in
     guide order.  Integer-valued sites (e.g. the class ``y`` of M2 or of an unconditioned CVAE) have no mean in
     latent space and are left out (a one-hot site's mean is its probabilities); the sites after them are
@@ -97,21 +117,25 @@ def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_n
     ``mc_samples`` draws of the sites sampled before it (E[z₂] = E_{z₁}[E[z₂ | z₁]]); a
     single site with a mean needs one draw.  A site without ``mean`` (e.g. a flow)
     contributes the average of ``mc_samples`` of its own samples.  ``data_plate``: the plate over data points
-    (default: the plate that holds every latent site, else the one named ``"data"``).
+    (default: the plate that holds every latent site, else the one named ``"data"``).  ``batch_call``: how the
+    guide takes rows of ``x`` (see :func:`evaluate`); ``batch_size=None``: all rows at once.
     """
     if mc_samples < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+    call = _caller(x, args, kwargs, batch_call)
+    chunks = _row_chunks(len(x), batch_size)
     if max_plate_nesting is None:
         with poutine.block():
-            max_plate_nesting = plate_nesting(poutine.trace(guide).get_trace(x[:batch_size], *args, **kwargs))
+            a, kw = call(chunks[0])
+            max_plate_nesting = plate_nesting(poutine.trace(guide).get_trace(*a, **kw))
     particle_dim = -(max_plate_nesting + 1)
     sums = {}
-    for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size]
+    for rows in chunks:
+        a, kw = call(rows)
         k = 1
         for attempt in range(2):
             with poutine.block(), pyro.plate(PARTICLE_PLATE, k, dim=particle_dim):
-                trace = prune_subsample_sites(poutine.trace(guide).get_trace(xb, *args, **kwargs))
+                trace = prune_subsample_sites(poutine.trace(guide).get_trace(*a, **kw))
             every = _latent_sites(trace)
             sites = [n for n in every if not _is_discrete(trace.nodes[n])]
             if not sites:
@@ -159,25 +183,39 @@ def _kl_per_dim_of_site(name, guide_trace, model_trace):
 
 
 @torch.no_grad()
-def _latent_pass(model, guide, x, *args, num_particles=1, batch_size=1000, per_dim=True, data_plate=None, **kwargs):
+def _latent_pass(model, guide, x, *args, num_particles=1, batch_size=1000, per_dim=True, data_plate=None,
+                 batch_call=None, max_elements=2**16, **kwargs):
     """One pass over ``x``: per-image recon and KL ``[N]``, and (``per_dim``) per-site per-dimension KL ``[N, D]``
-    (None for a site whose q does not factorize)."""
-    mpn = guess_max_plate_nesting(model, guide, x[:2], *args, data_plate=data_plate, **kwargs)
+    (None for a site whose q does not factorize).  ``batch_size`` data points at a time with every particle, or
+    (``batch_size=None``) all of them at once with at most ``max_elements // N`` particles per pass."""
+    call = _caller(x, args, kwargs, batch_call)
+    chunks = _row_chunks(len(x), batch_size)
+    a, kw = call(slice(0, 2) if batch_size else slice(None))
+    mpn = guess_max_plate_nesting(model, guide, *a, data_plate=data_plate, **kw)
     particle_dim = -(mpn + 1)
+    per_pass = num_particles if batch_size else max(1, min(num_particles, max_elements // len(x)))
     recon, kl, site_kl = [], [], {}
-    for start in range(0, len(x), batch_size):
-        w = log_weights(model, guide, x[start : start + batch_size], *args, num_particles=num_particles,
-                        max_plate_nesting=mpn, data_plate=data_plate, **kwargs)
-        recon.append(w.obs.mean(0))
-        kl.append((w.guide - w.prior).mean(0))
-        for name in _latent_sites(w.guide_trace) if per_dim else ():
-            site = w.guide_trace.nodes[name]
-            t = _kl_per_dim_of_site(name, w.guide_trace, w.model_trace)
-            if t is not None:
-                t = per_particle_and_point(t, site, particle_dim, site["fn"].event_dim, w.data_plate.name)
-                t = t.reshape(*t.shape[:2], -1)  # [K', B', D]; a scalar site (a class label) is one dimension
-                t = t.expand(num_particles, -1, -1).mean(0)
-            site_kl.setdefault(name, []).append(t)
+    for rows in chunks:
+        a, kw = call(rows)
+        r = k_l = 0
+        sites, done = {}, 0
+        while done < num_particles:
+            k = min(per_pass, num_particles - done)
+            w = log_weights(model, guide, *a, num_particles=k, max_plate_nesting=mpn, data_plate=data_plate, **kw)
+            r, k_l = r + w.obs.sum(0), k_l + (w.guide - w.prior).sum(0)
+            for name in _latent_sites(w.guide_trace) if per_dim else ():
+                site = w.guide_trace.nodes[name]
+                t = _kl_per_dim_of_site(name, w.guide_trace, w.model_trace)
+                if t is not None:
+                    t = per_particle_and_point(t, site, particle_dim, site["fn"].event_dim, w.data_plate.name)
+                    t = t.reshape(*t.shape[:2], -1)  # [K', B', D]; a scalar site (a class label) is one dimension
+                    t = t.expand(k, -1, -1).sum(0)
+                sites[name] = None if t is None or sites.get(name, 0) is None else sites.get(name, 0) + t
+            done += k
+        recon.append(r / num_particles)
+        kl.append(k_l / num_particles)
+        for name, t in sites.items():
+            site_kl.setdefault(name, []).append(None if t is None else t / num_particles)
     site_kl = {n: (None if any(t is None for t in ts) else torch.cat(ts)) for n, ts in site_kl.items()}
     return torch.cat(recon), torch.cat(kl), site_kl
 
@@ -198,8 +236,8 @@ def collapse_warnings(active, dims, kl):
 
 
 def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_samples=64, batch_size=1000,
-             verbose=True, data_plate=None, **kwargs):
-    """Evaluate a model/guide pair on images ``x`` by tracing the pair; return a JSON-ready dict.
+             verbose=True, data_plate=None, batch_call=None, max_elements=2**16, **kwargs):
+    """Evaluate a model/guide pair on data ``x`` by tracing the pair; return a JSON-ready dict.
 
     Keys (means per image, nats):
 
@@ -212,17 +250,27 @@ def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_sa
     ``latent_sites``; ``nll_samples``; ``images``; ``warnings`` (collapse diagnostics, also
     printed to stderr when ``verbose``, else issued as :class:`UserWarning`).  ``data_plate``: the plate over
     data points, where the trace cannot tell (see :func:`~pyro_vae.core.pair`).
+
+    The pair is called as SVI calls it, with ``batch_call(x[rows], idx[rows]) -> (args, kwargs)`` (default
+    ``model(x[rows])``, :func:`~pyro_vae.core.pair.batch_as_argument`) followed by ``*args, **kwargs``.  It takes
+    ``x`` in chunks of ``batch_size`` data points when it runs on part of the data
+    (:func:`~pyro_vae.estimators.importance.runs_per_point`); otherwise (data closed over, a non-amortized guide)
+    on all of ``x`` at once, with at most ``max_elements`` particle × data-point pairs per pass.
     """
     if len(x) < 2:
         raise ValueError(f"evaluate needs at least 2 images (active units take a variance over the data), got {len(x)}")
     if nll_samples < 0 or elbo_particles < 1:
         raise ValueError(f"nll_samples must be >= 0 and elbo_particles >= 1, got {nll_samples} and {elbo_particles}")
-    data_plate = checked_probe(model, guide, x[:2], *args, data_plate=data_plate, **kwargs).data_plate.name
+    call = _caller(x, args, kwargs, batch_call)
+    if not runs_per_point(model, guide, call, data_plate):
+        batch_size = None  # all of x at once
+    a, kw = call(slice(0, 2) if batch_size else slice(None))
+    data_plate = checked_probe(model, guide, *a, data_plate=data_plate, **kw).data_plate.name
+    options = dict(data_plate=data_plate, batch_call=batch_call, **kwargs)
     recon, kl, per_dim = _latent_pass(model, guide, x, *args, num_particles=elbo_particles, batch_size=batch_size,
-                                      data_plate=data_plate, **kwargs)
+                                      max_elements=max_elements, **options)
     recon, kl = recon.double(), kl.double()
-    means = posterior_means(guide, x, *args, mc_samples=mean_samples, batch_size=batch_size, data_plate=data_plate,
-                            **kwargs)
+    means = posterior_means(guide, x, *args, mc_samples=mean_samples, batch_size=batch_size, **options)
     active = active_units(means)
     sites = list(means)
     counts = {n: active[n][0] for n in sites}
@@ -241,11 +289,13 @@ def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_sa
         "nll_samples": nll_samples,
     }
     if nll_samples:
-        values = discrete_dims(model, x, *args, **kwargs)  # a discrete likelihood: nats of a discrete distribution
+        a, kw = call(slice(0, 1) if batch_size else slice(None))
+        values = discrete_dims(model, *a, **kw)  # a discrete likelihood: nats of a discrete distribution
         # 8-bit decoders emit K or 256 numbers per value: fewer particle × image pairs per pass (≤ 2²² values)
-        memory = {"max_elements": max(1, 2**22 // values)} if values else {}
-        result["nll"] = -log_likelihood(model, guide, x, *args, num_samples=nll_samples, data_plate=data_plate,
-                                        **memory, **kwargs).mean().item()
+        memory = {"max_elements": max(1, 2**22 // values) if values else max_elements}
+        a, kw = call(slice(None))
+        result["nll"] = -log_likelihood(model, guide, *a, num_samples=nll_samples, data_plate=data_plate, **memory,
+                                        **kw).mean().item()
         if values:
             result["bits_per_dim"] = result["nll"] / (values * math.log(2))
     result["warnings"] = collapse_warnings(counts, dims, result["kl"])

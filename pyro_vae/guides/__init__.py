@@ -23,7 +23,7 @@ def register_guide(name):
 @register_guide("diagonal")
 def _diagonal(encoder, context_dim, latent_dim, num_flows=0, **options):
     if num_flows:
-        raise ValueError("the diagonal guide has no flows; use --flows 0 or a flow guide such as 'iaf'")
+        raise ValueError("the diagonal guide has no flows; use num_flows=0 or a flow guide such as 'iaf'")
     return DiagonalGuide(encoder, context_dim, latent_dim, **options)
 
 

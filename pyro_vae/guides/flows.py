@@ -194,7 +194,7 @@ class FlowGuide(DiagonalGuide):
         if flow not in FLOWS:
             raise ValueError(f"unknown flow {flow!r}; choose one of {', '.join(sorted(FLOWS))}")
         if isinstance(num_flows, bool) or not isinstance(num_flows, int) or num_flows < 1:
-            raise ValueError(f"the {flow!r} guide needs num_flows >= 1 (--flows N), got {num_flows!r}; "
+            raise ValueError(f"the {flow!r} guide needs num_flows >= 1, got {num_flows!r}; "
                              f"use the 'diagonal' guide for no flow")
         layer = FLOWS[flow].layer
         own = set(inspect.signature(layer).parameters) - {"latent_dim", "context_dim", "hidden_dims", "index"}
@@ -208,7 +208,7 @@ class FlowGuide(DiagonalGuide):
             raise ValueError(f"hidden_dims must be positive integers, got {hidden_dims!r}")
         if flow in ("iaf", "spline") and min(hidden_dims) < latent_dim:
             raise ValueError(f"the {flow!r} guide's autoregressive networks need hidden sizes >= latent_dim "
-                             f"({latent_dim}), got {hidden_dims}; raise --flow-hidden-dims")
+                             f"({latent_dim}), got {hidden_dims}; raise hidden_dims")
         super().__init__(encoder, context_dim, latent_dim, **options)
         self.flow = flow
         self.invertible = FLOWS[flow].invertible

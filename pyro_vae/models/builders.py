@@ -6,7 +6,7 @@ from pyro_vae.models.nets import MLP, ConvDecoder, ConvEncoder
 from pyro_vae.models.priors import PseudoInputs
 from pyro_vae.models.vae import VAE
 
-NETS = ("mlp", "conv")  # the encoder/decoder nets of make_encoder and make_decoder (--net)
+NETS = ("mlp", "conv")  # the encoder/decoder nets of make_encoder and make_decoder (Config.net)
 
 
 def make_encoder(config, x_shape, out_dim=None):
@@ -41,5 +41,5 @@ def build_vae(config, x_shape, num_data=None):
     return VAE(decoder, guide, likelihood, config.latent_dim, x_shape, num_data, pseudo_inputs=pseudo)
 
 
-build_vae.priors = ("standard", "vampprior")  # the --prior names a builder accepts (read by app.config.check_config)
+build_vae.priors = ("standard", "vampprior")  # the Config.prior names a builder accepts (read by app.config.check_config)
 build_vae.guides, build_vae.default_guide = GUIDES, "diagonal"  # every registered guide, flows included

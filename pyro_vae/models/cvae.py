@@ -113,11 +113,11 @@ class CVAE(nn.Module):
 
 
 def build_cvae(config, x_shape, num_data=None):
-    """The CVAE with MLP nets of ``config.hidden_dims`` (``--net mlp`` only)."""
+    """The CVAE with MLP nets of ``config.hidden_dims`` (``net='mlp'`` only)."""
     from pyro_vae.models.likelihoods import make_likelihood
 
     if config.net != "mlp":
-        raise ValueError("the cvae model uses MLP nets; pass --net mlp")
+        raise ValueError("the cvae model uses MLP nets; pass net='mlp'")
     encoder = LabelEncoder(x_shape, config.hidden_dims, config.latent_dim, NUM_CLASSES, config.activation)
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures)
     decoder = LabelDecoder(config.latent_dim, list(reversed(config.hidden_dims)), likelihood.params_shape(x_shape),

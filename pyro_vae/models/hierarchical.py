@@ -23,7 +23,7 @@ analytic given the sample of the layer above; it is an unbiased ELBO with the to
   prior p(z_l | z_{l+1}) (σ⁻² = σ̂⁻² + σ_p⁻², μ = σ²(μ̂ σ̂⁻² + μ_p σ_p⁻²)), the ladder VAE [2].
   The prior nets are the model's (registered once, as ``"priors"``).
 
-With ``--prior vampprior`` the top layer's prior is the VampPrior (Tomczak & Welling 2018)
+With ``prior='vampprior'`` the top layer's prior is the VampPrior (Tomczak & Welling 2018)
 p(z_L) = (1/K) Σ_k q(z_L | u_k), the mixture of the top-down guide's top layer at K learned
 pseudo-inputs (:mod:`pyro_vae.models.priors`); it needs the top-down guide, whose q(z_L | x) depends on
 x alone (the bottom-up guide's is a marginal over z_1 … z_{L-1}).
@@ -105,8 +105,8 @@ class HierarchicalVAE(nn.Module):
         self.x_shape = tuple(x_shape)
         self.num_data = num_data
         if pseudo_inputs is not None and not isinstance(guide, LadderGuide):
-            raise ValueError(f"--prior vampprior on the hierarchical model needs the top-down guide (its q(z_L | x) "
-                             f"is a Gaussian of x alone), got {type(guide).__name__}; pass --guide top-down")
+            raise ValueError(f"prior='vampprior' on the hierarchical model needs the top-down guide (its q(z_L | x) "
+                             f"is a Gaussian of x alone), got {type(guide).__name__}; pass guide='top-down'")
         self.pseudo_inputs = pseudo_inputs
 
     jit_compatible = True  # no data-dependent control flow or state: the trainer may trace its loss
@@ -254,12 +254,12 @@ def build_hierarchical(config, x_shape, num_data=None):
 
     dims = config.latent_dims
     if not dims:
-        raise ValueError("the hierarchical model needs --latent-dims, e.g. --latent-dims 64,32 (z1 next to x first)")
+        raise ValueError("the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x first)")
     if config.guide not in GUIDES:
         raise ValueError(f"the hierarchical model supports the guides {', '.join(GUIDES)}, got {config.guide!r}; "
-                         f"pass --guide top-down or --guide bottom-up")
+                         f"pass guide='top-down' or guide='bottom-up'")
     if config.flows:
-        raise ValueError("the hierarchical guides have no flows; use --flows 0")
+        raise ValueError("the hierarchical guides have no flows; use flows=0")
     hidden, act = config.hidden_dims[-1], config.activation
     priors = [GaussianConditional(_mlp(dims[l + 1], 2 * dims[l], hidden, act), dims[l]) for l in range(len(dims) - 1)]
     if config.guide == "bottom-up":
@@ -285,7 +285,7 @@ def build_hierarchical(config, x_shape, num_data=None):
 
 def _check_config(config):
     if not config.latent_dims:
-        raise ValueError("the hierarchical model needs --latent-dims, e.g. --latent-dims 64,32 (z1 next to x first)")
+        raise ValueError("the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x first)")
 
 
 # read by pyro_vae.app.config.check_config: the guide names this builder accepts, the one it uses by default, its own checks

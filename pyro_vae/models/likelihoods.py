@@ -294,16 +294,17 @@ def make_likelihood(name, x_shape, sigma=0.1, mixtures=10):
     raise ValueError(f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")
 
 
-def discrete_dims(model, x, *args, **kwargs):
+def discrete_dims(model, *args, **kwargs):
     """D = number of discrete values the model's observed sites score for one data point, or 0 when any of them is
     continuous: 8-bit values (:class:`EightBit`), and binary ones under a Bernoulli (binarized images).
 
-    Traces ``model`` once on ``x[:1]``.  bits/dim of a data point is then −log p(x) / (D ln 2).
+    Traces ``model(*args, **kwargs)`` once (give it one data point).  bits/dim of a data point is then
+    −log p(x) / (D ln 2).
     """
     from pyro import poutine
 
     with poutine.block(), torch.no_grad():
-        trace = poutine.trace(model).get_trace(x[:1], *args, **kwargs)
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
     dims = 0
     for site in trace.nodes.values():
         if site["type"] == "sample" and site["is_observed"]:

@@ -145,11 +145,11 @@ class M2(nn.Module):
 
 
 def build_m2(config, x_shape, num_data=None):
-    """M2 with MLP nets of ``config.hidden_dims`` (``--net mlp`` only); ``config.labeled`` labeled images."""
+    """M2 with MLP nets of ``config.hidden_dims`` (``net='mlp'`` only); ``config.labeled`` labeled images."""
     from pyro_vae.models.likelihoods import make_likelihood
 
     if config.net != "mlp":
-        raise ValueError("the m2 model uses MLP nets; pass --net mlp")
+        raise ValueError("the m2 model uses MLP nets; pass net='mlp'")
     classifier = MLP(x_shape, config.hidden_dims, NUM_CLASSES, config.activation)
     encoder = LabelEncoder(x_shape, config.hidden_dims, config.latent_dim, NUM_CLASSES, config.activation)
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures)

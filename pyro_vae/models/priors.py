@@ -112,7 +112,7 @@ class PseudoInputs(nn.Module):
     def __init__(self, num, x_shape, mean=0.05, std=0.01):
         super().__init__()
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise ValueError(f"the VampPrior needs at least one pseudo-input, got {num!r}; pass e.g. --pseudo-inputs 500")
+            raise ValueError(f"the VampPrior needs at least one pseudo-input, got {num!r}; pass e.g. pseudo_inputs=500")
         self.weight = nn.Parameter(torch.randn(num, *x_shape) * std + mean)
 
     def forward(self):
@@ -124,9 +124,9 @@ def check_vampprior_guide(guide):
     from pyro_vae.guides import DiagonalGuide, FlowGuide
 
     if not isinstance(guide, DiagonalGuide) or isinstance(guide, FlowGuide):
-        raise ValueError(f"--prior vampprior needs the diagonal guide (it scores every z under all K posteriors "
+        raise ValueError(f"prior='vampprior' needs the diagonal guide (it scores every z under all K posteriors "
                          f"q(z | u_k); a flow would need its inverse for each), got {type(guide).__name__}; "
-                         f"pass --guide diagonal")
+                         f"pass guide='diagonal'")
 
 
 __all__ = ["PseudoInputs", "VampPrior", "check_vampprior_guide"]

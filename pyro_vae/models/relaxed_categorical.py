@@ -4,8 +4,8 @@ Gumbel-Softmax"; Maddison, Mnih, Teh 2017, "The Concrete Distribution").
 .. math:: p(z) = \\prod_{m=1}^M \\mathrm{RelaxedOneHotCat}(z_m; \\tau, 1/C), \\qquad
     q(z|x) = \\prod_m \\mathrm{RelaxedOneHotCat}(z_m; \\tau, \\pi_m(x)), \\qquad p(x | \\mathrm{decoder}(z))
 
-The latent site ``"z"`` has event shape ``[M, C]`` (M = ``--latent-dim`` categorical
-variables of C = ``--categories`` classes); each row lies on the simplex and tends to a
+The latent site ``"z"`` has event shape ``[M, C]`` (M = ``latent_dim`` categorical
+variables of C = ``categories`` classes); each row lies on the simplex and tends to a
 one-hot vector as the temperature τ → 0.  The loss is the relaxed ELBO (Monte Carlo
 log q − log p of the two Concrete densities at the same τ).  τ is a buffer annealed after
 each epoch, τ ← max(τ_min, τ_0 · decay^epoch) (Jang et al.'s exponential schedule), and is

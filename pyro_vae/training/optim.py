@@ -122,9 +122,8 @@ def make_optimizer(name="adam", lr=1e-3, clip_norm=None, fused=True):
     from pyro_vae.core import checks as validation
 
     validation.check_choice("optimizer", name, tuple(OPTIMIZERS), "optimizer")
-    validation.check_positive_float("lr", lr, "; pass e.g. --lr 1e-3")
-    if clip_norm is not None:
-        validation.check_positive_float("clip_norm", clip_norm, "; pass e.g. --clip-norm 10 or leave it out")
+    validation.check_option("lr", lr)
+    validation.check_option("clip_norm", clip_norm)
     holder = {"lr": lr}
     clip_args = None
     if clip_norm and name == "clipped-adam":

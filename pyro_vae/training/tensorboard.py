@@ -12,10 +12,13 @@ reconstructions).  ``pyro-vae evaluate`` adds ``eval/SPLIT/…`` (NLL, bits/dim,
 On resume the writer is opened with ``purge_step`` = the first step after the checkpoint, so
 the events of an interrupted epoch are dropped by TensorBoard and no step appears twice.
 """
+import contextlib
 import math
 import numbers
 
 import torch
+
+from pyro_vae.training.early_stopping import best_epoch
 
 SKIPPED = ("epoch",)  # the step axis already says it
 
@@ -85,6 +88,17 @@ class RunWriter:
         self.writer.close()
 
 
+@contextlib.contextmanager
+def run_writer(log_dir, purge_step=None):
+    """A :class:`RunWriter` on ``log_dir`` inside the block, closed after it; None when ``log_dir`` is falsy."""
+    writer = RunWriter(log_dir, purge_step=purge_step) if log_dir else None
+    try:
+        yield writer
+    finally:
+        if writer is not None:
+            writer.close()
+
+
 @torch.no_grad()
 def picture_grids(model, guide, x, n=32):
     """``{"samples": [n, ...], "reconstructions": [2n, ...]}``: prior samples, and rows of 8 inputs above their
@@ -122,12 +136,9 @@ def evaluated_step(run_dir, config):
 
     path = os.path.join(run_dir, "metrics.jsonl")
     rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
-    if config.early_stopping:
-        scored = [(r["validation_elbo"], -r["epoch"]) for r in rows
-                  if r.get("validation_elbo") is not None and math.isfinite(r["validation_elbo"])]
-        if scored:
-            best = -max(scored)[1]
-            rows = [r for r in rows if r["epoch"] <= best]
+    best = best_epoch(rows) if config.early_stopping else None
+    if best is not None:
+        rows = [r for r in rows if r["epoch"] <= best]
     return sum(r.get("steps", 0) for r in rows)
 
 
@@ -140,4 +151,4 @@ def read_scalars(run_dir):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-__all__ = ["RunWriter", "evaluated_step", "flatten", "log_evaluation", "picture_grids", "read_scalars"]
+__all__ = ["RunWriter", "evaluated_step", "flatten", "log_evaluation", "picture_grids", "read_scalars", "run_writer"]

@@ -1,0 +1,256 @@
+"""One training step of a pair captured as one graph: the loss *and its gradients*, replayed without Pyro.
+
+Pyro's ``JitTrace_ELBO`` traces the forward loss only: every step still looks
+each parameter up in the param store under effect handlers, and autograd
+rebuilds and walks its tape.  :class:`TracedStep` records one call of
+
+.. math:: (\\mathcal{L}, \\nabla_\\theta \\mathcal{L}) = (\\texttt{elbo.differentiable\\_loss}(x),\\;
+          \\texttt{torch.autograd.grad}(\\mathcal{L}, \\theta))
+
+with :func:`torch.fx.experimental.proxy_tensor.make_fx`, which sees every ATen op of the
+forward *and* of the backward pass on real tensors (so Pyro's handlers, the surrogate's
+``detach`` and the autograd tape are all resolved at trace time).  A step is then one replay
+of that graph returning the loss, a finiteness flag and the gradients, with no Pyro and no
+autograd in between: through :func:`torch.jit.trace` (TorchScript), the fx graph itself, or
+TorchInductor after :meth:`TracedStep.compile`.  Every tensor the loss reads besides the parameters
+and ``x`` becomes an input of the graph (:func:`lift_constants`); ops whose output shape depends on
+the data are refused (:func:`data_dependent_shapes`).  Which pairs are traced, and the proof that a
+replay equals the plain loss, are in :mod:`pyro_vae.training.fast`.
+"""
+import contextlib
+import copy
+import time
+import warnings
+
+import pyro
+import torch
+from pyro import poutine
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class TracedStep:
+    """``loss, ok, grads = step(x, **kwargs)``: −ELBO of a batch of ``len(x)``, whether it and every gradient are
+    finite, and ``∂ loss / ∂ params``, from one graph.
+
+    :attr:`params` are the unconstrained param-store tensors the graph reads (its inputs besides ``x``), in
+    name order; ``grads`` follow that order (None for a parameter the loss does not depend on).
+    ``kwargs``: per-batch tensors passed to model and guide (e.g. labels ``y``), inputs of the graph too.
+    :attr:`backend` says what replays the graph: ``"torchscript"``, or ``"fx"`` (the make_fx graph run as
+    Python) where TorchScript is gone or cannot take an op (``convolution_backward``), or ``"inductor"``
+    after :meth:`compile`.
+    """
+
+    def __init__(self, elbo, model, guide, x, kwargs=None):
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        kwargs = dict(kwargs or {})
+        for key, value in kwargs.items():
+            if not torch.is_tensor(value):
+                raise Untraceable(f"the per-batch keyword argument {key!r} is a {type(value).__name__}, not a "
+                                  f"tensor: a trace would freeze it")
+        self.keys = sorted(kwargs)
+        writes = _Writes()  # what the loss updates in place (a running σ*) is put back after tracing
+        with poutine.block(), poutine.trace(param_only=True) as capture, writes:
+            elbo.differentiable_loss(model, guide, x, **kwargs)  # registers every parameter
+        self.names = sorted(capture.trace.nodes)
+        store = pyro.get_param_store()
+        self.params = [store.get_param(name).unconstrained() for name in self.names]
+        n = len(self.params)
+
+        def step(*inputs):  # the pair reads the same tensors from the param store: make_fx sees them as inputs
+            loss = elbo.differentiable_loss(model, guide, inputs[n], **dict(zip(self.keys, inputs[n + 1 :])))
+            grads = torch.autograd.grad(loss, inputs[:n], allow_unused=True)
+            self.used = [g is not None for g in grads]  # a parameter the loss does not reach gets no gradient
+            grads = [g for g in grads if g is not None]
+            # a sum of everything is finite iff every entry is (or it overflows, ~1e38 in float32: also bad)
+            ok = torch.isfinite(sum((g.sum() for g in grads), loss.detach()))
+            return (loss.detach(), ok, *grads)
+
+        inputs = (*self.params, x, *(kwargs[k] for k in self.keys))
+        with _traceable(), writes.undo():
+            graph = make_fx(step)(*inputs)
+            graph.graph.eliminate_dead_code()
+            why = data_dependent_shapes(graph)
+            if why:
+                raise Untraceable(why)
+            self.state = lift_constants(graph)
+            self.fx = graph
+            self.graph, self.backend = graph, "fx"
+            self.compile_seconds, self.cudagraphs = None, False
+            if hasattr(torch.jit, "trace"):  # deprecated: gone in a later torch
+                try:
+                    with torch.no_grad():
+                        self.graph = torch.jit.trace(graph, (*inputs, *self.state), check_trace=False)
+                    self.backend = "torchscript"
+                except RuntimeError:  # an op the TorchScript tracer cannot take (convolution_backward)
+                    pass
+
+    def compile(self, x, kwargs=None):
+        """Replay through TorchInductor from now on (``torch._inductor.compile`` of the make_fx graph: no Dynamo,
+        no guards per call), as one CUDA graph on CUDA (``triton.cudagraphs``, what ``torch.compile(mode=
+        "reduce-overhead")`` does: the step's kernels launched as one graph from static buffers, into which
+        the inputs are copied on the device; no host sync).  Compiles now, on ``x``.
+
+        Random ops call torch's own generator (``fallback_random``), so a replay draws the plain loss's numbers.
+        Returns None, or why not (inductor missing or failing: the current replay stays).  Compiled kernels
+        are cached on disk by inductor's FX graph cache, so a second run of the same graph compiles faster.
+        """
+        try:
+            import torch._inductor
+        except ImportError as e:
+            return f"torch._inductor is not available ({e})"
+        kwargs = kwargs or {}
+        inputs = [*self.params, x, *(kwargs[k] for k in self.keys), *self.state]
+        cudagraphs = x.device.type == "cuda"
+        options = {"fallback_random": True, "triton.cudagraphs": cudagraphs}
+        rng, saved = pyro.util.get_rng_state(), [t.clone() for t in self.state]
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                compiled = torch._inductor.compile(copy.deepcopy(self.fx), inputs, options)
+                compiled(*inputs)  # the first call finishes compiling (and records the CUDA graph's warm-up)
+        except Exception as e:  # a compiler missing or failing: keep the current replay
+            return f"compiling failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        finally:
+            pyro.util.set_rng_state(rng)
+            put_back(self.state, saved)
+        self.previous = self.graph, self.backend
+        self.graph, self.backend, self.cudagraphs = compiled, "inductor", cudagraphs
+        self.compile_seconds = time.perf_counter() - start
+        return None
+
+    def uncompile(self):
+        """Go back to the replay used before :meth:`compile`."""
+        self.graph, self.backend = self.previous
+        self.cudagraphs = False
+
+    def __call__(self, x, **kwargs):
+        if self.cudagraphs:  # a new step: the outputs of the last replay are no longer read
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.no_grad():
+            loss, ok, *grads = self.graph(*self.params, x, *(kwargs[k] for k in self.keys), *self.state)
+        grads = iter(grads)
+        return loss, ok, [next(grads) if used else None for used in self.used]
+
+
+class _Writes(TorchDispatchMode):
+    """Records the tensors that ops write in place, with their values before the first write; :meth:`undo` puts
+    them back at the end of its block (tracing runs the loss for real, twice; the plain path has not yet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.saved = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for i, a in enumerate(func._schema.arguments):
+            if a.alias_info is not None and a.alias_info.is_write:
+                t = kwargs.get(a.name, args[i] if i < len(args) else None)
+                if torch.is_tensor(t) and id(t) not in self.saved:
+                    self.saved[id(t)] = (t, t.clone())
+        return func(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def undo(self):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for t, value in reversed(list(self.saved.values())):
+                    t.copy_(value)
+
+
+class Untraceable(ValueError):
+    """The pair's loss cannot be replayed from one trace; the message says why."""
+
+
+# ops whose output shape depends on the values of their inputs: a trace would freeze the first batch's shape
+_DATA_DEPENDENT = {"nonzero", "nonzero_numpy", "argwhere", "masked_select", "_unique", "_unique2", "unique_dim",
+                   "unique_consecutive", "unique_dim_consecutive", "bincount", "_local_scalar_dense"}
+_INDEXING = {"index", "_unsafe_index", "index_put", "index_put_", "_index_put_impl_", "_unsafe_index_put"}
+
+
+def data_dependent_shapes(graph):
+    """Why ``graph`` (from make_fx) cannot be replayed on other data, or None: the ops whose output shape depends on
+    tensor values (nonzero, masked_select, unique, boolean-mask indexing ``x[mask]`` / ``x[mask] = v``, …)."""
+    found = []
+    for node in graph.graph.nodes:
+        if node.op != "call_function" or not hasattr(node.target, "overloadpacket"):
+            continue
+        name = node.target.overloadpacket.__name__
+        if name == "repeat_interleave" and node.target._overloadname in ("Tensor", "self_Tensor"):
+            found.append(name)  # repeats given by a tensor
+        elif name in _DATA_DEPENDENT:
+            found.append(name)
+        elif name in _INDEXING and len(node.args) > 1 and isinstance(node.args[1], (list, tuple)):
+            masks = [i for i in node.args[1] if isinstance(i, torch.fx.Node)
+                     and getattr(i.meta.get("val"), "dtype", None) in (torch.bool, torch.uint8)]
+            if masks:
+                found.append(f"{name} with a boolean mask")
+    if not found:
+        return None
+    return (f"the loss has ops whose output shape depends on the data ({', '.join(sorted(set(found)))}), "
+            f"which a trace would freeze at the first batch's shape")
+
+
+def lift_constants(graph):
+    """Make every tensor that ``graph`` read from outside its inputs (module buffers, a β or temperature tensor, a
+    running σ*) an input of the graph, after the others; return those tensors.  Literals stay constants.
+
+    A replay given the same objects then reads their current values, as the plain loss does, and writes
+    the in-place updates of the plain loss (e.g. a running average) back into them.
+    """
+    nodes = [n for n in graph.graph.nodes if n.op == "get_attr" and torch.is_tensor(getattr(graph, n.target, None))
+             and not all(u.target is torch.ops.aten.lift_fresh_copy.default for u in n.users)]
+    # (a tensor only copied by lift_fresh_copy is a literal, torch.tensor(...), that the loss creates afresh at
+    # every call: it stays a constant, on the graph's device for a CUDA graph)
+    last = [n for n in graph.graph.nodes if n.op == "placeholder"][-1]
+    inputs, state = {}, []
+    for node in nodes:
+        if node.target not in inputs:  # one input per tensor, however often it is read
+            with graph.graph.inserting_after(last):
+                last = inputs[node.target] = graph.graph.placeholder(f"state_{len(state)}")
+            last.meta = dict(node.meta)
+            state.append(getattr(graph, node.target))
+        node.replace_all_uses_with(inputs[node.target])
+        graph.graph.erase_node(node)
+    for target in inputs:
+        delattr(graph, target)
+    graph.recompile()
+    return state
+
+
+@contextlib.contextmanager
+def _traceable():
+    """Let ``Trace_ELBO`` (and ``TraceMeanField_ELBO``) run under make_fx: no host reads of traced values, no
+    distribution argument checks.
+
+    ``Trace_ELBO.differentiable_loss`` returns ``loss + (surrogate − item(surrogate))`` with ``loss`` summed
+    from ``.item()`` floats, and warns on NaN by reading the loss: both would freeze a value of the first
+    batch (make_fx refuses).  Here ``torch_item`` keeps a detached tensor, recomputed at every replay (the
+    value is this step's ELBO and the gradient the surrogate's, as in the plain loss), and ``warn_if_nan``
+    is skipped (the step's finiteness flag replaces it).  Argument validation reads tensors on the host too;
+    the replay is compared with the plain, validated loss before it is used.
+    """
+    import pyro.infer.trace_elbo as trace_elbo
+    import pyro.infer.trace_mean_field_elbo as mean_field
+
+    modules = (trace_elbo, mean_field)
+    saved = [(m.torch_item, m.warn_if_nan) for m in modules]
+    for m in modules:
+        m.torch_item = lambda x: x.detach() if torch.is_tensor(x) else x
+        m.warn_if_nan = lambda value, *args, **kwargs: value
+    try:
+        with pyro.validation_enabled(False), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer warnings
+            yield
+    finally:
+        for m, (item, warn) in zip(modules, saved):
+            m.torch_item, m.warn_if_nan = item, warn
+
+
+def put_back(tensors, values):
+    with torch.no_grad():
+        for t, v in zip(tensors, values):
+            t.copy_(v)
