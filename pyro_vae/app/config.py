@@ -71,6 +71,13 @@ class Config:
     pictures: bool = True
     tensorboard: bool = True
     images_every: int = 1
+    # deep hierarchical model (--model deep-hierarchical), sampling temperature, skipped updates
+    scales: int = 2
+    groups_per_scale: int = 2
+    hidden_channels: int = 32
+    latent_channels: int = 4
+    sample_temperature: float = 1.0
+    skip_threshold: Optional[float] = None
 
     def __post_init__(self):
         self.validate()
@@ -120,6 +127,12 @@ class Config:
             if not self.validation:
                 raise ValueError("--early-stopping watches the validation ELBO: also pass --validation N "
                                  "(e.g. --validation 10000 for the 50k/10k/10k split)")
+        for name in ("scales", "groups_per_scale", "hidden_channels", "latent_channels"):
+            validation.check_positive_int(name, getattr(self, name))
+        validation.check_positive_float("sample_temperature", self.sample_temperature, "; e.g. 0.7 (1: the prior)")
+        if self.skip_threshold is not None:
+            validation.check_positive_float("skip_threshold", self.skip_threshold,
+                                            "; nats per image, e.g. --skip-threshold 100, or leave it out")
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -8,6 +8,7 @@ import dataclasses
 from pyro_vae.guides import GUIDES
 from pyro_vae.models.builders import build_vae
 from pyro_vae.models.cvae import build_cvae
+from pyro_vae.models.deep_hierarchical import build_deep_hierarchical
 from pyro_vae.models.hierarchical import build_hierarchical
 from pyro_vae.models.m2 import build_m2
 from pyro_vae.models.relaxed_categorical import build_relaxed_categorical
@@ -36,6 +37,7 @@ register_model("hierarchical")(build_hierarchical)
 register_model("relaxed-categorical")(build_relaxed_categorical)
 register_model("m2")(build_m2)
 register_model("cvae")(build_cvae)
+register_model("deep-hierarchical")(build_deep_hierarchical)
 
 
 def model_guides(builder):
