@@ -87,6 +87,8 @@ class TopDown(nn.Module):
     """The top-down path shared by model and guide: a learned constant h_0, per group a prior head, a latent
     projection and a residual block, upsampling between scales, and an output net to the likelihood's parameters.
 
+    The last state (at H/2) becomes the likelihood's parameters at H through one transposed conv.
+
     :param out_channels: channels of the decoder output (the likelihood's ``params_shape(x_shape)[0]``).
     :param image_size: ``(H, W)`` of the images.
     """
@@ -105,9 +107,8 @@ class TopDown(nn.Module):
         self.projections = nn.ModuleList(nn.Conv2d(latent_channels, channels, 1) for _ in range(self.num_groups))
         self.blocks = nn.ModuleList(ResBlock(channels, activation_name, depth) for _ in range(self.num_groups))
         self.ups = nn.ModuleList(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                               nn.Conv2d(channels, channels, 3, padding=1)) for _ in range(scales))
-        self.out = nn.Sequential(activation(activation_name), nn.Conv2d(channels, channels, 3, padding=1),
-                                 activation(activation_name), nn.Conv2d(channels, out_channels, 3, padding=1))
+                                               nn.Conv2d(channels, channels, 3, padding=1)) for _ in range(scales - 1))
+        self.out = nn.Sequential(activation(activation_name), nn.ConvTranspose2d(channels, out_channels, 4, 2, 1))
 
     def initial(self, x):
         """h_0 for the batch of ``x``: ``[B, channels, *top size]`` on x's device and dtype."""
@@ -119,9 +120,9 @@ class TopDown(nn.Module):
         return loc, soft_clamp(rho).exp()
 
     def update(self, l, h, z):
-        """h_l = block_l(h_{l-1} + W_l z_l), upsampled ×2 after the last group of a scale."""
+        """h_l = block_l(h_{l-1} + W_l z_l), upsampled ×2 after the last group of a scale (but the lowest)."""
         h = self.blocks[l](h + apply_conv(self.projections[l], z))
-        if (l + 1) % self.groups_per_scale == 0:
+        if (l + 1) % self.groups_per_scale == 0 and l + 1 < self.num_groups:
             h = apply_conv(self.ups[l // self.groups_per_scale], h)
         return h
 
