@@ -39,7 +39,7 @@ HELP = {
     "test_limit": "use only the first N test images",
     "exclude_class": "drop this label from the training images (anomaly detection)",
     "model": "model name (vae, hierarchical, …)",
-    "net": "mlp or conv",
+    "net": "mlp or conv (default: the model's own: conv for deep-hierarchical, else mlp)",
     "activation": "relu, tanh, elu, gelu, softplus, or gated (mlp nets: gated dense layers h = (Wx+b)·σ(Vx+c), as in "
                   "the VampPrior code)",
     "likelihood": "bernoulli, gaussian, learned-gaussian, sigma-vae, sigma-vae-optimal, or for 8-bit images "
@@ -81,6 +81,14 @@ HELP = {
     "pictures": "write samples/reconstructions/loss pictures at the end (--no-pictures to skip)",
     "fast": "the fast path: auto (trace every pair, compile long runs), compile (always), trace (never compile) "
             "or off (plain Pyro SVI steps)",
+    "scales": "deep-hierarchical model: spatial scales of latent groups (H/2^S … H/2; H, W divisible by 2^S)",
+    "groups_per_scale": "deep-hierarchical model: latent groups at each scale",
+    "hidden_channels": "deep-hierarchical model: channels of the top-down and bottom-up residual paths",
+    "latent_channels": "deep-hierarchical model: channels C_z of each latent group [C_z, h, w]",
+    "sample_temperature": "τ scaling the prior's standard deviation when drawing the samples picture "
+                          "(samples_tτ.png beside samples.png when τ ≠ 1; Gaussian latents)",
+    "skip_threshold": "skip every update whose gradient norm of the loss per image exceeds this (VDVAE), "
+                      "counted in skipped_updates (default: off)",
 }
 
 
@@ -131,6 +139,9 @@ def build_parser():
     sa.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png)")
     sa.add_argument("--label", type=int, default=None, help="class of the images (conditional models: cvae)")
     sa.add_argument("--device", default="auto")
+    sa.add_argument("--temperature", type=float, default=None,
+                    help="τ scaling the prior's standard deviation at every Gaussian latent (default: the run's "
+                         "--sample-temperature)")
     an = add("anomaly", help="ROC AUC of per-image NLL (or −ELBO) for one class against the others")
     an.add_argument("run_dir")
     an.add_argument("--class", dest="anomaly_class", type=int, default=None,
@@ -181,7 +192,7 @@ def run(args):
                                          pictures=args.pictures)
         _print_result(result, args.json)
     elif args.command == "sample":
-        print(experiment.sample_run(args.run_dir, args.n, args.out, args.device, args.label))
+        print(experiment.sample_run(args.run_dir, args.n, args.out, args.device, args.label, args.temperature))
     elif args.command == "anomaly":
         _print_result(experiment.anomaly_run(args.run_dir, args.anomaly_class, args.score, args.samples, args.limit,
                                              args.device), True)

@@ -26,7 +26,7 @@ class Config:
     test_fraction: float = 0.1
     # model
     model: str = "vae"
-    net: str = "mlp"
+    net: Optional[str] = None  # None: the model's own (its first declared net, else mlp)
     likelihood: str = "bernoulli"
     sigma: float = 0.1
     mixtures: int = 10
@@ -71,6 +71,13 @@ class Config:
     pictures: bool = True
     tensorboard: bool = True
     images_every: int = 1
+    # deep hierarchical model (--model deep-hierarchical), sampling temperature, skipped updates
+    scales: int = 2
+    groups_per_scale: int = 2
+    hidden_channels: int = 32
+    latent_channels: int = 4
+    sample_temperature: float = 1.0
+    skip_threshold: Optional[float] = None
 
     def __post_init__(self):
         self.validate()
@@ -80,7 +87,7 @@ class Config:
         :func:`check_config`, which needs the registries)."""
         for name in ("particles", "eval_particles", "epochs", "batch_size", "lr", "lr_decay", "clip_norm",
                      "max_bad_steps", "log_every", "images_every", "early_stopping", "kl_warmup_epochs", "beta",
-                     "free_bits", "image_size", "test_fraction"):
+                     "free_bits", "image_size", "test_fraction", "skip_threshold"):
             validation.check_option(name, getattr(self, name))  # the one check of each, also run by the Python calls
         for name in ("latent_dim", "mixtures"):
             validation.check_positive_int(name, getattr(self, name))
@@ -102,7 +109,8 @@ class Config:
             validation.check_nonnegative_float("aux_weight", self.aux_weight, "; leave it out for 0.1·N/labeled")
         validation.check_nonnegative_int("flows", self.flows)
         validation.check_choice("optimizer", self.optimizer, ("adam", "clipped-adam"), "optimizer")
-        validation.check_choice("net", self.net, ("mlp", "conv"), "net")
+        if self.net is not None:
+            validation.check_choice("net", self.net, ("mlp", "conv"), "net")
         validation.check_choice("fast-path mode", self.fast, FAST, "fast")
         validation.check_choice("prior", self.prior, ("standard", "vampprior"), "prior")
         validation.check_positive_int("pseudo_inputs", self.pseudo_inputs, "; pass e.g. --pseudo-inputs 500")
@@ -110,6 +118,9 @@ class Config:
             if not self.validation:
                 raise ValueError("--early-stopping watches the validation ELBO: also pass --validation N "
                                  "(e.g. --validation 10000 for the 50k/10k/10k split)")
+        for name in ("scales", "groups_per_scale", "hidden_channels", "latent_channels"):
+            validation.check_positive_int(name, getattr(self, name))
+        validation.check_positive_float("sample_temperature", self.sample_temperature, "; e.g. 0.7 (1: the prior)")
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -143,7 +154,7 @@ def check_config(config):
     from pyro_vae.estimators import ESTIMATORS
     from pyro_vae.estimators.variants import KLSchedule, check_estimator
     from pyro_vae.guides import FLOWS
-    from pyro_vae.models import MODELS, model_guides
+    from pyro_vae.models import MODELS, model_guides, model_nets
     from pyro_vae.models.likelihoods import EIGHT_BIT, LIKELIHOODS
     from pyro_vae.models.nets import ACTIVATIONS, GATED
 
@@ -160,12 +171,13 @@ def check_config(config):
         raise ValueError(f"unknown guide {guide!r} for --model {config.model} (--guide); choose one of "
                          f"{', '.join(sorted(guides))}, or leave --guide out for its default, {default}")
     validation.check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
-    nets = getattr(builder, "nets", None)
-    if nets is not None and config.net not in nets:
-        raise ValueError(f"--model {config.model} has {' or '.join(nets)} nets only, not --net {config.net}; "
-                         f"pass --net {nets[0]}")
-    if config.activation == GATED and config.net != "mlp":
-        raise ValueError(f"--activation gated is a gated dense layer, for --net mlp; --net {config.net} takes a "
+    nets, net = model_nets(builder)
+    net = net if config.net is None else config.net
+    if net not in nets:
+        raise ValueError(f"--model {config.model} has {' or '.join(nets)} nets only, not --net {net}; "
+                         f"pass --net {nets[0]} or leave --net out")
+    if config.activation == GATED and net != "mlp":
+        raise ValueError(f"--activation gated is a gated dense layer, for --net mlp; --net {net} takes a "
                          f"pointwise activation: --activation {' or '.join(sorted(ACTIVATIONS))}")
     estimators = getattr(builder, "estimators", None)  # e.g. m2: a discrete latent that is not reparameterizable
     used = "free-bits" if config.free_bits else config.elbo

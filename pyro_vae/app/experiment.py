@@ -101,7 +101,8 @@ def _fit(config, vae, data, resume, progress):
                       config.lr_decay, config.clip_norm, out_dir=out, log_every=config.log_every,
                       eval_particles=config.eval_particles, progress=progress, modules=[vae],
                       max_bad_steps=config.max_bad_steps, tensorboard=config.tensorboard,
-                      images_every=config.images_every, fast=False if config.fast == "off" else config.fast)
+                      images_every=config.images_every, fast=False if config.fast == "off" else config.fast,
+                      skip_threshold=skip_threshold(config, len(data.train)))
     # optional model hooks: on_epoch(completed epochs) e.g. anneals a temperature; batch_kwargs(data) gives
     # index -> extra model/guide kwargs (labels); report(data) gives final figures (written to report.json)
     on_epoch = getattr(vae, "on_epoch", None)
@@ -122,8 +123,14 @@ def _fit(config, vae, data, resume, progress):
         from pyro_vae.evaluation.pictures import save_run_pictures
 
         vae.eval()
-        save_run_pictures(vae.model, vae.guide, data.test[:64], out)
+        save_run_pictures(vae.model, vae.guide, data.test[:64], out, temperature=config.sample_temperature)
     return vae, data, history
+
+
+def skip_threshold(config, num_data):
+    """``--skip-threshold G`` (nats per image) as a norm of the loss's gradient: the built-in models scale the
+    batch to the full-data ELBO (``num_data`` images), so ‖∇ loss‖ = num_data · ‖∇ loss per image‖."""
+    return None if config.skip_threshold is None else config.skip_threshold * num_data
 
 
 def load_run(run_dir, device="auto", data=True):
@@ -175,7 +182,7 @@ def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="au
     if config.tensorboard:
         log_evaluation(run_dir, result, evaluated_step(run_dir, config), split)
     if pictures:
-        paths = save_run_pictures(vae.model, vae.guide, x[:64], run_dir)
+        paths = save_run_pictures(vae.model, vae.guide, x[:64], run_dir, temperature=config.sample_temperature)
         save_latent_scatter(embeddings(vae.guide, x[:5000]), labels[:5000], os.path.join(run_dir, "latent_scatter.png"),
                             title=f"posterior means, {split} ({min(len(x), 5000)} images)")
         result["pictures"] = sorted(os.path.basename(p) for p in list(paths.values()) + ["latent_scatter.png"])
@@ -247,16 +254,21 @@ def embed_run(run_dir, split="test", limit=None, out=None, device="auto"):
     return save_embeddings(vae.guide, x, labels, out or run_dir, prefix=f"embeddings_{split}")
 
 
-def sample_run(run_dir, n=64, out=None, device="auto", label=None):
-    """Write a fresh grid of ``n`` prior samples (default ``RUN_DIR/samples.png``); return its path.
+def sample_run(run_dir, n=64, out=None, device="auto", label=None, temperature=None):
+    """Write a fresh grid of ``n`` prior samples (default ``RUN_DIR/samples.png``, or ``samples_tT.png`` at a
+    temperature T ≠ 1); return its path.
 
-    ``label``: class of the images, for conditional models (``--model cvae``).
+    ``label``: class of the images, for conditional models (``--model cvae``).  ``temperature``: τ multiplying
+    the prior's standard deviation at every Gaussian latent (default: the run's ``sample_temperature``).
     """
-    from pyro_vae.evaluation.pictures import save_samples
+    from pyro_vae.evaluation.pictures import samples_name, save_samples
     from pyro_vae.models.cvae import CVAE
 
+    if temperature is not None:
+        validation.check_positive_float("temperature", temperature, "; e.g. --temperature 0.7")
     config, vae, data = load_run(run_dir, device)
-    path = out or os.path.join(run_dir, "samples.png")
+    temperature = config.sample_temperature if temperature is None else temperature
+    path = out or os.path.join(run_dir, samples_name(temperature) + ".png")
     probe = data.test[:1].expand(n, *data.x_shape)
     model = vae.model
     if label is not None:
@@ -266,5 +278,5 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None):
             raise ValueError(f"--label must be a class in [0, {vae.num_classes}), got {label}")
         labels = torch.full((n,), label, dtype=torch.long, device=probe.device)
         model = lambda x: vae.model(x, y=labels)  # noqa: E731
-    save_samples(model, probe, path, n=n)
+    save_samples(model, probe, path, n=n, temperature=temperature)
     return path

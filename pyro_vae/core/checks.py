@@ -80,7 +80,8 @@ OPTIONS = {
     "test_fraction": (lambda name, v, hint: _number(name, v, False, lambda f: 0 < f < 1, "a number in (0, 1)", hint),
                       "; e.g. test_fraction=0.1"),
 }
-OPTIONAL = ("clip_norm", "check_every", "early_stopping", "limit", "test_limit", "image_size")
+OPTIONS["skip_threshold"] = (check_positive_float, "; a gradient norm (nats per image in a Config), or None: off")
+OPTIONAL = ("clip_norm", "check_every", "early_stopping", "limit", "test_limit", "image_size", "skip_threshold")
 
 
 def check_option(name, value, argument=None):

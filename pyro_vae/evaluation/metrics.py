@@ -235,6 +235,30 @@ def collapse_warnings(active, dims, kl):
     return out
 
 
+SITE_KL_THRESHOLD = 0.01  # nats per image: a latent site (group) with less KL carries no information
+
+
+def kl_per_site(per_dim):
+    """Mean KL of each latent site (a group of a hierarchical model), nats per image, from :func:`_latent_pass`'s
+    per-dimension KL ``{site: [N, D] or None}``; for a conditional group it is E KL(q(z_l | z_<l, x) ‖ p(z_l | z_<l)),
+    the groups above drawn from the guide.  ``None`` for a site whose q does not factorize."""
+    return {n: (None if t is None else t.double().sum(1).mean().item()) for n, t in per_dim.items()}
+
+
+def collapsed_sites(site_kl, counts, threshold=SITE_KL_THRESHOLD):
+    """Sites (in order) whose KL is under ``threshold`` nats per image or that have no active unit."""
+    return [n for n in counts if counts[n] == 0 or (site_kl.get(n) is not None and site_kl[n] < threshold)]
+
+
+def site_collapse_warning(collapsed, site_kl, total):
+    """One warning naming the collapsed sites of a model with several sites, or None."""
+    if not collapsed or total < 2:
+        return None
+    kl = ", ".join(f"{n} ({site_kl[n]:.3g} nats)" if site_kl.get(n) is not None else n for n in collapsed)
+    return (f"posterior collapse: {len(collapsed)} of {total} latent groups carry (almost) no information "
+            f"(KL < {SITE_KL_THRESHOLD} nats per image or no active unit): {kl}")
+
+
 def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_samples=64, batch_size=1000,
              verbose=True, data_plate=None, batch_call=None, max_elements=2**16, **kwargs):
     """Evaluate a model/guide pair on data ``x`` by tracing the pair; return a JSON-ready dict.
@@ -247,7 +271,9 @@ def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_sa
     the observed images have an 8-bit likelihood (D values per image); ``active_units`` (int for one latent site,
     else a list per site in guide order); ``latent_dims`` (the same shape: dimensions per site);
     ``kl_per_dim`` (list of floats, or a list of lists per site; ``None`` where q does not factorize);
-    ``latent_sites``; ``nll_samples``; ``images``; ``warnings`` (collapse diagnostics, also
+    ``latent_sites``; ``kl_per_site`` (``{site: KL nats per image}``, for a hierarchical model each group's KL
+    given the groups above); ``collapsed_sites`` (sites with KL < 0.01 nats or no active unit);
+    ``nll_samples``; ``images``; ``warnings`` (collapse diagnostics, also
     printed to stderr when ``verbose``, else issued as :class:`UserWarning`).  ``data_plate``: the plate over
     data points, where the trace cannot tell (see :func:`~pyro_vae.core.pair`).
 
@@ -298,7 +324,12 @@ def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_sa
                                         **kw).mean().item()
         if values:
             result["bits_per_dim"] = result["nll"] / (values * math.log(2))
+    result["kl_per_site"] = {n: v for n, v in kl_per_site(per_dim).items() if n in counts}
+    result["collapsed_sites"] = collapsed_sites(result["kl_per_site"], counts)
     result["warnings"] = collapse_warnings(counts, dims, result["kl"])
+    group_warning = site_collapse_warning(result["collapsed_sites"], result["kl_per_site"], len(sites))
+    if group_warning:
+        result["warnings"].append(group_warning)
     for w in result["warnings"]:
         if verbose:
             print(f"warning: {w}", file=sys.stderr)

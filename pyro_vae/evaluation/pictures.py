@@ -12,8 +12,10 @@ Grids are written with :func:`torchvision.utils.save_image` (2-pixel padding): a
 import json
 import os
 
+import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions import Independent
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from torchvision.utils import save_image
@@ -38,13 +40,43 @@ def _obs_mean(trace, obs_site=None):
     return trace.nodes[obs_site]["fn"].mean.clamp(0, 1)
 
 
+class _Temper(Messenger):
+    """Draws every Gaussian latent at temperature τ: N(μ, σ²) becomes N(μ, (τσ)²), site by site, so a group's
+    conditional prior reads the tempered groups above it (NVAE, VDVAE); other distributions and ``exclude`` are
+    left as they are."""
+
+    def __init__(self, temperature, exclude=()):
+        super().__init__()
+        self.temperature, self.exclude = temperature, set(exclude)
+
+    def _pyro_sample(self, msg):
+        if msg["name"] in self.exclude or msg["is_observed"] or msg["value"] is not None:
+            return
+        fn, dims = msg["fn"], 0
+        while isinstance(fn, Independent):
+            fn, dims = fn.base_dist, dims + fn.reinterpreted_batch_ndims
+        if type(fn) in (dist.Normal, torch.distributions.Normal):
+            msg["fn"] = dist.Normal(fn.loc, self.temperature * fn.scale).to_event(dims)
+
+
+def samples_name(temperature=1.0):
+    """The samples picture's name: ``samples`` at τ = 1, else ``samples_tτ`` (e.g. ``samples_t0.7``)."""
+    return "samples" if temperature == 1 else f"samples_t{temperature:g}"
+
+
 @torch.no_grad()
-def prior_samples(model, x, obs_site=None):
-    """Mean of p(x|z) for z drawn from the prior, one per row of ``x`` (``x`` only sets shape, device and dtype)."""
+def prior_samples(model, x, obs_site=None, temperature=1.0):
+    """Mean of p(x|z) for z drawn from the prior, one per row of ``x`` (``x`` only sets shape, device and dtype).
+
+    ``temperature`` τ scales the standard deviation of every Gaussian latent's (conditional) prior.
+    """
     with poutine.block():
         if obs_site is None:  # the one observed site, read before uncondition turns it into a latent
             obs_site = _observed_site(poutine.trace(model).get_trace(x))
-        trace = poutine.trace(poutine.uncondition(model)).get_trace(x)
+        sampler = poutine.uncondition(model)
+        if temperature != 1:
+            sampler = _Temper(temperature, exclude=[obs_site])(sampler)
+        trace = poutine.trace(sampler).get_trace(x)
     return _obs_mean(trace, obs_site)
 
 
@@ -185,9 +217,9 @@ def save_latent_scatter(means, labels, path, title=None):
     plt.close(fig)
 
 
-def save_samples(model, x, path, n=64, nrow=8, obs_site=None):
-    """Write a grid of ``n`` prior samples to ``path``."""
-    save_image(prior_samples(model, x[:n], obs_site).reshape(-1, *x.shape[1:]), path, nrow=nrow)
+def save_samples(model, x, path, n=64, nrow=8, obs_site=None, temperature=1.0):
+    """Write a grid of ``n`` prior samples (at ``temperature``, see :func:`prior_samples`) to ``path``."""
+    save_image(prior_samples(model, x[:n], obs_site, temperature).reshape(-1, *x.shape[1:]), path, nrow=nrow)
 
 
 def save_reconstructions(model, guide, x, path, n=32, nrow=8, obs_site=None):
@@ -237,16 +269,20 @@ def save_traversals(model, guide, x, path, site=None, steps=9, max_dims=32, obs_
     save_image(images.reshape(-1, *x.shape[1:]), path, nrow=steps)
 
 
-def save_run_pictures(model, guide, x, out_dir, labels=None, obs_site=None):
+def save_run_pictures(model, guide, x, out_dir, labels=None, obs_site=None, temperature=1.0):
     """The pictures of a run directory, from images ``x`` (and their ``labels``, for the scatter).
 
     samples.png, reconstructions.png, interpolations.png, traversals.png, loss.png (when
-    ``metrics.jsonl`` exists) and latent_scatter.png (when ``labels`` are given).  ``obs_site``: the observed
+    ``metrics.jsonl`` exists) and latent_scatter.png (when ``labels`` are given); with ``temperature`` τ ≠ 1 also
+    samples_tτ.png, prior samples at τ (:func:`prior_samples`).  ``obs_site``: the observed
     images' site (default: the model's one observed site).  Returns the paths.
     """
     paths = {name: os.path.join(out_dir, name + ".png")
              for name in ("samples", "reconstructions", "interpolations", "traversals")}
     save_samples(model, x, paths["samples"], obs_site=obs_site)
+    if temperature != 1:
+        paths["tempered_samples"] = os.path.join(out_dir, samples_name(temperature) + ".png")
+        save_samples(model, x, paths["tempered_samples"], obs_site=obs_site, temperature=temperature)
     save_reconstructions(model, guide, x, paths["reconstructions"], obs_site=obs_site)
     save_interpolations(model, guide, x, paths["interpolations"], obs_site=obs_site)
     save_traversals(model, guide, x, paths["traversals"], obs_site=obs_site)

@@ -8,6 +8,7 @@ import dataclasses
 from pyro_vae.guides import GUIDES
 from pyro_vae.models.builders import build_vae
 from pyro_vae.models.cvae import build_cvae
+from pyro_vae.models.deep_hierarchical import build_deep_hierarchical
 from pyro_vae.models.hierarchical import build_hierarchical
 from pyro_vae.models.m2 import build_m2
 from pyro_vae.models.relaxed_categorical import build_relaxed_categorical
@@ -36,6 +37,7 @@ register_model("hierarchical")(build_hierarchical)
 register_model("relaxed-categorical")(build_relaxed_categorical)
 register_model("m2")(build_m2)
 register_model("cvae")(build_cvae)
+register_model("deep-hierarchical")(build_deep_hierarchical)
 
 
 def model_guides(builder):
@@ -45,11 +47,21 @@ def model_guides(builder):
     return guides, getattr(builder, "default_guide", next(iter(guides)))
 
 
+def model_nets(builder):
+    """The nets a model builder accepts (its ``nets``, default mlp and conv) and its default (the first)."""
+    nets = getattr(builder, "nets", ("mlp", "conv"))
+    return nets, nets[0]
+
+
 def with_defaults(config):
-    """``config`` with the model's defaults filled in: ``guide=None`` becomes the model's default guide."""
-    if config.guide is None and config.model in MODELS:
-        return dataclasses.replace(config, guide=model_guides(MODELS[config.model])[1])
-    return config
+    """``config`` with the model's defaults filled in: ``guide=None`` becomes the model's default guide, and
+    ``net=None`` its default net (conv for deep-hierarchical, else mlp)."""
+    if config.model not in MODELS:
+        return config
+    builder = MODELS[config.model]
+    filled = {k: default for k, value, default in (("guide", config.guide, model_guides(builder)[1]),
+                                                   ("net", config.net, model_nets(builder)[1])) if value is None}
+    return dataclasses.replace(config, **filled) if filled else config
 
 
 def build_model(config, x_shape, num_data=None):
@@ -61,4 +73,4 @@ def build_model(config, x_shape, num_data=None):
     return MODELS[config.model](config, x_shape, num_data)
 
 
-__all__ = ["MODELS", "build_model", "model_guides", "register_model", "with_defaults"]
+__all__ = ["MODELS", "build_model", "model_guides", "model_nets", "register_model", "with_defaults"]

@@ -35,10 +35,12 @@ def _to_param(state, p):
 class FusedOptim(pyro.optim.PyroOptim):
     """:class:`pyro.optim.PyroOptim` whose parameters all live in one torch optimizer."""
 
-    def __init__(self, optim_constructor, optim_args, clip_args=None):
+    def __init__(self, optim_constructor, optim_args, clip_args=None, skip_threshold=None):
         super().__init__(FUSED.get(optim_constructor, optim_constructor), optim_args, clip_args)
         self.optim = None
         self._members = set()
+        self.skip_threshold = skip_threshold  # skip an update whose total gradient norm exceeds this (VDVAE)
+        self.skipped = None  # updates skipped for their gradient norm since the last take_skipped(), on the device
 
     def _add(self, params):
         store = pyro.get_param_store()
@@ -67,6 +69,8 @@ class FusedOptim(pyro.optim.PyroOptim):
             self._add(new)
         if self.optim is None:
             return
+        if self.skip_threshold is not None:
+            skip = self._skip_large(params, skip)
         device_skip = skip is not None and self.optim.defaults.get("fused") is True
         if skip is not None and not device_skip and bool(skip):
             return
@@ -86,6 +90,22 @@ class FusedOptim(pyro.optim.PyroOptim):
             self.optim.__dict__.pop("found_inf", None)
         for p, g in hidden:
             p.grad = g
+
+    def _skip_large(self, params, skip):
+        """``skip`` or'ed with ‖(g_1, …, g_n)‖₂ > ``skip_threshold`` (before any clipping), counted in ``skipped``;
+        a non-finite norm is left to the NaN guard's ``skip``.  On the device: no host sync."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return skip
+        norm = torch.stack([g.detach().float().norm() for g in grads]).norm()
+        large = torch.isfinite(norm) & (norm > self.skip_threshold)
+        self.skipped = large.long() if self.skipped is None else self.skipped + large.long()
+        return large if skip is None else skip | large.to(skip.device)
+
+    def take_skipped(self):
+        """The count of updates skipped for their gradient norm since the last call (an int), reset to 0."""
+        count, self.skipped = (0 if self.skipped is None else int(self.skipped)), None
+        return count
 
     def set_state(self, state_dict):
         """Load per-parameter states: now for parameters already held, at first sight for the others."""
@@ -113,11 +133,13 @@ class FusedOptim(pyro.optim.PyroOptim):
         return state
 
 
-def make_optimizer(name="adam", lr=1e-3, clip_norm=None, fused=True):
+def make_optimizer(name="adam", lr=1e-3, clip_norm=None, fused=True, skip_threshold=None):
     """A Pyro optimizer by name (``adam`` or ``clipped-adam``); :class:`FusedOptim` unless ``fused=False``.
 
     ``clip_norm`` clips each parameter's gradient norm (``clipped-adam`` does it inside its own
     step).  The learning rate can be changed later with :func:`set_lr` (e.g. a per-epoch decay).
+    ``skip_threshold`` (FusedOptim only): skip every update whose total gradient 2-norm exceeds it (VDVAE's
+    skip; counted in ``optim.skipped``, read with ``optim.take_skipped()``).
     """
     from pyro_vae.core import checks as validation
 
@@ -130,8 +152,13 @@ def make_optimizer(name="adam", lr=1e-3, clip_norm=None, fused=True):
         holder["clip_norm"] = clip_norm
     elif clip_norm:
         clip_args = {"clip_norm": clip_norm}
+    if skip_threshold is not None:
+        validation.check_option("skip_threshold", skip_threshold)
+        if not fused:
+            raise ValueError("skip_threshold needs the fused optimizer (fused=True)")
     cls = FusedOptim if fused else pyro.optim.PyroOptim
-    optim = cls(OPTIMIZERS[name], lambda param_name: dict(holder), clip_args)
+    extra = {"skip_threshold": skip_threshold} if skip_threshold is not None else {}
+    optim = cls(OPTIMIZERS[name], lambda param_name: dict(holder), clip_args, **extra)
     optim._lr_holder = holder
     return optim
 

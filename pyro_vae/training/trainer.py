@@ -100,12 +100,15 @@ class Trainer:
         metrics row, the running loss every ``log_every`` steps, and pictures every ``images_every`` epochs (0: none).
     :param diagnostic_images: the first this many test images give each epoch's ``active_units`` and ``kl_per_dim``
         (0: not computed).
+    :param skip_threshold: skip every update whose total gradient norm exceeds it (VDVAE), counted in each
+        epoch's ``skipped_updates`` (see :class:`~pyro_vae.training.optim.FusedOptim`); None: off.
     """
 
     def __init__(self, model, guide, elbo="trace", particles=1, lr=1e-3, optimizer="adam", lr_decay=1.0,
                  clip_norm=None, out_dir=None, log_every=50, eval_particles=1, progress=True, modules=(),
                  extra_state=None, max_bad_steps=10, bad_lr_factor=0.5, fast="auto", check_every=None,
-                 data_plate=None, tensorboard=True, images_every=1, diagnostic_images=1000, batch_call=None):
+                 data_plate=None, tensorboard=True, images_every=1, diagnostic_images=1000, batch_call=None,
+                 skip_threshold=None):
         if not callable(model) or not callable(guide):
             raise TypeError("model and guide must be callables (Pyro functions), e.g. vae.model, vae.guide")
         for name in ("lr_decay", "log_every", "eval_particles", "max_bad_steps", "check_every", "bad_lr_factor",
@@ -119,7 +122,7 @@ class Trainer:
         self.batch_call = batch_call or batch_as_argument
         self.pair = None  # what the probe of the pair found (pyro_vae.core.PairInfo), set by fit
         self.base_lr, self.lr_decay = lr, lr_decay
-        self.optim = make_optimizer(optimizer, lr, clip_norm)
+        self.optim = make_optimizer(optimizer, lr, clip_norm, skip_threshold=skip_threshold)
         self.svi = DeviceSVI(model, guide, self.optim, self.elbo)
         self.out_dir, self.log_every, self.eval_particles, self.progress = out_dir, log_every, eval_particles, progress
         self.modules, self.extra_state = list(modules), extra_state or {}
@@ -390,6 +393,8 @@ class Trainer:
                         metrics.update(found or {})
                 metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=guard.seen,
                                fast_path=bool(self.svi.compiled), fast_path_note=self.fast_note)
+                if getattr(self.optim, "skip_threshold", None) is not None:  # skipped for a large gradient norm
+                    metrics["skipped_updates"] = self.optim.take_skipped()
                 self.history.append(metrics)
                 if patience and self.best_epoch == self.epoch:
                     self.best = snapshot(self.epoch, self.modules)
