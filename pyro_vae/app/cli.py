@@ -184,8 +184,8 @@ def run(args):
         config = Config(**{k: v for k, v in vars(args).items() if k in fields})
         _, _, history = experiment.train(config, resume=args.resume, progress=not args.quiet)
         if not args.quiet and _is_main():
-            if history:
-                print(json.dumps(history[-1]))
+            if history:  # the last metrics row, without the KL of every latent dimension (in metrics.jsonl)
+                print(json.dumps({k: v for k, v in history[-1].items() if k != "kl_per_dim"}))
             print(f"run directory: {config.out}")
     elif args.command == "evaluate":
         result = experiment.evaluate_run(args.run_dir, args.nll_samples, args.limit, args.split, args.device,
@@ -214,9 +214,21 @@ def _print_result(result, as_json):
         print(json.dumps(result))
         return
     for k, v in result.items():
-        if isinstance(v, list) and v and isinstance(v[0], float):
-            v = "[" + ", ".join(f"{e:.3f}" for e in v) + "]"
-        print(f"{k:>14}: {v:.3f}" if isinstance(v, float) else f"{k:>14}: {v}")
+        print(f"{k:>14}: {_short(v)}")
+
+
+def _short(v, most=40):
+    """A figure for the console: floats to 3 decimals, and a list of more than ``most`` numbers (the KL of every
+    dimension of a feature-map latent) as its length, mean and maximum; the whole list is in the JSON."""
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, list) and v and all(isinstance(e, list) for e in v):
+        return "[" + ", ".join(_short(e, most) for e in v) + "]"
+    if isinstance(v, list) and v and all(isinstance(e, float) for e in v):
+        if len(v) > most:
+            return f"[{len(v)} values: mean {sum(v) / len(v):.3f}, max {max(v):.3f}]"
+        return "[" + ", ".join(f"{e:.3f}" for e in v) + "]"
+    return str(v)
 
 
 def _raised_by_us(e):

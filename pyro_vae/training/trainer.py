@@ -411,8 +411,8 @@ class Trainer:
                     if patience and self.best_epoch == self.epoch:
                         checkpoint.atomic_save(self.best, os.path.join(self.out_dir, BEST))
                 if self.progress and distributed.is_main():
-                    tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                        for k, v in metrics.items() if k != "fast_path_note"))
+                    shown = {k: v for k, v in metrics.items() if k not in ("fast_path_note", "kl_per_dim")}
+                    tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
                 if callback:
                     callback(self, metrics)
         if patience and self.stop_early(*patience) and self.progress and distributed.is_main():
