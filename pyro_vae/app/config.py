@@ -39,6 +39,10 @@ class Config:
     flow_hidden_dims: Optional[List[int]] = None
     prior: str = "standard"
     pseudo_inputs: int = 500
+    scales: int = 2  # --model deep-hierarchical: scales × groups_per_scale latent feature maps
+    groups_per_scale: int = 2
+    hidden_channels: int = 32
+    latent_channels: int = 4
     # inference
     elbo: str = "trace"
     particles: int = 1
@@ -60,6 +64,7 @@ class Config:
     lr_decay: float = 1.0
     clip_norm: Optional[float] = None
     max_bad_steps: int = 10
+    skip_threshold: Optional[float] = None  # skip an update whose gradient norm per image exceeds it (VDVAE)
     fast: str = "auto"
     seed: int = 0
     early_stopping: Optional[int] = None
@@ -71,13 +76,7 @@ class Config:
     pictures: bool = True
     tensorboard: bool = True
     images_every: int = 1
-    # deep hierarchical model (--model deep-hierarchical), sampling temperature, skipped updates
-    scales: int = 2
-    groups_per_scale: int = 2
-    hidden_channels: int = 32
-    latent_channels: int = 4
-    sample_temperature: float = 1.0
-    skip_threshold: Optional[float] = None
+    sample_temperature: float = 1.0  # also draw samples_tτ.png, the prior's Gaussians at std τσ
 
     def __post_init__(self):
         self.validate()
