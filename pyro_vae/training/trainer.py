@@ -15,7 +15,8 @@ Run directory (``out_dir``):
                     or why not); ``test_recon`` and ``test_kl``
                     (``test_elbo = test_recon − test_kl``); ``validation_elbo`` when the data
                     has a validation split; ``active_units`` and ``kl_per_dim`` (``{site: …}``,
-                    on the first ``diagnostic_images`` test images)
+                    on the first ``diagnostic_images`` test images); ``skipped_updates`` with
+                    ``skip_threshold`` (updates skipped for their gradient norm)
 ``checkpoint.pt``   epoch, params, module buffers, optimizer state, RNG states, learning-rate
                     scale, the metrics of every completed epoch and (early stopping) the best
                     epoch's parameters; written atomically (temporary file, fsync, rename)
