@@ -145,3 +145,11 @@ def test_a_moved_run_directory_resumes(tmp_path):
     os.rename(tmp_path / "a", tmp_path / "b")
     main([*args[:6], "2", *args[7:], "--out", str(tmp_path / "b"), "--resume"])
     assert [json.loads(line)["epoch"] for line in open(tmp_path / "b" / "metrics.jsonl")] == [1, 2]
+
+
+def test_console_figures_stay_short_the_json_keeps_every_number():
+    """`pyro-vae evaluate` prints a feature-map latent's KL per dimension (thousands of numbers) as a summary."""
+    from pyro_vae.app.cli import _short
+
+    assert _short([0.5] * 1000 + [2.5]) == "[1001 values: mean 0.502, max 2.500]"
+    assert _short([0.25, 1.0]) == "[0.250, 1.000]" and _short({"z_1": 1.23456, "z_2": None}) == "{z_1: 1.235, z_2: None}"

@@ -222,6 +222,8 @@ def _short(v, most=40):
     dimension of a feature-map latent) as its length, mean and maximum; the whole list is in the JSON."""
     if isinstance(v, float):
         return f"{v:.3f}"
+    if isinstance(v, dict):  # per site, e.g. kl_per_site
+        return "{" + ", ".join(f"{k}: {_short(e, most)}" for k, e in v.items()) + "}"
     if isinstance(v, list) and v and all(isinstance(e, list) for e in v):
         return "[" + ", ".join(_short(e, most) for e in v) + "]"
     if isinstance(v, list) and v and all(isinstance(e, float) for e in v):
