@@ -153,7 +153,7 @@ def check_config(config):
     from pyro_vae.estimators import ESTIMATORS
     from pyro_vae.estimators.variants import KLSchedule, check_estimator
     from pyro_vae.guides import FLOWS
-    from pyro_vae.models import MODELS, model_guides, model_nets
+    from pyro_vae.models import MODELS, model_guides, model_nets, with_defaults
     from pyro_vae.models.likelihoods import EIGHT_BIT, LIKELIHOODS
     from pyro_vae.models.nets import ACTIVATIONS, GATED
 
@@ -165,13 +165,13 @@ def check_config(config):
     validation.check_choice("activation", config.activation, [*ACTIVATIONS, GATED], "activation")
     builder = MODELS[config.model]
     guides, default = model_guides(builder)  # a model builder may declare its own guides (hierarchical: top-down…)
-    guide = default if config.guide is None else config.guide
+    filled = with_defaults(config)  # the model's own guide and net where they are left out
+    guide, net = filled.guide, filled.net
     if not isinstance(guide, str) or guide not in guides:
         raise ValueError(f"unknown guide {guide!r} for --model {config.model} (--guide); choose one of "
                          f"{', '.join(sorted(guides))}, or leave --guide out for its default, {default}")
     validation.check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
-    nets, net = model_nets(builder)
-    net = net if config.net is None else config.net
+    nets = model_nets(builder)[0]
     if net not in nets:
         raise ValueError(f"--model {config.model} has {' or '.join(nets)} nets only, not --net {net}; "
                          f"pass --net {nets[0]} or leave --net out")

@@ -79,8 +79,8 @@ OPTIONS = {
     "image_size": (check_positive_int, "; e.g. image_size=32, or None for the images' own size"),
     "test_fraction": (lambda name, v, hint: _number(name, v, False, lambda f: 0 < f < 1, "a number in (0, 1)", hint),
                       "; e.g. test_fraction=0.1"),
+    "skip_threshold": (check_positive_float, "; a gradient norm (nats per image in a Config), or None: off"),
 }
-OPTIONS["skip_threshold"] = (check_positive_float, "; a gradient norm (nats per image in a Config), or None: off")
 OPTIONAL = ("clip_norm", "check_every", "early_stopping", "limit", "test_limit", "image_size", "skip_threshold")
 
 

@@ -58,9 +58,11 @@ def with_defaults(config):
     ``net=None`` its default net (conv for deep-hierarchical, else mlp)."""
     if config.model not in MODELS:
         return config
-    builder = MODELS[config.model]
-    filled = {k: default for k, value, default in (("guide", config.guide, model_guides(builder)[1]),
-                                                   ("net", config.net, model_nets(builder)[1])) if value is None}
+    builder, filled = MODELS[config.model], {}
+    if config.guide is None:
+        filled["guide"] = model_guides(builder)[1]
+    if config.net is None:
+        filled["net"] = model_nets(builder)[1]
     return dataclasses.replace(config, **filled) if filled else config
 
 
