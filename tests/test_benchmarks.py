@@ -1,4 +1,5 @@
 """The speed harnesses of benchmarks/ run end to end (tiny sizes) and write their tables; `--device cuda` runs them on a GPU."""
+import json
 import os
 
 import pytest
@@ -55,3 +56,11 @@ def test_log_likelihood_benchmark_table(tmp_path, device):
     assert [row[1:3] for row in rows] == [["4", "32"], ["4", "32"]]
     nll = [float(row[-1].rstrip(" |")) for row in rows]
     assert all(400 < v < 800 for v in nll)  # an untrained VAE on binarized images: about 784 · log 2 ≈ 543 nats
+
+
+def test_host_memory_benchmark_runs_both_ways(tmp_path):
+    bench = load_example("host_memory", "benchmarks")
+    out = tmp_path / "host_memory.json"
+    bench.main(["--images", "3", "--samples", "50", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["passes"] == 3 and all(result[k]["peak_mib"] > 0 for k in ("released", "kept"))

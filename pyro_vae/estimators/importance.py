@@ -15,6 +15,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.core.checks import check_images, check_positive_int
+from pyro_vae.core.host_memory import release_freed_memory
 from pyro_vae.core.pair import checked_probe, find_data_plate, probe
 
 PARTICLE_PLATE = "_particles"
@@ -248,5 +249,7 @@ def log_likelihood(model, guide, *args, num_samples=5000, batch_size=None, max_e
                                              max_plate_nesting=mpn, **kwargs).log_w.double(), dim=0)
             total = lw if total is None else torch.logaddexp(total, lw)
             done += k
+            if lw.device.type == "cpu":
+                release_freed_memory()  # thousands of passes would otherwise fragment the heap (core.host_memory)
         out.append(total - math.log(num_samples))
     return torch.cat(out)
