@@ -14,9 +14,8 @@ import subprocess
 import sys
 
 CHILD = r"""
-import resource, sys, time, torch, pyro
+import resource, sys, time, torch
 from pyro_vae.app.config import Config
-from pyro_vae.core import host_memory
 from pyro_vae.estimators import importance
 from pyro_vae.models import build_model
 if sys.argv[1] == "off":
