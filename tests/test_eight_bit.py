@@ -153,7 +153,7 @@ def test_cli_data_errors_exit_2_with_one_line(argv, message, tmp_path, capsys):
 @pytest.mark.parametrize("likelihood", ["discretized-logistic", "categorical"])
 def test_8_bit_likelihoods_take_the_traced_fast_path(likelihood):
     """No tensor value is read in Python: the loss and gradients trace into one graph, which the trainer only uses
-    after it matched the plain loss and gradients on two batches (pyro_vae.training.fast.trace_steps)."""
+    after it matched the plain loss and gradients on two batches (pyro_vae.estimators.fast.trace_steps)."""
     x = torch.randint(0, 256, (64, 3, 4, 4)) / 255.0
     config = Config(likelihood=likelihood, binarize="none", mixtures=2, latent_dim=2, hidden_dims=[16])
     vae = build_model(config, (3, 4, 4), num_data=64)

@@ -14,7 +14,7 @@ from pyro_vae.data import ImageData
 from pyro_vae.estimators.variants import FreeBits_ELBO, KLSchedule, beta_scale
 from pyro_vae.models import build_model
 from pyro_vae.models.nets import MLP
-from pyro_vae.training import capture, fast
+from pyro_vae.estimators import capture, fast
 from pyro_vae.training.trainer import METRICS
 
 X_SHAPE = (1, 6, 6)
@@ -45,9 +45,9 @@ def _fit(fast, make=_vae, elbo="trace", particles=1):
 @pytest.mark.parametrize("elbo, particles", [("trace", 1), ("meanfield", 1), ("iwae", 5), ("dreg", 5)])
 def test_traced_loss_gives_the_plain_results(elbo, particles):
     fast, fast_history, fast_params = _fit("auto", elbo=elbo, particles=particles)
-    assert fast.fast_note.startswith("fast path: loss and gradients traced") and sorted(fast.svi.compiled) == [4, 32]
+    assert fast.fast_note.startswith("fast path: loss and gradients traced") and sorted(fast.fast_steps) == [4, 32]
     plain, plain_history, plain_params = _fit(False, elbo=elbo, particles=particles)
-    assert plain.svi.compiled == {}
+    assert plain.fast_steps == {}
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
     for a, b in zip(fast_history, plain_history):
@@ -56,7 +56,7 @@ def test_traced_loss_gives_the_plain_results(elbo, particles):
 
 def test_estimators_without_a_faithful_trace_fall_back():
     trainer, history, _ = _fit("auto", elbo=pyro.infer.TraceGraph_ELBO())
-    assert trainer.svi.compiled == {} and "TraceGraph_ELBO" in trainer.fast_note
+    assert trainer.fast_steps == {} and "TraceGraph_ELBO" in trainer.fast_note
     assert all(m["fast_path"] is False and "TraceGraph_ELBO" in m["fast_path_note"] for m in history)
 
 
@@ -66,7 +66,7 @@ def test_flow_guides_take_the_fast_path_with_the_plain_results(flow, elbo):
     """Pyro's JitTrace_ELBO fails on conditioned flows (pyro-ppl/pyro#3132); make_fx follows them."""
     make = lambda: _vae(flow, 2)  # noqa: E731
     fast, fast_history, fast_params = _fit("auto", make, elbo, 3)
-    assert sorted(fast.svi.compiled) == [4, 32]
+    assert sorted(fast.fast_steps) == [4, 32]
     _, plain_history, plain_params = _fit(False, make, elbo, 3)
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
@@ -98,7 +98,7 @@ def test_user_pairs_are_tried_and_data_dependent_control_flow_is_caught():
     for mode in ("auto", True):
         trainer = Trainer(model, guide, "trace", progress=False, fast=mode)
         assert not trainer.enable_fast_path([x[:32], x[32:]])
-        assert "reads a tensor's value in Python" in trainer.fast_note and trainer.svi.compiled == {}
+        assert "reads a tensor's value in Python" in trainer.fast_note and trainer.fast_steps == {}
     model, guide = _pair_with(lambda x, logits: logits * 2)
     assert Trainer(model, guide, "trace", progress=False).enable_fast_path([x[:32], x[32:]])
     model.jit_compatible = False  # a pair can opt out
@@ -127,7 +127,7 @@ def test_ops_with_data_dependent_shapes_are_refused_at_trace_time(control, op):
     x.view(64, -1)[:, :10] = 1.0
     trainer = Trainer(model, guide, "trace", progress=False)
     assert not trainer.enable_fast_path([x[:32], x[32:]])
-    assert "depends on the data" in trainer.fast_note and op in trainer.fast_note and trainer.svi.compiled == {}
+    assert "depends on the data" in trainer.fast_note and op in trainer.fast_note and trainer.fast_steps == {}
     pyro.set_rng_seed(0)
     trainer.svi.step(x[:32].bernoulli(0.5))  # the plain path takes any count
 
@@ -143,7 +143,7 @@ def test_python_state_frozen_by_the_trace_is_caught():
     x = torch.full((64, *X_SHAPE), 0.5).bernoulli()
     trainer = Trainer(model, guide, "trace", progress=False, fast=True)
     assert not trainer.enable_fast_path([x[:32], x[32:]])
-    assert "differs from the plain one" in trainer.fast_note and trainer.svi.compiled == {}
+    assert "differs from the plain one" in trainer.fast_note and trainer.fast_steps == {}
     model, guide = _pair_with(lambda x, logits: logits * 2)
     assert trainer.__class__(model, guide, "trace", progress=False, fast=True).enable_fast_path([x[:32], x[32:]])
 
@@ -162,7 +162,7 @@ def test_a_nonfinite_replay_is_skipped():
     loss, ok = trainer.svi.step(poisoned)
     assert not ok and not torch.isfinite(loss)
     assert all(torch.equal(v, before[k]) for k, v in store.named_parameters())
-    assert all(p.grad is None for p in trainer.svi.compiled[32].params)
+    assert all(p.grad is None for p in trainer.fast_steps[32].params)
     loss, ok = trainer.svi.step(x[32:64])
     assert ok and torch.isfinite(loss)
     assert all(not torch.equal(v, before[k]) for k, v in store.named_parameters())
@@ -179,7 +179,7 @@ def test_a_parameter_the_loss_does_not_reach_gets_no_gradient_and_no_optimizer_s
     x = torch.full((64, *X_SHAPE), 0.5).bernoulli()
     trainer = Trainer(model_with_an_idle_parameter, guide, "trace", progress=False, fast=True)
     assert trainer.enable_fast_path([x[:32], x[32:]])
-    traced = trainer.svi.compiled[32]
+    traced = trainer.fast_steps[32]
     assert [name for name, used in zip(traced.names, traced.used) if not used] == ["idle"]
     for _ in range(3):
         trainer.svi.step(x[:32])
@@ -240,7 +240,7 @@ def _fit_scheduled(fast, elbo="trace", beta=1.0, free_bits=0.0):
 @pytest.mark.parametrize("elbo, beta, free_bits", [("trace", 1.0, 0.0), ("meanfield", 4.0, 0.0), ("trace", 2.0, 0.5)])
 def test_kl_warmup_beta_and_free_bits_take_the_fast_path_with_the_plain_results(elbo, beta, free_bits):
     fast, fast_history, fast_params = _fit_scheduled("auto", elbo, beta, free_bits)
-    assert sorted(fast.svi.compiled) == [4, 32] and all(m["fast_path"] for m in fast_history)
+    assert sorted(fast.fast_steps) == [4, 32] and all(m["fast_path"] for m in fast_history)
     _, plain_history, plain_params = _fit_scheduled(False, elbo, beta, free_bits)
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-5, atol=1e-6)
@@ -268,10 +268,10 @@ def test_a_module_buffer_changed_in_place_is_read_by_the_replay():
     x = torch.full((64, *X_SHAPE), 0.5).bernoulli()
     trainer = Trainer(model, guide, "trace", progress=False)
     assert trainer.enable_fast_path([x[:32], x[32:]])
-    step = trainer.svi.compiled[32]
+    step = trainer.fast_steps[32]
     for tau in (1.0, 0.25):
         temperature.fill_(tau)
-        assert fast.check_step(step, trainer.elbo, model, guide, x[:32]) is None
+        assert fast.check_step(step, trainer.elbo.elbo, model, guide, x[:32]) is None
 
 
 def _fit_built(fast, elbo="trace", **options):
@@ -302,7 +302,7 @@ def _fit_built(fast, elbo="trace", **options):
 ])
 def test_built_in_models_take_the_fast_path_with_the_plain_results(elbo, options):
     fast, fast_history, fast_params, fast_buffers = _fit_built("auto", elbo, **options)
-    assert sorted(fast.svi.compiled) == [6, 32] and all(m["fast_path"] for m in fast_history), fast.fast_note
+    assert sorted(fast.fast_steps) == [6, 32] and all(m["fast_path"] for m in fast_history), fast.fast_note
     _, plain_history, plain_params, plain_buffers = _fit_built(False, elbo, **options)
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
@@ -316,7 +316,7 @@ def test_built_in_models_take_the_fast_path_with_the_plain_results(elbo, options
 
 def test_a_short_run_is_not_compiled_and_a_failing_compiler_falls_back(monkeypatch):
     trainer, history, _ = _fit("auto")
-    assert "replayed by torchscript (not compiled: the run is too short to pay for compiling)" in trainer.fast_note
+    assert "replayed by fx (not compiled: the run is too short to pay for compiling)" in trainer.fast_note
     import torch._inductor
 
     def broken(*args, **kwargs):
@@ -325,7 +325,7 @@ def test_a_short_run_is_not_compiled_and_a_failing_compiler_falls_back(monkeypat
     monkeypatch.setattr(torch._inductor, "compile", broken)
     trainer, history, params = _fit("compile")
     assert "not compiled: compiling failed (RuntimeError: no C++ compiler)" in trainer.fast_note
-    assert {s.backend for s in trainer.svi.compiled.values()} == {"torchscript"}
+    assert {s.backend for s in trainer.fast_steps.values()} == {"fx"}
     _, _, plain_params = _fit(False)
     for k in plain_params:
         torch.testing.assert_close(params[k], plain_params[k], rtol=1e-4, atol=1e-5)
@@ -353,9 +353,9 @@ def _compiled_fit(device, make=_vae):
 def test_the_inductor_replay_gives_the_plain_results():
     """Compiling takes 10-40 s on a 2-core CPU: slow-marked."""
     trainer, fast_params, plain_params = _compiled_fit("cpu")
-    assert trainer.svi.compiled[32].backend == "inductor" and trainer.svi.compiled[4].backend == "torchscript"
-    assert "replayed by inductor; batch size 4 by torchscript" in trainer.fast_note
-    assert trainer.svi.compiled[32].compile_seconds > 0
+    assert trainer.fast_steps[32].backend == "inductor" and trainer.fast_steps[4].backend == "fx"
+    assert "replayed by inductor; batch size 4 by fx" in trainer.fast_note
+    assert trainer.fast_steps[32].compile_seconds > 0
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
 
@@ -363,7 +363,7 @@ def test_the_inductor_replay_gives_the_plain_results():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda_the_compiled_step_is_one_cuda_graph_with_the_plain_results():
     trainer, fast_params, plain_params = _compiled_fit("cuda")
-    step = trainer.svi.compiled[32]
+    step = trainer.fast_steps[32]
     assert step.backend == "inductor" and step.cudagraphs and "as one CUDA graph per step" in trainer.fast_note
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)

@@ -5,8 +5,8 @@ and ``differentiable_loss``, usable in :class:`pyro.infer.SVI`.  Particles are
 vectorized (one batched pass over ``num_particles`` samples).
 
 =========== ===================================================================
-``trace``     Pyro's Trace_ELBO
-``meanfield`` Pyro's TraceMeanField_ELBO (analytic KL where available)
+``trace``     Pyro's Trace_ELBO, its loss kept on the device (:mod:`.trace`)
+``meanfield`` Pyro's TraceMeanField_ELBO (analytic KL where available), likewise
 ``iwae``      importance-weighted bound per data point (:mod:`.iwae`)
 ``dreg``      IWAE bound, doubly-reparameterized guide gradient (:mod:`.dreg`)
 ``stl``       ELBO, sticking-the-landing guide gradient (:mod:`.stl`)
@@ -18,17 +18,22 @@ The bounds per data point (iwae, dreg, renyi) share one code path (:mod:`.base`)
 subsampling is applied outside the log-sum-exp, other per-site scales are refused.
 ``trace``, ``meanfield`` and ``stl`` are ELBOs, sums of per-site terms, and take every
 pair that Pyro's ``Trace_ELBO`` takes.  Every estimator calls the pair as SVI does.
+
+``make_elbo(name, fast="auto")`` wraps the estimator in :class:`~.fast.FastELBO`, which replays its loss and
+gradients from one captured graph (the trainer does this itself, see ``Trainer(fast=...)``).
 """
 import inspect
 
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import TraceEnum_ELBO
 
 from pyro_vae.core.checks import check_choice, check_option
 from pyro_vae.estimators.base import DetachedPathELBO, ImportanceWeightedELBO
 from pyro_vae.estimators.dreg import DReG_ELBO
+from pyro_vae.estimators.fast import FastELBO
 from pyro_vae.estimators.iwae import IWAE_ELBO
 from pyro_vae.estimators.renyi import RenyiBound_ELBO
 from pyro_vae.estimators.stl import STL_ELBO
+from pyro_vae.estimators.trace import DeviceTrace_ELBO, DeviceTraceMeanField_ELBO
 
 ESTIMATORS = {}
 
@@ -43,8 +48,8 @@ def register_elbo(name):
     return decorator
 
 
-register_elbo("trace")(Trace_ELBO)
-register_elbo("meanfield")(TraceMeanField_ELBO)
+register_elbo("trace")(DeviceTrace_ELBO)
+register_elbo("meanfield")(DeviceTraceMeanField_ELBO)
 register_elbo("enum")(TraceEnum_ELBO)
 register_elbo("iwae")(IWAE_ELBO)
 register_elbo("dreg")(DReG_ELBO)
@@ -56,7 +61,7 @@ def _options_of(builder):
     return sorted(set(inspect.signature(builder).parameters) - {"self", "num_particles", "args", "kwargs"})
 
 
-def make_elbo(name, num_particles=1, data_plate=None, **options):
+def make_elbo(name, num_particles=1, data_plate=None, fast=False, **options):
     """Return the estimator ``name`` with ``num_particles`` vectorized particles.
 
     :param str name: one of :data:`ESTIMATORS`: ``trace`` (Trace_ELBO), ``meanfield``
@@ -65,6 +70,8 @@ def make_elbo(name, num_particles=1, data_plate=None, **options):
     :param int num_particles: samples per data point, drawn in one batched pass.
     :param str data_plate: the plate over data points, for the estimators that take one (the bounds per data
         point); the ELBOs read every scale from the trace and need no name.
+    :param fast: False, or a :class:`~pyro_vae.estimators.fast.FastELBO` mode (``"auto"``, ``"compile"``,
+        ``"trace"``): the estimator's loss and gradients replayed from one captured graph per batch size.
     :param options: estimator options, e.g. ``max_plate_nesting``; an unknown option raises ValueError.
     """
     check_choice("estimator", name, ESTIMATORS)
@@ -77,8 +84,10 @@ def make_elbo(name, num_particles=1, data_plate=None, **options):
     if data_plate is not None and "data_plate" in valid:
         options["data_plate"] = data_plate
     options.setdefault("vectorize_particles", True)
-    return builder(num_particles=num_particles, **options)
+    elbo = builder(num_particles=num_particles, **options)
+    return elbo if fast is False else FastELBO(elbo, fast)
 
 
-__all__ = ["DReG_ELBO", "DetachedPathELBO", "ESTIMATORS", "IWAE_ELBO", "ImportanceWeightedELBO",
-           "RenyiBound_ELBO", "STL_ELBO", "make_elbo", "register_elbo"]
+__all__ = ["DReG_ELBO", "DetachedPathELBO", "DeviceTraceMeanField_ELBO", "DeviceTrace_ELBO", "ESTIMATORS",
+           "FastELBO", "IWAE_ELBO", "ImportanceWeightedELBO", "RenyiBound_ELBO", "STL_ELBO", "make_elbo",
+           "register_elbo"]

@@ -47,7 +47,7 @@ class ImportanceWeightedELBO(ELBO):
     the batch is the data plate's subsample.
     """
 
-    traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.training.fast)
+    traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.estimators.fast)
 
     def __init__(self, num_particles=1, max_plate_nesting=None, vectorize_particles=True, data_plate=None):
         if not vectorize_particles:

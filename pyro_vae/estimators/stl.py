@@ -19,10 +19,11 @@ References:
        Variational Inference. NeurIPS 2017, arXiv:1703.09194.
 """
 from pyro import poutine
-from pyro.infer import Trace_ELBO
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
+
+from pyro_vae.estimators.trace import DeviceTrace_ELBO
 
 
 def _reparameterized(site):
@@ -30,14 +31,13 @@ def _reparameterized(site):
             and site["fn"].has_rsample)
 
 
-class STL_ELBO(Trace_ELBO):
+class STL_ELBO(DeviceTrace_ELBO):
     """Trace_ELBO whose reparameterized guide sites contribute only their path derivative to the guide gradient.
 
     Takes the options of :class:`~pyro.infer.Trace_ELBO` (``num_particles``, ``vectorize_particles``,
     ``max_plate_nesting``, …).
     """
 
-    traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.training.fast)
     needs_inverse = True  # log q(z̄) at a detached z̄: a flow guide must be invertible
 
     def _get_trace(self, model, guide, args, kwargs):

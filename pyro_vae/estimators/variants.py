@@ -219,7 +219,7 @@ class FreeBits_ELBO(ELBO):
     :param float free_bits: λ, nats per group.
     """
 
-    traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.training.fast)
+    traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.estimators.fast)
 
     def __init__(self, num_particles=1, free_bits=0.0, max_plate_nesting=None, vectorize_particles=True,
                  data_plate="data"):

@@ -95,7 +95,7 @@ class _ConditionalAffineAutoregressive(ConditionalAffineAutoregressive):
     """Pyro's conditional IAF whose inverse walks the variable order as Python ints.
 
     Pyro's ``AffineAutoregressive._inverse`` loops ``for idx in arn.permutation`` (a tensor) and indexes with
-    each 0-d tensor, a host read per variable: a traced step (:mod:`pyro_vae.training.fast`) cannot follow it, so DReG
+    each 0-d tensor, a host read per variable: a traced step (:mod:`pyro_vae.estimators.fast`) cannot follow it, so DReG
     and STL, which invert the flow, would lose the fast path.  The order is fixed at construction.
     """
 

@@ -44,7 +44,7 @@ class VAE(nn.Module):
     @property
     def jit_compatible(self):
         """Whether the pair can be traced once and replayed: as its guide says (buffers such as σ-VAE's running σ*
-        are inputs of the trace, see :mod:`pyro_vae.training.fast`)."""
+        are inputs of the trace, see :mod:`pyro_vae.estimators.fast`)."""
         return getattr(self.guide_module, "jit_compatible", True) is not False
 
     def model(self, x):

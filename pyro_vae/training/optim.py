@@ -13,14 +13,49 @@ import pyro
 import pyro.optim
 import torch
 from pyro.optim.clipped_adam import ClippedAdam as _ClippedAdam
+from torch.optim.adam import adam as functional_adam
+
+
+class SkippableAdam(torch.optim.Adam):
+    """:class:`torch.optim.Adam` whose step can be skipped on the device: ``step(skip=flag)``.
+
+    With the fused kernel, ``flag`` is the kernel's ``found_inf`` input (as under :class:`torch.amp.GradScaler`),
+    given through torch's functional :func:`torch.optim.adam.adam`: parameters, moments and step counts stay as
+    they were when it is true, and the host never reads it.  The state is Adam's own (``step``, ``exp_avg``,
+    ``exp_avg_sq``), so checkpoints move between the two.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None, skip=None):
+        if skip is None or not all(g["fused"] and not g["amsgrad"] for g in self.param_groups):
+            if skip is not None and bool(skip):  # no fused kernel: the host reads the flag
+                return None
+            return super().step(closure)
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if not self.state[p]:  # Adam's lazy state, as torch.optim.Adam makes it for a fused group
+                    self.state[p].update(step=torch.zeros((), dtype=torch.float32, device=p.device),
+                                         exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                                         exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
+            states = [self.state[p] for p in params]
+            functional_adam(
+                params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                [], [s["step"] for s in states], fused=True, found_inf=skip.to(params[0].device, torch.float32),
+                amsgrad=False, beta1=group["betas"][0], beta2=group["betas"][1], lr=group["lr"],
+                weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                decoupled_weight_decay=group.get("decoupled_weight_decay", False))
+        return None
 
 
 def _adam(params, **options):
-    """:class:`torch.optim.Adam` with its fused kernel (one kernel for all parameters) where the device has one."""
+    """:class:`SkippableAdam` with its fused kernel (one kernel for all parameters) where the device has one."""
     try:
-        return torch.optim.Adam(params, fused=True, **options)
+        return SkippableAdam(params, fused=True, **options)
     except RuntimeError:  # a device without the fused kernel
-        return torch.optim.Adam(params, **options)
+        return SkippableAdam(params, **options)
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "clipped-adam": _ClippedAdam}
@@ -60,8 +95,8 @@ class FusedOptim(pyro.optim.PyroOptim):
     def __call__(self, params, *args, skip=None, **kwargs):
         """Step ``params``; ``skip``: an optional boolean tensor, true to leave parameters and state unchanged.
 
-        With the fused Adam kernel the skip happens on the device (its ``found_inf`` input, as under
-        :class:`torch.amp.GradScaler`): the host never reads ``skip``.  Other optimizers read it.
+        With the fused Adam kernel the skip happens on the device (:class:`SkippableAdam`): the host never reads
+        ``skip``.  Other optimizers read it.
         """
         params = list(params)
         new = [p for p in params if p not in self._members]
@@ -71,7 +106,7 @@ class FusedOptim(pyro.optim.PyroOptim):
             return
         if self.skip_threshold is not None:
             skip = self._skip_large(params, skip)
-        device_skip = skip is not None and self.optim.defaults.get("fused") is True
+        device_skip = skip is not None and isinstance(self.optim, SkippableAdam)
         if skip is not None and not device_skip and bool(skip):
             return
         for p in params:
@@ -83,11 +118,9 @@ class FusedOptim(pyro.optim.PyroOptim):
         for p, _ in hidden:
             p.grad = None
         if device_skip:
-            self.optim.found_inf = skip.to(params[0].device, torch.float32).reshape(())
-        try:
+            self.optim.step(*args, skip=skip.reshape(()), **kwargs)
+        else:
             self.optim.step(*args, **kwargs)
-        finally:
-            self.optim.__dict__.pop("found_inf", None)
         for p, g in hidden:
             p.grad = g
 

@@ -11,9 +11,10 @@ from pyro_vae.training.optim import FusedOptim
 class DeviceSVI(SVI):
     """:class:`pyro.infer.SVI` whose :meth:`step` returns ``(loss, ok)`` tensors and skips bad updates on the device.
 
-    It uses the estimator's ``differentiable_loss`` (or ``loss_and_grads`` when absent) and
-    never reads the loss on the host.  With ``guard=True`` the loss and the gradients are
-    reduced on the device to one boolean ``ok`` (their sum or 2-norm is finite); when it is
+    It uses the estimator's ``replay`` where it has one (:class:`~pyro_vae.estimators.fast.FastELBO`), else its
+    ``differentiable_loss`` (or ``loss_and_grads`` when absent), and never reads the loss on the host.  With
+    ``guard=True`` the loss and the gradients are reduced on the device to one boolean ``ok`` (their sum or
+    2-norm is finite); when it is
     False the optimizer leaves parameters and state unchanged.  With a :class:`FusedOptim`
     over fused Adam (the trainer's default) that decision is taken on the device too, so a
     step needs no host sync; other optimizers read ``ok`` on the host.
@@ -23,16 +24,13 @@ class DeviceSVI(SVI):
         super().__init__(model, guide, optim, loss, **kwargs)
         self.elbo = loss  # SVI keeps only the bound methods
         self.guard = guard
-        self.compiled = {}  # batch size -> fast.TracedStep (the fast path, see Trainer.enable_fast_path)
 
     def step(self, *args, **kwargs):
-        traced = self.compiled.get(len(args[0])) if self.compiled and len(args) == 1 else None
-        if traced is not None and sorted(kwargs) != traced.keys:
-            traced = None
         ok = None
-        if traced is not None:  # the fast path: one graph replay gives loss, finiteness and gradients
-            loss, ok, grads = traced(args[0], **kwargs)
-            params = traced.params
+        replay = getattr(self.elbo, "replay", None)  # a FastELBO: loss, finiteness and gradients from one graph
+        replayed = replay(self.model, self.guide, *args, **kwargs) if replay else None
+        if replayed is not None:
+            loss, ok, params, grads = replayed
             for p, g in zip(params, grads):
                 p.grad = g
         else:

@@ -29,7 +29,8 @@ Run directory (``out_dir``):
 Validation, the per-epoch figures (:mod:`.figures`) and the pictures draw their random numbers from a fork
 of the RNG, so they leave the training trajectory as it would be without them.  The loop uses separate pieces:
 
-* the step, :class:`~pyro_vae.training.svi.DeviceSVI` (a replayed graph where :mod:`.fast` proved one);
+* the step, :class:`~pyro_vae.training.svi.DeviceSVI` over the estimator wrapped in
+  :class:`~pyro_vae.estimators.fast.FastELBO` (a replayed graph where one was proven);
 * the **NaN guard** (:class:`~pyro_vae.training.guards.NonFiniteGuard`): a non-finite step is skipped on the
   device, the learning rate is multiplied by ``bad_lr_factor`` once per bad step (kept for the rest of the
   run and saved in the checkpoint), and ``max_bad_steps`` bad steps in a row raise
@@ -56,8 +57,9 @@ from tqdm.auto import tqdm
 from pyro_vae.core import checks as validation
 from pyro_vae.core.pair import batch_as_argument, checked_probe
 from pyro_vae.data import training_data
-from pyro_vae.estimators import make_elbo
-from pyro_vae.training import checkpoint, distributed, fast, figures
+from pyro_vae.estimators import FastELBO, make_elbo
+from pyro_vae.estimators.fast import proof_rows, traceable_batches
+from pyro_vae.training import checkpoint, distributed, figures
 from pyro_vae.training.checkpoint import BEST, CHECKPOINT, METRICS
 from pyro_vae.training.early_stopping import best_epoch, should_stop, snapshot
 from pyro_vae.training.guards import NonFiniteGuard, NonFiniteLossError, SignalGuard, TrainingInterrupted
@@ -85,9 +87,10 @@ class Trainer:
     :param modules: ``nn.Module`` s to switch between train and eval mode (optional).
     :param int max_bad_steps: stop with :class:`NonFiniteLossError` after this many non-finite steps in a row.
     :param float bad_lr_factor: multiply the learning rate by this after each non-finite step.
-    :param fast: ``"auto"``/``True``, ``"compile"``, ``"trace"`` or ``False``: the fast path
-        (:func:`~pyro_vae.training.fast.select_steps`); whether it applies is printed when training starts and
-        said in :attr:`fast_note` and in each epoch's metrics (``fast_path``, ``fast_path_note``).
+    :param fast: ``"auto"``/``True``, ``"compile"``, ``"trace"`` or ``False``: the fast path, the estimator
+        wrapped in :class:`~pyro_vae.estimators.fast.FastELBO` (unless it is one already); whether it applies is
+        printed when training starts and said in :attr:`fast_note` and in each epoch's metrics (``fast_path``,
+        ``fast_path_note``; ``compile_seconds`` in the first row a process trains).
     :param check_every: every how many steps the host reads the NaN guard's counts (bad steps are skipped on the
         device in between); default 1 on a CPU, where a read costs nothing, and ``log_every`` on a GPU.
     :param str data_plate: the plate over data points, where the trace cannot tell (see
@@ -118,7 +121,8 @@ class Trainer:
         if not any(fast is mode or (isinstance(fast, str) and fast == mode) for mode in FAST_MODES):
             raise ValueError(f"fast must be one of {', '.join(map(repr, FAST_MODES))}, got {fast!r}")
         self.model, self.guide = model, guide
-        self.elbo = make_elbo(elbo, particles, data_plate=data_plate) if isinstance(elbo, str) else elbo
+        elbo = make_elbo(elbo, particles, data_plate=data_plate) if isinstance(elbo, str) else elbo
+        self.elbo = elbo if fast is False or isinstance(elbo, FastELBO) else FastELBO(elbo, fast)
         self.data_plate = data_plate
         self.batch_call = batch_call or batch_as_argument
         self.pair = None  # what the probe of the pair found (pyro_vae.core.PairInfo), set by fit
@@ -131,7 +135,7 @@ class Trainer:
         self.epoch, self.history = 0, []
         self.lr_scale = 1.0  # product of bad_lr_factor over the non-finite steps so far
         self._signals = SignalGuard()
-        self.fast, self.fast_note = fast, None
+        self.fast = fast
         self.tensorboard, self.images_every, self.diagnostic_images = tensorboard, images_every, diagnostic_images
         self.best = None  # parameters and buffers of the best epoch (early stopping), see early_stopping.snapshot
         if out_dir:
@@ -205,28 +209,36 @@ class Trainer:
         return self.pair
 
     # -- the fast path ----------------------------------------------------------------------------
+    @property
+    def fast_steps(self):
+        """``{batch size: captured step}`` that training replays (empty where the fast path does not apply)."""
+        return self.elbo.steps if isinstance(self.elbo, FastELBO) else {}
+
+    @property
+    def fast_note(self):
+        """One line: how the steps are replayed, or why not."""
+        if not isinstance(self.elbo, FastELBO):
+            return "fast path not used: turned off (fast=False)"
+        return self.elbo.note
+
     def enable_fast_path(self, batches, planned_steps=None):
-        """Trace loss and gradients once per batch size where that is valid, else say why
-        (:func:`pyro_vae.training.fast.select_steps`); return whether it applies.
+        """Capture loss and gradients once per batch size where that is valid, else say why
+        (:meth:`~pyro_vae.estimators.fast.FastELBO.prepare`); return whether it applies.
 
         ``batches``: two different batches of each size training uses, tensors ``x`` or pairs ``(x, kwargs)``
         with the per-batch keyword arguments.  The note is kept in :attr:`fast_note` and logged; the RNG state
         is left as it was.  ``planned_steps``: the steps of the run, which decide whether compiling pays.
         """
+        if not isinstance(self.elbo, FastELBO):
+            return False
         if self.pair is None:
             x, kwargs = batches[0] if isinstance(batches[0], tuple) else (batches[0], {})
             self._probe(x, **kwargs)
-        self.svi.compiled, self.fast_note = fast.select_steps(self.elbo, self.model, self.guide, batches, self.fast,
-                                                              planned_steps)
-        return bool(self.svi.compiled)
+        return self.elbo.prepare(self.model, self.guide, batches, planned_steps)
 
     def _recheck_fast_path(self, x, kwargs):
         """At an epoch's start: drop the fast path when a plain and a traced step on ``x`` disagree."""
-        why = fast.recheck(self.svi.compiled, self.elbo, self.model, self.guide, x, kwargs)
-        if why:
-            self.svi.compiled = {}
-            self.fast_note = f"fast path not used from epoch {self.epoch + 1} on: {why}"
-            logger.warning(self.fast_note)
+        if self.elbo.recheck(self.model, self.guide, x, kwargs, since=f"from epoch {self.epoch + 1} on"):
             if self.progress and distributed.is_main():
                 tqdm.write(self.fast_note)
 
@@ -329,14 +341,15 @@ class Trainer:
             distributed.broadcast_parameters(self._params_by_name())
         steps_per_epoch = math.ceil(len(data.train) / batch_size)
         everything = torch.arange(len(data.train), device=first.device)  # two batches of each size, on this rank:
-        rows = [distributed.shard(everything[s]) for s in fast.probe_rows(len(data.train), batch_size)]
-        probes = fast.traceable_batches([call(data.train[idx], idx) for idx in rows if len(idx)])
-        if self.fast is False or probes is None:
-            why = "turned off (fast=False)" if self.fast is False else "the batch is not the pair's one argument"
-            self.svi.compiled, self.fast_note = {}, f"fast path not used: {why}"
-        elif not self.svi.compiled:
+        rows = [distributed.shard(everything[s]) for s in proof_rows(len(data.train), batch_size)]
+        probes = traceable_batches([call(data.train[idx], idx) for idx in rows if len(idx)])
+        fast = isinstance(self.elbo, FastELBO)
+        if fast and probes is None:
+            self.elbo.refuse("the batch is not the pair's one argument")
+        elif fast and not self.elbo.steps:
             self._set_training(True)  # the mode the steps run in (a trace keeps it)
             self.enable_fast_path(probes, planned_steps=steps_per_epoch * (epochs - self.epoch))
+        compile_seconds = self.elbo.compile_seconds if fast else 0.0
         if self.progress and distributed.is_main() and self.fast_note:
             tqdm.write(self.fast_note)
         guard = NonFiniteGuard([b for m in self.modules for b in m.buffers() if b.is_floating_point()],
@@ -351,7 +364,7 @@ class Trainer:
                 self._check_signal(epochs)
                 if before_epoch:
                     before_epoch(self)
-                if self.svi.compiled:
+                if self.fast_steps:
                     self._recheck_fast_path(*probes[0])
                 set_lr(self.optim, self.lr)
                 start = time.perf_counter()
@@ -393,7 +406,9 @@ class Trainer:
                         self.diagnostic_images = self.diagnostic_images if found is not None else 0
                         metrics.update(found or {})
                 metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=guard.seen,
-                               fast_path=bool(self.svi.compiled), fast_path_note=self.fast_note)
+                               fast_path=bool(self.fast_steps), fast_path_note=self.fast_note)
+                if compile_seconds is not None:  # the first row this process trains: what capturing cost
+                    metrics["compile_seconds"], compile_seconds = compile_seconds, None
                 if getattr(self.optim, "skip_threshold", None) is not None:  # skipped for a large gradient norm
                     metrics["skipped_updates"] = self.optim.take_skipped()
                 self.history.append(metrics)

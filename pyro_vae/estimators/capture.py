@@ -7,15 +7,15 @@ rebuilds and walks its tape.  :class:`TracedStep` records one call of
 .. math:: (\\mathcal{L}, \\nabla_\\theta \\mathcal{L}) = (\\texttt{elbo.differentiable\\_loss}(x),\\;
           \\texttt{torch.autograd.grad}(\\mathcal{L}, \\theta))
 
-with :func:`torch.fx.experimental.proxy_tensor.make_fx`, which sees every ATen op of the
-forward *and* of the backward pass on real tensors (so Pyro's handlers, the surrogate's
-``detach`` and the autograd tape are all resolved at trace time).  A step is then one replay
-of that graph returning the loss, a finiteness flag and the gradients, with no Pyro and no
-autograd in between: through :func:`torch.jit.trace` (TorchScript), the fx graph itself, or
-TorchInductor after :meth:`TracedStep.compile`.  Every tensor the loss reads besides the parameters
-and ``x`` becomes an input of the graph (:func:`lift_constants`); ops whose output shape depends on
-the data are refused (:func:`data_dependent_shapes`).  Which pairs are traced, and the proof that a
-replay equals the plain loss, are in :mod:`pyro_vae.training.fast`.
+with :func:`torch.fx.experimental.proxy_tensor.make_fx`, which sees every ATen op of the forward *and* of the
+backward pass on real tensors (so Pyro's handlers, the surrogate's ``detach`` and the autograd tape are all
+resolved at trace time).  A step is then one replay of that graph returning the loss, a finiteness flag and
+the gradients, with no Pyro and no autograd in between: the fx graph itself (its ATen ops called from
+Python), or TorchInductor after :meth:`TracedStep.compile`.  The loss must read nothing on the host
+(``elbo.traceable``; :mod:`pyro_vae.estimators.trace` keeps Pyro's ELBOs on the device).  Every tensor the
+loss reads besides the parameters and ``x`` becomes an input of the graph (:func:`lift_constants`); ops whose
+output shape depends on the data are refused (:func:`data_dependent_shapes`).  Which pairs are traced, and
+the proof that a replay equals the plain loss, are in :mod:`pyro_vae.estimators.fast`.
 """
 import contextlib
 import copy
@@ -35,9 +35,9 @@ class TracedStep:
     :attr:`params` are the unconstrained param-store tensors the graph reads (its inputs besides ``x``), in
     name order; ``grads`` follow that order (None for a parameter the loss does not depend on).
     ``kwargs``: per-batch tensors passed to model and guide (e.g. labels ``y``), inputs of the graph too.
-    :attr:`backend` says what replays the graph: ``"torchscript"``, or ``"fx"`` (the make_fx graph run as
-    Python) where TorchScript is gone or cannot take an op (``convolution_backward``), or ``"inductor"``
-    after :meth:`compile`.
+    :attr:`backend` says what replays the graph: ``"fx"`` (the make_fx graph run as Python), or ``"inductor"``
+    after :meth:`compile`.  ``elbo`` must read nothing on the host (``traceable``, see
+    :func:`pyro_vae.estimators.trace.device_twin`).
     """
 
     def __init__(self, elbo, model, guide, x, kwargs=None):
@@ -76,14 +76,7 @@ class TracedStep:
             self.state = lift_constants(graph)
             self.fx = graph
             self.graph, self.backend = graph, "fx"
-            self.compile_seconds, self.cudagraphs = None, False
-            if hasattr(torch.jit, "trace"):  # deprecated: gone in a later torch
-                try:
-                    with torch.no_grad():
-                        self.graph = torch.jit.trace(graph, (*inputs, *self.state), check_trace=False)
-                    self.backend = "torchscript"
-                except RuntimeError:  # an op the TorchScript tracer cannot take (convolution_backward)
-                    pass
+            self.compile_seconds, self.cache_hit, self.cudagraphs = None, None, False
 
     def compile(self, x, kwargs=None):
         """Replay through TorchInductor from now on (``torch._inductor.compile`` of the make_fx graph: no Dynamo,
@@ -92,8 +85,10 @@ class TracedStep:
         the inputs are copied on the device; no host sync).  Compiles now, on ``x``.
 
         Random ops call torch's own generator (``fallback_random``), so a replay draws the plain loss's numbers.
-        Returns None, or why not (inductor missing or failing: the current replay stays).  Compiled kernels
-        are cached on disk by inductor's FX graph cache, so a second run of the same graph compiles faster.
+        Returns None, or why not (inductor missing or failing: the current replay stays).  The compiled graph is
+        kept on disk by inductor's FX graph cache (keyed on the graph, its inputs and torch's version), so
+        another process that captures the same configuration loads it instead of compiling:
+        :attr:`cache_hit` says which happened, :attr:`compile_seconds` what it cost.
         """
         try:
             import torch._inductor
@@ -104,6 +99,7 @@ class TracedStep:
         cudagraphs = x.device.type == "cuda"
         options = {"fallback_random": True, "triton.cudagraphs": cudagraphs}
         rng, saved = pyro.util.get_rng_state(), [t.clone() for t in self.state]
+        hits = _cache_hits()
         start = time.perf_counter()
         try:
             with warnings.catch_warnings(), torch.no_grad():
@@ -115,15 +111,14 @@ class TracedStep:
         finally:
             pyro.util.set_rng_state(rng)
             put_back(self.state, saved)
-        self.previous = self.graph, self.backend
         self.graph, self.backend, self.cudagraphs = compiled, "inductor", cudagraphs
         self.compile_seconds = time.perf_counter() - start
+        self.cache_hit = _cache_hits() > hits
         return None
 
     def uncompile(self):
-        """Go back to the replay used before :meth:`compile`."""
-        self.graph, self.backend = self.previous
-        self.cudagraphs = False
+        """Go back to replaying the fx graph."""
+        self.graph, self.backend, self.cudagraphs = self.fx, "fx", False
 
     def __call__(self, x, **kwargs):
         if self.cudagraphs:  # a new step: the outputs of the last replay are no longer read
@@ -223,31 +218,20 @@ def lift_constants(graph):
 
 @contextlib.contextmanager
 def _traceable():
-    """Let ``Trace_ELBO`` (and ``TraceMeanField_ELBO``) run under make_fx: no host reads of traced values, no
-    distribution argument checks.
+    """What tracing needs of Pyro: no distribution argument checks (they read tensors on the host; the replay is
+    compared with the plain, validated loss before it is used), and quiet tracer warnings."""
+    with pyro.validation_enabled(False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
-    ``Trace_ELBO.differentiable_loss`` returns ``loss + (surrogate − item(surrogate))`` with ``loss`` summed
-    from ``.item()`` floats, and warns on NaN by reading the loss: both would freeze a value of the first
-    batch (make_fx refuses).  Here ``torch_item`` keeps a detached tensor, recomputed at every replay (the
-    value is this step's ELBO and the gradient the surrogate's, as in the plain loss), and ``warn_if_nan``
-    is skipped (the step's finiteness flag replaces it).  Argument validation reads tensors on the host too;
-    the replay is compared with the plain, validated loss before it is used.
-    """
-    import pyro.infer.trace_elbo as trace_elbo
-    import pyro.infer.trace_mean_field_elbo as mean_field
 
-    modules = (trace_elbo, mean_field)
-    saved = [(m.torch_item, m.warn_if_nan) for m in modules]
-    for m in modules:
-        m.torch_item = lambda x: x.detach() if torch.is_tensor(x) else x
-        m.warn_if_nan = lambda value, *args, **kwargs: value
+def _cache_hits():
+    """Inductor's count of FX-graph cache hits in this process (0 where torch does not count them)."""
     try:
-        with pyro.validation_enabled(False), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and tracer warnings
-            yield
-    finally:
-        for m, (item, warn) in zip(modules, saved):
-            m.torch_item, m.warn_if_nan = item, warn
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return counters["inductor"]["fxgraph_cache_hit"]
 
 
 def put_back(tensors, values):
