@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make train   – a short Fashion-MNIST training run that writes metrics and pictures to runs/quickstart
 #   make test    – the test suite
+#   make gpu-check – the CUDA claims on a GPU (benchmarks/gpu_check.py)
 # Both create .venv and install the package with its test extra first.
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 RUN ?= runs/quickstart
 EPOCHS ?= 2
 
-.PHONY: install data train test test-fast clean
+.PHONY: install data train test test-fast gpu-check clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,10 @@ test: install data
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# Every CUDA claim of the README on one GPU in at most 8 minutes → benchmarks/gpu.json (one line and exit 0 without one)
+gpu-check: install data
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

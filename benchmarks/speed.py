@@ -11,7 +11,7 @@ other jobs slows every runner alike:
    (b) ``pyro``:         ``pyro.infer.SVI(model, guide, pyro.optim.Adam, Trace_ELBO()).step``;
    (b') ``pyro-jit``:    the same with ``JitTrace_ELBO``;
    (c) ``pyro_vae``:     the trainer's own step (``Trainer.svi.step``), fast path included: loss and
-       gradients replayed from one traced graph (TorchScript), fused Adam, the NaN guard on the device;
+       gradients replayed from one traced graph (the fx graph), fused Adam, the NaN guard on the device;
    (c') ``pyro_vae-inductor``: the same graph compiled by TorchInductor (what a long run chooses).
 
 2. **Epochs.** Whole 60,000-image epochs (``eager`` loop, ``pyro`` SVI loop, ``Trainer.fit``).
@@ -118,9 +118,9 @@ def make_runners(hidden, latent, batch, data, compile=False):
             compiled = Trainer(vae.model, vae.guide, "trace", progress=False, modules=[vae], fast="compile")
             compiled.enable_fast_path([data[:batch], data[batch : 2 * batch]])
             print(compiled.fast_note)
-            if compiled.svi.compiled[batch].backend == "inductor":
+            if compiled.fast_steps[batch].backend == "inductor":
                 runners["pyro_vae-inductor"] = compiled.svi.step
-                COMPILE_SECONDS[(hidden, latent, batch)] = compiled.svi.compiled[batch].compile_seconds
+                COMPILE_SECONDS[(hidden, latent, batch)] = compiled.fast_steps[batch].compile_seconds
     return runners, scopes, trainer
 
 
@@ -241,7 +241,7 @@ def build_pair(name, num_data, device):
 
 def bench_configs(names, data, labels, batch, rounds, steps, warmup, compile=True):
     """``{name: {runner: ms per step}}`` and ``{name: fast-path note}``: ``pyro`` (SVI), ``pyro_vae``
-    (the trainer's step, TorchScript/fx replay or the plain path), ``pyro_vae-inductor`` and ``eager``
+    (the trainer's step, fx replay or the plain path), ``pyro_vae-inductor`` and ``eager``
     (the hand-written twin) where the configuration has one."""
     device, num_data = data.device, len(data)
     store = pyro.get_param_store()
@@ -264,8 +264,8 @@ def bench_configs(names, data, labels, batch, rounds, steps, warmup, compile=Tru
                 runners[runner] = trainer.svi.step
                 if runner == "pyro_vae":
                     notes[name] = trainer.fast_note
-                elif trainer.svi.compiled and trainer.svi.compiled[batch].backend == "inductor":
-                    COMPILE_SECONDS[name] = trainer.svi.compiled[batch].compile_seconds
+                elif trainer.fast_steps and trainer.fast_steps[batch].backend == "inductor":
+                    COMPILE_SECONDS[name] = trainer.fast_steps[batch].compile_seconds
                 else:
                     del runners[runner]
         twin = CONFIGS[name][1]

@@ -24,7 +24,7 @@ def test_speed_harness_replaces_only_its_own_section(tmp_path, device):
             assert f"| {arch} | {runner} | " in section
         assert f"| {arch} | eager | " in section.split("512-image epoch")[1]
     configs = text.split("configurations:")[1]
-    assert "| kl-warmup | torchscript | " in configs  # β in a tensor: the fast path, against its eager twin
+    assert "| kl-warmup | fx | " in configs  # β in a tensor: the fast path, against its eager twin
     assert configs.split("| kl-warmup |")[1].split("\n")[0].count(" – ") == 3  # no inductor columns (--no-compile)
     assert "| spline-stl | plain: the loss has ops whose output shape depends on the data" in configs
     rerun = out.read_text()

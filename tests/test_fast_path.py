@@ -333,9 +333,9 @@ def test_a_short_run_is_not_compiled_and_a_failing_compiler_falls_back(monkeypat
         Trainer(*_pair_with(lambda x, logits: logits), fast="yes")
 
 
-def _compiled_fit(device, make=_vae):
+def _compiled_fit(device, make=_vae, mode="compile"):
     results = []
-    for fast_mode in ("compile", False):
+    for fast_mode in (mode, False):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         vae = make().to(device)
@@ -360,11 +360,20 @@ def test_the_inductor_replay_gives_the_plain_results():
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_on_cuda_the_compiled_step_is_one_cuda_graph_with_the_plain_results():
     trainer, fast_params, plain_params = _compiled_fit("cuda")
     step = trainer.fast_steps[32]
     assert step.backend == "inductor" and step.cudagraphs and "as one CUDA graph per step" in trainer.fast_note
+    for k in plain_params:
+        torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_on_cuda_the_fx_replay_gives_the_plain_results():
+    """What a short run on a GPU takes: the fx graph replayed on CUDA tensors, no compile."""
+    trainer, fast_params, plain_params = _compiled_fit("cuda", mode="trace")
+    assert {s.backend for s in trainer.fast_steps.values()} == {"fx"} and trainer.fast_steps[32].params[0].is_cuda
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
 

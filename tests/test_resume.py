@@ -107,7 +107,7 @@ def test_signal_mid_epoch_stops_cleanly_and_resumes_exactly(tmp_path, reference,
     assert metric_epochs(tmp_path / "run") == [1, 2, 3, 4]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_resume_on_cuda(tmp_path):
     """On CUDA the checkpoint also holds the CUDA RNG; kernels may not be bit-reproducible, so compare closely."""
     data = synthetic_data().to("cuda")

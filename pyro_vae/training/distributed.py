@@ -8,7 +8,8 @@ takes the same optimizer step.  The data plate's scale ``num_data / local_batch`
 averaged over ranks gives ``num_data / global_batch`` times the global batch's sum:
 the estimate of the full-data ELBO is the one of a single process with the global batch.
 Rank 0 alone writes metrics, pictures and checkpoints; evaluation is sharded and summed.
-Backend: NCCL for CUDA devices, gloo for CPUs.
+Backend: NCCL for CUDA devices, one rank a GPU; gloo for CPUs, and for CUDA when a machine runs more ranks than
+it has GPUs (NCCL refuses two ranks on one GPU; gloo reduces CUDA tensors through the host).
 """
 import os
 
@@ -24,15 +25,20 @@ def launched():
 def init(device):
     """Join the process group torchrun set up; return the device this rank should use.
 
-    ``device`` is the requested device; for CUDA each rank takes ``cuda:LOCAL_RANK``.
+    ``device`` is the requested device; for CUDA each rank takes ``cuda:(LOCAL_RANK mod the GPU count)``.
     """
     if not launched():
         return device
+    backend = "gloo"
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        gpus = torch.cuda.device_count()
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local % gpus)
         torch.cuda.set_device(device)
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", str(local + 1)))
+        backend = "nccl" if ranks_here <= gpus else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend)
     return device
 
 
