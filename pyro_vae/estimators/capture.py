@@ -104,7 +104,7 @@ class TracedStep:
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                compiled = torch._inductor.compile(copy.deepcopy(self.fx), inputs, options)
+                compiled = torch._inductor.compile(copy.deepcopy(self.fx), _static_fakes(inputs), options)
                 compiled(*inputs)  # the first call finishes compiling (and records the CUDA graph's warm-up)
         except Exception as e:  # a compiler missing or failing: keep the current replay
             return f"compiling failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
@@ -223,6 +223,16 @@ def _traceable():
     with pyro.validation_enabled(False), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+def _static_fakes(tensors):
+    """Fake copies of ``tensors`` (shapes fixed) under a fake mode with a shape environment: inductor's FX-graph
+    and AOT-autograd caches key a graph on them (a make_fx graph on real tensors has none, and bypasses both)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    return [mode.from_tensor(t, static_shapes=True) for t in tensors]
 
 
 def _cache_hits():

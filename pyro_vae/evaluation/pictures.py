@@ -136,7 +136,7 @@ def _probe(x, n):
 
 @torch.no_grad()
 def interpolations(model, guide, x_from, x_to, steps=10, obs_site=None):
-    """Decoded straight lines between posterior means: ``[pairs, steps, *x_shape]``.
+    r"""Decoded straight lines between posterior means: ``[pairs, steps, *x_shape]``.
 
     .. math:: z(t) = (1 − t)\,E_q[z | x_a] + t\,E_q[z | x_b], \quad t ∈ \{0, 1/(s−1), …, 1\}
 

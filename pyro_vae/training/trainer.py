@@ -16,7 +16,9 @@ Run directory (``out_dir``):
                     (``test_elbo = test_recon − test_kl``); ``validation_elbo`` when the data
                     has a validation split; ``active_units`` and ``kl_per_dim`` (``{site: …}``,
                     on the first ``diagnostic_images`` test images); ``skipped_updates`` with
-                    ``skip_threshold`` (updates skipped for their gradient norm)
+                    ``skip_threshold`` (updates skipped for their gradient norm); in the first
+                    row a process trains, ``compile_seconds`` (0 when nothing was compiled) and
+                    ``compile_cache_hit`` (whether inductor's cache held the graph)
 ``checkpoint.pt``   epoch, params, module buffers, optimizer state, RNG states, learning-rate
                     scale, the metrics of every completed epoch and (early stopping) the best
                     epoch's parameters; written atomically (temporary file, fsync, rename)
@@ -349,7 +351,10 @@ class Trainer:
         elif fast and not self.elbo.steps:
             self._set_training(True)  # the mode the steps run in (a trace keeps it)
             self.enable_fast_path(probes, planned_steps=steps_per_epoch * (epochs - self.epoch))
-        compile_seconds = self.elbo.compile_seconds if fast else 0.0
+        # the first row this process trains says what capturing cost: compile seconds, and whether inductor's
+        # cache held the graph (None: nothing compiled)
+        first_row = {"compile_seconds": self.elbo.compile_seconds if fast else 0.0,
+                     "compile_cache_hit": self.elbo.cache_hit if fast else None}
         if self.progress and distributed.is_main() and self.fast_note:
             tqdm.write(self.fast_note)
         guard = NonFiniteGuard([b for m in self.modules for b in m.buffers() if b.is_floating_point()],
@@ -407,8 +412,8 @@ class Trainer:
                         metrics.update(found or {})
                 metrics.update(seconds=time.perf_counter() - start, lr=lr, steps=steps_per_epoch, bad_steps=guard.seen,
                                fast_path=bool(self.fast_steps), fast_path_note=self.fast_note)
-                if compile_seconds is not None:  # the first row this process trains: what capturing cost
-                    metrics["compile_seconds"], compile_seconds = compile_seconds, None
+                metrics.update(first_row)
+                first_row = {}
                 if getattr(self.optim, "skip_threshold", None) is not None:  # skipped for a large gradient norm
                     metrics["skipped_updates"] = self.optim.take_skipped()
                 self.history.append(metrics)
