@@ -16,7 +16,7 @@ import pyro
 import pyro.distributions as dist
 from torch import nn
 
-from pyro_vae import Trainer, evaluate, load_data
+from pyro_vae import Optimization, Trainer, evaluate, load_data
 from pyro_vae.app.scripts import parse_script_args, script_parser
 from pyro_vae.evaluation.pictures import save_run_pictures
 from pyro_vae.training.trainer import resolve_device
@@ -48,7 +48,7 @@ def main(args):
     encoder.to(device), decoder.to(device)
     data = load_data("fashion-mnist", args.data_dir, binarize="dynamic", limit=args.limit,
                      test_limit=args.test_limit, device=device)
-    trainer = Trainer(model, guide, elbo=args.elbo, particles=args.particles, lr=args.lr, out_dir=args.out,
+    trainer = Trainer(model, guide, elbo=args.elbo, particles=args.particles, optim=Optimization(lr=args.lr), out_dir=args.out,
                       progress=not args.smoke)
     history = trainer.fit(data, args.epochs, args.batch_size)
     result = evaluate(model, guide, data.test, nll_samples=args.nll_samples)

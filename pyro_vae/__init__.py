@@ -15,7 +15,7 @@ _EXPORTS = {  # imported on first use, so that `pyro-vae --help` imports neither
     "elbo_per_point": "evaluation.metrics", "evaluate": "evaluation.metrics", "make_guide": "guides",
     "HierarchicalVAE": "models.hierarchical", "make_likelihood": "models.likelihoods", "VAE": "models.vae",
     "VampPrior": "models.priors", "PseudoInputs": "models.priors",
-    "Trainer": "training.trainer",
+    "Trainer": "training.trainer", "Optimization": "training.optim", "Listener": "training.listeners",
 }
 
 __version__ = "0.1.0"

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun i
 # x_i ~ N(μ, diag exp(2s)), fitted by maximum likelihood with the full-data scale N / batch.
 SCRIPT = textwrap.dedent('''
     import sys, torch, pyro, pyro.distributions as dist
-    from pyro_vae import Trainer, data_plate
+    from pyro_vae import Optimization, Trainer, data_plate
     from pyro_vae.training import distributed
 
     distributed.init(torch.device("cpu"))
@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent('''
     def guide(x):
         pass
 
-    trainer = Trainer(model, guide, "trace", lr=0.05, progress=False, out_dir=sys.argv[2])
+    trainer = Trainer(model, guide, "trace", optim=Optimization(lr=0.05), progress=False, out_dir=sys.argv[2])
     history = trainer.fit(x, epochs=3, batch_size=int(sys.argv[1]))
     if distributed.is_main():
         torch.save({k: v.detach() for k, v in pyro.get_param_store().named_parameters()}, sys.argv[2] + "/params.pt")

@@ -300,12 +300,12 @@ def test_trainer_scales_the_loss_by_the_data_plate_whatever_its_name():
     """With STL at the exact posterior every gradient is zero up to round-off (which Adam would blow up to steps of
     lr: lr = 1e-9 keeps them negligible), so each epoch's train_loss is the mean −log p(x) per image exactly: the
     trainer found plate "points" and its scale N / B."""
-    from pyro_vae import Trainer
+    from pyro_vae import Optimization, Trainer
 
     lg = LinearGaussian()
     X = lg.sample(N)
     model, guide = named_subsampled_pair(lg, X)
-    trainer = Trainer(model, guide, elbo="stl", particles=3, lr=1e-9, progress=False)
+    trainer = Trainer(model, guide, elbo="stl", particles=3, optim=Optimization(lr=1e-9), progress=False)
     history = trainer.fit(X, epochs=2, batch_size=B, batch_kwargs=lambda idx: {"idx": idx})
     assert trainer.pair.data_plate.name == "points" and trainer.pair.observed == {"obs": (lg.obs_dim,)}
     for row in history:
@@ -399,12 +399,12 @@ def test_trainer_and_evaluate_take_the_pair_through_batch_call(way):
     """Training lowers the loss; evaluate's ELBO of the trained guide is the closed-form ELBO of
     q(z|x_i) = N(x_i A + c, L Lᵀ) (400 particles on 64 points: a standard error near 0.01 nats), its NLL the
     exact −log p(x) within 0.05 nats, and at the exact posterior evaluate's ELBO is log p(x) to round-off."""
-    from pyro_vae import Trainer, evaluate
+    from pyro_vae import Optimization, Trainer, evaluate
 
     lg = LinearGaussian()
     X = lg.sample(64)
     model, guide, batch_call = trainable_pairs(lg, X)[way]
-    trainer = Trainer(model, guide, elbo="trace", lr=0.05, progress=False, batch_call=batch_call)
+    trainer = Trainer(model, guide, elbo="trace", optim=Optimization(lr=0.05), progress=False, batch_call=batch_call)
     history = trainer.fit(X, epochs=15, batch_size=16, test_x=X)
     assert history[-1]["train_loss"] < history[0]["train_loss"] - 1.0
     assert "active_units" in history[-1] and history[-1]["test_elbo"] == pytest.approx(-history[-1]["train_loss"],

@@ -8,7 +8,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_vae import Config, Trainer
+from pyro_vae import Config, Optimization, Trainer
 from pyro_vae.data import ImageData
 from pyro_vae.estimators.importance import log_likelihood
 from pyro_vae.models import build_model
@@ -114,7 +114,7 @@ def test_vampprior_vae_trains_on_the_fast_path_and_learns_its_pseudo_inputs():
     vae = vamp_vae()
     data = tiny_data()
     store = pyro.get_param_store()
-    trainer = Trainer(vae.model, vae.guide, lr=1e-2, progress=False, modules=[vae])
+    trainer = Trainer(vae.model, vae.guide, optim=Optimization(lr=1e-2), progress=False, modules=[vae])
     trainer.fit(data, epochs=1, batch_size=16)  # registers the parameters
     before = store["pseudo_inputs$$$weight"].detach().clone()
     history = trainer.fit(data, epochs=4, batch_size=16)

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from linear_gaussian import LinearGaussian
 from torch import nn
 
-from pyro_vae import Config, Trainer, load_data, log_likelihood, make_elbo, make_guide
+from pyro_vae import Config, Optimization, Trainer, load_data, log_likelihood, make_elbo, make_guide
+from pyro_vae.training.guards import NaNGuard
 from pyro_vae.app import experiment
 from pyro_vae.app.cli import main
 from pyro_vae.core import checks as validation
@@ -89,9 +90,9 @@ def test_library_entry_points_reject_bad_options():
         Trainer(vae.model, vae.guide, particles=0)
     for lr in (float("nan"), float("inf"), 0.0, -1.0):
         with pytest.raises(ValueError, match="lr must be a finite positive number"):
-            Trainer(vae.model, vae.guide, lr=lr)
+            Trainer(vae.model, vae.guide, optim=Optimization(lr=lr))
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
-        Trainer(vae.model, vae.guide, optimizer="sgd")
+        Trainer(vae.model, vae.guide, optim=Optimization(optimizer="sgd"))
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         Trainer(vae.model, vae.guide, progress=False).fit(torch.rand(4, 1, 2, 2), 1, batch_size=0)
     with pytest.raises(ValueError, match="latent_dim and context_dim must be positive"):
@@ -305,7 +306,7 @@ def _snapshot(trainer, log):
 def test_nonfinite_step_is_skipped_state_restored_and_lr_halved(tmp_path, kind):
     pair = Poisoned(bad_epochs={2}, kind=kind)
     x = torch.randn(8, generator=torch.Generator().manual_seed(0)) + 1.0
-    trainer = Trainer(pair.model, pair.guide, lr=0.05, out_dir=str(tmp_path), progress=False,
+    trainer = Trainer(pair.model, pair.guide, optim=Optimization(lr=0.05), out_dir=str(tmp_path), progress=False,
                       modules=[pair.tracker])
     pair.trainer = trainer
     log = []
@@ -327,8 +328,8 @@ def test_checks_every_few_steps_skip_on_the_device_and_act_at_the_check(tmp_path
     """What a GPU run does (the host reads the guard's counts every ``check_every`` steps), here on the CPU."""
     pair = Poisoned(bad_epochs={2}, kind="grad")
     x = torch.randn(8, generator=torch.Generator().manual_seed(0)) + 1.0
-    trainer = Trainer(pair.model, pair.guide, lr=0.05, out_dir=str(tmp_path), progress=False,
-                      modules=[pair.tracker], check_every=3)
+    trainer = Trainer(pair.model, pair.guide, optim=Optimization(lr=0.05), out_dir=str(tmp_path), progress=False,
+                      modules=[pair.tracker], listeners=[NaNGuard(check_every=3)])
     pair.trainer = trainer
     log = []
     history = trainer.fit(x, epochs=3, batch_size=2, callback=lambda t, m: _snapshot(t, log))  # 4 steps per epoch
@@ -340,7 +341,7 @@ def test_checks_every_few_steps_skip_on_the_device_and_act_at_the_check(tmp_path
     assert [m["bad_steps"] for m in history] == [0, 4, 0]
     assert [m["lr"] for m in history] == [0.05, 0.05 / 16, 0.05 / 16]  # halved per bad step, at steps 3 and 4
     pair = Poisoned(bad_epochs={1})
-    pair.trainer = Trainer(pair.model, pair.guide, lr=0.05, progress=False, max_bad_steps=3, check_every=4)
+    pair.trainer = Trainer(pair.model, pair.guide, optim=Optimization(lr=0.05), progress=False, listeners=[NaNGuard(max_bad_steps=3, check_every=4)])
     with pytest.raises(NonFiniteLossError, match=r"NaN/inf for 4 steps in a row \(epoch 1/2, step 4\)"):
         pair.trainer.fit(x, 2, 2)
 
@@ -348,7 +349,7 @@ def test_checks_every_few_steps_skip_on_the_device_and_act_at_the_check(tmp_path
 def test_too_many_bad_steps_stop_with_a_clear_error_and_keep_the_run_usable(tmp_path):
     pair = Poisoned(bad_epochs={2, 3}, kind="loss")
     x = torch.randn(8, generator=torch.Generator().manual_seed(0))
-    trainer = Trainer(pair.model, pair.guide, lr=0.05, out_dir=str(tmp_path), progress=False, max_bad_steps=3)
+    trainer = Trainer(pair.model, pair.guide, optim=Optimization(lr=0.05), out_dir=str(tmp_path), progress=False, listeners=[NaNGuard(max_bad_steps=3)])
     pair.trainer = trainer
     with pytest.raises(NonFiniteLossError, match=r"NaN/inf for 3 steps in a row \(epoch 2/3, step 3\).*"
                                                  r"lowered to 0.00625.*still holds the checkpoint and metrics of "
@@ -362,7 +363,7 @@ def test_too_many_bad_steps_stop_with_a_clear_error_and_keep_the_run_usable(tmp_
     # the run resumes from epoch 1 once the cause is gone
     pyro.clear_param_store()
     pair = Poisoned()
-    resumed = Trainer(pair.model, pair.guide, lr=0.05, out_dir=str(tmp_path), progress=False)
+    resumed = Trainer(pair.model, pair.guide, optim=Optimization(lr=0.05), out_dir=str(tmp_path), progress=False)
     history = resumed.fit(x, epochs=3, batch_size=2, resume=True)
     assert [m["epoch"] for m in history] == [1, 2, 3]
     assert [json.loads(line)["epoch"] for line in (tmp_path / METRICS).read_text().splitlines()] == [1, 2, 3]

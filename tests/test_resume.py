@@ -10,7 +10,7 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae import Config, Trainer
+from pyro_vae import Config, Optimization, Trainer
 from pyro_vae.app import experiment
 from pyro_vae.data import ImageData
 from pyro_vae.models import build_model
@@ -31,8 +31,8 @@ def make_trainer(out_dir, seed=0, device="cpu"):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     vae = build_model(CONFIG, (1, 3, 3), num_data=60).to(device)
-    return Trainer(vae.model, vae.guide, CONFIG.elbo, 2, CONFIG.lr, CONFIG.optimizer, CONFIG.lr_decay,
-                   CONFIG.clip_norm, out_dir=str(out_dir), progress=False, modules=[vae])
+    optim = Optimization(CONFIG.lr, CONFIG.optimizer, CONFIG.lr_decay, CONFIG.clip_norm)
+    return Trainer(vae.model, vae.guide, CONFIG.elbo, 2, optim, out_dir=str(out_dir), progress=False, modules=[vae])
 
 
 def final_state(trainer):

@@ -19,6 +19,8 @@ from pyro_vae.data import ImageData
 from pyro_vae.models import build_model
 from pyro_vae.training.tensorboard import flatten, read_scalars
 from pyro_vae.training.trainer import METRICS, TrainingInterrupted
+from pyro_vae.training.optim import Optimization
+from pyro_vae.training.tensorboard import TensorBoard
 
 DEBIAN = "/usr/share/datasets/fashion-mnist"
 SIDE, N, BATCH = 4, 60, 16
@@ -32,12 +34,13 @@ def synthetic_data():
                      test_labels=None, val=binary(30), binarize="dynamic")
 
 
-def make_trainer(out_dir, config=Config(latent_dim=3, hidden_dims=[16]), **kwargs):
+def make_trainer(out_dir, config=Config(latent_dim=3, hidden_dims=[16]), tensorboard=True, images_every=1):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     vae = build_model(config, (1, SIDE, SIDE), num_data=N)
-    return Trainer(vae.model, vae.guide, lr=1e-2, out_dir=out_dir and str(out_dir), progress=False, modules=[vae], log_every=2,
-                   **kwargs)
+    board = TensorBoard(log_every=2, images_every=images_every, enabled=tensorboard)
+    return Trainer(vae.model, vae.guide, optim=Optimization(lr=1e-2), out_dir=out_dir and str(out_dir),
+                   progress=False, modules=[vae], listeners=[board])
 
 
 def rows(out_dir):

@@ -19,7 +19,11 @@ from pyro_vae.estimators import make_elbo
 from pyro_vae.estimators.variants import KLSchedule, beta_scale
 from pyro_vae.models import build_model, with_defaults
 from pyro_vae.training import distributed
-from pyro_vae.training.tensorboard import evaluated_step, log_evaluation
+from pyro_vae.training.console import Console
+from pyro_vae.training.figures import Evaluation
+from pyro_vae.training.guards import NaNGuard
+from pyro_vae.training.optim import Optimization
+from pyro_vae.training.tensorboard import TensorBoard, evaluated_step, log_evaluation
 from pyro_vae.training.trainer import CHECKPOINT, METRICS, Trainer, resolve_device
 
 LOG = "pyro-vae.log"  # the run's log: the trainer's log lines, and the traceback of a failed command (cli.py)
@@ -97,12 +101,13 @@ def _fit(config, vae, data, resume, progress):
         before_epoch = lambda t: schedule.set_epoch(t.epoch)  # noqa: E731
         if config.free_bits:
             elbo = make_elbo("free-bits", config.particles, free_bits=config.free_bits)
-    trainer = Trainer(model, guide, elbo, config.particles, config.lr, config.optimizer,
-                      config.lr_decay, config.clip_norm, out_dir=out, log_every=config.log_every,
-                      eval_particles=config.eval_particles, progress=progress, modules=[vae],
-                      max_bad_steps=config.max_bad_steps, tensorboard=config.tensorboard,
-                      images_every=config.images_every, fast=False if config.fast == "off" else config.fast,
-                      skip_threshold=skip_threshold(config, len(data.train)))
+    optim = Optimization(config.lr, config.optimizer, config.lr_decay, config.clip_norm,
+                         skip_threshold(config, len(data.train)))
+    listeners = [Evaluation(config.eval_particles), NaNGuard(config.max_bad_steps),
+                 TensorBoard(config.log_every, config.images_every, enabled=config.tensorboard)]
+    listeners += [Console(config.log_every)] if progress else []
+    trainer = Trainer(model, guide, elbo, config.particles, optim, out_dir=out, modules=[vae], progress=progress,
+                      fast=False if config.fast == "off" else config.fast, listeners=listeners)
     # optional model hooks: on_epoch(completed epochs) e.g. anneals a temperature; batch_kwargs(data) gives
     # index -> extra model/guide kwargs (labels); report(data) gives final figures (written to report.json)
     on_epoch = getattr(vae, "on_epoch", None)

@@ -1,9 +1,12 @@
 """Run-directory files written so that no crash, interrupt or NaN loses them: atomic writes, and the state a
-resume restores (parameters, module buffers, optimizer and RNG states)."""
+resume restores (parameters, module buffers, optimizer and RNG states), and the two listeners that write them."""
+import json
 import os
 
 import pyro
 import torch
+
+from pyro_vae.training.listeners import Listener
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -90,3 +93,42 @@ def restore(state, modules, optim):
     pyro.util.set_rng_state(rng)
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+class MetricsFile(Listener):
+    """``metrics.jsonl``: one JSON row per completed epoch, appended at its end; rewritten from the checkpoint's
+    copy of the rows when a run starts, so a resumed run's file holds exactly the completed epochs."""
+
+    order = 20
+
+    def on_run_start(self, trainer):
+        if trainer.writes:
+            atomic_write_lines([json.dumps(m) + "\n" for m in trainer.history],
+                               os.path.join(trainer.out_dir, METRICS))
+
+    def on_epoch_end(self, trainer, metrics):
+        if trainer.writes:
+            with open(os.path.join(trainer.out_dir, METRICS), "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+
+class Checkpoints(Listener):
+    """``checkpoint.pt``, everything the next epoch reads (:meth:`Trainer.state_dict`), written atomically before
+    the first epoch and after each one; ``best.pt``, the best epoch's parameters under early stopping."""
+
+    order = 40  # after the metrics file and TensorBoard: their rows are on disk before the checkpoint counts them
+
+    def on_run_start(self, trainer):
+        if not trainer.writes:
+            return
+        if trainer.epoch == 0:  # an interrupted first epoch still resumes exactly
+            trainer.save_checkpoint()
+        if trainer.best is not None:
+            atomic_save(trainer.best, os.path.join(trainer.out_dir, BEST))
+
+    def on_epoch_end(self, trainer, metrics):
+        if not trainer.writes:
+            return
+        trainer.save_checkpoint()
+        if trainer.best is not None and trainer.best["epoch"] == trainer.epoch:
+            atomic_save(trainer.best, os.path.join(trainer.out_dir, BEST))

@@ -2,6 +2,11 @@
 import math
 
 import pyro
+from tqdm.auto import tqdm
+
+from pyro_vae.core.checks import check_option
+from pyro_vae.training import distributed
+from pyro_vae.training.listeners import Listener
 
 
 def best_epoch(history):
@@ -27,3 +32,35 @@ def snapshot(epoch, modules):
     return {"epoch": epoch,
             "params": {name: p.detach().cpu().clone() for name, p in store.named_parameters()},
             "buffers": {i: {k: b.detach().cpu().clone() for k, b in m.named_buffers()} for i, m in enumerate(modules)}}
+
+
+class EarlyStopping(Listener):
+    """Stop once ``validation_elbo`` has not improved for ``patience`` epochs in a row after the first
+    ``warmup_epochs`` (the count stays at 0 during warm-up); the parameters of the best epoch are kept in
+    ``trainer.best`` (saved in the checkpoint and in ``best.pt`` by :class:`~.checkpoint.Checkpoints`)."""
+
+    order = 10  # after the evaluation that gives validation_elbo, before the checkpoint that saves the best
+
+    def __init__(self, patience, warmup_epochs=0):
+        check_option("early_stopping", patience)
+        check_option("warmup_epochs", warmup_epochs)
+        self.patience, self.warmup_epochs = patience, warmup_epochs
+
+    def on_run_start(self, trainer):
+        if trainer.run.val_x is None:
+            raise ValueError("early stopping watches the validation ELBO, but the data has no validation split; "
+                             "load it with validation=N (e.g. 10000), pass val_x, or leave out early_stopping")
+        self._update(trainer)
+
+    def on_epoch_end(self, trainer, metrics):
+        if best_epoch(trainer.history) == trainer.epoch:
+            trainer.best = snapshot(trainer.epoch, trainer.modules)
+        self._update(trainer)
+
+    def on_run_end(self, trainer):
+        if trainer.stopped and trainer.progress and distributed.is_main():
+            tqdm.write(f"early stopping after epoch {trainer.epoch}: the validation ELBO peaked at epoch "
+                       f"{best_epoch(trainer.history)}")
+
+    def _update(self, trainer):
+        trainer.stopped = should_stop(trainer.history, trainer.epoch, self.patience, self.warmup_epochs)

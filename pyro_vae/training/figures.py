@@ -1,5 +1,5 @@
 """What each epoch records besides the training loss: the ELBO of held-out data split into reconstruction and KL,
-active units and KL per latent dimension, and the TensorBoard row and pictures.
+and active units and KL per latent dimension (the listener :class:`Evaluation`).
 
 They draw their random numbers from a fork of the RNG (the caller's ``torch.random.fork_rng``), so they leave the
 training trajectory as it would be without them; the networks are in eval mode while they are taken.
@@ -9,9 +9,10 @@ import logging
 
 import torch
 
+from pyro_vae.core.checks import check_option
 from pyro_vae.evaluation.metrics import _latent_pass, active_units, elbo_terms, posterior_means
 from pyro_vae.training import distributed
-from pyro_vae.training.tensorboard import picture_grids
+from pyro_vae.training.listeners import Listener
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +29,10 @@ def eval_mode(modules):
             m.train(True)
 
 
-def cuda_devices(x):
-    """The CUDA device of tensor ``x`` as a list for :func:`torch.random.fork_rng` (empty on a CPU)."""
-    return [x.device] if x.device.type == "cuda" else []
+def cuda_devices(where):
+    """The CUDA device of a tensor or device as a list for :func:`torch.random.fork_rng` (empty on a CPU)."""
+    device = where.device if torch.is_tensor(where) else where
+    return [device] if device.type == "cuda" else []
 
 
 def elbo_figures(model, guide, x, num_particles=1, batch_size=1000, batch_call=None):
@@ -61,20 +63,32 @@ def latent_figures_or_none(model, guide, x, batch_call=None):
         return None
 
 
-def write_epoch(tb, metrics, step, model=None, guide=None, x=None, modules=()):
-    """Write the epoch's row at ``step`` and, given images ``x``, the samples and reconstructions of the pair, then
-    flush: the events are on disk before the checkpoint that includes the epoch.  Returns False when the pictures
-    failed (e.g. a pair without an observed image site), with one warning."""
-    tb.row(metrics, step)
-    ok = True
-    if x is not None:
-        try:
-            with eval_mode(modules), torch.random.fork_rng(devices=cuda_devices(x)):
-                grids = picture_grids(model, guide, x)
-            for tag, images in grids.items():
-                tb.images(tag, images, step)
-        except Exception as e:  # noqa: BLE001 - training goes on without the pictures
-            logger.warning(f"TensorBoard images turned off: {type(e).__name__}: {e}")
-            ok = False
-    tb.flush()
-    return ok
+class Evaluation(Listener):
+    """At each epoch's end: ``test_elbo``, ``test_recon``, ``test_kl`` on the test images, ``validation_elbo`` on the
+    validation images, and ``active_units`` and ``kl_per_dim`` on the first ``diagnostic_images`` test images (0:
+    not computed), each with ``particles`` samples per image, on a fork of the RNG and in eval mode."""
+
+    order = 0
+
+    def __init__(self, particles=1, diagnostic_images=1000):
+        check_option("eval_particles", particles)
+        check_option("diagnostic_images", diagnostic_images)
+        self.particles, self.diagnostic_images = particles, diagnostic_images
+
+    def on_epoch_end(self, trainer, metrics):
+        run, pair = trainer.run, (trainer.model, trainer.guide)
+        if run.test_x is not None:
+            metrics.update({f"test_{k}": v for k, v in self.terms(trainer, run.test_x).items()})
+        with torch.random.fork_rng(devices=cuda_devices(run.device)):  # training's random stream stays
+            if run.val_x is not None:
+                metrics["validation_elbo"] = self.terms(trainer, run.val_x)["elbo"]
+            if run.test_x is not None and self.diagnostic_images:
+                with eval_mode(trainer.modules):  # None: a pair they fail on; off from now on
+                    found = latent_figures_or_none(*pair, run.test_x[: self.diagnostic_images], trainer.batch_call)
+                self.diagnostic_images = self.diagnostic_images if found is not None else 0
+                metrics.update(found or {})
+
+    def terms(self, trainer, x, batch_size=1000):
+        """Mean ``elbo``, ``recon`` and ``kl`` per image of ``x`` (:func:`elbo_figures`)."""
+        with eval_mode(trainer.modules):
+            return elbo_figures(trainer.model, trainer.guide, x, self.particles, batch_size, trainer.batch_call)

@@ -1,9 +1,15 @@
 """What stops a run cleanly: too many non-finite steps (the NaN guard), and SIGINT/SIGTERM at a step boundary."""
 import contextlib
+import logging
 import signal
 import threading
 
 import torch
+
+from pyro_vae.core.checks import check_option
+from pyro_vae.training.listeners import Listener
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -87,3 +93,85 @@ class NonFiniteGuard:
             on_bad(new)
         if worst >= self.max_bad_steps:
             raise NonFiniteLossError(stopped(worst))
+
+
+class NaNGuard(Listener):
+    """The NaN guard as a listener: a non-finite step is skipped on the device (by the step itself); here its
+    count is read every ``check_every`` steps (default 1 on a CPU, where a read costs nothing, and the console's
+    ``log_every`` on a GPU), the learning rate is multiplied by ``bad_lr_factor`` once per bad step (kept for the
+    rest of the run and saved in the checkpoint), and ``max_bad_steps`` bad steps in a row raise
+    :class:`NonFiniteLossError`, the run directory still holding the last completed epoch.  Floating module
+    buffers that a bad step changed are put back."""
+
+    order = 0
+
+    def __init__(self, max_bad_steps=10, bad_lr_factor=0.5, check_every=None):
+        check_option("max_bad_steps", max_bad_steps)
+        check_option("bad_lr_factor", bad_lr_factor)
+        check_option("check_every", check_every)
+        self.max_bad_steps, self.bad_lr_factor, self.check_every = max_bad_steps, bad_lr_factor, check_every
+
+    def on_run_start(self, trainer):
+        buffers = [b for m in trainer.modules for b in m.buffers() if b.is_floating_point()]
+        self.guard = NonFiniteGuard(buffers, self.max_bad_steps)
+        self.every = self.check_every or (1 if trainer.run.device.type == "cpu" else trainer.log_every)
+
+    def on_epoch_start(self, trainer):
+        self.guard.start(trainer.run.device)
+        trainer.bad_steps = 0
+
+    def on_step_start(self, trainer):
+        self.guard.hold()
+
+    def on_step_end(self, trainer, step, loss, ok):
+        self.guard.record(ok)
+        if step % self.every == 0:
+            self._check(trainer, step)
+
+    def on_train_epoch_end(self, trainer, step):
+        self._check(trainer, step)
+
+    def _check(self, trainer, step):
+        def lower(new):
+            trainer.lr_scale *= self.bad_lr_factor**new
+            trainer.set_lr()
+            logger.warning(f"{new} non-finite step(s) skipped by step {step} of epoch {trainer.epoch + 1}; "
+                           f"learning rate lowered to {trainer.lr:.3g}")
+            trainer.emit("on_bad_steps", new, step)
+
+        kept = (f"; {trainer.out_dir!r} still holds the checkpoint and metrics of epoch {trainer.epoch}"
+                if trainer.out_dir else "")
+        self.guard.check(lower, lambda worst: (
+            f"the loss or its gradients were NaN/inf for {worst} steps in a row (epoch {trainer.epoch + 1}/"
+            f"{trainer.run.epochs}, step {step}) although the learning rate was lowered to {trainer.lr:.3g}{kept}; "
+            f"try a smaller lr=, clip_norm=, another likelihood= or sigma=, or check the data"))
+        trainer.bad_steps = self.guard.seen
+
+
+class SignalStop(Listener):
+    """SIGINT/SIGTERM stop the loop at the next step boundary with :class:`TrainingInterrupted` (a
+    ``KeyboardInterrupt``); the partial epoch is discarded, so ``resume=True`` repeats it exactly; a second signal
+    interrupts at once."""
+
+    order = 0
+
+    def on_run_start(self, trainer):
+        self.signals = SignalGuard()
+        self.installed = self.signals.installed()
+        self.installed.__enter__()
+
+    def on_epoch_start(self, trainer):
+        self._check(trainer)
+
+    def on_step_end(self, trainer, step, loss, ok):
+        self._check(trainer)
+
+    def on_run_end(self, trainer):
+        self.installed.__exit__(None, None, None)
+
+    def _check(self, trainer):
+        where = (f"the checkpoint of epoch {trainer.epoch} in {trainer.out_dir!r}" if trainer.out_dir
+                 else "nothing (no out_dir)")
+        self.signals.check(lambda name: f"{name} during epoch {trainer.epoch + 1}/{trainer.run.epochs}: stopped at "
+                                        f"a step boundary; the partial epoch is discarded and the run holds "
+                                        f"{where}; continue with resume=True")

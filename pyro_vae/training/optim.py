@@ -9,6 +9,9 @@ parameters appear), so a step is a single call; Adam uses torch's fused kernel
 ``get_state``/``set_state`` keep PyroOptim's per-parameter-name format, so
 checkpoints move between the two.
 """
+from dataclasses import dataclass
+from typing import Optional
+
 import pyro
 import pyro.optim
 import torch
@@ -164,6 +167,26 @@ class FusedOptim(pyro.optim.PyroOptim):
                 state[store.param_name(p)] = {"state": {0: dict(st)} if st else {},
                                               "param_groups": [{**hyper, "params": [0]}]}
         return state
+
+
+@dataclass
+class Optimization:
+    """How a run optimizes: ``optimizer`` (``adam`` or ``clipped-adam``) at learning rate ``lr``, multiplied by
+    ``lr_decay`` after each epoch; ``clip_norm`` clips each parameter's gradient norm; ``skip_threshold`` skips
+    every update whose total gradient norm exceeds it (VDVAE).  Checked when made."""
+
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    lr_decay: float = 1.0
+    clip_norm: Optional[float] = None
+    skip_threshold: Optional[float] = None
+
+    def __post_init__(self):
+        from pyro_vae.core import checks
+
+        checks.check_choice("optimizer", self.optimizer, tuple(OPTIMIZERS), "optimizer")
+        for name in ("lr", "lr_decay", "clip_norm", "skip_threshold"):
+            checks.check_option(name, getattr(self, name))
 
 
 def make_optimizer(name="adam", lr=1e-3, clip_norm=None, fused=True, skip_threshold=None):

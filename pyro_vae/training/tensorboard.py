@@ -13,12 +13,18 @@ On resume the writer is opened with ``purge_step`` = the first step after the ch
 the events of an interrupted epoch are dropped by TensorBoard and no step appears twice.
 """
 import contextlib
+import logging
 import math
 import numbers
 
 import torch
 
+from pyro_vae.core.checks import check_option
 from pyro_vae.training.early_stopping import best_epoch
+from pyro_vae.training.figures import cuda_devices, eval_mode
+from pyro_vae.training.listeners import Listener
+
+logger = logging.getLogger(__name__)
 
 SKIPPED = ("epoch",)  # the step axis already says it
 
@@ -152,3 +158,60 @@ def read_scalars(run_dir):
 
 
 __all__ = ["RunWriter", "evaluated_step", "flatten", "log_evaluation", "picture_grids", "read_scalars", "run_writer"]
+
+
+def write_epoch(tb, metrics, step, model=None, guide=None, x=None, modules=()):
+    """Write the epoch's row at ``step`` and, given images ``x``, the samples and reconstructions of the pair, then
+    flush: the events are on disk before the checkpoint that includes the epoch.  Returns False when the pictures
+    failed (e.g. a pair without an observed image site), with one warning."""
+    tb.row(metrics, step)
+    ok = True
+    if x is not None:
+        try:
+            with eval_mode(modules), torch.random.fork_rng(devices=cuda_devices(x)):
+                grids = picture_grids(model, guide, x)
+            for tag, images in grids.items():
+                tb.images(tag, images, step)
+        except Exception as e:  # noqa: BLE001 - training goes on without the pictures
+            logger.warning(f"TensorBoard images turned off: {type(e).__name__}: {e}")
+            ok = False
+    tb.flush()
+    return ok
+
+
+class TensorBoard(Listener):
+    """TensorBoard event files in the run directory: every metrics row, the running loss every ``log_every``
+    steps, and pictures (samples, reconstructions) every ``images_every`` epochs and at the last (0: none).
+    On resume the writer drops the events of an interrupted epoch (``purge_step``)."""
+
+    order = 30
+
+    def __init__(self, log_every=50, images_every=1, enabled=True):
+        check_option("log_every", log_every)
+        check_option("images_every", images_every)
+        self.log_every, self.images_every, self.enabled = log_every, images_every, enabled
+        self.writer = None
+
+    def on_run_start(self, trainer):
+        if self.enabled and trainer.writes:
+            self.writer = RunWriter(trainer.out_dir, purge_step=trainer.epoch * trainer.run.steps_per_epoch + 1)
+
+    def on_step_end(self, trainer, step, loss, ok):
+        if self.writer and step % self.log_every == 0 and step > trainer.bad_steps:
+            self.writer.scalar("running_loss", trainer.running_loss(step),
+                               (trainer.epoch) * trainer.run.steps_per_epoch + step)
+
+    def on_epoch_end(self, trainer, metrics):
+        if not self.writer:
+            return
+        run = trainer.run
+        pictures = run.test_x is not None and self.images_every and (
+            trainer.epoch % self.images_every == 0 or trainer.epoch == run.epochs)
+        if not write_epoch(self.writer, metrics, trainer.epoch * run.steps_per_epoch, trainer.model, trainer.guide,
+                           run.test_x if pictures else None, trainer.modules):
+            self.images_every = 0
+
+    def on_run_end(self, trainer):
+        if self.writer:
+            self.writer.close()
+            self.writer = None
