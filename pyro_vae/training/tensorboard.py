@@ -12,7 +12,6 @@ reconstructions).  ``pyro-vae evaluate`` adds ``eval/SPLIT/…`` (NLL, bits/dim,
 On resume the writer is opened with ``purge_step`` = the first step after the checkpoint, so
 the events of an interrupted epoch are dropped by TensorBoard and no step appears twice.
 """
-import contextlib
 import logging
 import math
 import numbers
@@ -92,17 +91,6 @@ class RunWriter:
 
     def close(self):
         self.writer.close()
-
-
-@contextlib.contextmanager
-def run_writer(log_dir, purge_step=None):
-    """A :class:`RunWriter` on ``log_dir`` inside the block, closed after it; None when ``log_dir`` is falsy."""
-    writer = RunWriter(log_dir, purge_step=purge_step) if log_dir else None
-    try:
-        yield writer
-    finally:
-        if writer is not None:
-            writer.close()
 
 
 @torch.no_grad()
