@@ -213,15 +213,20 @@ def gradient_snr(model, guide, data, *args, elbos=("trace", "iwae", "dreg", "stl
 
 
 def snr_table(rows):
-    """The rows as a text table: SNR medians [quartiles], total variances, milliseconds per gradient."""
-    def snr(s):
-        return f"{s.median:9.3g} [{s.q25:.3g}, {s.q75:.3g}]"
+    """The rows (:class:`GradientSNR`, or their :meth:`~GradientSNR.as_row` dicts) as a text table: SNR
+    medians [quartiles], total variances, milliseconds per gradient."""
+    def num(v):
+        return "nan" if v is None else f"{v:.3g}"
+
+    def snr(row, group):
+        q25, q75 = row[f"{group}_snr_quartiles"]
+        return f"{num(row[f'{group}_snr']):>9} [{num(q25)}, {num(q75)}]"
 
     lines = [f"{'elbo':<10}{'K':>6}  {'guide SNR [q25, q75]':<30}{'model SNR [q25, q75]':<30}"
              f"{'guide var':>11}{'model var':>11}{'ms/grad':>9}"]
-    for r in rows:
-        lines.append(f"{r.elbo:<10}{r.particles:>6}  {snr(r.guide):<30}{snr(r.model):<30}"
-                     f"{r.guide.variance:>11.3g}{r.model.variance:>11.3g}{1000 * r.seconds:>9.1f}")
+    for r in (r.as_row() if isinstance(r, GradientSNR) else r for r in rows):
+        lines.append(f"{r['elbo']:<10}{r['particles']:>6}  {snr(r, 'guide'):<30}{snr(r, 'model'):<30}"
+                     f"{num(r['guide_variance']):>11}{num(r['model_variance']):>11}{1000 * r['seconds']:>9.1f}")
     return "\n".join(lines)
 
 
