@@ -169,17 +169,20 @@ def build_parser():
 
 
 def add_gradient_snr_parser(add):
-    """``gradient-snr RUN_DIR``: the estimator lab (issue #32), :func:`~pyro_vae.app.experiment.gradient_snr_run`."""
-    gs = add("gradient-snr", help="signal-to-noise ratio of each estimator's gradient against the particles K; "
-                                  "writes gradient_snr.json and gradient_snr.png")
+    """``gradient-snr RUN_DIR``: the estimator lab (issue #32),
+    :func:`~pyro_vae.app.experiment.gradient_snr_run`."""
+    gs = add("gradient-snr", help="signal-to-noise ratio of each estimator's gradient against the "
+                                  "particles K; writes gradient_snr.json and gradient_snr.png")
     gs.add_argument("run_dir")
     gs.add_argument("--elbo", dest="elbos", default=["trace", "iwae", "dreg", "stl"],
                     type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
                     help="comma-separated estimator names (default: trace,iwae,dreg,stl)")
     gs.add_argument("--particles", type=int_list, default=[1, 10, 100],
                     help="comma-separated particle counts K (default: 1,10,100)")
-    gs.add_argument("--repeats", type=int, default=100, help="gradient draws R per estimator and K (default: 100)")
-    gs.add_argument("--batch-size", type=int, default=100, help="the first N images of --split form the batch")
+    gs.add_argument("--repeats", type=int, default=100,
+                    help="gradient draws R per estimator and K (default: 100)")
+    gs.add_argument("--batch-size", type=int, default=100,
+                    help="the first N images of --split form the batch (default: 100)")
     gs.add_argument("--split", choices=["test", "val", "train"], default="train")
     gs.add_argument("--seed", type=int, default=0)
     gs.add_argument("--device", default="auto")
@@ -228,8 +231,8 @@ def run(args):
 def _gradient_snr(experiment, args):
     from pyro_vae.evaluation.gradient_snr import snr_table
 
-    result = experiment.gradient_snr_run(args.run_dir, args.elbos, args.particles, args.repeats, args.batch_size,
-                                         args.split, args.device, args.seed)
+    result = experiment.gradient_snr_run(args.run_dir, args.elbos, args.particles, args.repeats,
+                                         args.batch_size, args.split, args.device, args.seed)
     if args.json:
         print(json.dumps(result))
         return
