@@ -16,6 +16,7 @@ _EXPORTS = {  # imported on first use, so that `pyro-vae --help` imports neither
     "HierarchicalVAE": "models.hierarchical", "make_likelihood": "models.likelihoods", "VAE": "models.vae",
     "VampPrior": "models.priors", "PseudoInputs": "models.priors",
     "Trainer": "training.trainer", "Optimization": "training.optim", "Listener": "training.listeners",
+    "gradient_snr": "evaluation.gradient_snr",  # the estimator lab (issue #32)
 }
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 """The ``pyro-vae`` command line: ``train``, ``evaluate RUN_DIR``, ``sample RUN_DIR``, ``anomaly RUN_DIR``,
-``denoise RUN_DIR`` and ``embed RUN_DIR``.
+``denoise RUN_DIR``, ``embed RUN_DIR`` and ``gradient-snr RUN_DIR``.
 
 Every flag of ``train`` is a field of :class:`~pyro_vae.app.config.Config` (kebab-case);
 the commands only build a config and call :mod:`pyro_vae.app.experiment`, imported when a
@@ -164,7 +164,29 @@ def build_parser():
     em.add_argument("--limit", type=int, default=None)
     em.add_argument("--out", default=None, help="folder for the .npy files (default RUN_DIR)")
     em.add_argument("--device", default="auto")
+    add_gradient_snr_parser(add)
     return parser
+
+
+def add_gradient_snr_parser(add):
+    """``gradient-snr RUN_DIR``: the estimator lab (issue #32),
+    :func:`~pyro_vae.app.experiment.gradient_snr_run`."""
+    gs = add("gradient-snr", help="signal-to-noise ratio of each estimator's gradient against the "
+                                  "particles K; writes gradient_snr.json and gradient_snr.png")
+    gs.add_argument("run_dir")
+    gs.add_argument("--elbo", dest="elbos", default=["trace", "iwae", "dreg", "stl"],
+                    type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
+                    help="comma-separated estimator names (default: trace,iwae,dreg,stl)")
+    gs.add_argument("--particles", type=int_list, default=[1, 10, 100],
+                    help="comma-separated particle counts K (default: 1,10,100)")
+    gs.add_argument("--repeats", type=int, default=100,
+                    help="gradient draws R per estimator and K (default: 100)")
+    gs.add_argument("--batch-size", type=int, default=100,
+                    help="the first N images of --split form the batch (default: 100)")
+    gs.add_argument("--split", choices=["test", "val", "train"], default="train")
+    gs.add_argument("--seed", type=int, default=0)
+    gs.add_argument("--device", default="auto")
+    gs.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 @functools.lru_cache(maxsize=None)
@@ -202,6 +224,21 @@ def run(args):
     elif args.command == "embed":
         for path in experiment.embed_run(args.run_dir, args.split, args.limit, args.out, args.device):
             print(path)
+    elif args.command == "gradient-snr":
+        _gradient_snr(experiment, args)
+
+
+def _gradient_snr(experiment, args):
+    from pyro_vae.evaluation.gradient_snr import snr_table
+
+    result = experiment.gradient_snr_run(args.run_dir, args.elbos, args.particles, args.repeats,
+                                         args.batch_size, args.split, args.device, args.seed)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(snr_table(result["rows"]))
+    print(f"written: {os.path.join(args.run_dir, 'gradient_snr.json')}, "
+          f"{os.path.join(args.run_dir, result['picture'])}")
 
 
 def _is_main():

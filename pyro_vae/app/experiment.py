@@ -3,7 +3,8 @@
 A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
 ``samples.png``, ``reconstructions.png``, ``interpolations.png``, ``traversals.png``, ``loss.png`` and, after
 evaluation, ``eval.json`` and ``latent_scatter.png`` (``anomaly.json``, ``denoise.json``/``denoise.png`` and
-``embeddings_SPLIT.npy`` after the corresponding commands).
+``embeddings_SPLIT.npy`` after the corresponding commands; ``gradient_snr.json`` and
+``gradient_snr.png`` after ``gradient-snr``).
 """
 import json
 import logging
@@ -285,3 +286,53 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None, temperature=N
         model = lambda x: vae.model(x, y=labels)  # noqa: E731
     save_samples(model, probe, path, n=n, temperature=temperature)
     return path
+
+
+# -- the estimator lab (issue #32) ----------------------------------------------------------------
+def gradient_snr_run(run_dir, elbos=("trace", "iwae", "dreg", "stl"), particles=(1, 10, 100),
+                     repeats=100, batch_size=100, split="train", device="auto", seed=0):
+    """The gradient SNR of each estimator × K on the first ``batch_size`` images of ``split``
+    (:func:`~pyro_vae.evaluation.gradient_snr.gradient_snr`); writes ``gradient_snr.json`` and
+    ``gradient_snr.png`` into the run, adds ``gradient_snr/…`` to its TensorBoard events (step =
+    K) and returns the JSON object."""
+    from pyro_vae.evaluation.gradient_snr import check_grid, gradient_snr, save_snr_plot
+
+    check_grid(elbos, particles, repeats)  # every refusal before the run is loaded
+    validation.check_positive_int("batch_size", batch_size)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"no run directory {run_dir!r}")
+    config, vae, data = load_run(run_dir, device)
+    x, _ = _eval_split(data, split, batch_size)
+    pyro.set_rng_seed(seed)
+    rows = gradient_snr(vae.model, vae.guide, x, elbos=list(elbos), particles=list(particles),
+                        repeats=repeats)
+    title = f"{config.model} on {config.dataset}: {len(x)} {split} images, R = {repeats}"
+    picture = save_snr_plot(rows, os.path.join(run_dir, "gradient_snr.png"), title=title)
+    result = {"rows": [r.as_row() for r in rows], "repeats": repeats, "batch_size": len(x),
+              "split": split, "picture": os.path.basename(picture)}
+    with open(os.path.join(run_dir, "gradient_snr.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    if config.tensorboard:
+        _log_gradient_snr(run_dir, rows, picture)
+    return result
+
+
+def _log_gradient_snr(run_dir, rows, picture):
+    """``gradient_snr/{guide,model}/ELBO`` (median SNR), ``gradient_variance/…`` and
+    ``gradient_seconds/ELBO`` at step K, and the picture."""
+    from matplotlib.image import imread
+
+    from pyro_vae.training.tensorboard import RunWriter
+
+    writer = RunWriter(run_dir)
+    try:
+        for r in rows:
+            for group in ("guide", "model"):
+                summary = getattr(r, group)
+                writer.scalar(f"gradient_snr/{group}/{r.elbo}", summary.median, r.particles)
+                writer.scalar(f"gradient_variance/{group}/{r.elbo}", summary.variance, r.particles)
+            writer.scalar(f"gradient_seconds/{r.elbo}", r.seconds, r.particles)
+        image = torch.as_tensor(imread(picture)[..., :3]).permute(2, 0, 1)
+        writer.images("gradient_snr", image[None], 0, nrow=1)
+    finally:
+        writer.close()
