@@ -30,7 +30,8 @@ import time
 import pyro
 import torch
 
-from pyro_vae import Config, Trainer, evaluate, load_data
+from pyro_vae import Config, Optimization, Trainer, evaluate, load_data
+from pyro_vae.training.figures import Evaluation
 from pyro_vae.app.scripts import int_list, parse_script_args, script_parser
 from pyro_vae.models import MODELS, build_model
 from pyro_vae.training.trainer import resolve_device
@@ -57,11 +58,12 @@ def run(config, schedule, data, nll_samples, progress=False):
     vae = build_model(config, data.x_shape, num_data=len(data.train)).to(data.train.device)
     os.makedirs(config.out, exist_ok=True)
     config.save(os.path.join(config.out, "config.json"))
-    trainer = Trainer(vae.model, vae.guide, config.elbo, config.particles, config.lr, out_dir=config.out,
-                      eval_particles=config.eval_particles, progress=progress, modules=[vae])
+    trainer = Trainer(vae.model, vae.guide, config.elbo, config.particles, Optimization(config.lr),
+                      out_dir=config.out, progress=progress, modules=[vae],
+                      listeners=[Evaluation(config.eval_particles)])
     start, done, history = time.perf_counter(), 0, []
     for epochs, lr in schedule:
-        trainer.base_lr = lr
+        trainer.options.lr = lr
         done += epochs
         history += trainer.fit(data, done, config.batch_size)
     seconds = time.perf_counter() - start
