@@ -143,7 +143,7 @@ class Trainer:
 
     def emit(self, hook, *args):
         """Call ``hook`` on every listener of the run, in their order."""
-        for listener in sorted(self.run.listeners, key=lambda item: item.order):
+        for listener in self.run.listeners:  # sorted by their order once, in _start
             getattr(listener, hook)(self, *args)
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -308,7 +308,7 @@ class Trainer:
         probes = traceable_batches([call(data.train[idx], idx) for idx in rows if len(idx)])
         self.run = SimpleNamespace(data=data, test_x=test_x, val_x=val_x, epochs=epochs, batch_size=batch_size,
                                    steps_per_epoch=steps_per_epoch, device=first.device, call=call, probes=probes,
-                                   listeners=listeners, per_image=(plate.size if plate is not None and
+                                   listeners=sorted(listeners, key=lambda item: item.order), per_image=(plate.size if plate is not None and
                                                                    plate.scale != 1 else None))
         self.stopped, self._compiled = False, self._capture(probes, steps_per_epoch * (epochs - self.epoch))
         self._set_training(True)
