@@ -306,10 +306,10 @@ class Trainer:
         everything = torch.arange(len(data.train), device=first.device)  # two batches of each size, on this rank:
         rows = [distributed.shard(everything[s]) for s in proof_rows(len(data.train), batch_size)]
         probes = traceable_batches([call(data.train[idx], idx) for idx in rows if len(idx)])
+        per_image = plate.size if plate is not None and plate.scale != 1 else None
         self.run = SimpleNamespace(data=data, test_x=test_x, val_x=val_x, epochs=epochs, batch_size=batch_size,
                                    steps_per_epoch=steps_per_epoch, device=first.device, call=call, probes=probes,
-                                   listeners=sorted(listeners, key=lambda item: item.order), per_image=(plate.size if plate is not None and
-                                                                   plate.scale != 1 else None))
+                                   listeners=sorted(listeners, key=lambda item: item.order), per_image=per_image)
         self.stopped, self._compiled = False, self._capture(probes, steps_per_epoch * (epochs - self.epoch))
         self._set_training(True)
 
