@@ -8,6 +8,7 @@ weights, in a fresh process each way, and writes the peak resident memory (``ru_
 
     python benchmarks/host_memory.py --images 400 --out benchmarks/host_memory.json
 """
+
 import argparse
 import json
 import subprocess
@@ -30,8 +31,12 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_count
 
 
 def peak(mode, images, samples):
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(images), str(samples)], check=True,
-                         capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, str(images), str(samples)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     return {"peak_mib": float(out[0]), "seconds": float(out[1])}
 
 
@@ -41,8 +46,13 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    result = {"images": args.images, "samples": args.samples, "passes": args.images,
-              "released": peak("on", args.images, args.samples), "kept": peak("off", args.images, args.samples)}
+    result = {
+        "images": args.images,
+        "samples": args.samples,
+        "passes": args.images,
+        "released": peak("on", args.images, args.samples),
+        "kept": peak("off", args.images, args.samples),
+    }
     print(json.dumps(result))
     if args.out:
         with open(args.out, "w") as f:

@@ -11,6 +11,7 @@ section of ``benchmarks/LOG_LIKELIHOOD.md``.
     python benchmarks/log_likelihood.py --images 100 --k 500,5000          # CPU
     python benchmarks/log_likelihood.py --device cuda --images 10000 --k 5000,50000
 """
+
 import argparse
 import datetime
 import os
@@ -46,7 +47,9 @@ def main(args):
         _, vae, data = load_run(args.run, device=str(device))
     else:
         data = load_data("fashion-mnist", limit=256, test_limit=args.images, device=device)
-        vae = build_model(Config(hidden_dims=[400], latent_dim=20), data.test.shape[1:], num_data=60000).to(device)
+        vae = build_model(
+            Config(hidden_dims=[400], latent_dim=20), data.test.shape[1:], num_data=60000
+        ).to(device)
     x = data.test[: args.images]
     rows = []
     log_likelihood(vae.model, vae.guide, x[:2], num_samples=2)  # warm-up
@@ -56,26 +59,41 @@ def main(args):
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        nll = -log_likelihood(vae.model, vae.guide, x, num_samples=k, max_elements=args.max_elements).mean().item()
+        nll = (
+            -log_likelihood(vae.model, vae.guide, x, num_samples=k, max_elements=args.max_elements)
+            .mean()
+            .item()
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         peak = peak_bytes(device)
-        rows.append(f"| {k} | {len(x)} | {args.max_elements} | {seconds:.2f} | {seconds * 10000 / len(x):.1f} | "
-                    f"{peak / 2**20:.1f} | {nll:.2f} |")
+        rows.append(
+            f"| {k} | {len(x)} | {args.max_elements} | {seconds:.2f} | {seconds * 10000 / len(x):.1f} | "
+            f"{peak / 2**20:.1f} | {nll:.2f} |"
+        )
         print(rows[-1])
     key, name = machine(device)
-    memory = "max_memory_allocated during the call" if device.type == "cuda" else "the process's peak RSS after the call"
-    section = "\n".join([
-        f"### {key}: {name}",
-        "",
-        f"{datetime.date.today()}, torch {torch.__version__}, pyro {pyro.__version__}; "
-        f"{'run ' + args.run if args.run else 'untrained 784-400-20 VAE'}; peak memory: {memory}.",
-        "",
-        "| K | images | max elements | seconds | seconds per 10,000 images | peak memory (MiB) | NLL (nats) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        *rows,
-    ]) + "\n"
+    memory = (
+        "max_memory_allocated during the call"
+        if device.type == "cuda"
+        else "the process's peak RSS after the call"
+    )
+    section = (
+        "\n".join(
+            [
+                f"### {key}: {name}",
+                "",
+                f"{datetime.date.today()}, torch {torch.__version__}, pyro {pyro.__version__}; "
+                f"{'run ' + args.run if args.run else 'untrained 784-400-20 VAE'}; peak memory: {memory}.",
+                "",
+                "| K | images | max elements | seconds | seconds per 10,000 images | peak memory (MiB) | NLL (nats) |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+                *rows,
+            ]
+        )
+        + "\n"
+    )
     if args.out:
         write_section(args.out, key, section, LOG_LIKELIHOOD_TITLE)
         print(f"written to {args.out}")
@@ -88,7 +106,9 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=100, help="first N test images")
     p.add_argument("--k", type=lambda s: [int(v) for v in s.split(",")], default=[500, 5000])
     p.add_argument("--max-elements", type=int, default=2**16, help="particle×image pairs per pass")
-    p.add_argument("--run", default=None, help="a trained run directory (default: an untrained VAE)")
+    p.add_argument(
+        "--run", default=None, help="a trained run directory (default: an untrained VAE)"
+    )
     p.add_argument("--out", default=os.path.join(HERE, "LOG_LIKELIHOOD.md"))
     return p.parse_args(argv)
 

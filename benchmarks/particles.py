@@ -9,6 +9,7 @@ machine load hit every configuration alike.  Writes a Markdown table
 
     python benchmarks/particles.py --device cpu --rounds 20
 """
+
 import argparse
 import platform
 import random
@@ -72,10 +73,15 @@ def main(args):
     random.seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
-    x = load_data("fashion-mnist", limit=args.batch_size, test_limit=2, device=device).train[: args.batch_size]
+    x = load_data("fashion-mnist", limit=args.batch_size, test_limit=2, device=device).train[
+        : args.batch_size
+    ]
     medians = measure(args.estimators, args.k, x, args.rounds, args.warmup, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    )
     lines = [
         "# Cost of vectorized particles",
         "",
@@ -84,8 +90,11 @@ def main(args):
         f"rounds; torch {torch.__version__}, pyro {pyro.__version__}.  Produced by "
         f"`python benchmarks/particles.py {' '.join(args.argv)}`.",
         "",
-        "| estimator | " + " | ".join(f"K = {k}" for k in args.k) + " | " +
-        " | ".join(f"K = {k} / K = {args.k[0]}" for k in args.k[1:]) + " |",
+        "| estimator | "
+        + " | ".join(f"K = {k}" for k in args.k)
+        + " | "
+        + " | ".join(f"K = {k} / K = {args.k[0]}" for k in args.k[1:])
+        + " |",
         "|---" * (2 * len(args.k)) + "|",
     ]
     for elbo in args.estimators:
@@ -93,8 +102,16 @@ def main(args):
         ratios = [f"{medians[elbo, k] / medians[elbo, args.k[0]]:.2f}×" for k in args.k[1:]]
         lines.append(f"| {elbo} | " + " | ".join(ms + ratios) + " |")
     base = medians[args.estimators[0], args.k[0]]
-    lines += ["", f"Relative to {args.estimators[0]} at K = {args.k[0]}: " + ", ".join(
-        f"{elbo} K={k}: {medians[elbo, k] / base:.2f}×" for elbo in args.estimators for k in args.k) + "."]
+    lines += [
+        "",
+        f"Relative to {args.estimators[0]} at K = {args.k[0]}: "
+        + ", ".join(
+            f"{elbo} K={k}: {medians[elbo, k] / base:.2f}×"
+            for elbo in args.estimators
+            for k in args.k
+        )
+        + ".",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
@@ -106,14 +123,20 @@ def main(args):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--estimators", type=lambda s: s.split(","), default=["trace", "iwae", "dreg"])
+    parser.add_argument(
+        "--estimators", type=lambda s: s.split(","), default=["trace", "iwae", "dreg"]
+    )
     parser.add_argument("--k", type=lambda s: [int(v) for v in s.split(",")], default=[1, 8, 50])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
     parser.add_argument("--out", default="benchmarks/PARTICLES.md")
-    parser.add_argument("--append", action="store_true", help="append to --out (e.g. a second device)")
+    parser.add_argument(
+        "--append", action="store_true", help="append to --out (e.g. a second device)"
+    )
     args = parser.parse_args(argv)
     args.argv = argv if argv is not None else __import__("sys").argv[1:]
     return args

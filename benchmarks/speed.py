@@ -27,6 +27,7 @@ other jobs slows every runner alike:
     python benchmarks/speed.py --device cuda --rounds 30
     python benchmarks/speed.py --configs vae,conv --epoch-rounds 0 --process-rounds 0   # a quick look
 """
+
 import argparse
 import datetime
 import math
@@ -55,7 +56,9 @@ def build_vae(hidden, latent, num_data, device):
     encoder = MLP(X_SHAPE, [], hidden, final_activation=True)
     guide = make_guide("diagonal", encoder, hidden, latent)
     decoder = MLP(latent, [hidden], X_SHAPE)
-    return VAE(decoder, guide, make_likelihood("bernoulli", X_SHAPE), latent, X_SHAPE, num_data).to(device)
+    return VAE(decoder, guide, make_likelihood("bernoulli", X_SHAPE), latent, X_SHAPE, num_data).to(
+        device
+    )
 
 
 def eager_step_fn(vae, lr, beta=None, **adam_options):
@@ -105,22 +108,30 @@ def make_runners(hidden, latent, batch, data, compile=False):
     for name, elbo in (("pyro", pyro.infer.Trace_ELBO()), ("pyro-jit", pyro.infer.JitTrace_ELBO())):
         with store.scope() as scopes[name]:
             vae = build_vae(hidden, latent, num_data, device)
-            runners[name] = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), elbo).step
+            runners[name] = pyro.infer.SVI(
+                vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), elbo
+            ).step
     with store.scope() as scopes["pyro_vae"]:
         vae = build_vae(hidden, latent, num_data, device)
-        trainer = Trainer(vae.model, vae.guide, "trace", progress=False, modules=[vae], fast="trace")
+        trainer = Trainer(
+            vae.model, vae.guide, "trace", progress=False, modules=[vae], fast="trace"
+        )
         trainer.enable_fast_path([data[:batch], data[batch : 2 * batch]])
         print(trainer.fast_note)
         runners["pyro_vae"] = trainer.svi.step
     if compile:
         with store.scope() as scopes["pyro_vae-inductor"]:
             vae = build_vae(hidden, latent, num_data, device)
-            compiled = Trainer(vae.model, vae.guide, "trace", progress=False, modules=[vae], fast="compile")
+            compiled = Trainer(
+                vae.model, vae.guide, "trace", progress=False, modules=[vae], fast="compile"
+            )
             compiled.enable_fast_path([data[:batch], data[batch : 2 * batch]])
             print(compiled.fast_note)
             if compiled.fast_steps[batch].backend == "inductor":
                 runners["pyro_vae-inductor"] = compiled.svi.step
-                COMPILE_SECONDS[(hidden, latent, batch)] = compiled.fast_steps[batch].compile_seconds
+                COMPILE_SECONDS[(hidden, latent, batch)] = compiled.fast_steps[
+                    batch
+                ].compile_seconds
     return runners, scopes, trainer
 
 
@@ -147,7 +158,9 @@ def bench_epochs(hidden, latent, batch, data, rounds):
         return last
 
     epochs = {
-        "eager": lambda: float(loop(runners["eager"])),  # float(): the loop's one host read, as fit's metrics
+        "eager": lambda: float(
+            loop(runners["eager"])
+        ),  # float(): the loop's one host read, as fit's metrics
         "pyro": lambda: loop(runners["pyro"]),
         # the epoch's own "seconds" metric: the loop, without fit's once-per-call checks of the data and the pair
         "pyro_vae": lambda: trainer.fit(images, trainer.epoch + 1, batch_size=batch)[-1]["seconds"],
@@ -166,7 +179,9 @@ def bench_epochs(hidden, latent, batch, data, rounds):
 
 
 # -- configurations ---------------------------------------------------------------------------------
-CONFIG_ARCH = dict(latent_dim=8, hidden_dims=[64])  # the CLI measurement of issue 16: hidden 64, z 8, batch 128
+CONFIG_ARCH = dict(
+    latent_dim=8, hidden_dims=[64]
+)  # the CLI measurement of issue 16: hidden 64, z 8, batch 128
 CONFIGS = {  # name: (Config options, eager twin: None, "vae" or "beta")
     "vae": ({}, "vae"),
     "beta": ({"beta": 4.0}, "beta"),
@@ -182,7 +197,10 @@ CONFIGS = {  # name: (Config options, eager twin: None, "vae" or "beta")
     "spline-stl": ({"guide": "spline", "flows": 1, "elbo": "stl"}, None),
     "sigma-vae": ({"likelihood": "sigma-vae", "binarize": "none"}, None),
     "hierarchical": ({"model": "hierarchical", "latent_dims": [8, 8], "guide": "top-down"}, None),
-    "relaxed-categorical": ({"model": "relaxed-categorical", "categories": 10, "latent_dim": 4}, None),
+    "relaxed-categorical": (
+        {"model": "relaxed-categorical", "categories": 10, "latent_dim": 4},
+        None,
+    ),
     "cvae": ({"model": "cvae"}, None),
     "user-pair": (None, None),  # Pyro's tutorial VAE written by a user, 784-400-20
 }
@@ -195,23 +213,36 @@ class TutorialVAE(torch.nn.Module):
     def __init__(self, hidden=400, latent=20):
         super().__init__()
         self.latent = latent
-        self.enc_hidden, self.enc_loc, self.enc_scale = (torch.nn.Linear(784, hidden), torch.nn.Linear(hidden, latent),
-                                                         torch.nn.Linear(hidden, latent))
-        self.dec_hidden, self.dec_out = torch.nn.Linear(latent, hidden), torch.nn.Linear(hidden, 784)
+        self.enc_hidden, self.enc_loc, self.enc_scale = (
+            torch.nn.Linear(784, hidden),
+            torch.nn.Linear(hidden, latent),
+            torch.nn.Linear(hidden, latent),
+        )
+        self.dec_hidden, self.dec_out = (
+            torch.nn.Linear(latent, hidden),
+            torch.nn.Linear(hidden, 784),
+        )
 
     def model(self, x):
         pyro.module("decoder", torch.nn.ModuleList([self.dec_hidden, self.dec_out]))
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", pyro.distributions.Normal(x.new_zeros(self.latent), 1.0).to_event(1))
+            z = pyro.sample(
+                "z", pyro.distributions.Normal(x.new_zeros(self.latent), 1.0).to_event(1)
+            )
             probs = torch.sigmoid(self.dec_out(F.softplus(self.dec_hidden(z))))
-            pyro.sample("obs", pyro.distributions.Bernoulli(probs, validate_args=False).to_event(1),
-                        obs=x.reshape(-1, 784))
+            pyro.sample(
+                "obs",
+                pyro.distributions.Bernoulli(probs, validate_args=False).to_event(1),
+                obs=x.reshape(-1, 784),
+            )
 
     def guide(self, x):
         pyro.module("encoder", torch.nn.ModuleList([self.enc_hidden, self.enc_loc, self.enc_scale]))
         with pyro.plate("data", x.shape[0]):
             h = F.softplus(self.enc_hidden(x.reshape(-1, 784)))
-            pyro.sample("z", pyro.distributions.Normal(self.enc_loc(h), self.enc_scale(h).exp()).to_event(1))
+            pyro.sample(
+                "z", pyro.distributions.Normal(self.enc_loc(h), self.enc_scale(h).exp()).to_event(1)
+            )
 
 
 def build_pair(name, num_data, device):
@@ -253,7 +284,10 @@ def bench_configs(names, data, labels, batch, rounds, steps, warmup, compile=Tru
             _, model, guide, elbo, _ = build_pair(name, num_data, device)
             svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo())
             runners["pyro"] = svi.step
-        probes = [(data[:batch], kwargs_of(slice(0, batch))), (data[batch:2 * batch], kwargs_of(slice(batch, 2 * batch)))]
+        probes = [
+            (data[:batch], kwargs_of(slice(0, batch))),
+            (data[batch : 2 * batch], kwargs_of(slice(batch, 2 * batch))),
+        ]
         for runner, mode in (("pyro_vae", "trace"), ("pyro_vae-inductor", "compile")):
             if runner == "pyro_vae-inductor" and not (compile and CONFIGS[name][1]):
                 continue
@@ -288,7 +322,7 @@ def interleave(runners, scopes, data, batch, rounds, steps, warmup, kwargs_of=la
     def run(key, n, record):
         with store.scope(scopes.get(key)):
             for i in range(n):
-                idx = perm[(i * batch) % (num_data - batch):][:batch]
+                idx = perm[(i * batch) % (num_data - batch) :][:batch]
                 x, kwargs = data[idx], kwargs_of(idx)
                 sync(device)
                 t0 = time.perf_counter()
@@ -308,13 +342,23 @@ def interleave(runners, scopes, data, batch, rounds, steps, warmup, kwargs_of=la
 def short(note):
     """The fast-path note in a table cell: the replay, or why the plain path runs."""
     if note.startswith("fast path not used: "):
-        return "plain: " + note[len("fast path not used: "):].split(" (")[0].split(", which")[0]
+        return "plain: " + note[len("fast path not used: ") :].split(" (")[0].split(", which")[0]
     return note.split(", replayed by ")[1].split(" (")[0] if ", replayed by " in note else note
 
 
 # -- whole processes ----------------------------------------------------------------------------------
-PROCESS = ["--epochs", "2", "--kl-warmup-epochs", "1", "--batch-size", "128", "--latent-dim", "20",
-           "--hidden-dims", "400"]
+PROCESS = [
+    "--epochs",
+    "2",
+    "--kl-warmup-epochs",
+    "1",
+    "--batch-size",
+    "128",
+    "--latent-dim",
+    "20",
+    "--hidden-dims",
+    "400",
+]
 
 
 def eager_train(args):
@@ -340,10 +384,16 @@ def eager_train(args):
                 loc, raw = head(enc(x)).chunk(2, -1)
                 q = torch.distributions.Normal(loc, F.softplus(raw) + 1e-5)
                 z = q.rsample()
-                log_px = -F.binary_cross_entropy_with_logits(dec(z), x, reduction="none").flatten(1).sum(-1)
+                log_px = (
+                    -F.binary_cross_entropy_with_logits(dec(z), x, reduction="none")
+                    .flatten(1)
+                    .sum(-1)
+                )
                 log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
                 elbo += float((log_px + log_pz - q.log_prob(z).sum(-1)).sum())
-        print(f"epoch {epoch + 1} train_loss {float(total) / len(data.train):.2f} test_elbo {elbo / len(data.test):.2f}")
+        print(
+            f"epoch {epoch + 1} train_loss {float(total) / len(data.train):.2f} test_elbo {elbo / len(data.test):.2f}"
+        )
     torch.save(vae.state_dict(), os.path.join(args.eager_train, "checkpoint.pt"))
 
 
@@ -353,17 +403,45 @@ def bench_processes(device, rounds):
     import sys
     import tempfile
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(
+                None,
+                [
+                    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                    os.environ.get("PYTHONPATH"),
+                ],
+            )
+        ),
+    }
     times = {"eager": [], "pyro-vae train": []}
     for _ in range(rounds):
         for key in times:
             with tempfile.TemporaryDirectory() as out:
                 if key == "eager":
-                    cmd = [sys.executable, os.path.abspath(__file__), "--eager-train", out, "--device", str(device)]
+                    cmd = [
+                        sys.executable,
+                        os.path.abspath(__file__),
+                        "--eager-train",
+                        out,
+                        "--device",
+                        str(device),
+                    ]
                 else:
-                    cmd = [sys.executable, "-m", "pyro_vae", "train", *PROCESS, "--device", str(device), "--quiet",
-                           "--no-pictures", "--out", os.path.join(out, "run")]
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "pyro_vae",
+                        "train",
+                        *PROCESS,
+                        "--device",
+                        str(device),
+                        "--quiet",
+                        "--no-pictures",
+                        "--out",
+                        os.path.join(out, "run"),
+                    ]
                 t0 = time.perf_counter()
                 subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
                 times[key].append(time.perf_counter() - t0)
@@ -396,32 +474,50 @@ def arch_section(args, device, key, dev, stamp):
     steps, epochs = [], []
     for name, (hidden, latent, batch) in ARCHS.items():
         data = torch.bernoulli(torch.full((args.num_data, *X_SHAPE), 0.3, device=device))
-        ms = bench_steps(hidden, latent, batch, data, args.rounds, args.steps, args.warmup, args.compile)
+        ms = bench_steps(
+            hidden, latent, batch, data, args.rounds, args.steps, args.warmup, args.compile
+        )
         for runner, value in ms.items():
-            steps.append(f"| {name} | {runner} | {value:.3f} | {value / ms['eager']:.2f} | "
-                         f"{value / ms['eager-fused']:.2f} |")
+            steps.append(
+                f"| {name} | {runner} | {value:.3f} | {value / ms['eager']:.2f} | "
+                f"{value / ms['eager-fused']:.2f} |"
+            )
             print(f"{name:36s} {runner:18s} {value:8.3f} ms/step  ratio {value / ms['eager']:.2f}")
         if args.epoch_rounds:
             sec = bench_epochs(hidden, latent, batch, data, args.epoch_rounds)
             for runner, value in sec.items():
                 epochs.append(f"| {name} | {runner} | {value:.2f} | {value / sec['eager']:.2f} |")
-                print(f"{name:36s} {runner:18s} {value:8.2f} s/epoch  ratio {value / sec['eager']:.2f}")
-    compiled = "; ".join(f"{h}-{z} batch {b}: {s:.1f} s" for (h, z, b), s in COMPILE_SECONDS.items()
-                         if isinstance(h, int))
+                print(
+                    f"{name:36s} {runner:18s} {value:8.2f} s/epoch  ratio {value / sec['eager']:.2f}"
+                )
+    compiled = "; ".join(
+        f"{h}-{z} batch {b}: {s:.1f} s"
+        for (h, z, b), s in COMPILE_SECONDS.items()
+        if isinstance(h, int)
+    )
     lines = [
         f"### {key}: {dev}",
         "",
         f"{stamp}; steps: median of {args.rounds} interleaved rounds × {args.steps} steps after {args.warmup} "
-        f"warm-up steps" + (f"; epochs: median of {args.epoch_rounds} interleaved rounds after one warm-up epoch"
-                            if epochs else "") + (f"; inductor compile time: {compiled}." if compiled else "."),
+        f"warm-up steps"
+        + (
+            f"; epochs: median of {args.epoch_rounds} interleaved rounds after one warm-up epoch"
+            if epochs
+            else ""
+        )
+        + (f"; inductor compile time: {compiled}." if compiled else "."),
         "",
         "| architecture | step | ms/step (median) | ratio to eager | ratio to eager-fused |",
         "| --- | --- | --- | --- | --- |",
         *steps,
     ]
     if epochs:
-        lines += ["", f"| architecture | {args.num_data:,}-image epoch | seconds (median) | ratio to eager |",
-                  "| --- | --- | --- | --- |", *epochs]
+        lines += [
+            "",
+            f"| architecture | {args.num_data:,}-image epoch | seconds (median) | ratio to eager |",
+            "| --- | --- | --- | --- |",
+            *epochs,
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -429,50 +525,65 @@ def config_section(args, device, key, dev, stamp):
     names = list(CONFIGS) if args.configs == "all" else args.configs.split(",")
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
-        raise SystemExit(f"unknown --configs {', '.join(unknown)}; choose from {', '.join(CONFIGS)} (or all, none)")
+        raise SystemExit(
+            f"unknown --configs {', '.join(unknown)}; choose from {', '.join(CONFIGS)} (or all, none)"
+        )
     data = torch.bernoulli(torch.full((args.num_data, *X_SHAPE), 0.3, device=device))
     labels = torch.randint(10, (args.num_data,), device=device)
-    ms, notes = bench_configs(names, data, labels, 128, args.config_rounds, args.config_steps, args.warmup,
-                              args.compile)
+    ms, notes = bench_configs(
+        names, data, labels, 128, args.config_rounds, args.config_steps, args.warmup, args.compile
+    )
     rows = []
     for name in names:
         m = ms[name]
         cell = lambda k: f"{m[k]:.3f}" if k in m else "–"  # noqa: E731
         ratio = lambda a, b: f"{m[a] / m[b]:.2f}" if a in m and b in m else "–"  # noqa: E731
         compiled = f"{COMPILE_SECONDS[name]:.1f}" if name in COMPILE_SECONDS else "–"
-        rows.append(f"| {name} | {short(notes[name])} | {cell('pyro_vae')} | {cell('pyro')} | "
-                    f"{ratio('pyro_vae', 'pyro')} | {cell('eager')} | {ratio('pyro_vae', 'eager')} | "
-                    f"{cell('pyro_vae-inductor')} | {ratio('pyro_vae-inductor', 'eager')} | {compiled} |")
+        rows.append(
+            f"| {name} | {short(notes[name])} | {cell('pyro_vae')} | {cell('pyro')} | "
+            f"{ratio('pyro_vae', 'pyro')} | {cell('eager')} | {ratio('pyro_vae', 'eager')} | "
+            f"{cell('pyro_vae-inductor')} | {ratio('pyro_vae-inductor', 'eager')} | {compiled} |"
+        )
         print(rows[-1])
-    return "\n".join([
-        f"### {key}, configurations: {dev}",
-        "",
-        f"{stamp}; hidden 64, z 8, batch 128 (user-pair: 784-400-20), random binary images; median of "
-        f"{args.config_rounds} interleaved rounds × {args.config_steps} steps after {args.warmup} warm-up steps.",
-        "",
-        "| configuration | fast path | pyro_vae ms | pyro SVI ms | ratio to pyro | eager twin ms | ratio to eager "
-        "| inductor ms | inductor ratio to eager | compile s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        *rows,
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                f"### {key}, configurations: {dev}",
+                "",
+                f"{stamp}; hidden 64, z 8, batch 128 (user-pair: 784-400-20), random binary images; median of "
+                f"{args.config_rounds} interleaved rounds × {args.config_steps} steps after {args.warmup} warm-up steps.",
+                "",
+                "| configuration | fast path | pyro_vae ms | pyro SVI ms | ratio to pyro | eager twin ms | ratio to eager "
+                "| inductor ms | inductor ratio to eager | compile s |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+                *rows,
+            ]
+        )
+        + "\n"
+    )
 
 
 def process_section(args, device, key, dev, stamp):
     sec = bench_processes(device, args.process_rounds)
     for k, v in sec.items():
         print(f"{k:16s} {v:7.1f} s")
-    return "\n".join([
-        f"### {key}, processes: {dev}",
-        "",
-        f"{stamp}; Fashion-MNIST (60,000 training images, 10,000 test), median wall time of {args.process_rounds} "
-        f"interleaved rounds, each a fresh process (start-up, data loading, tracing, checkpoints included).",
-        "",
-        "| process | seconds (median) | ratio to eager |",
-        "| --- | --- | --- |",
-        f"| eager script (`benchmarks/speed.py --eager-train DIR`) | {sec['eager']:.1f} | 1.00 |",
-        f"| `pyro-vae train {' '.join(PROCESS)} --quiet --no-pictures` | {sec['pyro-vae train']:.1f} | "
-        f"{sec['pyro-vae train'] / sec['eager']:.2f} |",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                f"### {key}, processes: {dev}",
+                "",
+                f"{stamp}; Fashion-MNIST (60,000 training images, 10,000 test), median wall time of {args.process_rounds} "
+                f"interleaved rounds, each a fresh process (start-up, data loading, tracing, checkpoints included).",
+                "",
+                "| process | seconds (median) | ratio to eager |",
+                "| --- | --- | --- |",
+                f"| eager script (`benchmarks/speed.py --eager-train DIR`) | {sec['eager']:.1f} | 1.00 |",
+                f"| `pyro-vae train {' '.join(PROCESS)} --quiet --no-pictures` | {sec['pyro-vae train']:.1f} | "
+                f"{sec['pyro-vae train'] / sec['eager']:.2f} |",
+            ]
+        )
+        + "\n"
+    )
 
 
 def machine(device):
@@ -483,7 +594,9 @@ def machine(device):
     return f"CPU, {threads} thread{'s' * (threads > 1)}", platform.processor() or platform.machine()
 
 
-def write_section(path, key, section, head="# Training-step speed\n\nWritten by `benchmarks/speed.py`.\n"):
+def write_section(
+    path, key, section, head="# Training-step speed\n\nWritten by `benchmarks/speed.py`.\n"
+):
     """Replace (or add) the section ``### KEY: ...`` of a results file, keeping the others and the text above
     them (``head`` for a new file)."""
     sections = {}
@@ -502,20 +615,42 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=30)
-    p.add_argument("--num-data", type=int, default=60000, help="images in the (random binary) dataset")
+    p.add_argument(
+        "--num-data", type=int, default=60000, help="images in the (random binary) dataset"
+    )
     p.add_argument("--epoch-rounds", type=int, default=3, help="whole-epoch timings (0: skip them)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--archs", action=argparse.BooleanOptionalAction, default=True,
-                   help="the architecture and epoch tables")
-    p.add_argument("--configs", default="all", help=f"configurations to time: all, none, or some of {','.join(CONFIGS)}")
+    p.add_argument(
+        "--archs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the architecture and epoch tables",
+    )
+    p.add_argument(
+        "--configs",
+        default="all",
+        help=f"configurations to time: all, none, or some of {','.join(CONFIGS)}",
+    )
     p.add_argument("--config-rounds", type=int, default=5)
     p.add_argument("--config-steps", type=int, default=10)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time the inductor-compiled step (seconds of compiling each)")
-    p.add_argument("--process-rounds", type=int, default=3,
-                   help="whole pyro-vae train processes against the eager script (0: skip; needs Fashion-MNIST)")
-    p.add_argument("--eager-train", metavar="DIR", help=argparse.SUPPRESS)  # one eager process (bench_processes)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"))
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the inductor-compiled step (seconds of compiling each)",
+    )
+    p.add_argument(
+        "--process-rounds",
+        type=int,
+        default=3,
+        help="whole pyro-vae train processes against the eager script (0: skip; needs Fashion-MNIST)",
+    )
+    p.add_argument(
+        "--eager-train", metavar="DIR", help=argparse.SUPPRESS
+    )  # one eager process (bench_processes)
+    p.add_argument(
+        "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+    )
     return p.parse_args(argv)
 
 

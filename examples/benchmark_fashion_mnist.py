@@ -30,6 +30,7 @@ References:
     2. S. Norouzi, D. J. Fleet, M. Norouzi, "Exemplar VAE: Linking Generative Models, Nearest
        Neighbor Retrieval, and Data Augmentation", NeurIPS 2020 (Table 1, Fashion-MNIST).
 """
+
 import json
 import os
 import time
@@ -40,8 +41,14 @@ from pyro_vae.app import experiment
 from pyro_vae.app.config import Config
 from pyro_vae.app.scripts import parse_script_args, script_parser
 
-PUBLISHED = {"VAE": 228.70, "VampPrior": 227.35, "HVAE": 227.37, "ConvHVAE": 225.38,
-             "ConvHVAE + VampPrior": 224.67, "PixelSNAIL decoder": 223.68}
+PUBLISHED = {
+    "VAE": 228.70,
+    "VampPrior": 227.35,
+    "HVAE": 227.37,
+    "ConvHVAE": 225.38,
+    "ConvHVAE + VampPrior": 224.67,
+    "PixelSNAIL decoder": 223.68,
+}
 
 # name -> (Config overrides, published row it is compared with)
 ROWS = {
@@ -51,26 +58,68 @@ ROWS = {
     "iaf": ({"guide": "iaf", "flows": 2, "flow_hidden_dims": [300]}, "VAE"),
     "vampprior": ({"prior": "vampprior", "pseudo_inputs": 500}, "VampPrior"),
     "vae-gated": ({"activation": "gated"}, "VAE"),
-    "vampprior-gated": ({"activation": "gated", "prior": "vampprior", "pseudo_inputs": 500}, "VampPrior"),
-    "hvae-top-down": ({"model": "hierarchical", "latent_dims": [40, 40], "guide": "top-down"}, "HVAE"),
-    "conv-hvae-top-down": ({"model": "hierarchical", "latent_dims": [40, 40], "guide": "top-down", "net": "conv"},
-                           "ConvHVAE"),
-    "conv-hvae-vampprior": ({"model": "hierarchical", "latent_dims": [40, 40], "guide": "top-down", "net": "conv",
-                             "prior": "vampprior", "pseudo_inputs": 500}, "ConvHVAE + VampPrior"),
+    "vampprior-gated": (
+        {"activation": "gated", "prior": "vampprior", "pseudo_inputs": 500},
+        "VampPrior",
+    ),
+    "hvae-top-down": (
+        {"model": "hierarchical", "latent_dims": [40, 40], "guide": "top-down"},
+        "HVAE",
+    ),
+    "conv-hvae-top-down": (
+        {"model": "hierarchical", "latent_dims": [40, 40], "guide": "top-down", "net": "conv"},
+        "ConvHVAE",
+    ),
+    "conv-hvae-vampprior": (
+        {
+            "model": "hierarchical",
+            "latent_dims": [40, 40],
+            "guide": "top-down",
+            "net": "conv",
+            "prior": "vampprior",
+            "pseudo_inputs": 500,
+        },
+        "ConvHVAE + VampPrior",
+    ),
 }
-PROTOCOL = {"epochs": 2000, "warmup": 100, "early_stopping": 50, "nll_samples": 5000, "limit": None,
-            "test_limit": None, "validation": 10000}
-RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
-                       "fashion_mnist_full.json")
+PROTOCOL = {
+    "epochs": 2000,
+    "warmup": 100,
+    "early_stopping": 50,
+    "nll_samples": 5000,
+    "limit": None,
+    "test_limit": None,
+    "validation": 10000,
+}
+RESULTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "benchmarks",
+    "fashion_mnist_full.json",
+)
 
 
 def base_config(args, name):
     overrides, _ = ROWS[name]
-    config = dict(dataset="fashion-mnist", validation=args.validation, binarize="dynamic", hidden_dims=[300, 300],
-                  latent_dim=40, lr=5e-4, batch_size=100, epochs=args.epochs, kl_warmup_epochs=args.warmup,
-                  early_stopping=args.early_stopping or None, device=args.device, seed=args.seed,
-                  data_dir=args.data_dir, out=os.path.join(args.out, name), limit=args.limit,
-                  test_limit=args.test_limit, log_every=100, images_every=args.images_every)
+    config = dict(
+        dataset="fashion-mnist",
+        validation=args.validation,
+        binarize="dynamic",
+        hidden_dims=[300, 300],
+        latent_dim=40,
+        lr=5e-4,
+        batch_size=100,
+        epochs=args.epochs,
+        kl_warmup_epochs=args.warmup,
+        early_stopping=args.early_stopping or None,
+        device=args.device,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        out=os.path.join(args.out, name),
+        limit=args.limit,
+        test_limit=args.test_limit,
+        log_every=100,
+        images_every=args.images_every,
+    )
     config.update(overrides)
     return Config(**config)
 
@@ -94,35 +143,57 @@ def run_row(args, name, device):
     config = base_config(args, name)
     held = os.path.exists(os.path.join(config.out, "checkpoint.pt"))
     if held and not args.resume:
-        raise SystemExit(f"{config.out} already holds a run; pass --resume to continue it, or another --out")
+        raise SystemExit(
+            f"{config.out} already holds a run; pass --resume to continue it, or another --out"
+        )
     start = time.perf_counter()
     _, _, history = experiment.train(config, resume=held, progress=args.progress)
     trained = time.perf_counter() - start
-    result = experiment.evaluate_run(config.out, nll_samples=args.nll_samples, limit=args.test_limit,
-                                     split="test", device=args.device, pictures=False)
+    result = experiment.evaluate_run(
+        config.out,
+        nll_samples=args.nll_samples,
+        limit=args.test_limit,
+        split="test",
+        device=args.device,
+        pictures=False,
+    )
     scored = [m for m in history if m.get("validation_elbo") is not None]
     best = max(scored, key=lambda m: m["validation_elbo"])["epoch"] if scored else None
     published = ROWS[name][1]
-    return {"row": name, "nll": result["nll"], "nll_samples": args.nll_samples, "images": result["images"],
-            "bits_per_dim": result.get("bits_per_dim"), "elbo": result["elbo"], "kl": result["kl"],
-            "active_units": result["active_units"], "epochs": len(history),
-            "best_epoch": best if config.early_stopping else len(history),
-            "published": {"row": published, "nll": PUBLISHED[published]}, "command": command(config),
-            "device": device, "hours": sum(m["seconds"] for m in history) / 3600,  # training, over every resume
-            "eval_hours": (time.perf_counter() - start - trained) / 3600,
-            # the run's metrics rows (its metrics.jsonl), without the per-dimension KL lists (in TensorBoard)
-            "history": [{k: v for k, v in m.items() if k != "kl_per_dim"} for m in history]}
+    return {
+        "row": name,
+        "nll": result["nll"],
+        "nll_samples": args.nll_samples,
+        "images": result["images"],
+        "bits_per_dim": result.get("bits_per_dim"),
+        "elbo": result["elbo"],
+        "kl": result["kl"],
+        "active_units": result["active_units"],
+        "epochs": len(history),
+        "best_epoch": best if config.early_stopping else len(history),
+        "published": {"row": published, "nll": PUBLISHED[published]},
+        "command": command(config),
+        "device": device,
+        "hours": sum(m["seconds"] for m in history) / 3600,  # training, over every resume
+        "eval_hours": (time.perf_counter() - start - trained) / 3600,
+        # the run's metrics rows (its metrics.jsonl), without the per-dimension KL lists (in TensorBoard)
+        "history": [{k: v for k, v in m.items() if k != "kl_per_dim"} for m in history],
+    }
 
 
 def markdown(rows):
-    lines = ["| configuration | NLL (nats) | epochs (best) | published NLL (row) | NLL − published | device, hours "
-             "| reproduce |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| configuration | NLL (nats) | epochs (best) | published NLL (row) | NLL − published | device, hours "
+        "| reproduce |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         pub = r["published"]
-        lines.append(f"| {r['row']} | {r['nll']:.2f} (K={r['nll_samples']}, {r['images']} images) | {r['epochs']} "
-                     f"({r['best_epoch']}) | {pub['nll']:.2f} ({pub['row']}) | {r['nll'] - pub['nll']:+.2f} | "
-                     f"{r['device']}, {r['hours']:.2f} h | `{r['command']}` |")
+        lines.append(
+            f"| {r['row']} | {r['nll']:.2f} (K={r['nll_samples']}, {r['images']} images) | {r['epochs']} "
+            f"({r['best_epoch']}) | {pub['nll']:.2f} ({pub['row']}) | {r['nll'] - pub['nll']:+.2f} | "
+            f"{r['device']}, {r['hours']:.2f} h | `{r['command']}` |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -167,7 +238,9 @@ def write_results(path, rows):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     done = {r["row"] for r in rows}
     merged = [r for r in _load(path) if r["row"] not in done]
-    merged = sorted(merged + rows, key=lambda r: list(ROWS).index(r["row"]) if r["row"] in ROWS else len(ROWS))
+    merged = sorted(
+        merged + rows, key=lambda r: list(ROWS).index(r["row"]) if r["row"] in ROWS else len(ROWS)
+    )
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump({"rows": merged}, f, indent=1)
@@ -179,20 +252,50 @@ def write_results(path, rows):
 
 
 def parse_args(argv=None):
-    p = script_parser(__doc__, "benchmark_fashion_mnist", smoke="every row on a tiny budget (seconds)")
+    p = script_parser(
+        __doc__, "benchmark_fashion_mnist", smoke="every row on a tiny budget (seconds)"
+    )
     p.add_argument("--rows", default=None, help=f"comma-separated subset of {', '.join(ROWS)}")
-    p.add_argument("--epochs", type=int, default=PROTOCOL["epochs"], help="at most this many epochs")
-    p.add_argument("--warmup", type=int, default=PROTOCOL["warmup"], help="KL warm-up epochs (not for iwae/dreg rows)")
-    p.add_argument("--early-stopping", type=int, default=PROTOCOL["early_stopping"],
-                   help="look-ahead in epochs on the validation ELBO (0: train all --epochs)")
+    p.add_argument(
+        "--epochs", type=int, default=PROTOCOL["epochs"], help="at most this many epochs"
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=PROTOCOL["warmup"],
+        help="KL warm-up epochs (not for iwae/dreg rows)",
+    )
+    p.add_argument(
+        "--early-stopping",
+        type=int,
+        default=PROTOCOL["early_stopping"],
+        help="look-ahead in epochs on the validation ELBO (0: train all --epochs)",
+    )
     p.add_argument("--nll-samples", type=int, default=PROTOCOL["nll_samples"])
-    p.add_argument("--validation", type=int, default=PROTOCOL["validation"],
-                   help="training images held out for early stopping (the last N of the 60k)")
-    p.add_argument("--images-every", type=int, default=10, help="TensorBoard pictures every N epochs")
+    p.add_argument(
+        "--validation",
+        type=int,
+        default=PROTOCOL["validation"],
+        help="training images held out for early stopping (the last N of the 60k)",
+    )
+    p.add_argument(
+        "--images-every", type=int, default=10, help="TensorBoard pictures every N epochs"
+    )
     p.add_argument("--results", default=None, help="results JSON (default: see results_path)")
     p.add_argument("--progress", action="store_true")
-    return parse_script_args(p, argv, smoke=dict(epochs=2, warmup=1, early_stopping=1, nll_samples=10, limit=300,
-                                                 test_limit=100, validation=200))
+    return parse_script_args(
+        p,
+        argv,
+        smoke=dict(
+            epochs=2,
+            warmup=1,
+            early_stopping=1,
+            nll_samples=10,
+            limit=300,
+            test_limit=100,
+            validation=200,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ References:
     3. A. Vahdat, J. Kautz, "NVAE: A Deep Hierarchical Variational Autoencoder", NeurIPS 2020.
     4. R. Child, "Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them on Images", ICLR 2021.
 """
+
 import json
 import os
 
@@ -44,8 +45,14 @@ def smoke_images(n=256, size=32, channels=3, seed=0):
     (±0.15) and pixel noise (σ = 0.03): learnable in a few steps, with ≈ 5 bits/dim of noise left to model."""
     rng = np.random.default_rng(seed)
     u = np.linspace(0, 2 * np.pi, size)
-    pattern = 0.5 + 0.25 * np.sin(u[:, None, None] + np.arange(channels)) * np.cos(2 * u[None, :, None])
-    img = pattern + rng.uniform(-0.15, 0.15, (n, 1, 1, channels)) + 0.03 * rng.standard_normal((n, size, size, channels))
+    pattern = 0.5 + 0.25 * np.sin(u[:, None, None] + np.arange(channels)) * np.cos(
+        2 * u[None, :, None]
+    )
+    img = (
+        pattern
+        + rng.uniform(-0.15, 0.15, (n, 1, 1, channels))
+        + 0.03 * rng.standard_normal((n, size, size, channels))
+    )
     out = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
     return out[..., 0] if channels == 1 else out
 
@@ -61,29 +68,61 @@ def write_smoke_images(folder, n=256, size=32, seed=0):
 
 
 def main(args):
-    dataset = f"folder:{write_smoke_images(os.path.join(args.out, 'smoke_images'))}" if args.smoke else "cifar10"
-    config = Config(dataset=dataset, data_dir=args.data_dir, binarize="none", likelihood="discretized-logistic",
-                    mixtures=args.mixtures, net="conv", latent_dim=args.latent_dim, hidden_dims=args.hidden_dims,
-                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, limit=args.limit,
-                    test_limit=args.test_limit, seed=args.seed, device=args.device, pictures=not args.smoke,
-                    out=os.path.join(args.out, "run"))
+    dataset = (
+        f"folder:{write_smoke_images(os.path.join(args.out, 'smoke_images'))}"
+        if args.smoke
+        else "cifar10"
+    )
+    config = Config(
+        dataset=dataset,
+        data_dir=args.data_dir,
+        binarize="none",
+        likelihood="discretized-logistic",
+        mixtures=args.mixtures,
+        net="conv",
+        latent_dim=args.latent_dim,
+        hidden_dims=args.hidden_dims,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        limit=args.limit,
+        test_limit=args.test_limit,
+        seed=args.seed,
+        device=args.device,
+        pictures=not args.smoke,
+        out=os.path.join(args.out, "run"),
+    )
     vae, data, history = train(config, resume=args.resume, progress=not args.smoke)
     vae.eval()
     result = evaluate(vae.model, vae.guide, data.test, nll_samples=args.nll_samples, verbose=False)
-    summary = {"dataset": dataset, "test_images": result["images"], "nll_samples": args.nll_samples,
-               "nll": result["nll"], "bits_per_dim": result["bits_per_dim"], "elbo": result["elbo"],
-               "elbo_bits_per_dim": -result["elbo"] / (result["nll"] / result["bits_per_dim"]),
-               "train_seconds": sum(h["seconds"] for h in history), "epochs": args.epochs}
-    print(f"{dataset}: {summary['bits_per_dim']:.3f} bits/dim (NLL {summary['nll']:.1f} nats, "
-          f"{args.nll_samples} importance samples, {result['images']} test images); ELBO "
-          f"{summary['elbo_bits_per_dim']:.3f} bits/dim", flush=True)
+    summary = {
+        "dataset": dataset,
+        "test_images": result["images"],
+        "nll_samples": args.nll_samples,
+        "nll": result["nll"],
+        "bits_per_dim": result["bits_per_dim"],
+        "elbo": result["elbo"],
+        "elbo_bits_per_dim": -result["elbo"] / (result["nll"] / result["bits_per_dim"]),
+        "train_seconds": sum(h["seconds"] for h in history),
+        "epochs": args.epochs,
+    }
+    print(
+        f"{dataset}: {summary['bits_per_dim']:.3f} bits/dim (NLL {summary['nll']:.1f} nats, "
+        f"{args.nll_samples} importance samples, {result['images']} test images); ELBO "
+        f"{summary['elbo_bits_per_dim']:.3f} bits/dim",
+        flush=True,
+    )
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
 
 
 def parse_args(argv=None):
-    p = script_parser(__doc__, "cifar10_conv", smoke="a few epochs on 256 generated images, tiny nets (no download)")
+    p = script_parser(
+        __doc__,
+        "cifar10_conv",
+        smoke="a few epochs on 256 generated images, tiny nets (no download)",
+    )
     p.add_argument("--mixtures", type=int, default=10, help="logistics per sub-pixel")
     p.add_argument("--latent-dim", type=int, default=128)
     p.add_argument("--hidden-dims", type=int_list, default=[512])
@@ -92,8 +131,13 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--nll-samples", type=int, default=1000)
     p.add_argument("--smoke-epochs", type=int, default=3)
-    args = parse_script_args(p, argv, smoke=dict(latent_dim=16, hidden_dims=[64], mixtures=3, batch_size=16, lr=3e-3,
-                                                 nll_samples=20))
+    args = parse_script_args(
+        p,
+        argv,
+        smoke=dict(
+            latent_dim=16, hidden_dims=[64], mixtures=3, batch_size=16, lr=3e-3, nll_samples=20
+        ),
+    )
     if args.smoke:
         args.epochs = args.smoke_epochs
     return args

@@ -22,7 +22,9 @@ from pyro_vae.evaluation.pictures import save_run_pictures
 from pyro_vae.training.trainer import resolve_device
 
 LATENT, HIDDEN, PIXELS = 16, 256, 784
-encoder = nn.Sequential(nn.Flatten(), nn.Linear(PIXELS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2 * LATENT))
+encoder = nn.Sequential(
+    nn.Flatten(), nn.Linear(PIXELS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2 * LATENT)
+)
 decoder = nn.Sequential(nn.Linear(LATENT, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, PIXELS))
 
 
@@ -46,15 +48,30 @@ def main(args):
     pyro.set_rng_seed(args.seed)
     device = resolve_device(args.device)
     encoder.to(device), decoder.to(device)
-    data = load_data("fashion-mnist", args.data_dir, binarize="dynamic", limit=args.limit,
-                     test_limit=args.test_limit, device=device)
-    trainer = Trainer(model, guide, elbo=args.elbo, particles=args.particles, optim=Optimization(lr=args.lr), out_dir=args.out,
-                      progress=not args.smoke)
+    data = load_data(
+        "fashion-mnist",
+        args.data_dir,
+        binarize="dynamic",
+        limit=args.limit,
+        test_limit=args.test_limit,
+        device=device,
+    )
+    trainer = Trainer(
+        model,
+        guide,
+        elbo=args.elbo,
+        particles=args.particles,
+        optim=Optimization(lr=args.lr),
+        out_dir=args.out,
+        progress=not args.smoke,
+    )
     history = trainer.fit(data, args.epochs, args.batch_size)
     result = evaluate(model, guide, data.test, nll_samples=args.nll_samples)
     save_run_pictures(model, guide, data.test[:64], args.out)
-    print(f"first epoch test ELBO {history[0]['test_elbo']:.2f}, last {history[-1]['test_elbo']:.2f}; "
-          f"test NLL ({args.nll_samples} samples) {result['nll']:.2f}; pictures in {args.out}")
+    print(
+        f"first epoch test ELBO {history[0]['test_elbo']:.2f}, last {history[-1]['test_elbo']:.2f}; "
+        f"test NLL ({args.nll_samples} samples) {result['nll']:.2f}; pictures in {args.out}"
+    )
     return history, result
 
 
@@ -66,7 +83,9 @@ def parse_args(argv=None):
     p.add_argument("--elbo", default="trace", help="any estimator name of pyro_vae.make_elbo")
     p.add_argument("--particles", type=int, default=1)
     p.add_argument("--nll-samples", type=int, default=500)
-    return parse_script_args(p, argv, smoke=dict(epochs=2, limit=1000, test_limit=200, nll_samples=20))
+    return parse_script_args(
+        p, argv, smoke=dict(epochs=2, limit=1000, test_limit=200, nll_samples=20)
+    )
 
 
 if __name__ == "__main__":

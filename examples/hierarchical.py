@@ -15,6 +15,7 @@ References:
     2. C. K. Sønderby, T. Raiko, L. Maaløe, S. K. Sønderby, O. Winther, "Ladder Variational
        Autoencoders", NeurIPS 2016.
 """
+
 import json
 import os
 
@@ -41,23 +42,51 @@ def kl_per_layer(result):
 
 
 def main(args):
-    common = dict(limit=args.limit, test_limit=args.test_limit, epochs=args.epochs, batch_size=args.batch_size,
-                  hidden_dims=args.hidden_dims, elbo=args.elbo, particles=args.particles, lr=args.lr,
-                  seed=args.seed, device=args.device, data_dir=args.data_dir, pictures=not args.smoke)
+    common = dict(
+        limit=args.limit,
+        test_limit=args.test_limit,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        hidden_dims=args.hidden_dims,
+        elbo=args.elbo,
+        particles=args.particles,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        data_dir=args.data_dir,
+        pictures=not args.smoke,
+    )
     rows = {}
     for name, overrides in setups(args.d1, args.d2).items():
         out = os.path.join(args.out, name.replace(" ", "-"))
         config = Config(**common, **overrides, out=out)
         vae, data, history = train(config, resume=args.resume, progress=False)
         vae.eval()
-        result = evaluate(vae.model, vae.guide, data.test, nll_samples=args.nll_samples, verbose=False)
-        rows[name] = {"test_elbo": result["elbo"], "nll": result["nll"], "active_units": result["active_units"],
-                      "kl_per_layer": kl_per_layer(result), "train_seconds": sum(h["seconds"] for h in history)}
-        print(f"{name:>20}: test ELBO {result['elbo']:8.2f}  NLL {result['nll']:8.2f}  "
-              f"active units {result['active_units']}  KL per layer {rows[name]['kl_per_layer']}", flush=True)
+        result = evaluate(
+            vae.model, vae.guide, data.test, nll_samples=args.nll_samples, verbose=False
+        )
+        rows[name] = {
+            "test_elbo": result["elbo"],
+            "nll": result["nll"],
+            "active_units": result["active_units"],
+            "kl_per_layer": kl_per_layer(result),
+            "train_seconds": sum(h["seconds"] for h in history),
+        }
+        print(
+            f"{name:>20}: test ELBO {result['elbo']:8.2f}  NLL {result['nll']:8.2f}  "
+            f"active units {result['active_units']}  KL per layer {rows[name]['kl_per_layer']}",
+            flush=True,
+        )
     with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump({"settings": common | {"d1": args.d1, "d2": args.d2, "nll_samples": args.nll_samples},
-                   "runs": rows}, f, indent=2)
+        json.dump(
+            {
+                "settings": common
+                | {"d1": args.d1, "d2": args.d2, "nll_samples": args.nll_samples},
+                "runs": rows,
+            },
+            f,
+            indent=2,
+        )
     return rows
 
 
@@ -73,8 +102,13 @@ def parse_args(argv=None):
     p.add_argument("--particles", type=int, default=1)
     p.add_argument("--nll-samples", type=int, default=500)
     p.set_defaults(test_limit=1000)
-    return parse_script_args(p, argv, smoke=dict(epochs=1, limit=500, test_limit=100, nll_samples=10, d1=16, d2=8,
-                                                 hidden_dims=[64]))
+    return parse_script_args(
+        p,
+        argv,
+        smoke=dict(
+            epochs=1, limit=500, test_limit=100, nll_samples=10, d1=16, d2=8, hidden_dims=[64]
+        ),
+    )
 
 
 if __name__ == "__main__":

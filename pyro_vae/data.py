@@ -20,6 +20,7 @@ Binarization (``binarize``):
 8-bit images are carried as grey levels k/255 (``binarize="none"``); the 8-bit likelihoods
 (``discretized-logistic``, ``categorical``) score the bin round(255 x).
 """
+
 import gzip
 import os
 import shutil
@@ -34,13 +35,20 @@ from pyro_vae.core.checks import check_option
 DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 BINARIZE = ("dynamic", "static", "none")
 DEBIAN_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
-FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 BINARIZE_SEED = 0
 
 
 def default_root():
     """``$PYRO_VAE_DATA``, else ``~/.cache/pyro_vae``."""
-    return os.environ.get("PYRO_VAE_DATA", os.path.join(os.path.expanduser("~"), ".cache", "pyro_vae"))
+    return os.environ.get(
+        "PYRO_VAE_DATA", os.path.join(os.path.expanduser("~"), ".cache", "pyro_vae")
+    )
 
 
 def _copy_local_files(name, root, source):
@@ -50,7 +58,10 @@ def _copy_local_files(name, root, source):
         target = os.path.join(raw, f)
         if os.path.exists(target):
             continue
-        for candidate, opener in ((os.path.join(source, f + ".gz"), gzip.open), (os.path.join(source, f), open)):
+        for candidate, opener in (
+            (os.path.join(source, f + ".gz"), gzip.open),
+            (os.path.join(source, f), open),
+        ):
             if os.path.exists(candidate):
                 with opener(candidate, "rb") as src, open(target + ".part", "wb") as dst:
                     shutil.copyfileobj(src, dst)
@@ -83,10 +94,15 @@ def load_images(name, root=None, train=True):
             try:
                 ds = cls(root, train=train, download=True)
             except Exception as e:  # no internet, blocked mirror, …
-                fixes = (f"put the four IDX files ({', '.join(FILES)}, gzipped or not) in a folder and pass "
-                         f"data_dir=FOLDER")
+                fixes = (
+                    f"put the four IDX files ({', '.join(FILES)}, gzipped or not) in a folder and pass "
+                    f"data_dir=FOLDER"
+                )
                 if name == "fashion-mnist":
-                    fixes = "install Debian's package (apt-get install dataset-fashion-mnist), or " + fixes
+                    fixes = (
+                        "install Debian's package (apt-get install dataset-fashion-mnist), or "
+                        + fixes
+                    )
                 reason = " ".join(str(e).split())[:300]
                 raise RuntimeError(
                     f"could not load {name}: torchvision's download failed ({type(e).__name__}: {reason}) and no local "
@@ -100,8 +116,12 @@ def _resolve_root(name, data_dir):
     if data_dir is None:
         return default_root()
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"data directory {data_dir!r} does not exist; pass an existing folder as data_dir=")
-    if any(os.path.exists(os.path.join(data_dir, f + ext)) for f in FILES[:1] for ext in ("", ".gz")):
+        raise FileNotFoundError(
+            f"data directory {data_dir!r} does not exist; pass an existing folder as data_dir="
+        )
+    if any(
+        os.path.exists(os.path.join(data_dir, f + ext)) for f in FILES[:1] for ext in ("", ".gz")
+    ):
         root = os.path.join(data_dir, "_torchvision")
         if not _copy_local_files(name, root, data_dir):
             raise FileNotFoundError(f"{data_dir!r} holds only some of the IDX files {FILES}")
@@ -112,17 +132,23 @@ def _resolve_root(name, data_dir):
 def check_source(name):
     """``name`` is a known dataset or a ``folder:``/``npy:``/``pt:`` source whose path exists (one-line errors)."""
     if not isinstance(name, str):
-        raise TypeError(f"dataset must be a name such as fashion-mnist or folder:PATH, got {type(name).__name__}")
+        raise TypeError(
+            f"dataset must be a name such as fashion-mnist or folder:PATH, got {type(name).__name__}"
+        )
     kind, arg = datasets.parse_source(name)
     if kind is None and name not in DATASETS:
         names = ", ".join([*DATASETS, *datasets.TORCHVISION])
-        raise ValueError(f"unknown dataset {name!r}; choose one of {names}, or folder:PATH, npy:PATH (.npy, .npz, "
-                         f".pt)")
+        raise ValueError(
+            f"unknown dataset {name!r}; choose one of {names}, or folder:PATH, npy:PATH (.npy, .npz, "
+            f".pt)"
+        )
     path = arg.partition(",")[0] if kind == "array" else arg
     if kind in ("folder", "array") and not os.path.exists(path):
         what = "image folder" if kind == "folder" else "array file"
-        raise FileNotFoundError(f"{what} {path!r} does not exist; pass dataset='{name.partition(':')[0]}:PATH' "
-                                f"with an existing path")
+        raise FileNotFoundError(
+            f"{what} {path!r} does not exist; pass dataset='{name.partition(':')[0]}:PATH' "
+            f"with an existing path"
+        )
     return kind
 
 
@@ -135,7 +161,10 @@ def read_source(name, data_dir=None, image_size=None, labels=None):
         kind = check_source(name)
         if kind is None:  # mnist, fashion-mnist
             root = _resolve_root(name, data_dir)
-            (x, y), (tx, ty) = load_images(name, root, train=True), load_images(name, root, train=False)
+            (x, y), (tx, ty) = (
+                load_images(name, root, train=True),
+                load_images(name, root, train=False),
+            )
             return datasets.fit_size(x, image_size), y, datasets.fit_size(tx, image_size), ty
         if kind == "folder":
             return datasets.read_folder(name.partition(":")[2], image_size)
@@ -144,8 +173,10 @@ def read_source(name, data_dir=None, image_size=None, labels=None):
         else:
             root = data_dir or default_root()
             if data_dir is not None and not os.path.isdir(data_dir):
-                raise FileNotFoundError(f"data directory {data_dir!r} does not exist; pass an existing folder as "
-                                        f"data_dir=")
+                raise FileNotFoundError(
+                    f"data directory {data_dir!r} does not exist; pass an existing folder as "
+                    f"data_dir="
+                )
             return datasets.read_torchvision(name, root, image_size)
     elif torch.is_tensor(name) or hasattr(name, "__array__"):
         x, y, tx, ty = datasets.from_arrays(name, labels)
@@ -153,8 +184,10 @@ def read_source(name, data_dir=None, image_size=None, labels=None):
         x, y = datasets.dataset_tensors(name, image_size)
         x, y, tx, ty = datasets.from_arrays(x, y, where="the dataset")
     else:
-        raise TypeError(f"data source must be a dataset name, folder:PATH, npy:PATH, an array or tensor of images, or "
-                        f"a torch Dataset; got {type(name).__name__}")
+        raise TypeError(
+            f"data source must be a dataset name, folder:PATH, npy:PATH, an array or tensor of images, or "
+            f"a torch Dataset; got {type(name).__name__}"
+        )
     fit = lambda t: None if t is None else datasets.fit_size(t, image_size)  # noqa: E731
     return fit(x), y, fit(tx), ty
 
@@ -195,7 +228,9 @@ class ImageData:
         process's share of it.
         """
         n = len(self.train)
-        order = torch.randperm(n, device=self.train.device, generator=generator) if shuffle else None
+        order = (
+            torch.randperm(n, device=self.train.device, generator=generator) if shuffle else None
+        )
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             idx = order[start : start + batch_size] if shuffle else slice(start, start + batch_size)
@@ -232,10 +267,14 @@ def training_data(data, test_x=None, model=None):
         data = data.float() / 255 if data.dtype == torch.uint8 else data
     if torch.is_tensor(data):
         checks.check_data_for_model(model, data, "training data")
-        data = ImageData(train=data, train_labels=None, test=test_x, test_labels=None, binarize="none")
+        data = ImageData(
+            train=data, train_labels=None, test=test_x, test_labels=None, binarize="none"
+        )
     elif not isinstance(data, ImageData):
-        raise TypeError(f"data must be an ImageData (from load_data) or a tensor of images [N, ...] (or a torch "
-                        f"Dataset of them), got {type(data).__name__}")
+        raise TypeError(
+            f"data must be an ImageData (from load_data) or a tensor of images [N, ...] (or a torch "
+            f"Dataset of them), got {type(data).__name__}"
+        )
     else:
         checks.check_eight_bit(checks.model_is_eight_bit(model), data.binarize)
         unit = checks.model_wants_unit_interval(model) or data.binarize == "dynamic"
@@ -244,15 +283,29 @@ def training_data(data, test_x=None, model=None):
     if test_x is not None:
         checks.check_data_for_model(model, test_x, "test data")
         if test_x.shape[1:] != data.train.shape[1:] or test_x.device != data.train.device:
-            raise ValueError(f"test data {tuple(test_x.shape)} on {test_x.device} does not match the training "
-                             f"data {tuple(data.train.shape)} on {data.train.device}; give both the same shape "
-                             f"and device")
+            raise ValueError(
+                f"test data {tuple(test_x.shape)} on {test_x.device} does not match the training "
+                f"data {tuple(data.train.shape)} on {data.train.device}; give both the same shape "
+                f"and device"
+            )
     return data, test_x
 
 
-def load_data(name="fashion-mnist", data_dir=None, binarize="dynamic", validation=0, limit=None, test_limit=None,
-              device="cpu", dtype=torch.float32, exclude_class=None, image_size=None, test_fraction=0.1, labels=None,
-              split_seed=0):
+def load_data(
+    name="fashion-mnist",
+    data_dir=None,
+    binarize="dynamic",
+    validation=0,
+    limit=None,
+    test_limit=None,
+    device="cpu",
+    dtype=torch.float32,
+    exclude_class=None,
+    image_size=None,
+    test_fraction=0.1,
+    labels=None,
+    split_seed=0,
+):
     """Load ``name`` as an :class:`ImageData` on ``device``.
 
     :param name: a dataset name, ``folder:PATH``, ``npy:PATH`` / ``pt:PATH`` (see :mod:`pyro_vae.datasets`), or an
@@ -267,8 +320,12 @@ def load_data(name="fashion-mnist", data_dir=None, binarize="dynamic", validatio
     """
     if binarize not in BINARIZE:
         raise ValueError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE)}")
-    for option, value in (("limit", limit), ("test_limit", test_limit), ("image_size", image_size),
-                          ("test_fraction", test_fraction)):
+    for option, value in (
+        ("limit", limit),
+        ("test_limit", test_limit),
+        ("image_size", image_size),
+        ("test_fraction", test_fraction),
+    ):
         check_option(option, value)
     train, train_y, test, test_y = read_source(name, data_dir, image_size, labels)
     if test is None:
@@ -277,7 +334,12 @@ def load_data(name="fashion-mnist", data_dir=None, binarize="dynamic", validatio
         raise ValueError(f"validation must be in [0, {len(train)}), got {validation}")
     val = val_y = None
     if validation:
-        train, val, train_y, val_y = train[:-validation], train[-validation:], train_y[:-validation], train_y[-validation:]
+        train, val, train_y, val_y = (
+            train[:-validation],
+            train[-validation:],
+            train_y[:-validation],
+            train_y[-validation:],
+        )
     if exclude_class is not None:
         keep = train_y != exclude_class
         train, train_y = train[keep], train_y[keep]

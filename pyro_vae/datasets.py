@@ -15,6 +15,7 @@ Every reader returns uint8 images (floats stay floats) ``[N, C, H, W]`` and int6
 unlabelled data (:data:`UNLABELLED`).  Sizes: ``image_size=S`` resizes the shorter side to S and crops
 the centre S × S; without it the images keep their own size, which must then be shared.
 """
+
 import os
 
 import numpy as np
@@ -27,7 +28,12 @@ PREFIXES = ("folder", "npy", "pt")
 # name -> (torchvision class, train kwargs, test kwargs, default image size or None)
 TORCHVISION = {
     "kmnist": ("KMNIST", {"train": True}, {"train": False}, None),
-    "emnist": ("EMNIST", {"split": "balanced", "train": True}, {"split": "balanced", "train": False}, None),
+    "emnist": (
+        "EMNIST",
+        {"split": "balanced", "train": True},
+        {"split": "balanced", "train": False},
+        None,
+    ),
     "cifar10": ("CIFAR10", {"train": True}, {"train": False}, None),
     "cifar100": ("CIFAR100", {"train": True}, {"train": False}, None),
     "svhn": ("SVHN", {"split": "train"}, {"split": "test"}, None),
@@ -41,7 +47,9 @@ def parse_source(name):
     kind, sep, rest = name.partition(":")
     if sep and kind in PREFIXES:
         if not rest:
-            raise ValueError(f"dataset={name!r} names no path; pass e.g. dataset='{kind}:/data/my_images'")
+            raise ValueError(
+                f"dataset={name!r} names no path; pass e.g. dataset='{kind}:/data/my_images'"
+            )
         return ("folder" if kind == "folder" else "array"), rest
     if name in TORCHVISION:
         return "torchvision", name
@@ -60,11 +68,15 @@ def as_images(x, where="the array"):
         if x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
             x = x.permute(0, 3, 1, 2)
         elif x.shape[1] not in (1, 3):
-            raise ValueError(f"{where} has shape {tuple(x.shape)}: neither [N, C, H, W] nor [N, H, W, C] with 1 or 3 "
-                             f"channels; reshape it to one of those layouts")
+            raise ValueError(
+                f"{where} has shape {tuple(x.shape)}: neither [N, C, H, W] nor [N, H, W, C] with 1 or 3 "
+                f"channels; reshape it to one of those layouts"
+            )
     else:
-        raise ValueError(f"{where} has rank {x.dim()} (shape {tuple(x.shape)}); images must be [N, H, W], "
-                         f"[N, C, H, W] or [N, H, W, C]")
+        raise ValueError(
+            f"{where} has rank {x.dim()} (shape {tuple(x.shape)}); images must be [N, H, W], "
+            f"[N, C, H, W] or [N, H, W, C]"
+        )
     if len(x) == 0:
         raise ValueError(f"{where} holds no images (shape {tuple(x.shape)})")
     if x.dtype == torch.bool:
@@ -74,15 +86,19 @@ def as_images(x, where="the array"):
     if not x.is_floating_point():
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
-            raise ValueError(f"{where} holds integers in [{lo}, {hi}]; 8-bit images need 0…255 (uint8), or pass "
-                             f"floats in [0, 1]")
+            raise ValueError(
+                f"{where} holds integers in [{lo}, {hi}]; 8-bit images need 0…255 (uint8), or pass "
+                f"floats in [0, 1]"
+            )
         return x.to(torch.uint8).contiguous()
     if not torch.isfinite(x).all():
         raise ValueError(f"{where} holds NaN or infinite values; clean or drop those images first")
     lo, hi = x.min().item(), x.max().item()
     if lo < 0 or hi > 1:
-        raise ValueError(f"{where} holds floats in [{lo:.4g}, {hi:.4g}]; images must be in [0, 1]: divide 8-bit "
-                         f"values by 255 (or save them as uint8)")
+        raise ValueError(
+            f"{where} holds floats in [{lo:.4g}, {hi:.4g}]; images must be in [0, 1]: divide 8-bit "
+            f"values by 255 (or save them as uint8)"
+        )
     return x.contiguous()
 
 
@@ -111,8 +127,12 @@ def _pil_array(image, where):
     try:
         image.load()
     except Exception as e:  # truncated or corrupt
-        raise ValueError(f"cannot read {where} ({type(e).__name__}: {e}); remove or replace the file") from None
-    grey = image.mode in ("1", "L", "LA", "I", "I;16", "F") or (image.mode == "P" and _grey_palette(image))
+        raise ValueError(
+            f"cannot read {where} ({type(e).__name__}: {e}); remove or replace the file"
+        ) from None
+    grey = image.mode in ("1", "L", "LA", "I", "I;16", "F") or (
+        image.mode == "P" and _grey_palette(image)
+    )
     return np.array(image.convert("L" if grey else "RGB"))
 
 
@@ -127,15 +147,21 @@ def stack_images(arrays, names, where, image_size=None):
     tensors = []
     for a in arrays:
         t = torch.as_tensor(a)
-        t = t.permute(2, 0, 1) if t.dim() == 3 else t.unsqueeze(0).expand(3 if colour else 1, *t.shape)
+        t = (
+            t.permute(2, 0, 1)
+            if t.dim() == 3
+            else t.unsqueeze(0).expand(3 if colour else 1, *t.shape)
+        )
         tensors.append(fit_size(t, image_size))
     sizes = {}
     for t, n in zip(tensors, names):
         sizes.setdefault(tuple(t.shape[1:]), n)
     if len(sizes) > 1:
         examples = ", ".join(f"{h}×{w} ({n})" for (h, w), n in list(sizes.items())[:3])
-        raise ValueError(f"the images of {where} have {len(sizes)} different sizes, e.g. {examples}; pass "
-                         f"image_size=N to resize and crop them all to N×N")
+        raise ValueError(
+            f"the images of {where} have {len(sizes)} different sizes, e.g. {examples}; pass "
+            f"image_size=N to resize and crop them all to N×N"
+        )
     return torch.stack(tensors)
 
 
@@ -146,7 +172,9 @@ def _image_files(folder, recursive):
     out = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
-        out += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        out += [
+            os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)
+        ]
         if not recursive:
             break
     return out
@@ -154,16 +182,24 @@ def _image_files(folder, recursive):
 
 def _scan(path):
     """``{class name or None: [files]}`` of one split folder."""
-    subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
+    subdirs = sorted(
+        d
+        for d in os.listdir(path)
+        if os.path.isdir(os.path.join(path, d)) and not d.startswith(".")
+    )
     classes = {d: _image_files(os.path.join(path, d), True) for d in subdirs}
     classes = {d: f for d, f in classes.items() if f}
     top = _image_files(path, False)
     if classes and top:
-        raise ValueError(f"{path!r} holds images both at its top level ({os.path.basename(top[0])}, …) and in "
-                         f"subfolders ({', '.join(list(classes)[:3])}); put every image in a class subfolder, or none")
+        raise ValueError(
+            f"{path!r} holds images both at its top level ({os.path.basename(top[0])}, …) and in "
+            f"subfolders ({', '.join(list(classes)[:3])}); put every image in a class subfolder, or none"
+        )
     if not classes and not top:
-        raise ValueError(f"{path!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); point folder:PATH at a folder "
-                         f"of images or of class subfolders of images")
+        raise ValueError(
+            f"{path!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); point folder:PATH at a folder "
+            f"of images or of class subfolders of images"
+        )
     return classes or {None: top}
 
 
@@ -172,10 +208,14 @@ def read_folder(path, image_size=None):
     from PIL import Image
 
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"image folder {path!r} does not exist; pass dataset='folder:PATH' with an "
-                                f"existing folder")
+        raise FileNotFoundError(
+            f"image folder {path!r} does not exist; pass dataset='folder:PATH' with an "
+            f"existing folder"
+        )
     split_dirs = [os.path.join(path, s) for s in ("train", "test")]
-    splits = [_scan(p) for p in split_dirs] if all(map(os.path.isdir, split_dirs)) else [_scan(path)]
+    splits = (
+        [_scan(p) for p in split_dirs] if all(map(os.path.isdir, split_dirs)) else [_scan(path)]
+    )
     names = sorted({c for s in splits for c in s if c is not None})
     if names and any(None in s for s in splits):
         raise ValueError(f"{path!r}: train/ and test/ must both use class subfolders, or neither")
@@ -188,8 +228,9 @@ def read_folder(path, image_size=None):
                 try:
                     image = Image.open(f)
                 except Exception as e:
-                    raise ValueError(f"cannot read image {f!r} ({type(e).__name__}); remove or replace the "
-                                     f"file") from None
+                    raise ValueError(
+                        f"cannot read image {f!r} ({type(e).__name__}); remove or replace the file"
+                    ) from None
                 with image:
                     arrays.append(_pil_array(image, f"image {f!r}"))
                 labels.append(index.get(c, UNLABELLED))
@@ -200,20 +241,26 @@ def read_folder(path, image_size=None):
     y = torch.tensor(labels, dtype=torch.long)
     if len(splits) == 1:
         return x, y, None, None
-    return x[: sizes[0]], y[: sizes[0]], x[sizes[0]:], y[sizes[0]:]
+    return x[: sizes[0]], y[: sizes[0]], x[sizes[0] :], y[sizes[0] :]
 
 
 # ---------------------------------------------------------------------------------------------
 # arrays
 # ---------------------------------------------------------------------------------------------
-KEYS = {"x": ("x", "images"), "y": ("y", "labels"), "x_test": ("x_test", "test_images"),
-        "y_test": ("y_test", "test_labels")}
+KEYS = {
+    "x": ("x", "images"),
+    "y": ("y", "labels"),
+    "x_test": ("x_test", "test_images"),
+    "y_test": ("y_test", "test_labels"),
+}
 
 
 def _load_array_file(path):
     if not os.path.exists(path):
-        raise FileNotFoundError(f"array file {path!r} does not exist; pass dataset='npy:PATH' with an "
-                                f"existing .npy, .npz or .pt file")
+        raise FileNotFoundError(
+            f"array file {path!r} does not exist; pass dataset='npy:PATH' with an "
+            f"existing .npy, .npz or .pt file"
+        )
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".npy":
@@ -224,8 +271,10 @@ def _load_array_file(path):
         if ext in (".pt", ".pth"):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read array file {path!r} ({type(e).__name__}: {str(e)[:200]}); save it with "
-                         f"numpy.save / numpy.savez / torch.save") from None
+        raise ValueError(
+            f"cannot read array file {path!r} ({type(e).__name__}: {str(e)[:200]}); save it with "
+            f"numpy.save / numpy.savez / torch.save"
+        ) from None
     raise ValueError(f"array file {path!r} must end in .npy, .npz or .pt")
 
 
@@ -234,15 +283,19 @@ def _pick(d, key, path, required=False):
         if k in d:
             return d[k]
     if required:
-        raise ValueError(f"{path!r} holds the keys {sorted(d)} but no images; name them {' or '.join(KEYS[key])}")
+        raise ValueError(
+            f"{path!r} holds the keys {sorted(d)} but no images; name them {' or '.join(KEYS[key])}"
+        )
     return None
 
 
 def _labels(y, n, where):
     y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
     if y.dim() != 1 or len(y) != n or y.is_floating_point() and not (y == y.round()).all():
-        raise ValueError(f"{where} must be one integer label per image ({n}), got shape {tuple(y.shape)} of "
-                         f"{y.dtype}")
+        raise ValueError(
+            f"{where} must be one integer label per image ({n}), got shape {tuple(y.shape)} of "
+            f"{y.dtype}"
+        )
     return y.long()
 
 
@@ -267,15 +320,24 @@ def read_array(spec, labels=None):
 def from_arrays(x, labels=None, test=None, test_labels=None, where="the array"):
     """Checked ``(train_x, train_y, test_x, test_y)`` from in-memory arrays or tensors."""
     x = as_images(x, where)
-    y = torch.full((len(x),), UNLABELLED) if labels is None else _labels(labels, len(x), f"the labels of {where}")
+    y = (
+        torch.full((len(x),), UNLABELLED)
+        if labels is None
+        else _labels(labels, len(x), f"the labels of {where}")
+    )
     if test is None:
         return x, y, None, None
     test = as_images(test, f"the test images of {where}")
     if test.shape[1:] != x.shape[1:]:
-        raise ValueError(f"the test images of {where} are {tuple(test.shape[1:])}, the training images "
-                         f"{tuple(x.shape[1:])}; give both the same shape")
-    ty = (torch.full((len(test),), UNLABELLED) if test_labels is None
-          else _labels(test_labels, len(test), f"the test labels of {where}"))
+        raise ValueError(
+            f"the test images of {where} are {tuple(test.shape[1:])}, the training images "
+            f"{tuple(x.shape[1:])}; give both the same shape"
+        )
+    ty = (
+        torch.full((len(test),), UNLABELLED)
+        if test_labels is None
+        else _labels(test_labels, len(test), f"the test labels of {where}")
+    )
     return x, y, test, ty
 
 
@@ -290,19 +352,26 @@ def dataset_tensors(ds, image_size=None, where="the dataset"):
     try:
         n = len(ds)
     except TypeError:
-        raise TypeError(f"{where} must be a map-style torch Dataset with __len__ and __getitem__, got "
-                        f"{type(ds).__name__}") from None
+        raise TypeError(
+            f"{where} must be a map-style torch Dataset with __len__ and __getitem__, got "
+            f"{type(ds).__name__}"
+        ) from None
     if n == 0:
         raise ValueError(f"{where} holds no items")
     images, labels, pil = [], [], False
     for i in range(n):
         item = ds[i]
-        image, label = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
+        image, label = (
+            (item[0], item[1] if len(item) > 1 else None)
+            if isinstance(item, (tuple, list))
+            else (item, None)
+        )
         if isinstance(image, Image.Image):
             image, pil = _pil_array(image, f"item {i} of {where}"), True
         images.append(image)
-        is_int = isinstance(label, (int, np.integer)) or (torch.is_tensor(label) and label.numel() == 1
-                                                          and not label.is_floating_point())
+        is_int = isinstance(label, (int, np.integer)) or (
+            torch.is_tensor(label) and label.numel() == 1 and not label.is_floating_point()
+        )
         labels.append(int(label) if is_int else UNLABELLED)
     if pil:
         x = stack_images(images, [f"item {i}" for i in range(n)], where, image_size)
@@ -332,13 +401,16 @@ def read_torchvision(name, root, image_size=None):
                     f"could not load {name}: it is not under {root!r} and torchvision's download failed "
                     f"({type(e).__name__}: {reason}). To fix: on a machine with internet run python -c \"import "
                     f"torchvision; torchvision.datasets.{cls_name}('DIR', download=True, **{kwargs!r})\" and copy DIR's "
-                    f"contents into {root!r} (or pass data_dir=DIR / set $PYRO_VAE_DATA)") from None
+                    f"contents into {root!r} (or pass data_dir=DIR / set $PYRO_VAE_DATA)"
+                ) from None
         out += _torchvision_tensors(name, ds, image_size)
     return tuple(out)
 
 
 def _torchvision_tensors(name, ds, image_size):
-    if hasattr(ds, "data") and not isinstance(ds.data, list):  # in-memory arrays: (K/E)MNIST, CIFAR, SVHN
+    if hasattr(ds, "data") and not isinstance(
+        ds.data, list
+    ):  # in-memory arrays: (K/E)MNIST, CIFAR, SVHN
         x = as_images(ds.data, f"torchvision's {name}")
         if name == "emnist":
             x = x.transpose(-1, -2)  # EMNIST's files hold the images transposed

@@ -4,7 +4,9 @@ import torch
 
 
 def pytest_addoption(parser):
-    parser.addoption("--device", default="cpu", help="device for device-parametrized tests (cpu, cuda)")
+    parser.addoption(
+        "--device", default="cpu", help="device for device-parametrized tests (cpu, cuda)"
+    )
 
 
 @pytest.fixture

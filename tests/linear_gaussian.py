@@ -1,8 +1,9 @@
 """A linear-Gaussian latent model with closed-form log p(x), posterior and ELBO, used by many tests.
 
-    z ~ N(0, I_d),   x | z ~ N(W z + b, σ² I_D)
-    p(x) = N(b, W Wᵀ + σ² I),   p(z | x) = N(Λ⁻¹ Wᵀ (x − b) / σ², Λ⁻¹),   Λ = I + Wᵀ W / σ²
+z ~ N(0, I_d),   x | z ~ N(W z + b, σ² I_D)
+p(x) = N(b, W Wᵀ + σ² I),   p(z | x) = N(Λ⁻¹ Wᵀ (x − b) / σ², Λ⁻¹),   Λ = I + Wᵀ W / σ²
 """
+
 import math
 
 import pyro
@@ -13,9 +14,13 @@ from pyro_vae import data_plate
 
 
 class LinearGaussian:
-    def __init__(self, latent_dim=3, obs_dim=5, sigma=0.5, seed=0, dtype=torch.float64, device="cpu", W=None):
+    def __init__(
+        self, latent_dim=3, obs_dim=5, sigma=0.5, seed=0, dtype=torch.float64, device="cpu", W=None
+    ):
         g = torch.Generator().manual_seed(seed)
-        self.W = (torch.randn(obs_dim, latent_dim, generator=g, dtype=dtype) if W is None else W.to(dtype)).to(device)
+        self.W = (
+            torch.randn(obs_dim, latent_dim, generator=g, dtype=dtype) if W is None else W.to(dtype)
+        ).to(device)
         self.b = torch.randn(obs_dim, generator=g, dtype=dtype).to(device)
         self.sigma = sigma
         self.latent_dim, self.obs_dim = latent_dim, obs_dim
@@ -24,8 +29,12 @@ class LinearGaussian:
     def unit_range(cls, obs_dim, sigma, w_scale, seed=0, latent_dim=2):
         """Means 0.5 + W z with small W (|W| ~ w_scale): "images" whose means stay in [0, 1] for moderate z."""
         g = torch.Generator().manual_seed(seed)
-        lg = cls(latent_dim=latent_dim, obs_dim=obs_dim, sigma=sigma,
-                 W=w_scale * torch.randn(obs_dim, latent_dim, generator=g))
+        lg = cls(
+            latent_dim=latent_dim,
+            obs_dim=obs_dim,
+            sigma=sigma,
+            W=w_scale * torch.randn(obs_dim, latent_dim, generator=g),
+        )
         lg.b = torch.full((obs_dim,), 0.5, dtype=lg.W.dtype, device=lg.W.device)
         return lg
 
@@ -58,7 +67,9 @@ class LinearGaussian:
         return z @ self.W.T + self.b + self.sigma * eps
 
     def marginal(self):
-        cov = self.W @ self.W.T + self.sigma**2 * torch.eye(self.obs_dim, dtype=self.W.dtype, device=self.W.device)
+        cov = self.W @ self.W.T + self.sigma**2 * torch.eye(
+            self.obs_dim, dtype=self.W.dtype, device=self.W.device
+        )
         return dist.MultivariateNormal(self.b, covariance_matrix=cov)
 
     def log_px(self, x):
@@ -81,7 +92,8 @@ class LinearGaussian:
         resid = x - m @ self.W.T - self.b
         trace = torch.einsum("ij,nji->n", self.W.T @ self.W, S)
         expected_loglik = -0.5 * D * math.log(2 * math.pi * self.sigma**2) - 0.5 / self.sigma**2 * (
-            resid.pow(2).sum(-1) + trace)
+            resid.pow(2).sum(-1) + trace
+        )
         kl = 0.5 * (S.diagonal(dim1=-2, dim2=-1).sum(-1) + m.pow(2).sum(-1) - d - torch.logdet(S))
         return expected_loglik - kl
 

@@ -1,5 +1,6 @@
 """Applications against known answers: ROC AUC by hand and by pair counting, anomaly scores against the exact
 log p(x) of a linear-Gaussian model, denoising by projection onto its latent subspace, embeddings = posterior means."""
+
 import math
 
 import numpy as np
@@ -12,15 +13,24 @@ from hypothesis import strategies as st
 from linear_gaussian import LinearGaussian
 
 from pyro_vae import data_plate
-from pyro_vae.evaluation.applications import (anomaly_scores, corrupt, denoise, embeddings, reconstruct, roc_auc,
-                                              save_embeddings)
+from pyro_vae.evaluation.applications import (
+    anomaly_scores,
+    corrupt,
+    denoise,
+    embeddings,
+    reconstruct,
+    roc_auc,
+    save_embeddings,
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # ROC AUC
 # ---------------------------------------------------------------------------------------------
 def test_roc_auc_known_answers():
-    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75  # 3 of 4 (positive, negative) pairs ordered
+    assert (
+        roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    )  # 3 of 4 (positive, negative) pairs ordered
     assert roc_auc([1, 2, 3, 4], [0, 0, 1, 1]) == 1.0
     assert roc_auc([4, 3, 2, 1], [0, 0, 1, 1]) == 0.0
     assert roc_auc([5, 5, 5, 5], [0, 1, 0, 1]) == 0.5  # every pair tied: ½ each
@@ -29,14 +39,19 @@ def test_roc_auc_known_answers():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=2, max_size=40)
-       .filter(lambda p: 0 < sum(y for _, y in p) < len(p)))
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=2, max_size=40).filter(
+        lambda p: 0 < sum(y for _, y in p) < len(p)
+    )
+)
 def test_roc_auc_equals_pair_counting_with_ties(pairs):
     """AUC = P(s₊ > s₋) + ½ P(s₊ = s₋) over all (positive, negative) pairs; small integer scores force ties."""
     s = np.array([p[0] for p in pairs], dtype=float)
     y = np.array([p[1] for p in pairs])
     pos, neg = s[y], s[~y]
-    expected = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    expected = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (
+        len(pos) * len(neg)
+    )
     assert roc_auc(s, y) == pytest.approx(expected, abs=1e-12)
 
 
@@ -68,8 +83,12 @@ def test_anomaly_scores_are_exact_negative_log_px_with_the_exact_posterior():
     lg = LinearGaussian(latent_dim=2, obs_dim=4)
     x = lg.sample(30)
     expected = -lg.log_px(x)
-    assert torch.allclose(anomaly_scores(lg.model, lg.exact_guide, x, score="nll", num_samples=3), expected)
-    assert torch.allclose(anomaly_scores(lg.model, lg.exact_guide, x, score="elbo", num_samples=3), expected)
+    assert torch.allclose(
+        anomaly_scores(lg.model, lg.exact_guide, x, score="nll", num_samples=3), expected
+    )
+    assert torch.allclose(
+        anomaly_scores(lg.model, lg.exact_guide, x, score="elbo", num_samples=3), expected
+    )
     with pytest.raises(ValueError, match="unknown anomaly score"):
         anomaly_scores(lg.model, lg.exact_guide, x, score="mse")
 
@@ -130,7 +149,9 @@ def test_denoising_projects_gaussian_noise_onto_the_latent_subspace():
     out = denoise(lg.model, lg.exact_guide, x, "gaussian", 0.05, seed=1)
     assert out["mse_noisy"] == pytest.approx(0.05**2, rel=0.05)
     assert out["mse_denoised"] < 0.25 * out["mse_noisy"]
-    assert out["mse_clean_reconstruction"] < 0.1 * out["mse_noisy"]  # ≈ σ² = 1e-4, the data's own noise
+    assert (
+        out["mse_clean_reconstruction"] < 0.1 * out["mse_noisy"]
+    )  # ≈ σ² = 1e-4, the data's own noise
     assert out["noisy"].shape == x.shape and out["denoised"].shape == x.shape
 
 

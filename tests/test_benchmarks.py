@@ -1,4 +1,5 @@
 """The speed harnesses of benchmarks/ run end to end (tiny sizes) and write their tables; `--device cuda` runs them on a GPU."""
+
 import json
 import os
 
@@ -12,21 +13,50 @@ def test_speed_harness_replaces_only_its_own_section(tmp_path, device):
     speed = load_example("speed", "benchmarks")
     out = tmp_path / "RESULTS.md"
     out.write_text("# Speed\n\nThe reading stays.\n\n### ZZZ: another machine\n\nits table stays\n")
-    speed.main(speed.parse_args(["--device", str(device), "--rounds", "1", "--steps", "2", "--warmup", "1",
-                                 "--epoch-rounds", "1", "--num-data", "512", "--configs", "kl-warmup,spline-stl",
-                                 "--config-rounds", "1", "--config-steps", "2", "--no-compile", "--process-rounds", "0",
-                                 "--out", str(out)]))
+    speed.main(
+        speed.parse_args(
+            [
+                "--device",
+                str(device),
+                "--rounds",
+                "1",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--epoch-rounds",
+                "1",
+                "--num-data",
+                "512",
+                "--configs",
+                "kl-warmup,spline-stl",
+                "--config-rounds",
+                "1",
+                "--config-steps",
+                "2",
+                "--no-compile",
+                "--process-rounds",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+    )
     text = out.read_text()
     assert text.startswith("# Speed\n\nThe reading stays.\n") and "its table stays" in text
-    section = text[text.index(f"### {device.type.upper()}"):text.index("### ZZZ")]
+    section = text[text.index(f"### {device.type.upper()}") : text.index("### ZZZ")]
     for arch in speed.ARCHS:
         for runner in ("eager", "eager-fused", "pyro", "pyro-jit", "pyro_vae"):
             assert f"| {arch} | {runner} | " in section
         assert f"| {arch} | eager | " in section.split("512-image epoch")[1]
     configs = text.split("configurations:")[1]
     assert "| kl-warmup | fx | " in configs  # β in a tensor: the fast path, against its eager twin
-    assert configs.split("| kl-warmup |")[1].split("\n")[0].count(" – ") == 3  # no inductor columns (--no-compile)
-    assert "| spline-stl | plain: the loss has ops whose output shape depends on the data" in configs
+    assert (
+        configs.split("| kl-warmup |")[1].split("\n")[0].count(" – ") == 3
+    )  # no inductor columns (--no-compile)
+    assert (
+        "| spline-stl | plain: the loss has ops whose output shape depends on the data" in configs
+    )
     rerun = out.read_text()
     speed.write_section(str(out), "ZZZ", "### ZZZ: another machine\n\nnew table\n")
     assert out.read_text() == rerun.replace("its table stays", "new table")
@@ -36,12 +66,33 @@ def test_speed_harness_replaces_only_its_own_section(tmp_path, device):
 def test_particle_benchmark_table(tmp_path, device):
     particles = load_example("particles", "benchmarks")
     out = tmp_path / "PARTICLES.md"
-    medians = particles.main(particles.parse_args(["--device", str(device), "--estimators", "trace,iwae", "--k", "1,2",
-                                                   "--batch-size", "16", "--rounds", "1", "--warmup", "0",
-                                                   "--out", str(out)]))
+    medians = particles.main(
+        particles.parse_args(
+            [
+                "--device",
+                str(device),
+                "--estimators",
+                "trace,iwae",
+                "--k",
+                "1,2",
+                "--batch-size",
+                "16",
+                "--rounds",
+                "1",
+                "--warmup",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+    )
     assert sorted(medians) == [("iwae", 1), ("iwae", 2), ("trace", 1), ("trace", 2)]
     assert all(v > 0 for v in medians.values())
-    rows = [line for line in out.read_text().splitlines() if line.startswith("| trace |") or line.startswith("| iwae |")]
+    rows = [
+        line
+        for line in out.read_text().splitlines()
+        if line.startswith("| trace |") or line.startswith("| iwae |")
+    ]
     assert len(rows) == 2 and all(row.count("ms") == 2 and row.count("×") == 1 for row in rows)
 
 
@@ -49,13 +100,32 @@ def test_particle_benchmark_table(tmp_path, device):
 def test_log_likelihood_benchmark_table(tmp_path, device):
     bench = load_example("log_likelihood", "benchmarks")
     out = tmp_path / "LOG_LIKELIHOOD.md"
-    bench.main(bench.parse_args(["--device", str(device), "--images", "4", "--k", "8,64", "--max-elements", "32",
-                                 "--out", str(out)]))
-    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| 8 |") or
-            line.startswith("| 64 |")]
+    bench.main(
+        bench.parse_args(
+            [
+                "--device",
+                str(device),
+                "--images",
+                "4",
+                "--k",
+                "8,64",
+                "--max-elements",
+                "32",
+                "--out",
+                str(out),
+            ]
+        )
+    )
+    rows = [
+        line.split(" | ")
+        for line in out.read_text().splitlines()
+        if line.startswith("| 8 |") or line.startswith("| 64 |")
+    ]
     assert [row[1:3] for row in rows] == [["4", "32"], ["4", "32"]]
     nll = [float(row[-1].rstrip(" |")) for row in rows]
-    assert all(400 < v < 800 for v in nll)  # an untrained VAE on binarized images: about 784 · log 2 ≈ 543 nats
+    assert all(
+        400 < v < 800 for v in nll
+    )  # an untrained VAE on binarized images: about 784 · log 2 ≈ 543 nats
 
 
 def test_host_memory_benchmark_runs_both_ways(tmp_path):

@@ -1,4 +1,5 @@
 """Dataset loading (offline fallbacks, clear errors) and device-resident batching."""
+
 import gzip
 import os
 
@@ -10,7 +11,9 @@ from pyro_vae import data as data_mod
 from pyro_vae.data import FILES, ImageData, load_data
 
 DEBIAN = "/usr/share/datasets/fashion-mnist"
-needs_fashion = pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist")
+needs_fashion = pytest.mark.skipif(
+    not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist"
+)
 
 
 def _write_idx(folder, n_train=6, n_test=4, gz=True):
@@ -23,7 +26,10 @@ def _write_idx(folder, n_train=6, n_test=4, gz=True):
         return header + body
 
     def labels(n):
-        return np.array([0x00000801, n], dtype=">i4").tobytes() + (np.arange(n) % 10).astype(np.uint8).tobytes()
+        return (
+            np.array([0x00000801, n], dtype=">i4").tobytes()
+            + (np.arange(n) % 10).astype(np.uint8).tobytes()
+        )
 
     blobs = dict(zip(FILES, (images(n_train), labels(n_train), images(n_test), labels(n_test))))
     for name, blob in blobs.items():
@@ -55,7 +61,9 @@ def test_missing_data_everywhere_names_both_fixes(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", no_download)
     with pytest.raises(RuntimeError) as e:
         load_data("fashion-mnist", str(tmp_path))
-    assert "apt-get install dataset-fashion-mnist" in str(e.value) and "data_dir=FOLDER" in str(e.value)
+    assert "apt-get install dataset-fashion-mnist" in str(e.value) and "data_dir=FOLDER" in str(
+        e.value
+    )
 
 
 def test_missing_data_dir_and_bad_names(tmp_path):
@@ -70,7 +78,13 @@ def test_missing_data_dir_and_bad_names(tmp_path):
 def _toy(binarize):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(10, 1, 2, 2, generator=g)
-    return ImageData(train=x, train_labels=torch.arange(10), test=x[:3], test_labels=torch.arange(3), binarize=binarize)
+    return ImageData(
+        train=x,
+        train_labels=torch.arange(10),
+        test=x[:3],
+        test_labels=torch.arange(3),
+        binarize=binarize,
+    )
 
 
 def test_batches_cover_every_image_once_per_epoch():
@@ -83,7 +97,9 @@ def test_batches_cover_every_image_once_per_epoch():
 
 def test_dynamic_binarization_resamples_each_batch_with_the_grey_level_as_probability():
     d = _toy("dynamic")
-    draws = torch.stack([torch.cat([x for x, _ in d.batches(10, shuffle=False)]) for _ in range(2000)])
+    draws = torch.stack(
+        [torch.cat([x for x, _ in d.batches(10, shuffle=False)]) for _ in range(2000)]
+    )
     assert set(draws.unique().tolist()) <= {0.0, 1.0}
     # mean of 2000 Bernoulli draws: standard error ≤ 0.5/sqrt(2000) ≈ 0.011
     torch.testing.assert_close(draws.mean(0), d.train, atol=0.05, rtol=0)

@@ -1,4 +1,5 @@
 """Data sources beyond the IDX files: image folders, arrays, torch Datasets, torchvision by name; bad data in one line."""
+
 import os
 from collections import Counter
 
@@ -50,7 +51,9 @@ def test_folder_of_rgb_pngs_is_read_exactly_with_class_labels_and_a_seeded_test_
     labels = torch.cat([d.train_labels, d.test_labels])
     assert labels.bincount().tolist() == [200, 100]
     cats = _bag(torch.as_tensor(images[:200]).permute(0, 3, 1, 2))
-    assert all(cats[bytes((x * 255).round().to(torch.uint8).numpy())] for x in everything[labels == 0])
+    assert all(
+        cats[bytes((x * 255).round().to(torch.uint8).numpy())] for x in everything[labels == 0]
+    )
     again = load_data(f"folder:{root}", binarize="none")
     torch.testing.assert_close(again.test, d.test)  # fixed seed: the same test split
     other = load_data(f"folder:{root}", binarize="none", split_seed=1, test_fraction=0.2)
@@ -63,7 +66,9 @@ def test_unlabelled_folder_with_train_and_test_subfolders_and_grey_images(tmp_pa
     _save(tmp_path / "test", grey[9:])
     d = load_data(f"folder:{tmp_path}", binarize="none")
     assert d.x_shape == (1, 20, 24) and (len(d.train), len(d.test)) == (9, 3)
-    torch.testing.assert_close(d.test[:, 0], torch.as_tensor(grey[9:]) / 255.0)  # sorted file names, no shuffling
+    torch.testing.assert_close(
+        d.test[:, 0], torch.as_tensor(grey[9:]) / 255.0
+    )  # sorted file names, no shuffling
     assert set(d.train_labels.tolist()) == {UNLABELLED}
 
 
@@ -77,7 +82,11 @@ def test_grey_and_rgb_together_become_rgb_and_image_size_resizes_and_crops(tmp_p
     x = torch.cat([d.train, d.test])
     assert x.shape == (3, 3, 16, 16)
     colours = {tuple((im[:, 8, 8] * 255).round().int().tolist()) for im in x}
-    assert (7, 7, 7) in colours and (10, 20, 30) in colours  # grey replicated over RGB; constant images survive
+    assert (7, 7, 7) in colours and (
+        10,
+        20,
+        30,
+    ) in colours  # grey replicated over RGB; constant images survive
     assert any(abs(c[0] - 200) <= 2 for c in colours)  # the JPEG, within its compression error
 
 
@@ -96,8 +105,13 @@ def test_arrays_in_every_layout_npz_keys_and_pt_tuples(tmp_path):
     a = load_data(f"npy:{tmp_path / 'nhwc.npy'},{tmp_path / 'labels.npy'}", binarize="none")
     assert a.x_shape == (3, 8, 8) and len(a.test) == 5
     assert _bag(torch.cat([a.train, a.test])) == _bag(torch.as_tensor(images).permute(0, 3, 1, 2))
-    np.savez(tmp_path / "split.npz", images=images.transpose(0, 3, 1, 2) / 255.0, labels=labels,
-             x_test=images[:4].transpose(0, 3, 1, 2), y_test=labels[:4])
+    np.savez(
+        tmp_path / "split.npz",
+        images=images.transpose(0, 3, 1, 2) / 255.0,
+        labels=labels,
+        x_test=images[:4].transpose(0, 3, 1, 2),
+        y_test=labels[:4],
+    )
     b = load_data(f"npy:{tmp_path / 'split.npz'}", binarize="none")
     assert (len(b.train), len(b.test)) == (50, 4) and b.test_labels.tolist() == [0, 1, 2, 3]
     torch.testing.assert_close(b.train, torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255)
@@ -106,7 +120,9 @@ def test_arrays_in_every_layout_npz_keys_and_pt_tuples(tmp_path):
     c = load_data(f"pt:{tmp_path / 'grey.pt'}", binarize="none", test_fraction=0.5)
     assert c.x_shape == (1, 6, 6) and len(c.test) == 15
     assert sorted(torch.cat([c.train_labels, c.test_labels]).tolist()) == list(range(30))
-    torch.testing.assert_close(c.train[:, 0], grey[c.train_labels])  # label i is image i: pairs stay together
+    torch.testing.assert_close(
+        c.train[:, 0], grey[c.train_labels]
+    )  # label i is image i: pairs stay together
 
 
 def test_python_sources_arrays_and_datasets(tmp_path):
@@ -114,8 +130,12 @@ def test_python_sources_arrays_and_datasets(tmp_path):
     d = load_data(x, labels=torch.arange(40) % 2, binarize="none")
     assert len(d.train) + len(d.test) == 40 and d.train_labels.max() == 1
     pil = [Image.fromarray(a) for a in _rgb(10, 6)]
-    ds = load_data(ListDataset([(im, i) for i, im in enumerate(pil)]), binarize="none", test_fraction=0.2)
-    assert ds.x_shape == (3, 6, 6) and sorted(torch.cat([ds.train_labels, ds.test_labels]).tolist()) == list(range(10))
+    ds = load_data(
+        ListDataset([(im, i) for i, im in enumerate(pil)]), binarize="none", test_fraction=0.2
+    )
+    assert ds.x_shape == (3, 6, 6) and sorted(
+        torch.cat([ds.train_labels, ds.test_labels]).tolist()
+    ) == list(range(10))
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -134,7 +154,9 @@ def test_trainer_fit_accepts_a_torch_dataset():
     config = Config(likelihood="categorical", binarize="none", latent_dim=2, hidden_dims=[8])
     vae = build_model(config, (1, 4, 4), num_data=64)
     trainer = Trainer(vae.model, vae.guide, "trace", modules=[vae], progress=False)
-    history = trainer.fit(torch.utils.data.TensorDataset(x, torch.zeros(64)), epochs=1, batch_size=32, test_x=x[:8])
+    history = trainer.fit(
+        torch.utils.data.TensorDataset(x, torch.zeros(64)), epochs=1, batch_size=32, test_x=x[:8]
+    )
     # a 256-way categorical: −log p(x) ≤ 8 ln 2 per value at the start, finite after one epoch
     assert len(history) == 1 and -history[0]["test_elbo"] < 16 * 8 * np.log(2) + 10
     with pytest.raises(TypeError, match="torch Dataset"):
@@ -147,7 +169,10 @@ def test_trainer_fit_accepts_a_torch_dataset():
 def _idx(path, array):
     magic = {3: 0x803, 1: 0x801}[array.ndim]
     with open(path, "wb") as f:
-        f.write(np.array([magic, *array.shape], dtype=">i4").tobytes() + array.astype(np.uint8).tobytes())
+        f.write(
+            np.array([magic, *array.shape], dtype=">i4").tobytes()
+            + array.astype(np.uint8).tobytes()
+        )
 
 
 def test_kmnist_and_emnist_through_torchvision_classes(tmp_path):
@@ -168,13 +193,19 @@ def test_kmnist_and_emnist_through_torchvision_classes(tmp_path):
         _idx(raw / f"emnist-balanced-{split}-images-idx3-ubyte", images)
         _idx(raw / f"emnist-balanced-{split}-labels-idx1-ubyte", labels)
     e = load_data("emnist", str(tmp_path), binarize="none", image_size=14)
-    assert e.x_shape == (1, 14, 14) and e.train[:, 0, :, 0].min() > 0.4 and e.train[:, 0, :, 3:].sum() == 0
+    assert (
+        e.x_shape == (1, 14, 14)
+        and e.train[:, 0, :, 0].min() > 0.4
+        and e.train[:, 0, :, 3:].sum() == 0
+    )
 
 
 def test_lazy_torchvision_dataset_omniglot_is_read_item_by_item(monkeypatch, tmp_path):
     import torchvision
 
-    class FakeOmniglot(torch.utils.data.Dataset):  # torchvision's Omniglot yields (PIL image "L", class)
+    class FakeOmniglot(
+        torch.utils.data.Dataset
+    ):  # torchvision's Omniglot yields (PIL image "L", class)
         def __init__(self, root, background=True, download=False):
             self.n = 6 if background else 2
 
@@ -200,7 +231,9 @@ def test_offline_torchvision_dataset_names_the_manual_fix(monkeypatch, tmp_path)
     with pytest.raises(RuntimeError) as e:
         load_data("cifar10", str(tmp_path))
     message = str(e.value)
-    assert "torchvision.datasets.CIFAR10('DIR', download=True" in message and "data_dir=DIR" in message
+    assert (
+        "torchvision.datasets.CIFAR10('DIR', download=True" in message and "data_dir=DIR" in message
+    )
     assert "\n" not in message
 
 
@@ -219,27 +252,101 @@ def _truncated_png(path):
 
 
 BAD = [
-    ("empty folder", lambda p: (p / "empty").mkdir(), "folder:{}/empty", ValueError, "holds no images"),
+    (
+        "empty folder",
+        lambda p: (p / "empty").mkdir(),
+        "folder:{}/empty",
+        ValueError,
+        "holds no images",
+    ),
     ("missing folder", lambda p: None, "folder:{}/absent", FileNotFoundError, "does not exist"),
-    ("unreadable file", lambda p: _bad_png(p / "bad"), "folder:{}/bad", ValueError, r"cannot read image .*broken.png"),
-    ("truncated file", lambda p: _truncated_png(p / "cut"), "folder:{}/cut", ValueError, r"cannot read .*0000.png"),
-    ("mixed sizes", lambda p: (_save(p / "mix", _rgb(1, 8)), _save(p / "mix", _rgb(1, 9), start=1)),
-     "folder:{}/mix", ValueError, r"different sizes.*image_size=N"),
-    ("top level and classes", lambda p: (_save(p / "both", _rgb(1)), _save(p / "both" / "a", _rgb(1))),
-     "folder:{}/both", ValueError, r"both at its top level .* and in subfolders"),
-    ("rank 2", lambda p: np.save(p / "flat.npy", np.zeros((5, 784))), "npy:{}/flat.npy", ValueError, "rank 2"),
-    ("rank 5", lambda p: np.save(p / "r5.npy", np.zeros((2, 1, 1, 4, 4))), "npy:{}/r5.npy", ValueError, "rank 5"),
-    ("channels", lambda p: np.save(p / "c5.npy", np.zeros((2, 5, 4, 4))), "npy:{}/c5.npy", ValueError,
-     "neither"),
-    ("floats above 1", lambda p: np.save(p / "big.npy", np.full((3, 4, 4), 1.5)), "npy:{}/big.npy", ValueError,
-     r"floats in \[1.5, 1.5\].*divide 8-bit values by 255"),
-    ("integers above 255", lambda p: np.save(p / "i.npy", np.full((3, 4, 4), 300)), "npy:{}/i.npy", ValueError,
-     r"integers in \[300, 300\]"),
-    ("NaN", lambda p: np.save(p / "nan.npy", np.full((3, 4, 4), np.nan)), "npy:{}/nan.npy", ValueError, "NaN"),
-    ("labels of the wrong length", lambda p: (np.save(p / "x.npy", np.zeros((3, 4, 4))), np.save(p / "y.npy",
-                                              np.zeros(2, int))),
-     "npy:{0}/x.npy,{0}/y.npy", ValueError, r"one integer label per image \(3\)"),
-    ("not an array file", lambda p: (p / "x.csv").write_text("1,2"), "npy:{}/x.csv", ValueError, ".npy, .npz or .pt"),
+    (
+        "unreadable file",
+        lambda p: _bad_png(p / "bad"),
+        "folder:{}/bad",
+        ValueError,
+        r"cannot read image .*broken.png",
+    ),
+    (
+        "truncated file",
+        lambda p: _truncated_png(p / "cut"),
+        "folder:{}/cut",
+        ValueError,
+        r"cannot read .*0000.png",
+    ),
+    (
+        "mixed sizes",
+        lambda p: (_save(p / "mix", _rgb(1, 8)), _save(p / "mix", _rgb(1, 9), start=1)),
+        "folder:{}/mix",
+        ValueError,
+        r"different sizes.*image_size=N",
+    ),
+    (
+        "top level and classes",
+        lambda p: (_save(p / "both", _rgb(1)), _save(p / "both" / "a", _rgb(1))),
+        "folder:{}/both",
+        ValueError,
+        r"both at its top level .* and in subfolders",
+    ),
+    (
+        "rank 2",
+        lambda p: np.save(p / "flat.npy", np.zeros((5, 784))),
+        "npy:{}/flat.npy",
+        ValueError,
+        "rank 2",
+    ),
+    (
+        "rank 5",
+        lambda p: np.save(p / "r5.npy", np.zeros((2, 1, 1, 4, 4))),
+        "npy:{}/r5.npy",
+        ValueError,
+        "rank 5",
+    ),
+    (
+        "channels",
+        lambda p: np.save(p / "c5.npy", np.zeros((2, 5, 4, 4))),
+        "npy:{}/c5.npy",
+        ValueError,
+        "neither",
+    ),
+    (
+        "floats above 1",
+        lambda p: np.save(p / "big.npy", np.full((3, 4, 4), 1.5)),
+        "npy:{}/big.npy",
+        ValueError,
+        r"floats in \[1.5, 1.5\].*divide 8-bit values by 255",
+    ),
+    (
+        "integers above 255",
+        lambda p: np.save(p / "i.npy", np.full((3, 4, 4), 300)),
+        "npy:{}/i.npy",
+        ValueError,
+        r"integers in \[300, 300\]",
+    ),
+    (
+        "NaN",
+        lambda p: np.save(p / "nan.npy", np.full((3, 4, 4), np.nan)),
+        "npy:{}/nan.npy",
+        ValueError,
+        "NaN",
+    ),
+    (
+        "labels of the wrong length",
+        lambda p: (
+            np.save(p / "x.npy", np.zeros((3, 4, 4))),
+            np.save(p / "y.npy", np.zeros(2, int)),
+        ),
+        "npy:{0}/x.npy,{0}/y.npy",
+        ValueError,
+        r"one integer label per image \(3\)",
+    ),
+    (
+        "not an array file",
+        lambda p: (p / "x.csv").write_text("1,2"),
+        "npy:{}/x.csv",
+        ValueError,
+        ".npy, .npz or .pt",
+    ),
     ("unknown name", lambda p: None, "imagenet", ValueError, "folder:PATH"),
 ]
 

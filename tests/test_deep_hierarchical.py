@@ -11,6 +11,7 @@ a Gaussian with mean linear in (z_<l, x) and a constant variance: the residual g
 exact posterior every importance weight equals p(x), so trace, iwae and dreg equal log p(x) to float precision and
 meanfield (analytic KL per group given the groups above) equals it in expectation.
 """
+
 import json
 import math
 import os
@@ -31,7 +32,9 @@ from pyro_vae.models.likelihoods import Gaussian
 DT = torch.float64
 L, C, P, SIGMA = 4, 2, 3, 0.5
 DEBIAN = "/usr/share/datasets/fashion-mnist"
-needs_data = pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist")
+needs_data = pytest.mark.skipif(
+    not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist"
+)
 
 
 class LinearChain:
@@ -78,7 +81,9 @@ class LinearTopDown(nn.Module):
     def __init__(self, chain):
         super().__init__()
         self.chain, self.num_groups = chain, L
-        self.scale_param = nn.Parameter(torch.zeros((), dtype=DT))  # a parameter, so pyro.module has one to see
+        self.scale_param = nn.Parameter(
+            torch.zeros((), dtype=DT)
+        )  # a parameter, so pyro.module has one to see
 
     def initial(self, x):
         return x.new_zeros(x.shape[0], C, L, 1)
@@ -92,7 +97,10 @@ class LinearTopDown(nn.Module):
         return h + z * torch.eye(L, dtype=DT)[l][:, None]
 
     def output(self, h):
-        return torch.einsum("...cl,pl->...cp", h[..., 0], self.chain.W).unsqueeze(-1) + self.chain.b[:, None]
+        return (
+            torch.einsum("...cl,pl->...cp", h[..., 0], self.chain.W).unsqueeze(-1)
+            + self.chain.b[:, None]
+        )
 
 
 class LinearGuide(nn.Module):
@@ -118,7 +126,9 @@ class LinearGuide(nn.Module):
 
 
 def _linear_vae(chain, **perturb):
-    return DeepHierarchicalVAE(LinearTopDown(chain), LinearGuide(chain, **perturb), Gaussian(SIGMA), (C, P, 1))
+    return DeepHierarchicalVAE(
+        LinearTopDown(chain), LinearGuide(chain, **perturb), Gaussian(SIGMA), (C, P, 1)
+    )
 
 
 def test_exact_posterior_every_bound_equals_log_px():
@@ -127,17 +137,26 @@ def test_exact_posterior_every_bound_equals_log_px():
     x = chain.sample_x(5)
     log_px = chain.log_px(x)
     w = log_weights(vae.model, vae.guide, x, num_particles=40)
-    assert torch.allclose(w.log_w, log_px.expand(40, -1), atol=1e-9, rtol=0)  # every particle: log w = log p(x)
+    assert torch.allclose(
+        w.log_w, log_px.expand(40, -1), atol=1e-9, rtol=0
+    )  # every particle: log w = log p(x)
     expected = -log_px.sum().item()
     for name in ("trace", "iwae", "dreg"):
         loss = make_elbo(name, num_particles=8).loss(vae.model, vae.guide, x)
         assert loss == pytest.approx(expected, abs=1e-7), name
     # meanfield: log p(x | z) − Σ_l KL(q(z_l | z_<l, x) ‖ p(z_l | z_<l)) is exact only in expectation
-    losses = torch.tensor([make_elbo("meanfield", num_particles=2000).loss(vae.model, vae.guide, x)
-                           for _ in range(5)], dtype=DT)
+    losses = torch.tensor(
+        [
+            make_elbo("meanfield", num_particles=2000).loss(vae.model, vae.guide, x)
+            for _ in range(5)
+        ],
+        dtype=DT,
+    )
     stderr = losses.std().item() / math.sqrt(len(losses))
     assert abs(losses.mean().item() - expected) < 5 * stderr + 1e-6, (losses, expected)
-    assert torch.allclose(log_likelihood(vae.model, vae.guide, x, num_samples=10), log_px, atol=1e-9)
+    assert torch.allclose(
+        log_likelihood(vae.model, vae.guide, x, num_samples=10), log_px, atol=1e-9
+    )
 
 
 def test_log_likelihood_and_bounds_of_a_perturbed_guide():
@@ -154,7 +173,9 @@ def test_log_likelihood_and_bounds_of_a_perturbed_guide():
     assert (stderr < 0.03).all(), stderr
     assert ((estimate - log_px).abs() < 4 * stderr + 2e-3).all(), (estimate - log_px, stderr)
     elbo = log_w.mean(0)
-    assert (elbo < log_px - 0.1).all()  # the gap Σ_l E KL ≈ C L (0.2²/2 + (e^0.3 − 1.3)/2) ≈ 0.36 nats per point
+    assert (
+        elbo < log_px - 0.1
+    ).all()  # the gap Σ_l E KL ≈ C L (0.2²/2 + (e^0.3 − 1.3)/2) ≈ 0.36 nats per point
     assert (estimate > elbo).all()
 
 
@@ -168,7 +189,9 @@ def test_meanfield_takes_the_analytic_kl_of_every_group_and_matches_monte_carlo(
     real = tmf.kl_divergence
 
     def recording(q, p):
-        kl = real(q, p)  # raises NotImplementedError when there is no closed form: Pyro would fall back on MC
+        kl = real(
+            q, p
+        )  # raises NotImplementedError when there is no closed form: Pyro would fall back on MC
         calls.append((type(q.base_dist).__name__, q.reinterpreted_batch_ndims, tuple(kl.shape)))
         return kl
 
@@ -183,8 +206,14 @@ def test_meanfield_takes_the_analytic_kl_of_every_group_and_matches_monte_carlo(
 
 
 def _small(**kw):
-    base = dict(model="deep-hierarchical", net="conv", scales=2, groups_per_scale=2, hidden_channels=8,
-                latent_channels=2)
+    base = dict(
+        model="deep-hierarchical",
+        net="conv",
+        scales=2,
+        groups_per_scale=2,
+        hidden_channels=8,
+        latent_channels=2,
+    )
     base.update(kw)
     return Config(**base)
 
@@ -197,28 +226,44 @@ def test_every_group_receives_a_gradient(estimator):
     loss.backward()
     td, guide = vae.top_down, vae.guide_module
     for l in range(td.num_groups):
-        for name, module in (("prior head", td.prior_heads[l]), ("projection", td.projections[l]),
-                             ("block", td.blocks[l]), ("guide head", guide.heads[l])):
+        for name, module in (
+            ("prior head", td.prior_heads[l]),
+            ("projection", td.projections[l]),
+            ("block", td.blocks[l]),
+            ("guide head", guide.heads[l]),
+        ):
             grads = [p.grad for p in module.parameters()]
-            assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, (estimator, name, l)
+            assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, (
+                estimator,
+                name,
+                l,
+            )
     for module in (td.out, guide.stem, *guide.down, *td.ups):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
     assert td.h0.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("size, channels, scales", [(28, 1, 2), (28, 3, 2), (32, 1, 2), (32, 3, 3), (64, 1, 3),
-                                                    (64, 3, 2)])
+@pytest.mark.parametrize(
+    "size, channels, scales",
+    [(28, 1, 2), (28, 3, 2), (32, 1, 2), (32, 3, 3), (64, 1, 3), (64, 3, 2)],
+)
 def test_sites_shapes_and_order(size, channels, scales):
-    vae = build_model(_small(scales=scales, likelihood="gaussian"), (channels, size, size), num_data=50)
+    vae = build_model(
+        _small(scales=scales, likelihood="gaussian"), (channels, size, size), num_data=50
+    )
     x = torch.rand(3, channels, size, size)
     guide_trace = poutine.trace(vae.guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
     sampled = [n for n, s in model_trace.nodes.items() if s["type"] == "sample" and n != "data"]
     groups = scales * 2
     assert sampled == [f"z_{l + 1}" for l in range(groups)] + ["x"] == [*vae.sites, "x"]
-    assert [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and n != "data"] == vae.sites
+    assert [
+        n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and n != "data"
+    ] == vae.sites
     for l, name in enumerate(vae.sites):
-        side = size // 2 ** (scales - l // 2)  # top scale H/2^S first, each scale twice the one above
+        side = size // 2 ** (
+            scales - l // 2
+        )  # top scale H/2^S first, each scale twice the one above
         for trace in (guide_trace, model_trace):
             fn = trace.nodes[name]["fn"]
             assert fn.event_shape == (2, side, side) and fn.batch_shape == (3,)
@@ -250,13 +295,19 @@ def test_temperature_scales_every_prior_std():
     vae = build_model(_small(), (1, 28, 28))
     x = torch.zeros(2, 1, 28, 28)
     with poutine.block():
-        trace = poutine.trace(_Temper(0.5, exclude=["x"])(poutine.uncondition(vae.model))).get_trace(x)
+        trace = poutine.trace(
+            _Temper(0.5, exclude=["x"])(poutine.uncondition(vae.model))
+        ).get_trace(x)
     # z_2's prior reads the tempered z_1: compare its scale with the untempered prior at the same state
-    replay = poutine.trace(poutine.condition(vae.model, data={n: trace.nodes[n]["value"] for n in vae.sites}))
+    replay = poutine.trace(
+        poutine.condition(vae.model, data={n: trace.nodes[n]["value"] for n in vae.sites})
+    )
     plain = replay.get_trace(x)
     for name in vae.sites:
         tempered, base = trace.nodes[name]["fn"].base_dist, plain.nodes[name]["fn"].base_dist
-        assert torch.allclose(tempered.scale, 0.5 * base.scale) and torch.allclose(tempered.loc, base.loc)
+        assert torch.allclose(tempered.scale, 0.5 * base.scale) and torch.allclose(
+            tempered.loc, base.loc
+        )
     assert isinstance(trace.nodes["x"]["fn"].base_dist, dist.Bernoulli)
 
 
@@ -279,8 +330,25 @@ def data_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path_factory.getbasetemp() / "data"))
 
 
-TINY = ["--model", "deep-hierarchical", "--limit", "128", "--test-limit", "32", "--epochs", "1",
-        "--batch-size", "64", "--hidden-channels", "8", "--latent-channels", "2", "--device", "cpu", "--quiet"]
+TINY = [
+    "--model",
+    "deep-hierarchical",
+    "--limit",
+    "128",
+    "--test-limit",
+    "32",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--hidden-channels",
+    "8",
+    "--latent-channels",
+    "2",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 @needs_data
@@ -289,25 +357,46 @@ def test_default_cli_path_trains_evaluates_and_draws(tmp_path, capsys, data_cach
     from pyro_vae.app.cli import main
 
     out = tmp_path / "run"
-    main(["train", *TINY, "--sample-temperature", "0.7", "--skip-threshold", "1e9", "--out", str(out)])
+    main(
+        [
+            "train",
+            *TINY,
+            "--sample-temperature",
+            "0.7",
+            "--skip-threshold",
+            "1e9",
+            "--out",
+            str(out),
+        ]
+    )
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert math.isfinite(rows[0]["train_loss"]) and rows[0]["skipped_updates"] == 0
     assert set(rows[0]["active_units"]) == {"z_1", "z_2", "z_3", "z_4"}
-    for name in ("samples.png", "samples_t0.7.png", "reconstructions.png", "traversals.png", "interpolations.png"):
+    for name in (
+        "samples.png",
+        "samples_t0.7.png",
+        "reconstructions.png",
+        "traversals.png",
+        "interpolations.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     capsys.readouterr()
     from pyro_vae.app.experiment import load_run
     from pyro_vae.evaluation.metrics import evaluate
 
     _, vae, data = load_run(str(out), "cpu")
-    with pytest.warns(UserWarning, match="latent groups carry"):  # 2 steps: every group has collapsed
+    with pytest.warns(
+        UserWarning, match="latent groups carry"
+    ):  # 2 steps: every group has collapsed
         direct = evaluate(vae.model, vae.guide, data.test[:32], nll_samples=0, verbose=False)
     assert set(direct["kl_per_site"]) == set(direct["latent_sites"]) == {"z_1", "z_2", "z_3", "z_4"}
     main(["evaluate", str(out), "--nll-samples", "5", "--limit", "32", "--json"])
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert len(result["active_units"]) == 4 and all(v >= 0 for v in result["kl_per_site"].values())
-    assert sum(result["kl_per_site"].values()) == pytest.approx(result["kl"], rel=0.5, abs=1.0)  # MC vs analytic
+    assert sum(result["kl_per_site"].values()) == pytest.approx(
+        result["kl"], rel=0.5, abs=1.0
+    )  # MC vs analytic
     assert math.isfinite(result["nll"]) and "warning: posterior collapse" in captured.err
     main(["sample", str(out), "--n", "16", "--temperature", "0.5"])
     assert (out / "samples_t0.5.png").stat().st_size > 0
@@ -319,7 +408,25 @@ def test_every_estimator_trains_from_the_cli(estimator, tmp_path, data_cache):
     from pyro_vae.app.cli import main
 
     out = tmp_path / "run"
-    main(["train", *TINY, "--elbo", estimator, "--particles", "2", "--fast", "off", "--no-pictures",
-          "--no-tensorboard", "--out", str(out)])
+    main(
+        [
+            "train",
+            *TINY,
+            "--elbo",
+            estimator,
+            "--particles",
+            "2",
+            "--fast",
+            "off",
+            "--no-pictures",
+            "--no-tensorboard",
+            "--out",
+            str(out),
+        ]
+    )
     row = json.loads(open(out / "metrics.jsonl").readline())
-    assert math.isfinite(row["train_loss"]) and math.isfinite(row["test_elbo"]) and row["bad_steps"] == 0
+    assert (
+        math.isfinite(row["train_loss"])
+        and math.isfinite(row["test_elbo"])
+        and row["bad_steps"] == 0
+    )

@@ -1,4 +1,5 @@
 """Data-parallel training with torch.distributed (gloo, two CPU processes launched by torchrun)."""
+
 import json
 import os
 import shutil
@@ -53,7 +54,9 @@ def test_two_processes_take_the_steps_of_one_with_the_global_batch(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     _run([sys.executable, str(script), "8", str(tmp_path / "one")])
-    _run([TORCHRUN, "--standalone", "--nproc-per-node", "2", str(script), "8", str(tmp_path / "two")])
+    _run(
+        [TORCHRUN, "--standalone", "--nproc-per-node", "2", str(script), "8", str(tmp_path / "two")]
+    )
     one = torch.load(tmp_path / "one" / "params.pt")
     two = torch.load(tmp_path / "two" / "params.pt")
     for k in one:
@@ -67,13 +70,41 @@ def test_two_processes_take_the_steps_of_one_with_the_global_batch(tmp_path):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 * abs(b["train_loss"])
 
 
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST")
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST"
+)
 def test_torchrun_cli_on_fashion_mnist(tmp_path):
     out = tmp_path / "run"
-    _run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "pyro_vae", "train", "--device", "cpu",
-          "--limit", "1024", "--test-limit", "256", "--epochs", "2", "--batch-size", "64", "--hidden-dims", "64",
-          "--latent-dim", "4", "--out", str(out), "--quiet", "--no-pictures"],
-         cwd=str(tmp_path))
+    _run(
+        [
+            TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "pyro_vae",
+            "train",
+            "--device",
+            "cpu",
+            "--limit",
+            "1024",
+            "--test-limit",
+            "256",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--hidden-dims",
+            "64",
+            "--latent-dim",
+            "4",
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-pictures",
+        ],
+        cwd=str(tmp_path),
+    )
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[1]["test_elbo"] > rows[0]["test_elbo"] and rows[1]["test_elbo"] < 0
@@ -81,14 +112,46 @@ def test_torchrun_cli_on_fashion_mnist(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST")
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST"
+)
 def test_torchrun_cli_five_launches_in_a_row_all_succeed(tmp_path):
     """The CLI ends the process group on exit and the other rank waits for rank 0's pictures: no SIGABRT at exit."""
     for i in range(5):
         out = tmp_path / f"run{i}"
-        proc = _run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "pyro_vae", "train", "--device", "cpu",
-                     "--limit", "128", "--test-limit", "32", "--epochs", "1", "--batch-size", "32", "--hidden-dims",
-                     "8", "--latent-dim", "2", "--out", str(out), "--quiet"], cwd=str(tmp_path))
-        assert "terminate called" not in proc.stderr and "FAILED" not in proc.stderr, proc.stderr[-2000:]
+        proc = _run(
+            [
+                TORCHRUN,
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                "-m",
+                "pyro_vae",
+                "train",
+                "--device",
+                "cpu",
+                "--limit",
+                "128",
+                "--test-limit",
+                "32",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--hidden-dims",
+                "8",
+                "--latent-dim",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ],
+            cwd=str(tmp_path),
+        )
+        assert "terminate called" not in proc.stderr and "FAILED" not in proc.stderr, proc.stderr[
+            -2000:
+        ]
         assert [json.loads(line)["epoch"] for line in open(out / "metrics.jsonl")] == [1]
-        assert (out / "samples.png").stat().st_size > 0  # rank 0 wrote its pictures before the group ended
+        assert (
+            out / "samples.png"
+        ).stat().st_size > 0  # rank 0 wrote its pictures before the group ended

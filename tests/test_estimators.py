@@ -4,6 +4,7 @@ Tolerances: a Monte Carlo mean of K particles with per-particle standard deviati
 is within 5 s/√K of its expectation except with probability < 1e-6; exact identities
 (zero-variance estimators, same-noise comparisons) are checked to float64 round-off.
 """
+
 import functools
 import math
 
@@ -73,7 +74,9 @@ def test_every_estimator_is_log_px_at_exact_posterior_with_subsampling_outside(n
     loss = elbo.differentiable_loss(lg.model, guide, x, num_data=60)
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-9)
     zero_grads()
-    assert elbo.loss_and_grads(lg.model, guide, x, num_data=60) == pytest.approx(expected.item(), rel=1e-12)
+    assert elbo.loss_and_grads(lg.model, guide, x, num_data=60) == pytest.approx(
+        expected.item(), rel=1e-12
+    )
     assert pyro.param("loc").grad is not None
 
 
@@ -96,7 +99,9 @@ def hierarchical_pair(lg, x, shift=0.0, coupling_shift=0.0):
         m = pyro.param("m", mean + shift * S.diagonal().sqrt())
         coupling = pyro.param("a", a + coupling_shift)
         s1 = pyro.param("s1", S[0, 0].sqrt().reshape(1), constraint=constraints.positive)
-        tril = pyro.param("tril", torch.linalg.cholesky(cond_cov), constraint=constraints.lower_cholesky)
+        tril = pyro.param(
+            "tril", torch.linalg.cholesky(cond_cov), constraint=constraints.lower_cholesky
+        )
         with data_plate(x):
             z1 = pyro.sample("z1", dist.Normal(m[:, :1], s1).to_event(1))
             loc2 = m[:, 1:] + (z1 - m[:, :1]) @ coupling.T
@@ -121,7 +126,9 @@ def test_hierarchical_guide_exact_value_and_zero_path_gradient():
         if name in ("dreg", "stl"):
             assert size < 1e-9, (name, g)
         else:
-            assert size > 1e-3, f"{name}: the score term should make this gradient noisy (test not vacuous)"
+            assert size > 1e-3, (
+                f"{name}: the score term should make this gradient noisy (test not vacuous)"
+            )
 
 
 def test_hierarchical_guide_dreg_gradient_is_unbiased_for_iwae():
@@ -154,7 +161,9 @@ def test_elbo_estimators_are_unbiased_for_the_closed_form_elbo(name):
     K = 4000
     estimate = -make_elbo(name, K).loss(lg.model, guide, x)
     exact = lg.elbo(x, loc, scale**2).sum().item()
-    s = log_weights(lg.model, guide, x, num_particles=K).log_w.sum(1).std().item()  # per-particle sd of Σ_i log w
+    s = (
+        log_weights(lg.model, guide, x, num_particles=K).log_w.sum(1).std().item()
+    )  # per-particle sd of Σ_i log w
     assert abs(estimate - exact) < 5 * s / math.sqrt(K)
 
 
@@ -169,8 +178,12 @@ def test_iwae_rises_with_k():
     guide = best_meanfield_guide(lg, x)  # heavy-tailed weights: Var(w/p) ≈ 14, so IWAE gains slowly
     log_px = lg.log_px(x).mean().item()
     bounds = [-make_elbo("iwae", K).loss(lg.model, guide, x) / len(x) for K in (1, 10, 100)]
-    s = (log_weights(lg.model, guide, x).log_w - lg.log_px(x)).std().item()  # sd of one log-weight around log p
-    assert bounds[0] == pytest.approx(log_px - lg.meanfield_gap().item(), abs=5 * s / math.sqrt(len(x)))  # ELBO
+    s = (
+        (log_weights(lg.model, guide, x).log_w - lg.log_px(x)).std().item()
+    )  # sd of one log-weight around log p
+    assert bounds[0] == pytest.approx(
+        log_px - lg.meanfield_gap().item(), abs=5 * s / math.sqrt(len(x))
+    )  # ELBO
     assert bounds[0] < bounds[1] < bounds[2] < log_px, bounds
 
 
@@ -187,7 +200,9 @@ def test_iwae_reaches_log_px_for_every_point_of_a_large_batch():
     # log mean w has sd ≈ sqrt(Var(w/p) / K) and bias ≈ −Var(w/p) / 2K per point
     rel_var = (lw - log_px).exp().var(0)
     assert ((per_point - log_px).abs() < 5 * (rel_var / K).sqrt() + rel_var / K).all()
-    assert (per_point - log_px).abs().max() < 0.05  # every point within 0.05 nats of its exact log p(x)
+    assert (
+        per_point - log_px
+    ).abs().max() < 0.05  # every point within 0.05 nats of its exact log p(x)
 
 
 def test_renyi_alpha_zero_is_iwae_alpha_one_is_elbo_and_decreases_in_alpha():
@@ -202,7 +217,9 @@ def test_renyi_alpha_zero_is_iwae_alpha_one_is_elbo_and_decreases_in_alpha():
     assert value("renyi", alpha=0.0) == pytest.approx(value("iwae"), rel=1e-12)
     assert value("renyi", alpha=1.0) == pytest.approx(value("stl"), rel=1e-12)
     losses = [value("renyi", alpha=a) for a in (-1.0, 0.0, 0.5, 1.0, 2.0)]
-    assert all(a < b for a, b in zip(losses, losses[1:])), losses  # the bound decreases in α for fixed samples
+    assert all(a < b for a, b in zip(losses, losses[1:])), (
+        losses
+    )  # the bound decreases in α for fixed samples
 
 
 # ---- gradients ----------------------------------------------------------------------------------------------------
@@ -251,7 +268,9 @@ def test_model_parameters_get_exactly_the_reference_gradient_for_the_same_noise(
         out[n] = grads(["W", "b", "loc"])
     for p in ("W", "b"):
         torch.testing.assert_close(out[name][p], out[reference][p], rtol=1e-10, atol=1e-10)
-    assert (out[name]["loc"] - out[reference]["loc"]).abs().max() > 1e-3  # guide gradients do differ
+    assert (
+        out[name]["loc"] - out[reference]["loc"]
+    ).abs().max() > 1e-3  # guide gradients do differ
 
 
 @pytest.mark.parametrize("name", ["stl", "dreg"])
@@ -278,7 +297,9 @@ class AmortizedFullGuide(nn.Module):
 
     def forward(self, x, num_data=None):
         pyro.module("amortized", self)
-        tril = self.raw_tril.tril(-1) + torch.diag_embed(torch.nn.functional.softplus(self.raw_tril.diagonal()))
+        tril = self.raw_tril.tril(-1) + torch.diag_embed(
+            torch.nn.functional.softplus(self.raw_tril.diagonal())
+        )
         with data_plate(x, num_data):
             pyro.sample("z", dist.MultivariateNormal(self.linear(x), scale_tril=tril))
         return tril
@@ -360,7 +381,9 @@ class ForwardOnly(dist.transforms.Transform):
     bijective = True
 
     def __init__(self):
-        super().__init__(cache_size=1)  # log q at the sampled z uses the cached base sample, no inverse
+        super().__init__(
+            cache_size=1
+        )  # log q at the sampled z uses the cached base sample, no inverse
 
     def _call(self, u):
         return u + pyro.param("shift", torch.zeros(3, dtype=torch.float64))

@@ -1,9 +1,10 @@
 """Evaluation figures and pictures against closed forms of linear-Gaussian models.
 
-    z ~ N(0, I), x | z ~ N(W z + b, σ² I): log p(x), the posterior N(m(x), Λ⁻¹) and the ELBO of any
-    Gaussian q are known exactly (tests/linear_gaussian.py), so NLL, KL, active units and decoded
-    pictures can be checked as numbers.
+z ~ N(0, I), x | z ~ N(W z + b, σ² I): log p(x), the posterior N(m(x), Λ⁻¹) and the ELBO of any
+Gaussian q are known exactly (tests/linear_gaussian.py), so NLL, KL, active units and decoded
+pictures can be checked as numbers.
 """
+
 import math
 
 import pyro
@@ -13,9 +14,23 @@ import torch
 from linear_gaussian import LinearGaussian
 from PIL import Image
 
-from pyro_vae import VAE, data_plate, evaluate, log_likelihood, log_weights, make_guide, make_likelihood
+from pyro_vae import (
+    VAE,
+    data_plate,
+    evaluate,
+    log_likelihood,
+    log_weights,
+    make_guide,
+    make_likelihood,
+)
 from pyro_vae.evaluation.metrics import active_units, elbo_per_point, latent_sites, posterior_means
-from pyro_vae.evaluation.pictures import decode, interpolations, project_2d, save_run_pictures, traversals
+from pyro_vae.evaluation.pictures import (
+    decode,
+    interpolations,
+    project_2d,
+    save_run_pictures,
+    traversals,
+)
 from pyro_vae.models.nets import MLP
 
 
@@ -46,7 +61,9 @@ def test_nll_of_exact_posterior_equals_exact_log_px():
     x = lg.sample(40)
     result = evaluate(lg.model, lg.exact_guide, x, nll_samples=7, verbose=False)
     assert result["nll"] == pytest.approx(-lg.log_px(x).mean().item(), abs=1e-9)
-    assert result["elbo"] == pytest.approx(-result["nll"], abs=1e-9)  # zero gap for the exact posterior
+    assert result["elbo"] == pytest.approx(
+        -result["nll"], abs=1e-9
+    )  # zero gap for the exact posterior
 
 
 def test_nll_of_meanfield_guide_converges_to_exact_log_px():
@@ -100,7 +117,9 @@ def test_elbo_terms_and_kl_per_dim_match_closed_forms():
     guide = diagonal_guide(lg, 0.8)
     result = evaluate(lg.model, guide, x, nll_samples=0, elbo_particles=400, verbose=False)
     expected_kl = closed_form_kl(lg, x, 0.8)
-    assert torch.allclose(torch.tensor(result["kl_per_dim"], dtype=torch.float64), expected_kl, atol=1e-10)
+    assert torch.allclose(
+        torch.tensor(result["kl_per_dim"], dtype=torch.float64), expected_kl, atol=1e-10
+    )
     m, cov = lg.posterior(x)
     elbo = lg.elbo(x, m, (0.8**2 * cov[0].diagonal()).expand(len(x), -1)).mean().item()
     # 200 images × 400 particles: the MC standard error of the mean ELBO is below 0.01 nats here.
@@ -111,8 +130,10 @@ def test_elbo_terms_and_kl_per_dim_match_closed_forms():
 
 def affine_normal(loc, scale):
     """N(loc, scale²) written as an affine map of N(0, 1): torch knows no mean and no KL for it."""
-    return dist.TransformedDistribution(dist.Normal(torch.zeros_like(loc), torch.ones_like(loc)),
-                                        [dist.transforms.AffineTransform(loc, scale)])
+    return dist.TransformedDistribution(
+        dist.Normal(torch.zeros_like(loc), torch.ones_like(loc)),
+        [dist.transforms.AffineTransform(loc, scale)],
+    )
 
 
 def test_monte_carlo_paths_for_distributions_without_mean_or_kl():
@@ -131,7 +152,9 @@ def test_monte_carlo_paths_for_distributions_without_mean_or_kl():
     assert (means - m).abs().max() < 5 * s.max() / math.sqrt(2000)
     result = evaluate(lg.model, guide, x, nll_samples=0, elbo_particles=200, verbose=False)
     # MC KL over 300 images × 200 particles: per-dimension standard error < 0.01 nats.
-    assert torch.allclose(torch.tensor(result["kl_per_dim"], dtype=torch.float64), closed_form_kl(lg, x), atol=0.05)
+    assert torch.allclose(
+        torch.tensor(result["kl_per_dim"], dtype=torch.float64), closed_form_kl(lg, x), atol=0.05
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +174,9 @@ def test_active_units_count_the_live_dimensions_and_their_variance_is_the_closed
     x = lg.sample(4000)
     result = evaluate(lg.model, diagonal_guide(lg), x, nll_samples=0, verbose=False)
     assert result["active_units"] == 3 and result["latent_dims"] == 5
-    assert result["kl_per_dim"][2] == pytest.approx(0, abs=1e-12) and result["kl_per_dim"][3] == pytest.approx(0, abs=1e-12)
+    assert result["kl_per_dim"][2] == pytest.approx(0, abs=1e-12) and result["kl_per_dim"][
+        3
+    ] == pytest.approx(0, abs=1e-12)
     A = torch.linalg.inv(lg.precision()) @ lg.W.T / lg.sigma**2
     expected_var = (A @ lg.marginal().covariance_matrix @ A.T).diagonal()
     count, var = active_units(posterior_means(diagonal_guide(lg), x))["z"]
@@ -253,8 +278,10 @@ def test_run_pictures_exist_with_the_right_grid_sizes(tmp_path):
     vae = small_vae(latent_dim=4)
     x = torch.bernoulli(torch.full((16, 1, 6, 6), 0.3))
     labels = torch.arange(16) % 3
-    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 30.0, "test_elbo": -29.0}\n'
-                                            '{"epoch": 2, "train_loss": 25.0, "test_elbo": -26.0}\n')
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"epoch": 1, "train_loss": 30.0, "test_elbo": -29.0}\n'
+        '{"epoch": 2, "train_loss": 25.0, "test_elbo": -26.0}\n'
+    )
     paths = save_run_pictures(vae.model, vae.guide, x, str(tmp_path), labels=labels)
     expected = {  # name: (rows, columns)
         "samples": (2, 8),  # 16 prior samples, 8 per row

@@ -1,4 +1,5 @@
 """Smoke test of examples/anomaly_detection.py: train without one class on a subset, score the test images."""
+
 import json
 import os
 import warnings
@@ -33,18 +34,33 @@ def _check_subcommands(run_dir, capsys):
 
     main(["evaluate", run_dir, "--nll-samples", "20", "--limit", "100", "--json"])
     result = json.loads(capsys.readouterr().out)
-    for key in ("elbo", "nll", "recon", "kl", "active_units", "kl_per_dim", "nll_samples", "images", "warnings"):
+    for key in (
+        "elbo",
+        "nll",
+        "recon",
+        "kl",
+        "active_units",
+        "kl_per_dim",
+        "nll_samples",
+        "images",
+        "warnings",
+    ):
         assert key in result, key
     assert result["images"] == 100 and result["nll_samples"] == 20
     assert abs(result["elbo"] - (result["recon"] - result["kl"])) < 1e-9 and result["kl"] > 0
-    assert 0 < result["nll"] <= -result["elbo"] + 1.0  # K = 20 bound: at least as tight as the ELBO up to MC noise
+    assert (
+        0 < result["nll"] <= -result["elbo"] + 1.0
+    )  # K = 20 bound: at least as tight as the ELBO up to MC noise
     assert 0 <= result["active_units"] <= 20 and len(result["kl_per_dim"]) == 20
     with open(os.path.join(run_dir, "eval.json")) as f:
         assert json.load(f)["nll"] == result["nll"]
     for name in ("samples", "reconstructions", "interpolations", "traversals", "latent_scatter"):
         assert os.path.exists(os.path.join(run_dir, name + ".png")), name
     with Image.open(os.path.join(run_dir, "traversals.png")) as im:
-        assert im.size == (30 * 9 + 2, 30 * 20 + 2)  # 20 latent dimensions × 9 values of 28×28 images
+        assert im.size == (
+            30 * 9 + 2,
+            30 * 20 + 2,
+        )  # 20 latent dimensions × 9 values of 28×28 images
 
     main(["denoise", run_dir, "--corruption", "mask", "--level", "0.3", "--limit", "50"])
     out = json.loads(capsys.readouterr().out)

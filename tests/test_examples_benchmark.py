@@ -1,4 +1,5 @@
 """The Fashion-MNIST benchmark example runs every row end to end (tiny budget), writes its results and resumes."""
+
 import json
 import os
 
@@ -18,18 +19,23 @@ def test_each_row_command_reproduces_its_config():
         line = bench.command(config)
         assert "--seed 0" in line and "--device cpu" in line, line
         cli = vars(build_parser().parse_args(line.split()[1:]))
-        assert {k: cli[k] for k in config.to_dict() if k != "out"} == \
-            {k: v for k, v in config.to_dict().items() if k != "out"}, name
+        assert {k: cli[k] for k in config.to_dict() if k != "out"} == {
+            k: v for k, v in config.to_dict().items() if k != "out"
+        }, name
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST")
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST"
+)
 def test_benchmark_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "data"))
     bench = load_example("benchmark_fashion_mnist")
     argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path / "b")]
     args = bench.parse_args(argv)
-    assert bench.results_path(args) == str(tmp_path / "b" / "fashion_mnist_full.json")  # never the measured file
+    assert bench.results_path(args) == str(
+        tmp_path / "b" / "fashion_mnist_full.json"
+    )  # never the measured file
     assert bench.results_path(bench.parse_args([])) == bench.RESULTS
     rows = bench.main(args)
     assert [r["row"] for r in rows] == list(bench.ROWS)
@@ -46,7 +52,9 @@ def test_benchmark_smoke(tmp_path, monkeypatch):
         assert r["best_epoch"] == 1 + val.index(max(val))
         assert r["published"]["nll"] == bench.PUBLISHED[r["published"]["row"]] and r["hours"] > 0
     table = open(tmp_path / "b" / "fashion_mnist_full.md").read()
-    assert table.count("\n| ") == len(rows) + 1 and "228.70" in table and "224.67" in table  # rule, rows
+    assert (
+        table.count("\n| ") == len(rows) + 1 and "228.70" in table and "224.67" in table
+    )  # rule, rows
     # hierarchical rows report active units per layer
     assert isinstance(rows[-1]["active_units"], list) and len(rows[-1]["active_units"]) == 2
     # without --resume a folder that holds runs is not reused: a fresh numbered one is (as every example does);

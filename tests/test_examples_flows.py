@@ -1,4 +1,5 @@
 """Smoke test of examples/flow_guides.py: diagonal vs IAF vs planar runs end to end on a tiny subset."""
+
 import json
 import math
 import warnings

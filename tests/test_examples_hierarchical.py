@@ -1,4 +1,5 @@
 """Smoke test of examples/hierarchical.py: the one- vs two-layer comparison runs end to end on a tiny subset."""
+
 import json
 import math
 import warnings
@@ -17,7 +18,10 @@ def test_hierarchical_example_smoke(tmp_path):
         assert math.isfinite(row["nll"]) and 0 < row["nll"] <= -row["test_elbo"] + 1.0, name
     assert isinstance(rows["1 layer"]["active_units"], int)
     for name in ("2 layers top-down", "2 layers bottom-up"):
-        assert len(rows[name]["active_units"]) == 2 and set(rows[name]["kl_per_layer"]) == {"z1", "z2"}
+        assert len(rows[name]["active_units"]) == 2 and set(rows[name]["kl_per_layer"]) == {
+            "z1",
+            "z2",
+        }
         assert all(kl >= 0 for kl in rows[name]["kl_per_layer"].values())
     with open(tmp_path / "summary.json") as f:
         assert json.load(f)["runs"] == json.loads(json.dumps(rows))

@@ -1,4 +1,5 @@
 """Smoke tests of examples/beta_vae.py, m2.py and cvae.py on tiny Fashion-MNIST subsets."""
+
 import math
 import os
 
@@ -16,7 +17,11 @@ def test_beta_vae_example(tmp_path):
 def test_m2_example(tmp_path):
     ex = load_example("m2")
     result = ex.main(ex.parse_args(["--smoke", "--out", str(tmp_path)]))
-    assert 0 <= result["test_accuracy"] <= 1 and result["labeled"] == 50 and math.isfinite(result["test_elbo"])
+    assert (
+        0 <= result["test_accuracy"] <= 1
+        and result["labeled"] == 50
+        and math.isfinite(result["test_elbo"])
+    )
 
 
 def test_cvae_example(tmp_path):

@@ -1,5 +1,6 @@
 """The fast path as an estimator (FastELBO) and Pyro's ELBOs with the loss on the device: equal to Pyro's own,
 usable under plain pyro.infer.SVI, compiled once per configuration, and standing on no patched internals."""
+
 import json
 import os
 import pathlib
@@ -48,7 +49,9 @@ def _mixed_pair():
     def guide_with_coin(x):
         guide(x)
         with pyro.plate("coins", len(x)):
-            pyro.sample("c", dist.Bernoulli(torch.sigmoid(pyro.param("c_logit", torch.tensor(0.2)))))
+            pyro.sample(
+                "c", dist.Bernoulli(torch.sigmoid(pyro.param("c_logit", torch.tensor(0.2))))
+            )
 
     return (model, guide), (model_with_coin, guide_with_coin)
 
@@ -60,13 +63,17 @@ def _loss_and_grads(elbo, model, guide, x):
     return loss, torch.autograd.grad(loss, params)
 
 
-@pytest.mark.parametrize("pyro_class, ours", [(Trace_ELBO, DeviceTrace_ELBO),
-                                              (TraceMeanField_ELBO, DeviceTraceMeanField_ELBO)])
+@pytest.mark.parametrize(
+    "pyro_class, ours",
+    [(Trace_ELBO, DeviceTrace_ELBO), (TraceMeanField_ELBO, DeviceTraceMeanField_ELBO)],
+)
 @pytest.mark.parametrize("particles", [1, 4])
 def test_the_device_elbos_give_pyros_loss_and_gradients(pyro_class, ours, particles):
     x = torch.randn(5, 3)
     reparameterized, with_coin = _mixed_pair()
-    pairs = [reparameterized] + ([with_coin] if pyro_class is Trace_ELBO else [])  # mean field: no score terms
+    pairs = [reparameterized] + (
+        [with_coin] if pyro_class is Trace_ELBO else []
+    )  # mean field: no score terms
     for model, guide in pairs:
         options = dict(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
         expected, expected_grads = _loss_and_grads(pyro_class(**options), model, guide, x)
@@ -99,7 +106,9 @@ def _vae_pair():
         pyro.module("decoder", decoder)
         with pyro.plate("data", len(x)):
             z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=decoder(z), validate_args=False).to_event(3), obs=x)
+            pyro.sample(
+                "x", dist.Bernoulli(logits=decoder(z), validate_args=False).to_event(3), obs=x
+            )
 
     def guide(x):
         pyro.module("encoder", encoder)
@@ -123,12 +132,16 @@ def test_fast_elbo_under_plain_pyro_svi_gives_the_plain_results(name, particles)
         model, guide = _vae_pair()
         elbo = make_elbo(name, particles, fast=fast)
         svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
-        losses = [svi.step(x[i * 32:(i + 1) * 32]) for i in range(3) for _ in range(2)]
-        results.append((elbo, losses, {k: v.detach().clone() for k, v in pyro.get_param_store().items()}))
+        losses = [svi.step(x[i * 32 : (i + 1) * 32]) for i in range(3) for _ in range(2)]
+        results.append(
+            (elbo, losses, {k: v.detach().clone() for k, v in pyro.get_param_store().items()})
+        )
     (fast_elbo, fast_losses, fast_params), (_, plain_losses, plain_params) = results
     assert isinstance(fast_elbo, FastELBO) and sorted(fast_elbo.steps) == [32], fast_elbo.note
     assert fast_elbo.note.startswith("fast path: loss and gradients traced")
-    torch.testing.assert_close(torch.tensor(fast_losses), torch.tensor(plain_losses), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(fast_losses), torch.tensor(plain_losses), rtol=1e-4, atol=1e-4
+    )
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
 
@@ -146,25 +159,57 @@ def test_an_estimator_that_reads_the_host_is_not_traced_and_says_why():
 def test_no_torchscript_no_patched_globals_no_private_optimizer_fields():
     """What issue 27 forbids anywhere in the package: torch.jit.trace/script, assignments into Pyro's module
     globals (torch_item, warn_if_nan), and the optimizer's private found_inf."""
-    pattern = re.compile(r"torch\.jit\.(trace|script)\(|(torch_item|warn_if_nan)\s*=|\.found_inf\s*=")
-    found = [f"{path.relative_to(PACKAGE)}:{i}" for path in PACKAGE.rglob("*.py")
-             for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    pattern = re.compile(
+        r"torch\.jit\.(trace|script)\(|(torch_item|warn_if_nan)\s*=|\.found_inf\s*="
+    )
+    found = [
+        f"{path.relative_to(PACKAGE)}:{i}"
+        for path in PACKAGE.rglob("*.py")
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert found == []
 
 
 def _train(out, *flags, env=None):
-    return subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--limit", "256", "--test-limit", "64",
-                           "--epochs", "1", "--latent-dim", "4", "--hidden-dims", "32", "--out", str(out), *flags],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyro_vae",
+            "train",
+            "--limit",
+            "256",
+            "--test-limit",
+            "64",
+            "--epochs",
+            "1",
+            "--latent-dim",
+            "4",
+            "--hidden-dims",
+            "32",
+            "--out",
+            str(out),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION), reason="needs Debian's dataset-fashion-mnist")
 def test_the_default_train_run_prints_no_deprecation_or_future_warning(tmp_path):
     proc = _train(tmp_path / "run", env={"PYTHONWARNINGS": "default"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "DeprecationWarning" not in proc.stderr and "FutureWarning" not in proc.stderr, proc.stderr[-2000:]
+    assert "DeprecationWarning" not in proc.stderr and "FutureWarning" not in proc.stderr, (
+        proc.stderr[-2000:]
+    )
     first = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
-    assert first["fast_path"] is True and first["compile_seconds"] == 0.0  # a short run: the fx replay
+    assert (
+        first["fast_path"] is True and first["compile_seconds"] == 0.0
+    )  # a short run: the fx replay
 
 
 @pytest.mark.slow

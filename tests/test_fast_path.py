@@ -1,4 +1,5 @@
 """The trainer's fast path (fused optimizer, traced loss and gradients): same results as the plain path, clean fallbacks."""
+
 import json
 import math
 import os
@@ -22,8 +23,14 @@ X_SHAPE = (1, 6, 6)
 
 def _vae(guide="diagonal", flows=0):
     encoder = MLP(X_SHAPE, [], 16, final_activation=True)
-    return VAE(MLP(3, [16], X_SHAPE), make_guide(guide, encoder, 16, 3, flows), make_likelihood("bernoulli", X_SHAPE),
-               3, X_SHAPE, num_data=100)
+    return VAE(
+        MLP(3, [16], X_SHAPE),
+        make_guide(guide, encoder, 16, 3, flows),
+        make_likelihood("bernoulli", X_SHAPE),
+        3,
+        X_SHAPE,
+        num_data=100,
+    )
 
 
 def _data():
@@ -36,16 +43,22 @@ def _fit(fast, make=_vae, elbo="trace", particles=1):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     vae = make()
-    trainer = Trainer(vae.model, vae.guide, elbo, particles, progress=False, modules=[vae], fast=fast)
+    trainer = Trainer(
+        vae.model, vae.guide, elbo, particles, progress=False, modules=[vae], fast=fast
+    )
     history = trainer.fit(_data(), 3, batch_size=32)  # 100 = 3 × 32 + 4: two batch sizes
     params = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
     return trainer, history, params
 
 
-@pytest.mark.parametrize("elbo, particles", [("trace", 1), ("meanfield", 1), ("iwae", 5), ("dreg", 5)])
+@pytest.mark.parametrize(
+    "elbo, particles", [("trace", 1), ("meanfield", 1), ("iwae", 5), ("dreg", 5)]
+)
 def test_traced_loss_gives_the_plain_results(elbo, particles):
     fast, fast_history, fast_params = _fit("auto", elbo=elbo, particles=particles)
-    assert fast.fast_note.startswith("fast path: loss and gradients traced") and sorted(fast.fast_steps) == [4, 32]
+    assert fast.fast_note.startswith("fast path: loss and gradients traced") and sorted(
+        fast.fast_steps
+    ) == [4, 32]
     plain, plain_history, plain_params = _fit(False, elbo=elbo, particles=particles)
     assert plain.fast_steps == {}
     for k in plain_params:
@@ -57,11 +70,22 @@ def test_traced_loss_gives_the_plain_results(elbo, particles):
 def test_estimators_without_a_faithful_trace_fall_back():
     trainer, history, _ = _fit("auto", elbo=pyro.infer.TraceGraph_ELBO())
     assert trainer.fast_steps == {} and "TraceGraph_ELBO" in trainer.fast_note
-    assert all(m["fast_path"] is False and "TraceGraph_ELBO" in m["fast_path_note"] for m in history)
+    assert all(
+        m["fast_path"] is False and "TraceGraph_ELBO" in m["fast_path_note"] for m in history
+    )
 
 
-@pytest.mark.parametrize("flow, elbo", [("iaf", "trace"), ("iaf", "iwae"), ("planar", "iwae"), ("iaf", "dreg"),
-                                        ("iaf", "stl"), ("householder", "dreg")])
+@pytest.mark.parametrize(
+    "flow, elbo",
+    [
+        ("iaf", "trace"),
+        ("iaf", "iwae"),
+        ("planar", "iwae"),
+        ("iaf", "dreg"),
+        ("iaf", "stl"),
+        ("householder", "dreg"),
+    ],
+)
 def test_flow_guides_take_the_fast_path_with_the_plain_results(flow, elbo):
     """Pyro's JitTrace_ELBO fails on conditioned flows (pyro-ppl/pyro#3132); make_fx follows them."""
     make = lambda: _vae(flow, 2)  # noqa: E731
@@ -103,22 +127,30 @@ def test_user_pairs_are_tried_and_data_dependent_control_flow_is_caught():
     assert Trainer(model, guide, "trace", progress=False).enable_fast_path([x[:32], x[32:]])
     model.jit_compatible = False  # a pair can opt out
     trainer = Trainer(model, guide, "trace", progress=False)
-    assert not trainer.enable_fast_path([x[:32], x[32:]]) and "jit_compatible = False" in trainer.fast_note
+    assert (
+        not trainer.enable_fast_path([x[:32], x[32:]])
+        and "jit_compatible = False" in trainer.fast_note
+    )
 
 
 def _boolean_mask(x, logits):
     out = logits.clone()
     inside = x > 0.5
-    out[inside] = out[inside] * 2  # shapes [number of pixels > 0.5]: a different count on every batch
+    out[inside] = (
+        out[inside] * 2
+    )  # shapes [number of pixels > 0.5]: a different count on every batch
     return out
 
 
-@pytest.mark.parametrize("control, op", [
-    (_boolean_mask, "index with a boolean mask"),
-    (lambda x, logits: logits + torch.nonzero(x.flatten()).float().mean(), "nonzero"),
-    (lambda x, logits: logits + torch.masked_select(logits, x > 0.5).mean(), "masked_select"),
-    (lambda x, logits: logits + torch.unique(x).sum(), "unique"),
-])
+@pytest.mark.parametrize(
+    "control, op",
+    [
+        (_boolean_mask, "index with a boolean mask"),
+        (lambda x, logits: logits + torch.nonzero(x.flatten()).float().mean(), "nonzero"),
+        (lambda x, logits: logits + torch.masked_select(logits, x > 0.5).mean(), "masked_select"),
+        (lambda x, logits: logits + torch.unique(x).sum(), "unique"),
+    ],
+)
 def test_ops_with_data_dependent_shapes_are_refused_at_trace_time(control, op):
     """A trace freezes the shape of ``x[mask]``; the two-batch check cannot catch it when both batches happen to
     have the same count (here: two halves of one batch with the same number of ones)."""
@@ -127,7 +159,11 @@ def test_ops_with_data_dependent_shapes_are_refused_at_trace_time(control, op):
     x.view(64, -1)[:, :10] = 1.0
     trainer = Trainer(model, guide, "trace", progress=False)
     assert not trainer.enable_fast_path([x[:32], x[32:]])
-    assert "depends on the data" in trainer.fast_note and op in trainer.fast_note and trainer.fast_steps == {}
+    assert (
+        "depends on the data" in trainer.fast_note
+        and op in trainer.fast_note
+        and trainer.fast_steps == {}
+    )
     pyro.set_rng_seed(0)
     trainer.svi.step(x[:32].bernoulli(0.5))  # the plain path takes any count
 
@@ -135,7 +171,9 @@ def test_ops_with_data_dependent_shapes_are_refused_at_trace_time(control, op):
 def test_python_state_frozen_by_the_trace_is_caught():
     calls = [0]
 
-    def control(x, logits):  # a value read from Python that changes between calls: a trace keeps the first
+    def control(
+        x, logits
+    ):  # a value read from Python that changes between calls: a trace keeps the first
         calls[0] += 1
         return logits * calls[0]
 
@@ -145,7 +183,9 @@ def test_python_state_frozen_by_the_trace_is_caught():
     assert not trainer.enable_fast_path([x[:32], x[32:]])
     assert "differs from the plain one" in trainer.fast_note and trainer.fast_steps == {}
     model, guide = _pair_with(lambda x, logits: logits * 2)
-    assert trainer.__class__(model, guide, "trace", progress=False, fast=True).enable_fast_path([x[:32], x[32:]])
+    assert trainer.__class__(model, guide, "trace", progress=False, fast=True).enable_fast_path(
+        [x[:32], x[32:]]
+    )
 
 
 def test_a_nonfinite_replay_is_skipped():
@@ -158,7 +198,9 @@ def test_a_nonfinite_replay_is_skipped():
     store = pyro.get_param_store()
     before = {k: v.detach().clone() for k, v in store.named_parameters()}
     poisoned = x[:32].clone()
-    poisoned[0, 0, 0, 0] = float("nan")  # NaN loss and gradients, found by the graph's own finiteness flag
+    poisoned[0, 0, 0, 0] = float(
+        "nan"
+    )  # NaN loss and gradients, found by the graph's own finiteness flag
     loss, ok = trainer.svi.step(poisoned)
     assert not ok and not torch.isfinite(loss)
     assert all(torch.equal(v, before[k]) for k, v in store.named_parameters())
@@ -187,12 +229,17 @@ def test_a_parameter_the_loss_does_not_reach_gets_no_gradient_and_no_optimizer_s
     assert state["idle"]["state"] == {} and state["decoder$$$0.weight"]["state"][0]["step"] == 3
 
 
-def test_whether_the_fast_path_applies_is_printed_and_recorded_in_every_metrics_row(tmp_path, capsys):
+def test_whether_the_fast_path_applies_is_printed_and_recorded_in_every_metrics_row(
+    tmp_path, capsys
+):
     vae = _vae()
     trainer = Trainer(vae.model, vae.guide, "trace", out_dir=str(tmp_path), modules=[vae])
     history = trainer.fit(_data(), 2, batch_size=32)
     printed = capsys.readouterr().out
-    assert printed.count("fast path: loss and gradients traced into one graph for batch sizes [4, 32]") == 1
+    assert (
+        printed.count("fast path: loss and gradients traced into one graph for batch sizes [4, 32]")
+        == 1
+    )
     rows = [json.loads(line) for line in open(tmp_path / METRICS)]
     assert rows == history and len(rows) == 2
     assert all(r["fast_path"] is True and r["fast_path_note"] == trainer.fast_note for r in rows)
@@ -214,8 +261,12 @@ def test_the_spline_guide_trains_for_ten_epochs_on_real_data(elbo):
     vae = build_model(config, data.x_shape, num_data=len(data.train))
     trainer = Trainer(vae.model, vae.guide, elbo, progress=False, modules=[vae])
     history = trainer.fit(data, 10, batch_size=32)
-    assert len(history) == 10 and all(math.isfinite(m["train_loss"]) and m["bad_steps"] == 0 for m in history)
-    assert all(m["fast_path"] is False and "with a boolean mask" in m["fast_path_note"] for m in history)
+    assert len(history) == 10 and all(
+        math.isfinite(m["train_loss"]) and m["bad_steps"] == 0 for m in history
+    )
+    assert all(
+        m["fast_path"] is False and "with a boolean mask" in m["fast_path_note"] for m in history
+    )
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
@@ -231,14 +282,20 @@ def _fit_scheduled(fast, elbo="trace", beta=1.0, free_bits=0.0):
         elbo = FreeBits_ELBO(free_bits=free_bits)
     trainer = Trainer(model, guide, elbo, progress=False, modules=[vae], fast=fast)
     seen = []
-    history = trainer.fit(_data(), 3, batch_size=32, before_epoch=lambda t: seen.append(schedule.set_epoch(t.epoch)))
+    history = trainer.fit(
+        _data(), 3, batch_size=32, before_epoch=lambda t: seen.append(schedule.set_epoch(t.epoch))
+    )
     assert seen == [0.0, beta / 2, beta]
     params = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
     return trainer, history, params
 
 
-@pytest.mark.parametrize("elbo, beta, free_bits", [("trace", 1.0, 0.0), ("meanfield", 4.0, 0.0), ("trace", 2.0, 0.5)])
-def test_kl_warmup_beta_and_free_bits_take_the_fast_path_with_the_plain_results(elbo, beta, free_bits):
+@pytest.mark.parametrize(
+    "elbo, beta, free_bits", [("trace", 1.0, 0.0), ("meanfield", 4.0, 0.0), ("trace", 2.0, 0.5)]
+)
+def test_kl_warmup_beta_and_free_bits_take_the_fast_path_with_the_plain_results(
+    elbo, beta, free_bits
+):
     fast, fast_history, fast_params = _fit_scheduled("auto", elbo, beta, free_bits)
     assert sorted(fast.fast_steps) == [4, 32] and all(m["fast_path"] for m in fast_history)
     _, plain_history, plain_params = _fit_scheduled(False, elbo, beta, free_bits)
@@ -256,7 +313,9 @@ def test_a_value_read_from_python_that_changes_between_epochs_drops_the_fast_pat
     model, guide = _pair_with(lambda x, logits: logits * weight["value"])
     x = torch.full((64, *X_SHAPE), 0.5).bernoulli()
     trainer = Trainer(model, guide, "trace", progress=False)
-    history = trainer.fit(x, 3, batch_size=32, before_epoch=lambda t: weight.update(value=1.0 + (t.epoch >= 2)))
+    history = trainer.fit(
+        x, 3, batch_size=32, before_epoch=lambda t: weight.update(value=1.0 + (t.epoch >= 2))
+    )
     assert [m["fast_path"] for m in history] == [True, True, False]
     assert "from epoch 3 on: the traced loss" in history[2]["fast_path_note"]
 
@@ -281,28 +340,52 @@ def _fit_built(fast, elbo="trace", **options):
     config = Config(latent_dim=3, hidden_dims=[16], **options)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(70, 1, 28, 28, generator=g)
-    data = ImageData(train=x, train_labels=torch.arange(70) % 10, test=x[:10], test_labels=None,
-                     binarize="none" if "sigma" in config.likelihood else "dynamic")
+    data = ImageData(
+        train=x,
+        train_labels=torch.arange(70) % 10,
+        test=x[:10],
+        test_labels=None,
+        binarize="none" if "sigma" in config.likelihood else "dynamic",
+    )
     vae = build_model(config, data.x_shape, num_data=len(x))
     trainer = Trainer(vae.model, vae.guide, elbo, progress=False, modules=[vae], fast=fast)
     on_epoch = getattr(vae, "on_epoch", None)
-    history = trainer.fit(data, 2, batch_size=32, callback=on_epoch and (lambda t, m: on_epoch(t.epoch)),
-                          batch_kwargs=vae.batch_kwargs(data) if hasattr(vae, "batch_kwargs") else None)
+    history = trainer.fit(
+        data,
+        2,
+        batch_size=32,
+        callback=on_epoch and (lambda t, m: on_epoch(t.epoch)),
+        batch_kwargs=vae.batch_kwargs(data) if hasattr(vae, "batch_kwargs") else None,
+    )
     params = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
     buffers = {k: b.clone() for k, b in vae.named_buffers()}
     return trainer, history, params, buffers
 
 
-@pytest.mark.parametrize("elbo, options", [
-    ("trace", dict(net="conv")),  # convolution_backward: TorchScript cannot take it, the fx graph replays it
-    ("meanfield", dict(net="conv")),
-    ("trace", dict(model="relaxed-categorical", categories=4, temperature_decay=0.5)),  # τ: a buffer, annealed
-    ("trace", dict(model="cvae")),  # labels y: per-batch tensors, inputs of the graph
-    ("trace", dict(likelihood="sigma-vae-optimal")),  # σ*: a running buffer updated in place by each step
-])
+@pytest.mark.parametrize(
+    "elbo, options",
+    [
+        (
+            "trace",
+            dict(net="conv"),
+        ),  # convolution_backward: TorchScript cannot take it, the fx graph replays it
+        ("meanfield", dict(net="conv")),
+        (
+            "trace",
+            dict(model="relaxed-categorical", categories=4, temperature_decay=0.5),
+        ),  # τ: a buffer, annealed
+        ("trace", dict(model="cvae")),  # labels y: per-batch tensors, inputs of the graph
+        (
+            "trace",
+            dict(likelihood="sigma-vae-optimal"),
+        ),  # σ*: a running buffer updated in place by each step
+    ],
+)
 def test_built_in_models_take_the_fast_path_with_the_plain_results(elbo, options):
     fast, fast_history, fast_params, fast_buffers = _fit_built("auto", elbo, **options)
-    assert sorted(fast.fast_steps) == [6, 32] and all(m["fast_path"] for m in fast_history), fast.fast_note
+    assert sorted(fast.fast_steps) == [6, 32] and all(m["fast_path"] for m in fast_history), (
+        fast.fast_note
+    )
     _, plain_history, plain_params, plain_buffers = _fit_built(False, elbo, **options)
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
@@ -311,12 +394,17 @@ def test_built_in_models_take_the_fast_path_with_the_plain_results(elbo, options
     for a, b in zip(fast_history, plain_history):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 * abs(b["train_loss"])
     if "temperature_decay" in options:
-        assert fast_buffers["temperature"].item() == 0.5  # τ_0 · 0.5^2 clamped at min_temperature 0.5
+        assert (
+            fast_buffers["temperature"].item() == 0.5
+        )  # τ_0 · 0.5^2 clamped at min_temperature 0.5
 
 
 def test_a_short_run_is_not_compiled_and_a_failing_compiler_falls_back(monkeypatch):
     trainer, history, _ = _fit("auto")
-    assert "replayed by fx (not compiled: the run is too short to pay for compiling)" in trainer.fast_note
+    assert (
+        "replayed by fx (not compiled: the run is too short to pay for compiling)"
+        in trainer.fast_note
+    )
     import torch._inductor
 
     def broken(*args, **kwargs):
@@ -329,7 +417,9 @@ def test_a_short_run_is_not_compiled_and_a_failing_compiler_falls_back(monkeypat
     _, _, plain_params = _fit(False)
     for k in plain_params:
         torch.testing.assert_close(params[k], plain_params[k], rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="fast must be one of 'auto', True, False, 'compile', 'trace', got 'yes'"):
+    with pytest.raises(
+        ValueError, match="fast must be one of 'auto', True, False, 'compile', 'trace', got 'yes'"
+    ):
         Trainer(*_pair_with(lambda x, logits: logits), fast="yes")
 
 
@@ -340,11 +430,24 @@ def _compiled_fit(device, make=_vae, mode="compile"):
         pyro.set_rng_seed(0)
         vae = make().to(device)
         data = _data()
-        data = ImageData(train=data.train.to(device), train_labels=None, test=data.test.to(device), test_labels=None,
-                         binarize="dynamic")
-        trainer = Trainer(vae.model, vae.guide, "trace", progress=False, modules=[vae], fast=fast_mode)
+        data = ImageData(
+            train=data.train.to(device),
+            train_labels=None,
+            test=data.test.to(device),
+            test_labels=None,
+            binarize="dynamic",
+        )
+        trainer = Trainer(
+            vae.model, vae.guide, "trace", progress=False, modules=[vae], fast=fast_mode
+        )
         history = trainer.fit(data, 2, batch_size=32)
-        results.append((trainer, history, {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}))
+        results.append(
+            (
+                trainer,
+                history,
+                {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()},
+            )
+        )
     (fast_trainer, fast_history, fast_params), (_, plain_history, plain_params) = results
     return fast_trainer, fast_params, plain_params
 
@@ -364,7 +467,11 @@ def test_the_inductor_replay_gives_the_plain_results():
 def test_on_cuda_the_compiled_step_is_one_cuda_graph_with_the_plain_results():
     trainer, fast_params, plain_params = _compiled_fit("cuda")
     step = trainer.fast_steps[32]
-    assert step.backend == "inductor" and step.cudagraphs and "as one CUDA graph per step" in trainer.fast_note
+    assert (
+        step.backend == "inductor"
+        and step.cudagraphs
+        and "as one CUDA graph per step" in trainer.fast_note
+    )
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
 
@@ -373,7 +480,9 @@ def test_on_cuda_the_compiled_step_is_one_cuda_graph_with_the_plain_results():
 def test_on_cuda_the_fx_replay_gives_the_plain_results():
     """What a short run on a GPU takes: the fx graph replayed on CUDA tensors, no compile."""
     trainer, fast_params, plain_params = _compiled_fit("cuda", mode="trace")
-    assert {s.backend for s in trainer.fast_steps.values()} == {"fx"} and trainer.fast_steps[32].params[0].is_cuda
+    assert {s.backend for s in trainer.fast_steps.values()} == {"fx"} and trainer.fast_steps[
+        32
+    ].params[0].is_cuda
     for k in plain_params:
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-4, atol=1e-5)
 
@@ -382,18 +491,35 @@ def test_tensors_read_from_outside_become_inputs_and_literals_stay_constants():
     from torch.fx.experimental.proxy_tensor import make_fx
 
     weight = torch.tensor(3.0)
-    graph = make_fx(lambda w, x: (x * w * weight + torch.tensor(2.0)).sum())(torch.ones(3), torch.ones(3))
+    graph = make_fx(lambda w, x: (x * w * weight + torch.tensor(2.0)).sum())(
+        torch.ones(3), torch.ones(3)
+    )
     state = capture.lift_constants(graph)
-    assert len(state) == 1 and state[0] is weight  # torch.tensor(2.0) is made afresh by every plain call
+    assert (
+        len(state) == 1 and state[0] is weight
+    )  # torch.tensor(2.0) is made afresh by every plain call
     weight.fill_(5.0)
     assert graph(torch.ones(3), torch.ones(3), *state).item() == 3 * (5.0 + 2.0)
 
 
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST")
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST"
+)
 def test_pyro_vae_train_with_warmup_beta_and_free_bits_takes_the_fast_path(tmp_path):
     """What ``pyro-vae train --kl-warmup-epochs 2 --beta 2 --free-bits 0.1`` runs: every epoch on the fast path."""
-    config = Config(limit=256, test_limit=64, epochs=3, kl_warmup_epochs=2, beta=2.0, free_bits=0.1, latent_dim=4,
-                    hidden_dims=[32], batch_size=64, pictures=False, out=str(tmp_path / "run"))
+    config = Config(
+        limit=256,
+        test_limit=64,
+        epochs=3,
+        kl_warmup_epochs=2,
+        beta=2.0,
+        free_bits=0.1,
+        latent_dim=4,
+        hidden_dims=[32],
+        batch_size=64,
+        pictures=False,
+        out=str(tmp_path / "run"),
+    )
     _, _, history = experiment.train(config, progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "run" / METRICS)]
     assert [r["fast_path"] for r in rows] == [True] * 3 and rows == history

@@ -1,5 +1,6 @@
 """Normalizing-flow guides: log|det J| against autograd, samples against densities, particles, and the
 correlated linear-Gaussian posterior (the diagonal guide stalls at the mean-field gap, IAF closes it)."""
+
 import math
 from contextlib import contextmanager
 
@@ -30,9 +31,18 @@ def one_thread():
         torch.set_num_threads(n)
 
 
-def flow_guide(name, latent_dim=3, context_dim=5, obs_dim=4, num_flows=2, dtype=torch.float64, **options):
-    guide = make_guide(name, nn.Linear(obs_dim, context_dim), context_dim, latent_dim, num_flows=num_flows,
-                       hidden_dims=[16], **options)
+def flow_guide(
+    name, latent_dim=3, context_dim=5, obs_dim=4, num_flows=2, dtype=torch.float64, **options
+):
+    guide = make_guide(
+        name,
+        nn.Linear(obs_dim, context_dim),
+        context_dim,
+        latent_dim,
+        num_flows=num_flows,
+        hidden_dims=[16],
+        **options,
+    )
     return guide.to(dtype)
 
 
@@ -69,7 +79,9 @@ def test_log_prob_is_base_minus_autograd_log_det(name):
     assert torch.allclose(log_q, expected, atol=1e-10, rtol=0)
     # every parameter (encoder, base head, every layer's net) moves z or log q
     (z.pow(2).sum() + log_q.sum()).backward()
-    silent = [n for n, p in guide.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    silent = [
+        n for n, p in guide.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
     assert not silent, f"parameters without gradient: {silent}"
 
 
@@ -116,12 +128,16 @@ def test_samples_and_density_agree(name):
     with torch.no_grad():
         h = guide.encoder(x)
         pilot = guide.distribution(h).sample((2000,)).squeeze(1)
-        r = torch.distributions.Independent(torch.distributions.Normal(pilot.median(0).values, 0.5 * pilot.std(0)), 1)
+        r = torch.distributions.Independent(
+            torch.distributions.Normal(pilot.median(0).values, 0.5 * pilot.std(0)), 1
+        )
         q = guide.distribution(h)
         z = q.sample((10_000,))
         ratio = (r.log_prob(z.squeeze(1)) - q.log_prob(z).squeeze(1)).exp()
     mean, se = ratio.mean().item(), ratio.std().item() / math.sqrt(len(ratio))
-    assert se < 0.03, f"importance ratio too noisy (se {se:.3g}); the test's r is too wide for this q"
+    assert se < 0.03, (
+        f"importance ratio too noisy (se {se:.3g}); the test's r is too wide for this q"
+    )
     assert abs(mean - 1) < 5 * se, f"E_q[r/q] = {mean:.4f} ± {se:.4f}, expected 1"
 
 
@@ -175,16 +191,26 @@ def correlated_linear_gaussian():
 def fit_gap(lg, x, name, num_flows, steps=600, particles=8, lr=0.02):
     """Train an amortized guide by the K-particle ELBO (from log_weights); return mean log p(x) − ELBO (nats)."""
     pyro.set_rng_seed(0)
-    guide = make_guide(name, nn.Linear(lg.obs_dim, 8), 8, lg.latent_dim, num_flows=num_flows,
-                       **({"hidden_dims": [16]} if num_flows else {}))
+    guide = make_guide(
+        name,
+        nn.Linear(lg.obs_dim, 8),
+        8,
+        lg.latent_dim,
+        num_flows=num_flows,
+        **({"hidden_dims": [16]} if num_flows else {}),
+    )
     opt = torch.optim.Adam(guide.parameters(), lr=lr)
     for _ in range(steps):
-        loss = -log_weights(lg.model, guide, x, num_particles=particles, max_plate_nesting=1).log_w.mean()
+        loss = -log_weights(
+            lg.model, guide, x, num_particles=particles, max_plate_nesting=1
+        ).log_w.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        elbo = log_weights(lg.model, guide, x, num_particles=2000, max_plate_nesting=1).log_w.mean(0)
+        elbo = log_weights(lg.model, guide, x, num_particles=2000, max_plate_nesting=1).log_w.mean(
+            0
+        )
     return (lg.log_px(x) - elbo).mean().item()
 
 

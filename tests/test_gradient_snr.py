@@ -6,6 +6,7 @@ within a few standard errors s/√R.  With the exact posterior as the guide, log
 every z, so STL's and DReG's guide gradients vanish draw by draw (Roeder et al. 2017; Tucker et al.
 2019).
 """
+
 import json
 import os
 
@@ -33,7 +34,7 @@ class LearnedPair:
         g = torch.Generator().manual_seed(seed + 1)
         cov = torch.linalg.inv(self.lg.precision())
         if exact:  # p(z|x) = N(Λ⁻¹ Wᵀ (x − b) / σ², Λ⁻¹)
-            self.A0 = cov @ self.lg.W.T / self.lg.sigma ** 2
+            self.A0 = cov @ self.lg.W.T / self.lg.sigma**2
             self.c0 = -self.A0 @ self.lg.b
         else:
             self.A0 = 0.3 * torch.randn(3, 5, generator=g, dtype=cov.dtype)
@@ -73,8 +74,9 @@ def x():
     return LinearGaussian(latent_dim=3, obs_dim=5, sigma=0.7, seed=0).sample(6, seed=3)
 
 
-@pytest.mark.parametrize("elbo,k", [("trace", 4), ("meanfield", 1), ("stl", 4), ("iwae", 1),
-                                    ("dreg", 1)])
+@pytest.mark.parametrize(
+    "elbo,k", [("trace", 4), ("meanfield", 1), ("stl", 4), ("iwae", 1), ("dreg", 1)]
+)
 def test_mean_gradient_is_the_closed_form_elbo_gradient(x, elbo, k):
     pair = LearnedPair()
     exact = pair.elbo_gradient(x)
@@ -92,8 +94,10 @@ def test_iwae_at_many_particles_is_not_the_elbo_gradient(x):
     pair = LearnedPair()
     exact = pair.elbo_gradient(x)
     m = gradient_moments(pair.model, pair.guide, x, elbo="iwae", particles=8, repeats=100)
-    assert any(torch.any((m.mean[n] - g).abs() > Z * (m.variance[n] / m.repeats).sqrt())
-               for n, g in exact.items())
+    assert any(
+        torch.any((m.mean[n] - g).abs() > Z * (m.variance[n] / m.repeats).sqrt())
+        for n, g in exact.items()
+    )
 
 
 @pytest.mark.parametrize("elbo,k", [("stl", 1), ("stl", 8), ("dreg", 1), ("dreg", 5), ("dreg", 50)])
@@ -121,19 +125,23 @@ def test_iwae_guide_snr_falls_with_k_and_dreg_stays_above_on_the_linear_gaussian
     about √(2/(πR)) = 0.11, far below all four.  DReG's own K = 1 → 100 change is not asserted: over
     21 entries its median moves by ±25 % between seeds."""
     pair = LearnedPair()
-    rows = gradient_snr(pair.model, pair.guide, x, elbos=["iwae", "dreg"], particles=[1, 100],
-                        repeats=50)
+    rows = gradient_snr(
+        pair.model, pair.guide, x, elbos=["iwae", "dreg"], particles=[1, 100], repeats=50
+    )
     snr = {(r.elbo, r.particles): r.guide.median for r in rows}
     assert snr["iwae", 100] < 0.75 * snr["iwae", 1]
     assert snr["dreg", 100] > 1.5 * snr["iwae", 100]
     assert all(r.guide.entries == 3 * 5 + 3 + 3 and r.model.entries == 5 * 3 + 5 for r in rows)
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--elbo", "iwae,nope"], "unknown estimator 'nope'"),
-    (["--particles", "1,0"], "--particles must be a positive integer, got 0"),
-    (["--repeats", "1"], "--repeats must be at least 2"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--elbo", "iwae,nope"], "unknown estimator 'nope'"),
+        (["--particles", "1,0"], "--particles must be a positive integer, got 0"),
+        (["--repeats", "1"], "--repeats must be at least 2"),
+    ],
+)
 def test_cli_refuses_bad_options_in_one_line(tmp_path, capsys, flags, message):
     from pyro_vae.app.cli import main
 
@@ -152,8 +160,9 @@ DEBIAN = "/usr/share/datasets/fashion-mnist"
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist")
-def test_trained_fashion_mnist_vae_dreg_beats_iwae_and_model_snr_rises(tmp_path, capsys,
-                                                                       monkeypatch):
+def test_trained_fashion_mnist_vae_dreg_beats_iwae_and_model_snr_rises(
+    tmp_path, capsys, monkeypatch
+):
     """The CLI on a VAE trained briefly (40 steps on 2000 Fashion-MNIST images): at K = 100 DReG's
     guide SNR is above IWAE's, and the model's SNR rises from K = 1 to K = 100 for both (they share
     the model gradient).
@@ -170,11 +179,45 @@ def test_trained_fashion_mnist_vae_dreg_beats_iwae_and_model_snr_rises(tmp_path,
 
     monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "data"))
     run = str(tmp_path / "run")
-    main(["train", "--limit", "2000", "--test-limit", "100", "--epochs", "2", "--batch-size", "100",
-          "--hidden-dims", "200", "--device", "cpu", "--no-pictures", "--out", run, "--quiet"])
+    main(
+        [
+            "train",
+            "--limit",
+            "2000",
+            "--test-limit",
+            "100",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "100",
+            "--hidden-dims",
+            "200",
+            "--device",
+            "cpu",
+            "--no-pictures",
+            "--out",
+            run,
+            "--quiet",
+        ]
+    )
     capsys.readouterr()
-    main(["gradient-snr", run, "--elbo", "iwae,dreg", "--particles", "1,100", "--repeats", "20",
-          "--batch-size", "10", "--device", "cpu", "--json"])
+    main(
+        [
+            "gradient-snr",
+            run,
+            "--elbo",
+            "iwae,dreg",
+            "--particles",
+            "1,100",
+            "--repeats",
+            "20",
+            "--batch-size",
+            "10",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.load(open(os.path.join(run, "gradient_snr.json")))
     assert os.path.getsize(os.path.join(run, "gradient_snr.png")) > 10_000

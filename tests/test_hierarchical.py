@@ -10,6 +10,7 @@ guide family contains it; with A rectangular-diagonal the bottom-up factorizatio
 p(z1 | x) p(z2 | z1) is diagonal too.  At the exact posterior every importance weight
 equals p(x): log w = log p(x) for every particle (a zero-variance bound).
 """
+
 import math
 import warnings
 
@@ -25,8 +26,14 @@ from torch import nn
 from pyro_vae import Config, log_weights
 from pyro_vae.estimators import ESTIMATORS, make_elbo
 from pyro_vae.models import MODELS, build_model
-from pyro_vae.models.hierarchical import (BottomUpGuide, GaussianConditional, HierarchicalVAE, LadderGuide,
-                                          inverse_softplus, precision_merge)
+from pyro_vae.models.hierarchical import (
+    BottomUpGuide,
+    GaussianConditional,
+    HierarchicalVAE,
+    LadderGuide,
+    inverse_softplus,
+    precision_merge,
+)
 from pyro_vae.models.likelihoods import Gaussian
 
 D, D1, D2, SIGMA = 5, 3, 2, 0.5
@@ -53,10 +60,10 @@ class LinearHierarchy:
         # v = (z2, z1, x) = M ξ + m with ξ = (z2, ε1, ε) ~ N(0, I)
         M = torch.zeros(D2 + D1 + D, D2 + D1 + D, dtype=DT)
         M[:D2, :D2] = torch.eye(D2, dtype=DT)
-        M[D2:D2 + D1, :D2] = self.A
-        M[D2:D2 + D1, D2:D2 + D1] = torch.diag(self.s)
-        M[D2 + D1:] = self.W @ M[D2:D2 + D1]
-        M[D2 + D1:, D2 + D1:] = SIGMA * torch.eye(D, dtype=DT)
+        M[D2 : D2 + D1, :D2] = self.A
+        M[D2 : D2 + D1, D2 : D2 + D1] = torch.diag(self.s)
+        M[D2 + D1 :] = self.W @ M[D2 : D2 + D1]
+        M[D2 + D1 :, D2 + D1 :] = SIGMA * torch.eye(D, dtype=DT)
         self.mean = torch.cat([torch.zeros(D2, dtype=DT), self.a, self.W @ self.a + self.b])
         self.cov = M @ M.T
 
@@ -110,21 +117,28 @@ def exact_ladder(h):
     """The ladder guide set to the exact posterior: bottom-up estimates = posterior precision minus prior precision."""
     # top: p(z2 | x) = N(K2 x + c2, S2) (diagonal), merged with N(0, I)
     K2, c2, S2 = h.conditional(h.Z2, h.X)
-    assert torch.allclose(S2, torch.diag(S2.diagonal()), atol=1e-12), "construction: p(z2|x) must be diagonal"
+    assert torch.allclose(S2, torch.diag(S2.diagonal()), atol=1e-12), (
+        "construction: p(z2|x) must be diagonal"
+    )
     post_var = S2.diagonal()
     est_var = 1 / (1 / post_var - 1)
     f = est_var / post_var  # μ̂ = μ_post σ̂² / σ_post² (the prior mean is 0)
     head2 = _linear_conditional(f[:, None] * K2, f * c2, est_var.sqrt())
     # lower: p(z1 | z2, x) = N(Kz z2 + Kx x + c1, S1), merged with p(z1 | z2) = N(A z2 + a, s²)
     K1, c1, S1 = h.conditional(h.Z1, [*h.Z2, *h.X])
-    assert torch.allclose(S1, torch.diag(S1.diagonal()), atol=1e-12), "construction: p(z1|z2,x) must be diagonal"
+    assert torch.allclose(S1, torch.diag(S1.diagonal()), atol=1e-12), (
+        "construction: p(z1|z2,x) must be diagonal"
+    )
     post_var = S1.diagonal()
     est_var = 1 / (1 / post_var - 1 / h.s**2)
     Kz, Kx = K1[:, :D2], K1[:, D2:]
     # μ̂ = σ̂² (μ_post / σ_post² − μ_prior / s²); its z2 part must cancel (bottom-up estimates see x only)
     assert torch.allclose(Kz / post_var[:, None], h.A / h.s[:, None] ** 2, atol=1e-10)
-    head1 = _linear_conditional(est_var[:, None] * Kx / post_var[:, None],
-                                est_var * (c1 / post_var - h.a / h.s**2), est_var.sqrt())
+    head1 = _linear_conditional(
+        est_var[:, None] * Kx / post_var[:, None],
+        est_var * (c1 / post_var - h.a / h.s**2),
+        est_var.sqrt(),
+    )
     return LadderGuide([nn.Identity(), nn.Identity()], [head1, head2])
 
 
@@ -133,9 +147,15 @@ def exact_bottom_up(h):
     K1, c1, S1 = h.conditional(h.Z1, h.X)
     K2, c2, S2 = h.conditional(h.Z2, h.Z1)
     for S in (S1, S2):
-        assert torch.allclose(S, torch.diag(S.diagonal()), atol=1e-12), "construction: diagonal factors"
-    return BottomUpGuide([_linear_conditional(K1, c1, S1.diagonal().sqrt()),
-                          _linear_conditional(K2, c2, S2.diagonal().sqrt())])
+        assert torch.allclose(S, torch.diag(S.diagonal()), atol=1e-12), (
+            "construction: diagonal factors"
+        )
+    return BottomUpGuide(
+        [
+            _linear_conditional(K1, c1, S1.diagonal().sqrt()),
+            _linear_conditional(K2, c2, S2.diagonal().sqrt()),
+        ]
+    )
 
 
 @pytest.mark.parametrize("kind", ["top-down", "bottom-up"])
@@ -171,7 +191,9 @@ def _meanfield_bias(hvae, x, expected, repeats=10, particles=2000):
     elbo = make_elbo("meanfield", num_particles=particles, max_plate_nesting=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pyro's mean-field order check, for the bottom-up case
-        losses = torch.tensor([elbo.loss(hvae.model, hvae.guide, x) for _ in range(repeats)], dtype=DT)
+        losses = torch.tensor(
+            [elbo.loss(hvae.model, hvae.guide, x) for _ in range(repeats)], dtype=DT
+        )
     return losses.mean().item() - expected, losses.std().item() / math.sqrt(repeats)
 
 
@@ -181,7 +203,9 @@ def test_meanfield_analytic_kl_per_layer_is_unbiased_with_the_top_down_guide():
     hvae = _model(h, exact_ladder(h))
     x = h.sample_x(4)
     expected = -h.log_px(x).sum().item()
-    assert make_elbo("trace", num_particles=3).loss(hvae.model, hvae.guide, x) == pytest.approx(expected, abs=1e-8)
+    assert make_elbo("trace", num_particles=3).loss(hvae.model, hvae.guide, x) == pytest.approx(
+        expected, abs=1e-8
+    )
     # every layer's KL is analytic: kl_divergence applies to the guide/model site pair
     guide_trace = poutine.trace(hvae.guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(hvae.model, trace=guide_trace)).get_trace(x)
@@ -199,7 +223,9 @@ def test_meanfield_is_biased_with_the_bottom_up_guide():
     hvae = _model(h, exact_bottom_up(h))
     x = h.sample_x(4)
     expected = -h.log_px(x).sum().item()
-    assert make_elbo("trace", num_particles=3).loss(hvae.model, hvae.guide, x) == pytest.approx(expected, abs=1e-8)
+    assert make_elbo("trace", num_particles=3).loss(hvae.model, hvae.guide, x) == pytest.approx(
+        expected, abs=1e-8
+    )
     bias, stderr = _meanfield_bias(hvae, x, expected, repeats=4, particles=1000)
     assert bias > 20 * stderr  # about +1 nat per point here
 
@@ -212,7 +238,9 @@ def test_precision_merge_is_the_normalized_product_of_two_gaussians():
     p = (logp - logp.max()).exp()
     p = p / p.sum()
     assert loc.item() == pytest.approx((grid * p).sum().item(), abs=1e-6)
-    assert scale.item() ** 2 == pytest.approx((grid.pow(2) * p).sum().item() - loc.item() ** 2, abs=1e-6)
+    assert scale.item() ** 2 == pytest.approx(
+        (grid.pow(2) * p).sum().item() - loc.item() ** 2, abs=1e-6
+    )
 
 
 def _config(**kw):
@@ -227,7 +255,9 @@ def test_sites_layer_order_and_shapes(guide):
     x = torch.rand(5, 1, 28, 28).bernoulli()
     guide_trace = poutine.trace(hvae.guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(hvae.model, trace=guide_trace)).get_trace(x)
-    samples = [n for n, s in model_trace.nodes.items() if s["type"] == "sample" and not n.startswith("_")]
+    samples = [
+        n for n, s in model_trace.nodes.items() if s["type"] == "sample" and not n.startswith("_")
+    ]
     samples = [n for n in samples if n != "data"]
     assert samples == ["z3", "z2", "z1", "x"]  # the model samples top-down, then x
     guide_order = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and n != "data"]
@@ -253,12 +283,16 @@ def test_ladder_guide_shares_the_model_prior_nets_and_registers_them_once():
     names = list(store.keys())
     ids = [id(store[n]) for n in names]
     assert len(set(ids)) == len(ids), "a parameter is registered under two names"
-    assert any(n.startswith("priors$$$") for n in names) and not any("guide$$$priors" in n for n in names)
+    assert any(n.startswith("priors$$$") for n in names) and not any(
+        "guide$$$priors" in n for n in names
+    )
     # every module parameter is in the store exactly once
     assert {id(p) for p in hvae.parameters()} == set(ids)
     # the guide's z1 depends on the prior nets: gradient of log q reaches them
     guide_trace = poutine.trace(hvae.guide).get_trace(x)
-    guide_trace.nodes["z1"]["fn"].log_prob(guide_trace.nodes["z1"]["value"].detach()).sum().backward()
+    guide_trace.nodes["z1"]["fn"].log_prob(
+        guide_trace.nodes["z1"]["value"].detach()
+    ).sum().backward()
     assert hvae.priors[0].net[0].weight.grad.abs().sum() > 0
 
 
@@ -267,13 +301,17 @@ def test_ladder_guide_shares_the_model_prior_nets_and_registers_them_once():
 def test_every_estimator_runs_one_svi_step(guide, estimator):
     hvae = build_model(_config(guide=guide, latent_dims=[4, 2]), (1, 28, 28), num_data=50)
     x = torch.rand(6, 1, 28, 28).bernoulli()
-    svi = pyro.infer.SVI(hvae.model, hvae.guide, pyro.optim.Adam({"lr": 1e-2}), make_elbo(estimator, 2))
+    svi = pyro.infer.SVI(
+        hvae.model, hvae.guide, pyro.optim.Adam({"lr": 1e-2}), make_elbo(estimator, 2)
+    )
     before = {n: p.detach().clone() for n, p in hvae.named_parameters()}
     loss = svi.step(x)
     assert math.isfinite(loss) and loss > 0
     changed = {n for n, p in hvae.named_parameters() if not torch.equal(p.detach(), before[n])}
     for prefix in ("decoder", "priors", "guide_module"):
-        assert any(n.startswith(prefix) for n in changed), f"{prefix} was not updated by {estimator}"
+        assert any(n.startswith(prefix) for n in changed), (
+            f"{prefix} was not updated by {estimator}"
+        )
 
 
 def test_builder_rejects_bad_configs():
@@ -305,5 +343,7 @@ def test_cuda_step_and_weights_follow_the_data_device(guide):
     x = torch.rand(6, 1, 28, 28, device="cuda").bernoulli()
     w = log_weights(hvae.model, hvae.guide, x, num_particles=3)
     assert w.log_w.device.type == "cuda" and torch.isfinite(w.log_w).all()
-    svi = pyro.infer.SVI(hvae.model, hvae.guide, pyro.optim.Adam({"lr": 1e-3}), make_elbo("trace", 2))
+    svi = pyro.infer.SVI(
+        hvae.model, hvae.guide, pyro.optim.Adam({"lr": 1e-3}), make_elbo("trace", 2)
+    )
     assert math.isfinite(svi.step(x))

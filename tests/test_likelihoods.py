@@ -1,4 +1,5 @@
 """Each likelihood's log-density against its closed form."""
+
 import math
 
 import pytest
@@ -21,18 +22,26 @@ def test_bernoulli_is_binary_cross_entropy_of_logits():
     x = x.round()
     p = torch.sigmoid(logits)
     expected = x * p.log() + (1 - x) * (1 - p).log()
-    torch.testing.assert_close(make_likelihood("bernoulli", X_SHAPE)(logits, x).log_prob(x), expected)
+    torch.testing.assert_close(
+        make_likelihood("bernoulli", X_SHAPE)(logits, x).log_prob(x), expected
+    )
 
 
 def test_bernoulli_accepts_grey_levels_as_negative_cross_entropy():
     x, logits = _data()
     p = torch.sigmoid(logits)
     expected = x * p.log() + (1 - x) * (1 - p).log()
-    torch.testing.assert_close(make_likelihood("bernoulli", X_SHAPE)(logits, x).log_prob(x), expected)
+    torch.testing.assert_close(
+        make_likelihood("bernoulli", X_SHAPE)(logits, x).log_prob(x), expected
+    )
 
 
 def _normal_logpdf(x, mu, sigma):
-    return -0.5 * ((x - mu) / sigma) ** 2 - torch.log(torch.as_tensor(sigma, dtype=x.dtype)) - 0.5 * math.log(2 * math.pi)
+    return (
+        -0.5 * ((x - mu) / sigma) ** 2
+        - torch.log(torch.as_tensor(sigma, dtype=x.dtype))
+        - 0.5 * math.log(2 * math.pi)
+    )
 
 
 def test_fixed_gaussian():
@@ -105,7 +114,9 @@ def _all_values(d):
 
 
 @pytest.mark.parametrize("name", ["discretized-logistic", "categorical"])
-@pytest.mark.parametrize("spread", [0.1, 2.0, 6.0])  # wide, moderate and very sharp logistics (log s down to −8)
+@pytest.mark.parametrize(
+    "spread", [0.1, 2.0, 6.0]
+)  # wide, moderate and very sharp logistics (log s down to −8)
 def test_eight_bit_likelihoods_are_normalized_over_the_256_values(name, spread):
     _, _, d = _eight_bit(name, spread=spread)
     total = _all_values(d).exp().sum(0)
@@ -115,7 +126,9 @@ def test_eight_bit_likelihoods_are_normalized_over_the_256_values(name, spread):
 def test_discretized_logistic_is_the_cdf_difference_with_open_edge_bins():
     lik, out, d = _eight_bit("discretized-logistic")
     # parameter-major channels: (logits, means, log-scales) × K × C
-    logits, loc, log_scale = (t.movedim(1, -1) for t in out.reshape(4, 3, 3, 3, 2, 2).unbind(1))  # [4, C, H, W, K]
+    logits, loc, log_scale = (
+        t.movedim(1, -1) for t in out.reshape(4, 3, 3, 3, 2, 2).unbind(1)
+    )  # [4, C, H, W, K]
     loc, scale = loc + 0.5, (log_scale - 2).clamp(min=-8).exp()
     k = GRID.reshape(256, 1, 1, 1, 1, 1)
     upper = torch.sigmoid((k + 0.5 / 255 - loc) / scale)
@@ -128,21 +141,30 @@ def test_discretized_logistic_is_the_cdf_difference_with_open_edge_bins():
 
 def test_categorical_is_the_softmax_of_256_logits_per_sub_pixel():
     _, out, d = _eight_bit("categorical", x_shape=(2, 3))
-    logits = out.reshape(4, 256, 2, 3)  # parameter-major: channel block j holds logit j of every sub-pixel
+    logits = out.reshape(
+        4, 256, 2, 3
+    )  # parameter-major: channel block j holds logit j of every sub-pixel
     x = torch.tensor([0.0, 1.0, 0.5])[torch.tensor([[0, 1, 2], [2, 1, 0]])].expand(4, 2, 3).double()
     k = (x * 255).round().long()
     expected = torch.log_softmax(logits, 1).gather(1, k.unsqueeze(1)).squeeze(1)
     torch.testing.assert_close(d.log_prob(x), expected)
-    torch.testing.assert_close(d.mean, (torch.softmax(logits, 1) * GRID.reshape(1, 256, 1, 1)).sum(1))
+    torch.testing.assert_close(
+        d.mean, (torch.softmax(logits, 1) * GRID.reshape(1, 256, 1, 1)).sum(1)
+    )
 
 
 def _sharp_and_broad():
     """One element: 0.3 · logistic(0.2, s = 1.5 bins) + 0.7 · logistic(0.75, 0.05), and a 256-way categorical."""
     from pyro_vae.models.likelihoods import Categorical256, DiscretizedLogisticMixture
 
-    dl = DiscretizedLogisticMixture(torch.tensor([[0.3, 0.7]]).log().double(), torch.tensor([[0.2, 0.75]]).double(),
-                                    torch.tensor([[1.5 / 255, 0.05]]).log().double())
-    logits = 3 * torch.randn(1, 256, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    dl = DiscretizedLogisticMixture(
+        torch.tensor([[0.3, 0.7]]).log().double(),
+        torch.tensor([[0.2, 0.75]]).double(),
+        torch.tensor([[1.5 / 255, 0.05]]).log().double(),
+    )
+    logits = 3 * torch.randn(
+        1, 256, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     return {"discretized-logistic": dl, "categorical": Categorical256(logits)}
 
 
@@ -164,14 +186,24 @@ def test_eight_bit_samples_follow_the_probabilities(name):
     tv = 0.5 * (torch.bincount(k, minlength=256).double() / len(k) - p).abs().sum()
     expected = 0.5 * (2 * p / (math.pi * len(k))).sqrt().sum()
     assert tv < 2 * expected, (tv, expected)
-    torch.testing.assert_close(draws.mean(), (p * GRID).sum(), atol=4 * draws.std().item() / 200, rtol=0)
+    torch.testing.assert_close(
+        draws.mean(), (p * GRID).sum(), atol=4 * draws.std().item() / 200, rtol=0
+    )
 
 
 def test_eight_bit_decoder_output_must_match_params_shape():
     lik = make_likelihood("discretized-logistic", (3, 4, 4), mixtures=2)
     assert lik.params_shape((3, 4, 4)) == (18, 4, 4)
-    assert lik(torch.zeros(5, 45, 4, 4)).logits.shape == (5, 3, 4, 4, 5)  # K = 45 / (3·3) read from the shape
-    with pytest.raises(ValueError, match=r"decoder output of shape \[P·3, 4, 4\].*got \(18, 3, 3\)"):
+    assert lik(torch.zeros(5, 45, 4, 4)).logits.shape == (
+        5,
+        3,
+        4,
+        4,
+        5,
+    )  # K = 45 / (3·3) read from the shape
+    with pytest.raises(
+        ValueError, match=r"decoder output of shape \[P·3, 4, 4\].*got \(18, 3, 3\)"
+    ):
         lik(torch.zeros(5, 18, 3, 3))
     with pytest.raises(ValueError, match=r"3K numbers per sub-pixel .*got 1"):
         lik(torch.zeros(5, 3, 4, 4))

@@ -1,4 +1,5 @@
 """The closed forms of tests/linear_gaussian.py, checked against brute force so other tests can rely on them."""
+
 import torch
 from linear_gaussian import LinearGaussian
 
@@ -8,8 +9,9 @@ def test_posterior_and_marginal_satisfy_bayes_rule():
     x = lg.sample(4)
     z = torch.randn(4, lg.latent_dim, dtype=torch.float64)
     mean, cov = lg.posterior(x)
-    log_joint = (torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-                 + torch.distributions.Normal(z @ lg.W.T + lg.b, lg.sigma).log_prob(x).sum(-1))
+    log_joint = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(
+        -1
+    ) + torch.distributions.Normal(z @ lg.W.T + lg.b, lg.sigma).log_prob(x).sum(-1)
     log_post = torch.distributions.MultivariateNormal(mean, cov).log_prob(z)
     torch.testing.assert_close(log_joint - log_post, lg.log_px(x))
 

@@ -1,4 +1,5 @@
 """pyro_vae.log_likelihood against the exact log p(x) of the linear-Gaussian model."""
+
 import math
 import os
 
@@ -31,8 +32,14 @@ def test_exact_guide_gives_exact_log_px_per_point_for_any_chunking():
     lg = LinearGaussian()
     x = lg.sample(7)
     for batch_size, max_elements in ((None, 2**16), (3, 10), (1, 1)):
-        est = log_likelihood(lg.model, lg.exact_guide, x, num_samples=20, batch_size=batch_size,
-                             max_elements=max_elements)
+        est = log_likelihood(
+            lg.model,
+            lg.exact_guide,
+            x,
+            num_samples=20,
+            batch_size=batch_size,
+            max_elements=max_elements,
+        )
         assert est.shape == (7,) and est.dtype == torch.float64
         torch.testing.assert_close(est, lg.log_px(x), rtol=1e-12, atol=1e-10)
 
@@ -72,10 +79,13 @@ def test_float32_model_accumulates_in_float64_and_subsampling_is_ignored():
 def test_each_cpu_pass_hands_freed_memory_back(monkeypatch):
     """10k one-image passes fragmented glibc's heap (a VampPrior evaluation grew to 24 GB): every pass trims it."""
     from pyro_vae.core.host_memory import release_freed_memory
+
     lg = LinearGaussian()
     x = lg.sample(6)
     passes = []
-    monkeypatch.setattr(importance, "release_freed_memory", lambda: passes.append(1) or release_freed_memory())
+    monkeypatch.setattr(
+        importance, "release_freed_memory", lambda: passes.append(1) or release_freed_memory()
+    )
     est = log_likelihood(lg.model, lg.exact_guide, x, num_samples=8, batch_size=2, max_elements=8)
     torch.testing.assert_close(est, lg.log_px(x), rtol=1e-12, atol=1e-10)
     assert len(passes) == 3 * 2  # 3 chunks of 2 points, 2 passes of 4 particles each

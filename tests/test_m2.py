@@ -1,4 +1,5 @@
 """Semi-supervised M2, the conditional VAE and relaxed categorical latents: numbers against explicit sums."""
+
 import math
 
 import pyro
@@ -18,7 +19,9 @@ C, B, X = 10, 5, (1, 4, 4)
 
 def _m2(aux_weight):
     torch.manual_seed(0)
-    m = build_model(Config(model="m2", hidden_dims=[16], latent_dim=2, aux_weight=aux_weight), X).double()
+    m = build_model(
+        Config(model="m2", hidden_dims=[16], latent_dim=2, aux_weight=aux_weight), X
+    ).double()
     x = torch.bernoulli(torch.rand(B, *X)).double()
     return m, x
 
@@ -28,8 +31,11 @@ def _per_class_terms(m, x, y_each_class, seed):
     torch.manual_seed(seed)
     loc, scale = m.encoder(x, y_each_class)
     z = dist.Normal(loc, scale).rsample()
-    return (dist.Normal(0.0, 1.0).log_prob(z).sum(-1) - dist.Normal(loc, scale).log_prob(z).sum(-1)
-            + m.likelihood(m.decoder(z, y_each_class), x).log_prob(x).sum([-1, -2, -3]))
+    return (
+        dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        - dist.Normal(loc, scale).log_prob(z).sum(-1)
+        + m.likelihood(m.decoder(z, y_each_class), x).log_prob(x).sum([-1, -2, -3])
+    )
 
 
 def test_m2_enumerated_loss_is_the_explicit_sum_over_classes():
@@ -82,7 +88,9 @@ def test_cvae_conditions_on_labels_and_marginalizes_without():
     assert without.nodes["y"]["fn"].probs.allclose(torch.full((C,), 0.1))
     # the decoder sees the label: class 3 and class 7 give different images from the same z
     z = torch.zeros(1, 2)
-    assert not torch.allclose(cvae.decoder(z, torch.tensor([3])), cvae.decoder(z, torch.tensor([7])))
+    assert not torch.allclose(
+        cvae.decoder(z, torch.tensor([3])), cvae.decoder(z, torch.tensor([7]))
+    )
     with pytest.raises(ValueError, match="labels y"):
         cvae.model(x, y=y.float())
     images = prior_samples(lambda x: cvae.model(x, y=torch.full((len(x),), 3)), x)
@@ -93,8 +101,17 @@ def test_relaxed_categorical_on_simplex_and_near_one_hot_at_low_temperature():
     tops = []
     for tau in (2.0, 0.5, 0.1, 0.01):
         torch.manual_seed(0)
-        vae = build_model(Config(model="relaxed-categorical", hidden_dims=[16], latent_dim=3, categories=4,
-                                 temperature=tau, min_temperature=tau), X)
+        vae = build_model(
+            Config(
+                model="relaxed-categorical",
+                hidden_dims=[16],
+                latent_dim=3,
+                categories=4,
+                temperature=tau,
+                min_temperature=tau,
+            ),
+            X,
+        )
         x = torch.bernoulli(torch.rand(2000, *X))
         z = pyro.poutine.trace(vae.guide).get_trace(x).nodes["z"]["value"]
         assert z.shape == (2000, 3, 4)
@@ -105,8 +122,18 @@ def test_relaxed_categorical_on_simplex_and_near_one_hot_at_low_temperature():
 
 
 def test_relaxed_temperature_anneals_and_evaluation_is_hard():
-    vae = build_model(Config(model="relaxed-categorical", hidden_dims=[16], latent_dim=3, categories=4,
-                             temperature=1.0, min_temperature=0.3, temperature_decay=0.5), X)
+    vae = build_model(
+        Config(
+            model="relaxed-categorical",
+            hidden_dims=[16],
+            latent_dim=3,
+            categories=4,
+            temperature=1.0,
+            min_temperature=0.3,
+            temperature_decay=0.5,
+        ),
+        X,
+    )
     assert isinstance(vae, RelaxedCategoricalVAE)
     assert [vae.anneal(e) for e in range(4)] == [1.0, 0.5, 0.3, 0.3]
     vae.eval()

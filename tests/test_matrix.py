@@ -13,6 +13,7 @@ calls before it reads any data, splits the matrix into refused and valid combina
   once: about 100 more runs, 6 minutes on 2 cores, kept out of ``make test`` so that the whole suite stays
   under 10 minutes); with ``PYRO_VAE_MATRIX=all`` every valid combination (hours on a CPU).
 """
+
 import dataclasses
 import itertools
 import json
@@ -36,15 +37,38 @@ from pyro_vae.models.builders import NETS
 from pyro_vae.models.likelihoods import EIGHT_BIT, LIKELIHOODS
 
 DEBIAN = "/usr/share/datasets/fashion-mnist"
-needs_data = pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist")
+needs_data = pytest.mark.skipif(
+    not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist"
+)
 
 # KL variants (pyro_vae.estimators.variants): flags on top of any estimator
-VARIANTS = {"plain": {}, "beta": {"beta": 4.0}, "kl-warmup": {"kl_warmup_epochs": 2}, "free-bits": {"free_bits": 0.1}}
-VARIANT_FLAGS = {"plain": (), "beta": ("--beta", "β"), "kl-warmup": ("--kl-warmup-epochs", "warm-up"),
-                 "free-bits": ("--free-bits", "free bits", "free-bits")}
+VARIANTS = {
+    "plain": {},
+    "beta": {"beta": 4.0},
+    "kl-warmup": {"kl_warmup_epochs": 2},
+    "free-bits": {"free_bits": 0.1},
+}
+VARIANT_FLAGS = {
+    "plain": (),
+    "beta": ("--beta", "β"),
+    "kl-warmup": ("--kl-warmup-epochs", "warm-up"),
+    "free-bits": ("--free-bits", "free bits", "free-bits"),
+}
 AXES = ("model", "guide", "elbo", "likelihood", "net", "variant")
-SMALL = dict(limit=256, test_limit=64, epochs=1, batch_size=64, hidden_dims=[16], latent_dim=3, device="cpu",
-             latent_dims=[4, 2], labeled=32, flow_hidden_dims=None, hidden_channels=8, latent_channels=2)
+SMALL = dict(
+    limit=256,
+    test_limit=64,
+    epochs=1,
+    batch_size=64,
+    hidden_dims=[16],
+    latent_dim=3,
+    device="cpu",
+    latent_dims=[4, 2],
+    labeled=32,
+    flow_hidden_dims=None,
+    hidden_channels=8,
+    latent_channels=2,
+)
 
 
 def axes():
@@ -52,8 +76,14 @@ def axes():
     guides = list(GUIDES)
     for builder in MODELS.values():
         guides += [g for g in model_guides(builder)[0] if g not in guides]
-    return {"model": list(MODELS), "guide": guides, "elbo": list(ESTIMATORS),
-            "likelihood": list(LIKELIHOODS), "net": list(NETS), "variant": list(VARIANTS)}
+    return {
+        "model": list(MODELS),
+        "guide": guides,
+        "elbo": list(ESTIMATORS),
+        "likelihood": list(LIKELIHOODS),
+        "net": list(NETS),
+        "variant": list(VARIANTS),
+    }
 
 
 def combinations():
@@ -64,10 +94,16 @@ def combinations():
 def config_of(combo, out="runs/matrix"):
     """The Config fields of a combination; a flow guide gets one layer (the flag that makes it a flow), an 8-bit
     likelihood the grey levels (``binarize="none"``)."""
-    fields = {**SMALL, **{a: combo[a] for a in AXES if a != "variant"}, **VARIANTS[combo["variant"]]}
+    fields = {
+        **SMALL,
+        **{a: combo[a] for a in AXES if a != "variant"},
+        **VARIANTS[combo["variant"]],
+    }
     fields["flows"] = 1 if combo["guide"] in FLOWS else 0
     if combo["likelihood"] in EIGHT_BIT:
-        fields["binarize"] = "none"  # the flag that makes it valid: 8-bit grey levels, not binarized images
+        fields["binarize"] = (
+            "none"  # the flag that makes it valid: 8-bit grey levels, not binarized images
+        )
     return dict(fields, out=out)
 
 
@@ -106,8 +142,11 @@ def classify():
 
 def covering(valid, strength):
     """Greedy subset of ``valid`` holding every value (strength 1) or every valid pair of values (2) of the axes."""
+
     def items(combo):
-        return {tuple((a, combo[a]) for a in group) for group in itertools.combinations(AXES, strength)}
+        return {
+            tuple((a, combo[a]) for a in group) for group in itertools.combinations(AXES, strength)
+        }
 
     want = set().union(*(items(c) for c in valid))
     chosen = []
@@ -158,20 +197,30 @@ def test_refused_before_any_data_is_read_with_one_line(model, guide, tmp_path, m
             main(argv_of(config_of(combo, str(out))))
         err = capsys.readouterr().err
         assert e.value.code == 2, (combo, err)
-        assert err.count("\n") == 1 and err.startswith("pyro-vae: error: ") and as_flags(why) in err, (combo, err)
+        assert (
+            err.count("\n") == 1 and err.startswith("pyro-vae: error: ") and as_flags(why) in err
+        ), (combo, err)
         named = {combo[a] for a in AXES if a != "variant"} | set(VARIANT_FLAGS[combo["variant"]])
         assert sum(token in err for token in named) >= 2, (combo, err)  # both sides of the conflict
         assert not out.exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--guide", "iaf"], "pass --flows N"),
-    (["--flows", "2"], "--flows needs a flow guide"),
-    (["--model", "hierarchical"], "needs --latent-dims"),
-    (["--model", "hierarchical", "--latent-dims", "4,2", "--flows", "1"], "--flows needs a flow guide"),
-    (["--model", "m2", "--guide", "top-down"], "unknown guide 'top-down' for --model m2"),
-])
-def test_supporting_flags_are_checked_before_any_data_is_read(argv, message, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--guide", "iaf"], "pass --flows N"),
+        (["--flows", "2"], "--flows needs a flow guide"),
+        (["--model", "hierarchical"], "needs --latent-dims"),
+        (
+            ["--model", "hierarchical", "--latent-dims", "4,2", "--flows", "1"],
+            "--flows needs a flow guide",
+        ),
+        (["--model", "m2", "--guide", "top-down"], "unknown guide 'top-down' for --model m2"),
+    ],
+)
+def test_supporting_flags_are_checked_before_any_data_is_read(
+    argv, message, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(experiment, "load_data", lambda *a, **k: pytest.fail("data was read"))
     with pytest.raises(SystemExit) as e:
         main(["train", *argv, "--out", str(tmp_path / "run")])
@@ -192,20 +241,37 @@ def test_each_model_has_its_own_default_guide():
 def _check_run(out, combo, capsys):
     """evaluate, sample and embed a trained run; every figure finite, every file written."""
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    assert len(rows) == 1 and math.isfinite(rows[0]["train_loss"]) and math.isfinite(rows[0]["test_elbo"])
+    assert (
+        len(rows) == 1
+        and math.isfinite(rows[0]["train_loss"])
+        and math.isfinite(rows[0]["test_elbo"])
+    )
     capsys.readouterr()
     main(["evaluate", str(out), "--nll-samples", "5", "--limit", "32", "--json"])
     result = json.loads(capsys.readouterr().out)
     for key in ("elbo", "recon", "kl", "nll"):
         assert math.isfinite(result[key]), (key, result)
-    assert result["nll"] >= 0 and abs(result["elbo"] - (result["recon"] - result["kl"])) < 1e-3 * abs(result["elbo"])
+    assert result["nll"] >= 0 and abs(
+        result["elbo"] - (result["recon"] - result["kl"])
+    ) < 1e-3 * abs(result["elbo"])
     main(["sample", str(out), "--n", "16"])
     main(["embed", str(out), "--limit", "32"])
     z = np.load(out / "embeddings_test.npy")
     labels = np.load(out / "embeddings_test_labels.npy")
     assert z.shape[0] == 32 and labels.shape == (32,) and np.isfinite(z).all()
-    files = ["config.json", "checkpoint.pt", "metrics.jsonl", "eval.json", "samples.png", "reconstructions.png",
-             "interpolations.png", "traversals.png", "loss.png", "latent_scatter.png", experiment.LOG]
+    files = [
+        "config.json",
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "eval.json",
+        "samples.png",
+        "reconstructions.png",
+        "interpolations.png",
+        "traversals.png",
+        "loss.png",
+        "latent_scatter.png",
+        experiment.LOG,
+    ]
     if combo["model"] == "m2":
         files.append("report.json")
     for name in files:
@@ -251,29 +317,55 @@ def test_posterior_means_skip_a_label_site_and_average_over_it():
     means = posterior_means(guide, torch.zeros(400, 2), mc_samples=64)
     assert list(means) == ["z"]
     exact = (probs * torch.arange(3.0)).sum()
-    sd = math.sqrt((probs * (torch.arange(3.0) - exact) ** 2).sum().item() / 64)  # the MC mean of 64 label draws
+    sd = math.sqrt(
+        (probs * (torch.arange(3.0) - exact) ** 2).sum().item() / 64
+    )  # the MC mean of 64 label draws
     assert abs(means["z"].mean().item() - exact.item()) < 4 * sd / math.sqrt(400)
     assert means["z"].std().item() == pytest.approx(sd, rel=0.25)
 
 
 def _torchscript_failure(*args, **kwargs):
-    raise RuntimeError("The following operation failed in the TorchScript interpreter.\n"
-                       "Traceback of TorchScript (most recent call last):\n  File \"<string>\", line 3\n"
-                       "RuntimeError: mat1 and mat2 shapes cannot be multiplied (64x784 and 700x16)\n")
+    raise RuntimeError(
+        "The following operation failed in the TorchScript interpreter.\n"
+        "Traceback of TorchScript (most recent call last):\n  File \"<string>\", line 3\n"
+        "RuntimeError: mat1 and mat2 shapes cannot be multiplied (64x784 and 700x16)\n"
+    )
 
 
 @needs_data
 @pytest.mark.parametrize("debug", [False, True])
-def test_failure_inside_torch_is_one_line_with_the_traceback_in_the_log(debug, tmp_path, monkeypatch, capsys):
+def test_failure_inside_torch_is_one_line_with_the_traceback_in_the_log(
+    debug, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr("pyro_vae.training.trainer.Trainer.fit", _torchscript_failure)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
-        main(["train", "--limit", "128", "--test-limit", "32", "--hidden-dims", "8", "--latent-dim", "2",
-              "--device", "cpu", "--out", str(out), "--quiet", *(["--debug"] if debug else [])])
+        main(
+            [
+                "train",
+                "--limit",
+                "128",
+                "--test-limit",
+                "32",
+                "--hidden-dims",
+                "8",
+                "--latent-dim",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--quiet",
+                *(["--debug"] if debug else []),
+            ]
+        )
     err = capsys.readouterr().err
     assert e.value.code == 1
     last = err.strip().splitlines()[-1]
-    assert last.startswith("pyro-vae: error: RuntimeError") and "mat1 and mat2 shapes cannot be multiplied" in last
+    assert (
+        last.startswith("pyro-vae: error: RuntimeError")
+        and "mat1 and mat2 shapes cannot be multiplied" in last
+    )
     assert "--debug" in last
     assert ("Traceback (most recent call last)" in err) == debug
     if not debug:
@@ -283,8 +375,10 @@ def test_failure_inside_torch_is_one_line_with_the_traceback_in_the_log(debug, t
 
 
 def test_help_imports_neither_torch_nor_pyro():
-    code = ("import sys; from pyro_vae.app.cli import build_parser; build_parser(); "
-            "print(sorted(m for m in ('torch', 'pyro', 'torchvision') if m in sys.modules))")
+    code = (
+        "import sys; from pyro_vae.app.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'pyro', 'torchvision') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
@@ -293,12 +387,42 @@ def test_help_imports_neither_torch_nor_pyro():
 def test_quiet_train_prints_nothing(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYRO_VAE_DATA": str(tmp_path / "data")}
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--limit", "128", "--test-limit", "32",
-                           "--epochs", "1", "--batch-size", "64", "--hidden-dims", "8", "--latent-dim", "2",
-                           "--device", "cpu", "--out", str(out), "--quiet", "--no-pictures"],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stdout + proc.stderr
-    assert "fast path" in (out / experiment.LOG).read_text()  # the trainer's notes go to the run's log instead
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyro_vae",
+            "train",
+            "--limit",
+            "128",
+            "--test-limit",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--hidden-dims",
+            "8",
+            "--latent-dim",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-pictures",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", (
+        proc.stdout + proc.stderr
+    )
+    assert (
+        "fast path" in (out / experiment.LOG).read_text()
+    )  # the trainer's notes go to the run's log instead
 
 
 def test_examples_write_smoke_runs_to_fresh_directories_and_number_full_runs(tmp_path, capsys):
@@ -322,19 +446,44 @@ def test_examples_write_smoke_runs_to_fresh_directories_and_number_full_runs(tmp
     assert "pass --resume to continue it" in printed and f"resuming the run(s) in {out}" in printed
 
 
-@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..",
-                                                                                  "examples")) if f.endswith(".py")))
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        f[:-3]
+        for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "examples"))
+        if f.endswith(".py")
+    ),
+)
 def test_every_example_takes_the_shared_run_flags_and_comma_separated_lists(name, tmp_path):
     """Every example takes --seed, --data-dir, --device, --limit and --out, and its list flags are comma-separated
     as in pyro-vae train (a space-separated list is an error, not a silent one-element list)."""
     from examples_loader import load_example
 
     example = load_example(name)
-    args = example.parse_args(["--seed", "3", "--data-dir", str(tmp_path), "--device", "cpu", "--limit", "7",
-                               "--out", str(tmp_path / "run")])
-    assert (args.seed, args.data_dir, args.device, args.limit, args.out) == (3, str(tmp_path), "cpu", 7,
-                                                                               str(tmp_path / "run"))
+    args = example.parse_args(
+        [
+            "--seed",
+            "3",
+            "--data-dir",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--limit",
+            "7",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert (args.seed, args.data_dir, args.device, args.limit, args.out) == (
+        3,
+        str(tmp_path),
+        "cpu",
+        7,
+        str(tmp_path / "run"),
+    )
     if hasattr(args, "hidden_dims"):
-        assert example.parse_args(["--hidden-dims", "8,16", "--out", str(tmp_path / "run")]).hidden_dims == [8, 16]
+        assert example.parse_args(
+            ["--hidden-dims", "8,16", "--out", str(tmp_path / "run")]
+        ).hidden_dims == [8, 16]
         with pytest.raises(SystemExit):
             example.parse_args(["--hidden-dims", "8", "16", "--out", str(tmp_path / "run")])

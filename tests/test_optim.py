@@ -1,4 +1,5 @@
 """FusedOptim takes the same steps as pyro.optim's one-optimizer-per-parameter wrapper, and shares its state format."""
+
 import pyro
 import pytest
 import torch
@@ -36,7 +37,10 @@ def _train(optim, steps, seed=0, state=None):
     svi = SVI(model, guide, optim, Trace_ELBO())
     if state is not None:
         params, optim_state, rng = state
-        pyro.poutine.trace(model).get_trace(x), pyro.poutine.trace(guide).get_trace(x)  # registers parameters
+        (
+            pyro.poutine.trace(model).get_trace(x),
+            pyro.poutine.trace(guide).get_trace(x),
+        )  # registers parameters
         for name, value in pyro.get_param_store().named_parameters():
             value.data.copy_(params[name])
         optim.set_state(optim_state)

@@ -5,6 +5,7 @@ Pyro users write pairs: data closed over, data as a keyword, (labels, images) po
 plate names, a subsampled plate, a global latent, ``poutine.scale``, a non-amortized guide.  At the exact
 posterior every bound equals log p(x) (times the plate's and poutine's scales), to float64 round-off.
 """
+
 import math
 import os
 
@@ -80,7 +81,9 @@ def pairs(lg, X):
     out["positional"] = (pos_model, pos_guide, (torch.arange(len(X)), X), {}, 1.0, True)
 
     def named_model(x):
-        with pyro.plate("points", len(x), dim=-2):  # another name and dim, and an inner plate over coordinates
+        with pyro.plate(
+            "points", len(x), dim=-2
+        ):  # another name and dim, and an inner plate over coordinates
             z = pyro.sample("code", dist.Normal(x.new_zeros(1, lg.latent_dim), 1.0).to_event(1))
             with pyro.plate("coords", lg.obs_dim, dim=-1):
                 loc = (z @ lg.W.T + lg.b).squeeze(-2)  # [N, D]
@@ -105,7 +108,9 @@ def pairs(lg, X):
     out["subsampled"] = (sub_model, sub_guide, (X, idx), {}, N / B, True)
 
     def global_model(x):
-        pyro.sample("g", dist.Normal(x.new_zeros(()), 1.0))  # a global latent that x does not depend on
+        pyro.sample(
+            "g", dist.Normal(x.new_zeros(()), 1.0)
+        )  # a global latent that x does not depend on
         with pyro.plate("data", len(x)):
             z = pyro.sample("z", z_prior(lg, x))
             pyro.sample("x", likelihood(lg, z), obs=x)
@@ -129,13 +134,27 @@ def pairs(lg, X):
             pyro.sample("x", likelihood(lg, z), obs=x)
 
     out["non-amortized"] = (plain_model, nonamortized_guide, (X,), {}, 1.0, True)
-    out["poutine.scale"] = (poutine.scale(plain_model, scale=0.25), poutine.scale(kw_guide, scale=0.25),
-                            (X,), {}, 0.25, False)
+    out["poutine.scale"] = (
+        poutine.scale(plain_model, scale=0.25),
+        poutine.scale(kw_guide, scale=0.25),
+        (X,),
+        {},
+        0.25,
+        False,
+    )
     return out, idx
 
 
-WAYS = ["closed-over", "keyword", "positional", "names", "subsampled", "global latent", "poutine.scale",
-        "non-amortized"]
+WAYS = [
+    "closed-over",
+    "keyword",
+    "positional",
+    "names",
+    "subsampled",
+    "global latent",
+    "poutine.scale",
+    "non-amortized",
+]
 
 
 def setup(way):
@@ -155,7 +174,9 @@ def test_every_estimator_takes_the_pair_as_svi_does_and_is_exact_at_the_posterio
     if name in BOUNDS and not per_point:
         with pytest.raises(ValueError) as e:
             elbo.loss(model, guide, *args, **kwargs)
-        assert "\n" not in str(e.value) and ("poutine.scale" in str(e.value) or "data plate" in str(e.value))
+        assert "\n" not in str(e.value) and (
+            "poutine.scale" in str(e.value) or "data plate" in str(e.value)
+        )
         return
     expected = -scale * log_px.sum()
     assert elbo.loss(model, guide, *args, **kwargs) == pytest.approx(expected.item(), rel=1e-10)
@@ -166,8 +187,13 @@ def test_every_estimator_takes_the_pair_as_svi_does_and_is_exact_at_the_posterio
 @pytest.mark.parametrize("way", [w for w in WAYS if w != "global latent"])
 def test_log_likelihood_takes_the_pair_as_svi_does(way):
     lg, model, guide, args, kwargs, scale, per_point, log_px = setup(way)
-    for max_elements in (2**16, 8):  # 8 < N: forces chunks of points, or of particles where points cannot split
-        est = log_likelihood(model, guide, *args, num_samples=20, max_elements=max_elements, **kwargs)
+    for max_elements in (
+        2**16,
+        8,
+    ):  # 8 < N: forces chunks of points, or of particles where points cannot split
+        est = log_likelihood(
+            model, guide, *args, num_samples=20, max_elements=max_elements, **kwargs
+        )
         torch.testing.assert_close(est, log_px, rtol=1e-10, atol=1e-9)
 
 
@@ -198,7 +224,10 @@ def test_log_likelihood_of_a_non_amortized_guide_off_the_posterior_is_within_002
 
     est = log_likelihood(model, guide, X, num_samples=4000, max_elements=600)
     assert (est - lg.log_px(X)).abs().max() < 0.02
-    assert pyro.param("loc").shape == (N, lg.latent_dim)  # the trial on a sub-batch left no half-size parameter
+    assert pyro.param("loc").shape == (
+        N,
+        lg.latent_dim,
+    )  # the trial on a sub-batch left no half-size parameter
 
 
 # ---- gradients against the closed-form ELBO gradient, under subsampling and scaling ----------------------------
@@ -207,7 +236,8 @@ def closed_form_elbo(x, W, b, sigma, m, s2):
     D, d = W.shape
     resid = x - m @ W.T - b
     expected_loglik = -0.5 * D * math.log(2 * math.pi * sigma**2) - 0.5 / sigma**2 * (
-        resid.pow(2).sum(-1) + s2 @ W.pow(2).sum(0))
+        resid.pow(2).sum(-1) + s2 @ W.pow(2).sum(0)
+    )
     kl = 0.5 * (s2.sum(-1) + m.pow(2).sum(-1) - d - s2.log().sum(-1))
     return (expected_loglik - kl).sum()
 
@@ -222,7 +252,12 @@ def test_gradients_equal_the_closed_form_elbo_gradient_under_subsampling_and_sca
     mean, _ = lg.posterior(X)
     sd = lg.precision().diagonal().rsqrt()
     idx = torch.tensor([0, 3, 4, 9])
-    init = {"W": lg.W + 0.3, "b": lg.b - 0.2, "loc": mean + 0.4 * sd, "log_scale": (0.7 * sd).log().expand(N, -1)}
+    init = {
+        "W": lg.W + 0.3,
+        "b": lg.b - 0.2,
+        "loc": mean + 0.4 * sd,
+        "log_scale": (0.7 * sd).log().expand(N, -1),
+    }
 
     def model(x, idx):
         W, b = pyro.param("W", init["W"].clone()), pyro.param("b", init["b"].clone())
@@ -231,15 +266,29 @@ def test_gradients_equal_the_closed_form_elbo_gradient_under_subsampling_and_sca
             pyro.sample("x", dist.Normal(z @ W.T + b, lg.sigma).to_event(1), obs=x[i])
 
     def guide(x, idx):
-        loc, log_scale = pyro.param("loc", init["loc"].clone()), pyro.param("log_scale", init["log_scale"].clone())
+        loc, log_scale = (
+            pyro.param("loc", init["loc"].clone()),
+            pyro.param("log_scale", init["log_scale"].clone()),
+        )
         with pyro.plate("data", len(x), subsample=idx) as i:
             pyro.sample("z", dist.Normal(loc[i], log_scale[i].exp()).to_event(1))
 
     s = 0.5
     model, guide = poutine.scale(model, scale=s), poutine.scale(guide, scale=s)
     leaves = {k: v.clone().requires_grad_() for k, v in init.items()}
-    exact = s * N / B * closed_form_elbo(X[idx], leaves["W"], leaves["b"], lg.sigma, leaves["loc"][idx],
-                                         leaves["log_scale"][idx].exp().pow(2))
+    exact = (
+        s
+        * N
+        / B
+        * closed_form_elbo(
+            X[idx],
+            leaves["W"],
+            leaves["b"],
+            lg.sigma,
+            leaves["loc"][idx],
+            leaves["log_scale"][idx].exp().pow(2),
+        )
+    )
     exact_grads = dict(zip(leaves, torch.autograd.grad(-exact, list(leaves.values()))))
     elbo = make_elbo(name, num_particles=200)
     R, samples = 30, {k: [] for k in init}
@@ -254,7 +303,9 @@ def test_gradients_equal_the_closed_form_elbo_gradient_under_subsampling_and_sca
         err = (g.mean(0) - exact_grads[k]).abs()
         se = g.std(0) / math.sqrt(R)
         assert (err <= 5 * se + 1e-8 * (1 + exact_grads[k].abs())).all(), (k, err.max(), se.max())
-        assert exact_grads[k].abs().max() > 10 * se.max(), f"{k}: the test would pass for any estimate"
+        assert exact_grads[k].abs().max() > 10 * se.max(), (
+            f"{k}: the test would pass for any estimate"
+        )
 
 
 def test_probe_reads_the_data_plate_sites_and_params_from_one_trace():
@@ -263,12 +314,22 @@ def test_probe_reads_the_data_plate_sites_and_params_from_one_trace():
     table, idx = pairs(lg, X)
     model, guide, args, kwargs, *_ = table["subsampled"]
     info = probe(model, guide, *args, **kwargs)
-    assert (info.data_plate.name, info.data_plate.size, info.data_plate.subsample_size) == ("data", N, B)
+    assert (info.data_plate.name, info.data_plate.size, info.data_plate.subsample_size) == (
+        "data",
+        N,
+        B,
+    )
     assert info.data_plate.scale == N / B and info.batch_size == B and info.max_plate_nesting == 1
     assert info.observed == {"x": (lg.obs_dim,)} and info.latent == {"z": (lg.latent_dim,)}
     model, guide, args, kwargs, *_ = table["names"]
-    info = probe(model, guide, *args, **kwargs)  # the observed site is in "points" and "coords": the outer one
-    assert info.data_plate.name == "points" and info.max_plate_nesting == 2 and info.observed == {"pixels": ()}
+    info = probe(
+        model, guide, *args, **kwargs
+    )  # the observed site is in "points" and "coords": the outer one
+    assert (
+        info.data_plate.name == "points"
+        and info.max_plate_nesting == 2
+        and info.observed == {"pixels": ()}
+    )
     assert probe(model, guide, *args, data_plate="coords", **kwargs).data_plate.size == lg.obs_dim
     with pytest.raises(ValueError, match="data_plate='nope'"):
         probe(model, guide, *args, data_plate="nope", **kwargs)
@@ -305,9 +366,13 @@ def test_trainer_scales_the_loss_by_the_data_plate_whatever_its_name():
     lg = LinearGaussian()
     X = lg.sample(N)
     model, guide = named_subsampled_pair(lg, X)
-    trainer = Trainer(model, guide, elbo="stl", particles=3, optim=Optimization(lr=1e-9), progress=False)
+    trainer = Trainer(
+        model, guide, elbo="stl", particles=3, optim=Optimization(lr=1e-9), progress=False
+    )
     history = trainer.fit(X, epochs=2, batch_size=B, batch_kwargs=lambda idx: {"idx": idx})
-    assert trainer.pair.data_plate.name == "points" and trainer.pair.observed == {"obs": (lg.obs_dim,)}
+    assert trainer.pair.data_plate.name == "points" and trainer.pair.observed == {
+        "obs": (lg.obs_dim,)
+    }
     for row in history:
         assert row["train_loss"] == pytest.approx(-lg.log_px(X).mean().item(), rel=1e-10)
     torch.testing.assert_close(pyro.param("loc").detach(), exact_posterior(lg, X)[0])
@@ -320,7 +385,9 @@ def test_evaluate_reads_the_data_plate_and_sites_from_the_trace():
     X = lg.sample(N)
     model, guide = named_subsampled_pair(lg, X)
     result = evaluate(model, guide, X, nll_samples=10, verbose=False)
-    assert result["elbo"] == pytest.approx(lg.log_px(X).mean().item(), rel=1e-10)  # exact posterior: ELBO = log p
+    assert result["elbo"] == pytest.approx(
+        lg.log_px(X).mean().item(), rel=1e-10
+    )  # exact posterior: ELBO = log p
     assert result["nll"] == pytest.approx(-lg.log_px(X).mean().item(), rel=1e-10)
     assert result["latent_sites"] == ["z"] and result["latent_dims"] == lg.latent_dim
 
@@ -359,7 +426,9 @@ def trainable_pairs(lg, X):
     def encode(x):
         A = pyro.param("A", torch.zeros(lg.obs_dim, lg.latent_dim, dtype=x.dtype))
         c = pyro.param("c", torch.zeros(lg.latent_dim, dtype=x.dtype))
-        L = pyro.param("L", torch.eye(lg.latent_dim, dtype=x.dtype), constraint=constraints.lower_cholesky)
+        L = pyro.param(
+            "L", torch.eye(lg.latent_dim, dtype=x.dtype), constraint=constraints.lower_cholesky
+        )
         return x @ A + c, L
 
     def kw_model(x=None):
@@ -389,9 +458,11 @@ def trainable_pairs(lg, X):
         with pyro.plate("data", len(X), subsample=idx):
             pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=L))
 
-    return {"keyword": (kw_model, kw_guide, lambda x, idx: ((), {"x": x})),
-            "names": (named_model, named_guide, None),
-            "closed-over, subsampled": (closed_model, closed_guide, lambda x, idx: ((idx,), {}))}
+    return {
+        "keyword": (kw_model, kw_guide, lambda x, idx: ((), {"x": x})),
+        "names": (named_model, named_guide, None),
+        "closed-over, subsampled": (closed_model, closed_guide, lambda x, idx: ((idx,), {})),
+    }
 
 
 @pytest.mark.parametrize("way", ["keyword", "names", "closed-over, subsampled"])
@@ -404,16 +475,26 @@ def test_trainer_and_evaluate_take_the_pair_through_batch_call(way):
     lg = LinearGaussian()
     X = lg.sample(64)
     model, guide, batch_call = trainable_pairs(lg, X)[way]
-    trainer = Trainer(model, guide, elbo="trace", optim=Optimization(lr=0.05), progress=False, batch_call=batch_call)
+    trainer = Trainer(
+        model,
+        guide,
+        elbo="trace",
+        optim=Optimization(lr=0.05),
+        progress=False,
+        batch_call=batch_call,
+    )
     history = trainer.fit(X, epochs=15, batch_size=16, test_x=X)
     assert history[-1]["train_loss"] < history[0]["train_loss"] - 1.0
-    assert "active_units" in history[-1] and history[-1]["test_elbo"] == pytest.approx(-history[-1]["train_loss"],
-                                                                                       abs=0.5)
+    assert "active_units" in history[-1] and history[-1]["test_elbo"] == pytest.approx(
+        -history[-1]["train_loss"], abs=0.5
+    )
     if way == "keyword":
         assert "the batch is not the pair's one argument" in trainer.fast_note
     A, c, L = (pyro.param(n).detach() for n in ("A", "c", "L"))
     closed = lg.elbo(X, X @ A + c, (L @ L.T).expand(len(X), -1, -1)).mean().item()
-    result = evaluate(model, guide, X, nll_samples=400, elbo_particles=400, verbose=False, batch_call=batch_call)
+    result = evaluate(
+        model, guide, X, nll_samples=400, elbo_particles=400, verbose=False, batch_call=batch_call
+    )
     assert result["elbo"] == pytest.approx(closed, abs=0.05)
     assert result["nll"] == pytest.approx(-lg.log_px(X).mean().item(), abs=0.05)
     assert result["latent_dims"] == lg.latent_dim and result["images"] == len(X)
@@ -436,10 +517,20 @@ def test_evaluate_runs_a_non_amortized_guide_on_the_whole_data(max_elements):
     lg = LinearGaussian()
     X = lg.sample(N)
     model, guide, *_ = pairs(lg, X)[0]["non-amortized"]
-    result = evaluate(model, guide, X, nll_samples=10, elbo_particles=5, batch_size=4, max_elements=max_elements,
-                      verbose=False)
+    result = evaluate(
+        model,
+        guide,
+        X,
+        nll_samples=10,
+        elbo_particles=5,
+        batch_size=4,
+        max_elements=max_elements,
+        verbose=False,
+    )
     assert result["elbo"] == pytest.approx(lg.log_px(X).mean().item(), rel=1e-10)
     assert result["nll"] == pytest.approx(-lg.log_px(X).mean().item(), rel=1e-10)
     assert result["kl"] > 0 and result["latent_dims"] == lg.latent_dim
-    assert result["kl_per_dim"] is None  # q_i is a full-covariance Gaussian: its KL does not split per dimension
+    assert (
+        result["kl_per_dim"] is None
+    )  # q_i is a full-covariance Gaussian: its KL does not split per dimension
     assert pyro.param("loc").shape == (N, lg.latent_dim)

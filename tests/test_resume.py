@@ -1,4 +1,5 @@
 """Issue 9: atomic checkpoints and exact resume, after a clean stop, SIGINT/SIGTERM or SIGKILL."""
+
 import json
 import os
 import signal
@@ -17,14 +18,20 @@ from pyro_vae.models import build_model
 from pyro_vae.training.tensorboard import read_scalars
 from pyro_vae.training.trainer import CHECKPOINT, METRICS, TrainingInterrupted
 
-CONFIG = Config(latent_dim=3, hidden_dims=[16], lr=1e-2, lr_decay=0.8, optimizer="clipped-adam", clip_norm=5.0)
+CONFIG = Config(
+    latent_dim=3, hidden_dims=[16], lr=1e-2, lr_decay=0.8, optimizer="clipped-adam", clip_norm=5.0
+)
 
 
 def synthetic_data():
     g = torch.Generator().manual_seed(1)
-    return ImageData(train=torch.rand(60, 1, 3, 3, generator=g), train_labels=None,
-                     test=torch.bernoulli(torch.rand(20, 1, 3, 3, generator=g), generator=g), test_labels=None,
-                     binarize="dynamic")  # training batches resampled from the RNG every step
+    return ImageData(
+        train=torch.rand(60, 1, 3, 3, generator=g),
+        train_labels=None,
+        test=torch.bernoulli(torch.rand(20, 1, 3, 3, generator=g), generator=g),
+        test_labels=None,
+        binarize="dynamic",
+    )  # training batches resampled from the RNG every step
 
 
 def make_trainer(out_dir, seed=0, device="cpu"):
@@ -32,14 +39,25 @@ def make_trainer(out_dir, seed=0, device="cpu"):
     pyro.set_rng_seed(seed)
     vae = build_model(CONFIG, (1, 3, 3), num_data=60).to(device)
     optim = Optimization(CONFIG.lr, CONFIG.optimizer, CONFIG.lr_decay, CONFIG.clip_norm)
-    return Trainer(vae.model, vae.guide, CONFIG.elbo, 2, optim, out_dir=str(out_dir), progress=False, modules=[vae])
+    return Trainer(
+        vae.model,
+        vae.guide,
+        CONFIG.elbo,
+        2,
+        optim,
+        out_dir=str(out_dir),
+        progress=False,
+        modules=[vae],
+    )
 
 
 def final_state(trainer):
     store = pyro.get_param_store()
     params = {k: v.detach().clone() for k, v in store.named_parameters()}
-    optim = {store.param_name(p): {k: torch.as_tensor(v).clone() for k, v in o.state[p].items()}
-             for p, o in trainer.optim.optim_objs.items()}
+    optim = {
+        store.param_name(p): {k: torch.as_tensor(v).clone() for k, v in o.state[p].items()}
+        for p, o in trainer.optim.optim_objs.items()
+    }
     return params, optim
 
 
@@ -72,7 +90,9 @@ def reference(tmp_path_factory):
 def test_two_plus_two_epochs_equal_four(tmp_path, reference):
     state, history = reference
     make_trainer(tmp_path / "run").fit(synthetic_data(), epochs=2, batch_size=16)
-    trainer = make_trainer(tmp_path / "run", seed=123)  # the seed is irrelevant: the checkpoint holds the RNG
+    trainer = make_trainer(
+        tmp_path / "run", seed=123
+    )  # the seed is irrelevant: the checkpoint holds the RNG
     resumed = trainer.fit(synthetic_data(), epochs=4, batch_size=16, resume=True)
     assert_same_state(final_state(trainer), state)
     assert comparable(resumed) == comparable(history)  # same losses, test ELBOs, learning rates
@@ -81,7 +101,9 @@ def test_two_plus_two_epochs_equal_four(tmp_path, reference):
 
 
 @pytest.mark.parametrize("signum, stop_epoch", [(signal.SIGINT, 1), (signal.SIGTERM, 3)])
-def test_signal_mid_epoch_stops_cleanly_and_resumes_exactly(tmp_path, reference, signum, stop_epoch):
+def test_signal_mid_epoch_stops_cleanly_and_resumes_exactly(
+    tmp_path, reference, signum, stop_epoch
+):
     state, history = reference
     trainer = make_trainer(tmp_path / "run")
     step = trainer.svi.step
@@ -94,12 +116,18 @@ def test_signal_mid_epoch_stops_cleanly_and_resumes_exactly(tmp_path, reference,
         return step(x)
 
     trainer.svi.step = step_then_signal
-    with pytest.raises(TrainingInterrupted, match=f"{signum.name} during epoch {stop_epoch}/4.*resume=True") as info:
+    with pytest.raises(
+        TrainingInterrupted, match=f"{signum.name} during epoch {stop_epoch}/4.*resume=True"
+    ) as info:
         trainer.fit(synthetic_data(), epochs=4, batch_size=16)
     assert info.value.signum == signum and isinstance(info.value, KeyboardInterrupt)
-    assert signal.getsignal(signum) is not None and calls.count(stop_epoch - 1) == 2  # stopped right after the step
+    assert (
+        signal.getsignal(signum) is not None and calls.count(stop_epoch - 1) == 2
+    )  # stopped right after the step
     saved = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
-    assert saved["epoch"] == stop_epoch - 1 and metric_epochs(tmp_path / "run") == list(range(1, stop_epoch))
+    assert saved["epoch"] == stop_epoch - 1 and metric_epochs(tmp_path / "run") == list(
+        range(1, stop_epoch)
+    )
     trainer = make_trainer(tmp_path / "run")
     resumed = trainer.fit(synthetic_data(), epochs=4, batch_size=16, resume=True)
     assert_same_state(final_state(trainer), state)
@@ -137,23 +165,54 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         trainer.fit(synthetic_data(), epochs=2, batch_size=16)
     assert (tmp_path / "run" / CHECKPOINT).read_bytes() == before
-    assert sorted(f for f in os.listdir(tmp_path / "run") if not f.startswith("events.out.tfevents.")) == \
-        [CHECKPOINT, METRICS]
+    assert sorted(
+        f for f in os.listdir(tmp_path / "run") if not f.startswith("events.out.tfevents.")
+    ) == [CHECKPOINT, METRICS]
     monkeypatch.undo()
     trainer = make_trainer(tmp_path / "run")
-    assert [m["epoch"] for m in trainer.fit(synthetic_data(), epochs=2, batch_size=16, resume=True)] == [1, 2]
+    assert [
+        m["epoch"] for m in trainer.fit(synthetic_data(), epochs=2, batch_size=16, resume=True)
+    ] == [1, 2]
     assert metric_epochs(tmp_path / "run") == [1, 2]
 
 
 # -- a real process on real data: SIGTERM, then SIGKILL mid-epoch, then resume ----------------------------------
-TRAIN_ARGS = ["--dataset", "fashion-mnist", "--limit", "6000", "--test-limit", "50", "--latent-dim", "4",
-              "--hidden-dims", "32", "--batch-size", "20", "--lr", "3e-3", "--device", "cpu", "--no-pictures",
-              "--seed", "7"]
+TRAIN_ARGS = [
+    "--dataset",
+    "fashion-mnist",
+    "--limit",
+    "6000",
+    "--test-limit",
+    "50",
+    "--latent-dim",
+    "4",
+    "--hidden-dims",
+    "32",
+    "--batch-size",
+    "20",
+    "--lr",
+    "3e-3",
+    "--device",
+    "cpu",
+    "--no-pictures",
+    "--seed",
+    "7",
+]
 
 
 def _start(out, epochs, resume=False):
-    argv = [sys.executable, "-m", "pyro_vae", "train", *TRAIN_ARGS, "--out", str(out), "--epochs", str(epochs),
-            "--quiet"] + (["--resume"] if resume else [])
+    argv = [
+        sys.executable,
+        "-m",
+        "pyro_vae",
+        "train",
+        *TRAIN_ARGS,
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--quiet",
+    ] + (["--resume"] if resume else [])
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -195,11 +254,15 @@ def test_cli_run_survives_sigterm_and_sigkill(tmp_path):
     config = Config.load(out / "config.json")
     _, _, history = experiment.train(config, resume=True, progress=False)
     assert [m["epoch"] for m in history] == metric_epochs(out) == [1, 2, 3, 4]
-    steps = history[0]["steps"]  # TensorBoard: the killed epoch's events are purged, no epoch appears twice
+    steps = history[0][
+        "steps"
+    ]  # TensorBoard: the killed epoch's events are purged, no epoch appears twice
     assert [s for s, _ in read_scalars(out)["train_loss"]] == [steps * e for e in (1, 2, 3, 4)]
     resumed = {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
 
-    _, _, reference = experiment.train(Config(**{**config.to_dict(), "out": str(tmp_path / "ref")}), progress=False)
+    _, _, reference = experiment.train(
+        Config(**{**config.to_dict(), "out": str(tmp_path / "ref")}), progress=False
+    )
     assert [m["train_loss"] for m in history] == [m["train_loss"] for m in reference]
     for k, v in pyro.get_param_store().named_parameters():
         assert torch.equal(v.detach(), resumed[k]), k

@@ -1,4 +1,5 @@
 """The built-in VAE's Pyro functions: ELBO for fixed noise against a hand computation, subsampling, devices."""
+
 import math
 
 import pyro
@@ -24,12 +25,21 @@ def small_vae(latent_dim=3, num_data=None, conv=False):
         encoder = MLP(x_shape, [], 8, final_activation=True)
         decoder = MLP(latent_dim, [8], x_shape)
     guide = make_guide("diagonal", encoder, 16 if conv else 8, latent_dim)
-    return VAE(decoder, guide, make_likelihood("bernoulli", x_shape), latent_dim, x_shape, num_data=num_data)
+    return VAE(
+        decoder,
+        guide,
+        make_likelihood("bernoulli", x_shape),
+        latent_dim,
+        x_shape,
+        num_data=num_data,
+    )
 
 
 def binary_batch(n, x_shape=X_SHAPE, dtype=torch.float32, device="cpu"):
     g = torch.Generator().manual_seed(3)
-    return torch.bernoulli(torch.full((n, *x_shape), 0.3), generator=g).to(dtype=dtype, device=device)
+    return torch.bernoulli(torch.full((n, *x_shape), 0.3), generator=g).to(
+        dtype=dtype, device=device
+    )
 
 
 def _hand_terms(vae, x, z):
@@ -51,14 +61,23 @@ def test_elbo_for_fixed_noise_matches_hand_computation(num_data):
     x = binary_batch(5)
     guide_trace = poutine.trace(vae.guide).get_trace(x)
     z = guide_trace.nodes["z"]["value"]
-    model, guide = poutine.replay(vae.model, trace=guide_trace), poutine.replay(vae.guide, trace=guide_trace)
+    model, guide = (
+        poutine.replay(vae.model, trace=guide_trace),
+        poutine.replay(vae.guide, trace=guide_trace),
+    )
     log_px_z, log_pz, log_qz, kl = _hand_terms(vae, x, z)
     scale = (num_data or len(x)) / len(x)
     expected_trace = scale * (log_px_z + log_pz - log_qz).sum()
     expected_meanfield = scale * (log_px_z - kl).sum()
-    torch.testing.assert_close(-Trace_ELBO().loss(model, guide, x), expected_trace.item(), rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(-TraceMeanField_ELBO().loss(model, guide, x), expected_meanfield.item(),
-                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        -Trace_ELBO().loss(model, guide, x), expected_trace.item(), rtol=1e-5, atol=1e-4
+    )
+    torch.testing.assert_close(
+        -TraceMeanField_ELBO().loss(model, guide, x),
+        expected_meanfield.item(),
+        rtol=1e-5,
+        atol=1e-4,
+    )
 
 
 def test_site_names_plate_and_shapes():
@@ -87,8 +106,11 @@ def test_subsampled_loss_is_unbiased_for_the_full_data_elbo():
     for _ in range(1500):
         idx = torch.randperm(n, generator=g)[:b]
         guide = lg.meanfield_guide(loc[idx], scale[idx])
-        estimates.append(-Trace_ELBO().loss(lambda xb: lg.model(xb, num_data=n), lambda xb: guide(xb, num_data=n),
-                                            x[idx]))
+        estimates.append(
+            -Trace_ELBO().loss(
+                lambda xb: lg.model(xb, num_data=n), lambda xb: guide(xb, num_data=n), x[idx]
+            )
+        )
     est = torch.tensor(estimates, dtype=torch.float64)
     stderr = est.std().item() / math.sqrt(len(est))
     assert abs(est.mean().item() - full) < 4 * stderr, (est.mean().item(), full, stderr)

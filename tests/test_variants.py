@@ -1,4 +1,5 @@
 """β-VAE, KL warm-up and free bits (pyro_vae.estimators.variants) against closed forms on the linear-Gaussian model."""
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -22,7 +23,9 @@ def pair():
     loc = torch.randn(8, 3, generator=g, dtype=torch.float64)
     scale = torch.rand(8, 3, generator=g, dtype=torch.float64) + 0.3
     guide = lg.meanfield_guide(loc, scale)
-    kl = kl_divergence(dist.Normal(loc, scale), dist.Normal(0.0, 1.0))  # [8, 3], per point and dimension
+    kl = kl_divergence(
+        dist.Normal(loc, scale), dist.Normal(0.0, 1.0)
+    )  # [8, 3], per point and dimension
     return (lambda x: lg.model(x, N)), (lambda x: guide(x, N)), x, kl, lg, loc, scale
 
 
@@ -37,7 +40,9 @@ def test_beta_scales_only_the_analytic_kl(pair):
     kl_total = N / len(x) * kl.sum().item()
     base = _loss(elbo, model, guide, x, 1.0)
     for beta in (0.0, 0.5, 4.0):  # same seed, same z: the losses differ by exactly (β − 1)·KL
-        assert _loss(elbo, model, guide, x, beta) - base == pytest.approx((beta - 1) * kl_total, rel=1e-9)
+        assert _loss(elbo, model, guide, x, beta) - base == pytest.approx(
+            (beta - 1) * kl_total, rel=1e-9
+        )
 
 
 def test_beta_zero_is_the_closed_form_reconstruction(pair):
@@ -63,7 +68,9 @@ def test_free_bits_zero_equals_meanfield(pair):
     mf = TraceMeanField_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
     fb = make_elbo("free-bits", 4, free_bits=0.0, max_plate_nesting=1)
     for beta in (1.0, 2.5):
-        assert _loss(fb, model, guide, x, beta) == pytest.approx(_loss(mf, model, guide, x, beta), rel=1e-10)
+        assert _loss(fb, model, guide, x, beta) == pytest.approx(
+            _loss(mf, model, guide, x, beta), rel=1e-10
+        )
 
 
 def test_free_bits_floor(pair):
@@ -73,7 +80,9 @@ def test_free_bits_floor(pair):
     mf = TraceMeanField_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
     recon_part = _loss(mf, model, guide, x, 0.0)  # −(N/B) Σ recon, same particles
     per_dim = kl.mean(0)  # batch-mean KL of each latent dimension
-    assert (per_dim < lam).any() and (per_dim > lam).any()  # the floor binds on some dimensions only
+    assert (per_dim < lam).any() and (
+        per_dim > lam
+    ).any()  # the floor binds on some dimensions only
     expected = recon_part + N * per_dim.clamp(min=lam).sum().item()
     assert _loss(fb, model, guide, x, 1.0) == pytest.approx(expected, rel=1e-10)
     # the per-group KLs are the closed-form batch means
@@ -88,8 +97,10 @@ def test_free_bits_whole_site_for_non_factorized_guides(pair):
     _, kls, _, _ = fb.terms(lg.model, lg.exact_guide, x)
     assert kls["z"].shape == (1,)  # a full-covariance site is one group
     mean, cov = lg.posterior(x)
-    exact = kl_divergence(dist.MultivariateNormal(mean, cov), dist.MultivariateNormal(torch.zeros(3).double(),
-                                                                                       torch.eye(3).double()))
+    exact = kl_divergence(
+        dist.MultivariateNormal(mean, cov),
+        dist.MultivariateNormal(torch.zeros(3).double(), torch.eye(3).double()),
+    )
     assert kls["z"].item() == pytest.approx(exact.mean().item(), rel=0.02)  # MC over 2000 × 8 draws
 
 
@@ -135,10 +146,16 @@ def test_beta_above_one_lowers_kl_and_reconstruction():
             pyro.module("enc", enc)
             with pyro.plate("data", len(x)):
                 loc, raw = enc(x).chunk(2, -1)
-                pyro.sample("z", dist.Normal(loc, torch.nn.functional.softplus(raw) + 1e-4).to_event(1))
+                pyro.sample(
+                    "z", dist.Normal(loc, torch.nn.functional.softplus(raw) + 1e-4).to_event(1)
+                )
 
-        svi = pyro.infer.SVI(beta_scale(model, beta), beta_scale(guide, beta), pyro.optim.Adam({"lr": 0.05}),
-                             TraceMeanField_ELBO())
+        svi = pyro.infer.SVI(
+            beta_scale(model, beta),
+            beta_scale(guide, beta),
+            pyro.optim.Adam({"lr": 0.05}),
+            TraceMeanField_ELBO(),
+        )
         for _ in range(150):
             svi.step(x)
         recon, kl = elbo_terms(model, guide, x, num_particles=32)

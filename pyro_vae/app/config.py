@@ -1,4 +1,5 @@
 """Run configuration: a plain dataclass that round-trips through JSON and rejects unknown keys."""
+
 import dataclasses
 import json
 import os
@@ -34,7 +35,9 @@ class Config:
     latent_dims: Optional[List[int]] = None
     hidden_dims: List[int] = field(default_factory=lambda: [400])
     activation: str = "relu"
-    guide: Optional[str] = None  # None: the model's default guide (vae: diagonal; hierarchical: top-down; …)
+    guide: Optional[str] = (
+        None  # None: the model's default guide (vae: diagonal; hierarchical: top-down; …)
+    )
     flows: int = 0
     flow_hidden_dims: Optional[List[int]] = None
     prior: str = "standard"
@@ -64,7 +67,9 @@ class Config:
     lr_decay: float = 1.0
     clip_norm: Optional[float] = None
     max_bad_steps: int = 10
-    skip_threshold: Optional[float] = None  # skip an update whose gradient norm per image exceeds it (VDVAE)
+    skip_threshold: Optional[float] = (
+        None  # skip an update whose gradient norm per image exceeds it (VDVAE)
+    )
     fast: str = "auto"
     seed: int = 0
     early_stopping: Optional[int] = None
@@ -84,42 +89,80 @@ class Config:
     def validate(self):
         """Raise ValueError/TypeError naming the field and how to fix it (names are checked by
         :func:`check_config`, which needs the registries)."""
-        for name in ("particles", "eval_particles", "epochs", "batch_size", "lr", "lr_decay", "clip_norm",
-                     "max_bad_steps", "log_every", "images_every", "early_stopping", "kl_warmup_epochs", "beta",
-                     "free_bits", "image_size", "test_fraction", "skip_threshold"):
-            validation.check_option(name, getattr(self, name))  # the one check of each, also run by the Python calls
+        for name in (
+            "particles",
+            "eval_particles",
+            "epochs",
+            "batch_size",
+            "lr",
+            "lr_decay",
+            "clip_norm",
+            "max_bad_steps",
+            "log_every",
+            "images_every",
+            "early_stopping",
+            "kl_warmup_epochs",
+            "beta",
+            "free_bits",
+            "image_size",
+            "test_fraction",
+            "skip_threshold",
+        ):
+            validation.check_option(
+                name, getattr(self, name)
+            )  # the one check of each, also run by the Python calls
         for name in ("latent_dim", "mixtures"):
             validation.check_positive_int(name, getattr(self, name))
         for name in ("hidden_dims", "latent_dims", "flow_hidden_dims"):
             dims = getattr(self, name)
-            if dims is not None and (not dims or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0
-                                                     for d in dims)):
-                raise ValueError(f"{name} must be positive integers such as 400 or 64,32, got {dims!r}")
-        if isinstance(self.categories, bool) or not isinstance(self.categories, int) or self.categories < 2:
+            if dims is not None and (
+                not dims
+                or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims)
+            ):
+                raise ValueError(
+                    f"{name} must be positive integers such as 400 or 64,32, got {dims!r}"
+                )
+        if (
+            isinstance(self.categories, bool)
+            or not isinstance(self.categories, int)
+            or self.categories < 2
+        ):
             raise ValueError(f"categories must be an integer >= 2, got {self.categories!r}")
         validation.check_positive_float("temperature", self.temperature)
         validation.check_positive_float("min_temperature", self.min_temperature)
         if self.min_temperature > self.temperature:
-            raise ValueError(f"need min_temperature <= temperature, got {self.min_temperature!r} and "
-                             f"{self.temperature!r}")
+            raise ValueError(
+                f"need min_temperature <= temperature, got {self.min_temperature!r} and "
+                f"{self.temperature!r}"
+            )
         validation.check_fraction("temperature_decay", self.temperature_decay, "; 1: no annealing")
-        validation.check_nonnegative_int("labeled", self.labeled, "; labeled training images for m2")
+        validation.check_nonnegative_int(
+            "labeled", self.labeled, "; labeled training images for m2"
+        )
         if self.aux_weight is not None:
-            validation.check_nonnegative_float("aux_weight", self.aux_weight, "; leave it out for 0.1·N/labeled")
+            validation.check_nonnegative_float(
+                "aux_weight", self.aux_weight, "; leave it out for 0.1·N/labeled"
+            )
         validation.check_nonnegative_int("flows", self.flows)
         validation.check_choice("optimizer", self.optimizer, ("adam", "clipped-adam"), "optimizer")
         if self.net is not None:
             validation.check_choice("net", self.net, ("mlp", "conv"), "net")
         validation.check_choice("fast-path mode", self.fast, FAST, "fast")
         validation.check_choice("prior", self.prior, ("standard", "vampprior"), "prior")
-        validation.check_positive_int("pseudo_inputs", self.pseudo_inputs, "; pass e.g. --pseudo-inputs 500")
+        validation.check_positive_int(
+            "pseudo_inputs", self.pseudo_inputs, "; pass e.g. --pseudo-inputs 500"
+        )
         if self.early_stopping is not None:
             if not self.validation:
-                raise ValueError("--early-stopping watches the validation ELBO: also pass --validation N "
-                                 "(e.g. --validation 10000 for the 50k/10k/10k split)")
+                raise ValueError(
+                    "--early-stopping watches the validation ELBO: also pass --validation N "
+                    "(e.g. --validation 10000 for the 50k/10k/10k split)"
+                )
         for name in ("scales", "groups_per_scale", "hidden_channels", "latent_channels"):
             validation.check_positive_int(name, getattr(self, name))
-        validation.check_positive_float("sample_temperature", self.sample_temperature, "; e.g. 0.7 (1: the prior)")
+        validation.check_positive_float(
+            "sample_temperature", self.sample_temperature, "; e.g. 0.7 (1: the prior)"
+        )
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -149,7 +192,10 @@ def check_config(config):
     Checked before any data is read; each refusal is one line naming the conflict.  The device is
     checked by the caller (a run trained on CUDA may be evaluated on CPU).
     """
-    from pyro_vae.data import BINARIZE, check_source  # the registries, imported when a run starts, not for --help
+    from pyro_vae.data import (
+        BINARIZE,
+        check_source,
+    )  # the registries, imported when a run starts, not for --help
     from pyro_vae.estimators import ESTIMATORS
     from pyro_vae.estimators.variants import KLSchedule, check_estimator
     from pyro_vae.guides import FLOWS
@@ -164,50 +210,76 @@ def check_config(config):
     validation.check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
     validation.check_choice("activation", config.activation, [*ACTIVATIONS, GATED], "activation")
     builder = MODELS[config.model]
-    guides, default = model_guides(builder)  # a model builder may declare its own guides (hierarchical: top-down…)
+    guides, default = model_guides(
+        builder
+    )  # a model builder may declare its own guides (hierarchical: top-down…)
     filled = with_defaults(config)  # the model's own guide and net where they are left out
     guide, net = filled.guide, filled.net
     if not isinstance(guide, str) or guide not in guides:
-        raise ValueError(f"unknown guide {guide!r} for --model {config.model} (--guide); choose one of "
-                         f"{', '.join(sorted(guides))}, or leave --guide out for its default, {default}")
+        raise ValueError(
+            f"unknown guide {guide!r} for --model {config.model} (--guide); choose one of "
+            f"{', '.join(sorted(guides))}, or leave --guide out for its default, {default}"
+        )
     validation.check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
     nets = model_nets(builder)[0]
     if net not in nets:
-        raise ValueError(f"--model {config.model} has {' or '.join(nets)} nets only, not --net {net}; "
-                         f"pass --net {nets[0]} or leave --net out")
+        raise ValueError(
+            f"--model {config.model} has {' or '.join(nets)} nets only, not --net {net}; "
+            f"pass --net {nets[0]} or leave --net out"
+        )
     if config.activation == GATED and net != "mlp":
-        raise ValueError(f"--activation gated is a gated dense layer, for --net mlp; --net {net} takes a "
-                         f"pointwise activation: --activation {' or '.join(sorted(ACTIVATIONS))}")
-    estimators = getattr(builder, "estimators", None)  # e.g. m2: a discrete latent that is not reparameterizable
+        raise ValueError(
+            f"--activation gated is a gated dense layer, for --net mlp; --net {net} takes a "
+            f"pointwise activation: --activation {' or '.join(sorted(ACTIVATIONS))}"
+        )
+    estimators = getattr(
+        builder, "estimators", None
+    )  # e.g. m2: a discrete latent that is not reparameterizable
     used = "free-bits" if config.free_bits else config.elbo
     if estimators is not None and used not in estimators:
         what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
-        raise ValueError(f"--model {config.model} samples a discrete latent that is not reparameterizable, which "
-                         f"{what} cannot train; use --elbo {' or '.join(estimators)}"
-                         + (" without --free-bits" if config.free_bits else ""))
+        raise ValueError(
+            f"--model {config.model} samples a discrete latent that is not reparameterizable, which "
+            f"{what} cannot train; use --elbo {' or '.join(estimators)}"
+            + (" without --free-bits" if config.free_bits else "")
+        )
     if guide in FLOWS and config.flows < 1:
-        raise ValueError(f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)")
+        raise ValueError(
+            f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)"
+        )
     if guide not in FLOWS and (config.flows or config.flow_hidden_dims):
         flag = "--flows" if config.flows else "--flow-hidden-dims"
-        raise ValueError(f"{flag} needs a flow guide (--guide {', '.join(FLOWS)}); the {guide!r} guide has no "
-                         f"flows: drop {flag}")
-    if guide in FLOWS and not FLOWS[guide].invertible and getattr(ESTIMATORS[config.elbo], "needs_inverse", False):
-        raise ValueError(f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; the "
-                         f"{guide!r} flow has none: use --guide "
-                         f"{' or '.join(n for n, f in FLOWS.items() if f.invertible)}, or --elbo iwae")
+        raise ValueError(
+            f"{flag} needs a flow guide (--guide {', '.join(FLOWS)}); the {guide!r} guide has no "
+            f"flows: drop {flag}"
+        )
+    if (
+        guide in FLOWS
+        and not FLOWS[guide].invertible
+        and getattr(ESTIMATORS[config.elbo], "needs_inverse", False)
+    ):
+        raise ValueError(
+            f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; the "
+            f"{guide!r} flow has none: use --guide "
+            f"{' or '.join(n for n, f in FLOWS.items() if f.invertible)}, or --elbo iwae"
+        )
     schedule = KLSchedule(config.beta, config.kl_warmup_epochs)
     if not schedule.is_identity or config.free_bits:
         check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
     priors = getattr(builder, "priors", ("standard",))
     if config.prior not in priors:
-        raise ValueError(f"--prior {config.prior} is not available for --model {config.model}; it offers "
-                         f"{', '.join(priors)}")
+        raise ValueError(
+            f"--prior {config.prior} is not available for --model {config.model}; it offers "
+            f"{', '.join(priors)}"
+        )
     if hasattr(builder, "check"):  # the model's own rules (e.g. hierarchical: --latent-dims)
         builder.check(config)
     validation.check_positive_float("sigma", config.sigma, "; pass e.g. --sigma 0.1")
     for option in ("limit", "test_limit"):
         validation.check_option(option, getattr(config, option))
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
-        raise FileNotFoundError(f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
-                                f"--data-dir or leave it out to use the default cache")
+        raise FileNotFoundError(
+            f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
+            f"--data-dir or leave it out to use the default cache"
+        )
     return config

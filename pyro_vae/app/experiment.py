@@ -6,6 +6,7 @@ evaluation, ``eval.json`` and ``latent_scatter.png`` (``anomaly.json``, ``denois
 ``embeddings_SPLIT.npy`` after the corresponding commands; ``gradient_snr.json`` and
 ``gradient_snr.png`` after ``gradient-snr``).
 """
+
 import json
 import logging
 import os
@@ -31,9 +32,18 @@ LOG = "pyro-vae.log"  # the run's log: the trainer's log lines, and the tracebac
 
 
 def _load_data(config, device):
-    return load_data(config.dataset, config.data_dir, config.binarize, config.validation, config.limit,
-                     config.test_limit, device=device, exclude_class=config.exclude_class,
-                     image_size=config.image_size, test_fraction=config.test_fraction)
+    return load_data(
+        config.dataset,
+        config.data_dir,
+        config.binarize,
+        config.validation,
+        config.limit,
+        config.test_limit,
+        device=device,
+        exclude_class=config.exclude_class,
+        image_size=config.image_size,
+        test_fraction=config.test_fraction,
+    )
 
 
 def train(config, resume=False, progress=True):
@@ -43,26 +53,42 @@ def train(config, resume=False, progress=True):
     log lines (the fast-path note, skipped steps) go to ``OUT/pyro-vae.log``; under torchrun every rank
     returns only when rank 0 has written its files.
     """
-    config = with_defaults(check_config(config))  # names, combination, data directory: no data read yet
+    config = with_defaults(
+        check_config(config)
+    )  # names, combination, data directory: no data read yet
     out = config.out
     config_path = os.path.join(out, "config.json")
     held = [f for f in ("config.json", CHECKPOINT, METRICS) if os.path.exists(os.path.join(out, f))]
     if held and not resume:
-        raise FileExistsError(f"{out!r} already holds a run ({', '.join(held)}); pass --resume to continue it "
-                              f"or choose another --out")
+        raise FileExistsError(
+            f"{out!r} already holds a run ({', '.join(held)}); pass --resume to continue it "
+            f"or choose another --out"
+        )
     if resume:
         if not os.path.exists(os.path.join(out, CHECKPOINT)):
-            raise FileNotFoundError(f"--resume: {out!r} has no {CHECKPOINT}; start a new run without --resume")
+            raise FileNotFoundError(
+                f"--resume: {out!r} has no {CHECKPOINT}; start a new run without --resume"
+            )
         if not os.path.exists(config_path):
-            raise FileNotFoundError(f"--resume: {out!r} has no config.json, so it was not written by pyro-vae "
-                                    f"train; start a new run in another --out")
-        validation.load_checkpoint(os.path.join(out, CHECKPOINT))  # corrupt or foreign: fail before loading data
+            raise FileNotFoundError(
+                f"--resume: {out!r} has no config.json, so it was not written by pyro-vae "
+                f"train; start a new run in another --out"
+            )
+        validation.load_checkpoint(
+            os.path.join(out, CHECKPOINT)
+        )  # corrupt or foreign: fail before loading data
         saved = Config.load(config_path)
-        free = ("epochs", "out")  # a run may be given more epochs, and its folder may have been moved
-        if {k: v for k, v in saved.to_dict().items() if k not in free} != \
-                {k: v for k, v in config.to_dict().items() if k not in free}:
-            raise ValueError(f"--resume: the options differ from those saved in {config_path}; "
-                             "only --epochs may change when resuming (and --out, for a moved run folder)")
+        free = (
+            "epochs",
+            "out",
+        )  # a run may be given more epochs, and its folder may have been moved
+        if {k: v for k, v in saved.to_dict().items() if k not in free} != {
+            k: v for k, v in config.to_dict().items() if k not in free
+        }:
+            raise ValueError(
+                f"--resume: the options differ from those saved in {config_path}; "
+                "only --epochs may change when resuming (and --out, for a moved run folder)"
+            )
     device = distributed.init(resolve_device(config.device))  # torchrun: one rank per process
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
@@ -71,10 +97,15 @@ def train(config, resume=False, progress=True):
     os.makedirs(out, exist_ok=True)
     logger, level = logging.getLogger("pyro_vae"), logging.getLogger("pyro_vae").level
     handler = None
-    if distributed.is_main():  # the package's log lines (fast-path note, skipped steps) also go to OUT/pyro-vae.log
+    if (
+        distributed.is_main()
+    ):  # the package's log lines (fast-path note, skipped steps) also go to OUT/pyro-vae.log
         handler = logging.FileHandler(os.path.join(out, LOG))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                               "%Y-%m-%d %H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
+            )
+        )
         handler.setLevel(logging.INFO)
         logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
         logger.addHandler(handler)
@@ -94,29 +125,61 @@ def train(config, resume=False, progress=True):
 def _fit(config, vae, data, resume, progress):
     out, device = config.out, data.train.device
     model, guide, elbo = vae.model, vae.guide, config.elbo
-    schedule = KLSchedule(config.beta, config.kl_warmup_epochs)  # β-VAE, KL warm-up, free bits (estimators.variants)
+    schedule = KLSchedule(
+        config.beta, config.kl_warmup_epochs
+    )  # β-VAE, KL warm-up, free bits (estimators.variants)
     before_epoch = None
-    if not schedule.is_identity or config.free_bits:  # check_config has refused the estimators that cannot
-        beta = schedule.weights(device)  # tensors set before each epoch (also after --resume): the traced step reads them
+    if (
+        not schedule.is_identity or config.free_bits
+    ):  # check_config has refused the estimators that cannot
+        beta = schedule.weights(
+            device
+        )  # tensors set before each epoch (also after --resume): the traced step reads them
         model, guide = beta_scale(model, beta), beta_scale(guide, beta)
         before_epoch = lambda t: schedule.set_epoch(t.epoch)  # noqa: E731
         if config.free_bits:
             elbo = make_elbo("free-bits", config.particles, free_bits=config.free_bits)
-    optim = Optimization(config.lr, config.optimizer, config.lr_decay, config.clip_norm,
-                         skip_threshold(config, len(data.train)))
-    listeners = [Evaluation(config.eval_particles), NaNGuard(config.max_bad_steps),
-                 TensorBoard(config.log_every, config.images_every, enabled=config.tensorboard)]
+    optim = Optimization(
+        config.lr,
+        config.optimizer,
+        config.lr_decay,
+        config.clip_norm,
+        skip_threshold(config, len(data.train)),
+    )
+    listeners = [
+        Evaluation(config.eval_particles),
+        NaNGuard(config.max_bad_steps),
+        TensorBoard(config.log_every, config.images_every, enabled=config.tensorboard),
+    ]
     listeners += [Console(config.log_every)] if progress else []
-    trainer = Trainer(model, guide, elbo, config.particles, optim, out_dir=out, modules=[vae], progress=progress,
-                      fast=False if config.fast == "off" else config.fast, listeners=listeners)
+    trainer = Trainer(
+        model,
+        guide,
+        elbo,
+        config.particles,
+        optim,
+        out_dir=out,
+        modules=[vae],
+        progress=progress,
+        fast=False if config.fast == "off" else config.fast,
+        listeners=listeners,
+    )
     # optional model hooks: on_epoch(completed epochs) e.g. anneals a temperature; batch_kwargs(data) gives
     # index -> extra model/guide kwargs (labels); report(data) gives final figures (written to report.json)
     on_epoch = getattr(vae, "on_epoch", None)
     callback = (lambda t, metrics: on_epoch(t.epoch)) if on_epoch else None
     batch_kwargs = vae.batch_kwargs(data) if hasattr(vae, "batch_kwargs") else None
-    history = trainer.fit(data, config.epochs, config.batch_size, resume=resume, callback=callback,
-                          batch_kwargs=batch_kwargs, before_epoch=before_epoch, early_stopping=config.early_stopping,
-                          warmup_epochs=config.kl_warmup_epochs)
+    history = trainer.fit(
+        data,
+        config.epochs,
+        config.batch_size,
+        resume=resume,
+        callback=callback,
+        batch_kwargs=batch_kwargs,
+        before_epoch=before_epoch,
+        early_stopping=config.early_stopping,
+        warmup_epochs=config.kl_warmup_epochs,
+    )
     if not distributed.is_main():
         return vae, data, history
     if hasattr(vae, "report"):
@@ -129,7 +192,9 @@ def _fit(config, vae, data, resume, progress):
         from pyro_vae.evaluation.pictures import save_run_pictures
 
         vae.eval()
-        save_run_pictures(vae.model, vae.guide, data.test[:64], out, temperature=config.sample_temperature)
+        save_run_pictures(
+            vae.model, vae.guide, data.test[:64], out, temperature=config.sample_temperature
+        )
     return vae, data, history
 
 
@@ -145,18 +210,24 @@ def load_run(run_dir, device="auto", data=True):
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
     for path in (config_path, ckpt_path):
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{run_dir!r} is not a finished run: {os.path.basename(path)} is missing")
+            raise FileNotFoundError(
+                f"{run_dir!r} is not a finished run: {os.path.basename(path)} is missing"
+            )
     config = with_defaults(check_config(Config.load(config_path)))
     device = resolve_device(device)
     state = validation.load_checkpoint(ckpt_path)
-    if config.early_stopping and state.get("best"):  # early stopping: the parameters of the best epoch
+    if config.early_stopping and state.get(
+        "best"
+    ):  # early stopping: the parameters of the best epoch
         state = {**state, **{k: state["best"][k] for k in ("params", "buffers")}}
     pyro.clear_param_store()
     dataset = _load_data(config, device) if data else None
     x_shape = dataset.x_shape if dataset else (1, 28, 28)
     num_data = len(dataset.train) if dataset else None
     vae = build_model(config, x_shape, num_data=num_data).to(device)
-    trainer = Trainer(vae.model, vae.guide, config.elbo, config.particles, modules=[vae], progress=False)
+    trainer = Trainer(
+        vae.model, vae.guide, config.elbo, config.particles, modules=[vae], progress=False
+    )
     probe = dataset.test[:2] if dataset else torch.zeros(2, *x_shape, device=device)
     trainer.load_state_dict(state, probe)
     vae.eval()
@@ -188,16 +259,26 @@ def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="au
     if config.tensorboard:
         log_evaluation(run_dir, result, evaluated_step(run_dir, config), split)
     if pictures:
-        paths = save_run_pictures(vae.model, vae.guide, x[:64], run_dir, temperature=config.sample_temperature)
-        save_latent_scatter(embeddings(vae.guide, x[:5000]), labels[:5000], os.path.join(run_dir, "latent_scatter.png"),
-                            title=f"posterior means, {split} ({min(len(x), 5000)} images)")
-        result["pictures"] = sorted(os.path.basename(p) for p in list(paths.values()) + ["latent_scatter.png"])
+        paths = save_run_pictures(
+            vae.model, vae.guide, x[:64], run_dir, temperature=config.sample_temperature
+        )
+        save_latent_scatter(
+            embeddings(vae.guide, x[:5000]),
+            labels[:5000],
+            os.path.join(run_dir, "latent_scatter.png"),
+            title=f"posterior means, {split} ({min(len(x), 5000)} images)",
+        )
+        result["pictures"] = sorted(
+            os.path.basename(p) for p in list(paths.values()) + ["latent_scatter.png"]
+        )
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
 
 
-def anomaly_run(run_dir, anomaly_class=None, score="nll", num_samples=1000, limit=None, device="auto"):
+def anomaly_run(
+    run_dir, anomaly_class=None, score="nll", num_samples=1000, limit=None, device="auto"
+):
     """ROC AUC of per-image anomaly scores: test images of ``anomaly_class`` (default: the run's
     ``exclude_class``) are the positives, the other test images the negatives.  Writes ``anomaly.json``.
     """
@@ -206,7 +287,9 @@ def anomaly_run(run_dir, anomaly_class=None, score="nll", num_samples=1000, limi
     config, vae, data = load_run(run_dir, device)
     cls = config.exclude_class if anomaly_class is None else anomaly_class
     if cls is None:
-        raise ValueError("which class is anomalous? pass --class K, or train with --exclude-class K")
+        raise ValueError(
+            "which class is anomalous? pass --class K, or train with --exclude-class K"
+        )
     x, labels = _eval_split(data, "test", limit)
     positive = labels == cls
     scores = anomaly_scores(vae.model, vae.guide, x, score=score, num_samples=num_samples)
@@ -219,8 +302,11 @@ def anomaly_run(run_dir, anomaly_class=None, score="nll", num_samples=1000, limi
         "normal": int((~positive).sum()),
         "mean_score_anomalous": scores[positive].mean().item(),
         "mean_score_normal": scores[~positive].mean().item(),
-        "auc_per_normal_class": {int(c): roc_auc(scores[positive | (labels == c)], positive[positive | (labels == c)])
-                                 for c in labels.unique().tolist() if c != cls},
+        "auc_per_normal_class": {
+            int(c): roc_auc(scores[positive | (labels == c)], positive[positive | (labels == c)])
+            for c in labels.unique().tolist()
+            if c != cls
+        },
     }
     with open(os.path.join(run_dir, "anomaly.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -241,10 +327,18 @@ def denoise_run(run_dir, kind="mask", level=0.5, limit=1000, seed=0, device="aut
     out = denoise(vae.model, vae.guide, x, kind, level, seed)
     rows = []
     for start in range(0, min(len(x), 32), 8):
-        rows += [x[start : start + 8], out["noisy"][start : start + 8], out["denoised"][start : start + 8]]
+        rows += [
+            x[start : start + 8],
+            out["noisy"][start : start + 8],
+            out["denoised"][start : start + 8],
+        ]
     save_image(torch.cat(rows), os.path.join(run_dir, "denoise.png"), nrow=8)
-    result = {"corruption": kind, "level": level, "images": len(x),
-              **{k: v for k, v in out.items() if not torch.is_tensor(v)}}
+    result = {
+        "corruption": kind,
+        "level": level,
+        "images": len(x),
+        **{k: v for k, v in out.items() if not torch.is_tensor(v)},
+    }
     with open(os.path.join(run_dir, "denoise.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
@@ -279,7 +373,9 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None, temperature=N
     model = vae.model
     if label is not None:
         if not isinstance(vae, CVAE):
-            raise ValueError(f"--label needs a conditional model (--model cvae); this run's model is {config.model!r}")
+            raise ValueError(
+                f"--label needs a conditional model (--model cvae); this run's model is {config.model!r}"
+            )
         if not 0 <= label < vae.num_classes:
             raise ValueError(f"--label must be a class in [0, {vae.num_classes}), got {label}")
         labels = torch.full((n,), label, dtype=torch.long, device=probe.device)
@@ -289,8 +385,16 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None, temperature=N
 
 
 # -- the estimator lab (issue #32) ----------------------------------------------------------------
-def gradient_snr_run(run_dir, elbos=("trace", "iwae", "dreg", "stl"), particles=(1, 10, 100),
-                     repeats=100, batch_size=100, split="train", device="auto", seed=0):
+def gradient_snr_run(
+    run_dir,
+    elbos=("trace", "iwae", "dreg", "stl"),
+    particles=(1, 10, 100),
+    repeats=100,
+    batch_size=100,
+    split="train",
+    device="auto",
+    seed=0,
+):
     """The gradient SNR of each estimator × K on the first ``batch_size`` images of ``split``
     (:func:`~pyro_vae.evaluation.gradient_snr.gradient_snr`); writes ``gradient_snr.json`` and
     ``gradient_snr.png`` into the run, adds ``gradient_snr/…`` to its TensorBoard events (step =
@@ -304,12 +408,18 @@ def gradient_snr_run(run_dir, elbos=("trace", "iwae", "dreg", "stl"), particles=
     config, vae, data = load_run(run_dir, device)
     x, _ = _eval_split(data, split, batch_size)
     pyro.set_rng_seed(seed)
-    rows = gradient_snr(vae.model, vae.guide, x, elbos=list(elbos), particles=list(particles),
-                        repeats=repeats)
+    rows = gradient_snr(
+        vae.model, vae.guide, x, elbos=list(elbos), particles=list(particles), repeats=repeats
+    )
     title = f"{config.model} on {config.dataset}: {len(x)} {split} images, R = {repeats}"
     picture = save_snr_plot(rows, os.path.join(run_dir, "gradient_snr.png"), title=title)
-    result = {"rows": [r.as_row() for r in rows], "repeats": repeats, "batch_size": len(x),
-              "split": split, "picture": os.path.basename(picture)}
+    result = {
+        "rows": [r.as_row() for r in rows],
+        "repeats": repeats,
+        "batch_size": len(x),
+        "split": split,
+        "picture": os.path.basename(picture),
+    }
     with open(os.path.join(run_dir, "gradient_snr.json"), "w") as f:
         json.dump(result, f, indent=2)
     if config.tensorboard:

@@ -4,6 +4,7 @@ An example is ``main(args)`` over the library and a ``parse_args(argv)`` built f
 (the flags every example takes) and :func:`parse_script_args` (the output folder, the ``--smoke`` budget).
 Lists of integers are comma-separated everywhere, as in ``pyro-vae train``: ``--hidden-dims 300,300``.
 """
+
 import argparse
 import os
 import tempfile
@@ -14,7 +15,9 @@ def int_list(text):
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 400,200, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 400,200, got {text!r}"
+        ) from None
 
 
 def script_parser(doc, name, resume=True, smoke="seconds-long run on a small subset"):
@@ -25,14 +28,27 @@ def script_parser(doc, name, resume=True, smoke="seconds-long run on a small sub
     p.set_defaults(script_name=name, resume=False)
     p.add_argument("--limit", type=int, default=None, help="training images to use (default: all)")
     p.add_argument("--test-limit", type=int, default=None, help="test images to use (default: all)")
-    p.add_argument("--data-dir", default=None, help="where the dataset is (default: torchvision's download folder)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="where the dataset is (default: torchvision's download folder)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help=f"run directory (default runs/{name}, or runs/{name}-2, … when taken"
-                                               + (", unless --resume" if resume else "") + "; --smoke: a fresh "
-                                               "temporary one)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"run directory (default runs/{name}, or runs/{name}-2, … when taken"
+        + (", unless --resume" if resume else "")
+        + "; --smoke: a fresh "
+        "temporary one)",
+    )
     if resume:
-        p.add_argument("--resume", action="store_true", help="continue the run(s) in --out from their checkpoints")
+        p.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the run(s) in --out from their checkpoints",
+        )
     p.add_argument("--smoke", action="store_true", help=smoke)
     return p
 
@@ -67,6 +83,8 @@ def output_dir(out, name, smoke=False, resume=False):
     while os.path.exists(fresh) and (not os.path.isdir(fresh) or os.listdir(fresh)):
         n += 1
         fresh = f"{out}-{n}"
-    print(f"new run: writing to {fresh}" + (f" ({out} holds an earlier run; pass --resume to continue it)"
-                                             if fresh != out else ""))
+    print(
+        f"new run: writing to {fresh}"
+        + (f" ({out} holds an earlier run; pass --resume to continue it)" if fresh != out else "")
+    )
     return fresh

@@ -2,9 +2,18 @@
 (:mod:`.checks`), the data plate (:mod:`.plates`), KL per dimension (:mod:`.kl`) and freed CPU memory
 (:mod:`.host_memory`).  Imports nothing above it; its names are imported on first use, so that ``pyro-vae --help``
 imports neither torch nor pyro."""
+
 import importlib
 
-_PROBE = ("PairInfo", "PlateInfo", "batch_as_argument", "checked_probe", "find_data_plate", "plate_nesting", "probe")
+_PROBE = (
+    "PairInfo",
+    "PlateInfo",
+    "batch_as_argument",
+    "checked_probe",
+    "find_data_plate",
+    "plate_nesting",
+    "probe",
+)
 __all__ = list(_PROBE)
 
 

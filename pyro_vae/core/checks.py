@@ -6,6 +6,7 @@ so that ``pyro-vae`` can print it without a traceback.  Checks that need the dat
 values (:func:`check_images`) cost one device sync per call and run once per dataset,
 never per training step.
 """
+
 import math
 import numbers
 import os
@@ -69,7 +70,10 @@ OPTIONS = {
     "check_every": (check_positive_int, ""),
     "images_every": (check_nonnegative_int, "; 0: no images in TensorBoard"),
     "diagnostic_images": (check_nonnegative_int, "; 0: no per-epoch active units"),
-    "early_stopping": (check_positive_int, "; e.g. early_stopping=50, or None to train every epoch"),
+    "early_stopping": (
+        check_positive_int,
+        "; e.g. early_stopping=50, or None to train every epoch",
+    ),
     "warmup_epochs": (check_nonnegative_int, ""),
     "kl_warmup_epochs": (check_nonnegative_int, "; 0: no warm-up"),
     "beta": (check_nonnegative_float, "; 1 is the plain ELBO"),
@@ -77,11 +81,26 @@ OPTIONS = {
     "limit": (check_positive_int, "; e.g. limit=1000, or None for all"),
     "test_limit": (check_positive_int, "; e.g. test_limit=1000, or None for all"),
     "image_size": (check_positive_int, "; e.g. image_size=32, or None for the images' own size"),
-    "test_fraction": (lambda name, v, hint: _number(name, v, False, lambda f: 0 < f < 1, "a number in (0, 1)", hint),
-                      "; e.g. test_fraction=0.1"),
-    "skip_threshold": (check_positive_float, "; a gradient norm (nats per image in a Config), or None: off"),
+    "test_fraction": (
+        lambda name, v, hint: _number(
+            name, v, False, lambda f: 0 < f < 1, "a number in (0, 1)", hint
+        ),
+        "; e.g. test_fraction=0.1",
+    ),
+    "skip_threshold": (
+        check_positive_float,
+        "; a gradient norm (nats per image in a Config), or None: off",
+    ),
 }
-OPTIONAL = ("clip_norm", "check_every", "early_stopping", "limit", "test_limit", "image_size", "skip_threshold")
+OPTIONAL = (
+    "clip_norm",
+    "check_every",
+    "early_stopping",
+    "limit",
+    "test_limit",
+    "image_size",
+    "skip_threshold",
+)
 
 
 def check_option(name, value, argument=None):
@@ -99,7 +118,9 @@ def check_choice(kind, value, choices, argument=None):
         raise TypeError(f"{kind} name must be a string, got {value!r} ({type(value).__name__})")
     if value not in choices:
         where = f" ({argument}={value!r})" if argument else ""
-        raise ValueError(f"unknown {kind} {value!r}{where}; choose one of {', '.join(sorted(choices))}")
+        raise ValueError(
+            f"unknown {kind} {value!r}{where}; choose one of {', '.join(sorted(choices))}"
+        )
     return value
 
 
@@ -113,14 +134,20 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
     if not torch.is_tensor(x):
         raise TypeError(f"{name} must be a torch.Tensor of images [N, ...], got {type(x).__name__}")
     if not (x.is_floating_point()):
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}; convert it with "
-                        f"{name}.float() (and divide 8-bit images by 255)")
+        raise TypeError(
+            f"{name} must be a floating-point tensor, got dtype {x.dtype}; convert it with "
+            f"{name}.float() (and divide 8-bit images by 255)"
+        )
     if x.dim() < 1 or len(x) == 0:
-        raise ValueError(f"{name} must have shape [N, ...] with N >= 1 data points, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have shape [N, ...] with N >= 1 data points, got {tuple(x.shape)}"
+        )
     if x_shape is not None and tuple(x.shape[1:]) != tuple(x_shape):
-        raise ValueError(f"{name} has data points of shape {tuple(x.shape[1:])} but the model expects "
-                         f"{tuple(x_shape)}; reshape the data to [N, {', '.join(map(str, x_shape))}] or build the "
-                         f"model for this shape")
+        raise ValueError(
+            f"{name} has data points of shape {tuple(x.shape[1:])} but the model expects "
+            f"{tuple(x_shape)}; reshape the data to [N, {', '.join(map(str, x_shape))}] or build the "
+            f"model for this shape"
+        )
     finite = torch.isfinite(x).all()
     if unit_interval:
         lo, hi = torch.aminmax(torch.nan_to_num(x, 0.5, 0.5, 0.5))
@@ -129,11 +156,15 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
         finite, lo, hi = bool(finite), 0.0, 1.0
     if not finite:
         bad = (~torch.isfinite(x)).sum().item()
-        raise ValueError(f"{name} holds {bad} NaN or infinite value(s); clean or drop those data points first")
+        raise ValueError(
+            f"{name} holds {bad} NaN or infinite value(s); clean or drop those data points first"
+        )
     if unit_interval and (lo < 0 or hi > 1):
-        raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}] but the Bernoulli likelihood needs values in "
-                         f"[0, 1] (so do the 8-bit ones); rescale the data (e.g. divide 8-bit images by 255) or use a "
-                         f"Gaussian likelihood (likelihood='gaussian' or 'sigma-vae')")
+        raise ValueError(
+            f"{name} has values in [{lo:.4g}, {hi:.4g}] but the Bernoulli likelihood needs values in "
+            f"[0, 1] (so do the 8-bit ones); rescale the data (e.g. divide 8-bit images by 255) or use a "
+            f"Gaussian likelihood (likelihood='gaussian' or 'sigma-vae')"
+        )
     return x
 
 
@@ -152,12 +183,17 @@ def model_wants_unit_interval(model):
 
 def model_is_eight_bit(model):
     """True when ``model`` is a built-in model with an 8-bit likelihood (it says ``eight_bit``)."""
-    return getattr(getattr(getattr(model, "__self__", None), "likelihood", None), "eight_bit", False) is True
+    return (
+        getattr(getattr(getattr(model, "__self__", None), "likelihood", None), "eight_bit", False)
+        is True
+    )
 
 
 def check_data_for_model(model, x, name="x"):
     """:func:`check_images` with the shape and range the model's own attributes ask for."""
-    return check_images(x, name, x_shape=model_x_shape(model), unit_interval=model_wants_unit_interval(model))
+    return check_images(
+        x, name, x_shape=model_x_shape(model), unit_interval=model_wants_unit_interval(model)
+    )
 
 
 def check_pair_runs(model, guide, x, *args, **kwargs):
@@ -184,12 +220,16 @@ def check_device(device):
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for but CUDA is not available here; "
-                             f"use device='cpu' or device='auto'")
+            raise ValueError(
+                f"device {device!r} was asked for but CUDA is not available here; "
+                f"use device='cpu' or device='auto'"
+            )
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device {device!r} does not exist: this machine has {count} GPU(s), "
-                             f"cuda:0 … cuda:{count - 1}")
+            raise ValueError(
+                f"device {device!r} does not exist: this machine has {count} GPU(s), "
+                f"cuda:0 … cuda:{count - 1}"
+            )
     elif dev.type != "cpu":
         raise ValueError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
     return dev
@@ -200,21 +240,29 @@ def load_checkpoint(path):
     import torch
 
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r}; train the run first (without resume=True to start it)")
+        raise FileNotFoundError(
+            f"no checkpoint at {path!r}; train the run first (without resume=True to start it)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated file, not a torch file, pickle error …
-        raise ValueError(f"checkpoint {path!r} is unreadable ({type(e).__name__}); it may be corrupt or truncated: "
-                         f"restore it from a backup or start a new run in another directory") from None
+        raise ValueError(
+            f"checkpoint {path!r} is unreadable ({type(e).__name__}); it may be corrupt or truncated: "
+            f"restore it from a backup or start a new run in another directory"
+        ) from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
-        raise ValueError(f"{path!r} is not a pyro_vae checkpoint (missing {missing}); point to a run directory "
-                         f"written by pyro-vae train")
+        raise ValueError(
+            f"{path!r} is not a pyro_vae checkpoint (missing {missing}); point to a run directory "
+            f"written by pyro-vae train"
+        )
     return state
 
 
 def check_eight_bit(eight_bit, binarize, likelihood="the 8-bit likelihood"):
     """An 8-bit likelihood needs the grey levels k/255 (``binarize="none"``), not binarized images."""
     if eight_bit and binarize != "none":
-        raise ValueError(f"the {likelihood} likelihood models 8-bit grey levels but the data is binarized "
-                         f"(binarize={binarize!r}); pass binarize='none'")
+        raise ValueError(
+            f"the {likelihood} likelihood models 8-bit grey levels but the data is binarized "
+            f"(binarize={binarize!r}); pass binarize='none'"
+        )

@@ -5,6 +5,7 @@ one image at a time: a VampPrior's [K, 500] float64 matrices beside the decoder'
 glibc's heap: the freed blocks stay with the process, which grew to 24 GB and was killed in a 10k-image
 evaluation that needs about 1 GB.  ``malloc_trim(0)`` after each pass returns the free pages.
 """
+
 import ctypes
 import ctypes.util
 import functools

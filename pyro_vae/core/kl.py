@@ -1,4 +1,5 @@
 """KL(q ‖ p) per latent dimension, for distributions that factorize over their event."""
+
 import torch
 from pyro.distributions import Independent
 from torch.distributions import kl_divergence

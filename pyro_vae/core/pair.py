@@ -7,6 +7,7 @@ Pairs are called the way :class:`pyro.infer.SVI` calls them, ``model(*args, **kw
 qualify (e.g. ``data`` around ``pixels``) the one that is subsampled, else the one named ``"data"``, else
 the outermost one is taken, and ``data_plate=NAME`` says which where that guess is not wanted.
 """
+
 from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
@@ -56,8 +57,14 @@ class PairInfo(NamedTuple):
 
 def plate_nesting(*traces):
     """The number of batch dims the vectorized plates of ``traces`` use."""
-    dims = [-f.dim for tr in traces for site in tr.nodes.values() if site["type"] == "sample"
-            for f in site["cond_indep_stack"] if f.vectorized]
+    dims = [
+        -f.dim
+        for tr in traces
+        for site in tr.nodes.values()
+        if site["type"] == "sample"
+        for f in site["cond_indep_stack"]
+        if f.vectorized
+    ]
     return max(dims, default=0)
 
 
@@ -81,16 +88,23 @@ def find_data_plate(model_trace, guide_trace=None, name=None, ignore=()):
     plates = _plates(*traces)
     if name is not None:
         if name not in plates:
-            raise ValueError(f"no site of the model or guide is inside the plate {name!r} (data_plate={name!r}); "
-                             f"their plates are {sorted(p for p in plates if p not in ignore) or 'none'}")
+            raise ValueError(
+                f"no site of the model or guide is inside the plate {name!r} (data_plate={name!r}); "
+                f"their plates are {sorted(p for p in plates if p not in ignore) or 'none'}"
+            )
         return plates[name]
-    observed = [s for s in model_trace.nodes.values() if s["type"] == "sample" and s["is_observed"]
-                and not s["name"].startswith("_")]
+    observed = [
+        s
+        for s in model_trace.nodes.values()
+        if s["type"] == "sample" and s["is_observed"] and not s["name"].startswith("_")
+    ]
     if not observed:
         return None
     common = None
     for site in observed:
-        names = [f.name for f in site["cond_indep_stack"] if f.name not in ignore]  # outermost first
+        names = [
+            f.name for f in site["cond_indep_stack"] if f.name not in ignore
+        ]  # outermost first
         common = names if common is None else [n for n in common if n in names]
     if not common:
         return None
@@ -103,7 +117,9 @@ def find_data_plate(model_trace, guide_trace=None, name=None, ignore=()):
         return plates["data"]
     sites = [s for t in traces for s in t.nodes.values() if s["type"] == "sample"]
     count = {n: sum(any(f.name == n for f in s["cond_indep_stack"]) for s in sites) for n in common}
-    return plates[max(common, key=lambda n: count[n])]  # holds the most sites (latents too); ties: the outermost
+    return plates[
+        max(common, key=lambda n: count[n])
+    ]  # holds the most sites (latents too); ties: the outermost
 
 
 def _event_shape(site):
@@ -116,8 +132,10 @@ def check_observed_shapes(model_trace):
         if site["type"] == "sample" and site["is_observed"] and torch.is_tensor(site["value"]):
             shape, value = tuple(site["fn"].shape()), tuple(site["value"].shape)
             if torch.broadcast_shapes(shape, value) != value:
-                raise ValueError(f"the observed site {name!r} got data of shape {value} but its distribution has "
-                                 f"shape {shape}: the data would be broadcast; give data whose shape matches")
+                raise ValueError(
+                    f"the observed site {name!r} got data of shape {value} but its distribution has "
+                    f"shape {shape}: the data would be broadcast; give data whose shape matches"
+                )
 
 
 def probe(model, guide, *args, data_plate=None, **kwargs):
@@ -129,19 +147,35 @@ def probe(model, guide, *args, data_plate=None, **kwargs):
     with poutine.block():
         with poutine.trace(param_only=True) as params:
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                *args, **kwargs
+            )
     check_observed_shapes(model_trace)
     plates = _plates(model_trace, guide_trace)
-    pruned_model, pruned_guide = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
-    observed = {n: _event_shape(s) for n, s in pruned_model.nodes.items()
-                if s["type"] == "sample" and s["is_observed"]}
-    latent = {n: _event_shape(s) for n, s in pruned_guide.nodes.items()
-              if s["type"] == "sample" and not s["is_observed"]}
-    return PairInfo(max_plate_nesting=plate_nesting(model_trace, guide_trace),
-                    data_plate=find_data_plate(model_trace, guide_trace, data_plate),
-                    observed=observed, latent=latent, plates=plates,
-                    params=tuple(sorted(n for n, s in params.trace.nodes.items() if s["type"] == "param")),
-                    model_trace=model_trace, guide_trace=guide_trace)
+    pruned_model, pruned_guide = (
+        prune_subsample_sites(model_trace),
+        prune_subsample_sites(guide_trace),
+    )
+    observed = {
+        n: _event_shape(s)
+        for n, s in pruned_model.nodes.items()
+        if s["type"] == "sample" and s["is_observed"]
+    }
+    latent = {
+        n: _event_shape(s)
+        for n, s in pruned_guide.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"]
+    }
+    return PairInfo(
+        max_plate_nesting=plate_nesting(model_trace, guide_trace),
+        data_plate=find_data_plate(model_trace, guide_trace, data_plate),
+        observed=observed,
+        latent=latent,
+        plates=plates,
+        params=tuple(sorted(n for n, s in params.trace.nodes.items() if s["type"] == "param")),
+        model_trace=model_trace,
+        guide_trace=guide_trace,
+    )
 
 
 def _shapes(args, kwargs):
@@ -157,8 +191,10 @@ def checked_probe(model, guide, *args, data_plate=None, **kwargs):
         return probe(model, guide, *args, data_plate=data_plate, **kwargs)
     except (RuntimeError, ValueError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"the model/guide pair fails on a batch of shape {_shapes(args, kwargs)}: {first}; "
-                         f"check that the data's shape, dtype and device fit the model") from None
+        raise ValueError(
+            f"the model/guide pair fails on a batch of shape {_shapes(args, kwargs)}: {first}; "
+            f"check that the data's shape, dtype and device fit the model"
+        ) from None
 
 
 def batch_as_argument(x, idx):

@@ -6,6 +6,7 @@ dim of their choice, as long as both agree).  With ``num_data`` set, the plate
 records the full dataset size, so every log-density inside it is scaled by
 ``num_data / len(x)`` and the loss estimates the full-data ELBO.
 """
+
 import pyro
 import torch
 

@@ -22,6 +22,7 @@ pair that Pyro's ``Trace_ELBO`` takes.  Every estimator calls the pair as SVI do
 ``make_elbo(name, fast="auto")`` wraps the estimator in :class:`~.fast.FastELBO`, which replays its loss and
 gradients from one captured graph (the trainer does this itself, see ``Trainer(fast=...)``).
 """
+
 import inspect
 
 from pyro.infer import TraceEnum_ELBO
@@ -58,7 +59,9 @@ register_elbo("renyi")(RenyiBound_ELBO)
 
 
 def _options_of(builder):
-    return sorted(set(inspect.signature(builder).parameters) - {"self", "num_particles", "args", "kwargs"})
+    return sorted(
+        set(inspect.signature(builder).parameters) - {"self", "num_particles", "args", "kwargs"}
+    )
 
 
 def make_elbo(name, num_particles=1, data_plate=None, fast=False, **options):
@@ -80,7 +83,9 @@ def make_elbo(name, num_particles=1, data_plate=None, fast=False, **options):
     valid = _options_of(builder)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for estimator {name!r}; valid options: {valid}")
+        raise ValueError(
+            f"unknown option(s) {unknown} for estimator {name!r}; valid options: {valid}"
+        )
     if data_plate is not None and "data_plate" in valid:
         options["data_plate"] = data_plate
     options.setdefault("vectorize_particles", True)
@@ -88,6 +93,17 @@ def make_elbo(name, num_particles=1, data_plate=None, fast=False, **options):
     return elbo if fast is False else FastELBO(elbo, fast)
 
 
-__all__ = ["DReG_ELBO", "DetachedPathELBO", "DeviceTraceMeanField_ELBO", "DeviceTrace_ELBO", "ESTIMATORS",
-           "FastELBO", "IWAE_ELBO", "ImportanceWeightedELBO", "RenyiBound_ELBO", "STL_ELBO", "make_elbo",
-           "register_elbo"]
+__all__ = [
+    "DReG_ELBO",
+    "DetachedPathELBO",
+    "DeviceTraceMeanField_ELBO",
+    "DeviceTrace_ELBO",
+    "ESTIMATORS",
+    "FastELBO",
+    "IWAE_ELBO",
+    "ImportanceWeightedELBO",
+    "RenyiBound_ELBO",
+    "STL_ELBO",
+    "make_elbo",
+    "register_elbo",
+]

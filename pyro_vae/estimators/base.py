@@ -20,13 +20,19 @@ other than the data plate) is refused with a ValueError: inside a log-sum-exp a
 per-site factor no longer gives a bound on log p(x).  Train β-VAEs with
 ``trace`` or ``meanfield``.
 """
+
 import math
 
 import torch
 from pyro.infer import ELBO
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.estimators.importance import extra_scale, guess_max_plate_nesting, split_log_weights, trace_pair
+from pyro_vae.estimators.importance import (
+    extra_scale,
+    guess_max_plate_nesting,
+    split_log_weights,
+    trace_pair,
+)
 
 
 def _is_one(scale):
@@ -49,14 +55,26 @@ class ImportanceWeightedELBO(ELBO):
 
     traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.estimators.fast)
 
-    def __init__(self, num_particles=1, max_plate_nesting=None, vectorize_particles=True, data_plate=None):
+    def __init__(
+        self, num_particles=1, max_plate_nesting=None, vectorize_particles=True, data_plate=None
+    ):
         if not vectorize_particles:
-            raise ValueError(f"{type(self).__name__} always vectorizes its particles; drop vectorize_particles=False")
-        if max_plate_nesting is not None and (isinstance(max_plate_nesting, bool)
-                                              or not isinstance(max_plate_nesting, int) or max_plate_nesting < 0):
-            raise ValueError(f"max_plate_nesting must be a non-negative integer or None, got {max_plate_nesting!r}")
-        super().__init__(num_particles=num_particles, max_plate_nesting=math.inf if max_plate_nesting is None
-                         else max_plate_nesting, vectorize_particles=True)
+            raise ValueError(
+                f"{type(self).__name__} always vectorizes its particles; drop vectorize_particles=False"
+            )
+        if max_plate_nesting is not None and (
+            isinstance(max_plate_nesting, bool)
+            or not isinstance(max_plate_nesting, int)
+            or max_plate_nesting < 0
+        ):
+            raise ValueError(
+                f"max_plate_nesting must be a non-negative integer or None, got {max_plate_nesting!r}"
+            )
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=math.inf if max_plate_nesting is None else max_plate_nesting,
+            vectorize_particles=True,
+        )
         self.data_plate = data_plate
 
     # -- the one code path ---------------------------------------------------------------------
@@ -68,10 +86,18 @@ class ImportanceWeightedELBO(ELBO):
         if self.max_plate_nesting == math.inf:
             self.max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
         model_trace, guide_trace, particle_dim = trace_pair(
-            model, guide, *args, num_particles=self.num_particles, max_plate_nesting=self.max_plate_nesting,
-            replay=replay, **kwargs)
+            model,
+            guide,
+            *args,
+            num_particles=self.num_particles,
+            max_plate_nesting=self.max_plate_nesting,
+            replay=replay,
+            **kwargs,
+        )
         try:
-            weights = split_log_weights(model_trace, guide_trace, particle_dim, self.num_particles, self.data_plate)
+            weights = split_log_weights(
+                model_trace, guide_trace, particle_dim, self.num_particles, self.data_plate
+            )
         except ValueError as e:
             raise ValueError(f"{type(self).__name__} is a bound per data point: {e}") from None
         return weights, guide_trace
@@ -94,15 +120,18 @@ class ImportanceWeightedELBO(ELBO):
                         f"{name}: {who} site {site['name']!r} is scaled by something other than the data plate's "
                         f"subsampling (poutine.scale, e.g. a β-VAE, or another subsampled plate); an "
                         f"importance-weighted bound with per-site scales is not a bound on log p(x). "
-                        f"Use make_elbo('trace') or 'meanfield' for scaled objectives")
+                        f"Use make_elbo('trace') or 'meanfield' for scaled objectives"
+                    )
                 if who == "guide" and not site["is_observed"] and not site["fn"].has_rsample:
                     raise ValueError(
                         f"{name}: guide site {site['name']!r} ({type(site['fn']).__name__}) is not "
-                        f"reparameterizable; use make_elbo('trace') (score-function gradients) or 'enum'")
+                        f"reparameterizable; use make_elbo('trace') (score-function gradients) or 'enum'"
+                    )
                 if who == "model" and not site["is_observed"] and site["name"] not in guide_sites:
                     raise ValueError(
                         f"{name}: model latent site {site['name']!r} has no guide site; give the guide a site of "
-                        f"the same name, or use make_elbo('enum') for enumerated discrete latents")
+                        f"the same name, or use make_elbo('enum') for enumerated discrete latents"
+                    )
 
     def surrogate(self, model, guide, *args, **kwargs):
         """Per-data-point surrogate ``[B]`` whose value is the bound and whose gradient is the estimator's.
@@ -169,11 +198,15 @@ class DetachedPathELBO(ImportanceWeightedELBO):
         live, live_guide_trace = self._trace(model, guide, args, kwargs)
         self._check(live)
         try:
-            fixed, _ = self._trace(model, guide, args, kwargs, replay=_detached_replay_trace(live_guide_trace))
+            fixed, _ = self._trace(
+                model, guide, args, kwargs, replay=_detached_replay_trace(live_guide_trace)
+            )
         except NotImplementedError as e:
-            raise ValueError(f"{type(self).__name__} evaluates log q(z|x) at a fixed z, which needs the guide's "
-                             f"inverse transform; this guide has none ({e or 'NotImplementedError'}). Use an "
-                             f"invertible flow, or make_elbo('iwae') / 'trace'") from None
+            raise ValueError(
+                f"{type(self).__name__} evaluates log q(z|x) at a fixed z, which needs the guide's "
+                f"inverse transform; this guide has none ({e or 'NotImplementedError'}). Use an "
+                f"invertible flow, or make_elbo('iwae') / 'trace'"
+            ) from None
         log_w = live.log_w
         lw = log_w.detach().requires_grad_()
         with torch.enable_grad():
@@ -183,5 +216,7 @@ class DetachedPathELBO(ImportanceWeightedELBO):
         lp_fixed = fixed.obs + fixed.prior
         model_part = (model_weights * lp_fixed).sum(0)
         guide_part = (path * (log_w - lp_fixed + fixed.guide)).sum(0)
-        surrogate = bound.detach() + (model_part - model_part.detach()) + (guide_part - guide_part.detach())
+        surrogate = (
+            bound.detach() + (model_part - model_part.detach()) + (guide_part - guide_part.detach())
+        )
         return surrogate, live.data_plate.scale

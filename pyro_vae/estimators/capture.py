@@ -17,6 +17,7 @@ loss reads besides the parameters and ``x`` becomes an input of the graph (:func
 output shape depends on the data are refused (:func:`data_dependent_shapes`).  Which pairs are traced, and
 the proof that a replay equals the plain loss, are in :mod:`pyro_vae.estimators.fast`.
 """
+
 import contextlib
 import copy
 import time
@@ -46,10 +47,14 @@ class TracedStep:
         kwargs = dict(kwargs or {})
         for key, value in kwargs.items():
             if not torch.is_tensor(value):
-                raise Untraceable(f"the per-batch keyword argument {key!r} is a {type(value).__name__}, not a "
-                                  f"tensor: a trace would freeze it")
+                raise Untraceable(
+                    f"the per-batch keyword argument {key!r} is a {type(value).__name__}, not a "
+                    f"tensor: a trace would freeze it"
+                )
         self.keys = sorted(kwargs)
-        writes = _Writes()  # what the loss updates in place (a running σ*) is put back after tracing
+        writes = (
+            _Writes()
+        )  # what the loss updates in place (a running σ*) is put back after tracing
         with poutine.block(), poutine.trace(param_only=True) as capture, writes:
             elbo.differentiable_loss(model, guide, x, **kwargs)  # registers every parameter
         self.names = sorted(capture.trace.nodes)
@@ -57,10 +62,16 @@ class TracedStep:
         self.params = [store.get_param(name).unconstrained() for name in self.names]
         n = len(self.params)
 
-        def step(*inputs):  # the pair reads the same tensors from the param store: make_fx sees them as inputs
-            loss = elbo.differentiable_loss(model, guide, inputs[n], **dict(zip(self.keys, inputs[n + 1 :])))
+        def step(
+            *inputs,
+        ):  # the pair reads the same tensors from the param store: make_fx sees them as inputs
+            loss = elbo.differentiable_loss(
+                model, guide, inputs[n], **dict(zip(self.keys, inputs[n + 1 :]))
+            )
             grads = torch.autograd.grad(loss, inputs[:n], allow_unused=True)
-            self.used = [g is not None for g in grads]  # a parameter the loss does not reach gets no gradient
+            self.used = [
+                g is not None for g in grads
+            ]  # a parameter the loss does not reach gets no gradient
             grads = [g for g in grads if g is not None]
             # a sum of everything is finite iff every entry is (or it overflows, ~1e38 in float32: also bad)
             ok = torch.isfinite(sum((g.sum() for g in grads), loss.detach()))
@@ -104,8 +115,12 @@ class TracedStep:
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                compiled = torch._inductor.compile(copy.deepcopy(self.fx), _static_fakes(inputs), options)
-                compiled(*inputs)  # the first call finishes compiling (and records the CUDA graph's warm-up)
+                compiled = torch._inductor.compile(
+                    copy.deepcopy(self.fx), _static_fakes(inputs), options
+                )
+                compiled(
+                    *inputs
+                )  # the first call finishes compiling (and records the CUDA graph's warm-up)
         except Exception as e:  # a compiler missing or failing: keep the current replay
             return f"compiling failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
         finally:
@@ -124,7 +139,9 @@ class TracedStep:
         if self.cudagraphs:  # a new step: the outputs of the last replay are no longer read
             torch.compiler.cudagraph_mark_step_begin()
         with torch.no_grad():
-            loss, ok, *grads = self.graph(*self.params, x, *(kwargs[k] for k in self.keys), *self.state)
+            loss, ok, *grads = self.graph(
+                *self.params, x, *(kwargs[k] for k in self.keys), *self.state
+            )
         grads = iter(grads)
         return loss, ok, [next(grads) if used else None for used in self.used]
 
@@ -161,9 +178,27 @@ class Untraceable(ValueError):
 
 
 # ops whose output shape depends on the values of their inputs: a trace would freeze the first batch's shape
-_DATA_DEPENDENT = {"nonzero", "nonzero_numpy", "argwhere", "masked_select", "_unique", "_unique2", "unique_dim",
-                   "unique_consecutive", "unique_dim_consecutive", "bincount", "_local_scalar_dense"}
-_INDEXING = {"index", "_unsafe_index", "index_put", "index_put_", "_index_put_impl_", "_unsafe_index_put"}
+_DATA_DEPENDENT = {
+    "nonzero",
+    "nonzero_numpy",
+    "argwhere",
+    "masked_select",
+    "_unique",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "unique_dim_consecutive",
+    "bincount",
+    "_local_scalar_dense",
+}
+_INDEXING = {
+    "index",
+    "_unsafe_index",
+    "index_put",
+    "index_put_",
+    "_index_put_impl_",
+    "_unsafe_index_put",
+}
 
 
 def data_dependent_shapes(graph):
@@ -179,14 +214,20 @@ def data_dependent_shapes(graph):
         elif name in _DATA_DEPENDENT:
             found.append(name)
         elif name in _INDEXING and len(node.args) > 1 and isinstance(node.args[1], (list, tuple)):
-            masks = [i for i in node.args[1] if isinstance(i, torch.fx.Node)
-                     and getattr(i.meta.get("val"), "dtype", None) in (torch.bool, torch.uint8)]
+            masks = [
+                i
+                for i in node.args[1]
+                if isinstance(i, torch.fx.Node)
+                and getattr(i.meta.get("val"), "dtype", None) in (torch.bool, torch.uint8)
+            ]
             if masks:
                 found.append(f"{name} with a boolean mask")
     if not found:
         return None
-    return (f"the loss has ops whose output shape depends on the data ({', '.join(sorted(set(found)))}), "
-            f"which a trace would freeze at the first batch's shape")
+    return (
+        f"the loss has ops whose output shape depends on the data ({', '.join(sorted(set(found)))}), "
+        f"which a trace would freeze at the first batch's shape"
+    )
 
 
 def lift_constants(graph):
@@ -196,8 +237,13 @@ def lift_constants(graph):
     A replay given the same objects then reads their current values, as the plain loss does, and writes
     the in-place updates of the plain loss (e.g. a running average) back into them.
     """
-    nodes = [n for n in graph.graph.nodes if n.op == "get_attr" and torch.is_tensor(getattr(graph, n.target, None))
-             and not all(u.target is torch.ops.aten.lift_fresh_copy.default for u in n.users)]
+    nodes = [
+        n
+        for n in graph.graph.nodes
+        if n.op == "get_attr"
+        and torch.is_tensor(getattr(graph, n.target, None))
+        and not all(u.target is torch.ops.aten.lift_fresh_copy.default for u in n.users)
+    ]
     # (a tensor only copied by lift_fresh_copy is a literal, torch.tensor(...), that the loss creates afresh at
     # every call: it stays a constant, on the graph's device for a CUDA graph)
     last = [n for n in graph.graph.nodes if n.op == "placeholder"][-1]

@@ -14,6 +14,7 @@ References:
        Objectives. ICLR 2019, arXiv:1810.04152.
     2. T. Rainforth et al. Tighter Variational Bounds are Not Necessarily Better. ICML 2018, arXiv:1802.04537.
 """
+
 import torch
 
 from pyro_vae.estimators.base import DetachedPathELBO

@@ -23,6 +23,7 @@ where it can be and proven where it cannot:
   for the same random numbers on two different batches of each size (:func:`check_step`), and again at each
   epoch's start (:meth:`FastELBO.recheck`); a value read from Python that has changed drops the fast path.
 """
+
 import logging
 import time
 
@@ -54,8 +55,10 @@ def blocker(elbo, model, guide):
     """Why the loss of this pair cannot be traced, or None.  Every pair is tried (its trace is then proven on
     real batches, see :func:`trace_steps`) unless it says ``jit_compatible = False``."""
     if getattr(elbo, "traceable", False) is not True:
-        return (f"only estimators whose loss stays on the device are traced (traceable = True, or Pyro's "
-                f"Trace_ELBO and TraceMeanField_ELBO), not {type(elbo).__name__}")
+        return (
+            f"only estimators whose loss stays on the device are traced (traceable = True, or Pyro's "
+            f"Trace_ELBO and TraceMeanField_ELBO), not {type(elbo).__name__}"
+        )
     for owner in (_owner(model), _owner(guide)):
         if getattr(owner, "jit_compatible", True) is False:
             return f"{type(owner).__name__} says it cannot be traced (jit_compatible = False)"
@@ -93,8 +96,10 @@ def trace_steps(elbo, model, guide, batches):
         return {}, str(e)
     except Exception as e:  # tracing failed
         if "_local_scalar_dense" in str(e):
-            return {}, ("the pair reads a tensor's value in Python (data-dependent control flow, .item(), "
-                        "bool(tensor)), which a trace cannot follow")
+            return {}, (
+                "the pair reads a tensor's value in Python (data-dependent control flow, .item(), "
+                "bool(tensor)), which a trace cannot follow"
+            )
         return {}, f"tracing failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
     finally:
         pyro.util.set_rng_state(rng)
@@ -119,11 +124,15 @@ def check_step(step, elbo, model, guide, x, kwargs=None):
     finally:
         put_back(step.state, state)
     if _differs(loss, plain.detach()):
-        return (f"the traced loss ({loss.item():.6g}) differs from the plain one ({plain.item():.6g}) "
-                f"on a batch of {len(x)}: the pair has data-dependent control flow or state")
+        return (
+            f"the traced loss ({loss.item():.6g}) differs from the plain one ({plain.item():.6g}) "
+            f"on a batch of {len(x)}: the pair has data-dependent control flow or state"
+        )
     for name, g, p in zip(step.names, grads, plain_grads):
         if _differs(g, p):
-            return f"the traced gradient of {name!r} differs from the plain one on a batch of {len(x)}"
+            return (
+                f"the traced gradient of {name!r} differs from the plain one on a batch of {len(x)}"
+            )
     for t, a in zip(replayed, after):
         if t.is_floating_point() and _differs(t, a):
             return f"the traced update of a buffer of shape {tuple(t.shape)} differs from the plain one"
@@ -211,12 +220,16 @@ class FastELBO(ELBO):
     def __init__(self, elbo, mode="auto"):
         if not any(mode is m or (isinstance(mode, str) and mode == m) for m in MODES):
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
-        self.elbo = device_twin(elbo) or elbo  # Pyro's Trace_ELBO: the same loss, kept on the device
+        self.elbo = (
+            device_twin(elbo) or elbo
+        )  # Pyro's Trace_ELBO: the same loss, kept on the device
         self.mode = mode
         self.steps, self.note, self.compile_seconds, self.cache_hit = {}, None, 0.0, None
         self._pair, self._seen, self._refused = None, {}, False
 
-    def __getattr__(self, name):  # num_particles, data_plate, vectorize_particles, … are the wrapped estimator's
+    def __getattr__(
+        self, name
+    ):  # num_particles, data_plate, vectorize_particles, … are the wrapped estimator's
         if name == "elbo":
             raise AttributeError(name)
         return getattr(self.elbo, name)
@@ -258,16 +271,20 @@ class FastELBO(ELBO):
             seconds = step_seconds(self.steps[len(x)], x, kwargs)
             worth = COMPILE_WHEN_SECONDS.get(x.device.type, COMPILE_WHEN_SECONDS["cuda"])
             if planned_steps is None or planned_steps * seconds < worth:
-                logger.info(f"fast path: {planned_steps or 'an unknown number of'} planned steps of "
-                            f"{seconds * 1e3:.3g} ms through fx; compiling pays from {worth:.0f} s")
+                logger.info(
+                    f"fast path: {planned_steps or 'an unknown number of'} planned steps of "
+                    f"{seconds * 1e3:.3g} ms through fx; compiling pays from {worth:.0f} s"
+                )
                 return "replayed by fx (not compiled: the run is too short to pay for compiling)"
         took, why = compile_steps(self.steps, self.elbo, model, guide, batches)
         if why:
             return f"replayed by fx (not compiled: {why})"
         step = self.steps[len(x)]
         self.compile_seconds, self.cache_hit = took, step.cache_hit
-        logger.info(f"fast path: compiled by inductor in {took:.1f} s "
-                    f"({'loaded from' if step.cache_hit else 'not in'} inductor's cache)")
+        logger.info(
+            f"fast path: compiled by inductor in {took:.1f} s "
+            f"({'loaded from' if step.cache_hit else 'not in'} inductor's cache)"
+        )
         how = " as one CUDA graph per step" if x.device.type == "cuda" else ""
         rest = [size for size, s in self.steps.items() if s.backend != "inductor"]
         rest = f"; batch size {', '.join(map(str, rest))} by fx" if rest else ""
@@ -339,7 +356,9 @@ class FastELBO(ELBO):
         return loss.item()
 
     @property
-    def differentiable_loss(self):  # the wrapped estimator's (absent where it has none, as TraceGraph_ELBO)
+    def differentiable_loss(
+        self,
+    ):  # the wrapped estimator's (absent where it has none, as TraceGraph_ELBO)
         return self.elbo.differentiable_loss
 
     def _get_trace(self, model, guide, args, kwargs):

@@ -6,6 +6,7 @@ evaluation figure in pyro_vae is built from them.  Log-densities are taken
 *unscaled* (no subsampling factor, no ``poutine.scale``) and split per element
 of the data plate, so any pair that follows the model/guide contract works.
 """
+
 import math
 from typing import NamedTuple
 
@@ -34,7 +35,9 @@ class LogWeights(NamedTuple):
     guide: torch.Tensor
     model_trace: object
     guide_trace: object
-    data_plate: object = None  # the PlateInfo of the data plate (its scale is the subsampling factor N / B)
+    data_plate: object = (
+        None  # the PlateInfo of the data plate (its scale is the subsampling factor N / B)
+    )
 
     @property
     def log_w(self):
@@ -64,13 +67,15 @@ def per_particle_and_point(t, site, particle_dim, event_ndims=0, data_plate="dat
             f"figures need every sample site of model and guide inside it (a global latent has no weight per data "
             f"point: train such a pair with make_elbo('trace'); pass data_plate=NAME to name another plate)"
         )
-    event = t.shape[t.dim() - event_ndims:]
+    event = t.shape[t.dim() - event_ndims :]
     batch = t.shape[: t.dim() - event_ndims]
     t = t.reshape((1,) * (-particle_dim - len(batch)) + batch + event)
     other = [d - event_ndims for d in range(particle_dim, 0) if d not in (particle_dim, frame.dim)]
     if other:
         t = t.sum(other, keepdim=True)
-    return t.reshape((t.shape[particle_dim - event_ndims], t.shape[frame.dim - event_ndims]) + event)
+    return t.reshape(
+        (t.shape[particle_dim - event_ndims], t.shape[frame.dim - event_ndims]) + event
+    )
 
 
 def _site_terms(site, data_plate, particle_dim, num_particles):
@@ -98,7 +103,9 @@ def trace_pair(model, guide, *args, num_particles=1, max_plate_nesting=None, rep
     traced_guide = guide if replay is None else poutine.replay(guide, trace=replay)
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=particle_dim):
         guide_trace = poutine.trace(traced_guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
     return model_trace, guide_trace, particle_dim
 
 
@@ -106,8 +113,10 @@ def traced_data_plate(model_trace, guide_trace=None, data_plate=None):
     """The data plate (:class:`~pyro_vae.core.PlateInfo`) of a traced pair; one ValueError when there is none."""
     plate = find_data_plate(model_trace, guide_trace, data_plate, ignore=(PARTICLE_PLATE,))
     if plate is None:
-        raise ValueError("no plate holds every observed site, so there is no data plate to split log-weights per "
-                         "data point: put the observed sites in pyro.plate(...), or pass data_plate=NAME")
+        raise ValueError(
+            "no plate holds every observed site, so there is no data plate to split log-weights per "
+            "data point: put the observed sites in pyro.plate(...), or pass data_plate=NAME"
+        )
     return plate
 
 
@@ -128,20 +137,37 @@ def split_log_weights(model_trace, guide_trace, particle_dim, num_particles, dat
         if site["type"] == "sample" and not site["is_observed"]:
             terms["guide"].append(_site_terms(site, plate.name, particle_dim, num_particles))
     first = next(t for ts in terms.values() for t in ts)
-    obs, prior, q = (sum(ts, first.new_zeros(num_particles, plate.subsample_size)) for ts in terms.values())
+    obs, prior, q = (
+        sum(ts, first.new_zeros(num_particles, plate.subsample_size)) for ts in terms.values()
+    )
     return LogWeights(obs, prior, q, model_trace, guide_trace, plate)
 
 
-def log_weights(model, guide, *args, num_particles=1, data_plate=None, max_plate_nesting=None, replay=None,
-                **kwargs):
+def log_weights(
+    model,
+    guide,
+    *args,
+    num_particles=1,
+    data_plate=None,
+    max_plate_nesting=None,
+    replay=None,
+    **kwargs,
+):
     """Draw ``num_particles`` vectorized particles from ``guide`` and return their :class:`LogWeights`.
 
     ``guide(*args, **kwargs)`` is traced inside a plate over particles at dim
     ``-(max_plate_nesting + 1)`` and ``model`` is replayed against it; z keeps its
     reparameterized path, so the result is differentiable.  ``replay``: see :func:`trace_pair`.
     """
-    model_trace, guide_trace, particle_dim = trace_pair(model, guide, *args, num_particles=num_particles,
-                                                        max_plate_nesting=max_plate_nesting, replay=replay, **kwargs)
+    model_trace, guide_trace, particle_dim = trace_pair(
+        model,
+        guide,
+        *args,
+        num_particles=num_particles,
+        max_plate_nesting=max_plate_nesting,
+        replay=replay,
+        **kwargs,
+    )
     return split_log_weights(model_trace, guide_trace, particle_dim, num_particles, data_plate)
 
 
@@ -157,8 +183,10 @@ def data_plate_scale(trace, data_plate=None):
         for f in site.get("cond_indep_stack", ()):
             if f.name == data_plate:
                 return f.full_size / f.size if f.full_size else 1.0
-    raise ValueError(f"no site of the trace is inside the plate {data_plate!r}; put every sample site of model and "
-                     f"guide inside it (pass data_plate=NAME if your plate has another name)")
+    raise ValueError(
+        f"no site of the trace is inside the plate {data_plate!r}; put every sample site of model and "
+        f"guide inside it (pass data_plate=NAME if your plate has another name)"
+    )
 
 
 def extra_scale(site, data_plate="data"):
@@ -200,13 +228,23 @@ def runs_per_point(model, guide, call, data_plate=None):
         if not created:
             return ok
         args, kwargs = call(slice(None))
-        probe(model, guide, *args, data_plate=data_plate, **kwargs)  # registers them at their full size
+        probe(
+            model, guide, *args, data_plate=data_plate, **kwargs
+        )  # registers them at their full size
     return ok
 
 
 @torch.no_grad()
-def log_likelihood(model, guide, *args, num_samples=5000, batch_size=None, max_elements=2**16, data_plate=None,
-                   **kwargs):
+def log_likelihood(
+    model,
+    guide,
+    *args,
+    num_samples=5000,
+    batch_size=None,
+    max_elements=2**16,
+    data_plate=None,
+    **kwargs,
+):
     """Importance-sampled log p(x_i) for every data point of the data plate, a tensor of shape ``[N]`` (float64).
 
     .. math:: \\log p(x_i) \\approx \\log \\frac{1}{K} \\sum_{k=1}^K \\frac{p(x_i, z_k)}{q(z_k | x_i)}, \\quad z_k \\sim q(z | x_i)
@@ -226,17 +264,27 @@ def log_likelihood(model, guide, *args, num_samples=5000, batch_size=None, max_e
         if torch.is_tensor(a) and a.is_floating_point():
             check_images(a, f"argument {i}")  # finite values, checked once per call
     splits = bool(args) and torch.is_tensor(args[0]) and args[0].dim() and len(args[0]) > 1
-    if splits and runs_per_point(model, guide, lambda rows: (_split(args, rows), kwargs), data_plate):
-        mpn = checked_probe(model, guide, *_split(args, slice(0, 1)), data_plate=data_plate, **kwargs).max_plate_nesting
+    if splits and runs_per_point(
+        model, guide, lambda rows: (_split(args, rows), kwargs), data_plate
+    ):
+        mpn = checked_probe(
+            model, guide, *_split(args, slice(0, 1)), data_plate=data_plate, **kwargs
+        ).max_plate_nesting
         n = len(args[0])
         if batch_size is None:
             batch_size = max(1, min(n, max_elements // min(num_samples, max_elements)))
-        chunks = [_split(args, slice(start, start + batch_size)) for start in range(0, n, batch_size)]
+        chunks = [
+            _split(args, slice(start, start + batch_size)) for start in range(0, n, batch_size)
+        ]
     else:
-        info = checked_probe(model, guide, *args, data_plate=data_plate, **kwargs)  # one line if it does not fit
+        info = checked_probe(
+            model, guide, *args, data_plate=data_plate, **kwargs
+        )  # one line if it does not fit
         if info.data_plate is None:
-            raise ValueError("log_likelihood needs a data plate: put the observed sites in pyro.plate(...), or pass "
-                             "data_plate=NAME")
+            raise ValueError(
+                "log_likelihood needs a data plate: put the observed sites in pyro.plate(...), or pass "
+                "data_plate=NAME"
+            )
         mpn, chunks = info.max_plate_nesting, [args]
         batch_size = info.data_plate.subsample_size
     chunk = max(1, min(num_samples, max_elements // batch_size))
@@ -245,8 +293,18 @@ def log_likelihood(model, guide, *args, num_samples=5000, batch_size=None, max_e
         total, done = None, 0
         while done < num_samples:
             k = min(chunk, num_samples - done)
-            lw = torch.logsumexp(log_weights(model, guide, *chunk_args, num_particles=k, data_plate=data_plate,
-                                             max_plate_nesting=mpn, **kwargs).log_w.double(), dim=0)
+            lw = torch.logsumexp(
+                log_weights(
+                    model,
+                    guide,
+                    *chunk_args,
+                    num_particles=k,
+                    data_plate=data_plate,
+                    max_plate_nesting=mpn,
+                    **kwargs,
+                ).log_w.double(),
+                dim=0,
+            )
             total = lw if total is None else torch.logaddexp(total, lw)
             done += k
             if lw.device.type == "cpu":

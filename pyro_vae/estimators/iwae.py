@@ -8,6 +8,7 @@ It equals the ELBO at K = 1, rises with K and tends to log p(x_i).
 References:
     1. Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016, arXiv:1509.00519.
 """
+
 import math
 
 import torch

@@ -10,6 +10,7 @@ subsampling factor applied outside.
 References:
     1. Y. Li, R. E. Turner. Rényi Divergence Variational Inference. NeurIPS 2016, arXiv:1602.02311.
 """
+
 import math
 
 import torch
@@ -24,9 +25,19 @@ class RenyiBound_ELBO(ImportanceWeightedELBO):
     :param float alpha: the order α (finite; default 0, the IWAE bound).
     """
 
-    def __init__(self, num_particles=1, alpha=0.0, max_plate_nesting=None, vectorize_particles=True,
-                 data_plate=None):
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+    def __init__(
+        self,
+        num_particles=1,
+        alpha=0.0,
+        max_plate_nesting=None,
+        vectorize_particles=True,
+        data_plate=None,
+    ):
+        if (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, (int, float))
+            or not math.isfinite(alpha)
+        ):
             raise ValueError(f"alpha must be a finite number (0: IWAE, 1: ELBO), got {alpha!r}")
         super().__init__(num_particles, max_plate_nesting, vectorize_particles, data_plate)
         self.alpha = float(alpha)

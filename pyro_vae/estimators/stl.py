@@ -18,6 +18,7 @@ References:
     1. G. Roeder, Y. Wu, D. Duvenaud. Sticking the Landing: Simple, Lower-Variance Gradient Estimators for
        Variational Inference. NeurIPS 2017, arXiv:1703.09194.
 """
+
 from pyro import poutine
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
@@ -27,8 +28,12 @@ from pyro_vae.estimators.trace import DeviceTrace_ELBO
 
 
 def _reparameterized(site):
-    return (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-            and site["fn"].has_rsample)
+    return (
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and site["fn"].has_rsample
+    )
 
 
 class STL_ELBO(DeviceTrace_ELBO):
@@ -47,26 +52,39 @@ class STL_ELBO(DeviceTrace_ELBO):
             if _reparameterized(site):
                 replay.nodes[name] = dict(site, value=site["value"].detach())
         try:
-            fixed = prune_subsample_sites(poutine.trace(poutine.replay(guide, trace=replay)).get_trace(*args, **kwargs))
+            fixed = prune_subsample_sites(
+                poutine.trace(poutine.replay(guide, trace=replay)).get_trace(*args, **kwargs)
+            )
             fixed.compute_log_prob(site_filter=lambda name, site: _reparameterized(site))
         except NotImplementedError as e:
-            raise ValueError(f"STL_ELBO evaluates log q(z|x) at a fixed z, which needs the guide's inverse "
-                             f"transform; this guide has none ({e or 'NotImplementedError'}). Use an invertible "
-                             f"flow, or make_elbo('trace')") from None
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+            raise ValueError(
+                f"STL_ELBO evaluates log q(z|x) at a fixed z, which needs the guide's inverse "
+                f"transform; this guide has none ({e or 'NotImplementedError'}). Use an invertible "
+                f"flow, or make_elbo('trace')"
+            ) from None
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
             check_if_enumerated(guide_trace)
-        guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
+        guide_trace, model_trace = (
+            prune_subsample_sites(guide_trace),
+            prune_subsample_sites(model_trace),
+        )
         model_trace.compute_log_prob()
         guide_trace.compute_score_parts()
         for name, site in guide_trace.nodes.items():
             if is_validation_enabled() and site["type"] == "sample":
                 check_site_shape(site, self.max_plate_nesting)
-            if _reparameterized(site):  # Trace_ELBO differentiates the entropy term of each site's score parts
+            if _reparameterized(
+                site
+            ):  # Trace_ELBO differentiates the entropy term of each site's score parts
                 at_fixed = fixed.nodes[name]["log_prob"]
                 parts = site["score_parts"]
-                site["score_parts"] = parts._replace(entropy_term=parts.entropy_term - (at_fixed - at_fixed.detach()))
+                site["score_parts"] = parts._replace(
+                    entropy_term=parts.entropy_term - (at_fixed - at_fixed.detach())
+                )
         if is_validation_enabled():
             for site in model_trace.nodes.values():
                 if site["type"] == "sample":

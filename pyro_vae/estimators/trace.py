@@ -10,6 +10,7 @@ smallest pieces, the per-particle terms and their sum, so that both stay tensors
 the value ℓ (−ELBO) and the gradient of the surrogate s exactly as Pyro's.  Everything else (the traces,
 ``loss``, ``loss_and_grads``, validation) is Pyro's own.  The trainer's NaN guard replaces ``warn_if_nan``.
 """
+
 import pyro.infer
 import torch
 from pyro.distributions.util import is_identically_zero, scale_and_mask
@@ -52,7 +53,9 @@ class DeviceTrace_ELBO(_DeviceLoss, pyro.infer.Trace_ELBO):
                 surrogate = surrogate - entropy_term.sum()
             if not is_identically_zero(score_function_term):
                 log_r = _compute_log_r(model_trace, guide_trace) if log_r is None else log_r
-                surrogate = surrogate + (log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum()
+                surrogate = (
+                    surrogate + (log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum()
+                )
         return -torch.as_tensor(elbo).detach(), -surrogate
 
 
@@ -77,7 +80,9 @@ class DeviceTraceMeanField_ELBO(_DeviceLoss, pyro.infer.TraceMeanField_ELBO):
                 elbo = elbo + site["log_prob_sum"] - guide_site["score_parts"].entropy_term.sum()
                 continue
             kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
-            elbo = elbo - (kl.sum() if torch.is_tensor(kl) else kl * guide_site["fn"].batch_shape.numel())
+            elbo = elbo - (
+                kl.sum() if torch.is_tensor(kl) else kl * guide_site["fn"].batch_shape.numel()
+            )
         for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites
             if guide_site["type"] == "sample" and name not in model_trace.nodes:
                 elbo = elbo - guide_site["score_parts"].entropy_term.sum()
@@ -90,7 +95,10 @@ def device_twin(elbo):
     None."""
     if getattr(elbo, "traceable", False) is True:
         return elbo
-    twin = {pyro.infer.Trace_ELBO: DeviceTrace_ELBO, pyro.infer.TraceMeanField_ELBO: DeviceTraceMeanField_ELBO}
+    twin = {
+        pyro.infer.Trace_ELBO: DeviceTrace_ELBO,
+        pyro.infer.TraceMeanField_ELBO: DeviceTraceMeanField_ELBO,
+    }
     cls = twin.get(type(elbo))
     if cls is None:
         return None

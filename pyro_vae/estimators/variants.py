@@ -35,6 +35,7 @@ References:
 2. Bowman et al. 2016, "Generating Sentences from a Continuous Space" (KL annealing).
 3. Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive Flow" (free bits).
 """
+
 import math
 
 import torch
@@ -45,8 +46,13 @@ from pyro.poutine.util import site_is_subsample
 from pyro_vae.core.checks import check_option
 from pyro_vae.core.kl import elementwise_kl
 from pyro_vae.estimators import register_elbo
-from pyro_vae.estimators.importance import (data_plate_scale, extra_scale, guess_max_plate_nesting, log_weights,
-                                            per_particle_and_point)
+from pyro_vae.estimators.importance import (
+    data_plate_scale,
+    extra_scale,
+    guess_max_plate_nesting,
+    log_weights,
+    per_particle_and_point,
+)
 
 # sums of per-site terms, which take any per-site weight; free-bits: FreeBits_ELBO reads β per site
 SCALED_ESTIMATORS = ("trace", "meanfield", "stl", "enum", "free-bits")
@@ -59,8 +65,10 @@ def _check_beta(beta, what="beta"):
         return
     if torch.is_tensor(beta):
         if beta.dim() != 0 or not beta.is_floating_point():
-            raise ValueError(f"{what} must be a 0-d floating-point tensor when it is a tensor, got shape "
-                             f"{tuple(beta.shape)} and dtype {beta.dtype}")
+            raise ValueError(
+                f"{what} must be a 0-d floating-point tensor when it is a tensor, got shape "
+                f"{tuple(beta.shape)} and dtype {beta.dtype}"
+            )
         return  # its value may change during a run (KLSchedule.set_epoch): it is read at every site
     check_option("beta", beta, what)
 
@@ -135,7 +143,9 @@ class KLSchedule:
         if self._weights is None:
             value = self(0)
             make = lambda b: torch.tensor(float(b), device=device)  # noqa: E731
-            self._weights = {k: make(b) for k, b in value.items()} if isinstance(value, dict) else make(value)
+            self._weights = (
+                {k: make(b) for k, b in value.items()} if isinstance(value, dict) else make(value)
+            )
         return self._weights
 
     def set_epoch(self, epoch):
@@ -174,10 +184,13 @@ def check_estimator(name, scaled=True, free_bits=0.0):
         raise ValueError(
             f"elbo={name!r} is an importance-weighted bound: a β or free-bits weight on the KL inside its "
             f"log-sum-exp is no longer a bound on log p(x), so it is refused; use elbo='trace', elbo='meanfield' "
-            f"or elbo='stl' with beta=, kl_warmup_epochs= or free_bits= (or leave those out)")
+            f"or elbo='stl' with beta=, kl_warmup_epochs= or free_bits= (or leave those out)"
+        )
     if free_bits and name == "enum":
-        raise ValueError("free_bits does not support enumerated discrete latents (elbo='enum'); use elbo='trace' "
-                         "or elbo='meanfield', or leave out free_bits")
+        raise ValueError(
+            "free_bits does not support enumerated discrete latents (elbo='enum'); use elbo='trace' "
+            "or elbo='meanfield', or leave out free_bits"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +214,11 @@ def _mean_over_points(t, site, group_ndims, particle_dim, data_plate):
     if site["mask"] is not None:
         mask = torch.as_tensor(site["mask"], device=t.device)
         t = t * mask.reshape(mask.shape + (1,) * group_ndims)
-    return per_particle_and_point(t, site, particle_dim, group_ndims, data_plate).mean([0, 1]).reshape(-1)
+    return (
+        per_particle_and_point(t, site, particle_dim, group_ndims, data_plate)
+        .mean([0, 1])
+        .reshape(-1)
+    )
 
 
 @register_elbo("free-bits")
@@ -221,18 +238,31 @@ class FreeBits_ELBO(ELBO):
 
     traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.estimators.fast)
 
-    def __init__(self, num_particles=1, free_bits=0.0, max_plate_nesting=None, vectorize_particles=True,
-                 data_plate="data"):
+    def __init__(
+        self,
+        num_particles=1,
+        free_bits=0.0,
+        max_plate_nesting=None,
+        vectorize_particles=True,
+        data_plate="data",
+    ):
         check_option("free_bits", free_bits)
         if not vectorize_particles:
-            raise ValueError("FreeBits_ELBO always vectorizes its particles; drop vectorize_particles=False")
-        super().__init__(num_particles=num_particles, max_plate_nesting=math.inf if max_plate_nesting is None
-                         else max_plate_nesting, vectorize_particles=True)
+            raise ValueError(
+                "FreeBits_ELBO always vectorizes its particles; drop vectorize_particles=False"
+            )
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=math.inf if max_plate_nesting is None else max_plate_nesting,
+            vectorize_particles=True,
+        )
         self.free_bits = float(free_bits)
         self.data_plate = data_plate
 
     def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("FreeBits_ELBO traces the pair with pyro_vae.estimators.importance.log_weights")
+        raise NotImplementedError(
+            "FreeBits_ELBO traces the pair with pyro_vae.estimators.importance.log_weights"
+        )
 
     def terms(self, model, guide, x, *args, **kwargs):
         """``(recon, kl)``: recon = Σ_i E_q log p(x_i|z) (a scalar), kl = ``{site: [G] tensor}`` minibatch-mean KLs.
@@ -240,35 +270,56 @@ class FreeBits_ELBO(ELBO):
         Also returns the data plate's factor N/B and ``{site: β}`` as the third and fourth items.
         """
         if not torch.is_tensor(x):
-            raise TypeError(f"FreeBits_ELBO needs the batch x (a tensor) first, got {type(x).__name__}")
+            raise TypeError(
+                f"FreeBits_ELBO needs the batch x (a tensor) first, got {type(x).__name__}"
+            )
         if self.max_plate_nesting == math.inf:
             self.max_plate_nesting = guess_max_plate_nesting(model, guide, x, *args, **kwargs)
-        weights = log_weights(model, guide, x, *args, num_particles=self.num_particles, data_plate=self.data_plate,
-                              max_plate_nesting=self.max_plate_nesting, **kwargs)
+        weights = log_weights(
+            model,
+            guide,
+            x,
+            *args,
+            num_particles=self.num_particles,
+            data_plate=self.data_plate,
+            max_plate_nesting=self.max_plate_nesting,
+            **kwargs,
+        )
         particle_dim = -(self.max_plate_nesting + 1)
         recon = weights.obs.mean(0).sum()
-        model_trace, guide_trace = weights.model_trace, weights.guide_trace  # without subsample sites
+        model_trace, guide_trace = (
+            weights.model_trace,
+            weights.guide_trace,
+        )  # without subsample sites
         kl, beta = {}, {}
         for name, q_site in guide_trace.nodes.items():
             if q_site["type"] != "sample" or q_site["is_observed"]:
                 continue
             if not q_site["fn"].has_rsample:
-                raise ValueError(f"FreeBits_ELBO: guide site {name!r} ({type(q_site['fn']).__name__}) is not "
-                                 f"reparameterizable; free bits need reparameterized latents")
+                raise ValueError(
+                    f"FreeBits_ELBO: guide site {name!r} ({type(q_site['fn']).__name__}) is not "
+                    f"reparameterizable; free bits need reparameterized latents"
+                )
             p_site = model_trace.nodes.get(name)
             if p_site is None or p_site["type"] != "sample":
-                raise ValueError(f"FreeBits_ELBO: the guide samples {name!r} but the model has no site of that name")
+                raise ValueError(
+                    f"FreeBits_ELBO: the guide samples {name!r} but the model has no site of that name"
+                )
             t, group_ndims = _group_kl(q_site, p_site)
             kl[name] = _mean_over_points(t, q_site, group_ndims, particle_dim, self.data_plate)
             beta[name] = extra_scale(q_site, self.data_plate)
         for name, p_site in model_trace.nodes.items():
             if p_site["type"] == "sample" and not p_site["is_observed"] and name not in kl:
-                raise ValueError(f"FreeBits_ELBO: model latent site {name!r} has no guide site of the same name")
+                raise ValueError(
+                    f"FreeBits_ELBO: model latent site {name!r} has no guide site of the same name"
+                )
         return recon, kl, data_plate_scale(guide_trace, self.data_plate), beta
 
     def differentiable_loss(self, model, guide, x, *args, **kwargs):
         recon, kl, scale, beta = self.terms(model, guide, x, *args, **kwargs)
-        penalty = sum((beta[n] * kl[n].clamp(min=self.free_bits).sum() for n in kl), recon.new_zeros(()))
+        penalty = sum(
+            (beta[n] * kl[n].clamp(min=self.free_bits).sum() for n in kl), recon.new_zeros(())
+        )
         return -scale * recon + scale * len(x) * penalty
 
     def loss(self, model, guide, x, *args, **kwargs):

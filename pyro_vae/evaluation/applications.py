@@ -10,6 +10,7 @@ Every function takes the user's ``model``/``guide`` pair and works through its t
 * :func:`embeddings`: posterior means of one latent site, for PCA / t-SNE / UMAP; :func:`save_embeddings`
   writes them with the labels as ``.npy``.
 """
+
 import os
 
 import numpy as np
@@ -32,8 +33,15 @@ def anomaly_scores(model, guide, x, *args, score="nll", num_samples=1000, **kwar
     if score == "nll":
         return -log_likelihood(model, guide, x, *args, num_samples=num_samples, **kwargs)
     if score == "elbo":
-        return -elbo_per_point(model, guide, x, *args, num_particles=num_samples, batch_size=max(1, 2**16 // num_samples),
-                               **kwargs).double()
+        return -elbo_per_point(
+            model,
+            guide,
+            x,
+            *args,
+            num_particles=num_samples,
+            batch_size=max(1, 2**16 // num_samples),
+            **kwargs,
+        ).double()
     raise ValueError(f"unknown anomaly score {score!r}; choose one of {', '.join(SCORES)}")
 
 
@@ -58,10 +66,14 @@ def roc_auc(scores, labels):
     with R₊ the sum of the positives' ranks among all scores (ties get their average rank,
     so a tie counts ½).  ``labels`` are booleans or 0/1 (1 = positive, e.g. anomalous).
     """
-    s = np.asarray(scores.detach().cpu() if torch.is_tensor(scores) else scores, dtype=np.float64).reshape(-1)
+    s = np.asarray(
+        scores.detach().cpu() if torch.is_tensor(scores) else scores, dtype=np.float64
+    ).reshape(-1)
     y = np.asarray(labels.detach().cpu() if torch.is_tensor(labels) else labels).reshape(-1)
     if s.shape != y.shape:
-        raise ValueError(f"scores and labels must have the same length, got {s.shape[0]} and {y.shape[0]}")
+        raise ValueError(
+            f"scores and labels must have the same length, got {s.shape[0]} and {y.shape[0]}"
+        )
     if not np.isin(y, (0, 1)).all():
         raise ValueError("labels must be 0/1 or booleans (1 = positive)")
     if np.isnan(s).any():
@@ -111,8 +123,12 @@ def denoise(model, guide, x, kind="mask", level=0.5, seed=0, batch_size=1000, ob
     noisy, changed = corrupt(x, kind, level, generator=g)
 
     def through(images):
-        return torch.cat([reconstruct(model, guide, images[i : i + batch_size], obs_site)
-                          for i in range(0, len(images), batch_size)]).reshape(x.shape)
+        return torch.cat(
+            [
+                reconstruct(model, guide, images[i : i + batch_size], obs_site)
+                for i in range(0, len(images), batch_size)
+            ]
+        ).reshape(x.shape)
 
     out = through(noisy)
     err_noisy, err_out = (noisy - x).pow(2).double(), (out - x).pow(2).double()

@@ -25,6 +25,7 @@ References:
     3. G. Roeder, Y. Wu, D. Duvenaud. Sticking the Landing: Simple, Lower-Variance Gradient
        Estimators for Variational Inference. NeurIPS 2017, arXiv:1703.09194.
 """
+
 import math
 import time
 from typing import Dict, NamedTuple, Tuple
@@ -74,18 +75,23 @@ class GradientSNR(NamedTuple):
     def as_row(self):
         """The JSON row: each SNR the median over entries (NaN as None), its quartiles beside it."""
         number = lambda v: None if math.isnan(v) else v  # noqa: E731
-        return {"elbo": self.elbo, "particles": self.particles,
-                "guide_snr": number(self.guide.median), "model_snr": number(self.model.median),
-                "guide_variance": number(self.guide.variance),
-                "model_variance": number(self.model.variance),
-                "seconds": self.seconds,
-                "guide_snr_quartiles": [number(self.guide.q25), number(self.guide.q75)],
-                "model_snr_quartiles": [number(self.model.q25), number(self.model.q75)]}
+        return {
+            "elbo": self.elbo,
+            "particles": self.particles,
+            "guide_snr": number(self.guide.median),
+            "model_snr": number(self.model.median),
+            "guide_variance": number(self.guide.variance),
+            "model_variance": number(self.model.variance),
+            "seconds": self.seconds,
+            "guide_snr_quartiles": [number(self.guide.q25), number(self.guide.q75)],
+            "model_snr_quartiles": [number(self.model.q25), number(self.model.q75)],
+        }
 
 
 def split_params(info):
     """``(guide_params, model_params)`` of a probed pair (:class:`~pyro_vae.core.pair.PairInfo`):
     the param sites each trace touched; a param that both read counts as the model's."""
+
     def touched(trace):
         return {name for name, site in trace.nodes.items() if site["type"] == "param"}
 
@@ -100,8 +106,9 @@ def check_grid(elbos, particles, repeats):
     for name in elbos:
         check_choice("estimator", name, ESTIMATORS, "elbos")
     if isinstance(particles, int) or not list(particles):
-        raise ValueError(f"particles must be a non-empty list of particle counts, "
-                         f"got {particles!r}")
+        raise ValueError(
+            f"particles must be a non-empty list of particle counts, got {particles!r}"
+        )
     for k in particles:
         check_option("particles", k)
     if check_positive_int("repeats", repeats) < 2:
@@ -153,12 +160,28 @@ def _moments(estimator, model, guide, args, kwargs, groups, repeats):
             m += delta / r
             s += delta * (g - m)
     variance = {n: s / (repeats - 1) for n, s in zip(names, m2)}
-    return Moments(mean=dict(zip(names, mean)), variance=variance, repeats=repeats,
-                   seconds=seconds / repeats, guide_params=guide_params, model_params=model_params)
+    return Moments(
+        mean=dict(zip(names, mean)),
+        variance=variance,
+        repeats=repeats,
+        seconds=seconds / repeats,
+        guide_params=guide_params,
+        model_params=model_params,
+    )
 
 
-def gradient_moments(model, guide, data, *args, elbo="trace", particles=1, repeats=100,
-                     batch_call=None, data_plate=None, **kwargs):
+def gradient_moments(
+    model,
+    guide,
+    data,
+    *args,
+    elbo="trace",
+    particles=1,
+    repeats=100,
+    batch_call=None,
+    data_plate=None,
+    **kwargs,
+):
     """The mean ĝ and variance s² of each parameter entry over ``repeats`` draws of the gradient of
     the estimator ``elbo`` at ``particles`` K on the batch ``data``: a :class:`Moments`.
 
@@ -170,8 +193,15 @@ def gradient_moments(model, guide, data, *args, elbo="trace", particles=1, repea
     check_grid([elbo], [particles], repeats)
     args, kwargs = _pair_arguments(data, args, kwargs, batch_call)
     info = checked_probe(model, guide, *args, data_plate=data_plate, **kwargs)
-    return _moments(_estimator(elbo, particles, data_plate, info), model, guide, args, kwargs,
-                    split_params(info), repeats)
+    return _moments(
+        _estimator(elbo, particles, data_plate, info),
+        model,
+        guide,
+        args,
+        kwargs,
+        split_params(info),
+        repeats,
+    )
 
 
 def summarize(moments, names):
@@ -190,8 +220,18 @@ def summarize(moments, names):
     return SNRSummary(at(0.5), at(0.25), at(0.75), total, len(snr))
 
 
-def gradient_snr(model, guide, data, *args, elbos=("trace", "iwae", "dreg", "stl"),
-                 particles=(1, 10, 100), repeats=100, batch_call=None, data_plate=None, **kwargs):
+def gradient_snr(
+    model,
+    guide,
+    data,
+    *args,
+    elbos=("trace", "iwae", "dreg", "stl"),
+    particles=(1, 10, 100),
+    repeats=100,
+    batch_call=None,
+    data_plate=None,
+    **kwargs,
+):
     """The lab: for each estimator in ``elbos`` and each K in ``particles``, ``repeats`` draws of
     its gradient on the same batch ``data``; one :class:`GradientSNR` row each, in that order.
 
@@ -220,6 +260,7 @@ def gradient_snr(model, guide, data, *args, elbos=("trace", "iwae", "dreg", "stl
 def snr_table(rows):
     """The rows (:class:`GradientSNR`, or their :meth:`~GradientSNR.as_row` dicts) as a text table:
     SNR medians [quartiles], total variances, milliseconds per gradient."""
+
     def num(v):
         return "nan" if v is None else f"{v:.3g}"
 
@@ -227,12 +268,16 @@ def snr_table(rows):
         q25, q75 = row[f"{group}_snr_quartiles"]
         return f"{num(row[f'{group}_snr']):>9} [{num(q25)}, {num(q75)}]"
 
-    lines = [f"{'elbo':<10}{'K':>6}  {'guide SNR [q25, q75]':<30}{'model SNR [q25, q75]':<30}"
-             f"{'guide var':>11}{'model var':>11}{'ms/grad':>9}"]
+    lines = [
+        f"{'elbo':<10}{'K':>6}  {'guide SNR [q25, q75]':<30}{'model SNR [q25, q75]':<30}"
+        f"{'guide var':>11}{'model var':>11}{'ms/grad':>9}"
+    ]
     for r in (r.as_row() if isinstance(r, GradientSNR) else r for r in rows):
-        lines.append(f"{r['elbo']:<10}{r['particles']:>6}  {snr(r, 'guide'):<30}"
-                     f"{snr(r, 'model'):<30}{num(r['guide_variance']):>11}"
-                     f"{num(r['model_variance']):>11}{1000 * r['seconds']:>9.1f}")
+        lines.append(
+            f"{r['elbo']:<10}{r['particles']:>6}  {snr(r, 'guide'):<30}"
+            f"{snr(r, 'model'):<30}{num(r['guide_variance']):>11}"
+            f"{num(r['model_variance']):>11}{1000 * r['seconds']:>9.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -251,15 +296,24 @@ def save_snr_plot(rows, path, title=None):
             mine = sorted((r for r in rows if r.elbo == name), key=lambda r: r.particles)
             ks = [r.particles for r in mine]
             stats = [getattr(r, group) for r in mine]
-            line, = ax.plot(ks, [s.median for s in stats], marker="o", label=name)
-            ax.fill_between(ks, [s.q25 for s in stats], [s.q75 for s in stats],
-                            color=line.get_color(), alpha=0.12, linewidth=0)
+            (line,) = ax.plot(ks, [s.median for s in stats], marker="o", label=name)
+            ax.fill_between(
+                ks,
+                [s.q25 for s in stats],
+                [s.q75 for s in stats],
+                color=line.get_color(),
+                alpha=0.12,
+                linewidth=0,
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         for axis in (ax.xaxis, ax.yaxis):  # 0.5, 1, 2 rather than 5×10⁻¹; minor ticks: 2s and 5s
             axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-            axis.set_minor_formatter(ticker.FuncFormatter(
-                lambda v, _: f"{v:g}" if f"{v:g}".lstrip("0.")[:1] in ("2", "5") else ""))
+            axis.set_minor_formatter(
+                ticker.FuncFormatter(
+                    lambda v, _: f"{v:g}" if f"{v:g}".lstrip("0.")[:1] in ("2", "5") else ""
+                )
+            )
         ax.set_xlabel("particles K")
         ax.set_ylabel("SNR = |mean| / std (median over entries)")
         ax.set_title(f"{group} parameters")
@@ -273,5 +327,15 @@ def save_snr_plot(rows, path, title=None):
     return path
 
 
-__all__ = ["GradientSNR", "Moments", "SNRSummary", "check_grid", "gradient_moments", "gradient_snr",
-           "save_snr_plot", "snr_table", "split_params", "summarize"]
+__all__ = [
+    "GradientSNR",
+    "Moments",
+    "SNRSummary",
+    "check_grid",
+    "gradient_moments",
+    "gradient_snr",
+    "save_snr_plot",
+    "snr_table",
+    "split_params",
+    "summarize",
+]

@@ -14,6 +14,7 @@ Latent diagnostics read the guide's latent sites in the order the guide samples 
   Carlo E_q[log q(z_d|x) − log p(z_d)]; ``None`` for a site whose q does not factorize over
   dimensions (e.g. a flow or a full-covariance Gaussian).
 """
+
 import math
 import sys
 import warnings as _warnings
@@ -25,8 +26,14 @@ from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.core.kl import elementwise_kl
 from pyro_vae.core.pair import batch_as_argument, checked_probe, plate_nesting
-from pyro_vae.estimators.importance import (PARTICLE_PLATE, guess_max_plate_nesting, log_likelihood, log_weights,
-                                            per_particle_and_point, runs_per_point)
+from pyro_vae.estimators.importance import (
+    PARTICLE_PLATE,
+    guess_max_plate_nesting,
+    log_likelihood,
+    log_weights,
+    per_particle_and_point,
+    runs_per_point,
+)
 from pyro_vae.models.likelihoods import discrete_dims
 
 ACTIVE_THRESHOLD = 0.01
@@ -38,14 +45,25 @@ def elbo_terms(model, guide, x, *args, num_particles=1, batch_size=1000, batch_c
     recon_i = E_q[log p(x_i|z)],  kl_i = E_q[log q(z|x_i) − log p(z)],  ELBO_i = recon_i − kl_i.
     ``batch_call``: how the pair takes rows of ``x`` (see :func:`evaluate`); ``batch_size=None``: all at once.
     """
-    recon, kl, _ = _latent_pass(model, guide, x, *args, num_particles=num_particles, batch_size=batch_size,
-                                per_dim=False, batch_call=batch_call, **kwargs)
+    recon, kl, _ = _latent_pass(
+        model,
+        guide,
+        x,
+        *args,
+        num_particles=num_particles,
+        batch_size=batch_size,
+        per_dim=False,
+        batch_call=batch_call,
+        **kwargs,
+    )
     return recon, kl
 
 
 def elbo_per_point(model, guide, x, *args, num_particles=1, batch_size=1000, **kwargs):
     """Monte Carlo ELBO of every image, shape ``[N]`` (nats)."""
-    recon, kl = elbo_terms(model, guide, x, *args, num_particles=num_particles, batch_size=batch_size, **kwargs)
+    recon, kl = elbo_terms(
+        model, guide, x, *args, num_particles=num_particles, batch_size=batch_size, **kwargs
+    )
     return recon - kl
 
 
@@ -65,15 +83,22 @@ def _caller(x, args, kwargs, batch_call):
 
 def _row_chunks(n, batch_size):
     """Slices of ``batch_size`` data points over ``n`` (one slice of all of them for ``batch_size=None``)."""
-    return [slice(None)] if batch_size is None else [slice(s, s + batch_size) for s in range(0, n, batch_size)]
+    return (
+        [slice(None)]
+        if batch_size is None
+        else [slice(s, s + batch_size) for s in range(0, n, batch_size)]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # latent sites, posterior means, active units, KL per dimension
 # ---------------------------------------------------------------------------------------------
 def _latent_sites(trace):
-    return [name for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"]]
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    ]
 
 
 def _is_discrete(site):
@@ -100,14 +125,25 @@ def _latent_plate(guide_trace):
     """The plate every latent site of a guide trace sits in (the data plate of a guide), else ``"data"``."""
     common = None
     for name in _latent_sites(guide_trace):
-        names = [f.name for f in guide_trace.nodes[name]["cond_indep_stack"] if f.name != PARTICLE_PLATE]
+        names = [
+            f.name for f in guide_trace.nodes[name]["cond_indep_stack"] if f.name != PARTICLE_PLATE
+        ]
         common = names if common is None else [n for n in common if n in names]
     return common[0] if common and (len(common) == 1 or "data" not in common) else "data"
 
 
 @torch.no_grad()
-def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_nesting=None, data_plate=None,
-                    batch_call=None, **kwargs):
+def posterior_means(
+    guide,
+    x,
+    *args,
+    mc_samples=64,
+    batch_size=1000,
+    max_plate_nesting=None,
+    data_plate=None,
+    batch_call=None,
+    **kwargs,
+):
     """E_q[z | x_i] of every real-valued latent site of ``guide``: a dict ``{site: tensor [N, *event_shape]}`` in
     guide order.  Integer-valued sites (e.g. the class ``y`` of M2 or of an unconditioned CVAE) have no mean in
     latent space and are left out (a one-hot site's mean is its probabilities); the sites after them are
@@ -139,7 +175,9 @@ def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_n
             every = _latent_sites(trace)
             sites = [n for n in every if not _is_discrete(trace.nodes[n])]
             if not sites:
-                raise ValueError("the guide has no real-valued latent site, so there is no posterior mean to take")
+                raise ValueError(
+                    "the guide has no real-valued latent site, so there is no posterior mean to take"
+                )
             means = {n: _site_mean(trace.nodes[n]["fn"]) for n in sites}
             if k > 1 or (len(every) == 1 and means[sites[0]] is not None):
                 break
@@ -150,7 +188,9 @@ def posterior_means(guide, x, *args, mc_samples=64, batch_size=1000, max_plate_n
             m = means[name]
             m = value if m is None else m.expand(value.shape)
             event_dim = site["fn"].event_dim
-            m = per_particle_and_point(m, site, particle_dim, event_dim, data_plate or _latent_plate(trace))
+            m = per_particle_and_point(
+                m, site, particle_dim, event_dim, data_plate or _latent_plate(trace)
+            )
             m = m.mean(0)  # [B, *event]
             sums.setdefault(name, []).append(m)
     return {name: torch.cat(parts) for name, parts in sums.items()}
@@ -167,7 +207,9 @@ def active_units(means, threshold=ACTIVE_THRESHOLD):
     out = {}
     for name, m in means.items():
         if len(m) < 2:
-            raise ValueError(f"active units need at least 2 images to take a variance over the data, got {len(m)}")
+            raise ValueError(
+                f"active units need at least 2 images to take a variance over the data, got {len(m)}"
+            )
         var = m.reshape(len(m), -1).double().var(0)
         out[name] = (int((var > threshold).sum()), var)
     return out
@@ -177,14 +219,27 @@ def _kl_per_dim_of_site(name, guide_trace, model_trace):
     """Per-element KL of one latent site, shape ``batch + event`` (analytic when possible, else one MC draw)."""
     q_site, p_site = guide_trace.nodes[name], model_trace.nodes.get(name)
     if p_site is None:
-        raise ValueError(f"the guide samples {name!r} but the model has no site of that name; "
-                         f"model and guide must share site names")
+        raise ValueError(
+            f"the guide samples {name!r} but the model has no site of that name; "
+            f"model and guide must share site names"
+        )
     return elementwise_kl(q_site["fn"], p_site["fn"], q_site["value"])
 
 
 @torch.no_grad()
-def _latent_pass(model, guide, x, *args, num_particles=1, batch_size=1000, per_dim=True, data_plate=None,
-                 batch_call=None, max_elements=2**16, **kwargs):
+def _latent_pass(
+    model,
+    guide,
+    x,
+    *args,
+    num_particles=1,
+    batch_size=1000,
+    per_dim=True,
+    data_plate=None,
+    batch_call=None,
+    max_elements=2**16,
+    **kwargs,
+):
     """One pass over ``x``: per-image recon and KL ``[N]``, and (``per_dim``) per-site per-dimension KL ``[N, D]``
     (None for a site whose q does not factorize).  ``batch_size`` data points at a time with every particle, or
     (``batch_size=None``) all of them at once with at most ``max_elements // N`` particles per pass."""
@@ -201,22 +256,38 @@ def _latent_pass(model, guide, x, *args, num_particles=1, batch_size=1000, per_d
         sites, done = {}, 0
         while done < num_particles:
             k = min(per_pass, num_particles - done)
-            w = log_weights(model, guide, *a, num_particles=k, max_plate_nesting=mpn, data_plate=data_plate, **kw)
+            w = log_weights(
+                model,
+                guide,
+                *a,
+                num_particles=k,
+                max_plate_nesting=mpn,
+                data_plate=data_plate,
+                **kw,
+            )
             r, k_l = r + w.obs.sum(0), k_l + (w.guide - w.prior).sum(0)
             for name in _latent_sites(w.guide_trace) if per_dim else ():
                 site = w.guide_trace.nodes[name]
                 t = _kl_per_dim_of_site(name, w.guide_trace, w.model_trace)
                 if t is not None:
-                    t = per_particle_and_point(t, site, particle_dim, site["fn"].event_dim, w.data_plate.name)
-                    t = t.reshape(*t.shape[:2], -1)  # [K', B', D]; a scalar site (a class label) is one dimension
+                    t = per_particle_and_point(
+                        t, site, particle_dim, site["fn"].event_dim, w.data_plate.name
+                    )
+                    t = t.reshape(
+                        *t.shape[:2], -1
+                    )  # [K', B', D]; a scalar site (a class label) is one dimension
                     t = t.expand(k, -1, -1).sum(0)
-                sites[name] = None if t is None or sites.get(name, 0) is None else sites.get(name, 0) + t
+                sites[name] = (
+                    None if t is None or sites.get(name, 0) is None else sites.get(name, 0) + t
+                )
             done += k
         recon.append(r / num_particles)
         kl.append(k_l / num_particles)
         for name, t in sites.items():
             site_kl.setdefault(name, []).append(None if t is None else t / num_particles)
-    site_kl = {n: (None if any(t is None for t in ts) else torch.cat(ts)) for n, ts in site_kl.items()}
+    site_kl = {
+        n: (None if any(t is None for t in ts) else torch.cat(ts)) for n, ts in site_kl.items()
+    }
     return torch.cat(recon), torch.cat(kl), site_kl
 
 
@@ -225,17 +296,23 @@ def collapse_warnings(active, dims, kl):
     out = []
     for name, count in active.items():
         if count == 0:
-            out.append(f"posterior collapse: latent site {name!r} has no active unit out of {dims[name]} "
-                       f"(Var_x E_q[z] <= {ACTIVE_THRESHOLD} in every dimension); the decoder ignores it")
+            out.append(
+                f"posterior collapse: latent site {name!r} has no active unit out of {dims[name]} "
+                f"(Var_x E_q[z] <= {ACTIVE_THRESHOLD} in every dimension); the decoder ignores it"
+            )
     total, total_dims = sum(active.values()), sum(dims.values())
     if total and total < 0.1 * total_dims:
         out.append(f"posterior collapse: only {total} of {total_dims} latent dimensions are active")
     if kl < 0.1:
-        out.append(f"posterior collapse: mean KL(q‖p) is {kl:.3g} nats per image; the latents carry no information")
+        out.append(
+            f"posterior collapse: mean KL(q‖p) is {kl:.3g} nats per image; the latents carry no information"
+        )
     return out
 
 
-SITE_KL_THRESHOLD = 0.01  # nats per image: a latent site (group) with less KL carries no information
+SITE_KL_THRESHOLD = (
+    0.01  # nats per image: a latent site (group) with less KL carries no information
+)
 
 
 def kl_per_site(per_dim):
@@ -247,20 +324,41 @@ def kl_per_site(per_dim):
 
 def collapsed_sites(site_kl, counts, threshold=SITE_KL_THRESHOLD):
     """Sites (in order) whose KL is under ``threshold`` nats per image or that have no active unit."""
-    return [n for n in counts if counts[n] == 0 or (site_kl.get(n) is not None and site_kl[n] < threshold)]
+    return [
+        n
+        for n in counts
+        if counts[n] == 0 or (site_kl.get(n) is not None and site_kl[n] < threshold)
+    ]
 
 
 def site_collapse_warning(collapsed, site_kl, total):
     """One warning naming the collapsed sites of a model with several sites, or None."""
     if not collapsed or total < 2:
         return None
-    kl = ", ".join(f"{n} ({site_kl[n]:.3g} nats)" if site_kl.get(n) is not None else n for n in collapsed)
-    return (f"posterior collapse: {len(collapsed)} of {total} latent groups carry (almost) no information "
-            f"(KL < {SITE_KL_THRESHOLD} nats per image or no active unit): {kl}")
+    kl = ", ".join(
+        f"{n} ({site_kl[n]:.3g} nats)" if site_kl.get(n) is not None else n for n in collapsed
+    )
+    return (
+        f"posterior collapse: {len(collapsed)} of {total} latent groups carry (almost) no information "
+        f"(KL < {SITE_KL_THRESHOLD} nats per image or no active unit): {kl}"
+    )
 
 
-def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_samples=64, batch_size=1000,
-             verbose=True, data_plate=None, batch_call=None, max_elements=2**16, **kwargs):
+def evaluate(
+    model,
+    guide,
+    x,
+    *args,
+    nll_samples=5000,
+    elbo_particles=1,
+    mean_samples=64,
+    batch_size=1000,
+    verbose=True,
+    data_plate=None,
+    batch_call=None,
+    max_elements=2**16,
+    **kwargs,
+):
     """Evaluate a model/guide pair on data ``x`` by tracing the pair; return a JSON-ready dict.
 
     Keys (means per image, nats):
@@ -284,19 +382,33 @@ def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_sa
     on all of ``x`` at once, with at most ``max_elements`` particle × data-point pairs per pass.
     """
     if len(x) < 2:
-        raise ValueError(f"evaluate needs at least 2 images (active units take a variance over the data), got {len(x)}")
+        raise ValueError(
+            f"evaluate needs at least 2 images (active units take a variance over the data), got {len(x)}"
+        )
     if nll_samples < 0 or elbo_particles < 1:
-        raise ValueError(f"nll_samples must be >= 0 and elbo_particles >= 1, got {nll_samples} and {elbo_particles}")
+        raise ValueError(
+            f"nll_samples must be >= 0 and elbo_particles >= 1, got {nll_samples} and {elbo_particles}"
+        )
     call = _caller(x, args, kwargs, batch_call)
     if not runs_per_point(model, guide, call, data_plate):
         batch_size = None  # all of x at once
     a, kw = call(slice(0, 2) if batch_size else slice(None))
     data_plate = checked_probe(model, guide, *a, data_plate=data_plate, **kw).data_plate.name
     options = dict(data_plate=data_plate, batch_call=batch_call, **kwargs)
-    recon, kl, per_dim = _latent_pass(model, guide, x, *args, num_particles=elbo_particles, batch_size=batch_size,
-                                      max_elements=max_elements, **options)
+    recon, kl, per_dim = _latent_pass(
+        model,
+        guide,
+        x,
+        *args,
+        num_particles=elbo_particles,
+        batch_size=batch_size,
+        max_elements=max_elements,
+        **options,
+    )
     recon, kl = recon.double(), kl.double()
-    means = posterior_means(guide, x, *args, mc_samples=mean_samples, batch_size=batch_size, **options)
+    means = posterior_means(
+        guide, x, *args, mc_samples=mean_samples, batch_size=batch_size, **options
+    )
     active = active_units(means)
     sites = list(means)
     counts = {n: active[n][0] for n in sites}
@@ -316,18 +428,27 @@ def evaluate(model, guide, x, *args, nll_samples=5000, elbo_particles=1, mean_sa
     }
     if nll_samples:
         a, kw = call(slice(0, 1) if batch_size else slice(None))
-        values = discrete_dims(model, *a, **kw)  # a discrete likelihood: nats of a discrete distribution
+        values = discrete_dims(
+            model, *a, **kw
+        )  # a discrete likelihood: nats of a discrete distribution
         # 8-bit decoders emit K or 256 numbers per value: fewer particle × image pairs per pass (≤ 2²² values)
         memory = {"max_elements": max(1, 2**22 // values) if values else max_elements}
         a, kw = call(slice(None))
-        result["nll"] = -log_likelihood(model, guide, *a, num_samples=nll_samples, data_plate=data_plate, **memory,
-                                        **kw).mean().item()
+        result["nll"] = (
+            -log_likelihood(
+                model, guide, *a, num_samples=nll_samples, data_plate=data_plate, **memory, **kw
+            )
+            .mean()
+            .item()
+        )
         if values:
             result["bits_per_dim"] = result["nll"] / (values * math.log(2))
     result["kl_per_site"] = {n: v for n, v in kl_per_site(per_dim).items() if n in counts}
     result["collapsed_sites"] = collapsed_sites(result["kl_per_site"], counts)
     result["warnings"] = collapse_warnings(counts, dims, result["kl"])
-    group_warning = site_collapse_warning(result["collapsed_sites"], result["kl_per_site"], len(sites))
+    group_warning = site_collapse_warning(
+        result["collapsed_sites"], result["kl_per_site"], len(sites)
+    )
     if group_warning:
         result["warnings"].append(group_warning)
     for w in result["warnings"]:

@@ -9,6 +9,7 @@ about the decoder is assumed.
 Grids are written with :func:`torchvision.utils.save_image` (2-pixel padding): a grid of
 ``r`` rows and ``c`` columns of 28×28 images is ``(30 r + 2) × (30 c + 2)`` pixels.
 """
+
 import json
 import os
 
@@ -25,10 +26,16 @@ from pyro_vae.evaluation.metrics import posterior_means
 
 def _observed_site(trace, exclude=()):
     """The name of the one observed site of a model trace; one ValueError line naming ``obs_site`` otherwise."""
-    observed = [n for n, s in trace.nodes.items() if s["type"] == "sample" and s["is_observed"] and n not in exclude]
+    observed = [
+        n
+        for n, s in trace.nodes.items()
+        if s["type"] == "sample" and s["is_observed"] and n not in exclude
+    ]
     if len(observed) != 1:
-        raise ValueError(f"the model observes {len(observed)} sites ({', '.join(observed) or 'none'}); pass "
-                         f"obs_site=NAME of its observed images")
+        raise ValueError(
+            f"the model observes {len(observed)} sites ({', '.join(observed) or 'none'}); pass "
+            f"obs_site=NAME of its observed images"
+        )
     return observed[0]
 
 
@@ -36,7 +43,9 @@ def _obs_mean(trace, obs_site=None):
     """The mean of the observed site ``obs_site`` (default: the model's one observed site), clamped to [0, 1]."""
     obs_site = _observed_site(trace) if obs_site is None else obs_site
     if obs_site not in trace.nodes:
-        raise ValueError(f"the model has no site {obs_site!r}; pass obs_site=NAME of its observed images")
+        raise ValueError(
+            f"the model has no site {obs_site!r}; pass obs_site=NAME of its observed images"
+        )
     return trace.nodes[obs_site]["fn"].mean.clamp(0, 1)
 
 
@@ -71,7 +80,9 @@ def prior_samples(model, x, obs_site=None, temperature=1.0):
     ``temperature`` τ scales the standard deviation of every Gaussian latent's (conditional) prior.
     """
     with poutine.block():
-        if obs_site is None:  # the one observed site, read before uncondition turns it into a latent
+        if (
+            obs_site is None
+        ):  # the one observed site, read before uncondition turns it into a latent
             obs_site = _observed_site(poutine.trace(model).get_trace(x))
         sampler = poutine.uncondition(model)
         if temperature != 1:
@@ -115,10 +126,14 @@ def decode(model, latents, x, obs_site=None):
     n = len(x)
     for name, z in latents.items():
         if len(z) != n:
-            raise ValueError(f"latent {name!r} has {len(z)} rows but x has {n}; pass one latent per image")
+            raise ValueError(
+                f"latent {name!r} has {len(z)} rows but x has {n}; pass one latent per image"
+            )
     with poutine.block():
         trace = poutine.trace(_MeanPath()(poutine.condition(model, data=latents))).get_trace(x)
-    if obs_site is None:  # the conditioned latents count as observed here: the one other observed site
+    if (
+        obs_site is None
+    ):  # the conditioned latents count as observed here: the one other observed site
         obs_site = _observed_site(prune_subsample_sites(trace), exclude=latents)
     return _obs_mean(trace, obs_site)
 
@@ -126,7 +141,11 @@ def decode(model, latents, x, obs_site=None):
 def _model_latent_order(model, x):
     with poutine.block():
         trace = poutine.trace(model).get_trace(x[:1])
-    return [name for name, site in trace.nodes.items() if site["type"] == "sample" and not site["is_observed"]]
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    ]
 
 
 def _probe(x, n):
@@ -143,7 +162,9 @@ def interpolations(model, guide, x_from, x_to, steps=10, obs_site=None):
     Every latent site of the guide is interpolated (one path per pair of images).
     """
     if len(x_from) != len(x_to) or steps < 2:
-        raise ValueError(f"need as many start as end images and steps >= 2, got {len(x_from)}, {len(x_to)}, {steps}")
+        raise ValueError(
+            f"need as many start as end images and steps >= 2, got {len(x_from)}, {len(x_to)}, {steps}"
+        )
     a, b = posterior_means(guide, x_from), posterior_means(guide, x_to)
     t = torch.linspace(0, 1, steps, dtype=x_from.dtype, device=x_from.device)
     latents = {}
@@ -180,7 +201,9 @@ def traversals(model, guide, x, site=None, values=None, max_dims=32, obs_site=No
     n = dims * len(values)
     order = _model_latent_order(model, x)
     before = order[: order.index(site)] if site in order else list(means)
-    latents = {name: means[name].expand(n, *means[name].shape[1:]) for name in before if name in means}
+    latents = {
+        name: means[name].expand(n, *means[name].shape[1:]) for name in before if name in means
+    }
     latents[site] = grid.reshape(n, *means[site].shape[1:])
     images = decode(model, latents, _probe(x, n), obs_site)
     return images.reshape(dims, len(values), *x.shape[1:])
@@ -219,7 +242,11 @@ def save_latent_scatter(means, labels, path, title=None):
 
 def save_samples(model, x, path, n=64, nrow=8, obs_site=None, temperature=1.0):
     """Write a grid of ``n`` prior samples (at ``temperature``, see :func:`prior_samples`) to ``path``."""
-    save_image(prior_samples(model, x[:n], obs_site, temperature).reshape(-1, *x.shape[1:]), path, nrow=nrow)
+    save_image(
+        prior_samples(model, x[:n], obs_site, temperature).reshape(-1, *x.shape[1:]),
+        path,
+        nrow=nrow,
+    )
 
 
 def save_reconstructions(model, guide, x, path, n=32, nrow=8, obs_site=None):
@@ -277,12 +304,16 @@ def save_run_pictures(model, guide, x, out_dir, labels=None, obs_site=None, temp
     samples_tτ.png, prior samples at τ (:func:`prior_samples`).  ``obs_site``: the observed
     images' site (default: the model's one observed site).  Returns the paths.
     """
-    paths = {name: os.path.join(out_dir, name + ".png")
-             for name in ("samples", "reconstructions", "interpolations", "traversals")}
+    paths = {
+        name: os.path.join(out_dir, name + ".png")
+        for name in ("samples", "reconstructions", "interpolations", "traversals")
+    }
     save_samples(model, x, paths["samples"], obs_site=obs_site)
     if temperature != 1:
         paths["tempered_samples"] = os.path.join(out_dir, samples_name(temperature) + ".png")
-        save_samples(model, x, paths["tempered_samples"], obs_site=obs_site, temperature=temperature)
+        save_samples(
+            model, x, paths["tempered_samples"], obs_site=obs_site, temperature=temperature
+        )
     save_reconstructions(model, guide, x, paths["reconstructions"], obs_site=obs_site)
     save_interpolations(model, guide, x, paths["interpolations"], obs_site=obs_site)
     save_traversals(model, guide, x, paths["traversals"], obs_site=obs_site)
@@ -294,6 +325,10 @@ def save_run_pictures(model, guide, x, out_dir, labels=None, obs_site=None, temp
         means = posterior_means(guide, x)
         first = next(iter(means))
         paths["latent_scatter"] = os.path.join(out_dir, "latent_scatter.png")
-        save_latent_scatter(means[first], labels[: len(x)], paths["latent_scatter"],
-                            title=f"posterior means of {first!r} ({len(x)} images)")
+        save_latent_scatter(
+            means[first],
+            labels[: len(x)],
+            paths["latent_scatter"],
+            title=f"posterior means of {first!r} ({len(x)} images)",
+        )
     return paths

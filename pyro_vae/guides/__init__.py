@@ -4,6 +4,7 @@ Every guide is a module called as ``guide(x)`` that samples the latent site
 (default ``"z"``) inside the data plate (default ``"data"``) and registers its
 parameters with ``pyro.module``.
 """
+
 from pyro_vae.guides.diagonal import AmortizedGuide, DiagonalGuide
 from pyro_vae.guides.flows import FLOWS, FlowGuide
 
@@ -23,13 +24,17 @@ def register_guide(name):
 @register_guide("diagonal")
 def _diagonal(encoder, context_dim, latent_dim, num_flows=0, **options):
     if num_flows:
-        raise ValueError("the diagonal guide has no flows; use num_flows=0 or a flow guide such as 'iaf'")
+        raise ValueError(
+            "the diagonal guide has no flows; use num_flows=0 or a flow guide such as 'iaf'"
+        )
     return DiagonalGuide(encoder, context_dim, latent_dim, **options)
 
 
 def _flow_builder(flow):
     def build(encoder, context_dim, latent_dim, num_flows=0, **options):
-        return FlowGuide(encoder, context_dim, latent_dim, flow=flow, num_flows=num_flows, **options)
+        return FlowGuide(
+            encoder, context_dim, latent_dim, flow=flow, num_flows=num_flows, **options
+        )
 
     build.__doc__ = f"The {flow!r} flow guide (see :mod:`pyro_vae.guides.flows`)."
     return build
@@ -58,4 +63,12 @@ def make_guide(name, encoder, context_dim, latent_dim, num_flows=0, **options):
         raise ValueError(f"bad option for guide {name!r}: {e}") from None
 
 
-__all__ = ["AmortizedGuide", "DiagonalGuide", "FLOWS", "FlowGuide", "GUIDES", "make_guide", "register_guide"]
+__all__ = [
+    "AmortizedGuide",
+    "DiagonalGuide",
+    "FLOWS",
+    "FlowGuide",
+    "GUIDES",
+    "make_guide",
+    "register_guide",
+]

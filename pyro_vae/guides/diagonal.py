@@ -1,4 +1,5 @@
 """Amortized diagonal Gaussian guide: q(z|x) = N(z; μ(h), diag σ(h)²), h = encoder(x)."""
+
 import pyro
 import pyro.distributions as dist
 import torch.nn.functional as F
@@ -18,7 +19,9 @@ class AmortizedGuide(nn.Module):
     def __init__(self, encoder, context_dim, latent_dim, site="z", plate="data", name="guide"):
         super().__init__()
         if latent_dim <= 0 or context_dim <= 0:
-            raise ValueError(f"latent_dim and context_dim must be positive, got {latent_dim} and {context_dim}")
+            raise ValueError(
+                f"latent_dim and context_dim must be positive, got {latent_dim} and {context_dim}"
+            )
         self.encoder = encoder
         self.context_dim = context_dim
         self.latent_dim = latent_dim

@@ -51,13 +51,19 @@ References:
     Inference. UAI 2018, arXiv:1803.05649.
 [5] Rezende, Mohamed. Variational Inference with Normalizing Flows. ICML 2015, arXiv:1505.05770.
 """
+
 import inspect
 from typing import Callable, NamedTuple
 
 import pyro.distributions as dist
 import torch
-from pyro.distributions.transforms import (ConditionalAffineAutoregressive, ConditionalHouseholder, ConditionalPlanar,
-                                           ConditionalRadial, ConditionalSplineAutoregressive)
+from pyro.distributions.transforms import (
+    ConditionalAffineAutoregressive,
+    ConditionalHouseholder,
+    ConditionalPlanar,
+    ConditionalRadial,
+    ConditionalSplineAutoregressive,
+)
 from pyro.nn import ConditionalAutoRegressiveNN, DenseNN
 from torch import nn
 
@@ -112,29 +118,41 @@ class _ConditionalAffineAutoregressive(ConditionalAffineAutoregressive):
 @register_flow("iaf", invertible=True)
 def iaf_layer(latent_dim, context_dim, hidden_dims, index):
     """z' = μ(z_<, h) + σ(z_<, h) ⊙ z with a conditional MADE; log|det| = Σ log σ."""
-    arn = ConditionalAutoRegressiveNN(latent_dim, context_dim, hidden_dims, permutation=_order(latent_dim, index))
+    arn = ConditionalAutoRegressiveNN(
+        latent_dim, context_dim, hidden_dims, permutation=_order(latent_dim, index)
+    )
     return _ConditionalAffineAutoregressive(arn)
 
 
 @register_flow("spline", invertible=True)
 def spline_layer(latent_dim, context_dim, hidden_dims, index, count_bins=8, bound=3.0):
     """Monotone rational-linear spline on [−bound, bound] per coordinate (identity outside), autoregressive in z."""
-    arn = ConditionalAutoRegressiveNN(latent_dim, context_dim, hidden_dims,
-                                      param_dims=[count_bins, count_bins, count_bins - 1, count_bins],
-                                      permutation=_order(latent_dim, index))
-    return ConditionalSplineAutoregressive(latent_dim, arn, count_bins=count_bins, bound=bound, order="linear")
+    arn = ConditionalAutoRegressiveNN(
+        latent_dim,
+        context_dim,
+        hidden_dims,
+        param_dims=[count_bins, count_bins, count_bins - 1, count_bins],
+        permutation=_order(latent_dim, index),
+    )
+    return ConditionalSplineAutoregressive(
+        latent_dim, arn, count_bins=count_bins, bound=bound, order="linear"
+    )
 
 
 @register_flow("householder", invertible=True)
 def householder_layer(latent_dim, context_dim, hidden_dims, index):
     """z' = (I − 2 v vᵀ/‖v‖²) z with v = g(h); volume-preserving (log|det| = 0)."""
-    return ConditionalHouseholder(latent_dim, DenseNN(context_dim, hidden_dims, param_dims=[latent_dim]))
+    return ConditionalHouseholder(
+        latent_dim, DenseNN(context_dim, hidden_dims, param_dims=[latent_dim])
+    )
 
 
 @register_flow("planar", invertible=False)
 def planar_layer(latent_dim, context_dim, hidden_dims, index):
     """z' = z + û tanh(wᵀz + b); log|det| = log|1 + ûᵀw tanh'(wᵀz + b)|."""
-    return ConditionalPlanar(DenseNN(context_dim, hidden_dims, param_dims=[1, latent_dim, latent_dim]))
+    return ConditionalPlanar(
+        DenseNN(context_dim, hidden_dims, param_dims=[1, latent_dim, latent_dim])
+    )
 
 
 @register_flow("radial", invertible=False)
@@ -188,37 +206,57 @@ class FlowGuide(DiagonalGuide):
     Attributes: ``invertible`` (can log q be evaluated at any z?), ``jit_compatible = True``.
     """
 
-    jit_compatible = True  # no data-dependent control flow or state: the trainer may trace loss and gradients
+    jit_compatible = (
+        True  # no data-dependent control flow or state: the trainer may trace loss and gradients
+    )
 
-    def __init__(self, encoder, context_dim, latent_dim, flow="iaf", num_flows=1, hidden_dims=None, **options):
+    def __init__(
+        self, encoder, context_dim, latent_dim, flow="iaf", num_flows=1, hidden_dims=None, **options
+    ):
         if flow not in FLOWS:
             raise ValueError(f"unknown flow {flow!r}; choose one of {', '.join(sorted(FLOWS))}")
         if isinstance(num_flows, bool) or not isinstance(num_flows, int) or num_flows < 1:
-            raise ValueError(f"the {flow!r} guide needs num_flows >= 1, got {num_flows!r}; "
-                             f"use the 'diagonal' guide for no flow")
+            raise ValueError(
+                f"the {flow!r} guide needs num_flows >= 1, got {num_flows!r}; "
+                f"use the 'diagonal' guide for no flow"
+            )
         layer = FLOWS[flow].layer
-        own = set(inspect.signature(layer).parameters) - {"latent_dim", "context_dim", "hidden_dims", "index"}
+        own = set(inspect.signature(layer).parameters) - {
+            "latent_dim",
+            "context_dim",
+            "hidden_dims",
+            "index",
+        }
         flow_options = {k: options.pop(k) for k in list(options) if k in own}
         unknown = sorted(set(options) - {"site", "plate", "name"})
         if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for the {flow!r} guide; valid: "
-                             f"{sorted(own | {'hidden_dims', 'site', 'plate', 'name'})}")
+            raise ValueError(
+                f"unknown option(s) {unknown} for the {flow!r} guide; valid: "
+                f"{sorted(own | {'hidden_dims', 'site', 'plate', 'name'})}"
+            )
         hidden_dims = list(hidden_dims) if hidden_dims else [10 * latent_dim]
         if any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden_dims):
             raise ValueError(f"hidden_dims must be positive integers, got {hidden_dims!r}")
         if flow in ("iaf", "spline") and min(hidden_dims) < latent_dim:
-            raise ValueError(f"the {flow!r} guide's autoregressive networks need hidden sizes >= latent_dim "
-                             f"({latent_dim}), got {hidden_dims}; raise hidden_dims")
+            raise ValueError(
+                f"the {flow!r} guide's autoregressive networks need hidden sizes >= latent_dim "
+                f"({latent_dim}), got {hidden_dims}; raise hidden_dims"
+            )
         super().__init__(encoder, context_dim, latent_dim, **options)
         self.flow = flow
         self.invertible = FLOWS[flow].invertible
-        self.flows = nn.ModuleList(layer(latent_dim, context_dim, hidden_dims, i, **flow_options)
-                                   for i in range(num_flows))
+        self.flows = nn.ModuleList(
+            layer(latent_dim, context_dim, hidden_dims, i, **flow_options) for i in range(num_flows)
+        )
 
     def distribution(self, context):
         """``FlowDistribution`` with batch shape ``context.shape[:-1]``; layers broadcast over extra leading z dims."""
-        return FlowDistribution(super().distribution(context), [f.condition(context) for f in self.flows],
-                                flow=self.flow, invertible=self.invertible)
+        return FlowDistribution(
+            super().distribution(context),
+            [f.condition(context) for f in self.flows],
+            flow=self.flow,
+            invertible=self.invertible,
+        )
 
 
 __all__ = ["FLOWS", "Flow", "FlowDistribution", "FlowGuide", "register_flow"]

@@ -12,6 +12,7 @@ which is finite because |R_ii S_ii| < 1 and 0 < tanh' ≤ 1, so every layer is a
 Reference: van den Berg, Hasenclever, Tomczak, Welling. Sylvester Normalizing Flows for
 Variational Inference. UAI 2018, arXiv:1803.05649.
 """
+
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.conditional import ConditionalTransformModule
@@ -82,7 +83,9 @@ class ConditionalSylvester(ConditionalTransformModule):
             raise ValueError(f"reflections must be a positive integer, got {reflections!r}")
         d = self.input_dim = input_dim
         self.reflections = reflections
-        self.nn = DenseNN(context_dim, hidden_dims, param_dims=[d * d, d * d, d, d, d, reflections * d])
+        self.nn = DenseNN(
+            context_dim, hidden_dims, param_dims=[d * d, d * d, d, d, d, reflections * d]
+        )
         self.register_buffer("upper", torch.ones(d, d).triu(1))
 
     def condition(self, context):

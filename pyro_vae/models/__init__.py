@@ -3,6 +3,7 @@
 :data:`MODELS` maps a name to a builder ``f(config, x_shape, num_data)``; a builder may declare its own
 guide names (``builder.guides``) and default guide (``builder.default_guide``).
 """
+
 import dataclasses
 
 from pyro_vae.guides import GUIDES
@@ -70,7 +71,9 @@ def build_model(config, x_shape, num_data=None):
     """Build the model named by ``config.model`` (one of :data:`MODELS`) with its defaults filled in; the
     combination of options is checked where they enter (:func:`pyro_vae.app.config.check_config`)."""
     if config.model not in MODELS:
-        raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(sorted(MODELS))}")
+        raise ValueError(
+            f"unknown model {config.model!r}; choose one of {', '.join(sorted(MODELS))}"
+        )
     config = with_defaults(config)
     return MODELS[config.model](config, x_shape, num_data)
 

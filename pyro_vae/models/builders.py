@@ -1,5 +1,6 @@
 """Nets, guide and likelihood of a model from a :class:`~pyro_vae.app.config.Config`: the pieces every model
 builder shares, and the one-layer VAE's builder."""
+
 from pyro_vae.guides import GUIDES, make_guide
 from pyro_vae.models.likelihoods import make_likelihood
 from pyro_vae.models.nets import MLP, ConvDecoder, ConvEncoder
@@ -13,15 +14,21 @@ def make_encoder(config, x_shape, out_dim=None):
     """The encoder net x → context of size ``out_dim`` (default: the last hidden size)."""
     out_dim = out_dim or config.hidden_dims[-1]
     if config.net == "conv":
-        return ConvEncoder(out_dim, channels=x_shape[0], activation_name=config.activation, image_size=x_shape[1:])
+        return ConvEncoder(
+            out_dim, channels=x_shape[0], activation_name=config.activation, image_size=x_shape[1:]
+        )
     return MLP(x_shape, config.hidden_dims[:-1], out_dim, config.activation, final_activation=True)
 
 
 def make_decoder(config, x_shape, in_dim):
     """The decoder net z → decoder output of the likelihood's ``params_shape(x_shape)`` (``x_shape`` for most)."""
-    out_shape = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures).params_shape(x_shape)
+    out_shape = make_likelihood(
+        config.likelihood, x_shape, config.sigma, config.mixtures
+    ).params_shape(x_shape)
     if config.net == "conv":
-        return ConvDecoder(in_dim, channels=out_shape[0], activation_name=config.activation, image_size=x_shape[1:])
+        return ConvDecoder(
+            in_dim, channels=out_shape[0], activation_name=config.activation, image_size=x_shape[1:]
+        )
     return MLP(in_dim, list(reversed(config.hidden_dims)), out_shape, config.activation)
 
 
@@ -33,13 +40,27 @@ def guide_options(config):
 def build_vae(config, x_shape, num_data=None):
     """One Gaussian latent layer with the configured nets, guide and likelihood."""
     encoder = make_encoder(config, x_shape)
-    guide = make_guide(config.guide, encoder, config.hidden_dims[-1], config.latent_dim, config.flows,
-                       **guide_options(config))
+    guide = make_guide(
+        config.guide,
+        encoder,
+        config.hidden_dims[-1],
+        config.latent_dim,
+        config.flows,
+        **guide_options(config),
+    )
     decoder = make_decoder(config, x_shape, config.latent_dim)
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures)
     pseudo = PseudoInputs(config.pseudo_inputs, x_shape) if config.prior == "vampprior" else None
-    return VAE(decoder, guide, likelihood, config.latent_dim, x_shape, num_data, pseudo_inputs=pseudo)
+    return VAE(
+        decoder, guide, likelihood, config.latent_dim, x_shape, num_data, pseudo_inputs=pseudo
+    )
 
 
-build_vae.priors = ("standard", "vampprior")  # the Config.prior names a builder accepts (read by app.config.check_config)
-build_vae.guides, build_vae.default_guide = GUIDES, "diagonal"  # every registered guide, flows included
+build_vae.priors = (
+    "standard",
+    "vampprior",
+)  # the Config.prior names a builder accepts (read by app.config.check_config)
+build_vae.guides, build_vae.default_guide = (
+    GUIDES,
+    "diagonal",
+)  # every registered guide, flows included

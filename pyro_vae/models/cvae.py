@@ -13,6 +13,7 @@ p(x) = Σ_y p(y) p(x | y) and every estimator and the evaluator apply unchanged.
 The label-conditioned nets here are shared with the semi-supervised M2 model
 (:mod:`pyro_vae.models.m2`).
 """
+
 import math
 
 import pyro
@@ -29,7 +30,9 @@ NUM_CLASSES = 10  # MNIST and Fashion-MNIST
 
 def with_label(h, y, num_classes):
     """Concatenate features ``h [..., H]`` with ``one_hot(y) [..., C]``, broadcasting their batch shapes."""
-    onehot = (y.unsqueeze(-1) == torch.arange(num_classes, device=y.device)).to(h.dtype)  # no host read: traceable
+    onehot = (y.unsqueeze(-1) == torch.arange(num_classes, device=y.device)).to(
+        h.dtype
+    )  # no host read: traceable
     batch = torch.broadcast_shapes(h.shape[:-1], onehot.shape[:-1])
     return torch.cat([h.expand(*batch, h.shape[-1]), onehot.expand(*batch, num_classes)], -1)
 
@@ -63,20 +66,42 @@ class LabelDecoder(nn.Module):
 
 def check_labels(y, x, num_classes):
     """ValueError unless ``y`` is an integer tensor ``[len(x)]`` of classes in [0, num_classes) on x's device."""
-    if not torch.is_tensor(y) or y.dtype not in (torch.int64, torch.int32) or y.shape != x.shape[:1]:
-        raise ValueError(f"labels y must be an integer tensor of shape [{len(x)}] (one class per image), got "
-                         f"{type(y).__name__} {getattr(y, 'dtype', '')} {tuple(getattr(y, 'shape', ()))}")
+    if (
+        not torch.is_tensor(y)
+        or y.dtype not in (torch.int64, torch.int32)
+        or y.shape != x.shape[:1]
+    ):
+        raise ValueError(
+            f"labels y must be an integer tensor of shape [{len(x)}] (one class per image), got "
+            f"{type(y).__name__} {getattr(y, 'dtype', '')} {tuple(getattr(y, 'shape', ()))}"
+        )
     if y.device != x.device:
-        raise ValueError(f"labels y are on {y.device} but x is on {x.device}; move them to x's device")
+        raise ValueError(
+            f"labels y are on {y.device} but x is on {x.device}; move them to x's device"
+        )
 
 
 class CVAE(nn.Module):
     """Conditional VAE p(x | y) with a standard normal prior; see the module docstring."""
 
-    def __init__(self, encoder, decoder, likelihood, latent_dim, x_shape, num_classes=NUM_CLASSES, num_data=None):
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        likelihood,
+        latent_dim,
+        x_shape,
+        num_classes=NUM_CLASSES,
+        num_data=None,
+    ):
         super().__init__()
         self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
-        self.latent_dim, self.x_shape, self.num_classes, self.num_data = latent_dim, tuple(x_shape), num_classes, num_data
+        self.latent_dim, self.x_shape, self.num_classes, self.num_data = (
+            latent_dim,
+            tuple(x_shape),
+            num_classes,
+            num_data,
+        )
 
     def _label_prior(self, x):
         return dist.Categorical(logits=x.new_zeros(self.num_classes))
@@ -107,8 +132,10 @@ class CVAE(nn.Module):
         """Training labels per batch: ``index -> {"y": labels[index]}``."""
         labels = data.train_labels.to(data.train.device)
         if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
-            raise ValueError(f"training labels must lie in [0, {self.num_classes}), got {int(labels.min())}.."
-                             f"{int(labels.max())}")
+            raise ValueError(
+                f"training labels must lie in [0, {self.num_classes}), got {int(labels.min())}.."
+                f"{int(labels.max())}"
+            )
         return lambda idx: {"y": labels[idx]}
 
 
@@ -118,11 +145,21 @@ def build_cvae(config, x_shape, num_data=None):
 
     if config.net != "mlp":
         raise ValueError("the cvae model uses MLP nets; pass net='mlp'")
-    encoder = LabelEncoder(x_shape, config.hidden_dims, config.latent_dim, NUM_CLASSES, config.activation)
+    encoder = LabelEncoder(
+        x_shape, config.hidden_dims, config.latent_dim, NUM_CLASSES, config.activation
+    )
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures)
-    decoder = LabelDecoder(config.latent_dim, list(reversed(config.hidden_dims)), likelihood.params_shape(x_shape),
-                           NUM_CLASSES, config.activation)
+    decoder = LabelDecoder(
+        config.latent_dim,
+        list(reversed(config.hidden_dims)),
+        likelihood.params_shape(x_shape),
+        NUM_CLASSES,
+        config.activation,
+    )
     return CVAE(encoder, decoder, likelihood, config.latent_dim, x_shape, NUM_CLASSES, num_data)
 
 
-build_cvae.guides, build_cvae.nets = ("diagonal",), ("mlp",)  # its own guide q(z | x, y) (read by pyro_vae.app.config.check_config)
+build_cvae.guides, build_cvae.nets = (
+    ("diagonal",),
+    ("mlp",),
+)  # its own guide q(z | x, y) (read by pyro_vae.app.config.check_config)

@@ -29,6 +29,7 @@ References:
 2. Child (2021), "Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them on Images",
    arXiv:2011.10650.
 """
+
 import math
 
 import pyro
@@ -64,9 +65,12 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels, activation_name="relu", out_scale=1.0):
         super().__init__()
-        self.net = nn.Sequential(activation(activation_name), nn.Conv2d(channels, channels, 3, padding=1),
-                                 activation(activation_name),
-                                 _scaled(nn.Conv2d(channels, channels, 3, padding=1), out_scale))
+        self.net = nn.Sequential(
+            activation(activation_name),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            activation(activation_name),
+            _scaled(nn.Conv2d(channels, channels, 3, padding=1), out_scale),
+        )
 
     def forward(self, h):
         return h + apply_conv(self.net, h)
@@ -77,9 +81,11 @@ def scale_sizes(image_size, scales):
     h, w = (int(s) for s in image_size)
     k = 2**scales
     if h % k or w % k:
-        raise ValueError(f"--model deep-hierarchical halves {h}×{w} images {scales} times (--scales {scales}), so H "
-                         f"and W must be divisible by 2^{scales} = {k}; pass fewer --scales or an --image-size that "
-                         f"is a multiple of {k}")
+        raise ValueError(
+            f"--model deep-hierarchical halves {h}×{w} images {scales} times (--scales {scales}), so H "
+            f"and W must be divisible by 2^{scales} = {k}; pass fewer --scales or an --image-size that "
+            f"is a multiple of {k}"
+        )
     return [(h // 2**s, w // 2**s) for s in range(scales, 0, -1)]
 
 
@@ -93,22 +99,45 @@ class TopDown(nn.Module):
     :param image_size: ``(H, W)`` of the images.
     """
 
-    def __init__(self, out_channels, image_size, scales=2, groups_per_scale=2, channels=32, latent_channels=4,
-                 activation_name="relu"):
+    def __init__(
+        self,
+        out_channels,
+        image_size,
+        scales=2,
+        groups_per_scale=2,
+        channels=32,
+        latent_channels=4,
+        activation_name="relu",
+    ):
         super().__init__()
         self.sizes = scale_sizes(image_size, scales)
         self.groups_per_scale = groups_per_scale
         self.num_groups = scales * groups_per_scale
-        self.latent_shapes = [(latent_channels, *self.sizes[l // groups_per_scale]) for l in range(self.num_groups)]
+        self.latent_shapes = [
+            (latent_channels, *self.sizes[l // groups_per_scale]) for l in range(self.num_groups)
+        ]
         depth = 1 / math.sqrt(self.num_groups)
         self.h0 = nn.Parameter(0.1 * torch.randn(channels, *self.sizes[0]))
-        self.prior_heads = nn.ModuleList(_scaled(nn.Conv2d(channels, 2 * latent_channels, 3, padding=1), 0.1)
-                                         for _ in range(self.num_groups))
-        self.projections = nn.ModuleList(nn.Conv2d(latent_channels, channels, 1) for _ in range(self.num_groups))
-        self.blocks = nn.ModuleList(ResBlock(channels, activation_name, depth) for _ in range(self.num_groups))
-        self.ups = nn.ModuleList(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                               nn.Conv2d(channels, channels, 3, padding=1)) for _ in range(scales - 1))
-        self.out = nn.Sequential(activation(activation_name), nn.ConvTranspose2d(channels, out_channels, 4, 2, 1))
+        self.prior_heads = nn.ModuleList(
+            _scaled(nn.Conv2d(channels, 2 * latent_channels, 3, padding=1), 0.1)
+            for _ in range(self.num_groups)
+        )
+        self.projections = nn.ModuleList(
+            nn.Conv2d(latent_channels, channels, 1) for _ in range(self.num_groups)
+        )
+        self.blocks = nn.ModuleList(
+            ResBlock(channels, activation_name, depth) for _ in range(self.num_groups)
+        )
+        self.ups = nn.ModuleList(
+            nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(channels, channels, 3, padding=1),
+            )
+            for _ in range(scales - 1)
+        )
+        self.out = nn.Sequential(
+            activation(activation_name), nn.ConvTranspose2d(channels, out_channels, 4, 2, 1)
+        )
 
     def initial(self, x):
         """h_0 for the batch of ``x``: ``[B, channels, *top size]`` on x's device and dtype."""
@@ -135,16 +164,32 @@ class ResidualGuide(nn.Module):
     """The guide's own nets: a deterministic bottom-up residual conv pass x → d_s at every scale, and per group a
     head g_l([h, d_s]) → (Δμ, Δρ) (the residual of q relative to p, see the module docstring)."""
 
-    def __init__(self, in_channels, image_size, scales=2, groups_per_scale=2, channels=32, latent_channels=4,
-                 activation_name="relu", name="guide"):
+    def __init__(
+        self,
+        in_channels,
+        image_size,
+        scales=2,
+        groups_per_scale=2,
+        channels=32,
+        latent_channels=4,
+        activation_name="relu",
+        name="guide",
+    ):
         super().__init__()
         scale_sizes(image_size, scales)
         self.groups_per_scale = groups_per_scale
         self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
-        self.down = nn.ModuleList(nn.Sequential(nn.Conv2d(channels, channels, 3, stride=2, padding=1),
-                                                ResBlock(channels, activation_name)) for _ in range(scales))
-        self.heads = nn.ModuleList(_scaled(nn.Conv2d(2 * channels, 2 * latent_channels, 3, padding=1), 0.1)
-                                   for _ in range(scales * groups_per_scale))
+        self.down = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+                ResBlock(channels, activation_name),
+            )
+            for _ in range(scales)
+        )
+        self.heads = nn.ModuleList(
+            _scaled(nn.Conv2d(2 * channels, 2 * latent_channels, 3, padding=1), 0.1)
+            for _ in range(scales * groups_per_scale)
+        )
         self.name = name
 
     def features(self, x):
@@ -232,10 +277,17 @@ def build_deep_hierarchical(config, x_shape, num_data=None):
 
     _check_config(config)
     if len(x_shape) != 3:
-        raise ValueError(f"--model deep-hierarchical needs images [C, H, W], got data points of shape {tuple(x_shape)}")
+        raise ValueError(
+            f"--model deep-hierarchical needs images [C, H, W], got data points of shape {tuple(x_shape)}"
+        )
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures)
-    sizes = dict(scales=config.scales, groups_per_scale=config.groups_per_scale, channels=config.hidden_channels,
-                 latent_channels=config.latent_channels, activation_name=config.activation)
+    sizes = dict(
+        scales=config.scales,
+        groups_per_scale=config.groups_per_scale,
+        channels=config.hidden_channels,
+        latent_channels=config.latent_channels,
+        activation_name=config.activation,
+    )
     top_down = TopDown(likelihood.params_shape(x_shape)[0], x_shape[1:], **sizes)
     guide = ResidualGuide(x_shape[0], x_shape[1:], **sizes)
     return DeepHierarchicalVAE(top_down, guide, likelihood, x_shape, num_data)
@@ -243,8 +295,10 @@ def build_deep_hierarchical(config, x_shape, num_data=None):
 
 def _check_config(config):
     if config.flows or config.flow_hidden_dims:
-        raise ValueError("--model deep-hierarchical has its own residual guide, without flows; drop --flows and "
-                         "--flow-hidden-dims")
+        raise ValueError(
+            "--model deep-hierarchical has its own residual guide, without flows; drop --flows and "
+            "--flow-hidden-dims"
+        )
     if config.image_size is not None:
         scale_sizes((config.image_size, config.image_size), config.scales)
 
@@ -255,5 +309,13 @@ build_deep_hierarchical.nets = ("conv",)
 build_deep_hierarchical.priors = ("standard",)
 build_deep_hierarchical.check = _check_config
 
-__all__ = ["DeepHierarchicalVAE", "ResBlock", "ResidualGuide", "TopDown", "apply_conv", "build_deep_hierarchical",
-           "scale_sizes", "soft_clamp"]
+__all__ = [
+    "DeepHierarchicalVAE",
+    "ResBlock",
+    "ResidualGuide",
+    "TopDown",
+    "apply_conv",
+    "build_deep_hierarchical",
+    "scale_sizes",
+    "soft_clamp",
+]

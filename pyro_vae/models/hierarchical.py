@@ -36,6 +36,7 @@ References:
 1. Burda, Grosse, Salakhutdinov (2016), "Importance Weighted Autoencoders", arXiv:1509.00519.
 2. Sønderby, Raiko, Maaløe, Sønderby, Winther (2016), "Ladder Variational Autoencoders", arXiv:1602.02282.
 """
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -62,8 +63,10 @@ class GaussianConditional(nn.Module):
     def forward(self, h):
         out = self.net(h)
         if out.shape[-1] != 2 * self.dim:
-            raise ValueError(f"the net of a GaussianConditional over {self.dim} latents must output 2 * {self.dim} "
-                             f"= {2 * self.dim} features (loc and raw scale), got {out.shape[-1]}")
+            raise ValueError(
+                f"the net of a GaussianConditional over {self.dim} latents must output 2 * {self.dim} "
+                f"= {2 * self.dim} features (loc and raw scale), got {out.shape[-1]}"
+            )
         loc, raw = out.chunk(2, dim=-1)
         return loc, F.softplus(raw) + self.min_scale
 
@@ -89,14 +92,30 @@ class HierarchicalVAE(nn.Module):
         ``None`` for N(0, I).
     """
 
-    def __init__(self, decoder, priors, guide, likelihood, latent_dims, x_shape, num_data=None, pseudo_inputs=None):
+    def __init__(
+        self,
+        decoder,
+        priors,
+        guide,
+        likelihood,
+        latent_dims,
+        x_shape,
+        num_data=None,
+        pseudo_inputs=None,
+    ):
         super().__init__()
         latent_dims = list(latent_dims)
-        if not latent_dims or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in latent_dims):
-            raise ValueError(f"latent_dims must be a non-empty list of positive integers, got {latent_dims!r}")
+        if not latent_dims or any(
+            isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in latent_dims
+        ):
+            raise ValueError(
+                f"latent_dims must be a non-empty list of positive integers, got {latent_dims!r}"
+            )
         if len(priors) != len(latent_dims) - 1:
-            raise ValueError(f"{len(latent_dims)} latent layers need {len(latent_dims) - 1} prior conditionals "
-                             f"p(z_l | z_l+1), got {len(priors)}")
+            raise ValueError(
+                f"{len(latent_dims)} latent layers need {len(latent_dims) - 1} prior conditionals "
+                f"p(z_l | z_l+1), got {len(priors)}"
+            )
         self.decoder = decoder
         self.priors = nn.ModuleList(priors)
         self.guide_module = guide
@@ -105,8 +124,10 @@ class HierarchicalVAE(nn.Module):
         self.x_shape = tuple(x_shape)
         self.num_data = num_data
         if pseudo_inputs is not None and not isinstance(guide, LadderGuide):
-            raise ValueError(f"prior='vampprior' on the hierarchical model needs the top-down guide (its q(z_L | x) "
-                             f"is a Gaussian of x alone), got {type(guide).__name__}; pass guide='top-down'")
+            raise ValueError(
+                f"prior='vampprior' on the hierarchical model needs the top-down guide (its q(z_L | x) "
+                f"is a Gaussian of x alone), got {type(guide).__name__}; pass guide='top-down'"
+            )
         self.pseudo_inputs = pseudo_inputs
 
     jit_compatible = True  # no data-dependent control flow or state: the trainer may trace its loss
@@ -126,7 +147,9 @@ class HierarchicalVAE(nn.Module):
     def vampprior(self, x):
         """p(z_L) = (1/K) Σ_k q(z_L | u_k): the guide's top layer at the pseudo-inputs, on x's device and dtype."""
         pyro.module("pseudo_inputs", self.pseudo_inputs)
-        pyro.module(self.guide_module.name, self.guide_module)  # the guide's nets, registered once under its name
+        pyro.module(
+            self.guide_module.name, self.guide_module
+        )  # the guide's nets, registered once under its name
         loc, scale = self.guide_module.top(self.pseudo_inputs().to(x), self)
         return VampPrior(dist.Normal(loc, scale).to_event(1))
 
@@ -175,7 +198,9 @@ class BottomUpGuide(nn.Module):
 
     def forward(self, x, hvae):
         if len(self.conditionals) != len(hvae.latent_dims):
-            raise ValueError(f"this guide has {len(self.conditionals)} layers, the model {len(hvae.latent_dims)}")
+            raise ValueError(
+                f"this guide has {len(self.conditionals)} layers, the model {len(hvae.latent_dims)}"
+            )
         pyro.module(self.name, self)
         zs, h = [], x
         with data_plate(x, hvae.num_data):
@@ -198,7 +223,9 @@ class LadderGuide(nn.Module):
     def __init__(self, up, heads, name="guide"):
         super().__init__()
         if len(up) != len(heads):
-            raise ValueError(f"a ladder guide needs one head per deterministic layer, got {len(up)} and {len(heads)}")
+            raise ValueError(
+                f"a ladder guide needs one head per deterministic layer, got {len(up)} and {len(heads)}"
+            )
         self.up = nn.ModuleList(up)
         self.heads = nn.ModuleList(heads)
         self.name = name
@@ -220,7 +247,9 @@ class LadderGuide(nn.Module):
 
     def forward(self, x, hvae):
         if len(self.heads) != len(hvae.latent_dims):
-            raise ValueError(f"this guide has {len(self.heads)} layers, the model {len(hvae.latent_dims)}")
+            raise ValueError(
+                f"this guide has {len(self.heads)} layers, the model {len(hvae.latent_dims)}"
+            )
         pyro.module(self.name, self)
         hvae.register_priors()
         estimates = self.estimates(x)
@@ -254,19 +283,29 @@ def build_hierarchical(config, x_shape, num_data=None):
 
     dims = config.latent_dims
     if not dims:
-        raise ValueError("the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x first)")
+        raise ValueError(
+            "the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x first)"
+        )
     if config.guide not in GUIDES:
-        raise ValueError(f"the hierarchical model supports the guides {', '.join(GUIDES)}, got {config.guide!r}; "
-                         f"pass guide='top-down' or guide='bottom-up'")
+        raise ValueError(
+            f"the hierarchical model supports the guides {', '.join(GUIDES)}, got {config.guide!r}; "
+            f"pass guide='top-down' or guide='bottom-up'"
+        )
     if config.flows:
         raise ValueError("the hierarchical guides have no flows; use flows=0")
     hidden, act = config.hidden_dims[-1], config.activation
-    priors = [GaussianConditional(_mlp(dims[l + 1], 2 * dims[l], hidden, act), dims[l]) for l in range(len(dims) - 1)]
+    priors = [
+        GaussianConditional(_mlp(dims[l + 1], 2 * dims[l], hidden, act), dims[l])
+        for l in range(len(dims) - 1)
+    ]
     if config.guide == "bottom-up":
-        first = GaussianConditional(nn.Sequential(make_encoder(config, x_shape), nn.Linear(hidden, 2 * dims[0])),
-                                    dims[0])
-        rest = [GaussianConditional(_mlp(dims[l], 2 * dims[l + 1], hidden, act), dims[l + 1])
-                for l in range(len(dims) - 1)]
+        first = GaussianConditional(
+            nn.Sequential(make_encoder(config, x_shape), nn.Linear(hidden, 2 * dims[0])), dims[0]
+        )
+        rest = [
+            GaussianConditional(_mlp(dims[l], 2 * dims[l + 1], hidden, act), dims[l + 1])
+            for l in range(len(dims) - 1)
+        ]
         guide = BottomUpGuide([first, *rest])
     else:
         up = [make_encoder(config, x_shape)]
@@ -280,12 +319,16 @@ def build_hierarchical(config, x_shape, num_data=None):
         from pyro_vae.models.priors import PseudoInputs
 
         pseudo = PseudoInputs(config.pseudo_inputs, x_shape)
-    return HierarchicalVAE(decoder, priors, guide, likelihood, dims, x_shape, num_data, pseudo_inputs=pseudo)
+    return HierarchicalVAE(
+        decoder, priors, guide, likelihood, dims, x_shape, num_data, pseudo_inputs=pseudo
+    )
 
 
 def _check_config(config):
     if not config.latent_dims:
-        raise ValueError("the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x first)")
+        raise ValueError(
+            "the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x first)"
+        )
 
 
 # read by pyro_vae.app.config.check_config: the guide names this builder accepts, the one it uses by default, its own checks
@@ -300,5 +343,12 @@ def inverse_softplus(y):
     return y + torch.log(-torch.expm1(-y))
 
 
-__all__ = ["BottomUpGuide", "GaussianConditional", "HierarchicalVAE", "LadderGuide", "build_hierarchical",
-           "inverse_softplus", "precision_merge"]
+__all__ = [
+    "BottomUpGuide",
+    "GaussianConditional",
+    "HierarchicalVAE",
+    "LadderGuide",
+    "build_hierarchical",
+    "inverse_softplus",
+    "precision_merge",
+]

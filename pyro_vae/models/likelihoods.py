@@ -22,6 +22,7 @@ bits/dim = −log p(x) / (D ln 2).  Their decoders output more than one number p
 sub-pixel: :meth:`params_shape` gives the decoder output shape for data of ``x_shape``
 (parameters stacked along the first, channel axis).
 """
+
 import math
 
 import pyro.distributions as dist
@@ -46,7 +47,9 @@ class Bernoulli(Likelihood):
     ``log p`` is minus the binary cross-entropy and not a normalized density).
     """
 
-    unit_interval = True  # data must lie in [0, 1] (checked by pyro_vae.core.checks before training)
+    unit_interval = (
+        True  # data must lie in [0, 1] (checked by pyro_vae.core.checks before training)
+    )
 
     def forward(self, out, x=None):
         return dist.Bernoulli(logits=out, validate_args=False)
@@ -155,17 +158,23 @@ class DiscretizedLogisticMixture(EightBit):
 
     def expand(self, batch_shape, _instance=None):
         shape = tuple(batch_shape) + self.logits.shape[-1:]
-        return DiscretizedLogisticMixture(self.logits.expand(shape), self.loc.expand(shape),
-                                          self.log_scale.expand(shape))
+        return DiscretizedLogisticMixture(
+            self.logits.expand(shape), self.loc.expand(shape), self.log_scale.expand(shape)
+        )
 
     def bin_log_prob(self, k):
         k = k.unsqueeze(-1)
         inv_s = torch.exp(-self.log_scale)
         half = 0.5 / (BINS - 1)
         centred = k / (BINS - 1) - self.loc
-        a, b = (centred + half) * inv_s, (centred - half) * inv_s  # upper and lower edge, standardized
+        a, b = (
+            (centred + half) * inv_s,
+            (centred - half) * inv_s,
+        )  # upper and lower edge, standardized
         inner = F.logsigmoid(a) + F.logsigmoid(-b) + torch.log(-torch.expm1(-2 * half * inv_s))
-        lp = torch.where(k == 0, F.logsigmoid(a), torch.where(k == BINS - 1, F.logsigmoid(-b), inner))
+        lp = torch.where(
+            k == 0, F.logsigmoid(a), torch.where(k == BINS - 1, F.logsigmoid(-b), inner)
+        )
         return torch.logsumexp(torch.log_softmax(self.logits, -1) + lp, -1)
 
     @property
@@ -187,7 +196,9 @@ class Categorical256(EightBit):
 
     def __init__(self, logits, validate_args=False):
         if logits.shape[-1] != BINS:
-            raise ValueError(f"Categorical256 needs {BINS} logits in the last dimension, got {logits.shape[-1]}")
+            raise ValueError(
+                f"Categorical256 needs {BINS} logits in the last dimension, got {logits.shape[-1]}"
+            )
         self.logits = logits
         super().__init__(logits.shape[:-1], validate_args=validate_args)
 
@@ -214,13 +225,15 @@ def _split_params(out, x_shape, what, per_pixel=None):
     ``per_pixel``: the P the likelihood needs (None: any P, read from the shape).
     """
     x_shape = tuple(x_shape)
-    event = tuple(out.shape[out.dim() - len(x_shape):])
+    event = tuple(out.shape[out.dim() - len(x_shape) :])
     p = event[0] // x_shape[0] if event and event[0] % x_shape[0] == 0 else 0
     if event[1:] != x_shape[1:] or p == 0 or (per_pixel is not None and p != per_pixel):
         want = f"{per_pixel}·{x_shape[0]}" if per_pixel else f"P·{x_shape[0]}"
-        raise ValueError(f"the {what} likelihood needs a decoder output of shape [{want}, "
-                         f"{', '.join(map(str, x_shape[1:]))}] per image for data of shape {x_shape}, got {event}; "
-                         f"build the decoder for likelihood.params_shape(x_shape)")
+        raise ValueError(
+            f"the {what} likelihood needs a decoder output of shape [{want}, "
+            f"{', '.join(map(str, x_shape[1:]))}] per image for data of shape {x_shape}, got {event}; "
+            f"build the decoder for likelihood.params_shape(x_shape)"
+        )
     batch = out.shape[: out.dim() - len(x_shape)]
     return out.reshape(*batch, p, *x_shape).movedim(len(batch), -1)
 
@@ -234,12 +247,16 @@ class DiscretizedLogistic(Likelihood):
     tenth of a bin).
     """
 
-    unit_interval = eight_bit = True  # data k/255 in [0, 1], scored in 256 bins (checked by pyro_vae.core.checks)
+    unit_interval = eight_bit = (
+        True  # data k/255 in [0, 1], scored in 256 bins (checked by pyro_vae.core.checks)
+    )
 
     def __init__(self, x_shape, mixtures=10, min_log_scale=-8.0):
         super().__init__()
         if isinstance(mixtures, bool) or not isinstance(mixtures, int) or mixtures < 1:
-            raise ValueError(f"mixtures must be a positive integer (logistics per pixel), got {mixtures!r}")
+            raise ValueError(
+                f"mixtures must be a positive integer (logistics per pixel), got {mixtures!r}"
+            )
         self.x_shape, self.mixtures, self.min_log_scale = tuple(x_shape), mixtures, min_log_scale
 
     def params_shape(self, x_shape):
@@ -248,16 +265,22 @@ class DiscretizedLogistic(Likelihood):
     def forward(self, out, x=None):
         params = _split_params(out, self.x_shape, "discretized-logistic")
         if params.shape[-1] % 3:
-            raise ValueError(f"the discretized-logistic decoder output needs 3K numbers per sub-pixel (logits, means, "
-                             f"log-scales), got {params.shape[-1]}; build the decoder with params_shape(x_shape)")
+            raise ValueError(
+                f"the discretized-logistic decoder output needs 3K numbers per sub-pixel (logits, means, "
+                f"log-scales), got {params.shape[-1]}; build the decoder with params_shape(x_shape)"
+            )
         logits, loc, log_scale = params.unflatten(-1, (3, -1)).unbind(-2)
-        return DiscretizedLogisticMixture(logits, loc + 0.5, (log_scale - 2).clamp(min=self.min_log_scale))
+        return DiscretizedLogisticMixture(
+            logits, loc + 0.5, (log_scale - 2).clamp(min=self.min_log_scale)
+        )
 
 
 class Categorical(Likelihood):
     """p(x|z): a :class:`Categorical256` per sub-pixel; the decoder emits 256 logits per sub-pixel, ``[256·C, H, W]``."""
 
-    unit_interval = eight_bit = True  # data k/255 in [0, 1], scored in 256 bins (checked by pyro_vae.core.checks)
+    unit_interval = eight_bit = (
+        True  # data k/255 in [0, 1], scored in 256 bins (checked by pyro_vae.core.checks)
+    )
 
     def __init__(self, x_shape):
         super().__init__()
@@ -270,8 +293,15 @@ class Categorical(Likelihood):
         return Categorical256(_split_params(out, self.x_shape, "categorical", BINS))
 
 
-LIKELIHOODS = ("bernoulli", "gaussian", "learned-gaussian", "sigma-vae", "sigma-vae-optimal", "discretized-logistic",
-               "categorical")
+LIKELIHOODS = (
+    "bernoulli",
+    "gaussian",
+    "learned-gaussian",
+    "sigma-vae",
+    "sigma-vae-optimal",
+    "discretized-logistic",
+    "categorical",
+)
 EIGHT_BIT = ("discretized-logistic", "categorical")
 
 
@@ -311,8 +341,12 @@ def discrete_dims(model, *args, **kwargs):
             fn = site["fn"]
             while isinstance(fn, dist.Independent):
                 fn = fn.base_dist
-            binary = isinstance(fn, dist.Bernoulli) and bool(((site["value"] == 0) | (site["value"] == 1)).all())
+            binary = isinstance(fn, dist.Bernoulli) and bool(
+                ((site["value"] == 0) | (site["value"] == 1)).all()
+            )
             if not (isinstance(fn, EightBit) or binary):
                 return 0
-            dims += math.prod(site["fn"].event_shape)  # elementwise base: the event is the data point
+            dims += math.prod(
+                site["fn"].event_shape
+            )  # elementwise base: the event is the data point
     return dims

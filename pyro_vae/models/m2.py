@@ -25,6 +25,7 @@ points train the classifier only through the auxiliary term.
 
 Evaluation calls the pair without labels and so measures the marginal log p(x) bound.
 """
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -38,7 +39,9 @@ from pyro_vae.models.nets import MLP
 def balanced_labeled_mask(labels, n, num_classes=NUM_CLASSES):
     """Boolean mask selecting ``n`` points with the first ``n // C`` (+1 for the first ``n % C`` classes) of each class."""
     if not 0 <= n <= len(labels):
-        raise ValueError(f"labeled must be between 0 and the {len(labels)} training images, got {n}")
+        raise ValueError(
+            f"labeled must be between 0 and the {len(labels)} training images, got {n}"
+        )
     mask = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
     for c in range(num_classes):
         want = n // num_classes + (1 if c < n % num_classes else 0)
@@ -46,7 +49,9 @@ def balanced_labeled_mask(labels, n, num_classes=NUM_CLASSES):
         mask[idx] = True
     short = n - int(mask.sum())
     if short:
-        mask[(~mask).nonzero().flatten()[:short]] = True  # a class had too few images: fill with any others
+        mask[(~mask).nonzero().flatten()[:short]] = (
+            True  # a class had too few images: fill with any others
+        )
     return mask
 
 
@@ -60,10 +65,26 @@ class M2(nn.Module):
     :param int labeled: number of labeled training images used by :meth:`batch_kwargs`.
     """
 
-    def __init__(self, classifier, encoder, decoder, likelihood, latent_dim, x_shape, num_classes=NUM_CLASSES,
-                 num_data=None, aux_weight=None, labeled=1000):
+    def __init__(
+        self,
+        classifier,
+        encoder,
+        decoder,
+        likelihood,
+        latent_dim,
+        x_shape,
+        num_classes=NUM_CLASSES,
+        num_data=None,
+        aux_weight=None,
+        labeled=1000,
+    ):
         super().__init__()
-        self.classifier, self.encoder, self.decoder, self.likelihood = classifier, encoder, decoder, likelihood
+        self.classifier, self.encoder, self.decoder, self.likelihood = (
+            classifier,
+            encoder,
+            decoder,
+            likelihood,
+        )
         self.latent_dim, self.x_shape, self.num_classes = latent_dim, tuple(x_shape), num_classes
         self.num_data, self.aux_weight, self.labeled = num_data, aux_weight, labeled
 
@@ -72,10 +93,18 @@ class M2(nn.Module):
             check_labels(y, x, self.num_classes)
         if labeled is not None:
             if y is None:
-                raise ValueError("labeled needs the labels y (any class where the label is unknown)")
-            if not torch.is_tensor(labeled) or labeled.dtype != torch.bool or labeled.shape != x.shape[:1]:
-                raise ValueError(f"labeled must be a boolean tensor of shape [{len(x)}], got "
-                                 f"{getattr(labeled, 'dtype', type(labeled).__name__)}")
+                raise ValueError(
+                    "labeled needs the labels y (any class where the label is unknown)"
+                )
+            if (
+                not torch.is_tensor(labeled)
+                or labeled.dtype != torch.bool
+                or labeled.shape != x.shape[:1]
+            ):
+                raise ValueError(
+                    f"labeled must be a boolean tensor of shape [{len(x)}], got "
+                    f"{getattr(labeled, 'dtype', type(labeled).__name__)}"
+                )
 
     def model(self, x, y=None, labeled=None):
         """p(y) p(z) p(x | z, y), plus α log q(y|x) on labeled points of a mixed batch."""
@@ -90,7 +119,10 @@ class M2(nn.Module):
                 pyro.sample("y_known", prior.mask(labeled), obs=y)
                 if self.aux_weight:
                     log_q = dist.Categorical(logits=self.classifier(x)).log_prob(y)
-                    pyro.factor("y_aux", self.aux_weight * torch.where(labeled, log_q, torch.zeros_like(log_q)))
+                    pyro.factor(
+                        "y_aux",
+                        self.aux_weight * torch.where(labeled, log_q, torch.zeros_like(log_q)),
+                    )
                 y = torch.where(labeled, y, unknown)
             z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
             out = self.decoder(z, y)
@@ -103,7 +135,9 @@ class M2(nn.Module):
         with data_plate(x, self.num_data):
             if y is None or labeled is not None:
                 logits = self.classifier(x)
-                if labeled is not None:  # labeled points: weights without gradient, log q masked out
+                if (
+                    labeled is not None
+                ):  # labeled points: weights without gradient, log q masked out
                     logits = torch.where(labeled.unsqueeze(-1), logits.detach(), logits)
                 q = dist.Categorical(logits=logits)
                 if labeled is not None:
@@ -116,7 +150,12 @@ class M2(nn.Module):
     @torch.no_grad()
     def classify(self, x, batch_size=1000):
         """The most probable class under q(y|x), ``[N]``."""
-        return torch.cat([self.classifier(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
+        return torch.cat(
+            [
+                self.classifier(x[i : i + batch_size]).argmax(-1)
+                for i in range(0, len(x), batch_size)
+            ]
+        )
 
     def accuracy(self, x, labels):
         """Fraction of images whose argmax q(y|x) is their label."""
@@ -141,7 +180,10 @@ class M2(nn.Module):
 
     def report(self, data):
         """Test classification accuracy of q(y|x)."""
-        return {"test_accuracy": self.accuracy(data.test, data.test_labels), "labeled": self.labeled}
+        return {
+            "test_accuracy": self.accuracy(data.test, data.test_labels),
+            "labeled": self.labeled,
+        }
 
 
 def build_m2(config, x_shape, num_data=None):
@@ -151,12 +193,29 @@ def build_m2(config, x_shape, num_data=None):
     if config.net != "mlp":
         raise ValueError("the m2 model uses MLP nets; pass net='mlp'")
     classifier = MLP(x_shape, config.hidden_dims, NUM_CLASSES, config.activation)
-    encoder = LabelEncoder(x_shape, config.hidden_dims, config.latent_dim, NUM_CLASSES, config.activation)
+    encoder = LabelEncoder(
+        x_shape, config.hidden_dims, config.latent_dim, NUM_CLASSES, config.activation
+    )
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures)
-    decoder = LabelDecoder(config.latent_dim, list(reversed(config.hidden_dims)), likelihood.params_shape(x_shape),
-                           NUM_CLASSES, config.activation)
-    return M2(classifier, encoder, decoder, likelihood, config.latent_dim, x_shape, NUM_CLASSES, num_data,
-              config.aux_weight, config.labeled)
+    decoder = LabelDecoder(
+        config.latent_dim,
+        list(reversed(config.hidden_dims)),
+        likelihood.params_shape(x_shape),
+        NUM_CLASSES,
+        config.activation,
+    )
+    return M2(
+        classifier,
+        encoder,
+        decoder,
+        likelihood,
+        config.latent_dim,
+        x_shape,
+        NUM_CLASSES,
+        num_data,
+        config.aux_weight,
+        config.labeled,
+    )
 
 
 # read by pyro_vae.app.config.check_config: its own guide q(y | x) q(z | x, y), MLP nets, and the estimators that train a

@@ -9,21 +9,32 @@ References:
     2. Y. N. Dauphin, A. Fan, M. Auli, D. Grangier, "Language Modeling with Gated Convolutional Networks",
        ICML 2017, arXiv:1612.08083.
 """
+
 import math
 
 from torch import nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "softplus": nn.Softplus}
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+}
 GATED = "gated"  # MLP layers only: h = (W x + b) ⊙ σ(V x + c), the gated dense layer of the VampPrior code [1]
 
 
 def activation(name):
     """Return a fresh pointwise activation module by name (one of :data:`ACTIVATIONS`)."""
     if name == GATED:
-        raise ValueError("the gated activation is for MLPs (net='mlp'); conv nets take a pointwise activation: "
-                         f"one of {sorted(ACTIVATIONS)}")
+        raise ValueError(
+            "the gated activation is for MLPs (net='mlp'); conv nets take a pointwise activation: "
+            f"one of {sorted(ACTIVATIONS)}"
+        )
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted([*ACTIVATIONS, GATED])}")
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of {sorted([*ACTIVATIONS, GATED])}"
+        )
     return ACTIVATIONS[name]()
 
 
@@ -42,7 +53,9 @@ class MLP(nn.Sequential):
     outputs are reshaped to ``[..., *out_shape]``.
     """
 
-    def __init__(self, in_shape, hidden_dims, out_shape, activation_name="relu", final_activation=False):
+    def __init__(
+        self, in_shape, hidden_dims, out_shape, activation_name="relu", final_activation=False
+    ):
         self.in_shape = tuple(in_shape) if isinstance(in_shape, (tuple, list)) else (in_shape,)
         self.out_shape = tuple(out_shape) if isinstance(out_shape, (tuple, list)) else (out_shape,)
         dims = [math.prod(self.in_shape), *hidden_dims]
@@ -50,7 +63,11 @@ class MLP(nn.Sequential):
         for a, b in zip(dims[:-1], dims[1:]):
             layers += dense(a, b, activation_name)
         out_dim = math.prod(self.out_shape)
-        layers += dense(dims[-1], out_dim, activation_name) if final_activation else [nn.Linear(dims[-1], out_dim)]
+        layers += (
+            dense(dims[-1], out_dim, activation_name)
+            if final_activation
+            else [nn.Linear(dims[-1], out_dim)]
+        )
         super().__init__(*layers)
 
     def forward(self, x):
@@ -111,7 +128,9 @@ class ConvDecoder(nn.Module):
         sizes = conv_sizes(image_size)
         widths = _widths(width, len(sizes) - 1)
         self.start = (widths[-1], *sizes[-1])
-        self.fc = nn.Sequential(nn.Linear(in_dim, math.prod(self.start)), activation(activation_name))
+        self.fc = nn.Sequential(
+            nn.Linear(in_dim, math.prod(self.start)), activation(activation_name)
+        )
         layers = []
         outs = [*reversed(widths[:-1]), channels]
         for i, (c_in, c_out) in enumerate(zip(reversed(widths), outs)):

@@ -13,6 +13,7 @@ References:
 
 1. J. M. Tomczak, M. Welling (2018), "VAE with a VampPrior", AISTATS, arXiv:1705.07120.
 """
+
 import math
 
 import torch
@@ -37,11 +38,17 @@ class VampPrior(TorchDistribution):
 
     def __init__(self, components, validate_args=None):
         if len(components.batch_shape) < 1:
-            raise ValueError("VampPrior needs components with a batch dimension of size K (the pseudo-inputs), "
-                             f"got batch shape {tuple(components.batch_shape)}")
+            raise ValueError(
+                "VampPrior needs components with a batch dimension of size K (the pseudo-inputs), "
+                f"got batch shape {tuple(components.batch_shape)}"
+            )
         self.components = components
         self.num_components = components.batch_shape[-1]
-        self._gaussians = _diagonal_gaussians(components) if components.batch_shape == (self.num_components,) else None
+        self._gaussians = (
+            _diagonal_gaussians(components)
+            if components.batch_shape == (self.num_components,)
+            else None
+        )
         super().__init__(components.batch_shape[:-1], components.event_shape, validate_args=False)
 
     @property
@@ -56,7 +63,9 @@ class VampPrior(TorchDistribution):
         new = self._get_checked_instance(VampPrior, _instance)
         components = self.components.expand(torch.Size(batch_shape) + (self.num_components,))
         VampPrior.__init__(new, components)
-        new._gaussians = self._gaussians  # the K unexpanded Gaussians: log_prob broadcasts over the batch itself
+        new._gaussians = (
+            self._gaussians
+        )  # the K unexpanded Gaussians: log_prob broadcasts over the batch itself
         return new
 
     def log_prob(self, value):
@@ -65,14 +74,22 @@ class VampPrior(TorchDistribution):
             # in float64: the three sums cancel (z near a sharp μ_k), which would cost float32 ~1e-3 nats
             loc, scale = (t.double() for t in self._gaussians)
             precision = scale.pow(-2)  # [K, D]
-            const = (loc.pow(2) * precision + 2 * scale.log()).sum(-1) + loc.shape[-1] * math.log(2 * math.pi)
+            const = (loc.pow(2) * precision + 2 * scale.log()).sum(-1) + loc.shape[-1] * math.log(
+                2 * math.pi
+            )
             flat = value.reshape(-1, value.shape[-1]).double()
             quad = flat.pow(2) @ precision.T - 2 * flat @ (loc * precision).T  # [M, K]
-            per_component = (-0.5 * (quad + const)).to(value.dtype).reshape(*value.shape[:-1], self.num_components)
+            per_component = (
+                (-0.5 * (quad + const))
+                .to(value.dtype)
+                .reshape(*value.shape[:-1], self.num_components)
+            )
             batch = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
             per_component = per_component.expand(*batch, self.num_components)
         else:
-            per_component = self.components.log_prob(value.unsqueeze(self._component_dim))  # [..., K]
+            per_component = self.components.log_prob(
+                value.unsqueeze(self._component_dim)
+            )  # [..., K]
         return per_component.logsumexp(-1) - math.log(self.num_components)
 
     def rsample(self, sample_shape=torch.Size()):
@@ -80,7 +97,9 @@ class VampPrior(TorchDistribution):
         sample_shape = torch.Size(sample_shape)
         z = self.components.rsample(sample_shape)  # [*sample, *batch, K, *event]
         k = torch.randint(self.num_components, sample_shape + self.batch_shape, device=z.device)
-        k = k.reshape(k.shape + (1,) * (1 + len(self.event_shape))).expand(k.shape + (1,) + self.event_shape)
+        k = k.reshape(k.shape + (1,) * (1 + len(self.event_shape))).expand(
+            k.shape + (1,) + self.event_shape
+        )
         return z.gather(self._component_dim, k).squeeze(self._component_dim)
 
     @property
@@ -91,13 +110,18 @@ class VampPrior(TorchDistribution):
     def variance(self):
         """E_k[Var_k] + Var_k[E_k]: the law of total variance over the uniform component."""
         means = self.components.mean
-        return (self.components.variance.mean(self._component_dim)
-                + (means - means.mean(self._component_dim, keepdim=True)).pow(2).mean(self._component_dim))
+        return self.components.variance.mean(self._component_dim) + (
+            means - means.mean(self._component_dim, keepdim=True)
+        ).pow(2).mean(self._component_dim)
 
 
 def _diagonal_gaussians(fn):
     """``(loc, scale)`` when ``fn`` is ``Normal(loc, scale).to_event(1)`` (event dims exactly 1), else None."""
-    if isinstance(fn, Independent) and fn.reinterpreted_batch_ndims == 1 and type(fn.base_dist) is Normal:
+    if (
+        isinstance(fn, Independent)
+        and fn.reinterpreted_batch_ndims == 1
+        and type(fn.base_dist) is Normal
+    ):
         return fn.base_dist.loc, fn.base_dist.scale
     return None
 
@@ -112,7 +136,9 @@ class PseudoInputs(nn.Module):
     def __init__(self, num, x_shape, mean=0.05, std=0.01):
         super().__init__()
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise ValueError(f"the VampPrior needs at least one pseudo-input, got {num!r}; pass e.g. pseudo_inputs=500")
+            raise ValueError(
+                f"the VampPrior needs at least one pseudo-input, got {num!r}; pass e.g. pseudo_inputs=500"
+            )
         self.weight = nn.Parameter(torch.randn(num, *x_shape) * std + mean)
 
     def forward(self):
@@ -124,9 +150,11 @@ def check_vampprior_guide(guide):
     from pyro_vae.guides import DiagonalGuide, FlowGuide
 
     if not isinstance(guide, DiagonalGuide) or isinstance(guide, FlowGuide):
-        raise ValueError(f"prior='vampprior' needs the diagonal guide (it scores every z under all K posteriors "
-                         f"q(z | u_k); a flow would need its inverse for each), got {type(guide).__name__}; "
-                         f"pass guide='diagonal'")
+        raise ValueError(
+            f"prior='vampprior' needs the diagonal guide (it scores every z under all K posteriors "
+            f"q(z | u_k); a flow would need its inverse for each), got {type(guide).__name__}; "
+            f"pass guide='diagonal'"
+        )
 
 
 __all__ = ["PseudoInputs", "VampPrior", "check_vampprior_guide"]

@@ -16,6 +16,7 @@ ELBO and ``pyro-vae evaluate`` do) prior and guide are ``OneHotCategorical`` wit
 probabilities, so the ELBO and log p(x) are those of the discrete model.  Guide logits are
 log-probabilities clamped at −20 so that relaxed samples never underflow to an exact 0.
 """
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -33,17 +34,40 @@ class RelaxedCategoricalVAE(nn.Module):
     :param decoder: net ``[..., M, C] -> [..., *x_shape]``.
     """
 
-    def __init__(self, encoder, decoder, likelihood, num_vars, categories, x_shape, num_data=None, temperature=1.0,
-                 min_temperature=0.5, temperature_decay=1.0):
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        likelihood,
+        num_vars,
+        categories,
+        x_shape,
+        num_data=None,
+        temperature=1.0,
+        min_temperature=0.5,
+        temperature_decay=1.0,
+    ):
         super().__init__()
         if num_vars < 1 or categories < 2:
-            raise ValueError(f"need at least one categorical latent of >= 2 classes, got {num_vars} × {categories}")
+            raise ValueError(
+                f"need at least one categorical latent of >= 2 classes, got {num_vars} × {categories}"
+            )
         if not 0 < min_temperature <= temperature:
-            raise ValueError(f"need 0 < min_temperature <= temperature, got {min_temperature} and {temperature}")
+            raise ValueError(
+                f"need 0 < min_temperature <= temperature, got {min_temperature} and {temperature}"
+            )
         self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
-        self.num_vars, self.categories, self.x_shape, self.num_data = num_vars, categories, tuple(x_shape), num_data
-        self.initial_temperature, self.min_temperature, self.temperature_decay = (temperature, min_temperature,
-                                                                                  temperature_decay)
+        self.num_vars, self.categories, self.x_shape, self.num_data = (
+            num_vars,
+            categories,
+            tuple(x_shape),
+            num_data,
+        )
+        self.initial_temperature, self.min_temperature, self.temperature_decay = (
+            temperature,
+            min_temperature,
+            temperature_decay,
+        )
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def anneal(self, epoch):
@@ -57,7 +81,9 @@ class RelaxedCategoricalVAE(nn.Module):
     def latent(self, logits):
         """Relaxed one-hot distribution at the current τ in training mode, hard one-hot in eval mode."""
         if self.training:
-            return dist.RelaxedOneHotCategorical(self.temperature.to(logits), logits=logits).to_event(1)
+            return dist.RelaxedOneHotCategorical(
+                self.temperature.to(logits), logits=logits
+            ).to_event(1)
         return dist.OneHotCategorical(logits=logits).to_event(1)
 
     def model(self, x):
@@ -84,15 +110,33 @@ def build_relaxed_categorical(config, x_shape, num_data=None):
     from pyro_vae.models.nets import MLP
 
     m, c = config.latent_dim, config.categories
-    encoder = nn.Sequential(make_encoder(config, x_shape),
-                            MLP(config.hidden_dims[-1], [], (m, c), config.activation))
+    encoder = nn.Sequential(
+        make_encoder(config, x_shape), MLP(config.hidden_dims[-1], [], (m, c), config.activation)
+    )
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures)
     if config.net == "mlp":
-        decoder = MLP((m, c), list(reversed(config.hidden_dims)), likelihood.params_shape(x_shape), config.activation)
+        decoder = MLP(
+            (m, c),
+            list(reversed(config.hidden_dims)),
+            likelihood.params_shape(x_shape),
+            config.activation,
+        )
     else:
         decoder = nn.Sequential(nn.Flatten(-2), make_decoder(config, x_shape, m * c))
-    return RelaxedCategoricalVAE(encoder, decoder, likelihood, m, c, x_shape, num_data, config.temperature,
-                                 config.min_temperature, config.temperature_decay)
+    return RelaxedCategoricalVAE(
+        encoder,
+        decoder,
+        likelihood,
+        m,
+        c,
+        x_shape,
+        num_data,
+        config.temperature,
+        config.min_temperature,
+        config.temperature_decay,
+    )
 
 
-build_relaxed_categorical.guides = ("categorical",)  # its own guide: factorized (relaxed) categoricals q(z_m | x)
+build_relaxed_categorical.guides = (
+    "categorical",
+)  # its own guide: factorized (relaxed) categoricals q(z_m | x)

@@ -4,6 +4,7 @@ Latent site names: ``"z"`` (the Gaussian latent, event shape ``[latent_dim]``)
 and ``"x"`` (the observed images, event shape ``x_shape``), both inside the
 ``"data"`` plate at dim -1.
 """
+
 import pyro
 import pyro.distributions as dist
 from torch import nn
@@ -27,7 +28,9 @@ class VAE(nn.Module):
         or ``None`` for N(0, I).
     """
 
-    def __init__(self, decoder, guide, likelihood, latent_dim, x_shape, num_data=None, pseudo_inputs=None):
+    def __init__(
+        self, decoder, guide, likelihood, latent_dim, x_shape, num_data=None, pseudo_inputs=None
+    ):
         super().__init__()
         if latent_dim <= 0:
             raise ValueError(f"latent_dim must be positive, got {latent_dim}")
@@ -62,10 +65,14 @@ class VAE(nn.Module):
     def prior(self, x):
         """p(z) on x's device and dtype: N(0, I), or the VampPrior (1/K) Σ_k q(z | u_k) at the pseudo-inputs."""
         if self.pseudo_inputs is None:
-            return dist.Normal(x.new_zeros(self.latent_dim), x.new_ones(self.latent_dim)).to_event(1)
+            return dist.Normal(x.new_zeros(self.latent_dim), x.new_ones(self.latent_dim)).to_event(
+                1
+            )
         guide = self.guide_module
         pyro.module("pseudo_inputs", self.pseudo_inputs)
-        pyro.module(guide.name, guide)  # the model reads the guide's encoder: the same parameters, registered once
+        pyro.module(
+            guide.name, guide
+        )  # the model reads the guide's encoder: the same parameters, registered once
         return VampPrior(guide.distribution(guide.encoder(self.pseudo_inputs().to(x))))
 
     def guide(self, x):

@@ -1,5 +1,6 @@
 """Run-directory files written so that no crash, interrupt or NaN loses them: atomic writes, and the state a
 resume restores (parameters, module buffers, optimizer and RNG states), and the two listeners that write them."""
+
 import json
 import os
 
@@ -63,19 +64,25 @@ def restore(state, modules, optim):
     missing = sorted(set(state["params"]) - set(current))
     extra = sorted(set(current) - set(state["params"]))
     if missing or extra:
-        raise ValueError(f"checkpoint does not match this model: missing here {missing[:5]}, "
-                         f"not in checkpoint {extra[:5]}; load it with the options it was trained with")
+        raise ValueError(
+            f"checkpoint does not match this model: missing here {missing[:5]}, "
+            f"not in checkpoint {extra[:5]}; load it with the options it was trained with"
+        )
     for name, value in state["params"].items():
         if current[name].shape != value.shape:
-            raise ValueError(f"checkpoint does not match this model: parameter {name!r} has shape "
-                             f"{tuple(value.shape)} in the checkpoint and {tuple(current[name].shape)} here; "
-                             f"load it with the options it was trained with")
+            raise ValueError(
+                f"checkpoint does not match this model: parameter {name!r} has shape "
+                f"{tuple(value.shape)} in the checkpoint and {tuple(current[name].shape)} here; "
+                f"load it with the options it was trained with"
+            )
     buffers = state.get("buffers", {})
     for i, m in enumerate(modules):
         for k, b in m.named_buffers():
             if k not in buffers.get(i, {}) or buffers[i][k].shape != b.shape:
-                raise ValueError(f"checkpoint does not match this model: buffer {k!r} of module {i} is "
-                                 f"missing or has another shape")
+                raise ValueError(
+                    f"checkpoint does not match this model: buffer {k!r} of module {i} is "
+                    f"missing or has another shape"
+                )
     with torch.no_grad():
         for name, value in state["params"].items():
             current[name].copy_(value)
@@ -103,8 +110,10 @@ class MetricsFile(Listener):
 
     def on_run_start(self, trainer):
         if trainer.writes:
-            atomic_write_lines([json.dumps(m) + "\n" for m in trainer.history],
-                               os.path.join(trainer.out_dir, METRICS))
+            atomic_write_lines(
+                [json.dumps(m) + "\n" for m in trainer.history],
+                os.path.join(trainer.out_dir, METRICS),
+            )
 
     def on_epoch_end(self, trainer, metrics):
         if trainer.writes:

@@ -1,4 +1,5 @@
 """What a run prints: a progress bar per epoch with the running loss, one line per epoch, the fast path's note."""
+
 from tqdm.auto import tqdm
 
 from pyro_vae.core.checks import check_option
@@ -22,8 +23,12 @@ class Console(Listener):
             tqdm.write(trainer.fast_note)
 
     def on_epoch_start(self, trainer):
-        self.bar = tqdm(total=trainer.run.steps_per_epoch, desc=f"epoch {trainer.epoch + 1}/{trainer.run.epochs}",
-                        leave=False, disable=not distributed.is_main())
+        self.bar = tqdm(
+            total=trainer.run.steps_per_epoch,
+            desc=f"epoch {trainer.epoch + 1}/{trainer.run.epochs}",
+            leave=False,
+            disable=not distributed.is_main(),
+        )
         self.note = trainer.fast_note
 
     def on_step_end(self, trainer, step, loss, ok):
@@ -40,7 +45,11 @@ class Console(Listener):
         if trainer.fast_note != self.note:  # the fast path was dropped at this epoch's start
             tqdm.write(trainer.fast_note)
         shown = {k: v for k, v in metrics.items() if k not in ("fast_path_note", "kl_per_dim")}
-        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
+        tqdm.write(
+            " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()
+            )
+        )
 
     def on_run_end(self, trainer):
         if self.bar is not None:

@@ -11,6 +11,7 @@ Rank 0 alone writes metrics, pictures and checkpoints; evaluation is sharded and
 Backend: NCCL for CUDA devices, one rank a GPU; gloo for CPUs, and for CUDA when a machine runs more ranks than
 it has GPUs (NCCL refuses two ranks on one GPU; gloo reduces CUDA tensors through the host).
 """
+
 import os
 
 import torch

@@ -1,4 +1,5 @@
 """Early stopping on the validation ELBO: the best epoch of a run's metrics, when to stop, what ``best.pt`` keeps."""
+
 import math
 
 import pyro
@@ -12,8 +13,11 @@ from pyro_vae.training.listeners import Listener
 def best_epoch(history):
     """The epoch with the highest finite ``validation_elbo`` among the metrics rows ``history`` (the first of ties),
     or None."""
-    scored = [(m["validation_elbo"], -m["epoch"]) for m in history
-              if m.get("validation_elbo") is not None and math.isfinite(m["validation_elbo"])]
+    scored = [
+        (m["validation_elbo"], -m["epoch"])
+        for m in history
+        if m.get("validation_elbo") is not None and math.isfinite(m["validation_elbo"])
+    ]
     return -max(scored)[1] if scored else None
 
 
@@ -29,9 +33,14 @@ def should_stop(history, epoch, patience, warmup_epochs=0):
 def snapshot(epoch, modules):
     """Parameters and the ``modules``' buffers now (on the CPU), with the epoch: what ``best.pt`` holds."""
     store = pyro.get_param_store()
-    return {"epoch": epoch,
-            "params": {name: p.detach().cpu().clone() for name, p in store.named_parameters()},
-            "buffers": {i: {k: b.detach().cpu().clone() for k, b in m.named_buffers()} for i, m in enumerate(modules)}}
+    return {
+        "epoch": epoch,
+        "params": {name: p.detach().cpu().clone() for name, p in store.named_parameters()},
+        "buffers": {
+            i: {k: b.detach().cpu().clone() for k, b in m.named_buffers()}
+            for i, m in enumerate(modules)
+        },
+    }
 
 
 class EarlyStopping(Listener):
@@ -48,8 +57,10 @@ class EarlyStopping(Listener):
 
     def on_run_start(self, trainer):
         if trainer.run.val_x is None:
-            raise ValueError("early stopping watches the validation ELBO, but the data has no validation split; "
-                             "load it with validation=N (e.g. 10000), pass val_x, or leave out early_stopping")
+            raise ValueError(
+                "early stopping watches the validation ELBO, but the data has no validation split; "
+                "load it with validation=N (e.g. 10000), pass val_x, or leave out early_stopping"
+            )
         self._update(trainer)
 
     def on_epoch_end(self, trainer, metrics):
@@ -59,8 +70,12 @@ class EarlyStopping(Listener):
 
     def on_run_end(self, trainer):
         if trainer.stopped and trainer.progress and distributed.is_main():
-            tqdm.write(f"early stopping after epoch {trainer.epoch}: the validation ELBO peaked at epoch "
-                       f"{best_epoch(trainer.history)}")
+            tqdm.write(
+                f"early stopping after epoch {trainer.epoch}: the validation ELBO peaked at epoch "
+                f"{best_epoch(trainer.history)}"
+            )
 
     def _update(self, trainer):
-        trainer.stopped = should_stop(trainer.history, trainer.epoch, self.patience, self.warmup_epochs)
+        trainer.stopped = should_stop(
+            trainer.history, trainer.epoch, self.patience, self.warmup_epochs
+        )

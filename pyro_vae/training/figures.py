@@ -4,6 +4,7 @@ and active units and KL per latent dimension (the listener :class:`Evaluation`).
 They draw their random numbers from a fork of the RNG (the caller's ``torch.random.fork_rng``), so they leave the
 training trajectory as it would be without them; the networks are in eval mode while they are taken.
 """
+
 import contextlib
 import logging
 
@@ -38,10 +39,18 @@ def cuda_devices(where):
 def elbo_figures(model, guide, x, num_particles=1, batch_size=1000, batch_call=None):
     """Mean ``elbo``, ``recon`` = E_q[log p(x|z)] and ``kl`` = E_q[log q − log p] per data point of ``x`` (nats;
     ``elbo = recon − kl``), from one pass; under torch.distributed each rank scores its share."""
-    recon, kl = elbo_terms(model, guide, distributed.shard(x), num_particles=num_particles, batch_size=batch_size,
-                           batch_call=batch_call)
+    recon, kl = elbo_terms(
+        model,
+        guide,
+        distributed.shard(x),
+        num_particles=num_particles,
+        batch_size=batch_size,
+        batch_call=batch_call,
+    )
     elbo = recon - kl
-    total = distributed.all_sum(torch.stack([elbo.sum(), recon.sum(), kl.sum(), elbo.new_tensor(float(len(elbo)))]))
+    total = distributed.all_sum(
+        torch.stack([elbo.sum(), recon.sum(), kl.sum(), elbo.new_tensor(float(len(elbo)))])
+    )
     return dict(zip(("elbo", "recon", "kl"), (total[:3] / total[3]).tolist()))
 
 
@@ -50,8 +59,10 @@ def latent_figures(model, guide, x, batch_size=1000, batch_call=None):
     :mod:`pyro_vae.evaluation.metrics`; a site whose q does not factorize has no ``kl_per_dim`` entry)."""
     _, _, per_dim = _latent_pass(model, guide, x, batch_size=batch_size, batch_call=batch_call)
     active = active_units(posterior_means(guide, x, batch_size=batch_size, batch_call=batch_call))
-    return {"active_units": {site: count for site, (count, _) in active.items()},
-            "kl_per_dim": {site: t.mean(0).tolist() for site, t in per_dim.items() if t is not None}}
+    return {
+        "active_units": {site: count for site, (count, _) in active.items()},
+        "kl_per_dim": {site: t.mean(0).tolist() for site, t in per_dim.items() if t is not None},
+    }
 
 
 def latent_figures_or_none(model, guide, x, batch_call=None):
@@ -59,7 +70,9 @@ def latent_figures_or_none(model, guide, x, batch_call=None):
     try:
         return latent_figures(model, guide, x, batch_call=batch_call)
     except Exception as e:  # noqa: BLE001 - training goes on without these figures
-        logger.warning(f"per-epoch active units / KL per dimension turned off: {type(e).__name__}: {e}")
+        logger.warning(
+            f"per-epoch active units / KL per dimension turned off: {type(e).__name__}: {e}"
+        )
         return None
 
 
@@ -79,16 +92,22 @@ class Evaluation(Listener):
         run, pair = trainer.run, (trainer.model, trainer.guide)
         if run.test_x is not None:
             metrics.update({f"test_{k}": v for k, v in self.terms(trainer, run.test_x).items()})
-        with torch.random.fork_rng(devices=cuda_devices(run.device)):  # training's random stream stays
+        with torch.random.fork_rng(
+            devices=cuda_devices(run.device)
+        ):  # training's random stream stays
             if run.val_x is not None:
                 metrics["validation_elbo"] = self.terms(trainer, run.val_x)["elbo"]
             if run.test_x is not None and self.diagnostic_images:
                 with eval_mode(trainer.modules):  # None: a pair they fail on; off from now on
-                    found = latent_figures_or_none(*pair, run.test_x[: self.diagnostic_images], trainer.batch_call)
+                    found = latent_figures_or_none(
+                        *pair, run.test_x[: self.diagnostic_images], trainer.batch_call
+                    )
                 self.diagnostic_images = self.diagnostic_images if found is not None else 0
                 metrics.update(found or {})
 
     def terms(self, trainer, x, batch_size=1000):
         """Mean ``elbo``, ``recon`` and ``kl`` per image of ``x`` (:func:`elbo_figures`)."""
         with eval_mode(trainer.modules):
-            return elbo_figures(trainer.model, trainer.guide, x, self.particles, batch_size, trainer.batch_call)
+            return elbo_figures(
+                trainer.model, trainer.guide, x, self.particles, batch_size, trainer.batch_call
+            )

@@ -1,4 +1,5 @@
 """What stops a run cleanly: too many non-finite steps (the NaN guard), and SIGINT/SIGTERM at a step boundary."""
+
 import contextlib
 import logging
 import signal
@@ -109,12 +110,18 @@ class NaNGuard(Listener):
         check_option("max_bad_steps", max_bad_steps)
         check_option("bad_lr_factor", bad_lr_factor)
         check_option("check_every", check_every)
-        self.max_bad_steps, self.bad_lr_factor, self.check_every = max_bad_steps, bad_lr_factor, check_every
+        self.max_bad_steps, self.bad_lr_factor, self.check_every = (
+            max_bad_steps,
+            bad_lr_factor,
+            check_every,
+        )
 
     def on_run_start(self, trainer):
         buffers = [b for m in trainer.modules for b in m.buffers() if b.is_floating_point()]
         self.guard = NonFiniteGuard(buffers, self.max_bad_steps)
-        self.every = self.check_every or (1 if trainer.run.device.type == "cpu" else trainer.log_every)
+        self.every = self.check_every or (
+            1 if trainer.run.device.type == "cpu" else trainer.log_every
+        )
 
     def on_epoch_start(self, trainer):
         self.guard.start(trainer.run.device)
@@ -135,16 +142,25 @@ class NaNGuard(Listener):
         def lower(new):
             trainer.lr_scale *= self.bad_lr_factor**new
             trainer.set_lr()
-            logger.warning(f"{new} non-finite step(s) skipped by step {step} of epoch {trainer.epoch + 1}; "
-                           f"learning rate lowered to {trainer.lr:.3g}")
+            logger.warning(
+                f"{new} non-finite step(s) skipped by step {step} of epoch {trainer.epoch + 1}; "
+                f"learning rate lowered to {trainer.lr:.3g}"
+            )
             trainer.emit("on_bad_steps", new, step)
 
-        kept = (f"; {trainer.out_dir!r} still holds the checkpoint and metrics of epoch {trainer.epoch}"
-                if trainer.out_dir else "")
-        self.guard.check(lower, lambda worst: (
-            f"the loss or its gradients were NaN/inf for {worst} steps in a row (epoch {trainer.epoch + 1}/"
-            f"{trainer.run.epochs}, step {step}) although the learning rate was lowered to {trainer.lr:.3g}{kept}; "
-            f"try a smaller lr=, clip_norm=, another likelihood= or sigma=, or check the data"))
+        kept = (
+            f"; {trainer.out_dir!r} still holds the checkpoint and metrics of epoch {trainer.epoch}"
+            if trainer.out_dir
+            else ""
+        )
+        self.guard.check(
+            lower,
+            lambda worst: (
+                f"the loss or its gradients were NaN/inf for {worst} steps in a row (epoch {trainer.epoch + 1}/"
+                f"{trainer.run.epochs}, step {step}) although the learning rate was lowered to {trainer.lr:.3g}{kept}; "
+                f"try a smaller lr=, clip_norm=, another likelihood= or sigma=, or check the data"
+            ),
+        )
         trainer.bad_steps = self.guard.seen
 
 
@@ -170,8 +186,15 @@ class SignalStop(Listener):
         self.installed.__exit__(None, None, None)
 
     def _check(self, trainer):
-        where = (f"the checkpoint of epoch {trainer.epoch} in {trainer.out_dir!r}" if trainer.out_dir
-                 else "nothing (no out_dir)")
-        self.signals.check(lambda name: f"{name} during epoch {trainer.epoch + 1}/{trainer.run.epochs}: stopped at "
-                                        f"a step boundary; the partial epoch is discarded and the run holds "
-                                        f"{where}; continue with resume=True")
+        where = (
+            f"the checkpoint of epoch {trainer.epoch} in {trainer.out_dir!r}"
+            if trainer.out_dir
+            else "nothing (no out_dir)"
+        )
+        self.signals.check(
+            lambda name: (
+                f"{name} during epoch {trainer.epoch + 1}/{trainer.run.epochs}: stopped at "
+                f"a step boundary; the partial epoch is discarded and the run holds "
+                f"{where}; continue with resume=True"
+            )
+        )

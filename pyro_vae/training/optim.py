@@ -9,6 +9,7 @@ parameters appear), so a step is a single call; Adam uses torch's fused kernel
 ``get_state``/``set_state`` keep PyroOptim's per-parameter-name format, so
 checkpoints move between the two.
 """
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -39,17 +40,33 @@ class SkippableAdam(torch.optim.Adam):
             if not params:
                 continue
             for p in params:
-                if not self.state[p]:  # Adam's lazy state, as torch.optim.Adam makes it for a fused group
-                    self.state[p].update(step=torch.zeros((), dtype=torch.float32, device=p.device),
-                                         exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
-                                         exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
+                if not self.state[
+                    p
+                ]:  # Adam's lazy state, as torch.optim.Adam makes it for a fused group
+                    self.state[p].update(
+                        step=torch.zeros((), dtype=torch.float32, device=p.device),
+                        exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                        exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format),
+                    )
             states = [self.state[p] for p in params]
             functional_adam(
-                params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                [], [s["step"] for s in states], fused=True, found_inf=skip.to(params[0].device, torch.float32),
-                amsgrad=False, beta1=group["betas"][0], beta2=group["betas"][1], lr=group["lr"],
-                weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
-                decoupled_weight_decay=group.get("decoupled_weight_decay", False))
+                params,
+                [p.grad for p in params],
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [],
+                [s["step"] for s in states],
+                fused=True,
+                found_inf=skip.to(params[0].device, torch.float32),
+                amsgrad=False,
+                beta1=group["betas"][0],
+                beta2=group["betas"][1],
+                lr=group["lr"],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=group["maximize"],
+                decoupled_weight_decay=group.get("decoupled_weight_decay", False),
+            )
         return None
 
 
@@ -77,7 +94,9 @@ class FusedOptim(pyro.optim.PyroOptim):
         super().__init__(FUSED.get(optim_constructor, optim_constructor), optim_args, clip_args)
         self.optim = None
         self._members = set()
-        self.skip_threshold = skip_threshold  # skip an update whose total gradient norm exceeds this (VDVAE)
+        self.skip_threshold = (
+            skip_threshold  # skip an update whose total gradient norm exceeds this (VDVAE)
+        )
         self.skipped = None  # updates skipped for their gradient norm since the last take_skipped(), on the device
 
     def _add(self, params):
@@ -164,8 +183,10 @@ class FusedOptim(pyro.optim.PyroOptim):
             hyper = {k: v for k, v in group.items() if k != "params"}
             for p in group["params"]:
                 st = self.optim.state.get(p)
-                state[store.param_name(p)] = {"state": {0: dict(st)} if st else {},
-                                              "param_groups": [{**hyper, "params": [0]}]}
+                state[store.param_name(p)] = {
+                    "state": {0: dict(st)} if st else {},
+                    "param_groups": [{**hyper, "params": [0]}],
+                }
         return state
 
 

@@ -1,4 +1,5 @@
 """The training step: :class:`pyro.infer.SVI` with the loss kept on the device and bad updates skipped there."""
+
 import pyro
 import torch
 from pyro import poutine
@@ -27,7 +28,9 @@ class DeviceSVI(SVI):
 
     def step(self, *args, **kwargs):
         ok = None
-        replay = getattr(self.elbo, "replay", None)  # a FastELBO: loss, finiteness and gradients from one graph
+        replay = getattr(
+            self.elbo, "replay", None
+        )  # a FastELBO: loss, finiteness and gradients from one graph
         replayed = replay(self.model, self.guide, *args, **kwargs) if replay else None
         if replayed is not None:
             loss, ok, params, grads = replayed
@@ -40,7 +43,9 @@ class DeviceSVI(SVI):
                     loss.backward()
                     loss = loss.detach()
                 else:  # a float: put it where the parameters are, as the flag's other inputs
-                    loss = torch.as_tensor(self.loss_and_grads(self.model, self.guide, *args, **kwargs))
+                    loss = torch.as_tensor(
+                        self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+                    )
             params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
             loss = loss.to(next(iter(params)).device) if params else loss
         if distributed.active():  # the same parameters on every rank, in the same (name) order
@@ -52,7 +57,9 @@ class DeviceSVI(SVI):
         elif ok is None:
             grads = [p.grad for p in params if p.grad is not None]
             total = loss.sum()
-            if grads:  # ‖(g_1, …, g_n)‖₂ is finite iff every gradient is (or overflows beyond ~1e19)
+            if (
+                grads
+            ):  # ‖(g_1, …, g_n)‖₂ is finite iff every gradient is (or overflows beyond ~1e19)
                 total = total + _total_norm(grads).to(total)
             ok = torch.isfinite(total)
         if isinstance(self.optim, FusedOptim):

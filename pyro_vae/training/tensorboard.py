@@ -12,6 +12,7 @@ reconstructions).  ``pyro-vae evaluate`` adds ``eval/SPLIT/…`` (NLL, bits/dim,
 On resume the writer is opened with ``purge_step`` = the first step after the checkpoint, so
 the events of an interrupted epoch are dropped by TensorBoard and no step appears twice.
 """
+
 import logging
 import math
 import numbers
@@ -84,7 +85,9 @@ class RunWriter:
         """A grid of images ``[N, C, H, W]`` in [0, 1]."""
         from torchvision.utils import make_grid
 
-        self.writer.add_image(tag, make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2), step)
+        self.writer.add_image(
+            tag, make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2), step
+        )
 
     def flush(self):
         self.writer.flush()
@@ -112,7 +115,9 @@ def log_evaluation(run_dir, result, step, split="test"):
     """Add an evaluation's figures to the run's event files as ``eval/SPLIT/KEY`` at ``step`` (the checkpoint's)."""
     writer = RunWriter(run_dir)
     try:
-        keep = {k: v for k, v in result.items() if k in ("nll", "bits_per_dim", "elbo", "recon", "kl")}
+        keep = {
+            k: v for k, v in result.items() if k in ("nll", "bits_per_dim", "elbo", "recon", "kl")
+        }
         units, sites = result.get("active_units"), result.get("latent_sites") or ["z"]
         if units is not None:  # per site, as in the training rows: active_units/z1, …
             keep["active_units"] = dict(zip(sites, units if isinstance(units, list) else [units]))
@@ -145,7 +150,15 @@ def read_scalars(run_dir):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-__all__ = ["RunWriter", "evaluated_step", "flatten", "log_evaluation", "picture_grids", "read_scalars", "run_writer"]
+__all__ = [
+    "RunWriter",
+    "evaluated_step",
+    "flatten",
+    "log_evaluation",
+    "picture_grids",
+    "read_scalars",
+    "run_writer",
+]
 
 
 def write_epoch(tb, metrics, step, model=None, guide=None, x=None, modules=()):
@@ -182,21 +195,36 @@ class TensorBoard(Listener):
 
     def on_run_start(self, trainer):
         if self.enabled and trainer.writes:
-            self.writer = RunWriter(trainer.out_dir, purge_step=trainer.epoch * trainer.run.steps_per_epoch + 1)
+            self.writer = RunWriter(
+                trainer.out_dir, purge_step=trainer.epoch * trainer.run.steps_per_epoch + 1
+            )
 
     def on_step_end(self, trainer, step, loss, ok):
         if self.writer and step % self.log_every == 0 and step > trainer.bad_steps:
-            self.writer.scalar("running_loss", trainer.running_loss(step),
-                               (trainer.epoch) * trainer.run.steps_per_epoch + step)
+            self.writer.scalar(
+                "running_loss",
+                trainer.running_loss(step),
+                (trainer.epoch) * trainer.run.steps_per_epoch + step,
+            )
 
     def on_epoch_end(self, trainer, metrics):
         if not self.writer:
             return
         run = trainer.run
-        pictures = run.test_x is not None and self.images_every and (
-            trainer.epoch % self.images_every == 0 or trainer.epoch == run.epochs)
-        if not write_epoch(self.writer, metrics, trainer.epoch * run.steps_per_epoch, trainer.model, trainer.guide,
-                           run.test_x if pictures else None, trainer.modules):
+        pictures = (
+            run.test_x is not None
+            and self.images_every
+            and (trainer.epoch % self.images_every == 0 or trainer.epoch == run.epochs)
+        )
+        if not write_epoch(
+            self.writer,
+            metrics,
+            trainer.epoch * run.steps_per_epoch,
+            trainer.model,
+            trainer.guide,
+            run.test_x if pictures else None,
+            trainer.modules,
+        ):
             self.images_every = 0
 
     def on_run_end(self, trainer):

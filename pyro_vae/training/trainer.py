@@ -36,6 +36,7 @@ checkpoints (:mod:`.checkpoint`), TensorBoard (:mod:`.tensorboard`) and the cons
 draw of the set-up happens before a checkpoint is restored, so on CPU ``fit(epochs=4)`` equals ``fit(epochs=2)``
 then ``fit(epochs=4, resume=True)`` bit for bit; the figures draw from a fork of the RNG.
 """
+
 import math
 import os
 import time
@@ -60,8 +61,17 @@ from pyro_vae.training.optim import Optimization, make_optimizer, set_lr
 from pyro_vae.training.svi import DeviceSVI
 from pyro_vae.training.tensorboard import TensorBoard
 
-__all__ = ["BEST", "CHECKPOINT", "METRICS", "Listener", "NonFiniteLossError", "Optimization", "Trainer",
-           "TrainingInterrupted", "resolve_device"]
+__all__ = [
+    "BEST",
+    "CHECKPOINT",
+    "METRICS",
+    "Listener",
+    "NonFiniteLossError",
+    "Optimization",
+    "Trainer",
+    "TrainingInterrupted",
+    "resolve_device",
+]
 FAST_MODES = ("auto", True, False, "compile", "trace")
 
 
@@ -105,25 +115,58 @@ class Trainer:
     states, the learning-rate scale, every row and (early stopping) the best epoch; ``best.pt`` the best epoch.
     """
 
-    def __init__(self, model, guide, elbo="trace", particles=1, optim=None, out_dir=None, modules=(), fast="auto",
-                 progress=True, batch_call=None, data_plate=None, listeners=()):
+    def __init__(
+        self,
+        model,
+        guide,
+        elbo="trace",
+        particles=1,
+        optim=None,
+        out_dir=None,
+        modules=(),
+        fast="auto",
+        progress=True,
+        batch_call=None,
+        data_plate=None,
+        listeners=(),
+    ):
         if not callable(model) or not callable(guide):
-            raise TypeError("model and guide must be callables (Pyro functions), e.g. vae.model, vae.guide")
+            raise TypeError(
+                "model and guide must be callables (Pyro functions), e.g. vae.model, vae.guide"
+            )
         if not any(fast is mode or (isinstance(fast, str) and fast == mode) for mode in FAST_MODES):
-            raise ValueError(f"fast must be one of {', '.join(map(repr, FAST_MODES))}, got {fast!r}")
+            raise ValueError(
+                f"fast must be one of {', '.join(map(repr, FAST_MODES))}, got {fast!r}"
+            )
         self.model, self.guide, self.data_plate = model, guide, data_plate
         elbo = make_elbo(elbo, particles, data_plate=data_plate) if isinstance(elbo, str) else elbo
         self.elbo = elbo if fast is False or isinstance(elbo, FastELBO) else FastELBO(elbo, fast)
         self.batch_call = batch_call or batch_as_argument
         self.pair = None  # what the probe of the pair found (pyro_vae.core.PairInfo), set by fit
         self.options = optim or Optimization()
-        self.optim = make_optimizer(self.options.optimizer, self.options.lr, self.options.clip_norm,
-                                    skip_threshold=self.options.skip_threshold)
+        self.optim = make_optimizer(
+            self.options.optimizer,
+            self.options.lr,
+            self.options.clip_norm,
+            skip_threshold=self.options.skip_threshold,
+        )
         self.svi = DeviceSVI(model, guide, self.optim, self.elbo)
         self.out_dir, self.progress, self.modules = out_dir, progress, list(modules)
-        defaults = [NaNGuard(), SignalStop(), Evaluation(), MetricsFile(), TensorBoard(), Checkpoints()]
+        defaults = [
+            NaNGuard(),
+            SignalStop(),
+            Evaluation(),
+            MetricsFile(),
+            TensorBoard(),
+            Checkpoints(),
+        ]
         self.listeners = merged(defaults + ([Console()] if progress else []), listeners)
-        self.epoch, self.history, self.best, self.lr_scale = 0, [], None, 1.0  # lr_scale: the NaN guard's
+        self.epoch, self.history, self.best, self.lr_scale = (
+            0,
+            [],
+            None,
+            1.0,
+        )  # lr_scale: the NaN guard's
         self.run, self.stopped, self.bad_steps = None, False, 0
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
@@ -153,8 +196,14 @@ class Trainer:
 
     def state_dict(self):
         """Everything a resume needs (:func:`~pyro_vae.training.checkpoint.capture`)."""
-        return checkpoint.capture(self.modules, self.optim, epoch=self.epoch, lr_scale=self.lr_scale,
-                                  history=list(self.history), best=self.best)
+        return checkpoint.capture(
+            self.modules,
+            self.optim,
+            epoch=self.epoch,
+            lr_scale=self.lr_scale,
+            history=list(self.history),
+            best=self.best,
+        )
 
     def save_checkpoint(self, path=None):
         checkpoint.atomic_save(self.state_dict(), path or self.checkpoint_path)
@@ -165,7 +214,9 @@ class Trainer:
         A checkpoint of another model raises ValueError naming the first differing parameters.
         """
         args, kwargs = self.batch_call(x, torch.arange(len(x), device=x.device))
-        checked_probe(self.model, self.guide, *args, data_plate=self.data_plate, **kwargs)  # registers every param
+        checked_probe(
+            self.model, self.guide, *args, data_plate=self.data_plate, **kwargs
+        )  # registers every param
         checkpoint.restore(state, self.modules, self.optim)
         self.epoch = state["epoch"]
         self.lr_scale = state.get("lr_scale", 1.0)
@@ -176,9 +227,15 @@ class Trainer:
         """Trace the pair once on a batch (:func:`~pyro_vae.core.checked_probe`): its shapes fit, and the plate
         nesting that Pyro's ELBO would guess at its first step.  It draws samples, so it runs before the RNG
         state of a checkpoint is restored."""
-        self.pair = checked_probe(self.model, self.guide, *args, data_plate=self.data_plate, **kwargs)
-        if getattr(self.elbo, "max_plate_nesting", None) == math.inf:  # as Pyro counts it: vectorized particles too
-            particles = getattr(self.elbo, "vectorize_particles", False) and self.elbo.num_particles > 1
+        self.pair = checked_probe(
+            self.model, self.guide, *args, data_plate=self.data_plate, **kwargs
+        )
+        if (
+            getattr(self.elbo, "max_plate_nesting", None) == math.inf
+        ):  # as Pyro counts it: vectorized particles too
+            particles = (
+                getattr(self.elbo, "vectorize_particles", False) and self.elbo.num_particles > 1
+            )
             self.elbo.max_plate_nesting = self.pair.max_plate_nesting + int(particles)
         return self.pair
 
@@ -212,12 +269,16 @@ class Trainer:
 
     def _recheck_fast_path(self, x, kwargs):
         """At an epoch's start: drop the fast path when a plain and a traced step on ``x`` disagree."""
-        self.elbo.recheck(self.model, self.guide, x, kwargs, since=f"from epoch {self.epoch + 1} on")
+        self.elbo.recheck(
+            self.model, self.guide, x, kwargs, since=f"from epoch {self.epoch + 1} on"
+        )
 
     # -- per-epoch figures and early stopping --------------------------------------------------------
     def evaluate_terms(self, x, batch_size=1000):
         """Mean ``elbo``, ``recon`` and ``kl`` per image of ``x`` (the run's :class:`~.figures.Evaluation`)."""
-        evaluation = next((item for item in self.listeners if isinstance(item, Evaluation)), Evaluation())
+        evaluation = next(
+            (item for item in self.listeners if isinstance(item, Evaluation)), Evaluation()
+        )
         return evaluation.terms(self, x, batch_size)
 
     def evaluate_elbo(self, x, batch_size=1000):
@@ -242,8 +303,20 @@ class Trainer:
         """Mean −ELBO per image over this epoch's finite steps so far (a host read)."""
         return self._total.item() / max(step - self.bad_steps, 1)
 
-    def fit(self, data, epochs, batch_size=128, test_x=None, resume=False, callback=None, batch_kwargs=None,
-            before_epoch=None, val_x=None, early_stopping=None, warmup_epochs=0):
+    def fit(
+        self,
+        data,
+        epochs,
+        batch_size=128,
+        test_x=None,
+        resume=False,
+        callback=None,
+        batch_kwargs=None,
+        before_epoch=None,
+        val_x=None,
+        early_stopping=None,
+        warmup_epochs=0,
+    ):
         """Train until ``epochs`` epochs are complete (counting resumed ones), or early stopping ends the run;
         return every epoch's metrics.
 
@@ -268,7 +341,16 @@ class Trainer:
             extra.append(EarlyStopping(early_stopping, warmup_epochs))
         else:
             validation.check_option("warmup_epochs", warmup_epochs)
-        self._start(data, epochs, batch_size, test_x, val_x, resume, batch_kwargs, merged(self.listeners, extra))
+        self._start(
+            data,
+            epochs,
+            batch_size,
+            test_x,
+            val_x,
+            resume,
+            batch_kwargs,
+            merged(self.listeners, extra),
+        )
         try:
             self.emit("on_run_start")
             while self.epoch < epochs and not self.stopped:
@@ -280,12 +362,16 @@ class Trainer:
 
     def _start(self, data, epochs, batch_size, test_x, val_x, resume, batch_kwargs, listeners):
         """Check the data, probe the pair, restore a checkpoint and capture the fast path's steps: :attr:`run`."""
-        data, test_x = training_data(data, test_x, self.model)  # the data checked once, before any step
+        data, test_x = training_data(
+            data, test_x, self.model
+        )  # the data checked once, before any step
         val_x = data.val if val_x is None else val_x
         if val_x is not None:
             validation.check_data_for_model(self.model, val_x, "validation data")
         if resume and not self.out_dir:
-            raise ValueError("resume=True needs the trainer's out_dir (the run directory to continue)")
+            raise ValueError(
+                "resume=True needs the trainer's out_dir (the run directory to continue)"
+            )
         state = validation.load_checkpoint(self.checkpoint_path) if resume else None
 
         def call(x, idx):  # the pair's (args, kwargs) on a training batch
@@ -301,16 +387,33 @@ class Trainer:
         elif self.writes and self.epoch == 0:
             self.history = []
         if distributed.active():
-            distributed.broadcast_parameters([p for _, p in sorted(pyro.get_param_store().named_parameters())])
+            distributed.broadcast_parameters(
+                [p for _, p in sorted(pyro.get_param_store().named_parameters())]
+            )
         steps_per_epoch = math.ceil(len(data.train) / batch_size)
-        everything = torch.arange(len(data.train), device=first.device)  # two batches of each size, on this rank:
+        everything = torch.arange(
+            len(data.train), device=first.device
+        )  # two batches of each size, on this rank:
         rows = [distributed.shard(everything[s]) for s in proof_rows(len(data.train), batch_size)]
         probes = traceable_batches([call(data.train[idx], idx) for idx in rows if len(idx)])
         per_image = plate.size if plate is not None and plate.scale != 1 else None
-        self.run = SimpleNamespace(data=data, test_x=test_x, val_x=val_x, epochs=epochs, batch_size=batch_size,
-                                   steps_per_epoch=steps_per_epoch, device=first.device, call=call, probes=probes,
-                                   listeners=sorted(listeners, key=lambda item: item.order), per_image=per_image)
-        self.stopped, self._compiled = False, self._capture(probes, steps_per_epoch * (epochs - self.epoch))
+        self.run = SimpleNamespace(
+            data=data,
+            test_x=test_x,
+            val_x=val_x,
+            epochs=epochs,
+            batch_size=batch_size,
+            steps_per_epoch=steps_per_epoch,
+            device=first.device,
+            call=call,
+            probes=probes,
+            listeners=sorted(listeners, key=lambda item: item.order),
+            per_image=per_image,
+        )
+        self.stopped, self._compiled = (
+            False,
+            self._capture(probes, steps_per_epoch * (epochs - self.epoch)),
+        )
         self._set_training(True)
 
     def _capture(self, probes, planned_steps):
@@ -322,7 +425,10 @@ class Trainer:
         elif not self.elbo.steps:
             self._set_training(True)  # the mode the steps run in (a trace keeps it)
             self.enable_fast_path(probes, planned_steps=planned_steps)
-        return {"compile_seconds": self.elbo.compile_seconds, "compile_cache_hit": self.elbo.cache_hit}
+        return {
+            "compile_seconds": self.elbo.compile_seconds,
+            "compile_cache_hit": self.elbo.cache_hit,
+        }
 
     def _epoch(self):
         """One epoch of steps; its metrics row (the listeners add to it at ``on_epoch_end``)."""
@@ -332,9 +438,13 @@ class Trainer:
             self._recheck_fast_path(*run.probes[0])
         self.set_lr()
         start = time.perf_counter()
-        self._total = torch.zeros((), dtype=run.data.train.dtype, device=run.device)  # the data's precision
+        self._total = torch.zeros(
+            (), dtype=run.data.train.dtype, device=run.device
+        )  # the data's precision
         step = 0
-        for step, (x, idx) in enumerate(run.data.batches(run.batch_size, shard=distributed.shard), 1):
+        for step, (x, idx) in enumerate(
+            run.data.batches(run.batch_size, shard=distributed.shard), 1
+        ):
             self.emit("on_step_start")
             args, kwargs = run.call(x, idx)
             loss, ok = self.svi.step(*args, **kwargs)
@@ -342,10 +452,23 @@ class Trainer:
             self.emit("on_step_end", step, loss, ok)
         self.emit("on_train_epoch_end", step)
         lr, self.epoch = self.lr, self.epoch + 1
-        mean = distributed.all_sum(self._total / max(step - self.bad_steps, 1)) / distributed.world_size()
-        metrics = {"epoch": self.epoch, "train_loss": mean.item(), "seconds": time.perf_counter() - start, "lr": lr,
-                   "steps": run.steps_per_epoch, "bad_steps": self.bad_steps, "fast_path": bool(self.fast_steps),
-                   "fast_path_note": self.fast_note, **self._compiled}
-        if getattr(self.optim, "skip_threshold", None) is not None:  # skipped for a large gradient norm
+        mean = (
+            distributed.all_sum(self._total / max(step - self.bad_steps, 1))
+            / distributed.world_size()
+        )
+        metrics = {
+            "epoch": self.epoch,
+            "train_loss": mean.item(),
+            "seconds": time.perf_counter() - start,
+            "lr": lr,
+            "steps": run.steps_per_epoch,
+            "bad_steps": self.bad_steps,
+            "fast_path": bool(self.fast_steps),
+            "fast_path_note": self.fast_note,
+            **self._compiled,
+        }
+        if (
+            getattr(self.optim, "skip_threshold", None) is not None
+        ):  # skipped for a large gradient norm
             metrics["skipped_updates"] = self.optim.take_skipped()
         return metrics
