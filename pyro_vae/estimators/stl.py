@@ -20,9 +20,7 @@ References:
 """
 
 from pyro import poutine
-from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
-from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
 
 from pyro_vae.estimators.trace import DeviceTrace_ELBO
 
@@ -36,57 +34,53 @@ def _reparameterized(site):
     )
 
 
+def _log_q_at_detached_z(guide, recorded, args, kwargs):
+    """The guide replayed at z̄ = stop(z) of its ``recorded`` trace (subsample sites kept, so the
+    indices match), with ``log_prob`` at every reparameterized site: log q(z̄), differentiable in φ
+    but not in z."""
+    replay = recorded.copy()
+    for name, site in recorded.nodes.items():
+        if _reparameterized(site):
+            replay.nodes[name] = dict(site, value=site["value"].detach())
+    try:
+        fixed = prune_subsample_sites(
+            poutine.trace(poutine.replay(guide, trace=replay)).get_trace(*args, **kwargs)
+        )
+        fixed.compute_log_prob(site_filter=lambda name, site: _reparameterized(site))
+    except NotImplementedError as e:
+        raise ValueError(
+            f"STL_ELBO evaluates log q(z|x) at a fixed z, which needs the guide's inverse "
+            f"transform; this guide has none ({e or 'NotImplementedError'}). Use an invertible "
+            f"flow, or make_elbo('trace')"
+        ) from None
+    return fixed
+
+
 class STL_ELBO(DeviceTrace_ELBO):
     """Trace_ELBO whose reparameterized guide sites contribute only their path derivative to the guide gradient.
 
     Takes the options of :class:`~pyro.infer.Trace_ELBO` (``num_particles``, ``vectorize_particles``,
-    ``max_plate_nesting``, …).
+    ``max_plate_nesting``, …).  Overrides one piece, :meth:`_get_trace`: Pyro's own traces, with
+    the entropy term of each reparameterized guide site's score parts corrected as in the module
+    docstring.
     """
 
     needs_inverse = True  # log q(z̄) at a detached z̄: a flow guide must be invertible
 
     def _get_trace(self, model, guide, args, kwargs):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        replay = guide_trace.copy()
+        tape = poutine.trace()  # records the guide's trace before Pyro prunes its subsample sites
+
+        def recorded_guide(*args, **kwargs):
+            with tape:
+                return guide(*args, **kwargs)
+
+        model_trace, guide_trace = super()._get_trace(model, recorded_guide, args, kwargs)
+        fixed = _log_q_at_detached_z(guide, tape.trace, args, kwargs)
         for name, site in guide_trace.nodes.items():
-            if _reparameterized(site):
-                replay.nodes[name] = dict(site, value=site["value"].detach())
-        try:
-            fixed = prune_subsample_sites(
-                poutine.trace(poutine.replay(guide, trace=replay)).get_trace(*args, **kwargs)
-            )
-            fixed.compute_log_prob(site_filter=lambda name, site: _reparameterized(site))
-        except NotImplementedError as e:
-            raise ValueError(
-                f"STL_ELBO evaluates log q(z|x) at a fixed z, which needs the guide's inverse "
-                f"transform; this guide has none ({e or 'NotImplementedError'}). Use an invertible "
-                f"flow, or make_elbo('trace')"
-            ) from None
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-        if is_validation_enabled():
-            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
-            check_if_enumerated(guide_trace)
-        guide_trace, model_trace = (
-            prune_subsample_sites(guide_trace),
-            prune_subsample_sites(model_trace),
-        )
-        model_trace.compute_log_prob()
-        guide_trace.compute_score_parts()
-        for name, site in guide_trace.nodes.items():
-            if is_validation_enabled() and site["type"] == "sample":
-                check_site_shape(site, self.max_plate_nesting)
-            if _reparameterized(
-                site
-            ):  # Trace_ELBO differentiates the entropy term of each site's score parts
+            if _reparameterized(site):  # Trace_ELBO differentiates each site's entropy term
                 at_fixed = fixed.nodes[name]["log_prob"]
                 parts = site["score_parts"]
                 site["score_parts"] = parts._replace(
                     entropy_term=parts.entropy_term - (at_fixed - at_fixed.detach())
                 )
-        if is_validation_enabled():
-            for site in model_trace.nodes.values():
-                if site["type"] == "sample":
-                    check_site_shape(site, self.max_plate_nesting)
         return model_trace, guide_trace
