@@ -7,7 +7,6 @@ evaluation figure in pyro_vae is built from them.  Log-densities are taken
 of the data plate, so any pair that follows the model/guide contract works.
 """
 
-import math
 from typing import NamedTuple
 
 import pyro
@@ -16,6 +15,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.core.checks import check_images, check_positive_int
+from pyro_vae.core.chunks import mean_over_particles, particles_per_pass, row_chunks
 from pyro_vae.core.host_memory import release_freed_memory
 from pyro_vae.core.pair import checked_probe, find_data_plate, probe
 
@@ -273,9 +273,7 @@ def log_likelihood(
         n = len(args[0])
         if batch_size is None:
             batch_size = max(1, min(n, max_elements // min(num_samples, max_elements)))
-        chunks = [
-            _split(args, slice(start, start + batch_size)) for start in range(0, n, batch_size)
-        ]
+        chunks = [_split(args, rows) for rows in row_chunks(n, batch_size)]
     else:
         info = checked_probe(
             model, guide, *args, data_plate=data_plate, **kwargs
@@ -287,27 +285,24 @@ def log_likelihood(
             )
         mpn, chunks = info.max_plate_nesting, [args]
         batch_size = info.data_plate.subsample_size
-    chunk = max(1, min(num_samples, max_elements // batch_size))
-    out = []
-    for chunk_args in chunks:
-        total, done = None, 0
-        while done < num_samples:
-            k = min(chunk, num_samples - done)
-            lw = torch.logsumexp(
-                log_weights(
-                    model,
-                    guide,
-                    *chunk_args,
-                    num_particles=k,
-                    data_plate=data_plate,
-                    max_plate_nesting=mpn,
-                    **kwargs,
-                ).log_w.double(),
-                dim=0,
-            )
-            total = lw if total is None else torch.logaddexp(total, lw)
-            done += k
-            if lw.device.type == "cpu":
-                release_freed_memory()  # thousands of passes would otherwise fragment the heap (core.host_memory)
-        out.append(total - math.log(num_samples))
-    return torch.cat(out)
+    per_pass = particles_per_pass(num_samples, batch_size, max_elements)
+    draws = dict(data_plate=data_plate, max_plate_nesting=mpn, **kwargs)
+    return torch.cat(
+        [_log_mean_weight(model, guide, a, draws, num_samples, per_pass) for a in chunks]
+    )
+
+
+def _log_mean_weight(model, guide, args, kwargs, num_samples, per_pass):
+    """log (1/K) Σ_k w_k per data point of one chunk of data, float64, K = ``num_samples``:
+    particles drawn ``per_pass`` at a time (:func:`~pyro_vae.core.chunks.mean_over_particles`);
+    ``kwargs`` go to :func:`log_weights`."""
+
+    def draw(k):
+        w = log_weights(model, guide, *args, num_particles=k, **kwargs)
+        lw = torch.logsumexp(w.log_w.double(), dim=0)
+        if lw.device.type == "cpu":
+            # thousands of passes would otherwise fragment the heap (core.host_memory)
+            release_freed_memory()
+        return lw
+
+    return mean_over_particles(draw, num_samples, per_pass, log=True)

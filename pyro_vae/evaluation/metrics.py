@@ -15,6 +15,7 @@ Latent diagnostics read the guide's latent sites in the order the guide samples 
   dimensions (e.g. a flow or a full-covariance Gaussian).
 """
 
+import functools
 import math
 import sys
 import warnings as _warnings
@@ -24,6 +25,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_vae.core.chunks import mean_over_particles, particles_per_pass, row_chunks
 from pyro_vae.core.kl import elementwise_kl
 from pyro_vae.core.pair import batch_as_argument, checked_probe, plate_nesting
 from pyro_vae.estimators.importance import (
@@ -79,15 +81,6 @@ def _caller(x, args, kwargs, batch_call):
         return (*a, *args), {**kw, **kwargs}
 
     return call
-
-
-def _row_chunks(n, batch_size):
-    """Slices of ``batch_size`` data points over ``n`` (one slice of all of them for ``batch_size=None``)."""
-    return (
-        [slice(None)]
-        if batch_size is None
-        else [slice(s, s + batch_size) for s in range(0, n, batch_size)]
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +152,7 @@ def posterior_means(
     if mc_samples < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
     call = _caller(x, args, kwargs, batch_call)
-    chunks = _row_chunks(len(x), batch_size)
+    chunks = row_chunks(len(x), batch_size)
     if max_plate_nesting is None:
         with poutine.block():
             a, kw = call(chunks[0])
@@ -182,17 +175,12 @@ def posterior_means(
             if k > 1 or (len(every) == 1 and means[sites[0]] is not None):
                 break
             k = mc_samples
+        plate = data_plate or _latent_plate(trace)
         for name in sites:
-            site = trace.nodes[name]
-            value = site["value"]
-            m = means[name]
-            m = value if m is None else m.expand(value.shape)
-            event_dim = site["fn"].event_dim
-            m = per_particle_and_point(
-                m, site, particle_dim, event_dim, data_plate or _latent_plate(trace)
-            )
-            m = m.mean(0)  # [B, *event]
-            sums.setdefault(name, []).append(m)
+            site, m = trace.nodes[name], means[name]
+            m = site["value"] if m is None else m.expand(site["value"].shape)
+            m = per_particle_and_point(m, site, particle_dim, site["fn"].event_dim, plate)
+            sums.setdefault(name, []).append(m.mean(0))  # [B, *event]
     return {name: torch.cat(parts) for name, parts in sums.items()}
 
 
@@ -244,51 +232,51 @@ def _latent_pass(
     (None for a site whose q does not factorize).  ``batch_size`` data points at a time with every particle, or
     (``batch_size=None``) all of them at once with at most ``max_elements // N`` particles per pass."""
     call = _caller(x, args, kwargs, batch_call)
-    chunks = _row_chunks(len(x), batch_size)
     a, kw = call(slice(0, 2) if batch_size else slice(None))
     mpn = guess_max_plate_nesting(model, guide, *a, data_plate=data_plate, **kw)
-    particle_dim = -(mpn + 1)
-    per_pass = num_particles if batch_size else max(1, min(num_particles, max_elements // len(x)))
+    per_pass = (
+        num_particles if batch_size else particles_per_pass(num_particles, len(x), max_elements)
+    )
     recon, kl, site_kl = [], [], {}
-    for rows in chunks:
+    options = dict(max_plate_nesting=mpn, data_plate=data_plate)
+    for rows in row_chunks(len(x), batch_size):
         a, kw = call(rows)
-        r = k_l = 0
-        sites, done = {}, 0
-        while done < num_particles:
-            k = min(per_pass, num_particles - done)
-            w = log_weights(
-                model,
-                guide,
-                *a,
-                num_particles=k,
-                max_plate_nesting=mpn,
-                data_plate=data_plate,
-                **kw,
-            )
-            r, k_l = r + w.obs.sum(0), k_l + (w.guide - w.prior).sum(0)
-            for name in _latent_sites(w.guide_trace) if per_dim else ():
-                site = w.guide_trace.nodes[name]
-                t = _kl_per_dim_of_site(name, w.guide_trace, w.model_trace)
-                if t is not None:
-                    t = per_particle_and_point(
-                        t, site, particle_dim, site["fn"].event_dim, w.data_plate.name
-                    )
-                    t = t.reshape(
-                        *t.shape[:2], -1
-                    )  # [K', B', D]; a scalar site (a class label) is one dimension
-                    t = t.expand(k, -1, -1).sum(0)
-                sites[name] = (
-                    None if t is None or sites.get(name, 0) is None else sites.get(name, 0) + t
-                )
-            done += k
-        recon.append(r / num_particles)
-        kl.append(k_l / num_particles)
+        draw = functools.partial(_particle_sums, model, guide, a, {**options, **kw}, per_dim)
+        r, k_l, sites = mean_over_particles(draw, num_particles, per_pass)
+        recon.append(r)
+        kl.append(k_l)
         for name, t in sites.items():
-            site_kl.setdefault(name, []).append(None if t is None else t / num_particles)
+            site_kl.setdefault(name, []).append(t)
     site_kl = {
         n: (None if any(t is None for t in ts) else torch.cat(ts)) for n, ts in site_kl.items()
     }
     return torch.cat(recon), torch.cat(kl), site_kl
+
+
+def _particle_sums(model, guide, args, kwargs, per_dim, k):
+    """Sums over ``k`` particles of recon ``[B]``, KL ``[B]`` and (``per_dim``) each site's KL per
+    dimension ``{site: [B, D] or None}``; ``kwargs`` go to
+    :func:`~pyro_vae.estimators.importance.log_weights`."""
+    w = log_weights(model, guide, *args, num_particles=k, **kwargs)
+    particle_dim = -(kwargs["max_plate_nesting"] + 1)
+    sites = _latent_sites(w.guide_trace) if per_dim else ()
+    return (
+        w.obs.sum(0),
+        (w.guide - w.prior).sum(0),
+        {name: _kl_per_dim(name, w, k, particle_dim) for name in sites},
+    )
+
+
+def _kl_per_dim(name, w, k, particle_dim):
+    """Σ over the k particles of :class:`LogWeights` ``w`` of the KL of each dimension of latent
+    site ``name``, ``[B, D]`` (a scalar site, such as a class label, is one dimension); None where q
+    does not factorize."""
+    site = w.guide_trace.nodes[name]
+    t = _kl_per_dim_of_site(name, w.guide_trace, w.model_trace)
+    if t is None:
+        return None
+    t = per_particle_and_point(t, site, particle_dim, site["fn"].event_dim, w.data_plate.name)
+    return t.reshape(*t.shape[:2], -1).expand(k, -1, -1).sum(0)  # [K', B', D] -> [B, D]
 
 
 def collapse_warnings(active, dims, kl):
@@ -381,73 +369,91 @@ def evaluate(
     (:func:`~pyro_vae.estimators.importance.runs_per_point`); otherwise (data closed over, a non-amortized guide)
     on all of ``x`` at once, with at most ``max_elements`` particle × data-point pairs per pass.
     """
-    if len(x) < 2:
+    _check_counts(len(x), nll_samples, elbo_particles)
+    call = _caller(x, args, kwargs, batch_call)
+    batch_size, data_plate = _plan(model, guide, call, batch_size, data_plate)
+    options = dict(data_plate=data_plate, batch_call=batch_call, batch_size=batch_size, **kwargs)
+    recon, kl, per_dim = _latent_pass(
+        model, guide, x, *args, num_particles=elbo_particles, max_elements=max_elements, **options
+    )
+    recon, kl = recon.double(), kl.double()
+    means = posterior_means(guide, x, *args, mc_samples=mean_samples, **options)
+    active = active_units(means)
+    counts = {n: a[0] for n, a in active.items()}
+    dims = {n: a[1].numel() for n, a in active.items()}
+    result = dict(elbo=(recon - kl).mean().item(), recon=recon.mean().item(), kl=kl.mean().item())
+    result.update(_latent_summary(counts, dims, per_dim))
+    result.update(images=len(x), nll_samples=nll_samples)
+    if nll_samples:
+        result.update(_nll(model, guide, call, nll_samples, batch_size, data_plate, max_elements))
+    _diagnose(result, counts, dims, per_dim, verbose)
+    return result
+
+
+def _plan(model, guide, call, batch_size, data_plate):
+    """``(batch_size, data_plate)`` of :func:`evaluate`: ``batch_size`` is None (all data points at
+    once) when the pair cannot run on part of the data; the data plate's name is found from the
+    pair."""
+    if not runs_per_point(model, guide, call, data_plate):
+        batch_size = None  # all of x at once
+    a, kw = call(slice(0, 2) if batch_size else slice(None))
+    return batch_size, checked_probe(model, guide, *a, data_plate=data_plate, **kw).data_plate.name
+
+
+def _check_counts(images, nll_samples, elbo_particles):
+    if images < 2:
         raise ValueError(
-            f"evaluate needs at least 2 images (active units take a variance over the data), got {len(x)}"
+            f"evaluate needs at least 2 images (active units take a variance over the data), "
+            f"got {images}"
         )
     if nll_samples < 0 or elbo_particles < 1:
         raise ValueError(
             f"nll_samples must be >= 0 and elbo_particles >= 1, got {nll_samples} and {elbo_particles}"
         )
-    call = _caller(x, args, kwargs, batch_call)
-    if not runs_per_point(model, guide, call, data_plate):
-        batch_size = None  # all of x at once
-    a, kw = call(slice(0, 2) if batch_size else slice(None))
-    data_plate = checked_probe(model, guide, *a, data_plate=data_plate, **kw).data_plate.name
-    options = dict(data_plate=data_plate, batch_call=batch_call, **kwargs)
-    recon, kl, per_dim = _latent_pass(
-        model,
-        guide,
-        x,
-        *args,
-        num_particles=elbo_particles,
-        batch_size=batch_size,
-        max_elements=max_elements,
-        **options,
-    )
-    recon, kl = recon.double(), kl.double()
-    means = posterior_means(
-        guide, x, *args, mc_samples=mean_samples, batch_size=batch_size, **options
-    )
-    active = active_units(means)
-    sites = list(means)
-    counts = {n: active[n][0] for n in sites}
-    dims = {n: active[n][1].numel() for n in sites}
+
+
+def _latent_summary(counts, dims, per_dim):
+    """:func:`evaluate`'s ``active_units``, ``latent_dims``, ``kl_per_dim`` (one value for one site,
+    else a list per site in guide order) and ``latent_sites``."""
+    sites = list(counts)
     kl_dims = {n: (None if per_dim.get(n) is None else per_dim[n].mean(0).tolist()) for n in sites}
     one = len(sites) == 1
-    result = {
-        "elbo": (recon - kl).mean().item(),
-        "recon": recon.mean().item(),
-        "kl": kl.mean().item(),
-        "active_units": counts[sites[0]] if one else [counts[n] for n in sites],
-        "latent_dims": dims[sites[0]] if one else [dims[n] for n in sites],
-        "kl_per_dim": kl_dims[sites[0]] if one else [kl_dims[n] for n in sites],
-        "latent_sites": sites,
-        "images": len(x),
-        "nll_samples": nll_samples,
+    out = {
+        key: v[sites[0]] if one else [v[n] for n in sites]
+        for key, v in (("active_units", counts), ("latent_dims", dims), ("kl_per_dim", kl_dims))
     }
-    if nll_samples:
-        a, kw = call(slice(0, 1) if batch_size else slice(None))
-        values = discrete_dims(
-            model, *a, **kw
-        )  # a discrete likelihood: nats of a discrete distribution
-        # 8-bit decoders emit K or 256 numbers per value: fewer particle × image pairs per pass (≤ 2²² values)
-        memory = {"max_elements": max(1, 2**22 // values) if values else max_elements}
-        a, kw = call(slice(None))
-        result["nll"] = (
-            -log_likelihood(
-                model, guide, *a, num_samples=nll_samples, data_plate=data_plate, **memory, **kw
-            )
-            .mean()
-            .item()
-        )
-        if values:
-            result["bits_per_dim"] = result["nll"] / (values * math.log(2))
+    out["latent_sites"] = sites
+    return out
+
+
+def _nll(model, guide, call, nll_samples, batch_size, data_plate, max_elements):
+    """:func:`evaluate`'s ``nll`` (−log p(x) per image, importance-sampled) and, for an 8-bit
+    likelihood, ``bits_per_dim``."""
+    a, kw = call(slice(0, 1) if batch_size else slice(None))
+    # a discrete likelihood: nats of a discrete distribution
+    values = discrete_dims(model, *a, **kw)
+    # 8-bit decoders emit K or 256 numbers per value: fewer particle × image pairs per pass
+    # (≤ 2²² values)
+    memory = {"max_elements": max(1, 2**22 // values) if values else max_elements}
+    a, kw = call(slice(None))
+    lp = log_likelihood(
+        model, guide, *a, num_samples=nll_samples, data_plate=data_plate, **memory, **kw
+    )
+    out = {"nll": -lp.mean().item()}
+    if values:
+        out["bits_per_dim"] = out["nll"] / (values * math.log(2))
+    return out
+
+
+def _diagnose(result, counts, dims, per_dim, verbose):
+    """Add :func:`evaluate`'s ``kl_per_site``, ``collapsed_sites`` and ``warnings`` to ``result``,
+    and print the warnings to stderr (``verbose``) or issue them as :class:`UserWarning` from
+    evaluate's caller."""
     result["kl_per_site"] = {n: v for n, v in kl_per_site(per_dim).items() if n in counts}
     result["collapsed_sites"] = collapsed_sites(result["kl_per_site"], counts)
     result["warnings"] = collapse_warnings(counts, dims, result["kl"])
     group_warning = site_collapse_warning(
-        result["collapsed_sites"], result["kl_per_site"], len(sites)
+        result["collapsed_sites"], result["kl_per_site"], len(counts)
     )
     if group_warning:
         result["warnings"].append(group_warning)
@@ -455,5 +461,4 @@ def evaluate(
         if verbose:
             print(f"warning: {w}", file=sys.stderr)
         else:
-            _warnings.warn(w, UserWarning, stacklevel=2)
-    return result
+            _warnings.warn(w, UserWarning, stacklevel=3)
