@@ -8,7 +8,7 @@ from linear_gaussian import LinearGaussian
 from pyro.infer import TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 
-from pyro_vae import make_elbo
+from pyro_vae import data_plate, make_elbo
 from pyro_vae.estimators.variants import FreeBits_ELBO, KLSchedule, beta_scale, check_estimator
 from pyro_vae.evaluation.metrics import elbo_terms
 
@@ -102,6 +102,53 @@ def test_free_bits_whole_site_for_non_factorized_guides(pair):
         dist.MultivariateNormal(torch.zeros(3).double(), torch.eye(3).double()),
     )
     assert kls["z"].item() == pytest.approx(exact.mean().item(), rel=0.02)  # MC over 2000 × 8 draws
+
+
+def test_free_bits_is_an_elbo_under_svi_with_the_closed_form_gradient(pair):
+    """Called as SVI calls it (keywords only): the loss is the reconstruction + N Σ_g max(λ, KL_g),
+    and the guide gradient of the KL part is the closed form N/B ∂KL_ig on dimensions above λ, zero
+    below."""
+    _, _, x, kl, lg, loc0, scale0 = pair
+    lam, B = 0.5, len(x)
+    loc = pyro.param("loc", loc0.clone())
+    scale = pyro.param("scale", scale0.clone(), constraint=dist.constraints.positive)
+
+    def guide(x=None, num_data=None):
+        loc, scale = pyro.param("loc"), pyro.param("scale")
+        with data_plate(x, num_data):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def model(x=None, num_data=None):
+        lg.model(x, num_data)
+
+    def grads(elbo, beta=1.0):
+        for _, p in pyro.get_param_store().named_parameters():
+            p.grad = None
+        pyro.set_rng_seed(5)
+        loss = elbo.loss_and_grads(
+            beta_scale(model, beta), beta_scale(guide, beta), x=x, num_data=N
+        )
+        return loss, {n: pyro.param(n).unconstrained().grad.clone() for n in ("loc", "scale")}
+
+    fb = FreeBits_ELBO(num_particles=4, free_bits=lam)  # plate nesting found on the first call
+    fb.loss(model, guide, x=x, num_data=N)
+    mf = TraceMeanField_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
+    loss, g = grads(fb)
+    recon_loss, g_recon = grads(mf, beta=0.0)  # −(N/B) Σ E_q log p(x|z) and its gradient, same z
+    per_dim = kl.mean(0)
+    above = per_dim > lam
+    assert above.any() and not above.all()  # the floor binds on some dimensions only
+    assert loss == pytest.approx(recon_loss + N * per_dim.clamp(min=lam).sum().item(), rel=1e-10)
+    # KL(N(m, s²) ‖ N(0, 1)) = (m² + s² − 1)/2 − log s;  ∂/∂m = m,  ∂/∂ log s = s² − 1
+    with torch.no_grad():
+        expected = {"loc": N / B * loc * above, "scale": N / B * (scale**2 - 1) * above}
+    for n in ("loc", "scale"):
+        torch.testing.assert_close(g[n] - g_recon[n], expected[n], rtol=1e-9, atol=1e-9)
+    pyro.set_rng_seed(5)
+    svi = pyro.infer.SVI(model, guide, pyro.optim.SGD({"lr": 0.0}), fb)
+    assert svi.step(x=x, num_data=N) == pytest.approx(loss, rel=1e-12)
+    model_trace, guide_trace = fb._get_trace(model, guide, (), {"x": x, "num_data": N})
+    assert guide_trace.nodes["z"]["value"].shape == (4, B, 3)
 
 
 def test_warmup_schedule():

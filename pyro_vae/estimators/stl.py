@@ -1,7 +1,7 @@
 """The ELBO with the sticking-the-landing gradient (STL; Roeder et al. 2017).
 
-.. math:: \\nabla_\\phi \\mathcal{L} \\approx \\frac{1}{K} \\sum_k \\frac{\\partial \\log w_k}{\\partial z_k}
-    \\frac{d z_k}{d \\phi}
+.. math:: \\nabla_\\phi \\mathcal{L} \\approx \\frac{1}{K} \\sum_k
+    \\frac{\\partial \\log w_k}{\\partial z_k} \\frac{d z_k}{d \\phi}
 
 drops the score term E_q[∇φ log q(z)] = 0 of the reparameterized ELBO gradient;
 when q is the exact posterior, log w is constant in z and the gradient is
@@ -11,12 +11,13 @@ STL is an ELBO, a sum of per-site terms: like :class:`~pyro.infer.Trace_ELBO` it
 every scale (``poutine.scale``, subsampled plates), every plate structure and global
 latents.  Each reparameterized guide site's log q(z) is re-evaluated at the detached
 z̄ = stop(z), and ``log q(z) − [log q(z̄) − stop(log q(z̄))]`` replaces it: the value is
-unchanged, and the φ-gradient keeps only the path through z.  Non-reparameterized
-sites keep Trace_ELBO's score-function treatment.
+unchanged, and the φ-gradient keeps only the path through z, as if log q were scored with
+detached variational parameters.  Non-reparameterized sites keep Trace_ELBO's score-function
+treatment.
 
 References:
-    1. G. Roeder, Y. Wu, D. Duvenaud. Sticking the Landing: Simple, Lower-Variance Gradient Estimators for
-       Variational Inference. NeurIPS 2017, arXiv:1703.09194.
+    1. G. Roeder, Y. Wu, D. Duvenaud. Sticking the Landing: Simple, Lower-Variance Gradient
+       Estimators for Variational Inference. NeurIPS 2017, arXiv:1703.09194.
 """
 
 from pyro import poutine
@@ -57,12 +58,12 @@ def _log_q_at_detached_z(guide, recorded, args, kwargs):
 
 
 class STL_ELBO(DeviceTrace_ELBO):
-    """Trace_ELBO whose reparameterized guide sites contribute only their path derivative to the guide gradient.
+    """Trace_ELBO whose reparameterized guide sites give the guide gradient only their path term.
 
-    Takes the options of :class:`~pyro.infer.Trace_ELBO` (``num_particles``, ``vectorize_particles``,
-    ``max_plate_nesting``, …).  Overrides one piece, :meth:`_get_trace`: Pyro's own traces, with
-    the entropy term of each reparameterized guide site's score parts corrected as in the module
-    docstring.
+    Takes the options of :class:`~pyro.infer.Trace_ELBO` (``num_particles``,
+    ``vectorize_particles``, ``max_plate_nesting``, …).  Overrides one piece, :meth:`_get_trace`:
+    Pyro's own traces, with the entropy term of each reparameterized guide site's score parts
+    corrected as in the module docstring.
     """
 
     needs_inverse = True  # log q(z̄) at a detached z̄: a flow guide must be invertible

@@ -47,7 +47,6 @@ from pyro_vae.core.checks import check_option
 from pyro_vae.core.kl import elementwise_kl
 from pyro_vae.estimators import register_elbo
 from pyro_vae.estimators.importance import (
-    data_plate_scale,
     extra_scale,
     guess_max_plate_nesting,
     log_weights,
@@ -229,14 +228,22 @@ class FreeBits_ELBO(ELBO):
         + N \\sum_g \\beta_g \\max\\big(\\lambda, \\overline{\\mathrm{KL}}_g\\big)
 
     Groups g are the dimensions of a diagonal site (analytic KL) or whole sites otherwise
-    (see :mod:`pyro_vae.estimators.variants`); β_g comes from :func:`beta_scale` on the pair, N/B from
-    the data plate.  With λ = 0 and β = 1 the loss equals TraceMeanField_ELBO's (analytic
+    (see :mod:`pyro_vae.estimators.variants`); β_g comes from :func:`beta_scale` on the pair, N/B
+    from the data plate.  With λ = 0 and β = 1 the loss equals TraceMeanField_ELBO's (analytic
     KL) or Trace_ELBO's.  Particles are vectorized; guide sites must be reparameterizable.
 
+    A :class:`pyro.infer.ELBO`: ``loss``, ``loss_and_grads`` and ``differentiable_loss`` call the
+    pair as :class:`pyro.infer.SVI` does, ``model(*args, **kwargs)``; the batch is the data plate's
+    subsample (see :mod:`pyro_vae.core.pair`).  A gradient reaches the KL of a group only while its
+    batch mean is above λ.
+
     :param float free_bits: λ, nats per group.
+    :param int max_plate_nesting: plate dims of model and guide (default: found on the first call).
+    :param str data_plate: the plate over data points (default: found from the trace).
     """
 
-    traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.estimators.fast)
+    # the trainer may trace loss and gradients once per batch size (pyro_vae.estimators.fast)
+    traceable = True
 
     def __init__(
         self,
@@ -244,7 +251,7 @@ class FreeBits_ELBO(ELBO):
         free_bits=0.0,
         max_plate_nesting=None,
         vectorize_particles=True,
-        data_plate="data",
+        data_plate=None,
     ):
         check_option("free_bits", free_bits)
         if not vectorize_particles:
@@ -259,77 +266,90 @@ class FreeBits_ELBO(ELBO):
         self.free_bits = float(free_bits)
         self.data_plate = data_plate
 
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError(
-            "FreeBits_ELBO traces the pair with pyro_vae.estimators.importance.log_weights"
-        )
-
-    def terms(self, model, guide, x, *args, **kwargs):
-        """``(recon, kl)``: recon = Σ_i E_q log p(x_i|z) (a scalar), kl = ``{site: [G] tensor}`` minibatch-mean KLs.
-
-        Also returns the data plate's factor N/B and ``{site: β}`` as the third and fourth items.
-        """
-        if not torch.is_tensor(x):
-            raise TypeError(
-                f"FreeBits_ELBO needs the batch x (a tensor) first, got {type(x).__name__}"
-            )
+    def _log_weights(self, model, guide, args, kwargs):
+        """One vectorized pass of the pair (:func:`~pyro_vae.estimators.importance.log_weights`)."""
         if self.max_plate_nesting == math.inf:
-            self.max_plate_nesting = guess_max_plate_nesting(model, guide, x, *args, **kwargs)
-        weights = log_weights(
-            model,
-            guide,
-            x,
-            *args,
-            num_particles=self.num_particles,
-            data_plate=self.data_plate,
-            max_plate_nesting=self.max_plate_nesting,
-            **kwargs,
-        )
+            self.max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
+        try:
+            return log_weights(
+                model,
+                guide,
+                *args,
+                num_particles=self.num_particles,
+                data_plate=self.data_plate,
+                max_plate_nesting=self.max_plate_nesting,
+                **kwargs,
+            )
+        except ValueError as e:
+            raise ValueError(f"FreeBits_ELBO averages the KL over the batch: {e}") from None
+
+    def _get_trace(self, model, guide, args, kwargs):
+        """One vectorized pass: ``(model_trace, guide_trace)``, without subsample sites."""
+        weights = self._log_weights(model, guide, args, kwargs)
+        return weights.model_trace, weights.guide_trace
+
+    def _terms(self, model, guide, args, kwargs):
+        """``(recon, kl, plate, beta)``: :meth:`terms` with the data plate's
+        :class:`~pyro_vae.core.PlateInfo` in place of its factor N/B."""
+        weights = self._log_weights(model, guide, args, kwargs)
         particle_dim = -(self.max_plate_nesting + 1)
-        recon = weights.obs.mean(0).sum()
-        model_trace, guide_trace = (
-            weights.model_trace,
-            weights.guide_trace,
-        )  # without subsample sites
+        plate = weights.data_plate
+        model_trace, guide_trace = weights.model_trace, weights.guide_trace
         kl, beta = {}, {}
         for name, q_site in guide_trace.nodes.items():
             if q_site["type"] != "sample" or q_site["is_observed"]:
                 continue
-            if not q_site["fn"].has_rsample:
-                raise ValueError(
-                    f"FreeBits_ELBO: guide site {name!r} ({type(q_site['fn']).__name__}) is not "
-                    f"reparameterizable; free bits need reparameterized latents"
-                )
-            p_site = model_trace.nodes.get(name)
-            if p_site is None or p_site["type"] != "sample":
-                raise ValueError(
-                    f"FreeBits_ELBO: the guide samples {name!r} but the model has no site of that name"
-                )
+            p_site = _model_site(name, q_site, model_trace)
             t, group_ndims = _group_kl(q_site, p_site)
-            kl[name] = _mean_over_points(t, q_site, group_ndims, particle_dim, self.data_plate)
-            beta[name] = extra_scale(q_site, self.data_plate)
+            kl[name] = _mean_over_points(t, q_site, group_ndims, particle_dim, plate.name)
+            beta[name] = extra_scale(q_site, plate.name)
         for name, p_site in model_trace.nodes.items():
             if p_site["type"] == "sample" and not p_site["is_observed"] and name not in kl:
                 raise ValueError(
                     f"FreeBits_ELBO: model latent site {name!r} has no guide site of the same name"
                 )
-        return recon, kl, data_plate_scale(guide_trace, self.data_plate), beta
+        return weights.obs.mean(0).sum(), kl, plate, beta
 
-    def differentiable_loss(self, model, guide, x, *args, **kwargs):
-        recon, kl, scale, beta = self.terms(model, guide, x, *args, **kwargs)
+    def terms(self, model, guide, *args, **kwargs):
+        """``(recon, kl, scale, beta)``: recon = Σ_i E_q log p(x_i|z) (a scalar), kl =
+        ``{site: [G] tensor}`` minibatch-mean KLs, scale = the data plate's factor N/B and beta =
+        ``{site: β}``."""
+        recon, kl, plate, beta = self._terms(model, guide, args, kwargs)
+        return recon, kl, plate.scale, beta
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """The loss above, differentiable w.r.t. model and guide parameters."""
+        recon, kl, plate, beta = self._terms(model, guide, args, kwargs)
         penalty = sum(
             (beta[n] * kl[n].clamp(min=self.free_bits).sum() for n in kl), recon.new_zeros(())
         )
-        return -scale * recon + scale * len(x) * penalty
+        return -plate.scale * recon + plate.scale * plate.subsample_size * penalty
 
-    def loss(self, model, guide, x, *args, **kwargs):
+    def loss(self, model, guide, *args, **kwargs):
+        """The loss as a float (no gradients)."""
         with torch.no_grad():
-            return self.differentiable_loss(model, guide, x, *args, **kwargs).item()
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
 
-    def loss_and_grads(self, model, guide, x, *args, **kwargs):
-        loss = self.differentiable_loss(model, guide, x, *args, **kwargs)
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        """Backpropagate :meth:`differentiable_loss` into the parameters; return the loss."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return loss.item()
+
+
+def _model_site(name, q_site, model_trace):
+    """The model's site of guide site ``name``; ValueError where free bits cannot take its KL."""
+    if not q_site["fn"].has_rsample:
+        raise ValueError(
+            f"FreeBits_ELBO: guide site {name!r} ({type(q_site['fn']).__name__}) is not "
+            f"reparameterizable; free bits need reparameterized latents"
+        )
+    p_site = model_trace.nodes.get(name)
+    if p_site is None or p_site["type"] != "sample":
+        raise ValueError(
+            f"FreeBits_ELBO: the guide samples {name!r} but the model has no site of that name"
+        )
+    return p_site
 
 
 __all__ = ["BetaScaleMessenger", "FreeBits_ELBO", "KLSchedule", "beta_scale", "check_estimator"]
