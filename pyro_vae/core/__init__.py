@@ -1,7 +1,8 @@
-"""The lowest layer: facts about a model/guide pair read from one trace (:mod:`.pair`), input checks
-(:mod:`.checks`), the data plate (:mod:`.plates`), KL per dimension (:mod:`.kl`) and freed CPU memory
-(:mod:`.host_memory`).  Imports nothing above it; its names are imported on first use, so that ``pyro-vae --help``
-imports neither torch nor pyro."""
+"""The lowest layer: facts about a model/guide pair read from one trace (:mod:`.pair`), input
+checks (:mod:`.checks`), the data plate (:mod:`.plates`), KL per dimension (:mod:`.kl`), particles
+in passes of bounded memory (:mod:`.chunks`) and freed CPU memory (:mod:`.host_memory`).  Imports
+nothing above it; its names are imported on first use, so that ``pyro-vae --help`` imports neither
+torch nor pyro."""
 
 import importlib
 
