@@ -49,8 +49,9 @@ from pyro_vae.estimators import register_elbo
 from pyro_vae.estimators.importance import (
     extra_scale,
     guess_max_plate_nesting,
-    log_weights,
     per_particle_and_point,
+    split_log_weights,
+    trace_pair,
 )
 
 # sums of per-site terms, which take any per-site weight; free-bits: FreeBits_ELBO reads β per site
@@ -267,18 +268,20 @@ class FreeBits_ELBO(ELBO):
         self.data_plate = data_plate
 
     def _log_weights(self, model, guide, args, kwargs):
-        """One vectorized pass of the pair (:func:`~pyro_vae.estimators.importance.log_weights`)."""
+        """One vectorized pass of the pair, its :class:`~.importance.LogWeights`."""
         if self.max_plate_nesting == math.inf:
             self.max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
+        model_trace, guide_trace, particle_dim = trace_pair(
+            model,
+            guide,
+            *args,
+            num_particles=self.num_particles,
+            max_plate_nesting=self.max_plate_nesting,
+            **kwargs,
+        )
         try:
-            return log_weights(
-                model,
-                guide,
-                *args,
-                num_particles=self.num_particles,
-                data_plate=self.data_plate,
-                max_plate_nesting=self.max_plate_nesting,
-                **kwargs,
+            return split_log_weights(
+                model_trace, guide_trace, particle_dim, self.num_particles, self.data_plate
             )
         except ValueError as e:
             raise ValueError(f"FreeBits_ELBO averages the KL over the batch: {e}") from None
