@@ -232,9 +232,7 @@ def check_config(config):
             f"--activation gated is a gated dense layer, for --net mlp; --net {net} takes a "
             f"pointwise activation: --activation {' or '.join(sorted(ACTIVATIONS))}"
         )
-    estimators = getattr(
-        builder, "estimators", None
-    )  # e.g. m2: a discrete latent that is not reparameterizable
+    estimators = builder.estimators  # e.g. m2: a discrete latent that is not reparameterizable
     used = "free-bits" if config.free_bits else config.elbo
     if estimators is not None and used not in estimators:
         what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
@@ -266,13 +264,13 @@ def check_config(config):
     schedule = KLSchedule(config.beta, config.kl_warmup_epochs)
     if not schedule.is_identity or config.free_bits:
         check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
-    priors = getattr(builder, "priors", ("standard",))
+    priors = builder.priors
     if config.prior not in priors:
         raise ValueError(
             f"--prior {config.prior} is not available for --model {config.model}; it offers "
             f"{', '.join(priors)}"
         )
-    if hasattr(builder, "check"):  # the model's own rules (e.g. hierarchical: --latent-dims)
+    if builder.check is not None:  # the model's own rules (e.g. hierarchical: --latent-dims)
         builder.check(config)
     validation.check_positive_float("sigma", config.sigma, "; pass e.g. --sigma 0.1")
     for option in ("limit", "test_limit"):

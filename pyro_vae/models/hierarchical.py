@@ -45,6 +45,7 @@ from torch import nn
 
 from pyro_vae.core.plates import data_plate
 from pyro_vae.models.priors import VampPrior
+from pyro_vae.models.spec import ModelSpec
 
 
 class GaussianConditional(nn.Module):
@@ -262,7 +263,7 @@ class LadderGuide(nn.Module):
         return zs[::-1]
 
 
-GUIDES = ("top-down", "bottom-up")
+HIERARCHICAL_GUIDES = ("top-down", "bottom-up")
 
 
 def _mlp(in_dim, out_dim, hidden, activation_name):
@@ -286,9 +287,9 @@ def build_hierarchical(config, x_shape, num_data=None):
         raise ValueError(
             "the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x first)"
         )
-    if config.guide not in GUIDES:
+    if config.guide not in HIERARCHICAL_GUIDES:
         raise ValueError(
-            f"the hierarchical model supports the guides {', '.join(GUIDES)}, got {config.guide!r}; "
+            f"the hierarchical model supports the guides {', '.join(HIERARCHICAL_GUIDES)}, got {config.guide!r}; "
             f"pass guide='top-down' or guide='bottom-up'"
         )
     if config.flows:
@@ -331,10 +332,13 @@ def _check_config(config):
         )
 
 
-# read by pyro_vae.app.config.check_config: the guide names this builder accepts, the one it uses by default, its own checks
-build_hierarchical.guides, build_hierarchical.default_guide = GUIDES, "top-down"
-build_hierarchical.check = _check_config
-build_hierarchical.priors = ("standard", "vampprior")
+SPEC = ModelSpec(
+    build=build_hierarchical,
+    guides=HIERARCHICAL_GUIDES,
+    default_guide="top-down",
+    priors=("standard", "vampprior"),
+    check=_check_config,
+)
 
 
 def inverse_softplus(y):
