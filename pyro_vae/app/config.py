@@ -251,11 +251,7 @@ def check_config(config):
             f"{flag} needs a flow guide (--guide {', '.join(FLOWS)}); the {guide!r} guide has no "
             f"flows: drop {flag}"
         )
-    if (
-        guide in FLOWS
-        and not FLOWS[guide].invertible
-        and getattr(ESTIMATORS[config.elbo], "needs_inverse", False)
-    ):
+    if guide in FLOWS and not FLOWS[guide].invertible and ESTIMATORS[config.elbo].needs_inverse:
         raise ValueError(
             f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; the "
             f"{guide!r} flow has none: use --guide "

@@ -1,8 +1,8 @@
-"""Generative models with their guides, each a container of ``.model`` and ``.guide``; built by name.
+"""Generative models with their guides, each a container of ``.model`` and ``.guide``.
 
-:data:`MODELS` maps a name to the model's :class:`~pyro_vae.models.spec.ModelSpec`, declared in the
-model's own file: its builder ``build(config, x_shape, num_data)``, guides, nets, priors, estimators and
-its own checks. A new model is one file with a ``SPEC`` plus one line here.
+:data:`MODELS` maps a name to the model's :class:`~pyro_vae.models.spec.ModelSpec`, declared in
+the model's own file: its builder ``build(config, x_shape, num_data)``, guides, nets, priors,
+estimators and its own checks. A new model is one file with a ``SPEC`` plus one line here.
 """
 
 import dataclasses
@@ -31,8 +31,8 @@ def model_nets(builder):
 
 
 def with_defaults(config):
-    """``config`` with the model's defaults filled in: ``guide=None`` becomes the model's default guide, and
-    ``net=None`` its default net (conv for deep-hierarchical, else mlp)."""
+    """``config`` with the model's defaults filled in: ``guide=None`` becomes the model's default
+    guide, and ``net=None`` its default net (conv for deep-hierarchical, else mlp)."""
     if config.model not in MODELS:
         return config
     builder, filled = MODELS[config.model], {}
@@ -44,8 +44,10 @@ def with_defaults(config):
 
 
 def build_model(config, x_shape, num_data=None):
-    """Build the model named by ``config.model`` (one of :data:`MODELS`) with its defaults filled in; the
-    combination of options is checked where they enter (:func:`pyro_vae.app.config.check_config`)."""
+    """Build the model named by ``config.model`` (one of :data:`MODELS`), defaults filled in.
+
+    The combination of options is checked where they enter (:func:`pyro_vae.app.config.check_config`).
+    """
     if config.model not in MODELS:
         raise ValueError(
             f"unknown model {config.model!r}; choose one of {', '.join(sorted(MODELS))}"

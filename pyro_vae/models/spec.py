@@ -1,7 +1,7 @@
 """What a model supports, declared once beside its builder and read by the config check and the CLI.
 
-A model file holds its pair, its builder ``build(config, x_shape, num_data)`` and one :class:`ModelSpec`;
-:data:`pyro_vae.models.MODELS` lists the specs by name, one line each.
+A model file holds its pair, its builder ``build(config, x_shape, num_data)`` and one
+:class:`ModelSpec`; :data:`pyro_vae.models.MODELS` lists the specs by name, one line each.
 """
 
 import dataclasses
@@ -16,7 +16,7 @@ class ModelSpec:
 
     :param build: ``build(config, x_shape, num_data) -> module with .model and .guide``.
     :param guides: the guide names it accepts (None: every guide of :data:`pyro_vae.guides.GUIDES`).
-    :param default_guide: the guide used when ``config.guide`` is None (None: the first of ``guides``).
+    :param default_guide: the guide used when ``config.guide`` is None (None: the first guide).
     :param nets: the nets it accepts; the first is its default.
     :param priors: the ``config.prior`` names it accepts.
     :param estimators: the estimators that can train it (None: every one).
