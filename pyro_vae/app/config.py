@@ -119,7 +119,7 @@ class Config:
                 not dims
                 or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims)
             ):
-                raise ValueError(
+                raise validation.UserError(
                     f"{name} must be positive integers such as 400 or 64,32, got {dims!r}"
                 )
         if (
@@ -127,11 +127,13 @@ class Config:
             or not isinstance(self.categories, int)
             or self.categories < 2
         ):
-            raise ValueError(f"categories must be an integer >= 2, got {self.categories!r}")
+            raise validation.UserError(
+                f"categories must be an integer >= 2, got {self.categories!r}"
+            )
         validation.check_positive_float("temperature", self.temperature)
         validation.check_positive_float("min_temperature", self.min_temperature)
         if self.min_temperature > self.temperature:
-            raise ValueError(
+            raise validation.UserError(
                 f"need min_temperature <= temperature, got {self.min_temperature!r} and "
                 f"{self.temperature!r}"
             )
@@ -154,7 +156,7 @@ class Config:
         )
         if self.early_stopping is not None:
             if not self.validation:
-                raise ValueError(
+                raise validation.UserError(
                     "--early-stopping watches the validation ELBO: also pass --validation N "
                     "(e.g. --validation 10000 for the 50k/10k/10k split)"
                 )
@@ -172,7 +174,9 @@ class Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(names)}")
+            raise validation.UserError(
+                f"unknown config key(s) {unknown}; valid keys: {sorted(names)}"
+            )
         return cls(**d)
 
     def save(self, path):
@@ -216,19 +220,19 @@ def check_config(config):
     filled = with_defaults(config)  # the model's own guide and net where they are left out
     guide, net = filled.guide, filled.net
     if not isinstance(guide, str) or guide not in guides:
-        raise ValueError(
+        raise validation.UserError(
             f"unknown guide {guide!r} for --model {config.model} (--guide); choose one of "
             f"{', '.join(sorted(guides))}, or leave --guide out for its default, {default}"
         )
     validation.check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
     nets = model_nets(builder)[0]
     if net not in nets:
-        raise ValueError(
+        raise validation.UserError(
             f"--model {config.model} has {' or '.join(nets)} nets only, not --net {net}; "
             f"pass --net {nets[0]} or leave --net out"
         )
     if config.activation == GATED and net != "mlp":
-        raise ValueError(
+        raise validation.UserError(
             f"--activation gated is a gated dense layer, for --net mlp; --net {net} takes a "
             f"pointwise activation: --activation {' or '.join(sorted(ACTIVATIONS))}"
         )
@@ -236,23 +240,23 @@ def check_config(config):
     used = "free-bits" if config.free_bits else config.elbo
     if estimators is not None and used not in estimators:
         what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
-        raise ValueError(
+        raise validation.UserError(
             f"--model {config.model} samples a discrete latent that is not reparameterizable, which "
             f"{what} cannot train; use --elbo {' or '.join(estimators)}"
             + (" without --free-bits" if config.free_bits else "")
         )
     if guide in FLOWS and config.flows < 1:
-        raise ValueError(
+        raise validation.UserError(
             f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)"
         )
     if guide not in FLOWS and (config.flows or config.flow_hidden_dims):
         flag = "--flows" if config.flows else "--flow-hidden-dims"
-        raise ValueError(
+        raise validation.UserError(
             f"{flag} needs a flow guide (--guide {', '.join(FLOWS)}); the {guide!r} guide has no "
             f"flows: drop {flag}"
         )
     if guide in FLOWS and not FLOWS[guide].invertible and ESTIMATORS[config.elbo].needs_inverse:
-        raise ValueError(
+        raise validation.UserError(
             f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; the "
             f"{guide!r} flow has none: use --guide "
             f"{' or '.join(n for n, f in FLOWS.items() if f.invertible)}, or --elbo iwae"
@@ -262,7 +266,7 @@ def check_config(config):
         check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
     priors = builder.priors
     if config.prior not in priors:
-        raise ValueError(
+        raise validation.UserError(
             f"--prior {config.prior} is not available for --model {config.model}; it offers "
             f"{', '.join(priors)}"
         )

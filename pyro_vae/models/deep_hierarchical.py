@@ -37,6 +37,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_vae.core.checks import UserError
 from pyro_vae.models.spec import ModelSpec
 
 from pyro_vae.core.plates import data_plate
@@ -294,7 +295,7 @@ def build_deep_hierarchical(config, x_shape, num_data=None):
 
 def _check_config(config):
     if config.flows or config.flow_hidden_dims:
-        raise ValueError(
+        raise UserError(
             "--model deep-hierarchical has its own residual guide, without flows; drop --flows and "
             "--flow-hidden-dims"
         )

@@ -45,6 +45,7 @@ from torch import nn
 
 from pyro_vae.core.plates import data_plate
 from pyro_vae.models.priors import VampPrior
+from pyro_vae.core.checks import UserError
 from pyro_vae.models.spec import ModelSpec
 
 
@@ -327,7 +328,7 @@ def build_hierarchical(config, x_shape, num_data=None):
 
 def _check_config(config):
     if not config.latent_dims:
-        raise ValueError(
+        raise UserError(
             "the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x first)"
         )
 
