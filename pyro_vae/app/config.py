@@ -189,6 +189,55 @@ class Config:
             return cls.from_dict(json.load(f))
 
 
+def _check_net_and_estimator(config, spec, net):
+    """The net against the model's declared nets, and the estimator against its declared ones."""
+    from pyro_vae.models.nets import ACTIVATIONS, GATED
+
+    nets = spec.nets
+    if net not in nets:
+        raise validation.UserError(
+            f"--model {config.model} has {' or '.join(nets)} nets only, not --net {net}; "
+            f"pass --net {nets[0]} or leave --net out"
+        )
+    if config.activation == GATED and net != "mlp":
+        raise validation.UserError(
+            f"--activation gated is a gated dense layer, for --net mlp; --net {net} takes a "
+            f"pointwise activation: --activation {' or '.join(sorted(ACTIVATIONS))}"
+        )
+    estimators = spec.estimators  # e.g. m2: a discrete latent that is not reparameterizable
+    used = "free-bits" if config.free_bits else config.elbo
+    if estimators is not None and used not in estimators:
+        what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
+        raise validation.UserError(
+            f"--model {config.model} samples a discrete latent that is not reparameterizable, which "
+            f"{what} cannot train; use --elbo {' or '.join(estimators)}"
+            + (" without --free-bits" if config.free_bits else "")
+        )
+
+
+def _check_guide(config, guide):
+    """The guide's flows against ``--flows`` and the estimator's declared ``needs_inverse``."""
+    from pyro_vae.estimators import ESTIMATORS
+    from pyro_vae.guides import FLOWS
+
+    if guide in FLOWS and config.flows < 1:
+        raise validation.UserError(
+            f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)"
+        )
+    if guide not in FLOWS and (config.flows or config.flow_hidden_dims):
+        flag = "--flows" if config.flows else "--flow-hidden-dims"
+        raise validation.UserError(
+            f"{flag} needs a flow guide (--guide {', '.join(FLOWS)}); the {guide!r} guide has no "
+            f"flows: drop {flag}"
+        )
+    if guide in FLOWS and not FLOWS[guide].invertible and ESTIMATORS[config.elbo].needs_inverse:
+        raise validation.UserError(
+            f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; the "
+            f"{guide!r} flow has none: use --guide "
+            f"{' or '.join(n for n, f in FLOWS.items() if f.invertible)}, or --elbo iwae"
+        )
+
+
 def check_config(config):
     """Names in a :class:`Config` that only the registries know, the combination of model, guide,
     net, estimator and KL variant, and the data directory: the one place that refuses a configuration.
@@ -202,8 +251,7 @@ def check_config(config):
     )  # the registries, imported when a run starts, not for --help
     from pyro_vae.estimators import ESTIMATORS
     from pyro_vae.estimators.variants import KLSchedule, check_estimator
-    from pyro_vae.guides import FLOWS
-    from pyro_vae.models import MODELS, model_guides, model_nets, with_defaults
+    from pyro_vae.models import MODELS, model_guides, with_defaults
     from pyro_vae.models.likelihoods import EIGHT_BIT, LIKELIHOODS
     from pyro_vae.models.nets import ACTIVATIONS, GATED
 
@@ -225,42 +273,8 @@ def check_config(config):
             f"{', '.join(sorted(guides))}, or leave --guide out for its default, {default}"
         )
     validation.check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
-    nets = model_nets(builder)[0]
-    if net not in nets:
-        raise validation.UserError(
-            f"--model {config.model} has {' or '.join(nets)} nets only, not --net {net}; "
-            f"pass --net {nets[0]} or leave --net out"
-        )
-    if config.activation == GATED and net != "mlp":
-        raise validation.UserError(
-            f"--activation gated is a gated dense layer, for --net mlp; --net {net} takes a "
-            f"pointwise activation: --activation {' or '.join(sorted(ACTIVATIONS))}"
-        )
-    estimators = builder.estimators  # e.g. m2: a discrete latent that is not reparameterizable
-    used = "free-bits" if config.free_bits else config.elbo
-    if estimators is not None and used not in estimators:
-        what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
-        raise validation.UserError(
-            f"--model {config.model} samples a discrete latent that is not reparameterizable, which "
-            f"{what} cannot train; use --elbo {' or '.join(estimators)}"
-            + (" without --free-bits" if config.free_bits else "")
-        )
-    if guide in FLOWS and config.flows < 1:
-        raise validation.UserError(
-            f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)"
-        )
-    if guide not in FLOWS and (config.flows or config.flow_hidden_dims):
-        flag = "--flows" if config.flows else "--flow-hidden-dims"
-        raise validation.UserError(
-            f"{flag} needs a flow guide (--guide {', '.join(FLOWS)}); the {guide!r} guide has no "
-            f"flows: drop {flag}"
-        )
-    if guide in FLOWS and not FLOWS[guide].invertible and ESTIMATORS[config.elbo].needs_inverse:
-        raise validation.UserError(
-            f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; the "
-            f"{guide!r} flow has none: use --guide "
-            f"{' or '.join(n for n, f in FLOWS.items() if f.invertible)}, or --elbo iwae"
-        )
+    _check_net_and_estimator(config, builder, net)
+    _check_guide(config, guide)
     schedule = KLSchedule(config.beta, config.kl_warmup_epochs)
     if not schedule.is_identity or config.free_bits:
         check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
