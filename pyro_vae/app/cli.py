@@ -395,7 +395,9 @@ def one_line(e):
 
 def explain(e):
     """``(exit status, one line)`` for an exception that ended a command (see the module docstring)."""
-    if isinstance(e, USER_ERRORS) and _raised_by_us(e):
+    from pyro_vae.core.checks import UserError
+
+    if isinstance(e, UserError) or (isinstance(e, USER_ERRORS) and _raised_by_us(e)):
         return 2, one_line(e)
     frames = traceback.extract_tb(e.__traceback__)
     where = ""

@@ -119,7 +119,7 @@ class Config:
                 not dims
                 or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims)
             ):
-                raise ValueError(
+                raise validation.UserError(
                     f"{name} must be positive integers such as 400 or 64,32, got {dims!r}"
                 )
         if (
@@ -127,11 +127,13 @@ class Config:
             or not isinstance(self.categories, int)
             or self.categories < 2
         ):
-            raise ValueError(f"categories must be an integer >= 2, got {self.categories!r}")
+            raise validation.UserError(
+                f"categories must be an integer >= 2, got {self.categories!r}"
+            )
         validation.check_positive_float("temperature", self.temperature)
         validation.check_positive_float("min_temperature", self.min_temperature)
         if self.min_temperature > self.temperature:
-            raise ValueError(
+            raise validation.UserError(
                 f"need min_temperature <= temperature, got {self.min_temperature!r} and "
                 f"{self.temperature!r}"
             )
@@ -154,7 +156,7 @@ class Config:
         )
         if self.early_stopping is not None:
             if not self.validation:
-                raise ValueError(
+                raise validation.UserError(
                     "--early-stopping watches the validation ELBO: also pass --validation N "
                     "(e.g. --validation 10000 for the 50k/10k/10k split)"
                 )
@@ -172,7 +174,9 @@ class Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(names)}")
+            raise validation.UserError(
+                f"unknown config key(s) {unknown}; valid keys: {sorted(names)}"
+            )
         return cls(**d)
 
     def save(self, path):
@@ -183,6 +187,55 @@ class Config:
     def load(cls, path):
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+def _check_net_and_estimator(config, spec, net):
+    """The net against the model's declared nets, and the estimator against its declared ones."""
+    from pyro_vae.models.nets import ACTIVATIONS, GATED
+
+    nets = spec.nets
+    if net not in nets:
+        raise validation.UserError(
+            f"--model {config.model} has {' or '.join(nets)} nets only, not --net {net}; "
+            f"pass --net {nets[0]} or leave --net out"
+        )
+    if config.activation == GATED and net != "mlp":
+        raise validation.UserError(
+            f"--activation gated is a gated dense layer, for --net mlp; --net {net} takes a "
+            f"pointwise activation: --activation {' or '.join(sorted(ACTIVATIONS))}"
+        )
+    estimators = spec.estimators  # e.g. m2: a discrete latent that is not reparameterizable
+    used = "free-bits" if config.free_bits else config.elbo
+    if estimators is not None and used not in estimators:
+        what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
+        raise validation.UserError(
+            f"--model {config.model} samples a discrete latent that is not reparameterizable, which "
+            f"{what} cannot train; use --elbo {' or '.join(estimators)}"
+            + (" without --free-bits" if config.free_bits else "")
+        )
+
+
+def _check_guide(config, guide):
+    """The guide's flows against ``--flows`` and the estimator's declared ``needs_inverse``."""
+    from pyro_vae.estimators import ESTIMATORS
+    from pyro_vae.guides import FLOWS
+
+    if guide in FLOWS and config.flows < 1:
+        raise validation.UserError(
+            f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)"
+        )
+    if guide not in FLOWS and (config.flows or config.flow_hidden_dims):
+        flag = "--flows" if config.flows else "--flow-hidden-dims"
+        raise validation.UserError(
+            f"{flag} needs a flow guide (--guide {', '.join(FLOWS)}); the {guide!r} guide has no "
+            f"flows: drop {flag}"
+        )
+    if guide in FLOWS and not FLOWS[guide].invertible and ESTIMATORS[config.elbo].needs_inverse:
+        raise validation.UserError(
+            f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; the "
+            f"{guide!r} flow has none: use --guide "
+            f"{' or '.join(n for n, f in FLOWS.items() if f.invertible)}, or --elbo iwae"
+        )
 
 
 def check_config(config):
@@ -198,8 +251,7 @@ def check_config(config):
     )  # the registries, imported when a run starts, not for --help
     from pyro_vae.estimators import ESTIMATORS
     from pyro_vae.estimators.variants import KLSchedule, check_estimator
-    from pyro_vae.guides import FLOWS
-    from pyro_vae.models import MODELS, model_guides, model_nets, with_defaults
+    from pyro_vae.models import MODELS, model_guides, with_defaults
     from pyro_vae.models.likelihoods import EIGHT_BIT, LIKELIHOODS
     from pyro_vae.models.nets import ACTIVATIONS, GATED
 
@@ -216,63 +268,23 @@ def check_config(config):
     filled = with_defaults(config)  # the model's own guide and net where they are left out
     guide, net = filled.guide, filled.net
     if not isinstance(guide, str) or guide not in guides:
-        raise ValueError(
+        raise validation.UserError(
             f"unknown guide {guide!r} for --model {config.model} (--guide); choose one of "
             f"{', '.join(sorted(guides))}, or leave --guide out for its default, {default}"
         )
     validation.check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
-    nets = model_nets(builder)[0]
-    if net not in nets:
-        raise ValueError(
-            f"--model {config.model} has {' or '.join(nets)} nets only, not --net {net}; "
-            f"pass --net {nets[0]} or leave --net out"
-        )
-    if config.activation == GATED and net != "mlp":
-        raise ValueError(
-            f"--activation gated is a gated dense layer, for --net mlp; --net {net} takes a "
-            f"pointwise activation: --activation {' or '.join(sorted(ACTIVATIONS))}"
-        )
-    estimators = getattr(
-        builder, "estimators", None
-    )  # e.g. m2: a discrete latent that is not reparameterizable
-    used = "free-bits" if config.free_bits else config.elbo
-    if estimators is not None and used not in estimators:
-        what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
-        raise ValueError(
-            f"--model {config.model} samples a discrete latent that is not reparameterizable, which "
-            f"{what} cannot train; use --elbo {' or '.join(estimators)}"
-            + (" without --free-bits" if config.free_bits else "")
-        )
-    if guide in FLOWS and config.flows < 1:
-        raise ValueError(
-            f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)"
-        )
-    if guide not in FLOWS and (config.flows or config.flow_hidden_dims):
-        flag = "--flows" if config.flows else "--flow-hidden-dims"
-        raise ValueError(
-            f"{flag} needs a flow guide (--guide {', '.join(FLOWS)}); the {guide!r} guide has no "
-            f"flows: drop {flag}"
-        )
-    if (
-        guide in FLOWS
-        and not FLOWS[guide].invertible
-        and getattr(ESTIMATORS[config.elbo], "needs_inverse", False)
-    ):
-        raise ValueError(
-            f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; the "
-            f"{guide!r} flow has none: use --guide "
-            f"{' or '.join(n for n, f in FLOWS.items() if f.invertible)}, or --elbo iwae"
-        )
+    _check_net_and_estimator(config, builder, net)
+    _check_guide(config, guide)
     schedule = KLSchedule(config.beta, config.kl_warmup_epochs)
     if not schedule.is_identity or config.free_bits:
         check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
-    priors = getattr(builder, "priors", ("standard",))
+    priors = builder.priors
     if config.prior not in priors:
-        raise ValueError(
+        raise validation.UserError(
             f"--prior {config.prior} is not available for --model {config.model}; it offers "
             f"{', '.join(priors)}"
         )
-    if hasattr(builder, "check"):  # the model's own rules (e.g. hierarchical: --latent-dims)
+    if builder.check is not None:  # the model's own rules (e.g. hierarchical: --latent-dims)
         builder.check(config)
     validation.check_positive_float("sigma", config.sigma, "; pass e.g. --sigma 0.1")
     for option in ("limit", "test_limit"):

@@ -17,6 +17,11 @@ import os
 CHECKPOINT_KEYS = ("epoch", "params", "optim", "rng")
 
 
+class UserError(ValueError):
+    """A mistake of the user's (an option, the data, a file), told in one line that names the option
+    and what to change; the CLI prints it without a traceback and exits with status 2."""
+
+
 def _number(name, value, integral, in_range, what, hint):
     """``value`` is a number of the kind ``integral`` asks for (not a bool) and ``in_range(value)``; else a
     TypeError or ValueError that says ``name must be WHAT``."""
@@ -24,7 +29,7 @@ def _number(name, value, integral, in_range, what, hint):
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__}){hint}")
     if not ((integral or math.isfinite(value)) and in_range(value)):
-        raise ValueError(f"{name} must be {what}, got {value!r}{hint}")
+        raise UserError(f"{name} must be {what}, got {value!r}{hint}")
     return int(value) if integral else float(value)
 
 
@@ -118,7 +123,7 @@ def check_choice(kind, value, choices, argument=None):
         raise TypeError(f"{kind} name must be a string, got {value!r} ({type(value).__name__})")
     if value not in choices:
         where = f" ({argument}={value!r})" if argument else ""
-        raise ValueError(
+        raise UserError(
             f"unknown {kind} {value!r}{where}; choose one of {', '.join(sorted(choices))}"
         )
     return value
@@ -139,11 +144,11 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
             f"{name}.float() (and divide 8-bit images by 255)"
         )
     if x.dim() < 1 or len(x) == 0:
-        raise ValueError(
+        raise UserError(
             f"{name} must have shape [N, ...] with N >= 1 data points, got {tuple(x.shape)}"
         )
     if x_shape is not None and tuple(x.shape[1:]) != tuple(x_shape):
-        raise ValueError(
+        raise UserError(
             f"{name} has data points of shape {tuple(x.shape[1:])} but the model expects "
             f"{tuple(x_shape)}; reshape the data to [N, {', '.join(map(str, x_shape))}] or build the "
             f"model for this shape"
@@ -156,11 +161,11 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
         finite, lo, hi = bool(finite), 0.0, 1.0
     if not finite:
         bad = (~torch.isfinite(x)).sum().item()
-        raise ValueError(
+        raise UserError(
             f"{name} holds {bad} NaN or infinite value(s); clean or drop those data points first"
         )
     if unit_interval and (lo < 0 or hi > 1):
-        raise ValueError(
+        raise UserError(
             f"{name} has values in [{lo:.4g}, {hi:.4g}] but the Bernoulli likelihood needs values in "
             f"[0, 1] (so do the 8-bit ones); rescale the data (e.g. divide 8-bit images by 255) or use a "
             f"Gaussian likelihood (likelihood='gaussian' or 'sigma-vae')"
@@ -217,21 +222,21 @@ def check_device(device):
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(
+            raise UserError(
                 f"device {device!r} was asked for but CUDA is not available here; "
                 f"use device='cpu' or device='auto'"
             )
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise ValueError(
+            raise UserError(
                 f"device {device!r} does not exist: this machine has {count} GPU(s), "
                 f"cuda:0 … cuda:{count - 1}"
             )
     elif dev.type != "cpu":
-        raise ValueError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+        raise UserError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
     return dev
 
 
@@ -246,13 +251,13 @@ def load_checkpoint(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated file, not a torch file, pickle error …
-        raise ValueError(
+        raise UserError(
             f"checkpoint {path!r} is unreadable ({type(e).__name__}); it may be corrupt or truncated: "
             f"restore it from a backup or start a new run in another directory"
         ) from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{path!r} is not a pyro_vae checkpoint (missing {missing}); point to a run directory "
             f"written by pyro-vae train"
         )
@@ -262,7 +267,7 @@ def load_checkpoint(path):
 def check_eight_bit(eight_bit, binarize, likelihood="the 8-bit likelihood"):
     """An 8-bit likelihood needs the grey levels k/255 (``binarize="none"``), not binarized images."""
     if eight_bit and binarize != "none":
-        raise ValueError(
+        raise UserError(
             f"the {likelihood} likelihood models 8-bit grey levels but the data is binarized "
             f"(binarize={binarize!r}); pass binarize='none'"
         )

@@ -25,8 +25,6 @@ gradients from one captured graph (the trainer does this itself, see ``Trainer(f
 
 import inspect
 
-from pyro.infer import TraceEnum_ELBO
-
 from pyro_vae.core.checks import check_choice, check_option
 from pyro_vae.estimators.base import DetachedPathELBO, ImportanceWeightedELBO
 from pyro_vae.estimators.dreg import DReG_ELBO
@@ -34,28 +32,34 @@ from pyro_vae.estimators.fast import FastELBO
 from pyro_vae.estimators.iwae import IWAE_ELBO
 from pyro_vae.estimators.renyi import RenyiBound_ELBO
 from pyro_vae.estimators.stl import STL_ELBO
-from pyro_vae.estimators.trace import DeviceTrace_ELBO, DeviceTraceMeanField_ELBO
+from pyro_vae.estimators.trace import DeviceTrace_ELBO, DeviceTraceMeanField_ELBO, Enum_ELBO
+from pyro_vae.estimators.variants import FreeBits_ELBO
 
-ESTIMATORS = {}
+# every estimator, listed explicitly: each class declares ``needs_inverse`` (scores the guide at a
+# detached z, so a flow guide must be invertible) and ``traceable`` (the fast path may capture it)
+ESTIMATORS = {
+    "trace": DeviceTrace_ELBO,
+    "meanfield": DeviceTraceMeanField_ELBO,
+    "enum": Enum_ELBO,
+    "iwae": IWAE_ELBO,
+    "dreg": DReG_ELBO,
+    "stl": STL_ELBO,
+    "renyi": RenyiBound_ELBO,
+    "free-bits": FreeBits_ELBO,
+}
 
 
 def register_elbo(name):
-    """Decorator adding an estimator class (or builder) ``f(num_particles, **options)`` to :data:`ESTIMATORS`."""
+    """Decorator adding an estimator class ``f(num_particles, **options)`` to :data:`ESTIMATORS`.
+
+    The class declares ``needs_inverse`` and ``traceable`` as class attributes.
+    """
 
     def decorator(builder):
         ESTIMATORS[name] = builder
         return builder
 
     return decorator
-
-
-register_elbo("trace")(DeviceTrace_ELBO)
-register_elbo("meanfield")(DeviceTraceMeanField_ELBO)
-register_elbo("enum")(TraceEnum_ELBO)
-register_elbo("iwae")(IWAE_ELBO)
-register_elbo("dreg")(DReG_ELBO)
-register_elbo("stl")(STL_ELBO)
-register_elbo("renyi")(RenyiBound_ELBO)
 
 
 def _options_of(builder):
@@ -96,6 +100,8 @@ def make_elbo(name, num_particles=1, data_plate=None, fast=False, **options):
 __all__ = [
     "DReG_ELBO",
     "DetachedPathELBO",
+    "Enum_ELBO",
+    "FreeBits_ELBO",
     "DeviceTraceMeanField_ELBO",
     "DeviceTrace_ELBO",
     "ESTIMATORS",

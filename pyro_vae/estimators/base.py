@@ -54,6 +54,7 @@ class ImportanceWeightedELBO(ELBO):
     """
 
     traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.estimators.fast)
+    needs_inverse = False  # True where log q is scored at a detached z (see DetachedPathELBO)
 
     def __init__(
         self, num_particles=1, max_plate_nesting=None, vectorize_particles=True, data_plate=None

@@ -14,6 +14,7 @@ the value ℓ (−ELBO) and the gradient of the surrogate s exactly as Pyro's.  
 import pyro.infer
 import torch
 from pyro.distributions.util import is_identically_zero, scale_and_mask
+from pyro.infer import TraceEnum_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.util import check_fully_reparametrized, is_validation_enabled
 from torch.distributions import kl_divergence
@@ -23,6 +24,7 @@ class _DeviceLoss:
     """``differentiable_loss`` as the mean over particles of ``_differentiable_loss_particle``'s tensors."""
 
     traceable = True  # no host reads: the fast path can capture it (pyro_vae.estimators.fast)
+    needs_inverse = False  # scores the guide only at its own samples
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         loss = surrogate = 0.0
@@ -105,3 +107,10 @@ def device_twin(elbo):
     copy = cls.__new__(cls)
     copy.__dict__.update(vars(elbo))  # the same particles, plate nesting, vectorization
     return copy
+
+
+class Enum_ELBO(TraceEnum_ELBO):
+    """Pyro's ``TraceEnum_ELBO`` with this package's estimator declarations."""
+
+    traceable = False  # Pyro's enumeration reads values on the host
+    needs_inverse = False

@@ -45,7 +45,6 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.core.checks import check_option
 from pyro_vae.core.kl import elementwise_kl
-from pyro_vae.estimators import register_elbo
 from pyro_vae.estimators.importance import (
     extra_scale,
     guess_max_plate_nesting,
@@ -221,7 +220,6 @@ def _mean_over_points(t, site, group_ndims, particle_dim, data_plate):
     )
 
 
-@register_elbo("free-bits")
 class FreeBits_ELBO(ELBO):
     """Negative ELBO with a floor λ on the minibatch-averaged KL of every latent dimension or site.
 
@@ -245,6 +243,7 @@ class FreeBits_ELBO(ELBO):
 
     # the trainer may trace loss and gradients once per batch size (pyro_vae.estimators.fast)
     traceable = True
+    needs_inverse = False
 
     def __init__(
         self,

@@ -1,10 +1,11 @@
 """Nets, guide and likelihood of a model from a :class:`~pyro_vae.app.config.Config`: the pieces every model
 builder shares, and the one-layer VAE's builder."""
 
-from pyro_vae.guides import GUIDES, make_guide
+from pyro_vae.guides import make_guide
 from pyro_vae.models.likelihoods import make_likelihood
 from pyro_vae.models.nets import MLP, ConvDecoder, ConvEncoder
 from pyro_vae.models.priors import PseudoInputs
+from pyro_vae.models.spec import ModelSpec
 from pyro_vae.models.vae import VAE
 
 NETS = ("mlp", "conv")  # the encoder/decoder nets of make_encoder and make_decoder (Config.net)
@@ -56,11 +57,5 @@ def build_vae(config, x_shape, num_data=None):
     )
 
 
-build_vae.priors = (
-    "standard",
-    "vampprior",
-)  # the Config.prior names a builder accepts (read by app.config.check_config)
-build_vae.guides, build_vae.default_guide = (
-    GUIDES,
-    "diagonal",
-)  # every registered guide, flows included
+# every registered guide, flows included; the standard prior or a VampPrior
+SPEC = ModelSpec(build=build_vae, default_guide="diagonal", priors=("standard", "vampprior"))

@@ -24,6 +24,7 @@ from torch import nn
 
 from pyro_vae.core.plates import data_plate
 from pyro_vae.models.nets import MLP
+from pyro_vae.models.spec import ModelSpec
 
 NUM_CLASSES = 10  # MNIST and Fashion-MNIST
 
@@ -159,7 +160,5 @@ def build_cvae(config, x_shape, num_data=None):
     return CVAE(encoder, decoder, likelihood, config.latent_dim, x_shape, NUM_CLASSES, num_data)
 
 
-build_cvae.guides, build_cvae.nets = (
-    ("diagonal",),
-    ("mlp",),
-)  # its own guide q(z | x, y) (read by pyro_vae.app.config.check_config)
+# its own guide q(z | x, y) and MLP nets
+SPEC = ModelSpec(build=build_cvae, guides=("diagonal",), nets=("mlp",))

@@ -37,6 +37,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_vae.core.checks import UserError
+from pyro_vae.models.spec import ModelSpec
+
 from pyro_vae.core.plates import data_plate
 from pyro_vae.models.nets import activation
 
@@ -267,9 +270,6 @@ class DeepHierarchicalVAE(nn.Module):
         return zs
 
 
-GUIDES = ("residual",)
-
-
 def build_deep_hierarchical(config, x_shape, num_data=None):
     """Build a :class:`DeepHierarchicalVAE` from a config: ``scales``, ``groups_per_scale``, ``hidden_channels``,
     ``latent_channels``, ``activation`` and the likelihood."""
@@ -295,7 +295,7 @@ def build_deep_hierarchical(config, x_shape, num_data=None):
 
 def _check_config(config):
     if config.flows or config.flow_hidden_dims:
-        raise ValueError(
+        raise UserError(
             "--model deep-hierarchical has its own residual guide, without flows; drop --flows and "
             "--flow-hidden-dims"
         )
@@ -303,11 +303,12 @@ def _check_config(config):
         scale_sizes((config.image_size, config.image_size), config.scales)
 
 
-# read by pyro_vae.app.config.check_config before any data is read
-build_deep_hierarchical.guides, build_deep_hierarchical.default_guide = GUIDES, "residual"
-build_deep_hierarchical.nets = ("conv",)
-build_deep_hierarchical.priors = ("standard",)
-build_deep_hierarchical.check = _check_config
+SPEC = ModelSpec(
+    build=build_deep_hierarchical,
+    guides=("residual",),
+    nets=("conv",),
+    check=_check_config,
+)
 
 __all__ = [
     "DeepHierarchicalVAE",

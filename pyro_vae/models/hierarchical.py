@@ -45,6 +45,8 @@ from torch import nn
 
 from pyro_vae.core.plates import data_plate
 from pyro_vae.models.priors import VampPrior
+from pyro_vae.core.checks import UserError
+from pyro_vae.models.spec import ModelSpec
 
 
 class GaussianConditional(nn.Module):
@@ -262,7 +264,7 @@ class LadderGuide(nn.Module):
         return zs[::-1]
 
 
-GUIDES = ("top-down", "bottom-up")
+HIERARCHICAL_GUIDES = ("top-down", "bottom-up")
 
 
 def _mlp(in_dim, out_dim, hidden, activation_name):
@@ -286,9 +288,9 @@ def build_hierarchical(config, x_shape, num_data=None):
         raise ValueError(
             "the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x first)"
         )
-    if config.guide not in GUIDES:
+    if config.guide not in HIERARCHICAL_GUIDES:
         raise ValueError(
-            f"the hierarchical model supports the guides {', '.join(GUIDES)}, got {config.guide!r}; "
+            f"the hierarchical model supports the guides {', '.join(HIERARCHICAL_GUIDES)}, got {config.guide!r}; "
             f"pass guide='top-down' or guide='bottom-up'"
         )
     if config.flows:
@@ -326,15 +328,18 @@ def build_hierarchical(config, x_shape, num_data=None):
 
 def _check_config(config):
     if not config.latent_dims:
-        raise ValueError(
+        raise UserError(
             "the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x first)"
         )
 
 
-# read by pyro_vae.app.config.check_config: the guide names this builder accepts, the one it uses by default, its own checks
-build_hierarchical.guides, build_hierarchical.default_guide = GUIDES, "top-down"
-build_hierarchical.check = _check_config
-build_hierarchical.priors = ("standard", "vampprior")
+SPEC = ModelSpec(
+    build=build_hierarchical,
+    guides=HIERARCHICAL_GUIDES,
+    default_guide="top-down",
+    priors=("standard", "vampprior"),
+    check=_check_config,
+)
 
 
 def inverse_softplus(y):

@@ -34,6 +34,7 @@ from torch import nn
 from pyro_vae.core.plates import data_plate
 from pyro_vae.models.cvae import NUM_CLASSES, LabelDecoder, LabelEncoder, check_labels
 from pyro_vae.models.nets import MLP
+from pyro_vae.models.spec import ModelSpec
 
 
 def balanced_labeled_mask(labels, n, num_classes=NUM_CLASSES):
@@ -218,6 +219,6 @@ def build_m2(config, x_shape, num_data=None):
     )
 
 
-# read by pyro_vae.app.config.check_config: its own guide q(y | x) q(z | x, y), MLP nets, and the estimators that train a
-# guide with a discrete site y (score function or enumeration; the others need reparameterized sites)
-build_m2.guides, build_m2.nets, build_m2.estimators = ("diagonal",), ("mlp",), ("trace", "enum")
+# its own guide q(y | x) q(z | x, y), MLP nets, and the estimators that train a guide with a
+# discrete site y (score function or enumeration; the others need reparameterized sites)
+SPEC = ModelSpec(build=build_m2, guides=("diagonal",), nets=("mlp",), estimators=("trace", "enum"))

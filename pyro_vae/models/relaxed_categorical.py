@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from pyro_vae.core.plates import data_plate
+from pyro_vae.models.spec import ModelSpec
 
 MIN_LOGIT = -20.0
 
@@ -137,6 +138,5 @@ def build_relaxed_categorical(config, x_shape, num_data=None):
     )
 
 
-build_relaxed_categorical.guides = (
-    "categorical",
-)  # its own guide: factorized (relaxed) categoricals q(z_m | x)
+# its own guide: factorized (relaxed) categoricals q(z_m | x)
+SPEC = ModelSpec(build=build_relaxed_categorical, guides=("categorical",))
