@@ -63,8 +63,12 @@ def rerun_command(row, epochs, route, out):
 
 def head_commit():
     try:
-        return subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -89,7 +93,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--tolerance", type=float, default=0.5)
     p.add_argument("--route", default="recorded", choices=("recorded", "auto", "compile", "trace"))
-    p.add_argument("--out", default=None, help="the rerun's run folder (default: a fresh temporary one)")
+    p.add_argument(
+        "--out", default=None, help="the rerun's run folder (default: a fresh temporary one)"
+    )
     p.add_argument("--json", default=None, help="write the comparison here")
     p.add_argument("--table", default=TABLE)
     args = p.parse_args(argv)
@@ -104,24 +110,43 @@ def main(argv=None):
     print("$", shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
-    metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if line.strip()]
+    metrics = [
+        json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if line.strip()
+    ]
     lines, ok = compare(row, metrics, args.epochs, args.tolerance)
     notes = sorted({m.get("fast_path_note") for m in metrics if m.get("fast_path_note")})
-    print(f"row {args.row}: recorded at commit {row.get('commit') or 'unrecorded, recorded in ' + str(row.get('recorded_in_commit'))} by "
-          f"{row.get('route', recorded_route(row))}; rerun at commit {head_commit()} by {route} ({'; '.join(notes)})")
+    print(
+        f"row {args.row}: recorded at commit {row.get('commit') or 'unrecorded, recorded in ' + str(row.get('recorded_in_commit'))} by "
+        f"{row.get('route', recorded_route(row))}; rerun at commit {head_commit()} by {route} ({'; '.join(notes)})"
+    )
     for epoch, name, a, b, d in lines:
         fa = "—" if a is None else f"{a:.2f}"
         fb = "—" if b is None else f"{b:.2f}"
         fd = "—" if d is None else f"{d:+.2f}"
         print(f"  epoch {epoch} {name:16s} recorded {fa:>9s} rerun {fb:>9s} diff {fd:>7s}")
-    print(f"{'PASS' if ok else 'MISS'}: every figure within {args.tolerance} nats" if ok else
-          f"MISS: some figure differs by more than {args.tolerance} nats")
+    print(
+        f"{'PASS' if ok else 'MISS'}: every figure within {args.tolerance} nats"
+        if ok
+        else f"MISS: some figure differs by more than {args.tolerance} nats"
+    )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"row": args.row, "route": route, "commit": head_commit(), "pass": ok,
-                       "tolerance": args.tolerance, "notes": notes,
-                       "figures": [dict(zip(("epoch", "figure", "recorded", "rerun", "diff"), x))
-                                   for x in lines]}, f, indent=1)
+            json.dump(
+                {
+                    "row": args.row,
+                    "route": route,
+                    "commit": head_commit(),
+                    "pass": ok,
+                    "tolerance": args.tolerance,
+                    "notes": notes,
+                    "figures": [
+                        dict(zip(("epoch", "figure", "recorded", "rerun", "diff"), x))
+                        for x in lines
+                    ],
+                },
+                f,
+                indent=1,
+            )
     return 0 if ok else 1
 
 

@@ -92,11 +92,17 @@ def source_commit():
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         git = ["git", "-C", here]
-        head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if head.returncode:
             return None
-        dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "--", ".."],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            git + ["status", "--porcelain", "--untracked-files=no", "--", ".."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -446,8 +452,12 @@ class Trainer:
     def _capture(self, probes, planned_steps):
         """Capture the fast path's steps (once per trainer); what compiling cost this process, for every row."""
         if not isinstance(self.elbo, FastELBO):
-            return {"compile_seconds": 0.0, "compile_cache_hit": None, "fast_route": "off",
-                    "commit": source_commit()}
+            return {
+                "compile_seconds": 0.0,
+                "compile_cache_hit": None,
+                "fast_route": "off",
+                "commit": source_commit(),
+            }
         if probes is None:
             self.elbo.refuse("the batch is not the pair's one argument")
         elif not self.elbo.steps:
