@@ -18,7 +18,9 @@ Run directory (``out_dir``):
                     on the first ``diagnostic_images`` test images); ``skipped_updates`` with
                     ``skip_threshold`` (updates skipped for their gradient norm); in the first
                     row a process trains, ``compile_seconds`` (0 when nothing was compiled) and
-                    ``compile_cache_hit`` (whether inductor's cache held the graph)
+                    ``compile_cache_hit`` (whether inductor's cache held the graph),
+                    ``fast_route`` ("compile", "trace" or "off": how that process's steps
+                    ran) and ``commit`` (the code's git commit, ``+dirty`` if edited)
 ``checkpoint.pt``   epoch, params, module buffers, optimizer state, RNG states, learning-rate
                     scale, the metrics of every completed epoch and (early stopping) the best
                     epoch's parameters; written atomically (temporary file, fsync, rename)
@@ -73,6 +75,37 @@ __all__ = [
     "resolve_device",
 ]
 FAST_MODES = ("auto", True, False, "compile", "trace")
+
+
+def fast_route(elbo):
+    """How a :class:`FastELBO`'s steps are replayed: "compile" (inductor), "trace" (fx) or "off"."""
+    steps = getattr(elbo, "steps", None) or {}
+    if not steps:
+        return "off"
+    return "compile" if any(s.backend == "inductor" for s in steps.values()) else "trace"
+
+
+def source_commit():
+    """The git commit of the code that runs (``+dirty`` when its tracked files differ), or None."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        git = ["git", "-C", here]
+        head = subprocess.run(
+            git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if head.returncode:
+            return None
+        dirty = subprocess.run(
+            git + ["status", "--porcelain", "--untracked-files=no", "--", ".."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def resolve_device(device="auto"):
@@ -419,7 +452,12 @@ class Trainer:
     def _capture(self, probes, planned_steps):
         """Capture the fast path's steps (once per trainer); what compiling cost this process, for every row."""
         if not isinstance(self.elbo, FastELBO):
-            return {"compile_seconds": 0.0, "compile_cache_hit": None}
+            return {
+                "compile_seconds": 0.0,
+                "compile_cache_hit": None,
+                "fast_route": "off",
+                "commit": source_commit(),
+            }
         if probes is None:
             self.elbo.refuse("the batch is not the pair's one argument")
         elif not self.elbo.steps:
@@ -428,6 +466,8 @@ class Trainer:
         return {
             "compile_seconds": self.elbo.compile_seconds,
             "compile_cache_hit": self.elbo.cache_hit,
+            "fast_route": fast_route(self.elbo),
+            "commit": source_commit(),
         }
 
     def _epoch(self):
