@@ -48,3 +48,25 @@ def test_an_explicit_contradiction_is_refused_in_one_line():
 
     with pytest.raises(ValueError, match="binarize='none'"):
         check_config(Config(likelihood="discretized-logistic", binarize="dynamic"))
+
+
+def test_recon_mse_is_the_squared_error_of_the_likelihoods_mean():
+    import pyro
+    import pyro.distributions as dist
+
+    from pyro_vae.evaluation.metrics import recon_mse
+
+    x = torch.rand(6, 1, 2, 2)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            loc = 0.5 + 0 * z[:, None, None, None]
+            pyro.sample("x", dist.Normal(loc, 0.1).to_event(3), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    expected = (x - 0.5).pow(2).mean().item()
+    assert recon_mse(model, guide, x, batch_size=4) == pytest.approx(expected, rel=1e-6)
