@@ -235,7 +235,10 @@ def test_cli_categorical_mlp_on_a_grey_npy_array(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--likelihood", "discretized-logistic"], "(--binarize dynamic); pass --binarize none"),
+        (
+            ["--likelihood", "discretized-logistic", "--binarize", "dynamic"],
+            "(--binarize dynamic); pass --binarize none",
+        ),
         (
             ["--dataset", "folder:/nonexistent/images"],
             "image folder '/nonexistent/images' does not exist",

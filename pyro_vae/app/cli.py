@@ -41,7 +41,10 @@ HELP = {
     "test_fraction": "share of the images split off (fixed seed) as the test set when the source has none",
     "mixtures": "discretized-logistic likelihood: logistics K in each pixel's mixture",
     "data_dir": "torchvision root, or a folder holding the four IDX files (gzipped or not)",
-    "binarize": "dynamic (resampled every batch), static (fixed seed) or none (grey levels)",
+    "binarize": "dynamic (resampled every batch), static (fixed seed) or none (grey levels); "
+    "None: what the likelihood needs (dynamic for bernoulli, none otherwise)",
+    "conv_channels": "--net conv: channels of the residual conv nets at full size (x2, x4 below)",
+    "conv_blocks": "--net conv: residual blocks per scale of the conv nets",
     "validation": "hold out the last N training images as a validation split",
     "limit": "use only the first N training images (smoke runs)",
     "test_limit": "use only the first N test images",

@@ -18,7 +18,9 @@ class Config:
     # data
     dataset: str = "fashion-mnist"
     data_dir: Optional[str] = None
-    binarize: str = "dynamic"
+    binarize: Optional[str] = (
+        None  # None: what the likelihood needs (dynamic for bernoulli, else none)
+    )
     validation: int = 0
     limit: Optional[int] = None
     test_limit: Optional[int] = None
@@ -34,6 +36,8 @@ class Config:
     latent_dim: int = 20
     latent_dims: Optional[List[int]] = None
     hidden_dims: List[int] = field(default_factory=lambda: [400])
+    conv_channels: int = 32  # --net conv: channels at full size (×2, ×4 at the smaller scales)
+    conv_blocks: int = 1  # --net conv: residual blocks per scale
     activation: str = "relu"
     guide: Optional[str] = (
         None  # None: the model's default guide (vae: diagonal; hierarchical: top-down; …)
@@ -84,6 +88,8 @@ class Config:
     sample_temperature: float = 1.0  # also draw samples_tτ.png, the prior's Gaussians at std τσ
 
     def __post_init__(self):
+        if self.binarize is None:
+            self.binarize = "dynamic" if self.likelihood == "bernoulli" else "none"
         self.validate()
 
     def validate(self):

@@ -332,6 +332,25 @@ def site_collapse_warning(collapsed, site_kl, total):
     )
 
 
+def recon_mse(model, guide, x, *args, batch_size=1000, batch_call=None, **kwargs):
+    """Mean squared error per pixel, ``mean((E[x|z] − x)²)`` with z ~ q(z|x) and images in [0, 1]: the
+    likelihood's mean (Bernoulli probs, the Gaussian's loc, the 8-bit grey level) against the observed
+    values, averaged over every observed site's values and the images.  One figure across likelihoods."""
+    call = _caller(x, args, kwargs, batch_call)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for rows in _row_chunks(len(x), batch_size):
+            a, kw = call(rows)
+            guide_trace = poutine.trace(guide).get_trace(*a, **kw)
+            trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*a, **kw)
+            for site in trace.nodes.values():
+                image = site["type"] == "sample" and site["is_observed"]
+                if image and site["value"].shape[1 - x.dim() :] == x.shape[1:]:  # not labels
+                    err = (site["fn"].mean - site["value"]).double().pow(2)
+                    total, count = total + err.sum().item(), count + err.numel()
+    return total / max(count, 1)
+
+
 def evaluate(
     model,
     guide,
@@ -384,6 +403,9 @@ def evaluate(
     result = dict(elbo=(recon - kl).mean().item(), recon=recon.mean().item(), kl=kl.mean().item())
     result.update(_latent_summary(counts, dims, per_dim))
     result.update(images=len(x), nll_samples=nll_samples)
+    result["recon_mse"] = recon_mse(
+        model, guide, x, *args, batch_size=batch_size, batch_call=batch_call, **kwargs
+    )
     if nll_samples:
         result.update(_nll(model, guide, call, nll_samples, batch_size, data_plate, max_elements))
     _diagnose(result, counts, dims, per_dim, verbose)

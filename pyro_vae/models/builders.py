@@ -16,7 +16,12 @@ def make_encoder(config, x_shape, out_dim=None):
     out_dim = out_dim or config.hidden_dims[-1]
     if config.net == "conv":
         return ConvEncoder(
-            out_dim, channels=x_shape[0], activation_name=config.activation, image_size=x_shape[1:]
+            out_dim,
+            x_shape[0],
+            config.conv_channels,
+            config.activation,
+            x_shape[1:],
+            config.conv_blocks,
         )
     return MLP(x_shape, config.hidden_dims[:-1], out_dim, config.activation, final_activation=True)
 
@@ -28,7 +33,12 @@ def make_decoder(config, x_shape, in_dim):
     ).params_shape(x_shape)
     if config.net == "conv":
         return ConvDecoder(
-            in_dim, channels=out_shape[0], activation_name=config.activation, image_size=x_shape[1:]
+            in_dim,
+            out_shape[0],
+            config.conv_channels,
+            config.activation,
+            x_shape[1:],
+            config.conv_blocks,
         )
     return MLP(in_dim, list(reversed(config.hidden_dims)), out_shape, config.activation)
 

@@ -139,7 +139,9 @@ class TopDown(nn.Module):
             for _ in range(scales - 1)
         )
         self.out = nn.Sequential(
-            activation(activation_name), nn.ConvTranspose2d(channels, out_channels, 4, 2, 1)
+            activation(activation_name),
+            nn.Upsample(scale_factor=2, mode="nearest"),  # no transposed-conv checkerboards
+            nn.Conv2d(channels, out_channels, 3, padding=1),
         )
 
     def initial(self, x):

@@ -96,49 +96,115 @@ def _widths(width, layers):
     return [width * 2 ** min(i, 2) for i in range(layers)]  # 32, 64, 128, 128, …
 
 
-class ConvEncoder(nn.Module):
-    """Convolutional encoder for ``[..., C, H, W]`` images: stride-2 convs (see :func:`conv_sizes`; 28→14→7 for
-    28×28), then a linear map to ``out_dim``.  Channel widths ``width``, 2·``width``, 4·``width``, …"""
+def he_init(module, gain=2.0):
+    """Kaiming-normal weights (Var w = gain / fan_in) and zero biases on every conv and linear layer.
 
-    def __init__(self, out_dim, channels=1, width=32, activation_name="relu", image_size=(28, 28)):
+    PyTorch's default (``kaiming_uniform_(a=√5)``, Var w = 1 / (3 fan_in)) keeps a third of the
+    variance per ReLU layer and ``ConvTranspose2d`` takes its fan-in from the *output* channels, so a
+    stack of them shrinks the signal layer by layer; ``gain=2`` preserves it through ReLUs."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            fan_in = m.weight[0].numel()
+            nn.init.normal_(m.weight, 0.0, math.sqrt(gain / fan_in))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block ``h + conv(act(conv(act(h))))`` (He et al. 2016, "Identity Mappings
+    in Deep Residual Networks", arXiv:1603.05027); the branch's last conv starts at zero, so a block
+    is the identity at initialization and depth does not change the signal's scale."""
+
+    def __init__(self, channels, activation_name="relu"):
+        super().__init__()
+        self.branch = he_init(
+            nn.Sequential(
+                activation(activation_name),
+                nn.Conv2d(channels, channels, 3, padding=1),
+                activation(activation_name),
+                nn.Conv2d(channels, channels, 3, padding=1),
+            )
+        )
+        nn.init.zeros_(self.branch[-1].weight)
+
+    def forward(self, h):
+        return h + self.branch(h)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour upsampling to ``size`` then a 3×3 conv: no transposed-conv checkerboards
+    (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts")."""
+
+    def __init__(self, c_in, c_out, size):
+        super().__init__()
+        self.size = tuple(size)
+        self.conv = he_init(nn.Conv2d(c_in, c_out, 3, padding=1), gain=1.0)
+
+    def forward(self, h):
+        return self.conv(nn.functional.interpolate(h, size=self.size, mode="nearest"))
+
+
+class ConvEncoder(nn.Module):
+    """Residual conv encoder for ``[..., C, H, W]`` images in [0, 1]: centred to [−1, 1], a 3×3 stem, then per
+    scale ``blocks`` :class:`ResBlock` and a stride-2 conv (see :func:`conv_sizes`; 32→16→8), then a linear map
+    to ``out_dim``.  Channel widths ``width``, 2·``width``, 4·``width``, …"""
+
+    def __init__(
+        self, out_dim, channels=1, width=32, activation_name="relu", image_size=(28, 28), blocks=1
+    ):
         super().__init__()
         sizes = conv_sizes(image_size)
         widths = _widths(width, len(sizes) - 1)
-        layers = []
-        for c_in, c_out in zip([channels, *widths[:-1]], widths):
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), activation(activation_name)]
+        layers = [nn.Conv2d(channels, widths[0], 3, padding=1)]
+        for c_in, c_out in zip(widths, [*widths[1:], widths[-1]]):
+            layers += [ResBlock(c_in, activation_name) for _ in range(blocks)]
+            layers += [activation(activation_name), nn.Conv2d(c_in, c_out, 4, 2, 1)]
         self.net = nn.Sequential(
             *layers,
+            activation(activation_name),
             nn.Flatten(),
             nn.Linear(widths[-1] * math.prod(sizes[-1]), out_dim),
             activation(activation_name),
         )
+        for m in self.net:
+            if not isinstance(m, ResBlock):
+                he_init(m)
 
     def forward(self, x):
         flat, batch = _flatten_batch(x, 3)
-        return self.net(flat).reshape(*batch, -1)
+        return self.net(2 * flat - 1).reshape(*batch, -1)
 
 
 class ConvDecoder(nn.Module):
-    """Convolutional decoder ``[..., in_dim] -> [..., C, H, W]``: linear to the encoder's smallest maps, then
-    stride-2 transposed convs back through :func:`conv_sizes` (output padding restores odd sizes)."""
+    """Residual conv decoder ``[..., in_dim] -> [..., C, H, W]``: linear to the encoder's smallest maps, then per
+    scale ``blocks`` :class:`ResBlock` and an :class:`Upsample` (nearest neighbour + conv) back through
+    :func:`conv_sizes`, then ``blocks`` blocks at full size and a 3×3 conv to the likelihood's ``C`` channels."""
 
-    def __init__(self, in_dim, channels=1, width=32, activation_name="relu", image_size=(28, 28)):
+    def __init__(
+        self, in_dim, channels=1, width=32, activation_name="relu", image_size=(28, 28), blocks=1
+    ):
         super().__init__()
         sizes = conv_sizes(image_size)
         widths = _widths(width, len(sizes) - 1)
         self.start = (widths[-1], *sizes[-1])
-        self.fc = nn.Sequential(
-            nn.Linear(in_dim, math.prod(self.start)), activation(activation_name)
+        self.fc = he_init(
+            nn.Sequential(nn.Linear(in_dim, math.prod(self.start)), activation(activation_name)),
+            gain=1.0,
         )
         layers = []
-        outs = [*reversed(widths[:-1]), channels]
+        outs = [*reversed(widths[:-1]), widths[0]]
         for i, (c_in, c_out) in enumerate(zip(reversed(widths), outs)):
-            small, big = sizes[len(sizes) - 1 - i], sizes[len(sizes) - 2 - i]
-            pad = tuple(b - 2 * s for b, s in zip(big, small))
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, output_padding=pad))
-            if i < len(outs) - 1:
-                layers.append(activation(activation_name))
+            layers += [ResBlock(c_in, activation_name) for _ in range(blocks)]
+            layers += [
+                activation(activation_name),
+                Upsample(c_in, c_out, sizes[len(sizes) - 2 - i]),
+            ]
+        layers += [ResBlock(widths[0], activation_name) for _ in range(blocks)]
+        layers += [
+            activation(activation_name),
+            he_init(nn.Conv2d(widths[0], channels, 3, padding=1), 1.0),
+        ]
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, z):
