@@ -339,7 +339,7 @@ def recon_mse(model, guide, x, *args, batch_size=1000, batch_call=None, **kwargs
     call = _caller(x, args, kwargs, batch_call)
     total, count = 0.0, 0
     with torch.no_grad():
-        for rows in _row_chunks(len(x), batch_size):
+        for rows in row_chunks(len(x), batch_size):
             a, kw = call(rows)
             guide_trace = poutine.trace(guide).get_trace(*a, **kw)
             trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*a, **kw)
