@@ -157,7 +157,6 @@ __all__ = [
     "log_evaluation",
     "picture_grids",
     "read_scalars",
-    "run_writer",
 ]
 
 
