@@ -347,35 +347,35 @@ def short(note):
 
 
 # -- whole processes ----------------------------------------------------------------------------------
-PROCESS = [
-    "--epochs",
-    "2",
-    "--kl-warmup-epochs",
-    "1",
-    "--batch-size",
-    "128",
-    "--latent-dim",
-    "20",
-    "--hidden-dims",
-    "400",
-]
+# (hidden, latent, batch) of the timed processes: the README's 784-400-20, and an overhead-bound net
+PROCESS_SHAPES = ((400, 20, 128), (32, 8, 32))
+
+
+def process_flags(hidden, latent, batch):
+    """The ``pyro-vae train`` flags of a timed process: 2 epochs, KL warm-up over the first."""
+    return [
+        "--epochs", "2", "--kl-warmup-epochs", "1", "--batch-size", str(batch),
+        "--latent-dim", str(latent), "--hidden-dims", str(hidden),
+    ]  # fmt: skip
 
 
 def eager_train(args):
-    """The hand-written twin of ``pyro-vae train {PROCESS}``: same loader (dynamic binarization), nets, Adam,
-    KL warm-up β = min(1, epoch / 1), test ELBO (one sample) after each epoch, a checkpoint at the end."""
+    """The hand-written twin of ``pyro-vae train`` with :func:`process_flags`: same loader (dynamic
+    binarization), nets, Adam, KL warm-up β = min(1, epoch / 1), test ELBO (one sample) after each
+    epoch, a checkpoint at the end."""
     from pyro_vae import load_data
 
+    hidden, latent, batch = args.eager_shape
     device = torch.device(args.device)
     torch.manual_seed(0)
     data = load_data("fashion-mnist", device=device)
-    vae = build_vae(400, 20, len(data.train), device)
+    vae = build_vae(hidden, latent, len(data.train), device)
     beta = torch.zeros((), device=device)
     step = eager_step_fn(vae, 1e-3, beta=beta)
     for epoch in range(2):
         beta.fill_(min(1.0, epoch / 1))
         total = torch.zeros((), device=device)
-        for x, _ in data.batches(128):
+        for x, _ in data.batches(batch):
             total += step(x, len(data.train))
         with torch.no_grad():  # test ELBO, one sample per image, as the trainer's test_elbo
             enc, head, dec = vae.guide_module.encoder, vae.guide_module.head, vae.decoder
@@ -398,54 +398,34 @@ def eager_train(args):
 
 
 def bench_processes(device, rounds):
-    """Median wall seconds of ``pyro-vae train {PROCESS}`` and of :func:`eager_train`, interleaved."""
+    """``{(hidden, latent, batch): {"eager": s, "pyro-vae train": s}}``: median wall seconds of
+    ``pyro-vae train`` with :func:`process_flags` and of :func:`eager_train`, interleaved."""
     import subprocess
     import sys
     import tempfile
 
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            filter(
-                None,
-                [
-                    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                    os.environ.get("PYTHONPATH"),
-                ],
-            )
-        ),
-    }
-    times = {"eager": [], "pyro-vae train": []}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    # the processes use this process's thread count (the section's "N threads")
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    times = {shape: {"eager": [], "pyro-vae train": []} for shape in PROCESS_SHAPES}
     for _ in range(rounds):
-        for key in times:
-            with tempfile.TemporaryDirectory() as out:
-                if key == "eager":
-                    cmd = [
-                        sys.executable,
-                        os.path.abspath(__file__),
-                        "--eager-train",
-                        out,
-                        "--device",
-                        str(device),
-                    ]
-                else:
-                    cmd = [
-                        sys.executable,
-                        "-m",
-                        "pyro_vae",
-                        "train",
-                        *PROCESS,
-                        "--device",
-                        str(device),
-                        "--quiet",
-                        "--no-pictures",
-                        "--out",
-                        os.path.join(out, "run"),
-                    ]
-                t0 = time.perf_counter()
-                subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-                times[key].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+        for shape, runs in times.items():
+            for key in runs:
+                with tempfile.TemporaryDirectory() as out:
+                    if key == "eager":
+                        cmd = [sys.executable, os.path.abspath(__file__), "--eager-train", out,
+                               "--eager-shape", ",".join(map(str, shape))]  # fmt: skip
+                    else:
+                        cmd = [sys.executable, "-m", "pyro_vae", "train", *process_flags(*shape),
+                               "--quiet", "--no-pictures", "--out", os.path.join(out, "run")]  # fmt: skip
+                    cmd += ["--device", str(device)]
+                    t0 = time.perf_counter()
+                    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+                    runs[key].append(time.perf_counter() - t0)
+    return {
+        shape: {k: statistics.median(v) for k, v in runs.items()} for shape, runs in times.items()
+    }
 
 
 def main(args):
@@ -564,26 +544,29 @@ def config_section(args, device, key, dev, stamp):
 
 
 def process_section(args, device, key, dev, stamp):
-    sec = bench_processes(device, args.process_rounds)
-    for k, v in sec.items():
-        print(f"{k:16s} {v:7.1f} s")
-    return (
-        "\n".join(
-            [
-                f"### {key}, processes: {dev}",
-                "",
-                f"{stamp}; Fashion-MNIST (60,000 training images, 10,000 test), median wall time of {args.process_rounds} "
-                f"interleaved rounds, each a fresh process (start-up, data loading, tracing, checkpoints included).",
-                "",
-                "| process | seconds (median) | ratio to eager |",
-                "| --- | --- | --- |",
-                f"| eager script (`benchmarks/speed.py --eager-train DIR`) | {sec['eager']:.1f} | 1.00 |",
-                f"| `pyro-vae train {' '.join(PROCESS)} --quiet --no-pictures` | {sec['pyro-vae train']:.1f} | "
-                f"{sec['pyro-vae train'] / sec['eager']:.2f} |",
-            ]
-        )
-        + "\n"
-    )
+    rows = []
+    for shape, sec in bench_processes(device, args.process_rounds).items():
+        flags = " ".join(process_flags(*shape))
+        ratio = sec["pyro-vae train"] / sec["eager"]
+        print(f"{shape}: eager {sec['eager']:.1f} s, pyro-vae train {sec['pyro-vae train']:.1f} s")
+        rows += [
+            f"| 784-{shape[0]}-{shape[1]}, batch {shape[2]} | eager script "
+            f"(`benchmarks/speed.py --eager-train DIR --eager-shape {','.join(map(str, shape))}`) | "
+            f"{sec['eager']:.1f} | 1.00 |",
+            f"| 784-{shape[0]}-{shape[1]}, batch {shape[2]} | `pyro-vae train {flags} --quiet "
+            f"--no-pictures` | {sec['pyro-vae train']:.1f} | {ratio:.2f} |",
+        ]
+    head = [
+        f"### {key}, processes: {dev}",
+        "",
+        f"{stamp}; Fashion-MNIST (60,000 training images, 10,000 test), median wall time of "
+        f"{args.process_rounds} interleaved rounds, each a fresh process (start-up, data loading, "
+        "capturing the step, checkpoints included).",
+        "",
+        "| net | process | seconds (median) | ratio to eager |",
+        "| --- | --- | --- | --- |",
+    ]
+    return "\n".join(head + rows) + "\n"
 
 
 def machine(device):
@@ -648,6 +631,10 @@ def parse_args(argv=None):
     p.add_argument(
         "--eager-train", metavar="DIR", help=argparse.SUPPRESS
     )  # one eager process (bench_processes)
+    p.add_argument(
+        "--eager-shape", type=lambda v: tuple(map(int, v.split(","))), default=(400, 20, 128),
+        help=argparse.SUPPRESS,
+    )  # hidden,latent,batch of that process
     p.add_argument(
         "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
     )
