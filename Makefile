@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 RUN ?= runs/quickstart
 EPOCHS ?= 2
 
-.PHONY: install data train test test-fast gpu-check clean
+.PHONY: install data train lint test test-fast gpu-check clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,10 @@ train: install data
 		--hidden-dims 400 --elbo trace --device auto --out $(RUN) $(if $(wildcard $(RUN)/config.json),--resume,)
 	$(VENV)/bin/pyro-vae evaluate $(RUN) --nll-samples 100 --limit 1000
 
-test: install data
+lint: install
+	$(VENV)/bin/ruff check pyro_vae tests benchmarks examples
+
+test: install data lint
 	$(PY) -m pytest -q
 
 test-fast: install

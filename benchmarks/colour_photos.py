@@ -1,11 +1,14 @@
-"""Colour photographs: test bits/dim of our conv VAE, our MLP VAE, a plain-PyTorch residual conv VAE and a
-per-channel 256-bin histogram, on 32×32 patches of the sample photographs of scikit-image and scikit-learn.
+"""Colour photographs: test bits/dim of our conv VAE, our MLP VAE, a plain-PyTorch residual conv VAE
+and a per-channel 256-bin histogram, on 32×32 patches of the sample photographs of scikit-image and
+scikit-learn.
 
-Each photo's right quarter is held out: test patches come only from it, training patches only from the rest,
-so no pixel is shared.  Every VAE: discretized logistic (10 mixtures), 32 latents, batch 64, Adam 1e-3, the
-same number of epochs.  Writes ``colour_photos.md`` and ``colour_photos.json`` beside this file.
+Each photo's right quarter is held out: test patches come only from it, training patches only from
+the rest, so no pixel is shared. Every VAE: discretized logistic (10 mixtures), 32 latents, batch
+64, Adam 1e-3, the same number of epochs. Writes ``colour_photos.md`` and ``colour_photos.json``
+beside this file.
 
-    python benchmarks/colour_photos.py [--epochs 3] [--train 8000] [--test 1000] [--out /tmp/colour_runs]
+    python benchmarks/colour_photos.py [--epochs 3] [--train 8000] [--test 1000] [--out
+    /tmp/colour_runs]
 """
 
 import argparse
@@ -45,7 +48,8 @@ def photos():
 
 
 def patches(n_train, n_test, size=32, seed=0):
-    """Random patches ``[N, 3, size, size]`` uint8; test patches from each photo's right quarter only."""
+    """Random patches ``[N, 3, size, size]`` uint8; test patches from each photo's right quarter
+    only."""
     rng = np.random.default_rng(seed)
     ims = photos()
     train_x, test_x = [], []
@@ -61,7 +65,8 @@ def patches(n_train, n_test, size=32, seed=0):
 
 
 def histogram_bits(train_x, test_x):
-    """Bits/dim of a per-channel 256-bin histogram (add-one smoothing) fitted on the training patches."""
+    """Bits/dim of a per-channel 256-bin histogram (add-one smoothing) fitted on the training
+    patches."""
     bits = []
     for c in range(3):
         counts = np.bincount(train_x[:, c].ravel(), minlength=256) + 1.0
@@ -82,7 +87,8 @@ class Block(nn.Module):
 
 
 class ReferenceVAE(nn.Module):
-    """A plain-PyTorch residual conv VAE (no Pyro): 32→16→8, widths 32/64/128, nearest upsampling."""
+    """A plain-PyTorch residual conv VAE (no Pyro): 32→16→8, widths 32/64/128, nearest
+    upsampling."""
 
     def __init__(self, latent=32, out_channels=90):
         super().__init__()
@@ -182,8 +188,10 @@ def main(args):
     lines = [
         "# Colour photographs: test ELBO bits/dim (lower is better)",
         "",
-        f"`python benchmarks/colour_photos.py --epochs {args.epochs} --train {args.train} --test {args.test}`;"
-        " 32×32 patches, test patches from each photo's held-out right quarter; discretized logistic,"
+        f"`python benchmarks/colour_photos.py --epochs {args.epochs} --train {args.train} --test "
+        f"{args.test}`;"
+        " 32×32 patches, test patches from each photo's held-out right quarter; discretized "
+        "logistic,"
         " 32 latents, batch 64.",
         "",
         "| model | bits/dim | KL (nats) | recon_mse |",

@@ -1,6 +1,6 @@
-"""Compile once per configuration: the same ``pyro-vae train --fast compile`` run twice, each in a new process,
-sharing one empty inductor cache; the second must load the compiled graph (``compile_cache_hit``) and spend at
-most 15 s and a quarter of the first run's ``compile_seconds``.
+"""Compile once per configuration: the same ``pyro-vae train --fast compile`` run twice, each in a
+new process, sharing one empty inductor cache; the second must load the compiled graph
+(``compile_cache_hit``) and spend at most 15 s and a quarter of the first run's ``compile_seconds``.
 
     python benchmarks/compile_cache.py [--configs mlp,conv,deep] [--out benchmarks/COMPILE_CACHE.md]
 """
@@ -71,16 +71,22 @@ def main(argv=None):
             )
             rows.append(
                 f"| {config} | {first['compile_seconds']:.1f} | {second['compile_seconds']:.1f} | "
-                f"{ratio:.2f} | {second['compile_cache_hit']} | {'yes' if holds else 'no'} | `{command}` |"
+                f"{ratio:.2f} | {second['compile_cache_hit']} | {'yes' if holds else 'no'} | "
+                f"`{command}` |"
             )
             print(rows[-1], flush=True)
     text = (
         f"# Compile once per configuration\n\nWritten by `benchmarks/compile_cache.py` on "
-        f"{datetime.date.today()}, torch {torch.__version__}, CPU ({os.cpu_count()} cores, shared with other "
-        f"jobs).  Each configuration ran twice, each run a new process with one shared, initially empty "
-        f"inductor cache (`TORCHINDUCTOR_CACHE_DIR`); `compile_seconds` and `compile_cache_hit` are the first "
-        f"metrics row's.  Target: the second run loads the graph, in ≤ 15 s and ≤ ¼ of the first.\n\n"
-        f"| configuration | first run: compile s | second run: compile s | ratio | cache hit | holds | "
+        f"{datetime.date.today()}, torch {torch.__version__}, CPU ({os.cpu_count()} cores, shared "
+        "with other "
+        "jobs).  Each configuration ran twice, each run a new process with one shared, initially "
+        "empty "
+        "inductor cache (`TORCHINDUCTOR_CACHE_DIR`); `compile_seconds` and `compile_cache_hit` "
+        "are the first "
+        "metrics row's.  Target: the second run loads the graph, in ≤ 15 s and ≤ ¼ of the "
+        "first.\n\n"
+        "| configuration | first run: compile s | second run: compile s | ratio | cache hit | "
+        "holds | "
         f"command |\n| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
     )
     with open(args.out, "w") as f:

@@ -1,13 +1,17 @@
-"""The deep hierarchical VAE against the two-layer ladder on one CPU budget; the gradient-norm skip at a high lr.
+"""The deep hierarchical VAE against the two-layer ladder on one CPU budget; the gradient-norm skip
+at a high lr.
 
-Both models train from the CLI on the same first ``--train`` Fashion-MNIST images (dynamic binarization) for the same
-``--epochs`` (batch 100, Adam 1e-3), then ``pyro-vae evaluate`` scores the first ``--images`` test images: NLL
-(``--k`` importance samples), ELBO, KL and active units per latent site (group), and the time per epoch (the median
-of the epochs; the CPU is shared, so also the ratio).  Then the deep model trains one epoch on ``--stability-train``
-images at ``--stability-lr`` with and without ``--skip-threshold``: the updates skipped, the NaN guard's bad steps and
-the final losses.  Writes ``benchmarks/deep_hierarchical_cpu.json`` and ``.md`` (and runs under ``--out``).
+Both models train from the CLI on the same first ``--train`` Fashion-MNIST images (dynamic
+binarization) for the same ``--epochs`` (batch 100, Adam 1e-3), then ``pyro-vae evaluate`` scores
+the first ``--images`` test images: NLL (``--k`` importance samples), ELBO, KL and active units per
+latent site (group), and the time per epoch (the median of the epochs; the CPU is shared, so also
+the ratio). Then the deep model trains one epoch on ``--stability-train`` images at
+``--stability-lr`` with and without ``--skip-threshold``: the updates skipped, the NaN guard's bad
+steps and the final losses. Writes ``benchmarks/deep_hierarchical_cpu.json`` and ``.md`` (and runs
+under ``--out``).
 
-    python benchmarks/deep_hierarchical_cpu.py --out /tmp/dh_bench        # about 15 min on a busy 2-core CPU
+    python benchmarks/deep_hierarchical_cpu.py --out /tmp/dh_bench # about 15 min on a busy 2-core
+    CPU
 """
 
 import argparse
@@ -188,9 +192,12 @@ def markdown(result):
     lines = [
         "# Deep hierarchical VAE vs the two-layer ladder on a CPU",
         "",
-        f"Written by `benchmarks/deep_hierarchical_cpu.py` on {result['date']} (2-core CPU shared with other "
-        f"jobs; wall {result['total_wall_s'] / 60:.1f} min in all).  Budget: the first {a['train']} Fashion-MNIST "
-        f"training images, {a['epochs']} epochs, batch 100, Adam 1e-3; NLL from K = {a['k']} importance samples "
+        f"Written by `benchmarks/deep_hierarchical_cpu.py` on {result['date']} (2-core CPU shared "
+        "with other "
+        f"jobs; wall {result['total_wall_s'] / 60:.1f} min in all).  Budget: the first "
+        f"{a['train']} Fashion-MNIST "
+        f"training images, {a['epochs']} epochs, batch 100, Adam 1e-3; NLL from K = {a['k']} "
+        "importance samples "
         f"on the first {a['images']} test images.",
         "",
         "| model | NLL | ELBO | KL | KL per group (nats) | active units | s / epoch (median) |",
@@ -219,7 +226,8 @@ def markdown(result):
         f"{a['stability_epochs']} epoch(s), 10 steps each; wall "
         f"{result.get('stability_wall_s', 0) / 60:.1f} min)",
         "",
-        "| run | train loss per epoch | test ELBO per epoch | skipped updates | NaN-guard bad steps |",
+        "| run | train loss per epoch | test ELBO per epoch | skipped updates | NaN-guard bad "
+        "steps |",
         "| --- | --- | --- | --- | --- |",
     ]
     for label, r in result["stability"].items():

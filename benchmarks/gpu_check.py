@@ -2,18 +2,21 @@
 
 Steps (each in its own process, with its own time limit, results written after each one):
 
-1. ``tests``: the tests marked ``cuda`` (``pytest -m cuda --device cuda``): the compiled step as one CUDA
-   graph, the fx replay, resume and the sites' device all give the plain results on CUDA;
-2. ``train``: a 2-epoch ``pyro-vae train --device cuda --fast compile`` on all 60,000 Fashion-MNIST images
-   (CUDA graphs): the fast path's note, ``compile_seconds``, the seconds of each 60,000-image epoch, test ELBO;
-3. ``train-again``: the same configuration in a new process, 1 epoch: the compiled graph comes from inductor's
-   cache (``compile_seconds``);
-4. ``step-time``: the step against the hand-written eager PyTorch step on the GPU (``benchmarks/speed.py
-   --device cuda``, architectures only; it writes its CUDA section into ``benchmarks/RESULTS.md``);
-5. ``torchrun``: ``torchrun --nproc-per-node 2 -m pyro_vae train --device cuda`` (NCCL with one GPU a rank,
-   gloo where two ranks share one GPU).
+1. ``tests``: the tests marked ``cuda`` (``pytest -m cuda --device cuda``): the compiled step as one
+   CUDA graph, the fx replay, resume and the sites' device all give the plain results on CUDA;
+2. ``train``: a 2-epoch ``pyro-vae train --device cuda --fast compile`` on all 60,000 Fashion-MNIST
+   images (CUDA graphs): the fast path's note, ``compile_seconds``, the seconds of each 60,000-image
+   epoch, test ELBO;
+3. ``train-again``: the same configuration in a new process, 1 epoch: the compiled graph comes from
+   inductor's cache (``compile_seconds``);
+4. ``step-time``: the step against the hand-written eager PyTorch step on the GPU
+   (``benchmarks/speed.py --device cuda``, architectures only; it writes its CUDA section into
+   ``benchmarks/RESULTS.md``);
+5. ``torchrun``: ``torchrun --nproc-per-node 2 -m pyro_vae train --device cuda`` (NCCL with one GPU
+   a rank, gloo where two ranks share one GPU).
 
-Writes ``benchmarks/gpu.json`` (``--json``).  Without a CUDA device it says so in one line and exits 0.
+Writes ``benchmarks/gpu.json`` (``--json``). Without a CUDA device it says so in one line and exits
+0.
 
     python benchmarks/gpu_check.py [--data-dir FOLDER] [--copy-to DIR]
 """
@@ -33,7 +36,8 @@ ROOT = os.path.dirname(HERE)
 
 
 def run(cmd, limit, env=None):
-    """``(return code, seconds, output)`` of ``cmd`` run from the repository root, killed after ``limit`` s."""
+    """``(return code, seconds, output)`` of ``cmd`` run from the repository root, killed after
+    ``limit`` s."""
     start = time.perf_counter()
     try:
         proc = subprocess.run(

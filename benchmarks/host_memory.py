@@ -1,10 +1,12 @@
-"""Peak CPU memory of a long importance-sampled evaluation, with and without handing freed memory back to the OS.
+"""Peak CPU memory of a long importance-sampled evaluation, with and without handing freed memory
+back to the OS.
 
-``evaluate`` takes log p(x) one image at a time when K = 5000 (a Bernoulli decoder caps a pass at 2^22 values),
-so a 10k-image test split is 10k passes.  With a VampPrior each pass allocates [K, 500] float64 matrices beside
-the decoder's [K, 784] logits, and glibc's heap fragments: the VampPrior row's evaluation grew to 24 GB and was
-killed.  This runs ``log_likelihood`` over ``--images`` images (K = ``--samples``) of a VampPrior VAE with random
-weights, in a fresh process each way, and writes the peak resident memory (``ru_maxrss``) to ``--out``.
+``evaluate`` takes log p(x) one image at a time when K = 5000 (a Bernoulli decoder caps a pass at
+2^22 values), so a 10k-image test split is 10k passes. With a VampPrior each pass allocates [K, 500]
+float64 matrices beside the decoder's [K, 784] logits, and glibc's heap fragments: the VampPrior
+row's evaluation grew to 24 GB and was killed. This runs ``log_likelihood`` over ``--images`` images
+(K = ``--samples``) of a VampPrior VAE with random weights, in a fresh process each way, and writes
+the peak resident memory (``ru_maxrss``) to ``--out``.
 
     python benchmarks/host_memory.py --images 400 --out benchmarks/host_memory.json
 """
@@ -22,10 +24,12 @@ from pyro_vae.models import build_model
 if sys.argv[1] == "off":
     importance.release_freed_memory = lambda: False
 torch.manual_seed(0)
-vae = build_model(Config(prior="vampprior", pseudo_inputs=500, latent_dim=40, hidden_dims=[300, 300]), (1, 28, 28))
+vae = build_model(Config(prior="vampprior", pseudo_inputs=500, latent_dim=40, hidden_dims=[300,
+300]), (1, 28, 28))
 x = torch.rand(int(sys.argv[2]), 1, 28, 28).bernoulli()
 start = time.perf_counter()
-importance.log_likelihood(vae.model, vae.guide, x, num_samples=int(sys.argv[3]), max_elements=2**22 // 784)
+importance.log_likelihood(vae.model, vae.guide, x, num_samples=int(sys.argv[3]), max_elements=2**22
+// 784)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - start)
 """
 

@@ -1,11 +1,12 @@
-"""Time and peak memory of ``log_likelihood`` (importance-sampled log p(x)) as K grows, at a fixed chunk size.
+"""Time and peak memory of ``log_likelihood`` (importance-sampled log p(x)) as K grows, at a fixed
+chunk size.
 
-The 784-400-20 MLP VAE (Bernoulli likelihood, diagonal guide; untrained unless ``--run``
-names a trained run directory) scores the first ``--images`` Fashion-MNIST test images
-with K = each of ``--k`` importance samples, ``--max-elements`` particle×image pairs per
-pass.  Peak memory is CUDA's ``max_memory_allocated`` on a GPU and the process's peak
-RSS on a CPU (K runs in increasing order, so a peak set by K would show as growth).  The speed issue's GPU target: K = 5000 over the 10,000 test images within
-60 s, peak memory set by the chunk, not by K × N.  Each run replaces its device's
+The 784-400-20 MLP VAE (Bernoulli likelihood, diagonal guide; untrained unless ``--run`` names a
+trained run directory) scores the first ``--images`` Fashion-MNIST test images with K = each of
+``--k`` importance samples, ``--max-elements`` particle×image pairs per pass. Peak memory is CUDA's
+``max_memory_allocated`` on a GPU and the process's peak RSS on a CPU (K runs in increasing order,
+so a peak set by K would show as growth). The speed issue's GPU target: K = 5000 over the 10,000
+test images within 60 s, peak memory set by the chunk, not by K × N. Each run replaces its device's
 section of ``benchmarks/LOG_LIKELIHOOD.md``.
 
     python benchmarks/log_likelihood.py --images 100 --k 500,5000          # CPU
@@ -29,9 +30,13 @@ from pyro_vae.training.trainer import resolve_device
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from speed import machine, write_section  # noqa: E402  (benchmarks/speed.py: one results-file format)
+# noqa: E402  (benchmarks/speed.py: one results-file format)
+from speed import machine, write_section  # noqa: E402
 
-LOG_LIKELIHOOD_TITLE = "# log_likelihood: time and peak memory against K\n\nWritten by `benchmarks/log_likelihood.py`.\n"
+LOG_LIKELIHOOD_TITLE = (
+    "# log_likelihood: time and peak memory against K\n\nWritten by "
+    "`benchmarks/log_likelihood.py`.\n"
+)
 
 
 def peak_bytes(device):
@@ -69,7 +74,8 @@ def main(args):
         seconds = time.perf_counter() - start
         peak = peak_bytes(device)
         rows.append(
-            f"| {k} | {len(x)} | {args.max_elements} | {seconds:.2f} | {seconds * 10000 / len(x):.1f} | "
+            f"| {k} | {len(x)} | {args.max_elements} | {seconds:.2f} | "
+            f"{seconds * 10000 / len(x):.1f} | "
             f"{peak / 2**20:.1f} | {nll:.2f} |"
         )
         print(rows[-1])
@@ -85,9 +91,11 @@ def main(args):
                 f"### {key}: {name}",
                 "",
                 f"{datetime.date.today()}, torch {torch.__version__}, pyro {pyro.__version__}; "
-                f"{'run ' + args.run if args.run else 'untrained 784-400-20 VAE'}; peak memory: {memory}.",
+                f"{'run ' + args.run if args.run else 'untrained 784-400-20 VAE'}; peak memory: "
+                f"{memory}.",
                 "",
-                "| K | images | max elements | seconds | seconds per 10,000 images | peak memory (MiB) | NLL (nats) |",
+                "| K | images | max elements | seconds | seconds per 10,000 images | peak memory "
+                "(MiB) | NLL (nats) |",
                 "| --- | --- | --- | --- | --- | --- | --- |",
                 *rows,
             ]

@@ -1,11 +1,10 @@
 """Cost of K = 1, 8, 50 vectorized particles per training step, relative to K = 1.
 
-One trainer step (forward, backward, Adam update; the fast path where it applies) of the built-in 784-400-20 MLP VAE
-(Bernoulli likelihood, diagonal guide) on a batch of 128 Fashion-MNIST images, for
-each estimator and K.  Runs are interleaved (every round times each (estimator, K)
-once, in a shuffled order) and the median over rounds is reported, so drifts in
-machine load hit every configuration alike.  Writes a Markdown table
-(default ``benchmarks/PARTICLES.md``).
+One trainer step (forward, backward, Adam update; the fast path where it applies) of the built-in
+784-400-20 MLP VAE (Bernoulli likelihood, diagonal guide) on a batch of 128 Fashion-MNIST images,
+for each estimator and K. Runs are interleaved (every round times each (estimator, K) once, in a
+shuffled order) and the median over rounds is reported, so drifts in machine load hit every
+configuration alike. Writes a Markdown table (default ``benchmarks/PARTICLES.md``).
 
     python benchmarks/particles.py --device cpu --rounds 20
 """
@@ -25,7 +24,8 @@ from pyro_vae.training.trainer import resolve_device
 
 
 def make_step(elbo, k, x, num_data):
-    """A closure running one training step of a fresh VAE with estimator ``elbo`` and ``k`` particles."""
+    """A closure running one training step of a fresh VAE with estimator ``elbo`` and ``k``
+    particles."""
     config = Config(hidden_dims=[400], latent_dim=20, elbo=elbo, particles=k)
     vae = build_model(config, x.shape[1:], num_data=num_data).to(x.device)
     trainer = Trainer(vae.model, vae.guide, elbo, k, progress=False, modules=[vae])
@@ -80,13 +80,16 @@ def main(args):
     name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
-        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
+        "threads"
     )
     lines = [
         "# Cost of vectorized particles",
         "",
-        f"One trainer step (forward, backward, Adam; the fast path where it applies) of the 784-400-20 MLP VAE, batch {args.batch_size}, "
-        f"on {device.type} ({name}); median of {args.rounds} interleaved rounds after {args.warmup} warm-up "
+        "One trainer step (forward, backward, Adam; the fast path where it applies) of the "
+        f"784-400-20 MLP VAE, batch {args.batch_size}, "
+        f"on {device.type} ({name}); median of {args.rounds} interleaved rounds after "
+        f"{args.warmup} warm-up "
         f"rounds; torch {torch.__version__}, pyro {pyro.__version__}.  Produced by "
         f"`python benchmarks/particles.py {' '.join(args.argv)}`.",
         "",

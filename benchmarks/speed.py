@@ -1,31 +1,32 @@
 """Training-step cost: hand-written PyTorch vs plain Pyro SVI vs pyro_vae's trainer, side by side.
 
-Four tables, each timed with interleaved rounds in one process (medians), so that a machine shared with
-other jobs slows every runner alike:
+Four tables, each timed with interleaved rounds in one process (medians), so that a machine shared
+with other jobs slows every runner alike:
 
-1. **Architectures.** For two sizes, the steps use the same networks (pyro_vae.models.nets.MLP), the same
-   device-resident data sliced by index, Adam with lr 1e-3 and the one-sample ELBO:
+1. **Architectures.** For two sizes, the steps use the same networks (pyro_vae.models.nets.MLP), the
+   same device-resident data sliced by index, Adam with lr 1e-3 and the one-sample ELBO:
 
-   (a) ``eager``:        a hand-written PyTorch VAE step, ``torch.optim.Adam(params)`` as a user writes it;
-   (a') ``eager-fused``: the same with ``torch.optim.Adam(params, fused=True)`` (the kernel pyro_vae uses);
-   (b) ``pyro``:         ``pyro.infer.SVI(model, guide, pyro.optim.Adam, Trace_ELBO()).step``;
-   (b') ``pyro-jit``:    the same with ``JitTrace_ELBO``;
-   (c) ``pyro_vae``:     the trainer's own step (``Trainer.svi.step``), fast path included: loss and
-       gradients replayed from one traced graph (the fx graph), fused Adam, the NaN guard on the device;
+   (a) ``eager``: a hand-written PyTorch VAE step, ``torch.optim.Adam(params)`` as a user writes it;
+   (a') ``eager-fused``: the same with ``torch.optim.Adam(params, fused=True)`` (the kernel pyro_vae
+   uses); (b) ``pyro``: ``pyro.infer.SVI(model, guide, pyro.optim.Adam, Trace_ELBO()).step``; (b')
+   ``pyro-jit``: the same with ``JitTrace_ELBO``; (c) ``pyro_vae``: the trainer's own step
+   (``Trainer.svi.step``), fast path included: loss and
+       gradients replayed from one traced graph (the fx graph), fused Adam, the NaN guard on the
+       device;
    (c') ``pyro_vae-inductor``: the same graph compiled by TorchInductor (what a long run chooses).
 
 2. **Epochs.** Whole 60,000-image epochs (``eager`` loop, ``pyro`` SVI loop, ``Trainer.fit``).
 3. **Configurations.** Every configuration of ``pyro-vae train`` (hidden 64, z 8, batch 128, as
-   ``pyro_vae.app.experiment.train`` builds it) and a user's own pair (Pyro's tutorial VAE, 784-400-20):
-   the trainer's step against plain Pyro SVI on the same pair and estimator, and against a hand-written
-   eager twin where one exists (plain VAE, β/warm-up VAE, conv VAE), with the compiled (inductor) step
-   and its compile time for those.
-4. **Processes.** A whole ``pyro-vae train --kl-warmup-epochs 1 --epochs 2`` against a hand-written eager
-   script doing the same (same data loader, nets, warm-up, test ELBO per epoch), wall time.
+   ``pyro_vae.app.experiment.train`` builds it) and a user's own pair (Pyro's tutorial VAE,
+   784-400-20): the trainer's step against plain Pyro SVI on the same pair and estimator, and
+   against a hand-written eager twin where one exists (plain VAE, β/warm-up VAE, conv VAE), with the
+   compiled (inductor) step and its compile time for those.
+4. **Processes.** A whole ``pyro-vae train --kl-warmup-epochs 1 --epochs 2`` against a hand-written
+   eager script doing the same (same data loader, nets, warm-up, test ELBO per epoch), wall time.
 
-    python benchmarks/speed.py                       # CPU, all tables → benchmarks/RESULTS.md
-    python benchmarks/speed.py --device cuda --rounds 30
-    python benchmarks/speed.py --configs vae,conv --epoch-rounds 0 --process-rounds 0   # a quick look
+    python benchmarks/speed.py # CPU, all tables → benchmarks/RESULTS.md python benchmarks/speed.py
+    --device cuda --rounds 30 python benchmarks/speed.py --configs vae,conv --epoch-rounds 0
+    --process-rounds 0 # a quick look
 """
 
 import argparse
@@ -95,8 +96,8 @@ def sync(device):
 
 
 def make_runners(hidden, latent, batch, data, compile=False):
-    """``{name: step(x)}`` for the five (six with ``compile``) steps, and ``{name: param store scope}`` for the
-    Pyro ones."""
+    """``{name: step(x)}`` for the five (six with ``compile``) steps, and ``{name: param store
+    scope}`` for the Pyro ones."""
     num_data, device = len(data), data.device
     runners = {}
     for name, options in (("eager", {}), ("eager-fused", {"fused": True})):
@@ -135,7 +136,8 @@ def make_runners(hidden, latent, batch, data, compile=False):
     return runners, scopes, trainer
 
 
-COMPILE_SECONDS = {}  # (hidden, latent, batch) or configuration name -> seconds the inductor compile took
+# (hidden, latent, batch) or configuration name -> seconds the inductor compile took
+COMPILE_SECONDS = {}
 
 
 def bench_steps(hidden, latent, batch, data, rounds, steps, warmup, compile=False):
@@ -145,7 +147,8 @@ def bench_steps(hidden, latent, batch, data, rounds, steps, warmup, compile=Fals
 
 
 def bench_epochs(hidden, latent, batch, data, rounds):
-    """Median seconds per epoch (60,000 images by default): an eager loop, a Pyro SVI loop and ``Trainer.fit``, interleaved."""
+    """Median seconds per epoch (60,000 images by default): an eager loop, a Pyro SVI loop and
+    ``Trainer.fit``, interleaved."""
     device = data.device
     images = ImageData(train=data, train_labels=None, test=None, test_labels=None, binarize="none")
     runners, scopes, trainer = make_runners(hidden, latent, batch, data)
@@ -162,7 +165,9 @@ def bench_epochs(hidden, latent, batch, data, rounds):
             loop(runners["eager"])
         ),  # float(): the loop's one host read, as fit's metrics
         "pyro": lambda: loop(runners["pyro"]),
-        # the epoch's own "seconds" metric: the loop, without fit's once-per-call checks of the data and the pair
+        # the epoch's own "seconds" metric: the loop, without fit's once-per-call checks of the data
+        # and the
+        # pair
         "pyro_vae": lambda: trainer.fit(images, trainer.epoch + 1, batch_size=batch)[-1]["seconds"],
     }
     times = {k: [] for k in epochs}
@@ -178,7 +183,8 @@ def bench_epochs(hidden, latent, batch, data, rounds):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-# -- configurations ---------------------------------------------------------------------------------
+# -- configurations
+# ---------------------------------------------------------------------------------
 CONFIG_ARCH = dict(
     latent_dim=8, hidden_dims=[64]
 )  # the CLI measurement of issue 16: hidden 64, z 8, batch 128
@@ -207,8 +213,9 @@ CONFIGS = {  # name: (Config options, eager twin: None, "vae" or "beta")
 
 
 class TutorialVAE(torch.nn.Module):
-    """A user's own pair in the style of Pyro's VAE tutorial (784-400-20, softplus hidden units, Bernoulli
-    means through a sigmoid): plain ``model``/``guide`` functions, no pyro_vae classes, no declarations."""
+    """A user's own pair in the style of Pyro's VAE tutorial (784-400-20, softplus hidden units,
+    Bernoulli means through a sigmoid): plain ``model``/``guide`` functions, no pyro_vae classes, no
+    declarations."""
 
     def __init__(self, hidden=400, latent=20):
         super().__init__()
@@ -247,7 +254,8 @@ class TutorialVAE(torch.nn.Module):
 
 def build_pair(name, num_data, device):
     """``(module, model, guide, elbo factory, β tensor or None)`` of configuration ``name``, as
-    ``pyro_vae.app.experiment.train`` builds it (β-VAE, warm-up and free bits wrap the pair with tensor weights)."""
+    ``pyro_vae.app.experiment.train`` builds it (β-VAE, warm-up and free bits wrap the pair with
+    tensor weights)."""
     from pyro_vae import Config, make_elbo
     from pyro_vae.estimators.variants import KLSchedule, beta_scale
     from pyro_vae.models import build_model
@@ -266,14 +274,15 @@ def build_pair(name, num_data, device):
         schedule.set_epoch(1)
         model, guide = beta_scale(model, beta), beta_scale(guide, beta)
         if config.free_bits:
-            elbo = lambda: make_elbo("free-bits", config.particles, free_bits=config.free_bits)  # noqa: E731
+            # noqa: E731
+            elbo = lambda: make_elbo("free-bits", config.particles, free_bits=config.free_bits)
     return vae, model, guide, elbo, beta
 
 
 def bench_configs(names, data, labels, batch, rounds, steps, warmup, compile=True):
-    """``{name: {runner: ms per step}}`` and ``{name: fast-path note}``: ``pyro`` (SVI), ``pyro_vae``
-    (the trainer's step, fx replay or the plain path), ``pyro_vae-inductor`` and ``eager``
-    (the hand-written twin) where the configuration has one."""
+    """``{name: {runner: ms per step}}`` and ``{name: fast-path note}``: ``pyro`` (SVI),
+    ``pyro_vae`` (the trainer's step, fx replay or the plain path), ``pyro_vae-inductor`` and
+    ``eager`` (the hand-written twin) where the configuration has one."""
     device, num_data = data.device, len(data)
     store = pyro.get_param_store()
     results, notes = {}, {}
@@ -313,7 +322,8 @@ def bench_configs(names, data, labels, batch, rounds, steps, warmup, compile=Tru
 
 
 def interleave(runners, scopes, data, batch, rounds, steps, warmup, kwargs_of=lambda idx: {}):
-    """Median ms per step of each runner over interleaved rounds of ``steps`` steps on random batches."""
+    """Median ms per step of each runner over interleaved rounds of ``steps`` steps on random
+    batches."""
     device, num_data = data.device, len(data)
     store = pyro.get_param_store()
     times = {k: [] for k in runners}
@@ -346,8 +356,10 @@ def short(note):
     return note.split(", replayed by ")[1].split(" (")[0] if ", replayed by " in note else note
 
 
-# -- whole processes ----------------------------------------------------------------------------------
-# (hidden, latent, batch) of the timed processes: the README's 784-400-20, and an overhead-bound net
+# -- whole processes
+# ---------------------------------------------------------------------------------- (hidden,
+# latent,
+# batch) of the timed processes: the README's 784-400-20, and an overhead-bound net
 PROCESS_SHAPES = ((400, 20, 128), (32, 8, 32))
 
 
@@ -392,7 +404,8 @@ def eager_train(args):
                 log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
                 elbo += float((log_px + log_pz - q.log_prob(z).sum(-1)).sum())
         print(
-            f"epoch {epoch + 1} train_loss {float(total) / len(data.train):.2f} test_elbo {elbo / len(data.test):.2f}"
+            f"epoch {epoch + 1} train_loss {float(total) / len(data.train):.2f} test_elbo "
+            f"{elbo / len(data.test):.2f}"
         )
     torch.save(vae.state_dict(), os.path.join(args.eager_train, "checkpoint.pt"))
 
@@ -417,8 +430,18 @@ def bench_processes(device, rounds):
                         cmd = [sys.executable, os.path.abspath(__file__), "--eager-train", out,
                                "--eager-shape", ",".join(map(str, shape))]  # fmt: skip
                     else:
-                        cmd = [sys.executable, "-m", "pyro_vae", "train", *process_flags(*shape),
-                               "--quiet", "--no-pictures", "--out", os.path.join(out, "run")]  # fmt: skip
+                        cmd = [
+                            sys.executable,
+                            "-m",
+                            "pyro_vae",
+                            "train",
+                            *process_flags(*shape),
+                            # fmt: skip
+                            "--quiet",
+                            "--no-pictures",
+                            "--out",
+                            os.path.join(out, "run"),
+                        ]
                     cmd += ["--device", str(device)]
                     t0 = time.perf_counter()
                     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -436,7 +459,10 @@ def main(args):
         return eager_train(args)
     torch.manual_seed(0)
     key, dev = machine(device)
-    stamp = f"{datetime.date.today()}, torch {torch.__version__}, pyro {pyro.__version__}, pyro_vae {pyro_vae.__version__}"
+    stamp = (
+        f"{datetime.date.today()}, torch {torch.__version__}, pyro {pyro.__version__}, "
+        f"pyro_vae {pyro_vae.__version__}"
+    )
     sections = []
     if args.archs:
         sections.append((key, arch_section(args, device, key, dev, stamp)))
@@ -468,7 +494,8 @@ def arch_section(args, device, key, dev, stamp):
             for runner, value in sec.items():
                 epochs.append(f"| {name} | {runner} | {value:.2f} | {value / sec['eager']:.2f} |")
                 print(
-                    f"{name:36s} {runner:18s} {value:8.2f} s/epoch  ratio {value / sec['eager']:.2f}"
+                    f"{name:36s} {runner:18s} {value:8.2f} s/epoch  ratio "
+                    f"{value / sec['eager']:.2f}"
                 )
     compiled = "; ".join(
         f"{h}-{z} batch {b}: {s:.1f} s"
@@ -478,7 +505,8 @@ def arch_section(args, device, key, dev, stamp):
     lines = [
         f"### {key}: {dev}",
         "",
-        f"{stamp}; steps: median of {args.rounds} interleaved rounds × {args.steps} steps after {args.warmup} "
+        f"{stamp}; steps: median of {args.rounds} interleaved rounds × {args.steps} steps after "
+        f"{args.warmup} "
         f"warm-up steps"
         + (
             f"; epochs: median of {args.epoch_rounds} interleaved rounds after one warm-up epoch"
@@ -506,7 +534,8 @@ def config_section(args, device, key, dev, stamp):
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
         raise SystemExit(
-            f"unknown --configs {', '.join(unknown)}; choose from {', '.join(CONFIGS)} (or all, none)"
+            f"unknown --configs {', '.join(unknown)}; choose from {', '.join(CONFIGS)} (or all, "
+            "none)"
         )
     data = torch.bernoulli(torch.full((args.num_data, *X_SHAPE), 0.3, device=device))
     labels = torch.randint(10, (args.num_data,), device=device)
@@ -530,10 +559,13 @@ def config_section(args, device, key, dev, stamp):
             [
                 f"### {key}, configurations: {dev}",
                 "",
-                f"{stamp}; hidden 64, z 8, batch 128 (user-pair: 784-400-20), random binary images; median of "
-                f"{args.config_rounds} interleaved rounds × {args.config_steps} steps after {args.warmup} warm-up steps.",
+                f"{stamp}; hidden 64, z 8, batch 128 (user-pair: 784-400-20), random binary "
+                "images; median of "
+                f"{args.config_rounds} interleaved rounds × {args.config_steps} steps after "
+                f"{args.warmup} warm-up steps.",
                 "",
-                "| configuration | fast path | pyro_vae ms | pyro SVI ms | ratio to pyro | eager twin ms | ratio to eager "
+                "| configuration | fast path | pyro_vae ms | pyro SVI ms | ratio to pyro | eager "
+                "twin ms | ratio to eager "
                 "| inductor ms | inductor ratio to eager | compile s |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
                 *rows,
@@ -551,7 +583,8 @@ def process_section(args, device, key, dev, stamp):
         print(f"{shape}: eager {sec['eager']:.1f} s, pyro-vae train {sec['pyro-vae train']:.1f} s")
         rows += [
             f"| 784-{shape[0]}-{shape[1]}, batch {shape[2]} | eager script "
-            f"(`benchmarks/speed.py --eager-train DIR --eager-shape {','.join(map(str, shape))}`) | "
+            f"(`benchmarks/speed.py --eager-train DIR --eager-shape {','.join(map(str, shape))}`) "
+            "| "
             f"{sec['eager']:.1f} | 1.00 |",
             f"| 784-{shape[0]}-{shape[1]}, batch {shape[2]} | `pyro-vae train {flags} --quiet "
             f"--no-pictures` | {sec['pyro-vae train']:.1f} | {ratio:.2f} |",
@@ -570,7 +603,8 @@ def process_section(args, device, key, dev, stamp):
 
 
 def machine(device):
-    """``(key, name)`` of a results section: ``("CPU, 2 threads", "x86_64")`` or ``("CUDA", "NVIDIA H100 ...")``."""
+    """``(key, name)`` of a results section: ``("CPU, 2 threads", "x86_64")`` or ``("CUDA", "NVIDIA
+    H100 ...")``."""
     if device.type == "cuda":
         return "CUDA", torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
@@ -580,8 +614,8 @@ def machine(device):
 def write_section(
     path, key, section, head="# Training-step speed\n\nWritten by `benchmarks/speed.py`.\n"
 ):
-    """Replace (or add) the section ``### KEY: ...`` of a results file, keeping the others and the text above
-    them (``head`` for a new file)."""
+    """Replace (or add) the section ``### KEY: ...`` of a results file, keeping the others and the
+    text above them (``head`` for a new file)."""
     sections = {}
     if os.path.exists(path):
         head, *parts = open(path).read().split("\n### ")
@@ -626,13 +660,16 @@ def parse_args(argv=None):
         "--process-rounds",
         type=int,
         default=3,
-        help="whole pyro-vae train processes against the eager script (0: skip; needs Fashion-MNIST)",
+        help="whole pyro-vae train processes against the eager script (0: skip; needs "
+        "Fashion-MNIST)",
     )
     p.add_argument(
         "--eager-train", metavar="DIR", help=argparse.SUPPRESS
     )  # one eager process (bench_processes)
     p.add_argument(
-        "--eager-shape", type=lambda v: tuple(map(int, v.split(","))), default=(400, 20, 128),
+        "--eager-shape",
+        type=lambda v: tuple(map(int, v.split(","))),
+        default=(400, 20, 128),
         help=argparse.SUPPRESS,
     )  # hidden,latent,batch of that process
     p.add_argument(

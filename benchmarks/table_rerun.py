@@ -1,19 +1,21 @@
 """Rerun a row of benchmarks/fashion_mnist_full.json for a few epochs and compare with its record.
 
-    python benchmarks/table_rerun.py ROW [--epochs 3] [--tolerance 0.5] [--route recorded|auto|compile|trace]
-                                         [--out DIR] [--json FILE]
+    python benchmarks/table_rerun.py ROW [--epochs 3] [--tolerance 0.5] [--route
+                                         recorded|auto|compile|trace] [--out DIR] [--json FILE]
 
-The row's own ``command`` is run with ``--epochs`` set to 3 (everything else kept: ``--kl-warmup-epochs``
-fixes β per epoch whatever ``--epochs`` is) and ``--out`` moved to a scratch folder.  The fast-path route
-is forced to the one that produced the row (``--fast compile`` for "replayed by inductor", ``--fast trace``
-for "replayed by fx"): under ``--fast auto`` the route is picked from a *timed* fx step times the planned
-steps (pyro_vae.estimators.fast.COMPILE_WHEN_SECONDS), so a 2000-epoch run compiles while a 3-epoch rerun
-on a quiet machine replays by fx, and on a loaded machine the same 3-epoch command may compile.  The two
-routes round differently and their runs drift apart by nats within three epochs.
+The row's own ``command`` is run with ``--epochs`` set to 3 (everything else kept:
+``--kl-warmup-epochs`` fixes β per epoch whatever ``--epochs`` is) and ``--out`` moved to a scratch
+folder. The fast-path route is forced to the one that produced the row (``--fast compile`` for
+"replayed by inductor", ``--fast trace`` for "replayed by fx"): under ``--fast auto`` the route is
+picked from a *timed* fx step times the planned steps
+(pyro_vae.estimators.fast.COMPILE_WHEN_SECONDS), so a 2000-epoch run compiles while a 3-epoch rerun
+on a quiet machine replays by fx, and on a loaded machine the same 3-epoch command may compile. The
+two routes round differently and their runs drift apart by nats within three epochs.
 
 Each of the epochs' ``validation_elbo``, ``test_elbo`` and ``train_loss`` is compared with the row's
-history; the rerun passes when every difference is within ``--tolerance`` nats.  Exit status 0 on pass,
-1 on a miss.  The row's ``commit`` (when recorded) is printed beside the commit checked out now.
+history; the rerun passes when every difference is within ``--tolerance`` nats. Exit status 0 on
+pass, 1 on a miss. The row's ``commit`` (when recorded) is printed beside the commit checked out
+now.
 """
 
 import argparse
@@ -30,7 +32,8 @@ FIGURES = ("validation_elbo", "test_elbo", "train_loss")
 
 
 def recorded_route(row):
-    """'compile' or 'trace': the route of the row's first epoch (its ``route`` field, else its note)."""
+    """'compile' or 'trace': the route of the row's first epoch (its ``route`` field, else its
+    note)."""
     if row.get("route") in ("compile", "trace"):
         return row["route"]
     note = row["history"][0].get("fast_path_note") or ""
@@ -74,7 +77,8 @@ def head_commit():
 
 
 def compare(row, metrics, epochs, tolerance):
-    """Rows of (epoch, figure, recorded, rerun, difference) and whether all are within ``tolerance``."""
+    """Rows of (epoch, figure, recorded, rerun, difference) and whether all are within
+    ``tolerance``."""
     recorded = {h["epoch"]: h for h in row["history"]}
     rerun = {m["epoch"]: m for m in metrics if "epoch" in m and "validation_elbo" in m}
     lines, ok = [], True
@@ -116,8 +120,11 @@ def main(argv=None):
     lines, ok = compare(row, metrics, args.epochs, args.tolerance)
     notes = sorted({m.get("fast_path_note") for m in metrics if m.get("fast_path_note")})
     print(
-        f"row {args.row}: recorded at commit {row.get('commit') or 'unrecorded, recorded in ' + str(row.get('recorded_in_commit'))} by "
-        f"{row.get('route', recorded_route(row))}; rerun at commit {head_commit()} by {route} ({'; '.join(notes)})"
+        f"row {args.row}: recorded at commit "
+        f"{row.get('commit') or 'unrecorded, recorded in ' + str(row.get('recorded_in_commit'))} "
+        "by "
+        f"{row.get('route', recorded_route(row))}; rerun at commit {head_commit()} by {route} "
+        f"({'; '.join(notes)})"
     )
     for epoch, name, a, b, d in lines:
         fa = "—" if a is None else f"{a:.2f}"

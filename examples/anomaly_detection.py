@@ -1,4 +1,5 @@
-"""Anomaly detection with a VAE: train on Fashion-MNIST without one class, flag that class by its likelihood.
+"""Anomaly detection with a VAE: train on Fashion-MNIST without one class, flag that class by its
+likelihood.
 
 A VAE trained on the normal classes only assigns the held-out class a lower marginal likelihood,
 so the per-image score −log p(x) (importance-sampled, [1]) or −ELBO separates the two; the

@@ -14,16 +14,16 @@ layers of [1] (``--activation gated``, rows ``vae-gated`` and ``vampprior-gated`
 from [1]: the other rows use ReLU MLPs instead of gated dense layers; importance-weighted rows
 train without warm-up (a β inside a log-sum-exp no longer gives a bound, so pyro_vae refuses it).
 
-Each row is a plain ``pyro_vae.Config`` trained by ``pyro_vae.app.experiment.train`` and
-evaluated by ``evaluate_run``; its ``command`` is the ``pyro-vae train`` line that reproduces
-the run from epoch 1 with its seed.  Results: ``{"rows": [...]}`` in
-``benchmarks/fashion_mnist_full.json`` for the protocol's budget (elsewhere ``OUT/fashion_mnist_full.json``,
-so a small budget never overwrites the measured rows), and a markdown table next to it.
+Each row is a plain ``pyro_vae.Config`` trained by ``pyro_vae.app.experiment.train`` and evaluated
+by ``evaluate_run``; its ``command`` is the ``pyro-vae train`` line that reproduces the run from
+epoch 1 with its seed. Results: ``{"rows": [...]}`` in ``benchmarks/fashion_mnist_full.json`` for
+the protocol's budget (elsewhere ``OUT/fashion_mnist_full.json``, so a small budget never overwrites
+the measured rows), and a markdown table next to it.
 
-    python examples/benchmark_fashion_mnist.py --device cuda                # the protocol (GPU, hours per row)
-    python examples/benchmark_fashion_mnist.py --device cuda --resume       # continue it after a stop
-    python examples/benchmark_fashion_mnist.py --epochs 5 --warmup 2 --nll-samples 500 --test-limit 1000
-    python examples/benchmark_fashion_mnist.py --smoke
+    python examples/benchmark_fashion_mnist.py --device cuda # the protocol (GPU, hours per row)
+    python examples/benchmark_fashion_mnist.py --device cuda --resume # continue it after a stop
+    python examples/benchmark_fashion_mnist.py --epochs 5 --warmup 2 --nll-samples 500 --test-limit
+    1000 python examples/benchmark_fashion_mnist.py --smoke
 
 References:
     1. J. M. Tomczak, M. Welling, "VAE with a VampPrior", AISTATS 2018.
@@ -125,7 +125,8 @@ def base_config(args, name):
 
 
 def command(config):
-    """The ``pyro-vae train`` line of a config: its non-default fields, and always the seed and the device."""
+    """The ``pyro-vae train`` line of a config: its non-default fields, and always the seed and the
+    device."""
     default = Config().to_dict()
     parts = ["pyro-vae train"]
     for k, v in config.to_dict().items():
@@ -176,29 +177,34 @@ def run_row(args, name, device):
         "device": device,
         "hours": sum(m["seconds"] for m in history) / 3600,  # training, over every resume
         "eval_hours": (time.perf_counter() - start - trained) / 3600,
-        # the run's metrics rows (its metrics.jsonl), without the per-dimension KL lists (in TensorBoard)
+        # the run's metrics rows (its metrics.jsonl), without the per-dimension KL lists (in
+        # TensorBoard)
         "history": [{k: v for k, v in m.items() if k != "kl_per_dim"} for m in history],
     }
 
 
 def markdown(rows):
     lines = [
-        "| configuration | NLL (nats) | epochs (best) | published NLL (row) | NLL − published | device, hours "
+        "| configuration | NLL (nats) | epochs (best) | published NLL (row) | NLL − published | "
+        "device, hours "
         "| reproduce |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         pub = r["published"]
         lines.append(
-            f"| {r['row']} | {r['nll']:.2f} (K={r['nll_samples']}, {r['images']} images) | {r['epochs']} "
-            f"({r['best_epoch']}) | {pub['nll']:.2f} ({pub['row']}) | {r['nll'] - pub['nll']:+.2f} | "
+            f"| {r['row']} | {r['nll']:.2f} (K={r['nll_samples']}, {r['images']} images) | "
+            f"{r['epochs']} "
+            f"({r['best_epoch']}) | {pub['nll']:.2f} ({pub['row']}) | "
+            f"{r['nll'] - pub['nll']:+.2f} | "
             f"{r['device']}, {r['hours']:.2f} h | `{r['command']}` |"
         )
     return "\n".join(lines) + "\n"
 
 
 def results_path(args):
-    """``benchmarks/fashion_mnist_full.json`` at the protocol's budget, else ``OUT/fashion_mnist_full.json``."""
+    """``benchmarks/fashion_mnist_full.json`` at the protocol's budget, else
+    ``OUT/fashion_mnist_full.json``."""
     if args.results:
         return args.results
     protocol = all(getattr(args, k) == v for k, v in PROTOCOL.items()) and not args.smoke
@@ -233,8 +239,8 @@ def _load(path):
 
 
 def write_results(path, rows):
-    """Merge ``rows`` into ``path`` as ``{"rows": [...]}`` (rows measured earlier stay) and write the table beside it
-    (``.md``)."""
+    """Merge ``rows`` into ``path`` as ``{"rows": [...]}`` (rows measured earlier stay) and write
+    the table beside it (``.md``)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     done = {r["row"] for r in rows}
     merged = [r for r in _load(path) if r["row"] not in done]

@@ -5,7 +5,8 @@ weighted by β (:func:`pyro_vae.estimators.variants.beta_scale`, ``--beta``) and
 reconstruction term E_q log p(x|z) and KL per image.  Larger β buys a smaller KL with a
 worse reconstruction.
 
-References: 1. Higgins et al. 2017, "β-VAE: Learning Basic Visual Concepts with a Constrained Variational Framework".
+References: 1. Higgins et al. 2017, "β-VAE: Learning Basic Visual Concepts with a Constrained
+Variational Framework".
 """
 
 import json
@@ -44,7 +45,8 @@ def main(args):
             "elbo": (recon - kl).mean().item(),
         }
         print(
-            f"β = {beta:g}: recon {rows[f'beta={beta:g}']['recon']:.2f}  KL {rows[f'beta={beta:g}']['kl']:.2f} "
+            f"β = {beta:g}: recon {rows[f'beta={beta:g}']['recon']:.2f}  KL "
+            f"{rows[f'beta={beta:g}']['kl']:.2f} "
             f"nats per image"
         )
     with open(os.path.join(args.out, "beta_vae.json"), "w") as f:

@@ -1,4 +1,5 @@
-"""Conv VAE with a discretized logistic mixture likelihood on CIFAR-10, scored in bits per dimension.
+"""Conv VAE with a discretized logistic mixture likelihood on CIFAR-10, scored in bits per
+dimension.
 
 Colour-image VAEs model the 8-bit sub-pixels x_d ∈ {0, …, 255} with a discrete likelihood and
 report −log p(x) / (D ln 2) bits per dimension (D = 3·32·32 = 3072).  Here p(x | z) is a
@@ -8,8 +9,10 @@ stride-2 conv nets, and log p(x) is estimated by importance sampling with the gu
 
 This is the same run as::
 
-    pyro-vae train --dataset cifar10 --binarize none --likelihood discretized-logistic --mixtures 10 \\
-        --net conv --latent-dim 128 --hidden-dims 512 --epochs 100 --batch-size 64 --lr 5e-4 --out runs/cifar10
+    pyro-vae train --dataset cifar10 --binarize none --likelihood discretized-logistic --mixtures 10
+    \\
+        --net conv --latent-dim 128 --hidden-dims 512 --epochs 100 --batch-size 64 --lr 5e-4 --out
+        runs/cifar10
     pyro-vae evaluate runs/cifar10 --nll-samples 1000
 
 Expected: a one-layer VAE with a factorized decoder like this one ends far above the deep
@@ -22,12 +25,13 @@ a colour shift per image, pixel noise worth ≈ 5 bits/dim), which need no downl
 CIFAR-10 is downloaded by torchvision into ``$PYRO_VAE_DATA`` (or ``--data-dir``).
 
 References:
-    1. T. Salimans, A. Karpathy, X. Chen, D. P. Kingma, "PixelCNN++: Improving the PixelCNN with Discretized
-       Logistic Mixture Likelihood and Other Modifications", ICLR 2017.
-    2. D. P. Kingma, T. Salimans, R. Jozefowicz, X. Chen, I. Sutskever, M. Welling, "Improved Variational
-       Inference with Inverse Autoregressive Flow", NeurIPS 2016.
+    1. T. Salimans, A. Karpathy, X. Chen, D. P. Kingma, "PixelCNN++: Improving the PixelCNN with
+       Discretized Logistic Mixture Likelihood and Other Modifications", ICLR 2017.
+    2. D. P. Kingma, T. Salimans, R. Jozefowicz, X. Chen, I. Sutskever, M. Welling, "Improved
+       Variational Inference with Inverse Autoregressive Flow", NeurIPS 2016.
     3. A. Vahdat, J. Kautz, "NVAE: A Deep Hierarchical Variational Autoencoder", NeurIPS 2020.
-    4. R. Child, "Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them on Images", ICLR 2021.
+    4. R. Child, "Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them on
+       Images", ICLR 2021.
 """
 
 import json
@@ -41,8 +45,9 @@ from pyro_vae.app.scripts import int_list, parse_script_args, script_parser
 
 
 def smoke_images(n=256, size=32, channels=3, seed=0):
-    """uint8 ``[n, size, size, channels]``: one smooth pattern shared by all images, a random colour shift per image
-    (±0.15) and pixel noise (σ = 0.03): learnable in a few steps, with ≈ 5 bits/dim of noise left to model."""
+    """uint8 ``[n, size, size, channels]``: one smooth pattern shared by all images, a random colour
+    shift per image (±0.15) and pixel noise (σ = 0.03): learnable in a few steps, with ≈ 5 bits/dim
+    of noise left to model."""
     rng = np.random.default_rng(seed)
     u = np.linspace(0, 2 * np.pi, size)
     pattern = 0.5 + 0.25 * np.sin(u[:, None, None] + np.arange(channels)) * np.cos(
@@ -58,7 +63,8 @@ def smoke_images(n=256, size=32, channels=3, seed=0):
 
 
 def write_smoke_images(folder, n=256, size=32, seed=0):
-    """Save :func:`smoke_images` as PNGs in ``folder`` (the smoke run's data); returns ``folder``."""
+    """Save :func:`smoke_images` as PNGs in ``folder`` (the smoke run's data); returns
+    ``folder``."""
     from PIL import Image
 
     os.makedirs(folder, exist_ok=True)

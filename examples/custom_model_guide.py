@@ -69,7 +69,8 @@ def main(args):
     result = evaluate(model, guide, data.test, nll_samples=args.nll_samples)
     save_run_pictures(model, guide, data.test[:64], args.out)
     print(
-        f"first epoch test ELBO {history[0]['test_elbo']:.2f}, last {history[-1]['test_elbo']:.2f}; "
+        f"first epoch test ELBO {history[0]['test_elbo']:.2f}, last "
+        f"{history[-1]['test_elbo']:.2f}; "
         f"test NLL ({args.nll_samples} samples) {result['nll']:.2f}; pictures in {args.out}"
     )
     return history, result

@@ -2,8 +2,8 @@
 
 Writes ``class_K.png`` (prior samples of class K) for every class into the run directory.
 
-References: 1. Sohn, Lee, Yan 2015, "Learning Structured Output Representation using Deep Conditional Generative
-Models".
+References: 1. Sohn, Lee, Yan 2015, "Learning Structured Output Representation using Deep
+Conditional Generative Models".
 """
 
 import os
@@ -39,7 +39,8 @@ def main(args):
         for k in range(10)
     ]
     print(
-        f"test ELBO (labels marginalized) {history[-1]['test_elbo']:.2f}; samples: {args.out}/class_K.png"
+        f"test ELBO (labels marginalized) {history[-1]['test_elbo']:.2f}; samples: "
+        f"{args.out}/class_K.png"
     )
     return paths
 

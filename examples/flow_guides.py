@@ -1,12 +1,11 @@
 """Normalizing-flow guides: diagonal Gaussian vs IAF vs planar q(z|x) for one VAE on Fashion-MNIST.
 
 The three runs share everything (data, nets, decoder, estimator, budget) except the guide:
-``diagonal`` is q(z|x) = N(μ(h), diag σ(h)²); ``iaf`` pushes that Gaussian through
-``--flows`` conditional affine autoregressive layers [1]; ``planar`` through as many
-conditional planar layers [2].  A more flexible q tightens the ELBO towards log p(x)
-(the gap log p(x) − ELBO is KL(q(z|x) ‖ p(z|x))) and lets training fit a better decoder, so the example
-reports the test ELBO, the test NLL = −log p(x) by importance sampling [3], and their gap
-−NLL − ELBO.
+``diagonal`` is q(z|x) = N(μ(h), diag σ(h)²); ``iaf`` pushes that Gaussian through ``--flows``
+conditional affine autoregressive layers [1]; ``planar`` through as many conditional planar layers
+[2]. A more flexible q tightens the ELBO towards log p(x) (the gap log p(x) − ELBO is KL(q(z|x) ‖
+p(z|x))) and lets training fit a better decoder, so the example reports the test ELBO, the test NLL
+= −log p(x) by importance sampling [3], and their gap −NLL − ELBO.
 
 Everything is a plain call of the library (``Config`` + ``experiment.train`` + ``evaluate``);
 the same runs are ``pyro-vae train --guide iaf --flows 2``.  Run directories go under ``--out``.

@@ -1,4 +1,5 @@
-"""Hierarchical VAE: one vs two stochastic layers on Fashion-MNIST, with top-down and bottom-up guides.
+"""Hierarchical VAE: one vs two stochastic layers on Fashion-MNIST, with top-down and bottom-up
+guides.
 
 Trains, on the same budget (images, epochs, nets, estimator), a one-layer VAE with
 latent size d1 and two-layer hierarchies p(x|z1) p(z1|z2) p(z2) with sizes (d1, d2),

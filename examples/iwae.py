@@ -13,15 +13,16 @@ Burda et al.'s schedule (``--schedule burda``): stage i = 0 … 7 runs 3^i epoch
 learning rate 1e-3 · 10^(−i/7), 3280 epochs in all (``--stages`` keeps the first few).
 The paper's Adam ε = 1e-4 is not exposed by pyro_vae's optimizer (it uses 1e-8).
 
-Everything is a plain library call (``Config`` → :func:`pyro_vae.models.build_model`
-→ :class:`pyro_vae.Trainer` → :func:`pyro_vae.evaluate`); one run is also
-``pyro-vae train --elbo iwae --particles 5 --hidden-dims 200,200 --latent-dim 50 --activation tanh``.
-Run directories go under ``--out``.
+Everything is a plain library call (``Config`` → :func:`pyro_vae.models.build_model` →
+:class:`pyro_vae.Trainer` → :func:`pyro_vae.evaluate`); one run is also ``pyro-vae train --elbo iwae
+--particles 5 --hidden-dims 200,200 --latent-dim 50 --activation tanh``. Run directories go under
+``--out``.
 
 References:
-    1. Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016, arXiv:1509.00519.
-    2. G. Tucker, D. Lawson, S. Gu, C. J. Maddison. Doubly Reparameterized Gradient Estimators for Monte Carlo
-       Objectives. ICLR 2019, arXiv:1810.04152.
+    1. Y. Burda, R. Grosse, R. Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016,
+       arXiv:1509.00519.
+    2. G. Tucker, D. Lawson, S. Gu, C. J. Maddison. Doubly Reparameterized Gradient Estimators for
+       Monte Carlo Objectives. ICLR 2019, arXiv:1810.04152.
 """
 
 import json
@@ -39,7 +40,8 @@ from pyro_vae.training.trainer import resolve_device
 
 
 def burda_schedule(stages=8):
-    """Burda et al.'s schedule: ``[(epochs, lr)]`` with 3^i epochs at 1e-3 · 10^(−i/7) for stage i."""
+    """Burda et al.'s schedule: ``[(epochs, lr)]`` with 3^i epochs at 1e-3 · 10^(−i/7) for stage
+    i."""
     return [(3**i, 1e-3 * 10 ** (-i / 7)) for i in range(stages)]
 
 
@@ -51,7 +53,8 @@ def architecture(layers, hidden_dims, latent_dims):
         )
     if "hierarchical" not in MODELS:
         raise ValueError(
-            "--layers 2 needs the 'hierarchical' model, which is not registered in pyro_vae.app.experiment"
+            "--layers 2 needs the 'hierarchical' model, which is not registered in "
+            "pyro_vae.app.experiment"
         )
     return dict(
         model="hierarchical", hidden_dims=hidden_dims, latent_dims=latent_dims, guide="bottom-up"
@@ -60,7 +63,8 @@ def architecture(layers, hidden_dims, latent_dims):
 
 def run(config, schedule, data, nll_samples, progress=False):
     """Train ``config`` through ``schedule`` (``[(epochs, lr)]``) and return its test figures."""
-    pyro.clear_param_store()  # module names repeat across runs: each run starts from fresh parameters
+    # module names repeat across runs: each run starts from fresh parameters
+    pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     vae = build_model(config, data.x_shape, num_data=len(data.train)).to(data.train.device)
     os.makedirs(config.out, exist_ok=True)

@@ -4,7 +4,8 @@ The label is observed on ``--labeled`` class-balanced training images and enumer
 exactly with TraceEnum_ELBO on the others, plus the auxiliary classification term
 α log q(y|x) on labeled images (:mod:`pyro_vae.models.m2`).
 
-References: 1. Kingma, Rezende, Mohamed, Welling 2014, "Semi-Supervised Learning with Deep Generative Models".
+References: 1. Kingma, Rezende, Mohamed, Welling 2014, "Semi-Supervised Learning with Deep
+Generative Models".
 """
 
 import json

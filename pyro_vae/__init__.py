@@ -1,7 +1,7 @@
 """pyro_vae: variational autoencoders written the Pyro way.
 
-Every model and guide is a Pyro function, called the way :class:`pyro.infer.SVI` calls it; estimators
-are swapped by name with :func:`make_elbo`, guides with :func:`make_guide`.
+Every model and guide is a Pyro function, called the way :class:`pyro.infer.SVI` calls it;
+estimators are swapped by name with :func:`make_elbo`, guides with :func:`make_guide`.
 
 The names below are imported on first use (PEP 562), so ``import pyro_vae.app.config`` and
 ``pyro-vae --help`` do not import torch and Pyro.

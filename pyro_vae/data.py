@@ -73,7 +73,8 @@ def _copy_local_files(name, root, source):
 
 
 def load_images(name, root=None, train=True):
-    """Return ``(images, labels)``: uint8 ``[N, 1, 28, 28]`` and int64 ``[N]`` for one split of ``name``."""
+    """Return ``(images, labels)``: uint8 ``[N, 1, 28, 28]`` and int64 ``[N]`` for one split of
+    ``name``."""
     import torchvision
 
     if name not in DATASETS:
@@ -95,7 +96,8 @@ def load_images(name, root=None, train=True):
                 ds = cls(root, train=train, download=True)
             except Exception as e:  # no internet, blocked mirror, …
                 fixes = (
-                    f"put the four IDX files ({', '.join(FILES)}, gzipped or not) in a folder and pass "
+                    f"put the four IDX files ({', '.join(FILES)}, gzipped or not) in a folder and "
+                    "pass "
                     f"data_dir=FOLDER"
                 )
                 if name == "fashion-mnist":
@@ -105,14 +107,16 @@ def load_images(name, root=None, train=True):
                     )
                 reason = " ".join(str(e).split())[:300]
                 raise RuntimeError(
-                    f"could not load {name}: torchvision's download failed ({type(e).__name__}: {reason}) and no local "
+                    f"could not load {name}: torchvision's download failed ({type(e).__name__}: "
+                    f"{reason}) and no local "
                     f"copy was found under {root!r}. To fix: {fixes}."
                 ) from None
     return ds.data.unsqueeze(1), ds.targets.long()
 
 
 def _resolve_root(name, data_dir):
-    """A ``data_dir`` may be a torchvision root or a folder of raw IDX files; return a torchvision root."""
+    """A ``data_dir`` may be a torchvision root or a folder of raw IDX files; return a torchvision
+    root."""
     if data_dir is None:
         return default_root()
     if not os.path.isdir(data_dir):
@@ -130,16 +134,19 @@ def _resolve_root(name, data_dir):
 
 
 def check_source(name):
-    """``name`` is a known dataset or a ``folder:``/``npy:``/``pt:`` source whose path exists (one-line errors)."""
+    """``name`` is a known dataset or a ``folder:``/``npy:``/``pt:`` source whose path exists
+    (one-line errors)."""
     if not isinstance(name, str):
         raise TypeError(
-            f"dataset must be a name such as fashion-mnist or folder:PATH, got {type(name).__name__}"
+            "dataset must be a name such as fashion-mnist or folder:PATH, got "
+            f"{type(name).__name__}"
         )
     kind, arg = datasets.parse_source(name)
     if kind is None and name not in DATASETS:
         names = ", ".join([*DATASETS, *datasets.TORCHVISION])
         raise ValueError(
-            f"unknown dataset {name!r}; choose one of {names}, or folder:PATH, npy:PATH (.npy, .npz, "
+            f"unknown dataset {name!r}; choose one of {names}, or folder:PATH, npy:PATH (.npy, "
+            ".npz, "
             f".pt)"
         )
     path = arg.partition(",")[0] if kind == "array" else arg
@@ -153,7 +160,8 @@ def check_source(name):
 
 
 def read_source(name, data_dir=None, image_size=None, labels=None):
-    """``(train_x, train_y, test_x, test_y)`` of any source (``test_*`` None when it has no test set).
+    """``(train_x, train_y, test_x, test_y)`` of any source (``test_*`` None when it has no test
+    set).
 
     Images are uint8 (or float in [0, 1] from float arrays and tensor Datasets) ``[N, C, H, W]``.
     """
@@ -185,7 +193,8 @@ def read_source(name, data_dir=None, image_size=None, labels=None):
         x, y, tx, ty = datasets.from_arrays(x, y, where="the dataset")
     else:
         raise TypeError(
-            f"data source must be a dataset name, folder:PATH, npy:PATH, an array or tensor of images, or "
+            "data source must be a dataset name, folder:PATH, npy:PATH, an array or tensor of "
+            "images, or "
             f"a torch Dataset; got {type(name).__name__}"
         )
     fit = lambda t: None if t is None else datasets.fit_size(t, image_size)  # noqa: E731
@@ -222,10 +231,11 @@ class ImageData:
         return ImageData(**fields)
 
     def batches(self, batch_size, shuffle=True, drop_last=False, generator=None, shard=None):
-        """Yield ``(x, index)`` training batches: index slices of a permutation drawn on the data's device.
+        """Yield ``(x, index)`` training batches: index slices of a permutation drawn on the data's
+        device.
 
-        ``shard`` (e.g. :func:`pyro_vae.training.distributed.shard`) maps each global batch of indices to this
-        process's share of it.
+        ``shard`` (e.g. :func:`pyro_vae.training.distributed.shard`) maps each global batch of
+        indices to this process's share of it.
         """
         n = len(self.train)
         order = (
@@ -242,7 +252,8 @@ class ImageData:
             yield x, idx
 
     def split(self, name):
-        """Evaluation images and labels of ``name`` in {"train", "val", "test"} (train binarized once if dynamic)."""
+        """Evaluation images and labels of ``name`` in {"train", "val", "test"} (train binarized
+        once if dynamic)."""
         if name == "test":
             return self.test, self.test_labels
         if name == "val":
@@ -256,10 +267,11 @@ class ImageData:
 
 
 def training_data(data, test_x=None, model=None):
-    """``(ImageData, test images)`` of what the trainer is given, checked once against ``model``'s own shape and
-    range (:func:`~pyro_vae.core.checks.check_data_for_model`): an :class:`ImageData`, a tensor of images
-    ``[N, ...]``, or a torch ``Dataset`` of images or ``(image, label, …)`` items (labels unused; uint8 becomes
-    floats in [0, 1]).  ``test_x``: the test images (default ``data.test``)."""
+    """``(ImageData, test images)`` of what the trainer is given, checked once against ``model``'s
+    own shape and range (:func:`~pyro_vae.core.checks.check_data_for_model`): an :class:`ImageData`,
+    a tensor of images ``[N, ...]``, or a torch ``Dataset`` of images or ``(image, label, …)`` items
+    (labels unused; uint8 becomes floats in [0, 1]). ``test_x``: the test images (default
+    ``data.test``)."""
     from pyro_vae.core import checks
 
     if isinstance(data, torch.utils.data.Dataset):
@@ -272,7 +284,8 @@ def training_data(data, test_x=None, model=None):
         )
     elif not isinstance(data, ImageData):
         raise TypeError(
-            f"data must be an ImageData (from load_data) or a tensor of images [N, ...] (or a torch "
+            "data must be an ImageData (from load_data) or a tensor of images [N, ...] (or a "
+            "torch "
             f"Dataset of them), got {type(data).__name__}"
         )
     else:
@@ -308,15 +321,19 @@ def load_data(
 ):
     """Load ``name`` as an :class:`ImageData` on ``device``.
 
-    :param name: a dataset name, ``folder:PATH``, ``npy:PATH`` / ``pt:PATH`` (see :mod:`pyro_vae.datasets`), or an
-        array / tensor of images (``labels``: its labels) or a torch ``Dataset``.
-    :param int image_size: resize (shorter side) and centre-crop every image to ``image_size × image_size``.
-    :param float test_fraction: share of the images split off as the test set (seed ``split_seed``) when the
-        source has none.
-    :param int validation: hold out the last ``validation`` training images (e.g. 10000 for the 50k/10k/10k split).
+    :param name: a dataset name, ``folder:PATH``, ``npy:PATH`` / ``pt:PATH`` (see
+        :mod:`pyro_vae.datasets`), or an array / tensor of images (``labels``: its labels) or a
+        torch ``Dataset``.
+    :param int image_size: resize (shorter side) and centre-crop every image to ``image_size ×
+        image_size``.
+    :param float test_fraction: share of the images split off as the test set (seed ``split_seed``)
+        when the source has none.
+    :param int validation: hold out the last ``validation`` training images (e.g. 10000 for the
+        50k/10k/10k split).
     :param int limit: keep only the first ``limit`` training images (smoke runs).
     :param int test_limit: keep only the first ``test_limit`` test images.
-    :param int exclude_class: drop this label from the training (and validation) images, e.g. for anomaly detection.
+    :param int exclude_class: drop this label from the training (and validation) images, e.g. for
+        anomaly detection.
     """
     if binarize not in BINARIZE:
         raise ValueError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE)}")

@@ -1,19 +1,23 @@
-"""Image sources beyond the IDX datasets: folders, arrays, torch Datasets and torchvision datasets by name.
+"""Image sources beyond the IDX datasets: folders, arrays, torch Datasets and torchvision datasets
+by name.
 
 ``load_data``'s ``name`` (the Config field ``dataset``) takes:
 
-* ``folder:PATH``: PNG/JPEG (also BMP, GIF, WebP, TIFF) images, grey or RGB (all RGB if any is colour).
-  Class subfolders give labels (sorted names → 0, 1, …); images directly in PATH are unlabelled.
-  ``PATH/train`` and ``PATH/test`` (each laid out the same way) are used as the two splits.
-* ``npy:PATH`` (or ``pt:PATH``): an array ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]`` (C = 1 or 3),
-  uint8 or float in [0, 1], in a ``.npy``, ``.npz`` or ``.pt`` file.  Labels: ``npy:IMAGES.npy,LABELS.npy``,
-  or the keys ``x``/``images`` and ``y``/``labels`` of an ``.npz`` or a saved dict (``x_test``/``y_test``:
-  a test split); a ``.pt`` may also hold a tuple ``(images, labels)``.
-* a torchvision name of :data:`TORCHVISION` (downloaded into the data root by torchvision's own class).
+* ``folder:PATH``: PNG/JPEG (also BMP, GIF, WebP, TIFF) images, grey or RGB (all RGB if any is
+  colour). Class subfolders give labels (sorted names → 0, 1, …); images directly in PATH are
+  unlabelled. ``PATH/train`` and ``PATH/test`` (each laid out the same way) are used as the two
+  splits.
+* ``npy:PATH`` (or ``pt:PATH``): an array ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]`` (C = 1
+  or 3), uint8 or float in [0, 1], in a ``.npy``, ``.npz`` or ``.pt`` file. Labels:
+  ``npy:IMAGES.npy,LABELS.npy``, or the keys ``x``/``images`` and ``y``/``labels`` of an ``.npz`` or
+  a saved dict (``x_test``/``y_test``: a test split); a ``.pt`` may also hold a tuple ``(images,
+  labels)``.
+* a torchvision name of :data:`TORCHVISION` (downloaded into the data root by torchvision's own
+  class).
 
 Every reader returns uint8 images (floats stay floats) ``[N, C, H, W]`` and int64 labels, −1 for
-unlabelled data (:data:`UNLABELLED`).  Sizes: ``image_size=S`` resizes the shorter side to S and crops
-the centre S × S; without it the images keep their own size, which must then be shared.
+unlabelled data (:data:`UNLABELLED`). Sizes: ``image_size=S`` resizes the shorter side to S and
+crops the centre S × S; without it the images keep their own size, which must then be shared.
 """
 
 import os
@@ -43,7 +47,8 @@ TORCHVISION = {
 
 
 def parse_source(name):
-    """``(kind, argument)``: ``("folder", path)``, ``("array", path)``, ``("torchvision", name)`` or ``(None, name)``."""
+    """``(kind, argument)``: ``("folder", path)``, ``("array", path)``, ``("torchvision", name)`` or
+    ``(None, name)``."""
     kind, sep, rest = name.partition(":")
     if sep and kind in PREFIXES:
         if not rest:
@@ -60,7 +65,8 @@ def parse_source(name):
 # tensors of images: layout, range, size
 # ---------------------------------------------------------------------------------------------
 def as_images(x, where="the array"):
-    """``x`` (array or tensor) as ``[N, C, H, W]``: uint8 kept, other integers in 0…255 → uint8, floats in [0, 1]."""
+    """``x`` (array or tensor) as ``[N, C, H, W]``: uint8 kept, other integers in 0…255 → uint8,
+    floats in [0, 1]."""
     x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
     if x.dim() == 3:
         x = x.unsqueeze(1)
@@ -69,7 +75,8 @@ def as_images(x, where="the array"):
             x = x.permute(0, 3, 1, 2)
         elif x.shape[1] not in (1, 3):
             raise ValueError(
-                f"{where} has shape {tuple(x.shape)}: neither [N, C, H, W] nor [N, H, W, C] with 1 or 3 "
+                f"{where} has shape {tuple(x.shape)}: neither [N, C, H, W] nor [N, H, W, C] with "
+                "1 or 3 "
                 f"channels; reshape it to one of those layouts"
             )
     else:
@@ -103,8 +110,8 @@ def as_images(x, where="the array"):
 
 
 def fit_size(x, size):
-    """Resize ``[..., C, H, W]`` so its shorter side is ``size`` (antialiased bilinear), then crop the centre
-    ``size × size``; uint8 stays uint8 (rounded).  ``size=None`` or a match: unchanged."""
+    """Resize ``[..., C, H, W]`` so its shorter side is ``size`` (antialiased bilinear), then crop
+    the centre ``size × size``; uint8 stays uint8 (rounded). ``size=None`` or a match: unchanged."""
     if size is None or tuple(x.shape[-2:]) == (size, size):
         return x
     h, w = x.shape[-2:]
@@ -142,7 +149,8 @@ def _grey_palette(image):
 
 
 def stack_images(arrays, names, where, image_size=None):
-    """Stack uint8 ``[H, W]`` / ``[H, W, 3]`` arrays into ``[N, C, H, W]`` (all RGB if any is), sized to ``image_size``."""
+    """Stack uint8 ``[H, W]`` / ``[H, W, 3]`` arrays into ``[N, C, H, W]`` (all RGB if any is),
+    sized to ``image_size``."""
     colour = any(a.ndim == 3 for a in arrays)
     tensors = []
     for a in arrays:
@@ -193,18 +201,21 @@ def _scan(path):
     if classes and top:
         raise ValueError(
             f"{path!r} holds images both at its top level ({os.path.basename(top[0])}, …) and in "
-            f"subfolders ({', '.join(list(classes)[:3])}); put every image in a class subfolder, or none"
+            f"subfolders ({', '.join(list(classes)[:3])}); put every image in a class subfolder, "
+            "or none"
         )
     if not classes and not top:
         raise ValueError(
-            f"{path!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); point folder:PATH at a folder "
+            f"{path!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); point folder:PATH at a "
+            "folder "
             f"of images or of class subfolders of images"
         )
     return classes or {None: top}
 
 
 def read_folder(path, image_size=None):
-    """``(train_x, train_y, test_x, test_y)`` from a folder (``test_*`` None unless it has train/ and test/)."""
+    """``(train_x, train_y, test_x, test_y)`` from a folder (``test_*`` None unless it has train/
+    and test/)."""
     from PIL import Image
 
     if not os.path.isdir(path):
@@ -300,7 +311,8 @@ def _labels(y, n, where):
 
 
 def read_array(spec, labels=None):
-    """``(train_x, train_y, test_x, test_y)`` from ``PATH`` or ``IMAGES,LABELS`` (see the module docstring)."""
+    """``(train_x, train_y, test_x, test_y)`` from ``PATH`` or ``IMAGES,LABELS`` (see the module
+    docstring)."""
     path, _, labels_path = spec.partition(",")
     content = _load_array_file(path)
     test = test_y = None
@@ -345,8 +357,9 @@ def from_arrays(x, labels=None, test=None, test_labels=None, where="the array"):
 # torch Datasets and torchvision
 # ---------------------------------------------------------------------------------------------
 def dataset_tensors(ds, image_size=None, where="the dataset"):
-    """``(x, labels)`` of a map-style torch Dataset whose items are an image (tensor, array or PIL image) or a tuple
-    ``(image, label, …)``; PIL images become uint8 ``[C, H, W]`` (sized to ``image_size``), non-integer labels −1."""
+    """``(x, labels)`` of a map-style torch Dataset whose items are an image (tensor, array or PIL
+    image) or a tuple ``(image, label, …)``; PIL images become uint8 ``[C, H, W]`` (sized to
+    ``image_size``), non-integer labels −1."""
     from PIL import Image
 
     try:
@@ -381,8 +394,8 @@ def dataset_tensors(ds, image_size=None, where="the dataset"):
 
 
 def read_torchvision(name, root, image_size=None):
-    """``(train_x, train_y, test_x, test_y)`` of a torchvision dataset of :data:`TORCHVISION`, read by its own class
-    from ``root`` (downloaded there when missing and the internet is reachable)."""
+    """``(train_x, train_y, test_x, test_y)`` of a torchvision dataset of :data:`TORCHVISION`, read
+    by its own class from ``root`` (downloaded there when missing and the internet is reachable)."""
     import torchvision
 
     cls_name, train_kw, test_kw, default_size = TORCHVISION[name]
@@ -398,9 +411,12 @@ def read_torchvision(name, root, image_size=None):
             except Exception as e:  # no internet, blocked mirror, quota (CelebA's Google Drive) …
                 reason = " ".join(str(e).split())[:200]
                 raise RuntimeError(
-                    f"could not load {name}: it is not under {root!r} and torchvision's download failed "
-                    f"({type(e).__name__}: {reason}). To fix: on a machine with internet run python -c \"import "
-                    f"torchvision; torchvision.datasets.{cls_name}('DIR', download=True, **{kwargs!r})\" and copy DIR's "
+                    f"could not load {name}: it is not under {root!r} and torchvision's download "
+                    "failed "
+                    f"({type(e).__name__}: {reason}). To fix: on a machine with internet run "
+                    "python -c \"import "
+                    f"torchvision; torchvision.datasets.{cls_name}('DIR', download=True, "
+                    f"**{kwargs!r})\" and copy DIR's "
                     f"contents into {root!r} (or pass data_dir=DIR / set $PYRO_VAE_DATA)"
                 ) from None
         out += _torchvision_tensors(name, ds, image_size)
@@ -425,7 +441,8 @@ def _torchvision_tensors(name, ds, image_size):
 
 
 def split_off(x, y, fraction, seed=0):
-    """Random test split of ``round(fraction · N)`` (at least 1) images with a fixed ``seed``: ``(x, y, test, test_y)``."""
+    """Random test split of ``round(fraction · N)`` (at least 1) images with a fixed ``seed``: ``(x,
+    y, test, test_y)``."""
     if len(x) < 2:
         raise ValueError(f"need at least 2 images to split off a test set, got {len(x)}")
     n_test = min(len(x) - 1, max(1, round(fraction * len(x))))

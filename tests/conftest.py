@@ -27,7 +27,8 @@ def fresh_pyro():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` need a CUDA device (``make gpu-check`` runs them); without one they skip."""
+    """Tests marked ``cuda`` need a CUDA device (``make gpu-check`` runs them); without one they
+    skip."""
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

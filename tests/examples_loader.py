@@ -1,4 +1,5 @@
-"""Import a script of examples/ (or benchmarks/) as a module, so tests can call its ``main(parse_args([...]))``."""
+"""Import a script of examples/ (or benchmarks/) as a module, so tests can call its
+``main(parse_args([...]))``."""
 
 import importlib.util
 import os

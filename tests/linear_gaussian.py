@@ -27,7 +27,8 @@ class LinearGaussian:
 
     @classmethod
     def unit_range(cls, obs_dim, sigma, w_scale, seed=0, latent_dim=2):
-        """Means 0.5 + W z with small W (|W| ~ w_scale): "images" whose means stay in [0, 1] for moderate z."""
+        """Means 0.5 + W z with small W (|W| ~ w_scale): "images" whose means stay in [0, 1] for
+        moderate z."""
         g = torch.Generator().manual_seed(seed)
         lg = cls(
             latent_dim=latent_dim,
@@ -85,7 +86,8 @@ class LinearGaussian:
         return mean, cov.expand(len(x), -1, -1)
 
     def elbo(self, x, m, S):
-        """Closed-form ELBO of q(z|x_i) = N(m_i, S_i) (S: [N, d, d] or diagonal variances [N, d])."""
+        """Closed-form ELBO of q(z|x_i) = N(m_i, S_i) (S: [N, d, d] or diagonal variances [N,
+        d])."""
         if S.dim() == 2:
             S = torch.diag_embed(S)
         D, d = self.obs_dim, self.latent_dim

@@ -1,5 +1,6 @@
-"""Applications against known answers: ROC AUC by hand and by pair counting, anomaly scores against the exact
-log p(x) of a linear-Gaussian model, denoising by projection onto its latent subspace, embeddings = posterior means."""
+"""Applications against known answers: ROC AUC by hand and by pair counting, anomaly scores against
+the exact log p(x) of a linear-Gaussian model, denoising by projection onto its latent subspace,
+embeddings = posterior means."""
 
 import math
 
@@ -45,7 +46,8 @@ def test_roc_auc_known_answers():
     )
 )
 def test_roc_auc_equals_pair_counting_with_ties(pairs):
-    """AUC = P(s₊ > s₋) + ½ P(s₊ = s₋) over all (positive, negative) pairs; small integer scores force ties."""
+    """AUC = P(s₊ > s₋) + ½ P(s₊ = s₋) over all (positive, negative) pairs; small integer scores
+    force ties."""
     s = np.array([p[0] for p in pairs], dtype=float)
     y = np.array([p[1] for p in pairs])
     pos, neg = s[y], s[~y]
@@ -56,7 +58,8 @@ def test_roc_auc_equals_pair_counting_with_ties(pairs):
 
 
 def test_roc_auc_of_shifted_gaussians_is_phi_of_shift_over_root_two():
-    """s₊ ~ N(μ, 1), s₋ ~ N(0, 1): AUC = P(s₊ − s₋ > 0) = Φ(μ/√2); SE ≤ √(AUC(1−AUC)/min(n₊,n₋)) < 0.005."""
+    """s₊ ~ N(μ, 1), s₋ ~ N(0, 1): AUC = P(s₊ − s₋ > 0) = Φ(μ/√2); SE ≤ √(AUC(1−AUC)/min(n₊,n₋)) <
+    0.005."""
     g = torch.Generator().manual_seed(0)
     mu, n = 1.0, 20000
     s = torch.cat([torch.randn(n, generator=g) + mu, torch.randn(n, generator=g)])
@@ -94,7 +97,8 @@ def test_anomaly_scores_are_exact_negative_log_px_with_the_exact_posterior():
 
 
 def test_anomaly_auc_of_exact_scores_matches_the_auc_of_the_exact_log_px():
-    """Shifted points are anomalies; the AUC of the estimated scores equals the AUC of the closed-form −log p(x)."""
+    """Shifted points are anomalies; the AUC of the estimated scores equals the AUC of the
+    closed-form −log p(x)."""
     lg = LinearGaussian(latent_dim=2, obs_dim=4)
     normal, odd = lg.sample(200, seed=1), lg.sample(50, seed=2) + 1.5
     x = torch.cat([normal, odd])
@@ -127,7 +131,8 @@ def test_corrupt_changes_the_expected_fraction_of_pixels():
 
 
 def low_rank_images():
-    """A linear-Gaussian model of "images" in [0, 1]: 2 latent dims, 50 pixels, means 0.5 + W z (|W| ~ 0.02), σ = 0.01."""
+    """A linear-Gaussian model of "images" in [0, 1]: 2 latent dims, 50 pixels, means 0.5 + W z (|W|
+    ~ 0.02), σ = 0.01."""
     return LinearGaussian.unit_range(obs_dim=50, sigma=0.01, w_scale=0.02, seed=0)
 
 
@@ -139,9 +144,11 @@ def test_reconstruct_is_the_model_mean_at_the_posterior_mean():
 
 
 def test_denoising_projects_gaussian_noise_onto_the_latent_subspace():
-    """Noise of σ = 0.05 on 50 pixels; the posterior-mean reconstruction keeps about 2/50 of its energy.
+    """Noise of σ = 0.05 on 50 pixels; the posterior-mean reconstruction keeps about 2/50 of its
+    energy.
 
-    Expected MSE: noisy ≈ 0.05² = 0.0025; denoised ≈ 0.0025 · 2/50 + σ² ≈ 2e-4, so well under a quarter.
+    Expected MSE: noisy ≈ 0.05² = 0.0025; denoised ≈ 0.0025 · 2/50 + σ² ≈ 2e-4, so well under a
+    quarter.
     """
     lg = low_rank_images()
     x = lg.sample(400)

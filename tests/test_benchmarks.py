@@ -1,4 +1,5 @@
-"""The speed harnesses of benchmarks/ run end to end (tiny sizes) and write their tables; `--device cuda` runs them on a GPU."""
+"""The speed harnesses of benchmarks/ run end to end (tiny sizes) and write their tables; `--device
+cuda` runs them on a GPU."""
 
 import json
 import os

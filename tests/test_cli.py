@@ -194,7 +194,8 @@ def test_custom_model_guide_example_trains(tmp_path):
 
 @pytest.mark.slow
 def test_two_epochs_on_fashion_mnist_match_a_hand_written_vae(tmp_path):
-    """The issue's acceptance run: 784-400-20, batch 128, 2 epochs; a hand-written PyTorch VAE reaches ≈ −256 nats."""
+    """The issue's acceptance run: 784-400-20, batch 128, 2 epochs; a hand-written PyTorch VAE
+    reaches ≈ −256 nats."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = str(tmp_path / "fm")
     main(
@@ -225,8 +226,9 @@ def test_two_epochs_on_fashion_mnist_match_a_hand_written_vae(tmp_path):
 
 
 def test_fast_flag_reaches_the_trainer(tmp_path):
-    """--fast off trains with plain Pyro steps, --fast trace replays the traced graph: the metrics rows say which,
-    and both give finite losses; an unknown mode is refused in one line before any data is read."""
+    """--fast off trains with plain Pyro steps, --fast trace replays the traced graph: the metrics
+    rows say which, and both give finite losses; an unknown mode is refused in one line before any
+    data is read."""
     base = [
         "train",
         "--limit",
@@ -260,7 +262,8 @@ def test_fast_flag_reaches_the_trainer(tmp_path):
 
 
 def test_a_moved_run_directory_resumes(tmp_path):
-    """The run folder is where a run lives, not one of its options: moved elsewhere, it resumes there."""
+    """The run folder is where a run lives, not one of its options: moved elsewhere, it resumes
+    there."""
     args = [
         "train",
         "--limit",
@@ -286,7 +289,8 @@ def test_a_moved_run_directory_resumes(tmp_path):
 
 
 def test_console_figures_stay_short_the_json_keeps_every_number():
-    """`pyro-vae evaluate` prints a feature-map latent's KL per dimension (thousands of numbers) as a summary."""
+    """`pyro-vae evaluate` prints a feature-map latent's KL per dimension (thousands of numbers) as
+    a summary."""
     from pyro_vae.app.cli import _short
 
     assert _short([0.5] * 1000 + [2.5]) == "[1001 values: mean 0.502, max 2.500]"

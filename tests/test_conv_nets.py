@@ -1,4 +1,5 @@
-"""The residual conv nets carry the signal at initialization, and --binarize follows the likelihood."""
+"""The residual conv nets carry the signal at initialization, and --binarize follows the
+likelihood."""
 
 import pytest
 import torch
@@ -11,9 +12,10 @@ from pyro_vae.models.nets import ConvDecoder, ConvEncoder, MLP
 @pytest.mark.parametrize("size,channels", [((28, 28), 1), ((32, 32), 3), ((64, 64), 3)])
 def test_conv_nets_pass_the_signal_at_init(size, channels):
     # The old nets (PyTorch's default init, ConvTranspose2d with its fan-in taken from the output
-    # channels) shrank the signal layer by layer: posterior means varied across images by ~0.01 and the
+    # channels) shrank the signal layer by layer: posterior means varied across images by ~0.01 and
+    # the
     # decoder's output across z by ~0.01, so the decoder emitted each image's mean colour and the KL
-    # collapsed.  Both must vary at least as much as an MLP's (≈ 0.2 here).
+    # collapsed. Both must vary at least as much as an MLP's (≈ 0.2 here).
     torch.manual_seed(0)
     x = torch.rand(32, channels, *size)
     encoder = ConvEncoder(64, channels, width=8, image_size=size, blocks=2)

@@ -1,4 +1,5 @@
-"""Data sources beyond the IDX files: image folders, arrays, torch Datasets, torchvision by name; bad data in one line."""
+"""Data sources beyond the IDX files: image folders, arrays, torch Datasets, torchvision by name;
+bad data in one line."""
 
 import os
 from collections import Counter

@@ -1,15 +1,17 @@
-"""Deep hierarchical VAE: closed forms of a deep linear-Gaussian chain, gradients, shapes, the CLI path.
+"""Deep hierarchical VAE: closed forms of a deep linear-Gaussian chain, gradients, shapes, the CLI
+path.
 
-The chain runs through :class:`DeepHierarchicalVAE`'s own model and guide (its group loop, sites, data plate and
-residual q = N(μ_p + Δμ, σ_p e^Δρ)) with linear pieces in place of the conv nets.  Per channel c (C of them,
-independent and alike), with L scalar groups and P pixels:
+The chain runs through :class:`DeepHierarchicalVAE`'s own model and guide (its group loop, sites,
+data plate and residual q = N(μ_p + Δμ, σ_p e^Δρ)) with linear pieces in place of the conv nets. Per
+channel c (C of them, independent and alike), with L scalar groups and P pixels:
 
     z_l | z_<l ~ N(Σ_{j<l} A_lj z_j + a_l, s_l²),     x_p | z ~ N(Σ_j W_pj z_j + b_p, σ²),
 
-so (z, x) is jointly Gaussian, log p(x) is a multivariate normal and every exact conditional p(z_l | z_<l, x) is
-a Gaussian with mean linear in (z_<l, x) and a constant variance: the residual guide family holds it.  At the
-exact posterior every importance weight equals p(x), so trace, iwae and dreg equal log p(x) to float precision and
-meanfield (analytic KL per group given the groups above) equals it in expectation.
+so (z, x) is jointly Gaussian, log p(x) is a multivariate normal and every exact conditional p(z_l |
+z_<l, x) is a Gaussian with mean linear in (z_<l, x) and a constant variance: the residual guide
+family holds it. At the exact posterior every importance weight equals p(x), so trace, iwae and dreg
+equal log p(x) to float precision and meanfield (analytic KL per group given the groups above)
+equals it in expectation.
 """
 
 import json
@@ -38,7 +40,8 @@ needs_data = pytest.mark.skipif(
 
 
 class LinearChain:
-    """Parameters and closed forms of the chain above (one channel's joint Gaussian over v = (z_1..z_L, x_1..x_P))."""
+    """Parameters and closed forms of the chain above (one channel's joint Gaussian over v =
+    (z_1..z_L, x_1..x_P))."""
 
     def __init__(self, seed=0):
         g = torch.Generator().manual_seed(seed)
@@ -57,7 +60,8 @@ class LinearChain:
         self.cov[L:, L:] = self.W @ cov_z @ self.W.T + SIGMA**2 * torch.eye(P, dtype=DT)
 
     def conditional(self, l):
-        """p(z_l | z_<l, x) = N(K_z z_<l + K_x x + c, v): returns (K_z [L] zero-padded, K_x [P], c, v)."""
+        """p(z_l | z_<l, x) = N(K_z z_<l + K_x x + c, v): returns (K_z [L] zero-padded, K_x [P], c,
+        v)."""
         given = list(range(l)) + list(range(L, L + P))
         K = self.cov[l, given] @ torch.linalg.inv(self.cov[given][:, given])
         c = self.mean[l] - K @ self.mean[given]
@@ -104,8 +108,8 @@ class LinearTopDown(nn.Module):
 
 
 class LinearGuide(nn.Module):
-    """Δμ, Δρ of the exact conditionals relative to the chain's prior; ``shift`` (in conditional standard deviations)
-    and ``widen`` (added to log σ) perturb them."""
+    """Δμ, Δρ of the exact conditionals relative to the chain's prior; ``shift`` (in conditional
+    standard deviations) and ``widen`` (added to log σ) perturb them."""
 
     def __init__(self, chain, shift=0.0, widen=0.0):
         super().__init__()
@@ -144,7 +148,8 @@ def test_exact_posterior_every_bound_equals_log_px():
     for name in ("trace", "iwae", "dreg"):
         loss = make_elbo(name, num_particles=8).loss(vae.model, vae.guide, x)
         assert loss == pytest.approx(expected, abs=1e-7), name
-    # meanfield: log p(x | z) − Σ_l KL(q(z_l | z_<l, x) ‖ p(z_l | z_<l)) is exact only in expectation
+    # meanfield: log p(x | z) − Σ_l KL(q(z_l | z_<l, x) ‖ p(z_l | z_<l)) is exact only in
+    # expectation
     losses = torch.tensor(
         [
             make_elbo("meanfield", num_particles=2000).loss(vae.model, vae.guide, x)
@@ -166,7 +171,9 @@ def test_log_likelihood_and_bounds_of_a_perturbed_guide():
     log_px = chain.log_px(x)
     K = 4000
     estimate = log_likelihood(vae.model, vae.guide, x, num_samples=K)
-    # tolerance from the weights themselves (delta method): sd(log mean w) ≈ sd(w) / (√K mean(w)), per point
+    # tolerance from the weights themselves (delta method): sd(log mean w) ≈ sd(w) / (√K mean(w)),
+    # per
+    # point
     log_w = log_weights(vae.model, vae.guide, x, num_particles=K).log_w
     w = (log_w - log_w.max(0).values).exp()
     stderr = w.std(0) / (math.sqrt(K) * w.mean(0))
@@ -180,7 +187,8 @@ def test_log_likelihood_and_bounds_of_a_perturbed_guide():
 
 
 def test_meanfield_takes_the_analytic_kl_of_every_group_and_matches_monte_carlo(monkeypatch):
-    import pyro_vae.estimators.trace as tmf  # meanfield: Pyro's TraceMeanField_ELBO with the loss on the device
+    # meanfield: Pyro's TraceMeanField_ELBO with the loss on the device
+    import pyro_vae.estimators.trace as tmf
 
     chain = LinearChain()
     vae = _linear_vae(chain, shift=0.3, widen=-0.2)
@@ -298,7 +306,8 @@ def test_temperature_scales_every_prior_std():
         trace = poutine.trace(
             _Temper(0.5, exclude=["x"])(poutine.uncondition(vae.model))
         ).get_trace(x)
-    # z_2's prior reads the tempered z_1: compare its scale with the untempered prior at the same state
+    # z_2's prior reads the tempered z_1: compare its scale with the untempered prior at the same
+    # state
     replay = poutine.trace(
         poutine.condition(vae.model, data={n: trace.nodes[n]["value"] for n in vae.sites})
     )

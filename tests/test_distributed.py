@@ -13,8 +13,9 @@ import torch
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
 pytestmark = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun is not installed")
 
-# A pair whose gradient is deterministic (no latent noise), so one process and two can be compared exactly:
-# x_i ~ N(μ, diag exp(2s)), fitted by maximum likelihood with the full-data scale N / batch.
+# A pair whose gradient is deterministic (no latent noise), so one process and two can be compared
+# exactly: x_i ~ N(μ, diag exp(2s)), fitted by maximum likelihood with the full-data scale N /
+# batch.
 SCRIPT = textwrap.dedent('''
     import sys, torch, pyro, pyro.distributions as dist
     from pyro_vae import Optimization, Trainer, data_plate
@@ -22,7 +23,8 @@ SCRIPT = textwrap.dedent('''
 
     distributed.init(torch.device("cpu"))
     pyro.set_rng_seed(0)
-    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(1)) * torch.tensor([1.0, 2.0, 0.5]) + 3
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(1)) * torch.tensor([1.0, 2.0,
+    0.5]) + 3
 
     def model(x):
         mu = pyro.param("mu", torch.zeros(3))
@@ -33,10 +35,12 @@ SCRIPT = textwrap.dedent('''
     def guide(x):
         pass
 
-    trainer = Trainer(model, guide, "trace", optim=Optimization(lr=0.05), progress=False, out_dir=sys.argv[2])
+    trainer = Trainer(model, guide, "trace", optim=Optimization(lr=0.05), progress=False,
+    out_dir=sys.argv[2])
     history = trainer.fit(x, epochs=3, batch_size=int(sys.argv[1]))
     if distributed.is_main():
-        torch.save({k: v.detach() for k, v in pyro.get_param_store().named_parameters()}, sys.argv[2] + "/params.pt")
+        torch.save({k: v.detach() for k, v in pyro.get_param_store().named_parameters()},
+        sys.argv[2] + "/params.pt")
     distributed.shutdown()
 ''')
 
@@ -116,7 +120,8 @@ def test_torchrun_cli_on_fashion_mnist(tmp_path):
     not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST"
 )
 def test_torchrun_cli_five_launches_in_a_row_all_succeed(tmp_path):
-    """The CLI ends the process group on exit and the other rank waits for rank 0's pictures: no SIGABRT at exit."""
+    """The CLI ends the process group on exit and the other rank waits for rank 0's pictures: no
+    SIGABRT at exit."""
     for i in range(5):
         out = tmp_path / f"run{i}"
         proc = _run(

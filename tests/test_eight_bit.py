@@ -1,4 +1,5 @@
-"""Colour and 8-bit images end to end: conv nets of any size, bits/dim in evaluate, the CLI on generated data."""
+"""Colour and 8-bit images end to end: conv nets of any size, bits/dim in evaluate, the CLI on
+generated data."""
 
 import json
 import math
@@ -70,8 +71,8 @@ def test_built_in_models_with_conv_nets_and_8_bit_likelihoods_score_every_image(
 
 
 def _constant_pair(logits):
-    """p(z) = q(z|x) = N(0, 1) and p(x|z) = Categorical256(logits) ignoring z: log p(x) = Σ_d log softmax(logits_d)_k
-    exactly, and every importance weight equals it."""
+    """p(z) = q(z|x) = N(0, 1) and p(x|z) = Categorical256(logits) ignoring z: log p(x) = Σ_d log
+    softmax(logits_d)_k exactly, and every importance weight equals it."""
     lik = make_likelihood("categorical", logits.shape[1:])
 
     def model(x):
@@ -118,8 +119,8 @@ def test_bits_per_dim_is_the_exact_nll_over_d_ln_2():
 
 @pytest.mark.filterwarnings("ignore:posterior collapse")
 def test_bernoulli_reports_bits_per_dim_on_binary_images_only():
-    """Binarized images under a Bernoulli are a discrete distribution (bits/dim = nll / (D ln 2)); grey levels under
-    the same Bernoulli (a relaxation, not a normalized density) get none."""
+    """Binarized images under a Bernoulli are a discrete distribution (bits/dim = nll / (D ln 2));
+    grey levels under the same Bernoulli (a relaxation, not a normalized density) get none."""
     config = Config(latent_dim=2, hidden_dims=[8])
     vae = build_model(config, (1, 4, 4))
     result = evaluate(
@@ -256,8 +257,9 @@ def test_cli_data_errors_exit_2_with_one_line(argv, message, tmp_path, capsys):
 
 @pytest.mark.parametrize("likelihood", ["discretized-logistic", "categorical"])
 def test_8_bit_likelihoods_take_the_traced_fast_path(likelihood):
-    """No tensor value is read in Python: the loss and gradients trace into one graph, which the trainer only uses
-    after it matched the plain loss and gradients on two batches (pyro_vae.estimators.fast.trace_steps)."""
+    """No tensor value is read in Python: the loss and gradients trace into one graph, which the
+    trainer only uses after it matched the plain loss and gradients on two batches
+    (pyro_vae.estimators.fast.trace_steps)."""
     x = torch.randint(0, 256, (64, 3, 4, 4)) / 255.0
     config = Config(
         likelihood=likelihood, binarize="none", mixtures=2, latent_dim=2, hidden_dims=[16]
@@ -274,9 +276,10 @@ DEBIAN = "/usr/share/datasets/fashion-mnist"
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist")
 def test_fashion_mnist_8_bit_vae_beats_the_per_pixel_histogram(tmp_path, monkeypatch):
-    """Fashion-MNIST as 8-bit grey levels, 10k images, 2 epochs: the VAE's bits/dim (importance-sampled NLL) must
-    beat the best model that ignores pixel dependencies, the per-pixel histogram of the training images (add-one
-    smoothed, scored on the same test images), which costs about 4.6 bits/dim."""
+    """Fashion-MNIST as 8-bit grey levels, 10k images, 2 epochs: the VAE's bits/dim
+    (importance-sampled NLL) must beat the best model that ignores pixel dependencies, the per-pixel
+    histogram of the training images (add-one smoothed, scored on the same test images), which costs
+    about 4.6 bits/dim."""
     monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "data"))
     out = str(tmp_path / "run")
     main(

@@ -27,8 +27,8 @@ OURS = ["iwae", "dreg", "renyi"]  # bounds per data point; stl is an ELBO, a sum
 
 
 def param_guide(lg, x, shift=0.0, widen=1.0):
-    """A full-covariance guide N(loc_i, L Lᵀ) with pyro.param loc and L, initialised at the exact posterior
-    (optionally shifted by ``shift`` marginal sds and widened by ``widen``)."""
+    """A full-covariance guide N(loc_i, L Lᵀ) with pyro.param loc and L, initialised at the exact
+    posterior (optionally shifted by ``shift`` marginal sds and widened by ``widen``)."""
     mean, cov = lg.posterior(x)
     chol = torch.linalg.cholesky(cov[0])
 
@@ -62,7 +62,8 @@ def zero_grads():
         p.grad = None
 
 
-# ---- exactness at the exact posterior ---------------------------------------------------------------------------
+# ---- exactness at the exact posterior
+# ---------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ALL)
 def test_every_estimator_is_log_px_at_exact_posterior_with_subsampling_outside(name):
     lg = LinearGaussian()
@@ -81,8 +82,9 @@ def test_every_estimator_is_log_px_at_exact_posterior_with_subsampling_outside(n
 
 
 def hierarchical_pair(lg, x, shift=0.0, coupling_shift=0.0):
-    """The linear-Gaussian model with z split into sites z1 (1 dim) and z2, and a guide q(z1) q(z2 | z1) whose later
-    site depends on the earlier z; at shift = coupling_shift = 0 it is the exact posterior factorisation."""
+    """The linear-Gaussian model with z split into sites z1 (1 dim) and z2, and a guide q(z1) q(z2 |
+    z1) whose later site depends on the earlier z; at shift = coupling_shift = 0 it is the exact
+    posterior factorisation."""
     mean, cov = lg.posterior(x)
     S = cov[0]
     a = S[1:, :1] / S[0, 0]  # E[z2 | z1] = m2 + a (z1 − m1)
@@ -111,8 +113,8 @@ def hierarchical_pair(lg, x, shift=0.0, coupling_shift=0.0):
 
 
 def test_hierarchical_guide_exact_value_and_zero_path_gradient():
-    """At the exact posterior every bound is log p(x) and the DReG and STL guide gradients vanish; this needs the
-    replay to re-evaluate q(z2 | z̄1) at the detached z1."""
+    """At the exact posterior every bound is log p(x) and the DReG and STL guide gradients vanish;
+    this needs the replay to re-evaluate q(z2 | z̄1) at the detached z1."""
     lg = LinearGaussian()
     x = lg.sample(5)
     model, guide = hierarchical_pair(lg, x)
@@ -132,7 +134,8 @@ def test_hierarchical_guide_exact_value_and_zero_path_gradient():
 
 
 def test_hierarchical_guide_dreg_gradient_is_unbiased_for_iwae():
-    """Off the optimum, per-replicate gradients of the per-point means m (x0 repeated R times) agree in mean."""
+    """Off the optimum, per-replicate gradients of the per-point means m (x0 repeated R times) agree
+    in mean."""
     lg = LinearGaussian()
     R = 2000
     x = lg.sample(1).expand(R, -1)
@@ -149,7 +152,8 @@ def test_hierarchical_guide_dreg_gradient_is_unbiased_for_iwae():
     assert (diff.std(0) > 1e-3).all()
 
 
-# ---- unbiasedness and monotonicity -----------------------------------------------------------------------------
+# ---- unbiasedness and monotonicity
+# -----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["trace", "meanfield", "stl"])
 def test_elbo_estimators_are_unbiased_for_the_closed_form_elbo(name):
     lg = LinearGaussian()
@@ -222,9 +226,11 @@ def test_renyi_alpha_zero_is_iwae_alpha_one_is_elbo_and_decreases_in_alpha():
     )  # the bound decreases in α for fixed samples
 
 
-# ---- gradients ----------------------------------------------------------------------------------------------------
+# ---- gradients
+# -------------------------------------------------------------------------------------------------
 def replicated_guide_gradients(name, K, R=2000, seed=0):
-    """R independent guide-gradient samples (rows of loc.grad): x0 repeated R times with one loc row per copy."""
+    """R independent guide-gradient samples (rows of loc.grad): x0 repeated R times with one loc row
+    per copy."""
     lg = LinearGaussian()
     x0 = lg.sample(1)
     pyro.clear_param_store()
@@ -286,7 +292,8 @@ def test_path_gradient_vanishes_at_exact_posterior(name):
     assert pyro.param("loc").grad.abs().max() > 1e-3  # the reparameterized gradient is noisy there
 
 
-# ---- training with an amortized pyro.module guide ------------------------------------------------------------------
+# ---- training with an amortized pyro.module guide
+# ------------------------------------------------------------------
 class AmortizedFullGuide(nn.Module):
     """q(z|x) = N(A x + c, L Lᵀ): contains the exact linear-Gaussian posterior."""
 
@@ -306,7 +313,8 @@ class AmortizedFullGuide(nn.Module):
 
 
 def posterior_gap(lg, guide, x):
-    """Mean KL(q(z|x) || p(z|x)) = log p(x) − ELBO of the amortized full-covariance guide, closed form."""
+    """Mean KL(q(z|x) || p(z|x)) = log p(x) − ELBO of the amortized full-covariance guide, closed
+    form."""
     with torch.no_grad():
         tril = guide(x)
         m, S = guide.linear(x), (tril @ tril.T).expand(len(x), -1, -1)
@@ -333,13 +341,15 @@ def test_svi_with_a_module_guide_reaches_the_exact_posterior(name):
 
 @pytest.mark.parametrize("name, options", [("iwae", {}), ("renyi", {"alpha": 0.5})])
 def test_svi_with_iwae_gradients_improves_the_guide_but_stalls_where_dreg_does_not(name, options):
-    """Rainforth et al. 2018: the IWAE guide gradient's SNR falls with K, so its guide learns slower than DReG's."""
+    """Rainforth et al. 2018: the IWAE guide gradient's SNR falls with K, so its guide learns slower
+    than DReG's."""
     start, gap = train_module_guide(name, **options)
     _, gap_dreg = train_module_guide("dreg")  # cached: the same run as the test above
     assert gap < start / 5 and gap_dreg < gap, (start, gap, gap_dreg)
 
 
-# ---- errors ----------------------------------------------------------------------------------------------------
+# ---- errors
+# -------------------------------------------------------------------------------------------------
 def test_make_elbo_rejects_unknown_names_and_options():
     with pytest.raises(ValueError, match="dreg.*enum.*iwae.*meanfield.*renyi.*stl.*trace"):
         make_elbo("nope")

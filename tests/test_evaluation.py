@@ -35,7 +35,8 @@ from pyro_vae.models.nets import MLP
 
 
 def diagonal_guide(lg, scale_factor=1.0):
-    """Amortized q(z|x) = N(m(x), diag s²): the exact posterior mean and the posterior's marginal scales × factor."""
+    """Amortized q(z|x) = N(m(x), diag s²): the exact posterior mean and the posterior's marginal
+    scales × factor."""
 
     def guide(x):
         m, cov = lg.posterior(x)
@@ -67,9 +68,11 @@ def test_nll_of_exact_posterior_equals_exact_log_px():
 
 
 def test_nll_of_meanfield_guide_converges_to_exact_log_px():
-    """A diagonal q with inflated scales leaves a gap; K = 5000 importance samples close it to within 5 SE.
+    """A diagonal q with inflated scales leaves a gap; K = 5000 importance samples close it to
+    within 5 SE.
 
-    The SE of log((1/K) Σ w_k) is std(w)/(√K · mean(w)) (delta method), estimated from the weights themselves.
+    The SE of log((1/K) Σ w_k) is std(w)/(√K · mean(w)) (delta method), estimated from the weights
+    themselves.
     """
     lg = LinearGaussian(latent_dim=3, obs_dim=5)
     x = lg.sample(30)
@@ -95,7 +98,8 @@ def small_vae(latent_dim=3, x_shape=(1, 6, 6)):
 
 
 def test_nll_below_negative_elbo_for_every_image_of_a_bernoulli_vae():
-    """For a (randomly initialised) Bernoulli VAE, −log p̂(x) with K = 2000 ≤ −ELBO (200 particles) image by image."""
+    """For a (randomly initialised) Bernoulli VAE, −log p̂(x) with K = 2000 ≤ −ELBO (200 particles)
+    image by image."""
     vae = small_vae()
     g = torch.Generator().manual_seed(3)
     x = torch.bernoulli(torch.full((25, 1, 6, 6), 0.3), generator=g)
@@ -111,7 +115,8 @@ def test_nll_below_negative_elbo_for_every_image_of_a_bernoulli_vae():
 # ELBO terms and KL per dimension
 # ---------------------------------------------------------------------------------------------
 def test_elbo_terms_and_kl_per_dim_match_closed_forms():
-    """kl_per_dim is analytic (Normal ‖ Normal): equal to ½(s² + m² − 1 − log s²) to rounding; ELBO within MC error."""
+    """kl_per_dim is analytic (Normal ‖ Normal): equal to ½(s² + m² − 1 − log s²) to rounding; ELBO
+    within MC error."""
     lg = LinearGaussian(latent_dim=3, obs_dim=5)
     x = lg.sample(200)
     guide = diagonal_guide(lg, 0.8)
@@ -137,7 +142,8 @@ def affine_normal(loc, scale):
 
 
 def test_monte_carlo_paths_for_distributions_without_mean_or_kl():
-    """Posterior mean by MC (no ``fn.mean``) and KL per dimension by MC (no registered KL), against closed forms."""
+    """Posterior mean by MC (no ``fn.mean``) and KL per dimension by MC (no registered KL), against
+    closed forms."""
     lg = LinearGaussian(latent_dim=2, obs_dim=4)
     x = lg.sample(300)
     m, cov = lg.posterior(x)
@@ -238,7 +244,8 @@ def test_evaluate_rejects_bad_input():
 # pictures: decoding through the model's own trace, grid sizes
 # ---------------------------------------------------------------------------------------------
 def unit_range_model():
-    """A linear-Gaussian model whose means W z + b stay inside [0, 1] for |z| ≤ 3 (the pictures clamp to [0, 1])."""
+    """A linear-Gaussian model whose means W z + b stay inside [0, 1] for |z| ≤ 3 (the pictures
+    clamp to [0, 1])."""
     return LinearGaussian.unit_range(obs_dim=4, sigma=0.05, w_scale=0.05, seed=1)
 
 
@@ -266,7 +273,8 @@ def test_decode_interpolations_and_traversals_are_the_models_means():
 def test_project_2d_keeps_small_latents_and_finds_the_principal_plane():
     z2 = torch.randn(50, 2)
     assert torch.equal(project_2d(z2), z2.double())
-    # points on a plane spanned by two orthonormal directions in 5-D: PCA keeps their pairwise distances
+    # points on a plane spanned by two orthonormal directions in 5-D: PCA keeps their pairwise
+    # distances
     basis, _ = torch.linalg.qr(torch.randn(5, 2, dtype=torch.float64))
     coords = torch.randn(50, 2, dtype=torch.float64) * torch.tensor([3.0, 1.0], dtype=torch.float64)
     xy = project_2d(coords @ basis.T + 7)
@@ -274,7 +282,8 @@ def test_project_2d_keeps_small_latents_and_finds_the_principal_plane():
 
 
 def test_run_pictures_exist_with_the_right_grid_sizes(tmp_path):
-    """save_image pads by 2 pixels: r rows × c columns of 6×6 images give (8r + 2) × (8c + 2) pixels."""
+    """save_image pads by 2 pixels: r rows × c columns of 6×6 images give (8r + 2) × (8c + 2)
+    pixels."""
     vae = small_vae(latent_dim=4)
     x = torch.bernoulli(torch.full((16, 1, 6, 6), 0.3))
     labels = torch.arange(16) % 3
@@ -298,7 +307,8 @@ def test_run_pictures_exist_with_the_right_grid_sizes(tmp_path):
 
 
 def test_traversal_of_a_top_latent_decodes_through_the_conditional_mean_of_the_lower_one():
-    """z₂ ~ N(0, 1), z₁ | z₂ ~ N(a z₂, 0.1²), x | z₁ ~ N(W z₁ + b, σ²): traversing z₂ = v gives W (a v) + b."""
+    """z₂ ~ N(0, 1), z₁ | z₂ ~ N(a z₂, 0.1²), x | z₁ ~ N(W z₁ + b, σ²): traversing z₂ = v gives W (a
+    v) + b."""
     lg = unit_range_model()
     a = torch.tensor([0.5, -1.0], dtype=torch.float64)
 

@@ -1,4 +1,5 @@
-"""Smoke test of examples/anomaly_detection.py: train without one class on a subset, score the test images."""
+"""Smoke test of examples/anomaly_detection.py: train without one class on a subset, score the test
+images."""
 
 import json
 import os
@@ -12,7 +13,8 @@ def test_anomaly_example_smoke(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = example.main(example.parse_args(["--smoke", "--out", str(tmp_path)]))
-    # 500 test images, 2 epochs on 2000 training images: the held-out bags already score clearly worse
+    # 500 test images, 2 epochs on 2000 training images: the held-out bags already score clearly
+    # worse
     assert result["anomaly_class"] == 8 and result["anomalous"] + result["normal"] == 500
     assert result["anomalous"] > 0 and 0.6 < result["auc"] <= 1
     assert result["mean_score_anomalous"] > result["mean_score_normal"] > 0

@@ -1,4 +1,5 @@
-"""The Fashion-MNIST benchmark example runs every row end to end (tiny budget), writes its results and resumes."""
+"""The Fashion-MNIST benchmark example runs every row end to end (tiny budget), writes its results
+and resumes."""
 
 import json
 import os
@@ -8,7 +9,8 @@ from examples_loader import load_example
 
 
 def test_each_row_command_reproduces_its_config():
-    """The recorded `pyro-vae train` line parses back into the row's config, seed and device included."""
+    """The recorded `pyro-vae train` line parses back into the row's config, seed and device
+    included."""
     from pyro_vae.app.cli import build_parser
 
     bench = load_example("benchmark_fashion_mnist")
@@ -42,7 +44,9 @@ def test_benchmark_smoke(tmp_path, monkeypatch):
     saved = json.load(open(tmp_path / "b" / "fashion_mnist_full.json"))["rows"]
     assert [r["row"] for r in saved] == list(bench.ROWS)
     for r in saved:
-        # an importance-sampled NLL is at most the negative ELBO up to Monte Carlo noise, and positive for images
+        # an importance-sampled NLL is at most the negative ELBO up to Monte Carlo noise, and
+        # positive for
+        # images
         assert 0 < r["nll"] < -r["elbo"] + 10
         assert r["nll_samples"] == 10 and r["images"] == 100
         assert r["command"].startswith("pyro-vae train ") and "--seed 0" in r["command"]
@@ -57,8 +61,9 @@ def test_benchmark_smoke(tmp_path, monkeypatch):
     )  # rule, rows
     # hierarchical rows report active units per layer
     assert isinstance(rows[-1]["active_units"], list) and len(rows[-1]["active_units"]) == 2
-    # without --resume a folder that holds runs is not reused: a fresh numbered one is (as every example does);
-    # with it, evaluated rows are kept and the runs are not redone
+    # without --resume a folder that holds runs is not reused: a fresh numbered one is (as every
+    # example
+    # does); with it, evaluated rows are kept and the runs are not redone
     assert bench.parse_args(argv + ["--rows", "vae"]).out == f"{tmp_path / 'b'}-2"
     again = bench.main(bench.parse_args(argv + ["--resume", "--rows", "vae,vampprior"]))
     assert again == [r for r in saved if r["row"] in ("vae", "vampprior")]

@@ -1,4 +1,5 @@
-"""Smoke test of examples/flow_guides.py: diagonal vs IAF vs planar runs end to end on a tiny subset."""
+"""Smoke test of examples/flow_guides.py: diagonal vs IAF vs planar runs end to end on a tiny
+subset."""
 
 import json
 import math
@@ -14,8 +15,9 @@ def test_flow_guides_example_smoke(tmp_path):
         rows = example.main(example.parse_args(["--smoke", "--out", str(tmp_path)]))
     assert list(rows) == ["diagonal", "iaf", "planar"]
     for name, row in rows.items():
-        # the NLL is an importance-sampled bound at least as tight as the ELBO: nll <= -elbo, up to the
-        # Monte Carlo noise of 10 importance samples and a one-particle ELBO on 100 images
+        # the NLL is an importance-sampled bound at least as tight as the ELBO: nll <= -elbo, up to
+        # the Monte
+        # Carlo noise of 10 importance samples and a one-particle ELBO on 100 images
         assert math.isfinite(row["nll"]) and 0 < row["nll"] <= -row["test_elbo"] + 1.0, name
         assert math.isclose(row["gap"], -row["nll"] - row["test_elbo"]) and row["gap"] > -1.0
     with open(tmp_path / "summary.json") as f:

@@ -1,4 +1,5 @@
-"""Smoke test of examples/hierarchical.py: the one- vs two-layer comparison runs end to end on a tiny subset."""
+"""Smoke test of examples/hierarchical.py: the one- vs two-layer comparison runs end to end on a
+tiny subset."""
 
 import json
 import math
@@ -14,7 +15,9 @@ def test_hierarchical_example_smoke(tmp_path):
         rows = example.main(example.parse_args(["--smoke", "--out", str(tmp_path)]))
     assert list(rows) == ["1 layer", "2 layers top-down", "2 layers bottom-up"]
     for name, row in rows.items():
-        # NLL is an importance-sampled bound at least as tight as the ELBO: nll <= -elbo (up to MC noise of 10 samples)
+        # NLL is an importance-sampled bound at least as tight as the ELBO: nll <= -elbo (up to MC
+        # noise of 10
+        # samples)
         assert math.isfinite(row["nll"]) and 0 < row["nll"] <= -row["test_elbo"] + 1.0, name
     assert isinstance(rows["1 layer"]["active_units"], int)
     for name in ("2 layers top-down", "2 layers bottom-up"):

@@ -1,4 +1,5 @@
-"""Smoke test of examples/iwae.py: VAE vs IWAE for two k, one and two stochastic layers, on a tiny subset."""
+"""Smoke test of examples/iwae.py: VAE vs IWAE for two k, one and two stochastic layers, on a tiny
+subset."""
 
 import json
 import math
@@ -25,7 +26,8 @@ def test_iwae_example_smoke(tmp_path):
         assert row["epochs"] == 1
         units = row["active_units"]
         assert 0 <= units <= 4 if row["layers"] == 1 else (len(units) == 2 and 0 <= units[0] <= 8)
-    # at k = 1 the IWAE bound is the ELBO: same seed, same gradients, so both runs end at the same model
+    # at k = 1 the IWAE bound is the ELBO: same seed, same gradients, so both runs end at the same
+    # model
     for layers in (1, 2):
         trace, iwae = (
             next(r for r in rows if (r["layers"], r["elbo"], r["k"]) == (layers, e, 1))

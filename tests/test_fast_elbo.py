@@ -1,5 +1,6 @@
-"""The fast path as an estimator (FastELBO) and Pyro's ELBOs with the loss on the device: equal to Pyro's own,
-usable under plain pyro.infer.SVI, compiled once per configuration, and standing on no patched internals."""
+"""The fast path as an estimator (FastELBO) and Pyro's ELBOs with the loss on the device: equal to
+Pyro's own, usable under plain pyro.infer.SVI, compiled once per configuration, and standing on no
+patched internals."""
 
 import json
 import os
@@ -24,8 +25,9 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 
 
 def _mixed_pair():
-    """A Gaussian latent (reparameterized), a Bernoulli latent (score function) and a Gamma latent with a
-    LogNormal guide (no analytic KL): every branch of Trace_ELBO's and TraceMeanField_ELBO's particle loss."""
+    """A Gaussian latent (reparameterized), a Bernoulli latent (score function) and a Gamma latent
+    with a LogNormal guide (no analytic KL): every branch of Trace_ELBO's and TraceMeanField_ELBO's
+    particle loss."""
     net = torch.nn.Linear(2, 3)
 
     def model(x):
@@ -121,9 +123,9 @@ def _vae_pair():
 
 @pytest.mark.parametrize("name, particles", [("trace", 1), ("iwae", 3)])
 def test_fast_elbo_under_plain_pyro_svi_gives_the_plain_results(name, particles):
-    """A user's own loop: ``SVI(model, guide, pyro.optim.Adam, make_elbo(..., fast="auto"))``.  The graph of a
-    batch size is captured and proven on its first two batches, then replayed; the parameters follow the plain
-    run's."""
+    """A user's own loop: ``SVI(model, guide, pyro.optim.Adam, make_elbo(..., fast="auto"))``. The
+    graph of a batch size is captured and proven on its first two batches, then replayed; the
+    parameters follow the plain run's."""
     x = torch.rand(96, 1, 4, 4, generator=torch.Generator().manual_seed(1)).bernoulli()
     results = []
     for fast in ("auto", False):
@@ -157,8 +159,8 @@ def test_an_estimator_that_reads_the_host_is_not_traced_and_says_why():
 
 
 def test_no_torchscript_no_patched_globals_no_private_optimizer_fields():
-    """What issue 27 forbids anywhere in the package: torch.jit.trace/script, assignments into Pyro's module
-    globals (torch_item, warn_if_nan), and the optimizer's private found_inf."""
+    """What issue 27 forbids anywhere in the package: torch.jit.trace/script, assignments into
+    Pyro's module globals (torch_item, warn_if_nan), and the optimizer's private found_inf."""
     pattern = re.compile(
         r"torch\.jit\.(trace|script)\(|(torch_item|warn_if_nan)\s*=|\.found_inf\s*="
     )
@@ -215,7 +217,8 @@ def test_the_default_train_run_prints_no_deprecation_or_future_warning(tmp_path)
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(FASHION), reason="needs Debian's dataset-fashion-mnist")
 def test_a_second_run_of_the_same_configuration_loads_the_compiled_graph(tmp_path):
-    """Two processes, one inductor cache: the first compiles, the second loads the same graph from the cache."""
+    """Two processes, one inductor cache: the first compiles, the second loads the same graph from
+    the cache."""
     env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
     rows = []
     for run in ("first", "second"):

@@ -1,4 +1,5 @@
-"""The trainer's fast path (fused optimizer, traced loss and gradients): same results as the plain path, clean fallbacks."""
+"""The trainer's fast path (fused optimizer, traced loss and gradients): same results as the plain
+path, clean fallbacks."""
 
 import json
 import math
@@ -87,7 +88,8 @@ def test_estimators_without_a_faithful_trace_fall_back():
     ],
 )
 def test_flow_guides_take_the_fast_path_with_the_plain_results(flow, elbo):
-    """Pyro's JitTrace_ELBO fails on conditioned flows (pyro-ppl/pyro#3132); make_fx follows them."""
+    """Pyro's JitTrace_ELBO fails on conditioned flows (pyro-ppl/pyro#3132); make_fx follows
+    them."""
     make = lambda: _vae(flow, 2)  # noqa: E731
     fast, fast_history, fast_params = _fit("auto", make, elbo, 3)
     assert sorted(fast.fast_steps) == [4, 32]
@@ -152,8 +154,9 @@ def _boolean_mask(x, logits):
     ],
 )
 def test_ops_with_data_dependent_shapes_are_refused_at_trace_time(control, op):
-    """A trace freezes the shape of ``x[mask]``; the two-batch check cannot catch it when both batches happen to
-    have the same count (here: two halves of one batch with the same number of ones)."""
+    """A trace freezes the shape of ``x[mask]``; the two-batch check cannot catch it when both
+    batches happen to have the same count (here: two halves of one batch with the same number of
+    ones)."""
     model, guide = _pair_with(control)
     x = torch.zeros(64, *X_SHAPE)
     x.view(64, -1)[:, :10] = 1.0
@@ -254,8 +257,9 @@ def test_whether_the_fast_path_applies_is_printed_and_recorded_in_every_metrics_
 @pytest.mark.slow
 @pytest.mark.parametrize("elbo", ["trace", "stl"])
 def test_the_spline_guide_trains_for_ten_epochs_on_real_data(elbo):
-    """Issue 21: the spline's masked indexing (inside vs outside its bound) has a data-dependent shape; a trace of it
-    crashed at a random step.  Refused at trace time, the run takes the plain path to the end."""
+    """Issue 21: the spline's masked indexing (inside vs outside its bound) has a data-dependent
+    shape; a trace of it crashed at a random step. Refused at trace time, the run takes the plain
+    path to the end."""
     config = Config(guide="spline", flows=1, latent_dim=4, hidden_dims=[32], elbo=elbo)
     data = load_data("fashion-mnist", limit=320, test_limit=64)
     vae = build_model(config, data.x_shape, num_data=len(data.train))
@@ -271,7 +275,8 @@ def test_the_spline_guide_trains_for_ten_epochs_on_real_data(elbo):
 
 
 def _fit_scheduled(fast, elbo="trace", beta=1.0, free_bits=0.0):
-    """3 epochs with KL warm-up over 2 (β = 0, β/2, β): β lives in a tensor the traced graph reads."""
+    """3 epochs with KL warm-up over 2 (β = 0, β/2, β): β lives in a tensor the traced graph
+    reads."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     vae = _vae()
@@ -303,12 +308,15 @@ def test_kl_warmup_beta_and_free_bits_take_the_fast_path_with_the_plain_results(
         torch.testing.assert_close(fast_params[k], plain_params[k], rtol=1e-5, atol=1e-6)
     for a, b in zip(fast_history, plain_history):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-5 * abs(b["train_loss"])
-    # the warm-up is real: epoch 1 (β = 0) has no KL term, so its loss is below the full one of epoch 3's β
+    # the warm-up is real: epoch 1 (β = 0) has no KL term, so its loss is below the full one of
+    # epoch 3's
+    # β
     assert fast_history[0]["train_loss"] < fast_history[2]["train_loss"] or beta == 1.0
 
 
 def test_a_value_read_from_python_that_changes_between_epochs_drops_the_fast_path():
-    """A float a trace froze, changed by the user after an epoch: the proof repeated at each epoch's start sees it."""
+    """A float a trace froze, changed by the user after an epoch: the proof repeated at each epoch's
+    start sees it."""
     weight = {"value": 1.0}
     model, guide = _pair_with(lambda x, logits: logits * weight["value"])
     x = torch.full((64, *X_SHAPE), 0.5).bernoulli()
@@ -321,7 +329,8 @@ def test_a_value_read_from_python_that_changes_between_epochs_drops_the_fast_pat
 
 
 def test_a_module_buffer_changed_in_place_is_read_by_the_replay():
-    """Buffers (a temperature, a running average) become inputs of the graph instead of frozen constants."""
+    """Buffers (a temperature, a running average) become inputs of the graph instead of frozen
+    constants."""
     temperature = torch.tensor(1.0)
     model, guide = _pair_with(lambda x, logits: logits / temperature)
     x = torch.full((64, *X_SHAPE), 0.5).bernoulli()
@@ -334,7 +343,8 @@ def test_a_module_buffer_changed_in_place_is_read_by_the_replay():
 
 
 def _fit_built(fast, elbo="trace", **options):
-    """2 epochs of a built-in model (``Config(**options)``) on 28×28 images with labels, as ``pyro-vae train`` runs it."""
+    """2 epochs of a built-in model (``Config(**options)``) on 28×28 images with labels, as
+    ``pyro-vae train`` runs it."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     config = Config(latent_dim=3, hidden_dims=[16], **options)
@@ -506,7 +516,8 @@ def test_tensors_read_from_outside_become_inputs_and_literals_stay_constants():
     not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST"
 )
 def test_pyro_vae_train_with_warmup_beta_and_free_bits_takes_the_fast_path(tmp_path):
-    """What ``pyro-vae train --kl-warmup-epochs 2 --beta 2 --free-bits 0.1`` runs: every epoch on the fast path."""
+    """What ``pyro-vae train --kl-warmup-epochs 2 --beta 2 --free-bits 0.1`` runs: every epoch on
+    the fast path."""
     config = Config(
         limit=256,
         test_limit=64,

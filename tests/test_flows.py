@@ -1,5 +1,6 @@
-"""Normalizing-flow guides: log|det J| against autograd, samples against densities, particles, and the
-correlated linear-Gaussian posterior (the diagonal guide stalls at the mean-field gap, IAF closes it)."""
+"""Normalizing-flow guides: log|det J| against autograd, samples against densities, particles, and
+the correlated linear-Gaussian posterior (the diagonal guide stalls at the mean-field gap, IAF
+closes it)."""
 
 import math
 from contextlib import contextmanager
@@ -47,7 +48,8 @@ def flow_guide(
 
 
 def composed_log_det(transforms, eps):
-    """log|det ∂z/∂ε| of z = f_K ∘ … ∘ f_1(ε) for every point of ``eps`` ``[..., D]``, from the autograd Jacobian."""
+    """log|det ∂z/∂ε| of z = f_K ∘ … ∘ f_1(ε) for every point of ``eps`` ``[..., D]``, from the
+    autograd Jacobian."""
     d = eps.shape[-1]
     flat = eps.detach().reshape(-1, d)
 
@@ -68,7 +70,8 @@ def composed_log_det(transforms, eps):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_log_prob_is_base_minus_autograd_log_det(name):
-    """log q(z) = log N(ε; μ, σ²) − log|det ∂z/∂ε|, with the determinant of the autograd Jacobian."""
+    """log q(z) = log N(ε; μ, σ²) − log|det ∂z/∂ε|, with the determinant of the autograd
+    Jacobian."""
     guide = flow_guide(name)
     x = torch.randn(4, 4, dtype=torch.float64)
     q = guide.distribution(guide.encoder(x))
@@ -87,7 +90,8 @@ def test_log_prob_is_base_minus_autograd_log_det(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_vectorized_particles_broadcast_against_context(name):
-    """Under the particle plate z is [K, B, D] (context [B, C]) and each particle's log q is exact."""
+    """Under the particle plate z is [K, B, D] (context [B, C]) and each particle's log q is
+    exact."""
     guide = flow_guide(name, latent_dim=2)
     x = torch.randn(3, 4, dtype=torch.float64)
     with pyro.plate(PARTICLE_PLATE, 5, dim=-2):
@@ -104,7 +108,8 @@ def test_vectorized_particles_broadcast_against_context(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_detached_z_is_rescored_by_inverse_or_refused(name):
-    """Invertible flows score a detached copy of z exactly as the cached sample; the others refuse clearly."""
+    """Invertible flows score a detached copy of z exactly as the cached sample; the others refuse
+    clearly."""
     guide = flow_guide(name)
     x = torch.randn(6, 4, dtype=torch.float64)
     assert guide.invertible is FLOWS[name].invertible
@@ -121,7 +126,8 @@ def test_detached_z_is_rescored_by_inverse_or_refused(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_samples_and_density_agree(name):
-    """E_{z~q}[r(z)/q(z)] = ∫ r = 1 for a normalized r covered by q: the density q matches its own samples."""
+    """E_{z~q}[r(z)/q(z)] = ∫ r = 1 for a normalized r covered by q: the density q matches its own
+    samples."""
     torch.manual_seed(0)
     guide = flow_guide(name, latent_dim=2, num_flows=3)
     x = 2 * torch.randn(1, 4, dtype=torch.float64)
@@ -151,7 +157,9 @@ def test_density_integrates_to_one(name):
     with torch.no_grad():
         q = guide.distribution(guide.encoder(x))
         mass = q.log_prob(zz).exp().sum().item() * (grid[1] - grid[0]).item() ** 2
-    # midpoint-rule error: O(h²) for smooth densities, O(h) for the spline, whose density jumps at its knots
+    # midpoint-rule error: O(h²) for smooth densities, O(h) for the spline, whose density jumps at
+    # its
+    # knots
     assert abs(mass - 1) < (1e-2 if name == "spline" else 1e-3), mass
 
 
@@ -172,7 +180,8 @@ def test_options_and_errors():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_builtin_vae_takes_guide_and_flows_from_config(name):
-    """Config(guide=NAME, flows=N, flow_hidden_dims=...) builds a VAE whose per-image ELBO is a finite negative number."""
+    """Config(guide=NAME, flows=N, flow_hidden_dims=...) builds a VAE whose per-image ELBO is a
+    finite negative number."""
     config = Config(guide=name, flows=2, flow_hidden_dims=[24], latent_dim=3, hidden_dims=[16])
     vae = build_model(config, (1, 4, 4))
     assert len(vae.guide_module.flows) == 2
@@ -183,13 +192,15 @@ def test_builtin_vae_takes_guide_and_flows_from_config(name):
 
 
 def correlated_linear_gaussian():
-    """z ∈ R², x ∈ R³ with nearly parallel columns of W: the exact posterior has correlation ≈ −0.89."""
+    """z ∈ R², x ∈ R³ with nearly parallel columns of W: the exact posterior has correlation ≈
+    −0.89."""
     W = torch.tensor([[1.0, 0.8], [1.0, 1.2], [0.6, 0.5]])
     return LinearGaussian(latent_dim=2, obs_dim=3, sigma=0.5, W=W, dtype=torch.float32)
 
 
 def fit_gap(lg, x, name, num_flows, steps=600, particles=8, lr=0.02):
-    """Train an amortized guide by the K-particle ELBO (from log_weights); return mean log p(x) − ELBO (nats)."""
+    """Train an amortized guide by the K-particle ELBO (from log_weights); return mean log p(x) −
+    ELBO (nats)."""
     pyro.set_rng_seed(0)
     guide = make_guide(
         name,
@@ -215,7 +226,8 @@ def fit_gap(lg, x, name, num_flows, steps=600, particles=8, lr=0.02):
 
 
 def test_iaf_closes_the_mean_field_gap():
-    """Diagonal guide: gap → ½(Σ log Λ_ii − log det Λ) (0.77 nats here); amortized IAF: gap < a quarter of it."""
+    """Diagonal guide: gap → ½(Σ log Λ_ii − log det Λ) (0.77 nats here); amortized IAF: gap < a
+    quarter of it."""
     lg = correlated_linear_gaussian()
     x = lg.sample(512)
     meanfield = lg.meanfield_gap().item()
@@ -223,7 +235,8 @@ def test_iaf_closes_the_mean_field_gap():
     with one_thread():
         diagonal = fit_gap(lg, x, "diagonal", 0)
         iaf = fit_gap(lg, x, "iaf", 2)
-    # the best diagonal guide is exactly mean-field optimal (the amortized linear encoder can reach it);
+    # the best diagonal guide is exactly mean-field optimal (the amortized linear encoder can reach
+    # it);
     # 0.05 nats covers the optimiser's residual and the 2000-particle Monte Carlo error (≈0.002)
     assert abs(diagonal - meanfield) < 0.05, (diagonal, meanfield)
     assert iaf < meanfield / 4, (iaf, meanfield)
@@ -232,7 +245,8 @@ def test_iaf_closes_the_mean_field_gap():
 @cuda
 @pytest.mark.parametrize("name", NAMES)
 def test_flow_guides_on_cuda(name):
-    """Guides follow the data onto the GPU: particles, log q against the autograd Jacobian, inverse."""
+    """Guides follow the data onto the GPU: particles, log q against the autograd Jacobian,
+    inverse."""
     guide = flow_guide(name, latent_dim=2).cuda()
     x = torch.randn(3, 4, dtype=torch.float64, device="cuda")
     with pyro.plate(PARTICLE_PLATE, 4, dim=-2):

@@ -1,4 +1,5 @@
-"""Hierarchical VAE: closed forms of a two-layer linear-Gaussian hierarchy, layer order, estimators, config.
+"""Hierarchical VAE: closed forms of a two-layer linear-Gaussian hierarchy, layer order, estimators,
+config.
 
 The hierarchy (all conditionals linear-Gaussian, so everything is jointly Gaussian):
 
@@ -93,7 +94,8 @@ class LinearHierarchy:
 
 
 def _linear_conditional(weight, bias, scale, min_scale=1e-5):
-    """A GaussianConditional whose loc is weight @ h + bias and whose scale is the constant ``scale``."""
+    """A GaussianConditional whose loc is weight @ h + bias and whose scale is the constant
+    ``scale``."""
     out_dim, in_dim = weight.shape
     lin = nn.Linear(in_dim, 2 * out_dim).to(DT)
     with torch.no_grad():
@@ -114,7 +116,8 @@ def _model(h, guide):
 
 
 def exact_ladder(h):
-    """The ladder guide set to the exact posterior: bottom-up estimates = posterior precision minus prior precision."""
+    """The ladder guide set to the exact posterior: bottom-up estimates = posterior precision minus
+    prior precision."""
     # top: p(z2 | x) = N(K2 x + c2, S2) (diagonal), merged with N(0, I)
     K2, c2, S2 = h.conditional(h.Z2, h.X)
     assert torch.allclose(S2, torch.diag(S2.diagonal()), atol=1e-12), (
@@ -132,7 +135,8 @@ def exact_ladder(h):
     post_var = S1.diagonal()
     est_var = 1 / (1 / post_var - 1 / h.s**2)
     Kz, Kx = K1[:, :D2], K1[:, D2:]
-    # μ̂ = σ̂² (μ_post / σ_post² − μ_prior / s²); its z2 part must cancel (bottom-up estimates see x only)
+    # μ̂ = σ̂² (μ_post / σ_post² − μ_prior / s²); its z2 part must cancel (bottom-up estimates see x
+    # only)
     assert torch.allclose(Kz / post_var[:, None], h.A / h.s[:, None] ** 2, atol=1e-10)
     head1 = _linear_conditional(
         est_var[:, None] * Kx / post_var[:, None],
@@ -182,12 +186,14 @@ def test_ladder_with_a_perturbed_head_is_strictly_below_log_px():
     hvae = _model(h, guide)
     x = h.sample_x(7)
     elbo = log_weights(hvae.model, hvae.guide, x, num_particles=4000).log_w.mean(0)
-    # the gap is KL(q || p(z|x)) > 0; with 4000 particles the MC error is far below the 0.01 margin used
+    # the gap is KL(q || p(z|x)) > 0; with 4000 particles the MC error is far below the 0.01 margin
+    # used
     assert (elbo < h.log_px(x) - 0.01).all()
 
 
 def _meanfield_bias(hvae, x, expected, repeats=10, particles=2000):
-    """Mean and standard error of (meanfield loss − expected) over independent vectorized estimates."""
+    """Mean and standard error of (meanfield loss − expected) over independent vectorized
+    estimates."""
     elbo = make_elbo("meanfield", num_particles=particles, max_plate_nesting=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pyro's mean-field order check, for the bottom-up case
@@ -198,7 +204,8 @@ def _meanfield_bias(hvae, x, expected, repeats=10, particles=2000):
 
 
 def test_meanfield_analytic_kl_per_layer_is_unbiased_with_the_top_down_guide():
-    """TraceMeanField_ELBO uses KL(q(z_l|z_l+1, x) ‖ p(z_l|z_l+1)) in closed form given the sample above; its mean is log p(x)."""
+    """TraceMeanField_ELBO uses KL(q(z_l|z_l+1, x) ‖ p(z_l|z_l+1)) in closed form given the sample
+    above; its mean is log p(x)."""
     h = LinearHierarchy()
     hvae = _model(h, exact_ladder(h))
     x = h.sample_x(4)
@@ -217,8 +224,9 @@ def test_meanfield_analytic_kl_per_layer_is_unbiased_with_the_top_down_guide():
 
 
 def test_meanfield_is_biased_with_the_bottom_up_guide():
-    """Known limitation: with q(z2 | z1) the analytic KL of z1 integrates over a fresh z1 though z2 was drawn given the
-    sampled z1, so TraceMeanField_ELBO is biased even at the exact posterior (Pyro warns about the site order)."""
+    """Known limitation: with q(z2 | z1) the analytic KL of z1 integrates over a fresh z1 though z2
+    was drawn given the sampled z1, so TraceMeanField_ELBO is biased even at the exact posterior
+    (Pyro warns about the site order)."""
     h = LinearHierarchy(rect_diagonal_A=True)
     hvae = _model(h, exact_bottom_up(h))
     x = h.sample_x(4)

@@ -1,5 +1,6 @@
-"""The package's layers: a module imports only from its own layer or below, and no import loop exists, lazy
-(function-level) imports included.  Read from the source with ``ast``; nothing is imported."""
+"""The package's layers: a module imports only from its own layer or below, and no import loop
+exists, lazy (function-level) imports included. Read from the source with ``ast``; nothing is
+imported."""
 
 import ast
 import os

@@ -60,7 +60,8 @@ def test_learned_gaussian_has_one_sigma_per_pixel():
 
 
 def test_sigma_vae_learned_sigma_is_optimal_at_root_mse():
-    """d/dσ of the Gaussian NLL vanishes at σ = sqrt(MSE): the learned shared σ settles where the analytic σ* is."""
+    """d/dσ of the Gaussian NLL vanishes at σ = sqrt(MSE): the learned shared σ settles where the
+    analytic σ* is."""
     x, mu = _data()
     lik = make_likelihood("sigma-vae", X_SHAPE).double()
     mse = (x - mu).pow(2).mean()
@@ -154,7 +155,8 @@ def test_categorical_is_the_softmax_of_256_logits_per_sub_pixel():
 
 
 def _sharp_and_broad():
-    """One element: 0.3 · logistic(0.2, s = 1.5 bins) + 0.7 · logistic(0.75, 0.05), and a 256-way categorical."""
+    """One element: 0.3 · logistic(0.2, s = 1.5 bins) + 0.7 · logistic(0.75, 0.05), and a 256-way
+    categorical."""
     from pyro_vae.models.likelihoods import Categorical256, DiscretizedLogisticMixture
 
     dl = DiscretizedLogisticMixture(
@@ -170,11 +172,13 @@ def _sharp_and_broad():
 
 @pytest.mark.parametrize("name", ["discretized-logistic", "categorical"])
 def test_eight_bit_samples_follow_the_probabilities(name):
-    """Empirical frequencies of n = 40000 draws of one element against p(k): total variation within 2× its expectation.
+    """Empirical frequencies of n = 40000 draws of one element against p(k): total variation within
+    2× its expectation.
 
-    Each count is ≈ N(n p_k, n p_k (1 − p_k)), so E|p̂_k − p_k| ≈ sqrt(2 p_k / (π n)) and the expected TV is
-    about ½ Σ_k sqrt(2 p_k / (π n)) (≈ 0.01 here); the TV of n draws concentrates around it (its sd is a few
-    % of it).  A sampler off by one bin moves ~0.1 of the mass of the sharp component (TV ≫ 0.02).
+    Each count is ≈ N(n p_k, n p_k (1 − p_k)), so E|p̂_k − p_k| ≈ sqrt(2 p_k / (π n)) and the
+    expected TV is about ½ Σ_k sqrt(2 p_k / (π n)) (≈ 0.01 here); the TV of n draws concentrates
+    around it (its sd is a few % of it). A sampler off by one bin moves ~0.1 of the mass of the
+    sharp component (TV ≫ 0.02).
     """
     d = _sharp_and_broad()[name]
     torch.manual_seed(0)

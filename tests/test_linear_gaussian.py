@@ -1,4 +1,5 @@
-"""The closed forms of tests/linear_gaussian.py, checked against brute force so other tests can rely on them."""
+"""The closed forms of tests/linear_gaussian.py, checked against brute force so other tests can rely
+on them."""
 
 import torch
 from linear_gaussian import LinearGaussian
@@ -22,7 +23,8 @@ def test_elbo_equals_log_px_at_posterior_and_is_below_elsewhere():
     mean, cov = lg.posterior(x)
     torch.testing.assert_close(lg.elbo(x, mean, cov), lg.log_px(x))
     assert (lg.elbo(x, mean + 0.3, cov) < lg.log_px(x)).all()
-    # the best diagonal guide: mean = posterior mean, variances = 1 / Λ_ii; its gap is the mean-field gap
+    # the best diagonal guide: mean = posterior mean, variances = 1 / Λ_ii; its gap is the
+    # mean-field gap
     diag = 1 / lg.precision().diagonal().expand(6, -1)
     gap = lg.log_px(x) - lg.elbo(x, mean, diag)
     torch.testing.assert_close(gap, lg.meanfield_gap().expand(6))

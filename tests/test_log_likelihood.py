@@ -14,13 +14,15 @@ from pyro_vae import data_plate, log_likelihood
 
 
 def widened_posterior_guide(lg, x, shift=0.3, widen=1.2):
-    """q(z|x_i) = N(m_i + shift·sd, widen² Σ): close to, but not, the posterior; light-tailed weights."""
+    """q(z|x_i) = N(m_i + shift·sd, widen² Σ): close to, but not, the posterior; light-tailed
+    weights."""
     mean, cov = lg.posterior(x)
     chol = widen * torch.linalg.cholesky(cov[0])
     loc = mean + shift * cov[0].diagonal().sqrt()
 
     def guide(xb, num_data=None):
-        # log_likelihood passes chunks of x: find each row's loc by matching the data (rows of x are distinct)
+        # log_likelihood passes chunks of x: find each row's loc by matching the data (rows of x are
+        # distinct)
         rows = (xb[:, None, :] == x[None, :, :]).all(-1).float().argmax(1)
         with data_plate(xb):
             pyro.sample("z", pyro.distributions.MultivariateNormal(loc[rows], scale_tril=chol))
@@ -68,7 +70,8 @@ def test_matches_exact_log_px_per_point_and_stays_within_the_chunk(monkeypatch):
 
 
 def test_float32_model_accumulates_in_float64_and_subsampling_is_ignored():
-    """A float32 pair still gets float64 sums; the data plate's num_data scale does not enter log p(x_i)."""
+    """A float32 pair still gets float64 sums; the data plate's num_data scale does not enter log
+    p(x_i)."""
     lg = LinearGaussian(dtype=torch.float32)
     x = lg.sample(5)
     est = log_likelihood(lg.model, lg.exact_guide, x, num_samples=64, num_data=1000)
@@ -77,7 +80,8 @@ def test_float32_model_accumulates_in_float64_and_subsampling_is_ignored():
 
 
 def test_each_cpu_pass_hands_freed_memory_back(monkeypatch):
-    """10k one-image passes fragmented glibc's heap (a VampPrior evaluation grew to 24 GB): every pass trims it."""
+    """10k one-image passes fragmented glibc's heap (a VampPrior evaluation grew to 24 GB): every
+    pass trims it."""
     from pyro_vae.core.host_memory import release_freed_memory
 
     lg = LinearGaussian()

@@ -1,4 +1,5 @@
-"""Semi-supervised M2, the conditional VAE and relaxed categorical latents: numbers against explicit sums."""
+"""Semi-supervised M2, the conditional VAE and relaxed categorical latents: numbers against explicit
+sums."""
 
 import math
 
@@ -27,7 +28,8 @@ def _m2(aux_weight):
 
 
 def _per_class_terms(m, x, y_each_class, seed):
-    """log p(z) + log p(x|z,y) − log q(z|x,y) for z drawn per class with the RNG stream TraceEnum uses, [C, B]."""
+    """log p(z) + log p(x|z,y) − log q(z|x,y) for z drawn per class with the RNG stream TraceEnum
+    uses, [C, B]."""
     torch.manual_seed(seed)
     loc, scale = m.encoder(x, y_each_class)
     z = dist.Normal(loc, scale).rsample()

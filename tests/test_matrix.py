@@ -6,12 +6,13 @@ calls before it reads any data, splits the matrix into refused and valid combina
 
 * every refused combination is run through ``pyro-vae train`` with data loading made to fail:
   it must exit with status 2 and one line that names the conflict, and write nothing;
-* valid combinations train a few steps on a small subset of Fashion-MNIST with pictures on,
-  then ``evaluate``, ``sample`` and ``embed``: every figure is finite and every file is written.
-  By default a covering set trains (every value of every axis at least once); with
-  ``PYRO_VAE_MATRIX=pairwise`` also a pairwise covering set (every valid pair of values of two axes at least
-  once: about 100 more runs, 6 minutes on 2 cores, kept out of ``make test`` so that the whole suite stays
-  under 10 minutes); with ``PYRO_VAE_MATRIX=all`` every valid combination (hours on a CPU).
+* valid combinations train a few steps on a small subset of Fashion-MNIST with pictures on, then
+  ``evaluate``, ``sample`` and ``embed``: every figure is finite and every file is written. By
+  default a covering set trains (every value of every axis at least once); with
+  ``PYRO_VAE_MATRIX=pairwise`` also a pairwise covering set (every valid pair of values of two axes
+  at least once: about 100 more runs, 6 minutes on 2 cores, kept out of ``make test`` so that the
+  whole suite stays under 10 minutes); with ``PYRO_VAE_MATRIX=all`` every valid combination (hours
+  on a CPU).
 """
 
 import dataclasses
@@ -92,8 +93,8 @@ def combinations():
 
 
 def config_of(combo, out="runs/matrix"):
-    """The Config fields of a combination; a flow guide gets one layer (the flag that makes it a flow), an 8-bit
-    likelihood the grey levels (``binarize="none"``)."""
+    """The Config fields of a combination; a flow guide gets one layer (the flag that makes it a
+    flow), an 8-bit likelihood the grey levels (``binarize="none"``)."""
     fields = {
         **SMALL,
         **{a: combo[a] for a in AXES if a != "variant"},
@@ -141,7 +142,8 @@ def classify():
 
 
 def covering(valid, strength):
-    """Greedy subset of ``valid`` holding every value (strength 1) or every valid pair of values (2) of the axes."""
+    """Greedy subset of ``valid`` holding every value (strength 1) or every valid pair of values (2)
+    of the axes."""
 
     def items(combo):
         return {
@@ -303,7 +305,8 @@ def test_valid_combination_pairwise(combo, tmp_path, capsys):
 # posterior means with a class label site; errors, --debug and the run log
 # ---------------------------------------------------------------------------------------------
 def test_posterior_means_skip_a_label_site_and_average_over_it():
-    """q(y|x) = Cat(p), q(z|x, y) = N(y, 1): E[z] = Σ_y p_y y, and y itself (an integer site) has no mean."""
+    """q(y|x) = Cat(p), q(z|x, y) = N(y, 1): E[z] = Σ_y p_y y, and y itself (an integer site) has no
+    mean."""
     import pyro
     import pyro.distributions as dist
 
@@ -455,8 +458,9 @@ def test_examples_write_smoke_runs_to_fresh_directories_and_number_full_runs(tmp
     ),
 )
 def test_every_example_takes_the_shared_run_flags_and_comma_separated_lists(name, tmp_path):
-    """Every example takes --seed, --data-dir, --device, --limit and --out, and its list flags are comma-separated
-    as in pyro-vae train (a space-separated list is an error, not a silent one-element list)."""
+    """Every example takes --seed, --data-dir, --device, --limit and --out, and its list flags are
+    comma-separated as in pyro-vae train (a space-separated list is an error, not a silent
+    one-element list)."""
     from examples_loader import load_example
 
     example = load_example(name)

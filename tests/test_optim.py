@@ -1,4 +1,5 @@
-"""FusedOptim takes the same steps as pyro.optim's one-optimizer-per-parameter wrapper, and shares its state format."""
+"""FusedOptim takes the same steps as pyro.optim's one-optimizer-per-parameter wrapper, and shares
+its state format."""
 
 import pyro
 import pytest
@@ -10,7 +11,8 @@ from pyro_vae.training.optim import make_optimizer, set_lr
 
 
 def _pair():
-    """A learnable linear-Gaussian model (W, b) with an amortized diagonal guide (two linear maps)."""
+    """A learnable linear-Gaussian model (W, b) with an amortized diagonal guide (two linear
+    maps)."""
     lg = LinearGaussian(latent_dim=2, obs_dim=4)
     enc = torch.nn.Linear(4, 4).double()
 

@@ -1,9 +1,11 @@
-"""The pair contract: every estimator and ``log_likelihood`` take a pair the way ``pyro.infer.SVI`` does.
+"""The pair contract: every estimator and ``log_likelihood`` take a pair the way ``pyro.infer.SVI``
+does.
 
-Each pair below is the linear-Gaussian model (closed-form log p(x), posterior and ELBO) written another way
-Pyro users write pairs: data closed over, data as a keyword, (labels, images) positionally, other site and
-plate names, a subsampled plate, a global latent, ``poutine.scale``, a non-amortized guide.  At the exact
-posterior every bound equals log p(x) (times the plate's and poutine's scales), to float64 round-off.
+Each pair below is the linear-Gaussian model (closed-form log p(x), posterior and ELBO) written
+another way Pyro users write pairs: data closed over, data as a keyword, (labels, images)
+positionally, other site and plate names, a subsampled plate, a global latent, ``poutine.scale``, a
+non-amortized guide. At the exact posterior every bound equals log p(x) (times the plate's and
+poutine's scales), to float64 round-off.
 """
 
 import math
@@ -39,8 +41,9 @@ def likelihood(lg, z):
 
 
 def pairs(lg, X):
-    """name -> (model, guide, args, kwargs, scale, per_point): the exact loss is −scale · Σ_i log p(x_i) over the
-    points in the data plate (``X`` or its subsample ``X[idx]``); ``per_point``: the per-data-point bounds apply."""
+    """name -> (model, guide, args, kwargs, scale, per_point): the exact loss is −scale · Σ_i log
+    p(x_i) over the points in the data plate (``X`` or its subsample ``X[idx]``); ``per_point``: the
+    per-data-point bounds apply."""
     mean, tril = exact_posterior(lg, X)
     idx = torch.tensor([1, 5, 6, 10])
     out = {}
@@ -205,8 +208,9 @@ def test_log_likelihood_of_a_global_latent_pair_is_refused_in_one_line():
 
 
 def test_log_likelihood_of_a_non_amortized_guide_off_the_posterior_is_within_002_nats():
-    """q_i = N(m_i + 0.2 sd, (1.1)² Σ) per point, as free parameters: the pair runs on all N points only, so the
-    particles are split (max_elements 600 → 50 per pass); K = 4000 leaves a bias far below 0.02 nats."""
+    """q_i = N(m_i + 0.2 sd, (1.1)² Σ) per point, as free parameters: the pair runs on all N points
+    only, so the particles are split (max_elements 600 → 50 per pass); K = 4000 leaves a bias far
+    below 0.02 nats."""
     lg = LinearGaussian()
     X = lg.sample(N)
     mean, tril = exact_posterior(lg, X)
@@ -230,7 +234,8 @@ def test_log_likelihood_of_a_non_amortized_guide_off_the_posterior_is_within_002
     )  # the trial on a sub-batch left no half-size parameter
 
 
-# ---- gradients against the closed-form ELBO gradient, under subsampling and scaling ----------------------------
+# ---- gradients against the closed-form ELBO gradient, under subsampling and scaling
+# ----------------------------
 def closed_form_elbo(x, W, b, sigma, m, s2):
     """Σ_i ELBO_i for q_i = N(m_i, diag s2_i) under z ~ N(0, I), x | z ~ N(Wz + b, σ²I)."""
     D, d = W.shape
@@ -244,9 +249,10 @@ def closed_form_elbo(x, W, b, sigma, m, s2):
 
 @pytest.mark.parametrize("name", ELBOS)
 def test_gradients_equal_the_closed_form_elbo_gradient_under_subsampling_and_scaling(name):
-    """With a subsampled plate (N = 12, B = 4) and poutine.scale(0.5) on both, the expected gradient of every
-    parameter (model: W, b; non-amortized guide: loc, log_scale) is 0.5 · N/B · ∇ Σ_{i ∈ idx} ELBO_i.  The mean of
-    R = 30 estimates of K = 200 particles each is within 5 standard errors of it, and of the same order."""
+    """With a subsampled plate (N = 12, B = 4) and poutine.scale(0.5) on both, the expected gradient
+    of every parameter (model: W, b; non-amortized guide: loc, log_scale) is 0.5 · N/B · ∇ Σ_{i ∈
+    idx} ELBO_i. The mean of R = 30 estimates of K = 200 particles each is within 5 standard errors
+    of it, and of the same order."""
     lg = LinearGaussian()
     X = lg.sample(N)
     mean, _ = lg.posterior(X)
@@ -337,10 +343,12 @@ def test_probe_reads_the_data_plate_sites_and_params_from_one_trace():
     assert probe(model, guide, *args, **kwargs).params == ("loc", "tril")
 
 
-# ---- the Trainer, evaluate and the pictures on a pair with other names, subsampling and per-point parameters ----
+# ---- the Trainer, evaluate and the pictures on a pair with other names, subsampling and per-point
+# parameters ----
 def named_subsampled_pair(lg, X):
-    """Plate "points" with the dataset size (scale N / B), observed site "obs", and a non-amortized guide at the
-    exact posterior whose per-point parameters are indexed by the batch's rows (``batch_kwargs``)."""
+    """Plate "points" with the dataset size (scale N / B), observed site "obs", and a non-amortized
+    guide at the exact posterior whose per-point parameters are indexed by the batch's rows
+    (``batch_kwargs``)."""
     mean, tril = exact_posterior(lg, X)
 
     def model(x, idx=None):
@@ -358,9 +366,9 @@ def named_subsampled_pair(lg, X):
 
 
 def test_trainer_scales_the_loss_by_the_data_plate_whatever_its_name():
-    """With STL at the exact posterior every gradient is zero up to round-off (which Adam would blow up to steps of
-    lr: lr = 1e-9 keeps them negligible), so each epoch's train_loss is the mean −log p(x) per image exactly: the
-    trainer found plate "points" and its scale N / B."""
+    """With STL at the exact posterior every gradient is zero up to round-off (which Adam would blow
+    up to steps of lr: lr = 1e-9 keeps them negligible), so each epoch's train_loss is the mean −log
+    p(x) per image exactly: the trainer found plate "points" and its scale N / B."""
     from pyro_vae import Optimization, Trainer
 
     lg = LinearGaussian()
@@ -393,8 +401,9 @@ def test_evaluate_reads_the_data_plate_and_sites_from_the_trace():
 
 
 def test_pictures_find_the_observed_site_whatever_its_name(tmp_path):
-    """The pictures of a pair whose observed site is "obs" in plate "points": every file is written, and the
-    reconstructions are the exact posterior's decoded means (clamped to [0, 1] as images)."""
+    """The pictures of a pair whose observed site is "obs" in plate "points": every file is written,
+    and the reconstructions are the exact posterior's decoded means (clamped to [0, 1] as
+    images)."""
     from pyro_vae.evaluation.pictures import reconstructions, save_run_pictures
 
     lg = LinearGaussian.unit_range(obs_dim=16, sigma=0.1, w_scale=0.05)
@@ -418,10 +427,12 @@ def test_pictures_find_the_observed_site_whatever_its_name(tmp_path):
     assert recon.shape == X.shape and ((recon >= 0) & (recon <= 1)).all()
 
 
-# ---- batch_call: the Trainer and evaluate take pairs that do not take the batch as their one argument ------------
+# ---- batch_call: the Trainer and evaluate take pairs that do not take the batch as their one
+# argument ------------
 def trainable_pairs(lg, X):
     """name -> (model, guide, batch_call): the linear-Gaussian model with a linear amortized guide
-    q(z|x) = N(x A + c, L Lᵀ) (parameters A, c, L; the exact posterior is one of them), written three ways."""
+    q(z|x) = N(x A + c, L Lᵀ) (parameters A, c, L; the exact posterior is one of them), written
+    three ways."""
 
     def encode(x):
         A = pyro.param("A", torch.zeros(lg.obs_dim, lg.latent_dim, dtype=x.dtype))
@@ -468,8 +479,9 @@ def trainable_pairs(lg, X):
 @pytest.mark.parametrize("way", ["keyword", "names", "closed-over, subsampled"])
 def test_trainer_and_evaluate_take_the_pair_through_batch_call(way):
     """Training lowers the loss; evaluate's ELBO of the trained guide is the closed-form ELBO of
-    q(z|x_i) = N(x_i A + c, L Lᵀ) (400 particles on 64 points: a standard error near 0.01 nats), its NLL the
-    exact −log p(x) within 0.05 nats, and at the exact posterior evaluate's ELBO is log p(x) to round-off."""
+    q(z|x_i) = N(x_i A + c, L Lᵀ) (400 particles on 64 points: a standard error near 0.01 nats), its
+    NLL the exact −log p(x) within 0.05 nats, and at the exact posterior evaluate's ELBO is log p(x)
+    to round-off."""
     from pyro_vae import Optimization, Trainer, evaluate
 
     lg = LinearGaussian()
@@ -509,9 +521,10 @@ def test_trainer_and_evaluate_take_the_pair_through_batch_call(way):
 
 @pytest.mark.parametrize("max_elements", [2**16, 24])
 def test_evaluate_runs_a_non_amortized_guide_on_the_whole_data(max_elements):
-    """One free q_i per data point over a plate of N, not indexed by the batch: evaluate cannot chunk the data
-    (runs_per_point), so it takes all N points at once and splits the particles (24 // 12 = 2 per pass).  At the
-    exact posterior its ELBO and NLL are the exact mean log p(x) per point."""
+    """One free q_i per data point over a plate of N, not indexed by the batch: evaluate cannot
+    chunk the data (runs_per_point), so it takes all N points at once and splits the particles (24
+    // 12 = 2 per pass). At the exact posterior its ELBO and NLL are the exact mean log p(x) per
+    point."""
     from pyro_vae import evaluate
 
     lg = LinearGaussian()

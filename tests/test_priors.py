@@ -17,7 +17,8 @@ from pyro_vae.models.priors import VampPrior
 
 
 def normal_mixture_by_hand(z, loc, scale):
-    """log (1/K) Σ_k Π_d N(z_d; loc_kd, scale_kd), written out with exp and sums (no torch distributions)."""
+    """log (1/K) Σ_k Π_d N(z_d; loc_kd, scale_kd), written out with exp and sums (no torch
+    distributions)."""
     total = 0.0
     for k in range(loc.shape[0]):
         quad = ((z - loc[k]) / scale[k]).pow(2).sum(-1)
@@ -43,7 +44,9 @@ def test_log_density_is_the_mixture_computed_by_hand():
     torch.testing.assert_close(
         expanded.log_prob(z), normal_mixture_by_hand(z, loc, scale), rtol=1e-12, atol=1e-12
     )
-    # components with a batch dimension of their own take the generic path (a [..., K, D] tensor): the same density
+    # components with a batch dimension of their own take the generic path (a [..., K, D] tensor):
+    # the
+    # same density
     batched = VampPrior(dist.Normal(loc.expand(4, 5, 3), scale.expand(4, 5, 3)).to_event(1))
     assert batched._gaussians is None and batched.batch_shape == (4,)
     torch.testing.assert_close(
@@ -52,7 +55,8 @@ def test_log_density_is_the_mixture_computed_by_hand():
 
 
 def test_float32_density_of_40_dimensional_posteriors_is_accurate():
-    """The matrix-product form on float32 inputs stays within 1e-4 nats of float64 for 500 sharp posteriors, D = 40."""
+    """The matrix-product form on float32 inputs stays within 1e-4 nats of float64 for 500 sharp
+    posteriors, D = 40."""
     g = torch.Generator().manual_seed(0)
     loc, scale = (
         torch.randn(500, 40, generator=g) * 2,
@@ -68,7 +72,8 @@ def test_float32_density_of_40_dimensional_posteriors_is_accurate():
 
 
 def test_samples_follow_the_mixture():
-    """Mean and variance of many draws match the mixture's (law of total variance), and rsample is differentiable."""
+    """Mean and variance of many draws match the mixture's (law of total variance), and rsample is
+    differentiable."""
     loc = torch.tensor([[-4.0, 0.0], [4.0, 1.0]], requires_grad=True)
     scale = torch.tensor([[1.0, 0.5], [0.5, 2.0]])
     prior = VampPrior(dist.Normal(loc, scale).to_event(1))
@@ -112,7 +117,8 @@ def vamp_vae(**overrides):
 
 @pytest.mark.parametrize("model", ["vae", "hierarchical"])
 def test_model_prior_is_the_mixture_of_the_guide_at_the_pseudo_inputs(model):
-    """The model's log p(z) equals (1/K) Σ_k q(z | u_k) with q read from the guide's own trace at each u_k."""
+    """The model's log p(z) equals (1/K) Σ_k q(z | u_k) with q read from the guide's own trace at
+    each u_k."""
     overrides = (
         {"model": "hierarchical", "latent_dims": [3, 2], "guide": "top-down"}
         if model == "hierarchical"
@@ -138,7 +144,8 @@ def test_model_prior_is_the_mixture_of_the_guide_at_the_pseudo_inputs(model):
 
 
 def test_meanfield_samples_the_kl_instead_of_an_analytic_one():
-    """No kl_divergence exists for the VampPrior: meanfield falls back on log q − log p, i.e. the Trace_ELBO loss."""
+    """No kl_divergence exists for the VampPrior: meanfield falls back on log q − log p, i.e. the
+    Trace_ELBO loss."""
     vae = vamp_vae()
     x = tiny_data().test[:8]
     pyro.set_rng_seed(5)

@@ -31,7 +31,8 @@ def tiny_vae(likelihood="bernoulli", x_shape=(1, 2, 2)):
     return build_model(Config(likelihood=likelihood, **TINY), x_shape, num_data=None)
 
 
-# -- options ------------------------------------------------------------------------------------------
+# -- options
+# ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "field, value, words",
     [
@@ -117,7 +118,8 @@ def test_library_entry_points_reject_bad_options():
         make_guide("nope", MLP((1, 2, 2), [], 4), 4, 2)
 
 
-# -- data ----------------------------------------------------------------------------------------------
+# -- data
+# ----------------------------------------------------------------------------------------------
 def _images(value=None, shape=(6, 1, 2, 2)):
     x = torch.full(shape, 0.5)
     if value is not None:
@@ -198,7 +200,8 @@ def test_log_likelihood_rejects_bad_data_with_one_line_errors():
         log_likelihood(lg.model, lg.exact_guide, x, num_samples=0)
 
 
-# -- devices, directories, checkpoints ------------------------------------------------------------------
+# -- devices, directories, checkpoints
+# ------------------------------------------------------------------
 def test_cuda_absent_or_missing_index(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="CUDA is not available here; use device='cpu'"):
@@ -314,7 +317,8 @@ def test_out_dir_holding_a_run_needs_resume(tmp_path, capsys):
         experiment.train(Config(out=str(other)))
 
 
-# -- NaN / inf guard ------------------------------------------------------------------------------------
+# -- NaN / inf guard
+# ------------------------------------------------------------------------------------
 class Poisoned:
     """x_i ~ N(z_i + b, 1), z_i ~ N(0, 1); guide N(a x_i, exp(s)).  Chosen epochs inject a NaN loss,
     an infinite gradient (√(b − b) has a finite value 0 and derivative +∞) or a NaN buffer."""
@@ -403,7 +407,8 @@ def test_nonfinite_step_is_skipped_state_restored_and_lr_halved(tmp_path, kind):
 
 
 def test_checks_every_few_steps_skip_on_the_device_and_act_at_the_check(tmp_path):
-    """What a GPU run does (the host reads the guard's counts every ``check_every`` steps), here on the CPU."""
+    """What a GPU run does (the host reads the guard's counts every ``check_every`` steps), here on
+    the CPU."""
     pair = Poisoned(bad_epochs={2}, kind="grad")
     x = torch.randn(8, generator=torch.Generator().manual_seed(0)) + 1.0
     trainer = Trainer(
@@ -486,7 +491,8 @@ def test_too_many_bad_steps_stop_with_a_clear_error_and_keep_the_run_usable(tmp_
     ] == [1, 2, 3]
 
 
-# -- property-based: malformed tensors and options give clean ValueError/TypeError ---------------------------
+# -- property-based: malformed tensors and options give clean ValueError/TypeError
+# ---------------------------
 BAD_NUMBERS = st.one_of(
     st.integers(-3, 0),
     st.floats(allow_nan=True, allow_infinity=True),

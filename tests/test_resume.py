@@ -137,7 +137,8 @@ def test_signal_mid_epoch_stops_cleanly_and_resumes_exactly(
 
 @pytest.mark.cuda
 def test_resume_on_cuda(tmp_path):
-    """On CUDA the checkpoint also holds the CUDA RNG; kernels may not be bit-reproducible, so compare closely."""
+    """On CUDA the checkpoint also holds the CUDA RNG; kernels may not be bit-reproducible, so
+    compare closely."""
     data = synthetic_data().to("cuda")
     reference = make_trainer(tmp_path / "ref", device="cuda")
     reference.fit(data, epochs=4, batch_size=16)
@@ -152,7 +153,8 @@ def test_resume_on_cuda(tmp_path):
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
-    """A crash while a checkpoint is being written leaves the previous one intact and no partial file behind."""
+    """A crash while a checkpoint is being written leaves the previous one intact and no partial
+    file behind."""
     trainer = make_trainer(tmp_path / "run")
     trainer.fit(synthetic_data(), epochs=1, batch_size=16)
     before = (tmp_path / "run" / CHECKPOINT).read_bytes()
@@ -176,7 +178,8 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     assert metric_epochs(tmp_path / "run") == [1, 2]
 
 
-# -- a real process on real data: SIGTERM, then SIGKILL mid-epoch, then resume ----------------------------------
+# -- a real process on real data: SIGTERM, then SIGKILL mid-epoch, then resume
+# ----------------------------------
 TRAIN_ARGS = [
     "--dataset",
     "fashion-mnist",

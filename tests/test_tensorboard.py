@@ -1,4 +1,5 @@
-"""Issue 18: TensorBoard event files in every run directory, matching metrics.jsonl, read back with TensorBoard."""
+"""Issue 18: TensorBoard event files in every run directory, matching metrics.jsonl, read back with
+TensorBoard."""
 
 import json
 import math
@@ -30,7 +31,8 @@ STEPS = math.ceil(N / BATCH)  # steps per epoch
 
 def synthetic_data():
     g = torch.Generator().manual_seed(1)
-    binary = lambda n: torch.bernoulli(torch.rand(n, 1, SIDE, SIDE, generator=g), generator=g)  # noqa: E731
+    # noqa: E731
+    binary = lambda n: torch.bernoulli(torch.rand(n, 1, SIDE, SIDE, generator=g), generator=g)
     return ImageData(
         train=torch.rand(N, 1, SIDE, SIDE, generator=g),
         train_labels=None,
@@ -76,8 +78,9 @@ def test_every_scalar_of_the_metrics_row_once_per_epoch_and_images(tmp_path):
     acc = accumulator(out)
     scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
     expected, _ = flatten(history[0])
-    # the row's keys are the tags: train loss, test ELBO with its recon/KL split, validation ELBO, active units and
-    # KL per latent dimension, learning rate, bad steps, epoch seconds, …
+    # the row's keys are the tags: train loss, test ELBO with its recon/KL split, validation ELBO,
+    # active
+    # units and KL per latent dimension, learning rate, bad steps, epoch seconds, …
     for key in (
         "train_loss",
         "test_elbo",
@@ -102,12 +105,14 @@ def test_every_scalar_of_the_metrics_row_once_per_epoch_and_images(tmp_path):
     assert history[0]["test_elbo"] == pytest.approx(
         history[0]["test_recon"] - history[0]["test_kl"], abs=1e-4
     )
-    # the running loss every log_every = 2 steps; at an epoch's last step it is the epoch's train loss
+    # the running loss every log_every = 2 steps; at an epoch's last step it is the epoch's train
+    # loss
     assert [s for s, _ in scalars["running_loss"]] == list(range(2, 3 * STEPS + 1, 2))
     assert dict(scalars["running_loss"])[2 * STEPS] == pytest.approx(
         history[1]["train_loss"], rel=1e-6
     )
-    # pictures every epoch: prior samples (32) and 4 rows of 8 inputs over their 4 rows of reconstructions
+    # pictures every epoch: prior samples (32) and 4 rows of 8 inputs over their 4 rows of
+    # reconstructions
     for tag, grid_rows in (("samples", 4), ("reconstructions", 8)):
         images = acc.Images(tag)
         assert [e.step for e in images] == [STEPS * e for e in (1, 2, 3)]
@@ -130,8 +135,9 @@ def test_no_tensorboard_and_images_every(tmp_path):
 
 
 def test_an_interrupted_epoch_is_purged_on_resume(tmp_path, monkeypatch):
-    """The worst moment for a kill: epoch 3's row and events are written, its checkpoint is not; and a mid-epoch
-    stop (SIGINT) in epoch 4.  After each --resume every step, so every epoch, appears once."""
+    """The worst moment for a kill: epoch 3's row and events are written, its checkpoint is not; and
+    a mid-epoch stop (SIGINT) in epoch 4. After each --resume every step, so every epoch, appears
+    once."""
     out = tmp_path / "run"
     trainer = make_trainer(out)
     save = trainer.save_checkpoint
@@ -175,8 +181,8 @@ def test_an_interrupted_epoch_is_purged_on_resume(tmp_path, monkeypatch):
 
 
 def test_early_stopping_keeps_the_best_epoch_and_resumes_its_count(tmp_path):
-    """A stopped run ends early, best_epoch is the argmax of validation_elbo, best.pt holds that epoch's parameters,
-    and a resume continues the patience count exactly (2 + rest == one go)."""
+    """A stopped run ends early, best_epoch is the argmax of validation_elbo, best.pt holds that
+    epoch's parameters, and a resume continues the patience count exactly (2 + rest == one go)."""
     data = synthetic_data()
     ref = make_trainer(tmp_path / "ref")
     # lr 1e-2 on 60 noise images: the validation ELBO peaks early, then overfitting sets in
@@ -249,7 +255,9 @@ def test_evaluate_adds_nll_and_bits_per_dim_to_the_run(tmp_path, monkeypatch):
     )
     assert scalars["eval/test/active_units/z"][0][1] == result["active_units"]
     assert len(scalars["train_loss"]) == len(history)
-    # evaluation (and every command that loads the run) reads the best epoch's parameters, not the last ones
+    # evaluation (and every command that loads the run) reads the best epoch's parameters, not the
+    # last
+    # ones
     saved = torch.load(os.path.join(config.out, "best.pt"), weights_only=False)
     last = torch.load(os.path.join(config.out, "checkpoint.pt"), weights_only=False)["params"]
     assert saved["epoch"] == best

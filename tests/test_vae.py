@@ -1,4 +1,5 @@
-"""The built-in VAE's Pyro functions: ELBO for fixed noise against a hand computation, subsampling, devices."""
+"""The built-in VAE's Pyro functions: ELBO for fixed noise against a hand computation, subsampling,
+devices."""
 
 import math
 
@@ -43,7 +44,8 @@ def binary_batch(n, x_shape=X_SHAPE, dtype=torch.float32, device="cpu"):
 
 
 def _hand_terms(vae, x, z):
-    """log p(x|z), log p(z), log q(z|x) and the analytic KL, written out by hand for a Bernoulli MLP VAE."""
+    """log p(x|z), log p(z), log q(z|x) and the analytic KL, written out by hand for a Bernoulli MLP
+    VAE."""
     logits = vae.decoder(z).reshape(len(x), -1)
     p = torch.sigmoid(logits)
     xf = x.reshape(len(x), -1)
@@ -140,7 +142,8 @@ def test_conv_vae_runs_with_vectorized_particles():
     loss.backward()
     grads = [p.grad for p in vae.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    # a Bernoulli image has at most 784·log 2 nats of −log p per image: the initial loss is in that range
+    # a Bernoulli image has at most 784·log 2 nats of −log p per image: the initial loss is in that
+    # range
     assert 0 < loss.item() / 3 < 2 * 784 * math.log(2)
 
 
@@ -163,7 +166,8 @@ def test_bad_latent_dim_is_rejected():
 
 
 def test_gated_mlp_layer_is_the_gated_dense_formula():
-    """--activation gated: every hidden layer is h = (W x + b) ⊙ σ(V x + c), written out here from its weights."""
+    """--activation gated: every hidden layer is h = (W x + b) ⊙ σ(V x + c), written out here from
+    its weights."""
     torch.manual_seed(0)
     net = MLP(5, [4, 3], 2, "gated", final_activation=True)
     x = torch.randn(7, 5)

@@ -1,4 +1,5 @@
-"""β-VAE, KL warm-up and free bits (pyro_vae.estimators.variants) against closed forms on the linear-Gaussian model."""
+"""β-VAE, KL warm-up and free bits (pyro_vae.estimators.variants) against closed forms on the
+linear-Gaussian model."""
 
 import pyro
 import pyro.distributions as dist
@@ -50,7 +51,8 @@ def test_beta_zero_is_the_closed_form_reconstruction(pair):
     elbo = TraceMeanField_ELBO(num_particles=20000, vectorize_particles=True, max_plate_nesting=1)
     recon = lg.elbo(x, loc, scale**2) + kl.sum(-1)  # closed-form E_q log p(x|z) per point
     expected = -N / len(x) * recon.sum().item()
-    # MC over 20000 particles: the per-point std of log p(x|z) is a few nats, so 1e-3 relative is ~10 σ
+    # MC over 20000 particles: the per-point std of log p(x|z) is a few nats, so 1e-3 relative is
+    # ~10 σ
     assert _loss(elbo, model, guide, x, 0.0) == pytest.approx(expected, rel=1e-3)
 
 
@@ -173,7 +175,8 @@ def test_importance_weighted_estimators_refuse_beta(pair):
 
 @pytest.mark.slow  # ~10 s on an idle 2-core CPU, up to a minute when shared
 def test_beta_above_one_lowers_kl_and_reconstruction():
-    """Same data, same budget: a linear VAE trained with β = 4 has a smaller KL and a worse reconstruction."""
+    """Same data, same budget: a linear VAE trained with β = 4 has a smaller KL and a worse
+    reconstruction."""
     lg = LinearGaussian(latent_dim=2, obs_dim=6, sigma=0.3, dtype=torch.float32)
     x = lg.sample(256).float()
     results = {}

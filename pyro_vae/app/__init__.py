@@ -1,1 +1,2 @@
-"""The only layer that knows flags and run directories: :mod:`.config`, :mod:`.experiment`, :mod:`.cli`."""
+"""The only layer that knows flags and run directories: :mod:`.config`, :mod:`.experiment`,
+:mod:`.cli`."""

@@ -1,5 +1,5 @@
-"""The ``pyro-vae`` command line: ``train``, ``evaluate RUN_DIR``, ``sample RUN_DIR``, ``anomaly RUN_DIR``,
-``denoise RUN_DIR``, ``embed RUN_DIR`` and ``gradient-snr RUN_DIR``.
+"""The ``pyro-vae`` command line: ``train``, ``evaluate RUN_DIR``, ``sample RUN_DIR``, ``anomaly
+RUN_DIR``, ``denoise RUN_DIR``, ``embed RUN_DIR`` and ``gradient-snr RUN_DIR``.
 
 Every flag of ``train`` is a field of :class:`~pyro_vae.app.config.Config` (kebab-case);
 the commands only build a config and call :mod:`pyro_vae.app.experiment`, imported when a
@@ -24,7 +24,8 @@ import typing
 from pyro_vae.app.config import Config
 from pyro_vae.app.scripts import int_list
 
-LOG = "pyro-vae.log"  # in the run directory: the traceback of a failed command, the trainer's log lines
+# in the run directory: the traceback of a failed command, the trainer's log lines
+LOG = "pyro-vae.log"
 USER_ERRORS = (
     ValueError,
     TypeError,
@@ -35,10 +36,14 @@ USER_ERRORS = (
 )
 
 HELP = {
-    "dataset": "mnist, fashion-mnist, kmnist, emnist, cifar10, cifar100, svhn, celeba, omniglot (torchvision), "
-    "folder:PATH (images; class subfolders are labels) or npy:PATH (.npy/.npz/.pt array; IMAGES,LABELS)",
-    "image_size": "resize (shorter side) and centre-crop images to N×N (default: their own size, if shared)",
-    "test_fraction": "share of the images split off (fixed seed) as the test set when the source has none",
+    "dataset": "mnist, fashion-mnist, kmnist, emnist, cifar10, cifar100, svhn, celeba, omniglot "
+    "(torchvision), "
+    "folder:PATH (images; class subfolders are labels) or npy:PATH (.npy/.npz/.pt array; "
+    "IMAGES,LABELS)",
+    "image_size": "resize (shorter side) and centre-crop images to N×N (default: their own size, "
+    "if shared)",
+    "test_fraction": "share of the images split off (fixed seed) as the test set when the source "
+    "has none",
     "mixtures": "discretized-logistic likelihood: logistics K in each pixel's mixture",
     "data_dir": "torchvision root, or a folder holding the four IDX files (gzipped or not)",
     "binarize": "dynamic (resampled every batch), static (fixed seed) or none (grey levels); "
@@ -51,54 +56,78 @@ HELP = {
     "exclude_class": "drop this label from the training images (anomaly detection)",
     "model": "model name (vae, hierarchical, …)",
     "net": "mlp or conv (default: the model's own: conv for deep-hierarchical, else mlp)",
-    "activation": "relu, tanh, elu, gelu, softplus, or gated (mlp nets: gated dense layers h = (Wx+b)·σ(Vx+c), as in "
+    "activation": "relu, tanh, elu, gelu, softplus, or gated (mlp nets: gated dense layers h = "
+    "(Wx+b)·σ(Vx+c), as in "
     "the VampPrior code)",
-    "likelihood": "bernoulli, gaussian, learned-gaussian, sigma-vae, sigma-vae-optimal, or for 8-bit images "
+    "likelihood": "bernoulli, gaussian, learned-gaussian, sigma-vae, sigma-vae-optimal, or for "
+    "8-bit images "
     "(--binarize none; evaluate reports bits_per_dim) discretized-logistic or categorical",
     "sigma": "σ of the fixed Gaussian likelihood (initial σ of the learned ones)",
-    "hidden_dims": "comma-separated hidden sizes of encoder (decoder mirrors them), e.g. 400 or 300,300",
-    "guide": "guide name; default: the model's own (vae: diagonal, or a flow: iaf, spline, householder, sylvester, "
-    "planar, radial; hierarchical: top-down or bottom-up; relaxed-categorical: categorical; m2, cvae: "
+    "hidden_dims": "comma-separated hidden sizes of encoder (decoder mirrors them), e.g. 400 or "
+    "300,300",
+    "guide": "guide name; default: the model's own (vae: diagonal, or a flow: iaf, spline, "
+    "householder, sylvester, "
+    "planar, radial; hierarchical: top-down or bottom-up; relaxed-categorical: categorical; m2, "
+    "cvae: "
     "diagonal)",
     "flows": "number of flow layers in the guide (>= 1 for a flow guide, 0 for diagonal)",
-    "flow_hidden_dims": "comma-separated hidden sizes of each flow layer's network (default 10 x latent-dim)",
-    "prior": "p(z): standard (N(0, I)) or vampprior (mixture of the guide's posteriors at learned pseudo-inputs; "
+    "flow_hidden_dims": "comma-separated hidden sizes of each flow layer's network (default 10 x "
+    "latent-dim)",
+    "prior": "p(z): standard (N(0, I)) or vampprior (mixture of the guide's posteriors at learned "
+    "pseudo-inputs; "
     "top layer of --model hierarchical, which then needs --guide top-down)",
     "pseudo_inputs": "vampprior: number K of learned pseudo-inputs",
-    "early_stopping": "stop once the validation ELBO has not improved for this many epochs after the KL warm-up "
+    "early_stopping": "stop once the validation ELBO has not improved for this many epochs after "
+    "the KL warm-up "
     "(needs --validation N); evaluation then uses the best epoch (best.pt)",
-    "tensorboard": "write TensorBoard event files into the run directory (--no-tensorboard to skip)",
-    "images_every": "TensorBoard: samples and reconstructions every N epochs, and at the last (0: none)",
-    "latent_dims": "comma-separated latent sizes of the hierarchical model, z1 (next to x) first, e.g. 64,32",
+    "tensorboard": "write TensorBoard event files into the run directory (--no-tensorboard: none)",
+    "images_every": "TensorBoard: samples and reconstructions every N epochs, and at the last (0: "
+    "none)",
+    "latent_dims": "comma-separated latent sizes of the hierarchical model, z1 (next to x) first, "
+    "e.g. 64,32",
     "elbo": "estimator name: trace, meanfield, iwae, dreg, stl, renyi (α = 0), enum, …",
     "particles": "samples per data point for the estimator (vectorized)",
-    "beta": "β-VAE: weight of the latent sites' log-densities (the KL) in model and guide; trace/meanfield/stl/enum only",
-    "kl_warmup_epochs": "KL warm-up: β rises linearly from 0 to --beta over this many epochs (0: off)",
-    "free_bits": "free bits λ: floor (nats) on the batch-mean KL of each latent dimension (whole site if not "
+    "beta": "β-VAE: weight of the latent sites' log-densities (the KL) in model and guide; "
+    "trace/meanfield/stl/enum only",
+    "kl_warmup_epochs": "KL warm-up: β rises linearly from 0 to --beta over this many epochs (0: "
+    "off)",
+    "free_bits": "free bits λ: floor (nats) on the batch-mean KL of each latent dimension (whole "
+    "site if not "
     "diagonal); 0: off",
-    "categories": "relaxed-categorical model: classes C of each categorical latent (--latent-dim of them)",
+    "categories": "relaxed-categorical model: classes C of each categorical latent (--latent-dim "
+    "of them)",
     "temperature": "relaxed-categorical model: initial temperature τ of RelaxedOneHotCategorical",
     "min_temperature": "relaxed-categorical model: τ never falls below this",
-    "temperature_decay": "relaxed-categorical model: τ ← max(min, τ·decay) after each epoch (1: fixed)",
-    "labeled": "m2 model: number of labeled training images (class-balanced); the rest are unlabeled",
-    "aux_weight": "m2 model: weight of log q(y|x) per labeled image (default 0.1·N/labeled, Kingma et al. 2014)",
+    "temperature_decay": "relaxed-categorical model: τ ← max(min, τ·decay) after each epoch (1: "
+    "fixed)",
+    "labeled": "m2 model: number of labeled training images (class-balanced); the rest are "
+    "unlabeled",
+    "aux_weight": "m2 model: weight of log q(y|x) per labeled image (default 0.1·N/labeled, "
+    "Kingma et al. 2014)",
     "lr_decay": "multiply the learning rate by this every epoch",
     "clip_norm": "clip each parameter's gradient norm",
-    "max_bad_steps": "stop after this many NaN/inf steps in a row (each one is skipped and halves the learning rate)",
+    "max_bad_steps": "stop after this many NaN/inf steps in a row (each one is skipped and halves "
+    "the learning rate)",
     "device": "auto, cpu, cuda or cuda:N",
     "out": "run directory",
     "eval_particles": "particles for the per-epoch test ELBO",
-    "log_every": "update the progress bar, and on a GPU read the NaN guard's counts, every N steps (each syncs with the device)",
+    "log_every": "update the progress bar, and on a GPU read the NaN guard's counts, every N "
+    "steps (each syncs with the device)",
     "pictures": "write samples/reconstructions/loss pictures at the end (--no-pictures to skip)",
-    "fast": "the fast path: auto (trace every pair, compile long runs), compile (always), trace (never compile) "
+    "fast": "the fast path: auto (trace every pair, compile long runs), compile (always), trace "
+    "(never compile) "
     "or off (plain Pyro SVI steps)",
-    "scales": "deep-hierarchical model: spatial scales of latent groups (H/2^S … H/2; H, W divisible by 2^S)",
+    "scales": "deep-hierarchical model: spatial scales of latent groups (H/2^S … H/2; H, W "
+    "divisible by 2^S)",
     "groups_per_scale": "deep-hierarchical model: latent groups at each scale",
-    "hidden_channels": "deep-hierarchical model: channels of the top-down and bottom-up residual paths",
+    "hidden_channels": "deep-hierarchical model: channels of the top-down and bottom-up residual "
+    "paths",
     "latent_channels": "deep-hierarchical model: channels C_z of each latent group [C_z, h, w]",
-    "sample_temperature": "τ scaling the prior's standard deviation when drawing the samples picture "
+    "sample_temperature": "τ scaling the prior's standard deviation when drawing the samples "
+    "picture "
     "(samples_tτ.png beside samples.png when τ ≠ 1; Gaussian latents)",
-    "skip_threshold": "skip every update whose gradient norm of the loss per image exceeds this (VDVAE), "
+    "skip_threshold": "skip every update whose gradient norm of the loss per image exceeds this "
+    "(VDVAE), "
     "counted in skipped_updates (default: off)",
 }
 
@@ -159,7 +188,8 @@ def build_parser():
         "--pictures",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="write the run's pictures (samples, reconstructions, interpolations, traversals, scatter)",
+        help="write the run's pictures (samples, reconstructions, interpolations, traversals, "
+        "scatter)",
     )
     sa = add("sample", help="write a fresh grid of prior samples")
     sa.add_argument("run_dir")
@@ -173,7 +203,8 @@ def build_parser():
         "--temperature",
         type=float,
         default=None,
-        help="τ scaling the prior's standard deviation at every Gaussian latent (default: the run's "
+        help="τ scaling the prior's standard deviation at every Gaussian latent (default: the "
+        "run's "
         "--sample-temperature)",
     )
     an = add("anomaly", help="ROC AUC of per-image NLL (or −ELBO) for one class against the others")
@@ -202,7 +233,8 @@ def build_parser():
         "--corruption",
         choices=["gaussian", "flip", "mask"],
         default="mask",
-        help="gaussian: add σ·N(0,1); flip: invert pixels; mask: zero pixels (with probability --level)",
+        help="gaussian: add σ·N(0,1); flip: invert pixels; mask: zero pixels (with probability "
+        "--level)",
     )
     de.add_argument(
         "--level", type=float, default=0.5, help="σ (gaussian) or the probability per pixel"
@@ -362,8 +394,9 @@ def _print_result(result, as_json):
 
 
 def _short(v, most=40):
-    """A figure for the console: floats to 3 decimals, and a list of more than ``most`` numbers (the KL of every
-    dimension of a feature-map latent) as its length, mean and maximum; the whole list is in the JSON."""
+    """A figure for the console: floats to 3 decimals, and a list of more than ``most`` numbers (the
+    KL of every dimension of a feature-map latent) as its length, mean and maximum; the whole list
+    is in the JSON."""
     if isinstance(v, float):
         return f"{v:.3f}"
     if isinstance(v, dict):  # per site, e.g. kl_per_site
@@ -378,14 +411,16 @@ def _short(v, most=40):
 
 
 def _raised_by_us(e):
-    """Whether the innermost frame of ``e``'s traceback is in pyro_vae (our own checks' one-line errors)."""
+    """Whether the innermost frame of ``e``'s traceback is in pyro_vae (our own checks' one-line
+    errors)."""
     frames = traceback.extract_tb(e.__traceback__)
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # pyro_vae/, above app/
     return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package + os.sep)
 
 
 def one_line(e):
-    """The line of ``e``'s message that says what went wrong (a TorchScript error's own last line)."""
+    """The line of ``e``'s message that says what went wrong (a TorchScript error's own last
+    line)."""
     lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
     if not lines:
         return type(e).__name__
@@ -397,7 +432,8 @@ def one_line(e):
 
 
 def explain(e):
-    """``(exit status, one line)`` for an exception that ended a command (see the module docstring)."""
+    """``(exit status, one line)`` for an exception that ended a command (see the module
+    docstring)."""
     from pyro_vae.core.checks import UserError
 
     if isinstance(e, UserError) or (isinstance(e, USER_ERRORS) and _raised_by_us(e)):
@@ -417,19 +453,25 @@ def explain(e):
         where = f" in {package or os.path.basename(path)}"
         ours = [f for f in frames if os.sep + "pyro_vae" + os.sep in f.filename]
         if ours and package != "pyro_vae":
-            where += f" (called from {os.path.basename(ours[-1].filename)}:{ours[-1].lineno} {ours[-1].name})"
+            where += (
+                f" (called from {os.path.basename(ours[-1].filename)}:{ours[-1].lineno} "
+                f"{ours[-1].name})"
+            )
     return 1, (
-        f"{type(e).__name__}{where}: {one_line(e)}; this combination of options may be unsupported or this "
+        f"{type(e).__name__}{where}: {one_line(e)}; this combination of options may be "
+        "unsupported or this "
         f"is a bug: rerun with --debug for the traceback"
     )
 
 
-_VALUE = r"""('[^']*'|"[^"]*"|\[[^\]]*\]|[^\s,;:)]+)?"""  # a Python value after "name=": quoted, a list, a word
+# a Python value after "name=": quoted, a list, a word
+_VALUE = r"""('[^']*'|"[^"]*"|\[[^\]]*\]|[^\s,;:)]+)?"""
 
 
 @functools.lru_cache(maxsize=None)
 def _flag_names():
-    """``{dest: (flag, is a switch)}`` of every option of every command (``kl_warmup_epochs`` → ``--kl-warmup-epochs``)."""
+    """``{dest: (flag, is a switch)}`` of every option of every command (``kl_warmup_epochs`` →
+    ``--kl-warmup-epochs``)."""
     names = {}
     for parser in _parser()._subparsers._group_actions[0].choices.values():
         for action in parser._actions:
@@ -444,11 +486,12 @@ def _flag_names():
 def as_flags(text):
     """A library error's text with the Python names of options written as the flags that set them.
 
-    ``lr=1e-3`` → ``--lr 1e-3``, ``guide='top-down'`` → ``--guide top-down``, ``latent_dims=[64, 32]`` →
-    ``--latent-dims 64,32``, ``resume=True`` → ``--resume``, ``tensorboard=False`` → ``--no-tensorboard``, ``lr=``
-    → ``--lr``, a bare name with an underscore, ``kl_warmup_epochs`` → ``--kl-warmup-epochs``, and the name that
-    opens the message (``lr must be …`` → ``--lr must be …``).  Library code
-    names the Python arguments (Config fields, function arguments); only the CLI knows the flags.
+    ``lr=1e-3`` → ``--lr 1e-3``, ``guide='top-down'`` → ``--guide top-down``, ``latent_dims=[64,
+    32]`` → ``--latent-dims 64,32``, ``resume=True`` → ``--resume``, ``tensorboard=False`` →
+    ``--no-tensorboard``, ``lr=`` → ``--lr``, a bare name with an underscore, ``kl_warmup_epochs`` →
+    ``--kl-warmup-epochs``, and the name that opens the message (``lr must be …`` → ``--lr must be
+    …``). Library code names the Python arguments (Config fields, function arguments); only the CLI
+    knows the flags.
     """
     import re
 
@@ -483,7 +526,8 @@ def _run_dir(args):
 
 
 def _log_error(args, argv, e):
-    """Append the traceback of ``e`` to the run directory's log (when there is one); return its path or None."""
+    """Append the traceback of ``e`` to the run directory's log (when there is one); return its path
+    or None."""
     run_dir = _run_dir(args)
     if run_dir is None or not _is_main():
         return None
@@ -505,7 +549,8 @@ def _shutdown():
 
 
 def main(argv=None):
-    """Entry point: errors print one line (status 2 for user errors, 1 for others; see the module docstring)."""
+    """Entry point: errors print one line (status 2 for user errors, 1 for others; see the module
+    docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     try:
@@ -514,7 +559,8 @@ def main(argv=None):
         KeyboardInterrupt
     ) as e:  # SIGINT, or SIGTERM turned into TrainingInterrupted by the trainer
         print(
-            f"pyro-vae: interrupted: {as_flags(str(e)) or 'the last completed epoch is saved in the run directory'}",
+            "pyro-vae: interrupted: "
+            f"{as_flags(str(e)) or 'the last completed epoch is saved in the run directory'}",
             file=sys.stderr,
         )
         sys.exit(128 + int(getattr(e, "signum", 2)))

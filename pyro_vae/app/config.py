@@ -13,7 +13,8 @@ FAST = ("auto", "compile", "trace", "off")  # --fast: Trainer(fast=...), "off" b
 
 @dataclass
 class Config:
-    """Everything a training run needs; ``pyro-vae train`` flags map one-to-one onto these fields."""
+    """Everything a training run needs; ``pyro-vae train`` flags map one-to-one onto these
+    fields."""
 
     # data
     dataset: str = "fashion-mnist"
@@ -215,7 +216,8 @@ def _check_net_and_estimator(config, spec, net):
     if estimators is not None and used not in estimators:
         what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
         raise validation.UserError(
-            f"--model {config.model} samples a discrete latent that is not reparameterizable, which "
+            f"--model {config.model} samples a discrete latent that is not reparameterizable, "
+            "which "
             f"{what} cannot train; use --elbo {' or '.join(estimators)}"
             + (" without --free-bits" if config.free_bits else "")
         )
@@ -238,7 +240,8 @@ def _check_guide(config, guide):
         )
     if guide in FLOWS and not FLOWS[guide].invertible and ESTIMATORS[config.elbo].needs_inverse:
         raise validation.UserError(
-            f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; the "
+            f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; "
+            "the "
             f"{guide!r} flow has none: use --guide "
             f"{' or '.join(n for n, f in FLOWS.items() if f.invertible)}, or --elbo iwae"
         )
@@ -246,7 +249,8 @@ def _check_guide(config, guide):
 
 def check_config(config):
     """Names in a :class:`Config` that only the registries know, the combination of model, guide,
-    net, estimator and KL variant, and the data directory: the one place that refuses a configuration.
+    net, estimator and KL variant, and the data directory: the one place that refuses a
+    configuration.
 
     Checked before any data is read; each refusal is one line naming the conflict.  The device is
     checked by the caller (a run trained on CUDA may be evaluated on CPU).

@@ -1,10 +1,11 @@
-"""Runs built from a :class:`~pyro_vae.app.config.Config`: the plain Python calls behind ``pyro-vae train|evaluate|sample``.
+"""Runs built from a :class:`~pyro_vae.app.config.Config`: the plain Python calls behind ``pyro-vae
+train|evaluate|sample``.
 
-A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``,
-``samples.png``, ``reconstructions.png``, ``interpolations.png``, ``traversals.png``, ``loss.png`` and, after
-evaluation, ``eval.json`` and ``latent_scatter.png`` (``anomaly.json``, ``denoise.json``/``denoise.png`` and
-``embeddings_SPLIT.npy`` after the corresponding commands; ``gradient_snr.json`` and
-``gradient_snr.png`` after ``gradient-snr``).
+A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``samples.png``,
+``reconstructions.png``, ``interpolations.png``, ``traversals.png``, ``loss.png`` and, after
+evaluation, ``eval.json`` and ``latent_scatter.png`` (``anomaly.json``,
+``denoise.json``/``denoise.png`` and ``embeddings_SPLIT.npy`` after the corresponding commands;
+``gradient_snr.json`` and ``gradient_snr.png`` after ``gradient-snr``).
 """
 
 import json
@@ -28,7 +29,8 @@ from pyro_vae.training.optim import Optimization
 from pyro_vae.training.tensorboard import TensorBoard, evaluated_step, log_evaluation
 from pyro_vae.training.trainer import CHECKPOINT, METRICS, Trainer, resolve_device
 
-LOG = "pyro-vae.log"  # the run's log: the trainer's log lines, and the traceback of a failed command (cli.py)
+# the run's log: the trainer's log lines, and the traceback of a failed command (cli.py)
+LOG = "pyro-vae.log"
 
 
 def _load_data(config, device):
@@ -49,9 +51,9 @@ def _load_data(config, device):
 def train(config, resume=False, progress=True):
     """Train the run described by ``config`` into ``config.out``; return ``(vae, data, history)``.
 
-    Every refusal (:func:`~pyro_vae.app.config.check_config`) happens before any data is read. The run's
-    log lines (the fast-path note, skipped steps) go to ``OUT/pyro-vae.log``; under torchrun every rank
-    returns only when rank 0 has written its files.
+    Every refusal (:func:`~pyro_vae.app.config.check_config`) happens before any data is read. The
+    run's log lines (the fast-path note, skipped steps) go to ``OUT/pyro-vae.log``; under torchrun
+    every rank returns only when rank 0 has written its files.
     """
     config = with_defaults(
         check_config(config)
@@ -113,7 +115,8 @@ def train(config, resume=False, progress=True):
         if distributed.is_main():
             config.save(config_path)
         result = _fit(config, vae, data, resume, progress)
-        distributed.barrier()  # the other ranks wait for rank 0's report and pictures before they exit
+        # the other ranks wait for rank 0's report and pictures before they exit
+        distributed.barrier()
         return result
     finally:
         if handler is not None:
@@ -164,8 +167,10 @@ def _fit(config, vae, data, resume, progress):
         fast=False if config.fast == "off" else config.fast,
         listeners=listeners,
     )
-    # optional model hooks: on_epoch(completed epochs) e.g. anneals a temperature; batch_kwargs(data) gives
-    # index -> extra model/guide kwargs (labels); report(data) gives final figures (written to report.json)
+    # optional model hooks: on_epoch(completed epochs) e.g. anneals a temperature;
+    # batch_kwargs(data)
+    # gives index -> extra model/guide kwargs (labels); report(data) gives final figures (written to
+    # report.json)
     on_epoch = getattr(vae, "on_epoch", None)
     callback = (lambda t, metrics: on_epoch(t.epoch)) if on_epoch else None
     batch_kwargs = vae.batch_kwargs(data) if hasattr(vae, "batch_kwargs") else None
@@ -199,13 +204,15 @@ def _fit(config, vae, data, resume, progress):
 
 
 def skip_threshold(config, num_data):
-    """``--skip-threshold G`` (nats per image) as a norm of the loss's gradient: the built-in models scale the
-    batch to the full-data ELBO (``num_data`` images), so ‖∇ loss‖ = num_data · ‖∇ loss per image‖."""
+    """``--skip-threshold G`` (nats per image) as a norm of the loss's gradient: the built-in models
+    scale the batch to the full-data ELBO (``num_data`` images), so ‖∇ loss‖ = num_data · ‖∇ loss
+    per image‖."""
     return None if config.skip_threshold is None else config.skip_threshold * num_data
 
 
 def load_run(run_dir, device="auto", data=True):
-    """Rebuild a run from its directory: ``(config, vae, data)`` with the checkpoint's parameters, in eval mode."""
+    """Rebuild a run from its directory: ``(config, vae, data)`` with the checkpoint's parameters,
+    in eval mode."""
     config_path = os.path.join(run_dir, "config.json")
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
     for path in (config_path, ckpt_path):
@@ -244,7 +251,8 @@ def _eval_split(data, split, limit):
 
 
 def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="auto", pictures=True):
-    """Evaluate a run on ``split``; write and return the ``eval.json`` figures (see :func:`~pyro_vae.evaluate`).
+    """Evaluate a run on ``split``; write and return the ``eval.json`` figures (see
+    :func:`~pyro_vae.evaluate`).
 
     With ``pictures``, also (re)writes the run's PNGs from the evaluated images, including
     interpolations, traversals and the scatter of posterior means coloured by label.
@@ -280,7 +288,8 @@ def anomaly_run(
     run_dir, anomaly_class=None, score="nll", num_samples=1000, limit=None, device="auto"
 ):
     """ROC AUC of per-image anomaly scores: test images of ``anomaly_class`` (default: the run's
-    ``exclude_class``) are the positives, the other test images the negatives.  Writes ``anomaly.json``.
+    ``exclude_class``) are the positives, the other test images the negatives. Writes
+    ``anomaly.json``.
     """
     from pyro_vae.evaluation.applications import anomaly_scores, roc_auc
 
@@ -314,7 +323,8 @@ def anomaly_run(
 
 
 def denoise_run(run_dir, kind="mask", level=0.5, limit=1000, seed=0, device="auto"):
-    """Corrupt test images, reconstruct them through the run's VAE; write ``denoise.json`` and ``denoise.png``.
+    """Corrupt test images, reconstruct them through the run's VAE; write ``denoise.json`` and
+    ``denoise.png``.
 
     ``denoise.png`` has rows of 8 clean images, their corrupted versions and the reconstructions.
     """
@@ -346,7 +356,8 @@ def denoise_run(run_dir, kind="mask", level=0.5, limit=1000, seed=0, device="aut
 
 def embed_run(run_dir, split="test", limit=None, out=None, device="auto"):
     """Write posterior means ``[N, D]`` and labels of ``split`` as ``embeddings_SPLIT.npy`` and
-    ``embeddings_SPLIT_labels.npy`` in ``out`` (default: the run directory); return the two paths."""
+    ``embeddings_SPLIT_labels.npy`` in ``out`` (default: the run directory); return the two
+    paths."""
     from pyro_vae.evaluation.applications import save_embeddings
 
     config, vae, data = load_run(run_dir, device)
@@ -355,11 +366,13 @@ def embed_run(run_dir, split="test", limit=None, out=None, device="auto"):
 
 
 def sample_run(run_dir, n=64, out=None, device="auto", label=None, temperature=None):
-    """Write a fresh grid of ``n`` prior samples (default ``RUN_DIR/samples.png``, or ``samples_tT.png`` at a
-    temperature T ≠ 1); return its path.
+    """Write a fresh grid of ``n`` prior samples (default ``RUN_DIR/samples.png``, or
+    ``samples_tT.png`` at a temperature T ≠ 1); return its path.
 
-    ``label``: class of the images, for conditional models (``--model cvae``).  ``temperature``: τ multiplying
-    the prior's standard deviation at every Gaussian latent (default: the run's ``sample_temperature``).
+    ``label``: class of the images, for conditional models (``--model cvae``).  ``temperature``: τ
+    multiplying
+    the prior's standard deviation at every Gaussian latent (default: the run's
+    ``sample_temperature``).
     """
     from pyro_vae.evaluation.pictures import samples_name, save_samples
     from pyro_vae.models.cvae import CVAE
@@ -374,7 +387,8 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None, temperature=N
     if label is not None:
         if not isinstance(vae, CVAE):
             raise ValueError(
-                f"--label needs a conditional model (--model cvae); this run's model is {config.model!r}"
+                "--label needs a conditional model (--model cvae); this run's model is "
+                f"{config.model!r}"
             )
         if not 0 <= label < vae.num_classes:
             raise ValueError(f"--label must be a class in [0, {vae.num_classes}), got {label}")

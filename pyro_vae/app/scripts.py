@@ -1,8 +1,9 @@
 """What every example script shares: its run flags, the folder it writes to and its smoke budget.
 
-An example is ``main(args)`` over the library and a ``parse_args(argv)`` built from :func:`script_parser`
-(the flags every example takes) and :func:`parse_script_args` (the output folder, the ``--smoke`` budget).
-Lists of integers are comma-separated everywhere, as in ``pyro-vae train``: ``--hidden-dims 300,300``.
+An example is ``main(args)`` over the library and a ``parse_args(argv)`` built from
+:func:`script_parser` (the flags every example takes) and :func:`parse_script_args` (the output
+folder, the ``--smoke`` budget). Lists of integers are comma-separated everywhere, as in ``pyro-vae
+train``: ``--hidden-dims 300,300``.
 """
 
 import argparse
@@ -21,9 +22,10 @@ def int_list(text):
 
 
 def script_parser(doc, name, resume=True, smoke="seconds-long run on a small subset"):
-    """An :class:`argparse.ArgumentParser` for the example ``name`` (its description: the first line of ``doc``)
-    with the flags every example takes: ``--limit --test-limit --data-dir --device --seed --out --smoke`` and,
-    for scripts whose runs continue from a checkpoint, ``--resume``.  The script adds its own flags."""
+    """An :class:`argparse.ArgumentParser` for the example ``name`` (its description: the first line
+    of ``doc``) with the flags every example takes: ``--limit --test-limit --data-dir --device
+    --seed --out --smoke`` and, for scripts whose runs continue from a checkpoint, ``--resume``. The
+    script adds its own flags."""
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     p.set_defaults(script_name=name, resume=False)
     p.add_argument("--limit", type=int, default=None, help="training images to use (default: all)")
@@ -54,8 +56,8 @@ def script_parser(doc, name, resume=True, smoke="seconds-long run on a small sub
 
 
 def parse_script_args(parser, argv=None, smoke=None):
-    """Parse ``argv``; set ``args.out`` by :func:`output_dir`; with ``--smoke``, replace the values named in
-    ``smoke`` (a dict of argument name → value: the tiny budget)."""
+    """Parse ``argv``; set ``args.out`` by :func:`output_dir`; with ``--smoke``, replace the values
+    named in ``smoke`` (a dict of argument name → value: the tiny budget)."""
     args = parser.parse_args(argv)
     args.out = output_dir(args.out, args.script_name, args.smoke, args.resume)
     if args.smoke:
@@ -68,7 +70,8 @@ def output_dir(out, name, smoke=False, resume=False):
 
     ``out=None`` with ``smoke``: a fresh temporary directory (a smoke run never collides with
     another); ``resume``: ``out`` (default ``runs/NAME``) as it is, to continue its runs; else
-    ``out`` when it does not exist or is empty, or the first of ``out-2``, ``out-3``, … that does not.
+    ``out`` when it does not exist or is empty, or the first of ``out-2``, ``out-3``, … that does
+    not.
     """
     if out is None and smoke:
         out = tempfile.mkdtemp(prefix=f"pyro_vae_{name}_")

@@ -11,7 +11,8 @@ import math
 import numbers
 import os
 
-# torch is imported by the checks that need it, so that `pyro-vae --help` (config.py imports this) stays fast
+# torch is imported by the checks that need it, so that `pyro-vae --help` (config.py imports this)
+# stays fast
 
 
 CHECKPOINT_KEYS = ("epoch", "params", "optim", "rng")
@@ -23,8 +24,8 @@ class UserError(ValueError):
 
 
 def _number(name, value, integral, in_range, what, hint):
-    """``value`` is a number of the kind ``integral`` asks for (not a bool) and ``in_range(value)``; else a
-    TypeError or ValueError that says ``name must be WHAT``."""
+    """``value`` is a number of the kind ``integral`` asks for (not a bool) and ``in_range(value)``;
+    else a TypeError or ValueError that says ``name must be WHAT``."""
     kind = numbers.Integral if integral else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__}){hint}")
@@ -58,9 +59,10 @@ def check_fraction(name, value, hint=""):
     return _number(name, value, False, lambda v: 0 < v <= 1, "a number in (0, 1]", hint)
 
 
-# The one check of each training option, by its Python name (a Config field, or an argument of Trainer, fit,
-# make_optimizer, make_elbo): Config.validate calls it for a configured run, the Python entry point for a call.
-# None is accepted for the options in OPTIONAL.
+# The one check of each training option, by its Python name (a Config field, or an argument of
+# Trainer, fit, make_optimizer, make_elbo): Config.validate calls it for a configured run, the
+# Python
+# entry point for a call. None is accepted for the options in OPTIONAL.
 OPTIONS = {
     "particles": (check_positive_int, "; e.g. particles=1"),
     "eval_particles": (check_positive_int, ""),
@@ -109,8 +111,8 @@ OPTIONAL = (
 
 
 def check_option(name, value, argument=None):
-    """Check the training option ``name`` (:data:`OPTIONS`) where it enters; the message names ``argument`` (the
-    caller's own name for it, e.g. ``num_particles``; default ``name``)."""
+    """Check the training option ``name`` (:data:`OPTIONS`) where it enters; the message names
+    ``argument`` (the caller's own name for it, e.g. ``num_particles``; default ``name``)."""
     if value is None and name in OPTIONAL:
         return None
     check, hint = OPTIONS[name]
@@ -118,7 +120,8 @@ def check_option(name, value, argument=None):
 
 
 def check_choice(kind, value, choices, argument=None):
-    """``value`` is one of ``choices`` (a registry's names); the message lists them and names ``argument``."""
+    """``value`` is one of ``choices`` (a registry's names); the message lists them and names
+    ``argument``."""
     if not isinstance(value, str):
         raise TypeError(f"{kind} name must be a string, got {value!r} ({type(value).__name__})")
     if value not in choices:
@@ -130,7 +133,8 @@ def check_choice(kind, value, choices, argument=None):
 
 
 def check_images(x, name="x", x_shape=None, unit_interval=False):
-    """``x`` is a non-empty floating tensor ``[N, *x_shape]`` of finite values (in [0, 1] if ``unit_interval``).
+    """``x`` is a non-empty floating tensor ``[N, *x_shape]`` of finite values (in [0, 1] if
+    ``unit_interval``).
 
     One reduction and one host sync over the whole tensor: call it once per dataset.
     """
@@ -150,7 +154,8 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
     if x_shape is not None and tuple(x.shape[1:]) != tuple(x_shape):
         raise UserError(
             f"{name} has data points of shape {tuple(x.shape[1:])} but the model expects "
-            f"{tuple(x_shape)}; reshape the data to [N, {', '.join(map(str, x_shape))}] or build the "
+            f"{tuple(x_shape)}; reshape the data to [N, {', '.join(map(str, x_shape))}] or build "
+            "the "
             f"model for this shape"
         )
     finite = torch.isfinite(x).all()
@@ -166,22 +171,26 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
         )
     if unit_interval and (lo < 0 or hi > 1):
         raise UserError(
-            f"{name} has values in [{lo:.4g}, {hi:.4g}] but the Bernoulli likelihood needs values in "
-            f"[0, 1] (so do the 8-bit ones); rescale the data (e.g. divide 8-bit images by 255) or use a "
+            f"{name} has values in [{lo:.4g}, {hi:.4g}] but the Bernoulli likelihood needs values "
+            "in "
+            "[0, 1] (so do the 8-bit ones); rescale the data (e.g. divide 8-bit images by 255) "
+            "or use a "
             f"Gaussian likelihood (likelihood='gaussian' or 'sigma-vae')"
         )
     return x
 
 
 def model_x_shape(model):
-    """The data-point shape a built-in model expects (``model.__self__.x_shape``), or None for a plain function."""
+    """The data-point shape a built-in model expects (``model.__self__.x_shape``), or None for a
+    plain function."""
     owner = getattr(model, "__self__", None)
     shape = getattr(owner, "x_shape", None)
     return tuple(shape) if shape is not None else None
 
 
 def model_wants_unit_interval(model):
-    """True when ``model`` is a built-in model whose likelihood needs data in [0, 1] (it says ``unit_interval``)."""
+    """True when ``model`` is a built-in model whose likelihood needs data in [0, 1] (it says
+    ``unit_interval``)."""
     owner = getattr(model, "__self__", None)
     return getattr(getattr(owner, "likelihood", None), "unit_interval", False) is True
 
@@ -202,15 +211,16 @@ def check_data_for_model(model, x, name="x"):
 
 
 def check_pair_runs(model, guide, x, *args, **kwargs):
-    """Trace ``guide`` and ``model`` once on ``x[:2]`` and return their max plate nesting; a failure deep in torch
-    becomes one ValueError line (:func:`~pyro_vae.core.checked_probe`)."""
+    """Trace ``guide`` and ``model`` once on ``x[:2]`` and return their max plate nesting; a failure
+    deep in torch becomes one ValueError line (:func:`~pyro_vae.core.checked_probe`)."""
     from pyro_vae.core.pair import checked_probe
 
     return checked_probe(model, guide, x[:2], *args, **kwargs).max_plate_nesting
 
 
 def check_device(device):
-    """``device`` names an existing device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` with N < the GPU count."""
+    """``device`` names an existing device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` with N < the
+    GPU count."""
     import torch
 
     if isinstance(device, torch.device):
@@ -241,7 +251,8 @@ def check_device(device):
 
 
 def load_checkpoint(path):
-    """Read a trainer checkpoint; a missing, unreadable or foreign file raises one actionable error."""
+    """Read a trainer checkpoint; a missing, unreadable or foreign file raises one actionable
+    error."""
     import torch
 
     if not os.path.exists(path):
@@ -252,7 +263,8 @@ def load_checkpoint(path):
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated file, not a torch file, pickle error …
         raise UserError(
-            f"checkpoint {path!r} is unreadable ({type(e).__name__}); it may be corrupt or truncated: "
+            f"checkpoint {path!r} is unreadable ({type(e).__name__}); it may be corrupt or "
+            "truncated: "
             f"restore it from a backup or start a new run in another directory"
         ) from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
@@ -265,7 +277,8 @@ def load_checkpoint(path):
 
 
 def check_eight_bit(eight_bit, binarize, likelihood="the 8-bit likelihood"):
-    """An 8-bit likelihood needs the grey levels k/255 (``binarize="none"``), not binarized images."""
+    """An 8-bit likelihood needs the grey levels k/255 (``binarize="none"``), not binarized
+    images."""
     if eight_bit and binarize != "none":
         raise UserError(
             f"the {likelihood} likelihood models 8-bit grey levels but the data is binarized "

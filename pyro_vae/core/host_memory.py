@@ -1,9 +1,10 @@
 """Giving the CPU memory that torch has freed back to the operating system.
 
-A long loop of large CPU tensors whose sizes change from pass to pass (importance sampling with K = 5000 particles
-one image at a time: a VampPrior's [K, 500] float64 matrices beside the decoder's [K, 784] logits) fragments
-glibc's heap: the freed blocks stay with the process, which grew to 24 GB and was killed in a 10k-image
-evaluation that needs about 1 GB.  ``malloc_trim(0)`` after each pass returns the free pages.
+A long loop of large CPU tensors whose sizes change from pass to pass (importance sampling with K =
+5000 particles one image at a time: a VampPrior's [K, 500] float64 matrices beside the decoder's [K,
+784] logits) fragments glibc's heap: the freed blocks stay with the process, which grew to 24 GB and
+was killed in a 10k-image evaluation that needs about 1 GB. ``malloc_trim(0)`` after each pass
+returns the free pages.
 """
 
 import ctypes
@@ -22,7 +23,8 @@ def _malloc_trim():
 
 
 def release_freed_memory():
-    """Return the C heap's free pages to the OS (glibc ``malloc_trim(0)``); True when it could, else a no-op (False)."""
+    """Return the C heap's free pages to the OS (glibc ``malloc_trim(0)``); True when it could, else
+    a no-op (False)."""
     trim = _malloc_trim()
     if trim is None:
         return False

@@ -6,14 +6,16 @@ from torch.distributions import kl_divergence
 
 
 def _elementwise_base(fn):
-    """The elementwise base distribution of ``Independent(…(base))`` with a scalar event, or None."""
+    """The elementwise base distribution of ``Independent(…(base))`` with a scalar event, or
+    None."""
     while isinstance(fn, Independent):
         fn = fn.base_dist
     return fn if fn.event_shape == () else None
 
 
 def elementwise_kl(q_fn, p_fn, value, monte_carlo=True):
-    """KL(q ‖ p) per element of ``value`` (shape ``batch + event``) when q and p factorize over the event.
+    """KL(q ‖ p) per element of ``value`` (shape ``batch + event``) when q and p factorize over the
+    event.
 
     Analytic where ``kl_divergence`` is registered for the elementwise bases; else, with
     ``monte_carlo``, log q(z_d) − log p(z_d) at ``value``.  None when q or p does not

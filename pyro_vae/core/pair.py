@@ -1,11 +1,13 @@
-"""One probe of a model/guide pair: trace the guide once, replay the model against it, and read every fact
-that the trainer, the estimators, the evaluator and the pictures need from those two traces.
+"""One probe of a model/guide pair: trace the guide once, replay the model against it, and read
+every fact that the trainer, the estimators, the evaluator and the pictures need from those two
+traces.
 
 Pairs are called the way :class:`pyro.infer.SVI` calls them, ``model(*args, **kwargs)`` and
-``guide(*args, **kwargs)``, with nothing required: the batch is found from the *data plate*, never from
-``len(args[0])``.  The data plate is the plate that every observed site sits in; where several plates
-qualify (e.g. ``data`` around ``pixels``) the one that is subsampled, else the one named ``"data"``, else
-the outermost one is taken, and ``data_plate=NAME`` says which where that guess is not wanted.
+``guide(*args, **kwargs)``, with nothing required: the batch is found from the *data plate*, never
+from ``len(args[0])``. The data plate is the plate that every observed site sits in; where several
+plates qualify (e.g. ``data`` around ``pixels``) the one that is subsampled, else the one named
+``"data"``, else the outermost one is taken, and ``data_plate=NAME`` says which where that guess is
+not wanted.
 """
 
 from typing import Dict, NamedTuple, Optional, Tuple
@@ -16,8 +18,9 @@ from pyro.poutine.util import prune_subsample_sites
 
 
 class PlateInfo(NamedTuple):
-    """A plate as traced: ``size`` (the full size N), ``subsample_size`` (the batch B in this call), its
-    ``dim`` and ``scale`` = N / B, the factor that makes a batch's log-density estimate the full data's."""
+    """A plate as traced: ``size`` (the full size N), ``subsample_size`` (the batch B in this call),
+    its ``dim`` and ``scale`` = N / B, the factor that makes a batch's log-density estimate the full
+    data's."""
 
     name: str
     size: int
@@ -33,11 +36,13 @@ class PairInfo(NamedTuple):
     """What one probe of a pair found.
 
     :param int max_plate_nesting: batch dims its vectorized plates use.
-    :param PlateInfo data_plate: the plate over data points (None when no observed site sits in a plate).
+    :param PlateInfo data_plate: the plate over data points (None when no observed site sits in a
+        plate).
     :param dict observed: ``{site: event_shape}`` of the model's observed sites.
     :param dict latent: ``{site: event_shape}`` of the guide's latent sites, in the guide's order.
     :param dict plates: ``{name: PlateInfo}`` of every plate of model and guide.
-    :param tuple params: the names of every ``pyro.param`` (``pyro.module`` parameters included) they read.
+    :param tuple params: the names of every ``pyro.param`` (``pyro.module`` parameters included)
+        they read.
     """
 
     max_plate_nesting: int
@@ -79,17 +84,19 @@ def _plates(*traces):
 
 
 def find_data_plate(model_trace, guide_trace=None, name=None, ignore=()):
-    """The :class:`PlateInfo` of the data plate of a traced pair, or None when no observed site is in a plate.
+    """The :class:`PlateInfo` of the data plate of a traced pair, or None when no observed site is
+    in a plate.
 
-    ``name`` picks it; otherwise it is the plate that every observed site sits in (see the module docstring).
-    ``ignore``: plates that are never the data plate (e.g. a plate over particles).
+    ``name`` picks it; otherwise it is the plate that every observed site sits in (see the module
+    docstring). ``ignore``: plates that are never the data plate (e.g. a plate over particles).
     """
     traces = [t for t in (model_trace, guide_trace) if t is not None]
     plates = _plates(*traces)
     if name is not None:
         if name not in plates:
             raise ValueError(
-                f"no site of the model or guide is inside the plate {name!r} (data_plate={name!r}); "
+                f"no site of the model or guide is inside the plate {name!r} "
+                f"(data_plate={name!r}); "
                 f"their plates are {sorted(p for p in plates if p not in ignore) or 'none'}"
             )
         return plates[name]
@@ -127,19 +134,22 @@ def _event_shape(site):
 
 
 def check_observed_shapes(model_trace):
-    """Raise ValueError when an observed site's data would be broadcast to its distribution's shape."""
+    """Raise ValueError when an observed site's data would be broadcast to its distribution's
+    shape."""
     for name, site in model_trace.nodes.items():
         if site["type"] == "sample" and site["is_observed"] and torch.is_tensor(site["value"]):
             shape, value = tuple(site["fn"].shape()), tuple(site["value"].shape)
             if torch.broadcast_shapes(shape, value) != value:
                 raise ValueError(
-                    f"the observed site {name!r} got data of shape {value} but its distribution has "
+                    f"the observed site {name!r} got data of shape {value} but its distribution "
+                    "has "
                     f"shape {shape}: the data would be broadcast; give data whose shape matches"
                 )
 
 
 def probe(model, guide, *args, data_plate=None, **kwargs):
-    """Trace ``guide(*args, **kwargs)`` once, replay ``model`` against it, and return their :class:`PairInfo`.
+    """Trace ``guide(*args, **kwargs)`` once, replay ``model`` against it, and return their
+    :class:`PairInfo`.
 
     Nothing is recorded in an outer trace (the probe runs under ``poutine.block``); parameters
     are registered in the param store as a first call of the pair would.
@@ -185,8 +195,8 @@ def _shapes(args, kwargs):
 
 
 def checked_probe(model, guide, *args, data_plate=None, **kwargs):
-    """:func:`probe`, with a failure deep in torch (a shape that does not fit a layer, a wrong dtype or device)
-    turned into one ValueError line that names the shapes of the arguments."""
+    """:func:`probe`, with a failure deep in torch (a shape that does not fit a layer, a wrong dtype
+    or device) turned into one ValueError line that names the shapes of the arguments."""
     try:
         return probe(model, guide, *args, data_plate=data_plate, **kwargs)
     except (RuntimeError, ValueError, IndexError) as e:
@@ -198,11 +208,13 @@ def checked_probe(model, guide, *args, data_plate=None, **kwargs):
 
 
 def batch_as_argument(x, idx):
-    """The default ``batch_call`` of the trainer and :func:`~pyro_vae.evaluate`: rows ``x`` (at indices ``idx`` of
-    the data) become the pair's one positional argument, ``model(x)``; returns ``(args, kwargs)`` as SVI takes them.
+    """The default ``batch_call`` of the trainer and :func:`~pyro_vae.evaluate`: rows ``x`` (at
+    indices ``idx`` of the data) become the pair's one positional argument, ``model(x)``; returns
+    ``(args, kwargs)`` as SVI takes them.
 
     Other pairs say how they take a batch with their own ``batch_call(x, idx) -> (args, kwargs)``:
-    ``lambda x, idx: ((), {"x": x})`` for ``model(x=None)``, ``lambda x, idx: ((x, labels[idx]), {})`` for
-    ``model(images, labels)``, ``lambda x, idx: ((idx,), {})`` for data closed over and a plate subsampled by ``idx``.
+    ``lambda x, idx: ((), {"x": x})`` for ``model(x=None)``, ``lambda x, idx: ((x, labels[idx]),
+    {})`` for ``model(images, labels)``, ``lambda x, idx: ((idx,), {})`` for data closed over and a
+    plate subsampled by ``idx``.
     """
     return (x,), {}

@@ -12,7 +12,8 @@ import torch
 
 
 def data_plate(x, num_data=None, name="data", dim=-1):
-    """``pyro.plate(name, num_data, subsample=arange(len(x)))``: a plate over the batch with scale num_data / len(x)."""
+    """``pyro.plate(name, num_data, subsample=arange(len(x)))``: a plate over the batch with scale
+    num_data / len(x)."""
     batch = x.shape[0]
     if num_data is None:
         return pyro.plate(name, batch, dim=dim)

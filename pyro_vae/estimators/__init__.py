@@ -19,8 +19,9 @@ subsampling is applied outside the log-sum-exp, other per-site scales are refuse
 ``trace``, ``meanfield`` and ``stl`` are ELBOs, sums of per-site terms, and take every
 pair that Pyro's ``Trace_ELBO`` takes.  Every estimator calls the pair as SVI does.
 
-``make_elbo(name, fast="auto")`` wraps the estimator in :class:`~.fast.FastELBO`, which replays its loss and
-gradients from one captured graph (the trainer does this itself, see ``Trainer(fast=...)``).
+``make_elbo(name, fast="auto")`` wraps the estimator in :class:`~.fast.FastELBO`, which replays its
+loss and gradients from one captured graph (the trainer does this itself, see
+``Trainer(fast=...)``).
 """
 
 import inspect
@@ -75,11 +76,13 @@ def make_elbo(name, num_particles=1, data_plate=None, fast=False, **options):
         (TraceMeanField_ELBO, analytic KL where available), ``iwae``, ``dreg``, ``stl``,
         ``renyi`` (option ``alpha``), ``enum`` (TraceEnum_ELBO) and any registered later.
     :param int num_particles: samples per data point, drawn in one batched pass.
-    :param str data_plate: the plate over data points, for the estimators that take one (the bounds per data
-        point); the ELBOs read every scale from the trace and need no name.
-    :param fast: False, or a :class:`~pyro_vae.estimators.fast.FastELBO` mode (``"auto"``, ``"compile"``,
-        ``"trace"``): the estimator's loss and gradients replayed from one captured graph per batch size.
-    :param options: estimator options, e.g. ``max_plate_nesting``; an unknown option raises ValueError.
+    :param str data_plate: the plate over data points, for the estimators that take one (the bounds
+        per data point); the ELBOs read every scale from the trace and need no name.
+    :param fast: False, or a :class:`~pyro_vae.estimators.fast.FastELBO` mode (``"auto"``,
+        ``"compile"``, ``"trace"``): the estimator's loss and gradients replayed from one captured
+        graph per batch size.
+    :param options: estimator options, e.g. ``max_plate_nesting``; an unknown option raises
+        ValueError.
     """
     check_choice("estimator", name, ESTIMATORS)
     check_option("particles", num_particles, "num_particles")

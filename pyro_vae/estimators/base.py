@@ -1,11 +1,13 @@
-"""The shared code path of the per-data-point estimators: one vectorized pass, one bound per data point.
+"""The shared code path of the per-data-point estimators: one vectorized pass, one bound per data
+point.
 
 For K particles z_ik ~ q(z | x_i) with log-weights ``log w_ik`` (see
 :func:`pyro_vae.estimators.importance.log_weights`; unscaled, one column per data point),
 an estimator maps the ``[K, B]`` log-weights to one bound per data point and the
 loss is
 
-.. math:: \\mathcal{L} = -\\frac{N}{B} \\sum_{i=1}^{B} \\mathrm{bound}(\\log w_{i1}, \\dots, \\log w_{iK})
+.. math:: \\mathcal{L} = -\\frac{N}{B} \\sum_{i=1}^{B} \\mathrm{bound}(\\log w_{i1}, \\dots, \\log
+w_{iK})
 
 with the data plate's subsampling factor N/B applied *outside* the bound (Pyro's
 ``RenyiELBO`` puts it inside the log-sum-exp, which changes the bound).
@@ -45,15 +47,17 @@ class ImportanceWeightedELBO(ELBO):
     """Base class: per-data-point bounds from one batched pass of ``num_particles`` particles.
 
     :param int num_particles: K, particles per data point (vectorized).
-    :param int max_plate_nesting: plate dims used by model and guide (default: inferred on the first call).
-    :param str data_plate: name of the plate over data points (default: the plate that holds every observed
-        site, see :func:`~pyro_vae.core.pair`).
+    :param int max_plate_nesting: plate dims used by model and guide (default: inferred on the first
+        call).
+    :param str data_plate: name of the plate over data points (default: the plate that holds every
+        observed site, see :func:`~pyro_vae.core.pair`).
 
-    Model and guide are called as :class:`pyro.infer.SVI` calls them, with ``*args, **kwargs`` passed through;
-    the batch is the data plate's subsample.
+    Model and guide are called as :class:`pyro.infer.SVI` calls them, with ``*args, **kwargs``
+    passed through; the batch is the data plate's subsample.
     """
 
-    traceable = True  # the trainer may trace loss and gradients once per batch size (pyro_vae.estimators.fast)
+    # the trainer may trace loss and gradients once per batch size (pyro_vae.estimators.fast)
+    traceable = True
     needs_inverse = False  # True where log q is scored at a detached z (see DetachedPathELBO)
 
     def __init__(
@@ -61,7 +65,8 @@ class ImportanceWeightedELBO(ELBO):
     ):
         if not vectorize_particles:
             raise ValueError(
-                f"{type(self).__name__} always vectorizes its particles; drop vectorize_particles=False"
+                f"{type(self).__name__} always vectorizes its particles; drop "
+                "vectorize_particles=False"
             )
         if max_plate_nesting is not None and (
             isinstance(max_plate_nesting, bool)
@@ -69,7 +74,8 @@ class ImportanceWeightedELBO(ELBO):
             or max_plate_nesting < 0
         ):
             raise ValueError(
-                f"max_plate_nesting must be a non-negative integer or None, got {max_plate_nesting!r}"
+                "max_plate_nesting must be a non-negative integer or None, got "
+                f"{max_plate_nesting!r}"
             )
         super().__init__(
             num_particles=num_particles,
@@ -80,7 +86,8 @@ class ImportanceWeightedELBO(ELBO):
 
     # -- the one code path ---------------------------------------------------------------------
     def point_bound(self, log_w):
-        """Map log-weights ``[K, B]`` to one bound per data point ``[B]``; its autograd gradient is the estimator's."""
+        """Map log-weights ``[K, B]`` to one bound per data point ``[B]``; its autograd gradient is
+        the estimator's."""
         raise NotImplementedError
 
     def _trace(self, model, guide, args, kwargs, replay=None):
@@ -109,7 +116,8 @@ class ImportanceWeightedELBO(ELBO):
         return weights.model_trace, weights.guide_trace
 
     def _check(self, weights):
-        """Refuse pairs whose per-point weights would not give the bound (see the module docstring)."""
+        """Refuse pairs whose per-point weights would not give the bound (see the module
+        docstring)."""
         name = type(self).__name__
         guide_sites = {n for n, s in weights.guide_trace.nodes.items() if s["type"] == "sample"}
         for tr, who in ((weights.model_trace, "model"), (weights.guide_trace, "guide")):
@@ -118,24 +126,30 @@ class ImportanceWeightedELBO(ELBO):
                     continue
                 if not _is_one(extra_scale(site, weights.data_plate.name)):
                     raise ValueError(
-                        f"{name}: {who} site {site['name']!r} is scaled by something other than the data plate's "
-                        f"subsampling (poutine.scale, e.g. a β-VAE, or another subsampled plate); an "
-                        f"importance-weighted bound with per-site scales is not a bound on log p(x). "
+                        f"{name}: {who} site {site['name']!r} is scaled by something other than "
+                        "the data plate's "
+                        "subsampling (poutine.scale, e.g. a β-VAE, or another subsampled plate); "
+                        "an "
+                        "importance-weighted bound with per-site scales is not a bound on log "
+                        "p(x). "
                         f"Use make_elbo('trace') or 'meanfield' for scaled objectives"
                     )
                 if who == "guide" and not site["is_observed"] and not site["fn"].has_rsample:
                     raise ValueError(
                         f"{name}: guide site {site['name']!r} ({type(site['fn']).__name__}) is not "
-                        f"reparameterizable; use make_elbo('trace') (score-function gradients) or 'enum'"
+                        "reparameterizable; use make_elbo('trace') (score-function gradients) or "
+                        "'enum'"
                     )
                 if who == "model" and not site["is_observed"] and site["name"] not in guide_sites:
                     raise ValueError(
-                        f"{name}: model latent site {site['name']!r} has no guide site; give the guide a site of "
+                        f"{name}: model latent site {site['name']!r} has no guide site; give the "
+                        "guide a site of "
                         f"the same name, or use make_elbo('enum') for enumerated discrete latents"
                     )
 
     def surrogate(self, model, guide, *args, **kwargs):
-        """Per-data-point surrogate ``[B]`` whose value is the bound and whose gradient is the estimator's.
+        """Per-data-point surrogate ``[B]`` whose value is the bound and whose gradient is the
+        estimator's.
 
         Returns ``(surrogate, scale)``, ``scale`` being the data plate's subsampling factor.
         """
@@ -156,14 +170,16 @@ class ImportanceWeightedELBO(ELBO):
             return -scale * bound.sum().item()
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
-        """Backpropagate :meth:`differentiable_loss` into every parameter it touches; return the loss as a float."""
+        """Backpropagate :meth:`differentiable_loss` into every parameter it touches; return the
+        loss as a float."""
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return loss.item()
 
 
 def _detached_replay_trace(guide_trace):
-    """A copy of ``guide_trace`` whose latent values are detached (subsample sites kept, so indices match)."""
+    """A copy of ``guide_trace`` whose latent values are detached (subsample sites kept, so indices
+    match)."""
     replay = guide_trace.copy()
     for name, site in guide_trace.nodes.items():
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
@@ -177,8 +193,8 @@ class DetachedPathELBO(ImportanceWeightedELBO):
     With z = z(ε, φ) live and the pair replayed at z̄ = stop(z), so that
     ``lp̄ = log p(x, z̄)`` and ``lq̄ = log q(z̄ | x)`` carry no path through z,
 
-    .. math:: S_i = \\mathrm{bound}_i + \\sum_k a_{ik} \\bar{lp}_{ik}
-        + \\sum_k c_{ik} \\left[\\log w_{ik} - \\bar{lp}_{ik} + \\bar{lq}_{ik}\\right]   \\quad (\\text{minus their values}),
+    .. math:: S_i = \\mathrm{bound}_i + \\sum_k a_{ik} \\bar{lp}_{ik} + \\sum_k c_{ik} \\left[\\log
+        w_{ik} - \\bar{lp}_{ik} + \\bar{lq}_{ik}\\right] \\quad (\\text{minus their values}),
 
     with constants a = ∂bound/∂log w (model parameters get exactly the bound's
     gradient Σ a ∂θ log p, since the θ-parts of the last bracket cancel) and

@@ -1,21 +1,24 @@
-"""One training step of a pair captured as one graph: the loss *and its gradients*, replayed without Pyro.
+"""One training step of a pair captured as one graph: the loss *and its gradients*, replayed without
+Pyro.
 
 Pyro's ``JitTrace_ELBO`` traces the forward loss only: every step still looks
 each parameter up in the param store under effect handlers, and autograd
 rebuilds and walks its tape.  :class:`TracedStep` records one call of
 
-.. math:: (\\mathcal{L}, \\nabla_\\theta \\mathcal{L}) = (\\texttt{elbo.differentiable\\_loss}(x),\\;
-          \\texttt{torch.autograd.grad}(\\mathcal{L}, \\theta))
+.. math:: (\\mathcal{L}, \\nabla_\\theta \\mathcal{L}) =
+          (\\texttt{elbo.differentiable\\_loss}(x),\\; \\texttt{torch.autograd.grad}(\\mathcal{L},
+          \\theta))
 
-with :func:`torch.fx.experimental.proxy_tensor.make_fx`, which sees every ATen op of the forward *and* of the
-backward pass on real tensors (so Pyro's handlers, the surrogate's ``detach`` and the autograd tape are all
-resolved at trace time).  A step is then one replay of that graph returning the loss, a finiteness flag and
-the gradients, with no Pyro and no autograd in between: the fx graph itself (its ATen ops called from
-Python), or TorchInductor after :meth:`TracedStep.compile`.  The loss must read nothing on the host
-(``elbo.traceable``; :mod:`pyro_vae.estimators.trace` keeps Pyro's ELBOs on the device).  Every tensor the
-loss reads besides the parameters and ``x`` becomes an input of the graph (:func:`lift_constants`); ops whose
-output shape depends on the data are refused (:func:`data_dependent_shapes`).  Which pairs are traced, and
-the proof that a replay equals the plain loss, are in :mod:`pyro_vae.estimators.fast`.
+with :func:`torch.fx.experimental.proxy_tensor.make_fx`, which sees every ATen op of the forward
+*and* of the backward pass on real tensors (so Pyro's handlers, the surrogate's ``detach`` and the
+autograd tape are all resolved at trace time). A step is then one replay of that graph returning the
+loss, a finiteness flag and the gradients, with no Pyro and no autograd in between: the fx graph
+itself (its ATen ops called from Python), or TorchInductor after :meth:`TracedStep.compile`. The
+loss must read nothing on the host (``elbo.traceable``; :mod:`pyro_vae.estimators.trace` keeps
+Pyro's ELBOs on the device). Every tensor the loss reads besides the parameters and ``x`` becomes an
+input of the graph (:func:`lift_constants`); ops whose output shape depends on the data are refused
+(:func:`data_dependent_shapes`). Which pairs are traced, and the proof that a replay equals the
+plain loss, are in :mod:`pyro_vae.estimators.fast`.
 """
 
 import contextlib
@@ -30,14 +33,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class TracedStep:
-    """``loss, ok, grads = step(x, **kwargs)``: −ELBO of a batch of ``len(x)``, whether it and every gradient are
-    finite, and ``∂ loss / ∂ params``, from one graph.
+    """``loss, ok, grads = step(x, **kwargs)``: −ELBO of a batch of ``len(x)``, whether it and every
+    gradient are finite, and ``∂ loss / ∂ params``, from one graph.
 
-    :attr:`params` are the unconstrained param-store tensors the graph reads (its inputs besides ``x``), in
-    name order; ``grads`` follow that order (None for a parameter the loss does not depend on).
-    ``kwargs``: per-batch tensors passed to model and guide (e.g. labels ``y``), inputs of the graph too.
-    :attr:`backend` says what replays the graph: ``"fx"`` (the make_fx graph run as Python), or ``"inductor"``
-    after :meth:`compile`.  ``elbo`` must read nothing on the host (``traceable``, see
+    :attr:`params` are the unconstrained param-store tensors the graph reads (its inputs besides
+    ``x``), in name order; ``grads`` follow that order (None for a parameter the loss does not
+    depend on). ``kwargs``: per-batch tensors passed to model and guide (e.g. labels ``y``), inputs
+    of the graph too.
+    :attr:`backend` says what replays the graph: ``"fx"`` (the make_fx graph run as Python), or
+    ``"inductor"`` after :meth:`compile`. ``elbo`` must read nothing on the host (``traceable``, see
     :func:`pyro_vae.estimators.trace.device_twin`).
     """
 
@@ -73,7 +77,8 @@ class TracedStep:
                 g is not None for g in grads
             ]  # a parameter the loss does not reach gets no gradient
             grads = [g for g in grads if g is not None]
-            # a sum of everything is finite iff every entry is (or it overflows, ~1e38 in float32: also bad)
+            # a sum of everything is finite iff every entry is (or it overflows, ~1e38 in float32:
+            # also bad)
             ok = torch.isfinite(sum((g.sum() for g in grads), loss.detach()))
             return (loss.detach(), ok, *grads)
 
@@ -90,15 +95,17 @@ class TracedStep:
             self.compile_seconds, self.cache_hit, self.cudagraphs = None, None, False
 
     def compile(self, x, kwargs=None):
-        """Replay through TorchInductor from now on (``torch._inductor.compile`` of the make_fx graph: no Dynamo,
-        no guards per call), as one CUDA graph on CUDA (``triton.cudagraphs``, what ``torch.compile(mode=
-        "reduce-overhead")`` does: the step's kernels launched as one graph from static buffers, into which
-        the inputs are copied on the device; no host sync).  Compiles now, on ``x``.
+        """Replay through TorchInductor from now on (``torch._inductor.compile`` of the make_fx
+        graph: no Dynamo, no guards per call), as one CUDA graph on CUDA (``triton.cudagraphs``,
+        what ``torch.compile(mode= "reduce-overhead")`` does: the step's kernels launched as one
+        graph from static buffers, into which the inputs are copied on the device; no host sync).
+        Compiles now, on ``x``.
 
-        Random ops call torch's own generator (``fallback_random``), so a replay draws the plain loss's numbers.
-        Returns None, or why not (inductor missing or failing: the current replay stays).  The compiled graph is
-        kept on disk by inductor's FX graph cache (keyed on the graph, its inputs and torch's version), so
-        another process that captures the same configuration loads it instead of compiling:
+        Random ops call torch's own generator (``fallback_random``), so a replay draws the plain
+        loss's numbers. Returns None, or why not (inductor missing or failing: the current replay
+        stays). The compiled graph is kept on disk by inductor's FX graph cache (keyed on the graph,
+        its inputs and torch's version), so another process that captures the same configuration
+        loads it instead of compiling:
         :attr:`cache_hit` says which happened, :attr:`compile_seconds` what it cost.
         """
         try:
@@ -147,8 +154,9 @@ class TracedStep:
 
 
 class _Writes(TorchDispatchMode):
-    """Records the tensors that ops write in place, with their values before the first write; :meth:`undo` puts
-    them back at the end of its block (tracing runs the loss for real, twice; the plain path has not yet)."""
+    """Records the tensors that ops write in place, with their values before the first write;
+    :meth:`undo` puts them back at the end of its block (tracing runs the loss for real, twice; the
+    plain path has not yet)."""
 
     def __init__(self):
         super().__init__()
@@ -177,7 +185,9 @@ class Untraceable(ValueError):
     """The pair's loss cannot be replayed from one trace; the message says why."""
 
 
-# ops whose output shape depends on the values of their inputs: a trace would freeze the first batch's shape
+# ops whose output shape depends on the values of their inputs: a trace would freeze the first
+# batch's
+# shape
 _DATA_DEPENDENT = {
     "nonzero",
     "nonzero_numpy",
@@ -202,8 +212,9 @@ _INDEXING = {
 
 
 def data_dependent_shapes(graph):
-    """Why ``graph`` (from make_fx) cannot be replayed on other data, or None: the ops whose output shape depends on
-    tensor values (nonzero, masked_select, unique, boolean-mask indexing ``x[mask]`` / ``x[mask] = v``, …)."""
+    """Why ``graph`` (from make_fx) cannot be replayed on other data, or None: the ops whose output
+    shape depends on tensor values (nonzero, masked_select, unique, boolean-mask indexing
+    ``x[mask]`` / ``x[mask] = v``, …)."""
     found = []
     for node in graph.graph.nodes:
         if node.op != "call_function" or not hasattr(node.target, "overloadpacket"):
@@ -225,17 +236,19 @@ def data_dependent_shapes(graph):
     if not found:
         return None
     return (
-        f"the loss has ops whose output shape depends on the data ({', '.join(sorted(set(found)))}), "
+        "the loss has ops whose output shape depends on the data "
+        f"({', '.join(sorted(set(found)))}), "
         f"which a trace would freeze at the first batch's shape"
     )
 
 
 def lift_constants(graph):
-    """Make every tensor that ``graph`` read from outside its inputs (module buffers, a β or temperature tensor, a
-    running σ*) an input of the graph, after the others; return those tensors.  Literals stay constants.
+    """Make every tensor that ``graph`` read from outside its inputs (module buffers, a β or
+    temperature tensor, a running σ*) an input of the graph, after the others; return those tensors.
+    Literals stay constants.
 
-    A replay given the same objects then reads their current values, as the plain loss does, and writes
-    the in-place updates of the plain loss (e.g. a running average) back into them.
+    A replay given the same objects then reads their current values, as the plain loss does, and
+    writes the in-place updates of the plain loss (e.g. a running average) back into them.
     """
     nodes = [
         n
@@ -244,8 +257,9 @@ def lift_constants(graph):
         and torch.is_tensor(getattr(graph, n.target, None))
         and not all(u.target is torch.ops.aten.lift_fresh_copy.default for u in n.users)
     ]
-    # (a tensor only copied by lift_fresh_copy is a literal, torch.tensor(...), that the loss creates afresh at
-    # every call: it stays a constant, on the graph's device for a CUDA graph)
+    # (a tensor only copied by lift_fresh_copy is a literal, torch.tensor(...), that the loss
+    # creates
+    # afresh at every call: it stays a constant, on the graph's device for a CUDA graph)
     last = [n for n in graph.graph.nodes if n.op == "placeholder"][-1]
     inputs, state = {}, []
     for node in nodes:
@@ -264,16 +278,18 @@ def lift_constants(graph):
 
 @contextlib.contextmanager
 def _traceable():
-    """What tracing needs of Pyro: no distribution argument checks (they read tensors on the host; the replay is
-    compared with the plain, validated loss before it is used), and quiet tracer warnings."""
+    """What tracing needs of Pyro: no distribution argument checks (they read tensors on the host;
+    the replay is compared with the plain, validated loss before it is used), and quiet tracer
+    warnings."""
     with pyro.validation_enabled(False), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
 
 
 def _static_fakes(tensors):
-    """Fake copies of ``tensors`` (shapes fixed) under a fake mode with a shape environment: inductor's FX-graph
-    and AOT-autograd caches key a graph on them (a make_fx graph on real tensors has none, and bypasses both)."""
+    """Fake copies of ``tensors`` (shapes fixed) under a fake mode with a shape environment:
+    inductor's FX-graph and AOT-autograd caches key a graph on them (a make_fx graph on real tensors
+    has none, and bypasses both)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
@@ -282,7 +298,8 @@ def _static_fakes(tensors):
 
 
 def _cache_hits():
-    """Inductor's count of FX-graph cache hits in this process (0 where torch does not count them)."""
+    """Inductor's count of FX-graph cache hits in this process (0 where torch does not count
+    them)."""
     try:
         from torch._dynamo.utils import counters
     except ImportError:

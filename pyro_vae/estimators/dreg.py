@@ -10,9 +10,10 @@ signal-to-noise ratio grows with K where IWAE's shrinks (Rainforth et al.
 2018).  Model parameters get exactly the IWAE gradient Σ_k w̃_k ∇θ log p(x, z_k).
 
 References:
-    1. G. Tucker, D. Lawson, S. Gu, C. J. Maddison. Doubly Reparameterized Gradient Estimators for Monte Carlo
-       Objectives. ICLR 2019, arXiv:1810.04152.
-    2. T. Rainforth et al. Tighter Variational Bounds are Not Necessarily Better. ICML 2018, arXiv:1802.04537.
+    1. G. Tucker, D. Lawson, S. Gu, C. J. Maddison. Doubly Reparameterized Gradient Estimators for
+       Monte Carlo Objectives. ICLR 2019, arXiv:1810.04152.
+    2. T. Rainforth et al. Tighter Variational Bounds are Not Necessarily Better. ICML 2018,
+       arXiv:1802.04537.
 """
 
 import torch
@@ -22,7 +23,8 @@ from pyro_vae.estimators.iwae import IWAE_ELBO
 
 
 class DReG_ELBO(DetachedPathELBO, IWAE_ELBO):
-    """IWAE's value and model gradient; the guide gets the doubly-reparameterized path gradient (weights w̃²)."""
+    """IWAE's value and model gradient; the guide gets the doubly-reparameterized path gradient
+    (weights w̃²)."""
 
     def path_weights(self, log_w):
         """w̃_k², the squared normalised importance weights."""

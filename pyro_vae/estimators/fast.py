@@ -1,27 +1,32 @@
-"""The fast path as an estimator: :class:`FastELBO` wraps an ELBO and replays its loss and gradients from one
-captured graph per batch size (:mod:`.capture`), as Pyro's ``JitTrace_ELBO`` owns its JIT.
+"""The fast path as an estimator: :class:`FastELBO` wraps an ELBO and replays its loss and gradients
+from one captured graph per batch size (:mod:`.capture`), as Pyro's ``JitTrace_ELBO`` owns its JIT.
 
-It works under plain :class:`pyro.infer.SVI` (:meth:`FastELBO.loss_and_grads`) and under the trainer's
-:class:`~pyro_vae.training.svi.DeviceSVI` (:meth:`FastELBO.replay`, no host sync).  What replays a step:
+It works under plain :class:`pyro.infer.SVI` (:meth:`FastELBO.loss_and_grads`) and under the
+trainer's
+:class:`~pyro_vae.training.svi.DeviceSVI` (:meth:`FastELBO.replay`, no host sync). What replays a
+    step:
 
 * the fx graph itself (its ATen ops called from Python: no Pyro, no autograd), by default;
-* TorchInductor (``torch._inductor.compile`` of the graph: no Dynamo, so no guards per call; on CUDA one CUDA
-  graph per step, as ``torch.compile(mode="reduce-overhead")``) when the planned steps would take at least
-  :data:`COMPILE_WHEN_SECONDS` through the fx replay, or always with ``mode="compile"``.  Inductor's FX-graph
-  cache keeps the compiled graph on disk, so a second run of the same configuration loads it
-  (``cache_hit``, ``compile_seconds``).
+* TorchInductor (``torch._inductor.compile`` of the graph: no Dynamo, so no guards per call; on CUDA
+  one CUDA graph per step, as ``torch.compile(mode="reduce-overhead")``) when the planned steps
+  would take at least
+  :data:`COMPILE_WHEN_SECONDS` through the fx replay, or always with ``mode="compile"``. Inductor's
+  FX-graph cache keeps the compiled graph on disk, so a second run of the same configuration loads
+  it (``cache_hit``, ``compile_seconds``).
 
-A trace freezes Python control flow, Python numbers and tensor shapes, so it is made safe by construction
-where it can be and proven where it cannot:
+A trace freezes Python control flow, Python numbers and tensor shapes, so it is made safe by
+construction where it can be and proven where it cannot:
 
-* every tensor the loss reads besides the parameters and ``x`` (module buffers, a β or warm-up weight, a
-  temperature) becomes an input of the graph (:func:`~.capture.lift_constants`);
-* ops whose output shape depends on the data are refused at trace time (:func:`~.capture.data_dependent_shapes`);
-* the loss must read nothing on the host: estimators that declare ``traceable = True`` (all of ours; Pyro's
-  ``Trace_ELBO`` and ``TraceMeanField_ELBO`` through their device twins, :mod:`.trace`);
-* one trace per batch size, used only after the replay has given the plain loss, gradients and buffer updates
-  for the same random numbers on two different batches of each size (:func:`check_step`), and again at each
-  epoch's start (:meth:`FastELBO.recheck`); a value read from Python that has changed drops the fast path.
+* every tensor the loss reads besides the parameters and ``x`` (module buffers, a β or warm-up
+  weight, a temperature) becomes an input of the graph (:func:`~.capture.lift_constants`);
+* ops whose output shape depends on the data are refused at trace time
+  (:func:`~.capture.data_dependent_shapes`);
+* the loss must read nothing on the host: estimators that declare ``traceable = True`` (all of ours;
+  Pyro's ``Trace_ELBO`` and ``TraceMeanField_ELBO`` through their device twins, :mod:`.trace`);
+* one trace per batch size, used only after the replay has given the plain loss, gradients and
+  buffer updates for the same random numbers on two different batches of each size
+  (:func:`check_step`), and again at each epoch's start (:meth:`FastELBO.recheck`); a value read
+  from Python that has changed drops the fast path.
 """
 
 import logging
@@ -38,25 +43,28 @@ logger = logging.getLogger(__name__)
 
 MODES = ("auto", True, "compile", "trace")
 
-# compile when the planned steps of a run would take at least this long through the fx replay: compiling
-# costs 3–30 s (a few when inductor's cache holds the graph) and saves 10–60 % of a step on a CPU, more on
-# CUDA, where the step becomes one CUDA graph launch
+# compile when the planned steps of a run would take at least this long through the fx replay:
+# compiling costs 3–30 s (a few when inductor's cache holds the graph) and saves 10–60 % of a step
+# on
+# a CPU, more on CUDA, where the step becomes one CUDA graph launch
 COMPILE_WHEN_SECONDS = {"cpu": 120.0, "cuda": 20.0}
 
 
 def _owner(fn):
-    """The object a model or guide belongs to: ``vae`` for ``vae.model``, also through handlers (``beta_scale``)."""
+    """The object a model or guide belongs to: ``vae`` for ``vae.model``, also through handlers
+    (``beta_scale``)."""
     while hasattr(fn, "__wrapped__") and not hasattr(fn, "__self__"):
         fn = fn.__wrapped__
     return getattr(fn, "__self__", fn)
 
 
 def blocker(elbo, model, guide):
-    """Why the loss of this pair cannot be traced, or None.  Every pair is tried (its trace is then proven on
-    real batches, see :func:`trace_steps`) unless it says ``jit_compatible = False``."""
+    """Why the loss of this pair cannot be traced, or None. Every pair is tried (its trace is then
+    proven on real batches, see :func:`trace_steps`) unless it says ``jit_compatible = False``."""
     if getattr(elbo, "traceable", False) is not True:
         return (
-            f"only estimators whose loss stays on the device are traced (traceable = True, or Pyro's "
+            "only estimators whose loss stays on the device are traced (traceable = True, or "
+            "Pyro's "
             f"Trace_ELBO and TraceMeanField_ELBO), not {type(elbo).__name__}"
         )
     for owner in (_owner(model), _owner(guide)):
@@ -76,12 +84,12 @@ def _pairs(batches):
 
 
 def trace_steps(elbo, model, guide, batches):
-    """``({batch size: TracedStep}, None)``, or ``({}, why)`` when a trace is refused or a replay differs from
-    the plain loss or gradients.  ``elbo`` reads nothing on the host (``traceable``).
+    """``({batch size: TracedStep}, None)``, or ``({}, why)`` when a trace is refused or a replay
+    differs from the plain loss or gradients. ``elbo`` reads nothing on the host (``traceable``).
 
-    ``batches`` must hold two different batches of each size used in training: tensors ``x``, or pairs
-    ``(x, kwargs)`` with the per-batch keyword arguments of model and guide.  The RNG state is restored
-    afterwards, so training draws the same numbers with or without the fast path.
+    ``batches`` must hold two different batches of each size used in training: tensors ``x``, or
+    pairs ``(x, kwargs)`` with the per-batch keyword arguments of model and guide. The RNG state is
+    restored afterwards, so training draws the same numbers with or without the fast path.
     """
     rng = pyro.util.get_rng_state()
     traced = {}
@@ -107,9 +115,9 @@ def trace_steps(elbo, model, guide, batches):
 
 
 def check_step(step, elbo, model, guide, x, kwargs=None):
-    """Why the replay of ``step`` on batch ``x`` differs from the plain loss, gradients and buffer updates (same
-    random numbers), or None.  Leaves the tensors the step reads (module buffers) as they were; the RNG state
-    advanced by one step."""
+    """Why the replay of ``step`` on batch ``x`` differs from the plain loss, gradients and buffer
+    updates (same random numbers), or None. Leaves the tensors the step reads (module buffers) as
+    they were; the RNG state advanced by one step."""
     kwargs = kwargs or {}
     rng = pyro.util.get_rng_state()
     state = [t.clone() for t in step.state]
@@ -135,12 +143,16 @@ def check_step(step, elbo, model, guide, x, kwargs=None):
             )
     for t, a in zip(replayed, after):
         if t.is_floating_point() and _differs(t, a):
-            return f"the traced update of a buffer of shape {tuple(t.shape)} differs from the plain one"
+            return (
+                f"the traced update of a buffer of shape {tuple(t.shape)} differs from the "
+                "plain one"
+            )
     return None
 
 
 def step_seconds(step, x, kwargs=None, repeats=5):
-    """Median seconds of one replay of ``step`` on ``x`` (RNG state and buffers left as they were)."""
+    """Median seconds of one replay of ``step`` on ``x`` (RNG state and buffers left as they
+    were)."""
     kwargs = kwargs or {}
     rng, saved = pyro.util.get_rng_state(), [t.clone() for t in step.state]
     times = []
@@ -156,10 +168,10 @@ def step_seconds(step, x, kwargs=None, repeats=5):
 
 
 def compile_steps(traced, elbo, model, guide, batches):
-    """:meth:`TracedStep.compile` the step of the first batch's size (the last, shorter batch of an epoch keeps
-    the fx replay: compiling it would cost as much for one step an epoch) and prove it again on the batches of
-    that size (as :func:`trace_steps`); on failure it goes back to the fx replay.  Returns ``(seconds, None)``
-    or ``(None, why not)``."""
+    """:meth:`TracedStep.compile` the step of the first batch's size (the last, shorter batch of an
+    epoch keeps the fx replay: compiling it would cost as much for one step an epoch) and prove it
+    again on the batches of that size (as :func:`trace_steps`); on failure it goes back to the fx
+    replay. Returns ``(seconds, None)`` or ``(None, why not)``."""
     rng = pyro.util.get_rng_state()
     done, start = [], time.perf_counter()
     batches = _pairs(batches)
@@ -187,8 +199,9 @@ def compile_steps(traced, elbo, model, guide, batches):
 
 
 def proof_rows(n, batch_size):
-    """Slices of two different batches of each size that an epoch over ``n`` data points in batches of
-    ``batch_size`` has (the last, shorter batch gets its own trace, proven on two batches too)."""
+    """Slices of two different batches of each size that an epoch over ``n`` data points in batches
+    of ``batch_size`` has (the last, shorter batch gets its own trace, proven on two batches
+    too)."""
     rows = [slice(0, batch_size), slice(batch_size, 2 * batch_size)]
     if n % batch_size:
         rows += [slice(n - n % batch_size, n), slice(0, n % batch_size)]
@@ -196,8 +209,8 @@ def proof_rows(n, batch_size):
 
 
 def traceable_batches(calls):
-    """``[(x, kwargs)]`` of the pair's calls ``(args, kwargs)``, or None where the batch is not the one positional
-    argument of each (a traced step replays ``model(x, **kwargs)``)."""
+    """``[(x, kwargs)]`` of the pair's calls ``(args, kwargs)``, or None where the batch is not the
+    one positional argument of each (a traced step replays ``model(x, **kwargs)``)."""
     if not all(len(args) == 1 and torch.is_tensor(args[0]) for args, _ in calls):
         return None
     return [(args[0], kwargs) for args, kwargs in calls]
@@ -206,15 +219,16 @@ def traceable_batches(calls):
 class FastELBO(ELBO):
     """``elbo`` with its loss and gradients replayed from one captured graph per batch size.
 
-    :param elbo: the estimator (ours, or Pyro's ``Trace_ELBO`` / ``TraceMeanField_ELBO``); its loss is the one
-        replayed and the one every replay is proven against.
-    :param mode: ``"auto"`` (or True): the fx replay, compiled by inductor when :meth:`prepare` is told of enough
-        planned steps; ``"compile"``: always compiled; ``"trace"``: never compiled.
+    :param elbo: the estimator (ours, or Pyro's ``Trace_ELBO`` / ``TraceMeanField_ELBO``); its loss
+        is the one replayed and the one every replay is proven against.
+    :param mode: ``"auto"`` (or True): the fx replay, compiled by inductor when :meth:`prepare` is
+        told of enough planned steps; ``"compile"``: always compiled; ``"trace"``: never compiled.
 
-    Under plain :class:`pyro.infer.SVI` the graph of a batch size is captured at its first batch and proven on
-    its first two (those two steps are plain); from then on :meth:`loss_and_grads` replays it.  The trainer
-    calls :meth:`prepare` with two batches of each size before training instead.  :attr:`note` says in one
-    line how steps are replayed, or why not; :attr:`steps` maps batch sizes to the captured steps.
+    Under plain :class:`pyro.infer.SVI` the graph of a batch size is captured at its first batch and
+    proven on its first two (those two steps are plain); from then on :meth:`loss_and_grads` replays
+    it. The trainer calls :meth:`prepare` with two batches of each size before training instead.
+    :attr:`note` says in one line how steps are replayed, or why not; :attr:`steps` maps batch sizes
+    to the captured steps.
     """
 
     def __init__(self, elbo, mode="auto"):
@@ -244,9 +258,10 @@ class FastELBO(ELBO):
 
     # -- capture and proof -----------------------------------------------------------------------
     def prepare(self, model, guide, batches, planned_steps=None):
-        """Capture and prove the steps of ``batches`` (two different batches of each size training uses, tensors
-        ``x`` or pairs ``(x, kwargs)``), compile them where that pays (``planned_steps``: the run's steps), and
-        return whether the fast path applies.  The RNG state is left as it was."""
+        """Capture and prove the steps of ``batches`` (two different batches of each size training
+        uses, tensors ``x`` or pairs ``(x, kwargs)``), compile them where that pays
+        (``planned_steps``: the run's steps), and return whether the fast path applies. The RNG
+        state is left as it was."""
         self._pair, self._seen = (model, guide), {}
         why = blocker(self.elbo, model, guide)
         steps = {}
@@ -256,7 +271,10 @@ class FastELBO(ELBO):
         self.compile_seconds, self.cache_hit = 0.0, None
         if why is None:
             how = self._compile(model, guide, _pairs(batches), planned_steps)
-            self.note = f"fast path: loss and gradients traced into one graph for batch sizes {sorted(steps)}, {how}"
+            self.note = (
+                "fast path: loss and gradients traced into one graph for batch sizes "
+                f"{sorted(steps)}, {how}"
+            )
         else:
             self.note = f"fast path not used: {why}"
         logger.info(self.note)
@@ -291,13 +309,15 @@ class FastELBO(ELBO):
         return f"replayed by inductor{how}{rest}"
 
     def refuse(self, why):
-        """Take the plain loss from now on, for the reason ``why`` (one line, kept in :attr:`note`)."""
+        """Take the plain loss from now on, for the reason ``why`` (one line, kept in
+        :attr:`note`)."""
         self.steps, self._refused, self.note = {}, True, f"fast path not used: {why}"
 
     def recheck(self, model, guide, x, kwargs=None, since="from now on"):
-        """Prove the trace of ``len(x)`` again (values read from Python may have changed since it was made); drop
-        every step and return why when a plain and a traced step on ``x`` disagree, else None.  RNG and buffers
-        are left as they were, so training draws the same numbers either way.  ``since`` goes in the note."""
+        """Prove the trace of ``len(x)`` again (values read from Python may have changed since it
+        was made); drop every step and return why when a plain and a traced step on ``x`` disagree,
+        else None. RNG and buffers are left as they were, so training draws the same numbers either
+        way. ``since`` goes in the note."""
         step = self.steps.get(len(x))
         if step is None:
             return None
@@ -313,7 +333,8 @@ class FastELBO(ELBO):
         return why
 
     def _learn(self, model, guide, x, kwargs):
-        """Plain SVI, no :meth:`prepare`: capture a batch size's graph once two batches of it have been seen."""
+        """Plain SVI, no :meth:`prepare`: capture a batch size's graph once two batches of it have
+        been seen."""
         if self._pair != (model, guide):
             self._pair, self._seen, self.steps, self._refused = (model, guide), {}, {}, False
         if self._refused or len(x) in self.steps:
@@ -327,9 +348,9 @@ class FastELBO(ELBO):
 
     # -- the step --------------------------------------------------------------------------------
     def replay(self, model, guide, *args, **kwargs):
-        """``(loss, ok, params, grads)`` of one replay (−ELBO, whether it and every gradient are finite, the
-        unconstrained parameters and ``∂ loss / ∂ params``, None for one the loss does not reach), or None where
-        this call takes the plain loss (no proven graph for it)."""
+        """``(loss, ok, params, grads)`` of one replay (−ELBO, whether it and every gradient are
+        finite, the unconstrained parameters and ``∂ loss / ∂ params``, None for one the loss does
+        not reach), or None where this call takes the plain loss (no proven graph for it)."""
         if len(args) != 1 or not torch.is_tensor(args[0]):
             return None
         x = args[0]
@@ -343,8 +364,9 @@ class FastELBO(ELBO):
         return loss, ok, step.params, grads
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
-        """As Pyro's: accumulate ``∂ loss / ∂ params`` into ``.grad`` and return the loss as a float.  The
-        parameters are looked up with ``pyro.param`` so that :class:`pyro.infer.SVI` sees them."""
+        """As Pyro's: accumulate ``∂ loss / ∂ params`` into ``.grad`` and return the loss as a
+        float. The parameters are looked up with ``pyro.param`` so that :class:`pyro.infer.SVI` sees
+        them."""
         replayed = self.replay(model, guide, *args, **kwargs)
         if replayed is None:
             return self.elbo.loss_and_grads(model, guide, *args, **kwargs)

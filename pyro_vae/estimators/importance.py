@@ -46,7 +46,8 @@ class LogWeights(NamedTuple):
 
 
 def guess_max_plate_nesting(model, guide, *args, **kwargs):
-    """Trace the pair once (:func:`~pyro_vae.core.pair`) and return the number of batch dims its plates use.
+    """Trace the pair once (:func:`~pyro_vae.core.pair`) and return the number of batch dims its
+    plates use.
 
     Raises ValueError when an observed site's data would be broadcast to its distribution's
     shape (data of the wrong shape that torch would silently expand).
@@ -63,9 +64,12 @@ def per_particle_and_point(t, site, particle_dim, event_ndims=0, data_plate="dat
     frame = next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
     if frame is None:
         raise ValueError(
-            f"sample site {site['name']!r} is not inside the data plate {data_plate!r}: per-data-point bounds and "
-            f"figures need every sample site of model and guide inside it (a global latent has no weight per data "
-            f"point: train such a pair with make_elbo('trace'); pass data_plate=NAME to name another plate)"
+            f"sample site {site['name']!r} is not inside the data plate {data_plate!r}: "
+            "per-data-point bounds and "
+            "figures need every sample site of model and guide inside it (a global latent has no "
+            "weight per data "
+            "point: train such a pair with make_elbo('trace'); pass data_plate=NAME to name "
+            "another plate)"
         )
     event = t.shape[t.dim() - event_ndims :]
     batch = t.shape[: t.dim() - event_ndims]
@@ -79,7 +83,8 @@ def per_particle_and_point(t, site, particle_dim, event_ndims=0, data_plate="dat
 
 
 def _site_terms(site, data_plate, particle_dim, num_particles):
-    """Unscaled log-density of one site reduced to ``[K, B]`` (K over particles, B over the data plate)."""
+    """Unscaled log-density of one site reduced to ``[K, B]`` (K over particles, B over the data
+    plate)."""
     lp = site["fn"].log_prob(site["value"])
     if site["mask"] is not None:
         lp = lp * site["mask"]
@@ -89,8 +94,8 @@ def _site_terms(site, data_plate, particle_dim, num_particles):
 
 
 def trace_pair(model, guide, *args, num_particles=1, max_plate_nesting=None, replay=None, **kwargs):
-    """Trace ``guide(*args, **kwargs)`` inside a plate of ``num_particles`` vectorized particles and replay
-    ``model`` against it.
+    """Trace ``guide(*args, **kwargs)`` inside a plate of ``num_particles`` vectorized particles and
+    replay ``model`` against it.
 
     Returns ``(model_trace, guide_trace, particle_dim)``; the traces still hold their
     subsample sites, so they can be replayed again.  With ``replay`` (a guide trace),
@@ -110,11 +115,13 @@ def trace_pair(model, guide, *args, num_particles=1, max_plate_nesting=None, rep
 
 
 def traced_data_plate(model_trace, guide_trace=None, data_plate=None):
-    """The data plate (:class:`~pyro_vae.core.PlateInfo`) of a traced pair; one ValueError when there is none."""
+    """The data plate (:class:`~pyro_vae.core.PlateInfo`) of a traced pair; one ValueError when
+    there is none."""
     plate = find_data_plate(model_trace, guide_trace, data_plate, ignore=(PARTICLE_PLATE,))
     if plate is None:
         raise ValueError(
-            "no plate holds every observed site, so there is no data plate to split log-weights per "
+            "no plate holds every observed site, so there is no data plate to split log-weights "
+            "per "
             "data point: put the observed sites in pyro.plate(...), or pass data_plate=NAME"
         )
     return plate
@@ -123,7 +130,8 @@ def traced_data_plate(model_trace, guide_trace=None, data_plate=None):
 def split_log_weights(model_trace, guide_trace, particle_dim, num_particles, data_plate=None):
     """Reduce a traced pair (from :func:`trace_pair`) to its :class:`LogWeights`, each ``[K, B]``.
 
-    ``data_plate``: the plate's name (default: found from the traces, see :func:`~pyro_vae.core.pair`).
+    ``data_plate``: the plate's name (default: found from the traces, see
+    :func:`~pyro_vae.core.pair`).
     """
     plate = traced_data_plate(model_trace, guide_trace, data_plate)
     guide_trace = prune_subsample_sites(guide_trace)
@@ -153,7 +161,8 @@ def log_weights(
     replay=None,
     **kwargs,
 ):
-    """Draw ``num_particles`` vectorized particles from ``guide`` and return their :class:`LogWeights`.
+    """Draw ``num_particles`` vectorized particles from ``guide`` and return their
+    :class:`LogWeights`.
 
     ``guide(*args, **kwargs)`` is traced inside a plate over particles at dim
     ``-(max_plate_nesting + 1)`` and ``model`` is replayed against it; z keeps its
@@ -172,9 +181,11 @@ def log_weights(
 
 
 def data_plate_scale(trace, data_plate=None):
-    """The subsampling factor ``full_size / size`` of the data plate in ``trace`` (1.0 when not subsampled).
+    """The subsampling factor ``full_size / size`` of the data plate in ``trace`` (1.0 when not
+    subsampled).
 
-    ``data_plate``: its name (default: the plate of the observed sites, else the one named ``"data"``).
+    ``data_plate``: its name (default: the plate of the observed sites, else the one named
+    ``"data"``).
     """
     if data_plate is None:
         found = find_data_plate(trace, ignore=(PARTICLE_PLATE,))
@@ -184,13 +195,15 @@ def data_plate_scale(trace, data_plate=None):
             if f.name == data_plate:
                 return f.full_size / f.size if f.full_size else 1.0
     raise ValueError(
-        f"no site of the trace is inside the plate {data_plate!r}; put every sample site of model and "
+        f"no site of the trace is inside the plate {data_plate!r}; put every sample site of model "
+        "and "
         f"guide inside it (pass data_plate=NAME if your plate has another name)"
     )
 
 
 def extra_scale(site, data_plate="data"):
-    """A site's scale divided by its data plate's subsampling factor: β from ``poutine.scale`` and other plates' factors.
+    """A site's scale divided by its data plate's subsampling factor: β from ``poutine.scale`` and
+    other plates' factors.
 
     Returns 1.0 for a site whose only scaling is the data plate's subsampling.
     """
@@ -202,17 +215,19 @@ def extra_scale(site, data_plate="data"):
 
 
 def _split(args, rows):
-    """``args`` with every positional tensor that runs over the data points (leading dim = ``len(args[0])``) sliced."""
+    """``args`` with every positional tensor that runs over the data points (leading dim =
+    ``len(args[0])``) sliced."""
     n = len(args[0])
     return tuple(a[rows] if torch.is_tensor(a) and a.dim() and len(a) == n else a for a in args)
 
 
 def runs_per_point(model, guide, call, data_plate=None):
-    """Whether the pair runs on 2 of its data points with a data plate of 2, so that log p(x), the ELBO and the
-    latent figures can be taken in chunks of data points.  ``call(rows) -> (args, kwargs)``: the pair's arguments on
-    the data points ``rows`` (a slice).  A non-amortized guide (``pyro.param("loc", zeros(N, d))``) cannot run on
-    part of the data; parameters that the trial creates are removed again, and the trial is repeated once they
-    exist at their full size (``call(slice(None))``)."""
+    """Whether the pair runs on 2 of its data points with a data plate of 2, so that log p(x), the
+    ELBO and the latent figures can be taken in chunks of data points. ``call(rows) -> (args,
+    kwargs)``: the pair's arguments on the data points ``rows`` (a slice). A non-amortized guide
+    (``pyro.param("loc", zeros(N, d))``) cannot run on part of the data; parameters that the trial
+    creates are removed again, and the trial is repeated once they exist at their full size
+    (``call(slice(None))``)."""
     store = pyro.get_param_store()
     for attempt in range(2):
         before = set(store.keys())
@@ -245,18 +260,21 @@ def log_likelihood(
     data_plate=None,
     **kwargs,
 ):
-    """Importance-sampled log p(x_i) for every data point of the data plate, a tensor of shape ``[N]`` (float64).
+    """Importance-sampled log p(x_i) for every data point of the data plate, a tensor of shape
+    ``[N]`` (float64).
 
-    .. math:: \\log p(x_i) \\approx \\log \\frac{1}{K} \\sum_{k=1}^K \\frac{p(x_i, z_k)}{q(z_k | x_i)}, \\quad z_k \\sim q(z | x_i)
+    .. math:: \\log p(x_i) \\approx \\log \\frac{1}{K} \\sum_{k=1}^K \\frac{p(x_i, z_k)}{q(z_k |
+    x_i)}, \\quad z_k \\sim q(z | x_i)
 
-    The pair is called as SVI calls it, ``guide(*args, **kwargs)``.  The estimate is a stochastic lower bound
-    that tightens as ``num_samples`` grows (the IWAE bound with K = ``num_samples``).  Memory is bounded by
-    ``max_elements`` particle×data-point pairs per pass, whatever K and N are: when the first argument is the
-    batch and the pair runs on part of it, data points are taken in chunks; otherwise (data closed over, a
-    non-amortized guide) every pass takes all N points and ``max_elements // N`` particles.  The log-sum-exp
-    is accumulated in float64 on the data's device.
+    The pair is called as SVI calls it, ``guide(*args, **kwargs)``. The estimate is a stochastic
+    lower bound that tightens as ``num_samples`` grows (the IWAE bound with K = ``num_samples``).
+    Memory is bounded by ``max_elements`` particle×data-point pairs per pass, whatever K and N are:
+    when the first argument is the batch and the pair runs on part of it, data points are taken in
+    chunks; otherwise (data closed over, a non-amortized guide) every pass takes all N points and
+    ``max_elements // N`` particles. The log-sum-exp is accumulated in float64 on the data's device.
 
-    :param int batch_size: data points per pass (default: ``max_elements`` // particles per pass, at least 1).
+    :param int batch_size: data points per pass (default: ``max_elements`` // particles per pass, at
+        least 1).
     :param str data_plate: the plate over data points (default: found from the trace).
     """
     check_positive_int("num_samples", num_samples)
@@ -280,7 +298,8 @@ def log_likelihood(
         )  # one line if it does not fit
         if info.data_plate is None:
             raise ValueError(
-                "log_likelihood needs a data plate: put the observed sites in pyro.plate(...), or pass "
+                "log_likelihood needs a data plate: put the observed sites in pyro.plate(...), or "
+                "pass "
                 "data_plate=NAME"
             )
         mpn, chunks = info.max_plate_nesting, [args]

@@ -1,6 +1,7 @@
 """The variational Rényi bound, one per data point (Li & Turner 2016).
 
-.. math:: \\mathcal{L}_\\alpha(x_i) = \\frac{1}{1 - \\alpha} \\log \\frac{1}{K} \\sum_{k=1}^K w_{ik}^{1-\\alpha}
+.. math:: \\mathcal{L}_\\alpha(x_i) = \\frac{1}{1 - \\alpha} \\log \\frac{1}{K} \\sum_{k=1}^K
+w_{ik}^{1-\\alpha}
 
 α = 0 is the IWAE bound, α → 1 the ELBO (mean log-weight, used at α = 1); α ≥ 0
 gives lower bounds on log p(x_i), α < 0 does not.  Unlike Pyro's ``RenyiELBO``,
@@ -19,8 +20,8 @@ from pyro_vae.estimators.base import ImportanceWeightedELBO
 
 
 class RenyiBound_ELBO(ImportanceWeightedELBO):
-    """The Rényi bound of order ``alpha`` on per-data-point log-weights (named apart from Pyro's ``RenyiELBO``,
-    which takes the log-sum-exp over the whole scaled batch).
+    """The Rényi bound of order ``alpha`` on per-data-point log-weights (named apart from Pyro's
+    ``RenyiELBO``, which takes the log-sum-exp over the whole scaled batch).
 
     :param float alpha: the order α (finite; default 0, the IWAE bound).
     """

@@ -1,14 +1,16 @@
 """Pyro's ``Trace_ELBO`` and ``TraceMeanField_ELBO`` with the loss kept on the device.
 
-Pyro's ``differentiable_loss`` returns ``loss + (surrogate − item(surrogate))``, with ``loss`` summed from
-``.item()`` floats, and reads the loss once more to warn on NaN: three host reads a step, which stall a GPU and
-which a captured graph (:mod:`pyro_vae.estimators.capture`) cannot follow.  The classes here override the
-smallest pieces, the per-particle terms and their sum, so that both stay tensors:
+Pyro's ``differentiable_loss`` returns ``loss + (surrogate − item(surrogate))``, with ``loss``
+summed from ``.item()`` floats, and reads the loss once more to warn on NaN: three host reads a
+step, which stall a GPU and which a captured graph (:mod:`pyro_vae.estimators.capture`) cannot
+follow. The classes here override the smallest pieces, the per-particle terms and their sum, so that
+both stay tensors:
 
 .. math:: \\mathcal{L} = \\mathrm{stop}(\\ell) + (s - \\mathrm{stop}(s)),
 
-the value ℓ (−ELBO) and the gradient of the surrogate s exactly as Pyro's.  Everything else (the traces,
-``loss``, ``loss_and_grads``, validation) is Pyro's own.  The trainer's NaN guard replaces ``warn_if_nan``.
+the value ℓ (−ELBO) and the gradient of the surrogate s exactly as Pyro's. Everything else (the
+traces, ``loss``, ``loss_and_grads``, validation) is Pyro's own. The trainer's NaN guard replaces
+``warn_if_nan``.
 """
 
 import pyro.infer
@@ -21,7 +23,8 @@ from torch.distributions import kl_divergence
 
 
 class _DeviceLoss:
-    """``differentiable_loss`` as the mean over particles of ``_differentiable_loss_particle``'s tensors."""
+    """``differentiable_loss`` as the mean over particles of ``_differentiable_loss_particle``'s
+    tensors."""
 
     traceable = True  # no host reads: the fast path can capture it (pyro_vae.estimators.fast)
     needs_inverse = False  # scores the guide only at its own samples
@@ -39,7 +42,8 @@ class DeviceTrace_ELBO(_DeviceLoss, pyro.infer.Trace_ELBO):
     """:class:`pyro.infer.Trace_ELBO` whose ``differentiable_loss`` reads nothing on the host."""
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
-        """(−ELBO, −surrogate ELBO) of one particle: Σ log p − Σ log q, and the score-function surrogate."""
+        """(−ELBO, −surrogate ELBO) of one particle: Σ log p − Σ log q, and the score-function
+        surrogate."""
         elbo = surrogate = 0.0
         for site in model_trace.nodes.values():
             if site["type"] == "sample":
@@ -62,10 +66,12 @@ class DeviceTrace_ELBO(_DeviceLoss, pyro.infer.Trace_ELBO):
 
 
 class DeviceTraceMeanField_ELBO(_DeviceLoss, pyro.infer.TraceMeanField_ELBO):
-    """:class:`pyro.infer.TraceMeanField_ELBO` (analytic KL(q‖p) where torch has it) with the loss on the device."""
+    """:class:`pyro.infer.TraceMeanField_ELBO` (analytic KL(q‖p) where torch has it) with the loss
+    on the device."""
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
-        """(−ELBO, −ELBO) of one particle: Σ log p(x|z) − Σ KL(q‖p), the KL by sampling where it has no form."""
+        """(−ELBO, −ELBO) of one particle: Σ log p(x|z) − Σ KL(q‖p), the KL by sampling where it has
+        no form."""
         elbo = 0.0
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample":
@@ -92,9 +98,9 @@ class DeviceTraceMeanField_ELBO(_DeviceLoss, pyro.infer.TraceMeanField_ELBO):
 
 
 def device_twin(elbo):
-    """``elbo`` itself when it reads nothing on the host (``traceable = True``); for an instance of Pyro's
-    ``Trace_ELBO`` or ``TraceMeanField_ELBO``, a copy of the same settings that keeps its loss on the device; else
-    None."""
+    """``elbo`` itself when it reads nothing on the host (``traceable = True``); for an instance of
+    Pyro's ``Trace_ELBO`` or ``TraceMeanField_ELBO``, a copy of the same settings that keeps its
+    loss on the device; else None."""
     if getattr(elbo, "traceable", False) is True:
         return elbo
     twin = {

@@ -17,8 +17,8 @@
 * Free bits (Kingma et al. 2016, "Improved Variational Inference with Inverse
   Autoregressive Flow", eq. 15): :class:`FreeBits_ELBO` minimises
 
-  .. math:: -\\frac{N}{B}\\sum_{i=1}^B \\mathbb{E}_q[\\log p(x_i|z)] + N \\sum_g \\beta_g \\max\\big(\\lambda,
-      \\tfrac{1}{B}\\textstyle\\sum_i \\mathrm{KL}_g(x_i)\\big)
+  .. math:: -\\frac{N}{B}\\sum_{i=1}^B \\mathbb{E}_q[\\log p(x_i|z)] + N \\sum_g \\beta_g
+      \\max\\big(\\lambda, \\tfrac{1}{B}\\textstyle\\sum_i \\mathrm{KL}_g(x_i)\\big)
 
   with the KL of each group averaged over the minibatch.  Groups: each *latent dimension*
   of a site whose guide and prior factorize over dimensions with an analytic elementwise
@@ -31,9 +31,11 @@ a per-site factor inside a log-sum-exp is no longer a bound on log p(x) (see
 ``meanfield`` or ``enum``; :func:`check_estimator` says so before training starts.
 
 References:
-1. Higgins et al. 2017, "β-VAE: Learning Basic Visual Concepts with a Constrained Variational Framework".
+1. Higgins et al. 2017, "β-VAE: Learning Basic Visual Concepts with a Constrained Variational
+   Framework".
 2. Bowman et al. 2016, "Generating Sentences from a Continuous Space" (KL annealing).
-3. Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive Flow" (free bits).
+3. Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive Flow" (free
+   bits).
 """
 
 import math
@@ -75,10 +77,11 @@ def _check_beta(beta, what="beta"):
 class BetaScaleMessenger(Messenger):
     """Multiply the scale of every latent (unobserved, non-subsample) sample site by β.
 
-    :param beta: a number, a 0-d tensor, a dict ``{site: β}`` of those (sites not in it keep β = 1), or a
-        callable with no argument returning one of those (read at every site).  A tensor is read at every
-        step, also by the trainer's traced fast path, so a schedule that changes it in place
-        (:meth:`KLSchedule.weights`) needs no Python at each step; a number is a constant of the trace.
+    :param beta: a number, a 0-d tensor, a dict ``{site: β}`` of those (sites not in it keep β = 1),
+        or a callable with no argument returning one of those (read at every site). A tensor is read
+        at every step, also by the trainer's traced fast path, so a schedule that changes it in
+        place (:meth:`KLSchedule.weights`) needs no Python at each step; a number is a constant of
+        the trace.
     """
 
     def __init__(self, beta=1.0):
@@ -103,9 +106,11 @@ class BetaScaleMessenger(Messenger):
 
 
 def beta_scale(fn=None, beta=1.0):
-    """Handler: scale the log-densities of the latent sites of ``fn`` (a model or a guide) by ``beta``.
+    """Handler: scale the log-densities of the latent sites of ``fn`` (a model or a guide) by
+    ``beta``.
 
-    Wrap both model and guide with the same β: ``beta_scale(model, 4.0)``, ``beta_scale(guide, 4.0)``.
+    Wrap both model and guide with the same β: ``beta_scale(model, 4.0)``, ``beta_scale(guide,
+    4.0)``.
 
     >>> import pyro, pyro.distributions as dist, torch
     >>> from pyro import poutine
@@ -134,10 +139,11 @@ class KLSchedule:
         self._weights = None
 
     def weights(self, device=None):
-        """β(e) as 0-d tensors on ``device`` (one, or ``{site: tensor}``) that :meth:`set_epoch` updates in place.
+        """β(e) as 0-d tensors on ``device`` (one, or ``{site: tensor}``) that :meth:`set_epoch`
+        updates in place.
 
-        Give them to :func:`beta_scale`: the loss, plain or traced once (the trainer's fast path), then reads the
-        current β at every step.  Created at the first call, holding β(0).
+        Give them to :func:`beta_scale`: the loss, plain or traced once (the trainer's fast path),
+        then reads the current β at every step. Created at the first call, holding β(0).
         """
         if self._weights is None:
             value = self(0)
@@ -148,7 +154,8 @@ class KLSchedule:
         return self._weights
 
     def set_epoch(self, epoch):
-        """Set the tensors of :meth:`weights` to β(``epoch``) (``epoch`` completed epochs), in place; return β."""
+        """Set the tensors of :meth:`weights` to β(``epoch``) (``epoch`` completed epochs), in
+        place; return β."""
         value, weights = self(epoch), self.weights()
         with torch.no_grad():
             if isinstance(value, dict):
@@ -178,16 +185,20 @@ class KLSchedule:
 
 
 def check_estimator(name, scaled=True, free_bits=0.0):
-    """ValueError unless estimator ``name`` supports the KL weights asked for (see the module docstring)."""
+    """ValueError unless estimator ``name`` supports the KL weights asked for (see the module
+    docstring)."""
     if (scaled or free_bits) and name not in SCALED_ESTIMATORS:
         raise ValueError(
-            f"elbo={name!r} is an importance-weighted bound: a β or free-bits weight on the KL inside its "
-            f"log-sum-exp is no longer a bound on log p(x), so it is refused; use elbo='trace', elbo='meanfield' "
+            f"elbo={name!r} is an importance-weighted bound: a β or free-bits weight on the KL "
+            "inside its "
+            "log-sum-exp is no longer a bound on log p(x), so it is refused; use elbo='trace', "
+            "elbo='meanfield' "
             f"or elbo='stl' with beta=, kl_warmup_epochs= or free_bits= (or leave those out)"
         )
     if free_bits and name == "enum":
         raise ValueError(
-            "free_bits does not support enumerated discrete latents (elbo='enum'); use elbo='trace' "
+            "free_bits does not support enumerated discrete latents (elbo='enum'); use "
+            "elbo='trace' "
             "or elbo='meanfield', or leave out free_bits"
         )
 
@@ -209,7 +220,8 @@ def _group_kl(q_site, p_site):
 
 
 def _mean_over_points(t, site, group_ndims, particle_dim, data_plate):
-    """Reduce ``t`` (site batch dims + group dims) to ``[G]``: mean over particles and data points, sum over other plates."""
+    """Reduce ``t`` (site batch dims + group dims) to ``[G]``: mean over particles and data points,
+    sum over other plates."""
     if site["mask"] is not None:
         mask = torch.as_tensor(site["mask"], device=t.device)
         t = t * mask.reshape(mask.shape + (1,) * group_ndims)

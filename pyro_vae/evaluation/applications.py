@@ -1,14 +1,17 @@
-"""What a trained VAE is used for: anomaly detection, denoising, embeddings for dimensionality reduction.
+"""What a trained VAE is used for: anomaly detection, denoising, embeddings for dimensionality
+reduction.
 
 Every function takes the user's ``model``/``guide`` pair and works through its traces
 (importance-sampled log p(x), the guide's posterior means, the model's observation mean).
 
-* :func:`anomaly_scores`: per-image −log p(x) (``"nll"``) or −ELBO (``"elbo"``); larger is more anomalous.
-* :func:`roc_auc`: area under the ROC curve of scores against binary labels, by ranks (Mann–Whitney U).
+* :func:`anomaly_scores`: per-image −log p(x) (``"nll"``) or −ELBO (``"elbo"``); larger is more
+  anomalous.
+* :func:`roc_auc`: area under the ROC curve of scores against binary labels, by ranks (Mann–Whitney
+  U).
 * :func:`corrupt` and :func:`denoise`: reconstruct corrupted images through E_q[z | x̃] and compare
   both the corrupted input and the reconstruction with the clean image.
-* :func:`embeddings`: posterior means of one latent site, for PCA / t-SNE / UMAP; :func:`save_embeddings`
-  writes them with the labels as ``.npy``.
+* :func:`embeddings`: posterior means of one latent site, for PCA / t-SNE / UMAP;
+  :func:`save_embeddings` writes them with the labels as ``.npy``.
 """
 
 import os
@@ -26,7 +29,8 @@ CORRUPTIONS = ("gaussian", "flip", "mask")
 
 @torch.no_grad()
 def anomaly_scores(model, guide, x, *args, score="nll", num_samples=1000, **kwargs):
-    """Per-image anomaly score, shape ``[N]``: −log p(x) (``score="nll"``, ``num_samples`` importance samples) or −ELBO.
+    """Per-image anomaly score, shape ``[N]``: −log p(x) (``score="nll"``, ``num_samples``
+    importance samples) or −ELBO.
 
     Both are in nats; a larger score means the model finds the image less likely.
     """
@@ -59,7 +63,8 @@ def _rankdata(a):
 
 
 def roc_auc(scores, labels):
-    """Area under the ROC curve: the probability that a random positive scores above a random negative.
+    """Area under the ROC curve: the probability that a random positive scores above a random
+    negative.
 
     .. math:: \\mathrm{AUC} = \\frac{R_+ - n_+(n_+ + 1)/2}{n_+ n_-}
 
@@ -89,8 +94,8 @@ def roc_auc(scores, labels):
 def corrupt(x, kind="mask", level=0.5, generator=None):
     """Corrupt images in [0, 1]; returns ``(x̃, changed)`` where ``changed`` marks corrupted pixels.
 
-    ``gaussian``: x̃ = clip(x + level·ε, 0, 1), ε ~ N(0, 1) (every pixel changed);
-    ``flip``: each pixel replaced by 1 − x with probability ``level`` (salt-and-pepper for binary images);
+    ``gaussian``: x̃ = clip(x + level·ε, 0, 1), ε ~ N(0, 1) (every pixel changed); ``flip``: each
+    pixel replaced by 1 − x with probability ``level`` (salt-and-pepper for binary images);
     ``mask``: each pixel set to 0 with probability ``level``.
     """
     if kind not in CORRUPTIONS:
@@ -117,7 +122,8 @@ def denoise(model, guide, x, kind="mask", level=0.5, seed=0, batch_size=1000, ob
     Returns a dict: ``noisy`` and ``denoised`` images, and per-pixel mean squared errors against the
     clean image, ``mse_noisy`` and ``mse_denoised`` (over all pixels), ``mse_clean_reconstruction``
     (the floor: reconstructing the clean image itself; for binary images a mean in (0, 1) is never
-    exact) and ``mse_noisy_changed`` / ``mse_denoised_changed`` (over the corrupted pixels only), all floats.
+    exact) and ``mse_noisy_changed`` / ``mse_denoised_changed`` (over the corrupted pixels only),
+    all floats.
     """
     g = torch.Generator().manual_seed(seed)
     noisy, changed = corrupt(x, kind, level, generator=g)
@@ -146,7 +152,8 @@ def denoise(model, guide, x, kind="mask", level=0.5, seed=0, batch_size=1000, ob
 
 @torch.no_grad()
 def embeddings(guide, x, site=None, batch_size=1000):
-    """Posterior means E_q[z | x] of ``site`` (default: the guide's first latent site), flattened to ``[N, D]``."""
+    """Posterior means E_q[z | x] of ``site`` (default: the guide's first latent site), flattened to
+    ``[N, D]``."""
     means = posterior_means(guide, x, batch_size=batch_size)
     site = site or next(iter(means))
     if site not in means:
@@ -155,7 +162,8 @@ def embeddings(guide, x, site=None, batch_size=1000):
 
 
 def save_embeddings(guide, x, labels, out_dir, site=None, prefix="embeddings"):
-    """Write ``PREFIX.npy`` (posterior means ``[N, D]``, float32) and ``PREFIX_labels.npy`` in ``out_dir``; return both paths."""
+    """Write ``PREFIX.npy`` (posterior means ``[N, D]``, float32) and ``PREFIX_labels.npy`` in
+    ``out_dir``; return both paths."""
     z = embeddings(guide, x, site)
     os.makedirs(out_dir, exist_ok=True)
     paths = (os.path.join(out_dir, f"{prefix}.npy"), os.path.join(out_dir, f"{prefix}_labels.npy"))

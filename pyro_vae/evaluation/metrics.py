@@ -44,8 +44,9 @@ ACTIVE_THRESHOLD = 0.01
 def elbo_terms(model, guide, x, *args, num_particles=1, batch_size=1000, batch_call=None, **kwargs):
     """Per-image Monte Carlo ``(recon, kl)`` averaged over ``num_particles``, each of shape ``[N]``.
 
-    recon_i = E_q[log p(x_i|z)],  kl_i = E_q[log q(z|x_i) − log p(z)],  ELBO_i = recon_i − kl_i.
-    ``batch_call``: how the pair takes rows of ``x`` (see :func:`evaluate`); ``batch_size=None``: all at once.
+    recon_i = E_q[log p(x_i|z)], kl_i = E_q[log q(z|x_i) − log p(z)], ELBO_i = recon_i − kl_i.
+    ``batch_call``: how the pair takes rows of ``x`` (see :func:`evaluate`); ``batch_size=None``:
+    all at once.
     """
     recon, kl, _ = _latent_pass(
         model,
@@ -70,9 +71,10 @@ def elbo_per_point(model, guide, x, *args, num_particles=1, batch_size=1000, **k
 
 
 def _caller(x, args, kwargs, batch_call):
-    """``call(rows) -> (args, kwargs)``: the pair's arguments on the rows ``rows`` (a slice) of ``x``, from
-    ``batch_call(x[rows], idx[rows])`` (default :func:`~pyro_vae.core.pair.batch_as_argument`), followed by the
-    extra ``args`` and ``kwargs``."""
+    """``call(rows) -> (args, kwargs)``: the pair's arguments on the rows ``rows`` (a slice) of
+    ``x``, from ``batch_call(x[rows], idx[rows])`` (default
+    :func:`~pyro_vae.core.pair.batch_as_argument`), followed by the extra ``args`` and
+    ``kwargs``."""
     batch_call = batch_call or batch_as_argument
     idx = torch.arange(len(x), device=x.device)
 
@@ -95,7 +97,8 @@ def _latent_sites(trace):
 
 
 def _is_discrete(site):
-    """An integer-valued site (a class label): it has no posterior mean in latent space (a one-hot site has one)."""
+    """An integer-valued site (a class label): it has no posterior mean in latent space (a one-hot
+    site has one)."""
     return not site["value"].is_floating_point()
 
 
@@ -115,7 +118,8 @@ def _site_mean(fn):
 
 
 def _latent_plate(guide_trace):
-    """The plate every latent site of a guide trace sits in (the data plate of a guide), else ``"data"``."""
+    """The plate every latent site of a guide trace sits in (the data plate of a guide), else
+    ``"data"``."""
     common = None
     for name in _latent_sites(guide_trace):
         names = [
@@ -137,17 +141,18 @@ def posterior_means(
     batch_call=None,
     **kwargs,
 ):
-    """E_q[z | x_i] of every real-valued latent site of ``guide``: a dict ``{site: tensor [N, *event_shape]}`` in
-    guide order.  Integer-valued sites (e.g. the class ``y`` of M2 or of an unconditioned CVAE) have no mean in
-    latent space and are left out (a one-hot site's mean is its probabilities); the sites after them are
-    averaged over their draws, E_q[z|x] = E_{q(y|x)} E_q[z|x,y].
+    """E_q[z | x_i] of every real-valued latent site of ``guide``: a dict ``{site: tensor [N,
+    *event_shape]}`` in guide order. Integer-valued sites (e.g. the class ``y`` of M2 or of an
+    unconditioned CVAE) have no mean in latent space and are left out (a one-hot site's mean is its
+    probabilities); the sites after them are averaged over their draws, E_q[z|x] = E_{q(y|x)}
+    E_q[z|x,y].
 
-    A site whose distribution has a ``mean`` contributes ``fn.mean``, averaged over
-    ``mc_samples`` draws of the sites sampled before it (E[z₂] = E_{z₁}[E[z₂ | z₁]]); a
-    single site with a mean needs one draw.  A site without ``mean`` (e.g. a flow)
-    contributes the average of ``mc_samples`` of its own samples.  ``data_plate``: the plate over data points
-    (default: the plate that holds every latent site, else the one named ``"data"``).  ``batch_call``: how the
-    guide takes rows of ``x`` (see :func:`evaluate`); ``batch_size=None``: all rows at once.
+    A site whose distribution has a ``mean`` contributes ``fn.mean``, averaged over ``mc_samples``
+    draws of the sites sampled before it (E[z₂] = E_{z₁}[E[z₂ | z₁]]); a single site with a mean
+    needs one draw. A site without ``mean`` (e.g. a flow) contributes the average of ``mc_samples``
+    of its own samples. ``data_plate``: the plate over data points (default: the plate that holds
+    every latent site, else the one named ``"data"``). ``batch_call``: how the guide takes rows of
+    ``x`` (see :func:`evaluate`); ``batch_size=None``: all rows at once.
     """
     if mc_samples < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
@@ -169,7 +174,8 @@ def posterior_means(
             sites = [n for n in every if not _is_discrete(trace.nodes[n])]
             if not sites:
                 raise ValueError(
-                    "the guide has no real-valued latent site, so there is no posterior mean to take"
+                    "the guide has no real-valued latent site, so there is no posterior mean to "
+                    "take"
                 )
             means = {n: _site_mean(trace.nodes[n]["fn"]) for n in sites}
             if k > 1 or (len(every) == 1 and means[sites[0]] is not None):
@@ -185,7 +191,8 @@ def posterior_means(
 
 
 def active_units(means, threshold=ACTIVE_THRESHOLD):
-    """Per-site ``(count, variances)``: Var over data of E_q[z_d | x] per dimension, and how many exceed ``threshold``.
+    """Per-site ``(count, variances)``: Var over data of E_q[z_d | x] per dimension, and how many
+    exceed ``threshold``.
 
     .. math:: A_s = \\#\\{d : \\mathrm{Var}_x(\\mathbb{E}_{q(z|x)}[z_{s,d}]) > 0.01\\}
 
@@ -196,7 +203,8 @@ def active_units(means, threshold=ACTIVE_THRESHOLD):
     for name, m in means.items():
         if len(m) < 2:
             raise ValueError(
-                f"active units need at least 2 images to take a variance over the data, got {len(m)}"
+                "active units need at least 2 images to take a variance over the data, got "
+                f"{len(m)}"
             )
         var = m.reshape(len(m), -1).double().var(0)
         out[name] = (int((var > threshold).sum()), var)
@@ -204,7 +212,8 @@ def active_units(means, threshold=ACTIVE_THRESHOLD):
 
 
 def _kl_per_dim_of_site(name, guide_trace, model_trace):
-    """Per-element KL of one latent site, shape ``batch + event`` (analytic when possible, else one MC draw)."""
+    """Per-element KL of one latent site, shape ``batch + event`` (analytic when possible, else one
+    MC draw)."""
     q_site, p_site = guide_trace.nodes[name], model_trace.nodes.get(name)
     if p_site is None:
         raise ValueError(
@@ -228,9 +237,10 @@ def _latent_pass(
     max_elements=2**16,
     **kwargs,
 ):
-    """One pass over ``x``: per-image recon and KL ``[N]``, and (``per_dim``) per-site per-dimension KL ``[N, D]``
-    (None for a site whose q does not factorize).  ``batch_size`` data points at a time with every particle, or
-    (``batch_size=None``) all of them at once with at most ``max_elements // N`` particles per pass."""
+    """One pass over ``x``: per-image recon and KL ``[N]``, and (``per_dim``) per-site per-dimension
+    KL ``[N, D]`` (None for a site whose q does not factorize). ``batch_size`` data points at a time
+    with every particle, or (``batch_size=None``) all of them at once with at most ``max_elements //
+    N`` particles per pass."""
     call = _caller(x, args, kwargs, batch_call)
     a, kw = call(slice(0, 2) if batch_size else slice(None))
     mpn = guess_max_plate_nesting(model, guide, *a, data_plate=data_plate, **kw)
@@ -280,7 +290,8 @@ def _kl_per_dim(name, w, k, particle_dim):
 
 
 def collapse_warnings(active, dims, kl):
-    """Warnings (strings) when the posterior has collapsed: no active unit in a site, or under 10 % overall, or KL ≈ 0."""
+    """Warnings (strings) when the posterior has collapsed: no active unit in a site, or under 10 %
+    overall, or KL ≈ 0."""
     out = []
     for name, count in active.items():
         if count == 0:
@@ -293,7 +304,8 @@ def collapse_warnings(active, dims, kl):
         out.append(f"posterior collapse: only {total} of {total_dims} latent dimensions are active")
     if kl < 0.1:
         out.append(
-            f"posterior collapse: mean KL(q‖p) is {kl:.3g} nats per image; the latents carry no information"
+            f"posterior collapse: mean KL(q‖p) is {kl:.3g} nats per image; the latents carry no "
+            "information"
         )
     return out
 
@@ -304,14 +316,16 @@ SITE_KL_THRESHOLD = (
 
 
 def kl_per_site(per_dim):
-    """Mean KL of each latent site (a group of a hierarchical model), nats per image, from :func:`_latent_pass`'s
-    per-dimension KL ``{site: [N, D] or None}``; for a conditional group it is E KL(q(z_l | z_<l, x) ‖ p(z_l | z_<l)),
-    the groups above drawn from the guide.  ``None`` for a site whose q does not factorize."""
+    """Mean KL of each latent site (a group of a hierarchical model), nats per image, from
+    :func:`_latent_pass`'s per-dimension KL ``{site: [N, D] or None}``; for a conditional group it
+    is E KL(q(z_l | z_<l, x) ‖ p(z_l | z_<l)), the groups above drawn from the guide. ``None`` for a
+    site whose q does not factorize."""
     return {n: (None if t is None else t.double().sum(1).mean().item()) for n, t in per_dim.items()}
 
 
 def collapsed_sites(site_kl, counts, threshold=SITE_KL_THRESHOLD):
-    """Sites (in order) whose KL is under ``threshold`` nats per image or that have no active unit."""
+    """Sites (in order) whose KL is under ``threshold`` nats per image or that have no active
+    unit."""
     return [
         n
         for n in counts
@@ -327,15 +341,17 @@ def site_collapse_warning(collapsed, site_kl, total):
         f"{n} ({site_kl[n]:.3g} nats)" if site_kl.get(n) is not None else n for n in collapsed
     )
     return (
-        f"posterior collapse: {len(collapsed)} of {total} latent groups carry (almost) no information "
+        f"posterior collapse: {len(collapsed)} of {total} latent groups carry (almost) no "
+        "information "
         f"(KL < {SITE_KL_THRESHOLD} nats per image or no active unit): {kl}"
     )
 
 
 def recon_mse(model, guide, x, *args, batch_size=1000, batch_call=None, **kwargs):
-    """Mean squared error per pixel, ``mean((E[x|z] − x)²)`` with z ~ q(z|x) and images in [0, 1]: the
-    likelihood's mean (Bernoulli probs, the Gaussian's loc, the 8-bit grey level) against the observed
-    values, averaged over every observed site's values and the images.  One figure across likelihoods."""
+    """Mean squared error per pixel, ``mean((E[x|z] − x)²)`` with z ~ q(z|x) and images in [0, 1]:
+    the likelihood's mean (Bernoulli probs, the Gaussian's loc, the 8-bit grey level) against the
+    observed values, averaged over every observed site's values and the images. One figure across
+    likelihoods."""
     call = _caller(x, args, kwargs, batch_call)
     total, count = 0.0, 0
     with torch.no_grad():
@@ -370,23 +386,25 @@ def evaluate(
 
     Keys (means per image, nats):
 
-    ``elbo`` = ``recon`` − ``kl``; ``recon`` = E_q[log p(x|z)]; ``kl`` = E_q[log q(z|x) − log p(z)] ≥ 0 (MC,
-    ``elbo_particles`` draws); ``nll`` = −log p(x) by importance sampling with ``nll_samples`` draws
-    (omitted when 0; see :func:`~pyro_vae.log_likelihood`); ``bits_per_dim`` = nll / (D ln 2) beside it when
-    the observed images have an 8-bit likelihood (D values per image); ``active_units`` (int for one latent site,
-    else a list per site in guide order); ``latent_dims`` (the same shape: dimensions per site);
-    ``kl_per_dim`` (list of floats, or a list of lists per site; ``None`` where q does not factorize);
-    ``latent_sites``; ``kl_per_site`` (``{site: KL nats per image}``, for a hierarchical model each group's KL
-    given the groups above); ``collapsed_sites`` (sites with KL < 0.01 nats or no active unit);
-    ``nll_samples``; ``images``; ``warnings`` (collapse diagnostics, also
-    printed to stderr when ``verbose``, else issued as :class:`UserWarning`).  ``data_plate``: the plate over
-    data points, where the trace cannot tell (see :func:`~pyro_vae.core.pair`).
+    ``elbo`` = ``recon`` − ``kl``; ``recon`` = E_q[log p(x|z)]; ``kl`` = E_q[log q(z|x) − log p(z)]
+    ≥ 0 (MC, ``elbo_particles`` draws); ``nll`` = −log p(x) by importance sampling with
+    ``nll_samples`` draws (omitted when 0; see :func:`~pyro_vae.log_likelihood`); ``bits_per_dim`` =
+    nll / (D ln 2) beside it when the observed images have an 8-bit likelihood (D values per image);
+    ``active_units`` (int for one latent site, else a list per site in guide order); ``latent_dims``
+    (the same shape: dimensions per site); ``kl_per_dim`` (list of floats, or a list of lists per
+    site; ``None`` where q does not factorize); ``latent_sites``; ``kl_per_site`` (``{site: KL nats
+    per image}``, for a hierarchical model each group's KL given the groups above);
+    ``collapsed_sites`` (sites with KL < 0.01 nats or no active unit); ``nll_samples``; ``images``;
+    ``warnings`` (collapse diagnostics, also printed to stderr when ``verbose``, else issued as
+    :class:`UserWarning`). ``data_plate``: the plate over data points, where the trace cannot tell
+    (see :func:`~pyro_vae.core.pair`).
 
-    The pair is called as SVI calls it, with ``batch_call(x[rows], idx[rows]) -> (args, kwargs)`` (default
-    ``model(x[rows])``, :func:`~pyro_vae.core.pair.batch_as_argument`) followed by ``*args, **kwargs``.  It takes
-    ``x`` in chunks of ``batch_size`` data points when it runs on part of the data
-    (:func:`~pyro_vae.estimators.importance.runs_per_point`); otherwise (data closed over, a non-amortized guide)
-    on all of ``x`` at once, with at most ``max_elements`` particle × data-point pairs per pass.
+    The pair is called as SVI calls it, with ``batch_call(x[rows], idx[rows]) -> (args, kwargs)``
+    (default ``model(x[rows])``, :func:`~pyro_vae.core.pair.batch_as_argument`) followed by ``*args,
+    **kwargs``. It takes ``x`` in chunks of ``batch_size`` data points when it runs on part of the
+    data (:func:`~pyro_vae.estimators.importance.runs_per_point`); otherwise (data closed over, a
+    non-amortized guide) on all of ``x`` at once, with at most ``max_elements`` particle ×
+    data-point pairs per pass.
     """
     _check_counts(len(x), nll_samples, elbo_particles)
     call = _caller(x, args, kwargs, batch_call)
@@ -430,7 +448,8 @@ def _check_counts(images, nll_samples, elbo_particles):
         )
     if nll_samples < 0 or elbo_particles < 1:
         raise ValueError(
-            f"nll_samples must be >= 0 and elbo_particles >= 1, got {nll_samples} and {elbo_particles}"
+            f"nll_samples must be >= 0 and elbo_particles >= 1, got {nll_samples} and "
+            f"{elbo_particles}"
         )
 
 

@@ -25,7 +25,8 @@ from pyro_vae.evaluation.metrics import posterior_means
 
 
 def _observed_site(trace, exclude=()):
-    """The name of the one observed site of a model trace; one ValueError line naming ``obs_site`` otherwise."""
+    """The name of the one observed site of a model trace; one ValueError line naming ``obs_site``
+    otherwise."""
     observed = [
         n
         for n, s in trace.nodes.items()
@@ -40,7 +41,8 @@ def _observed_site(trace, exclude=()):
 
 
 def _obs_mean(trace, obs_site=None):
-    """The mean of the observed site ``obs_site`` (default: the model's one observed site), clamped to [0, 1]."""
+    """The mean of the observed site ``obs_site`` (default: the model's one observed site), clamped
+    to [0, 1]."""
     obs_site = _observed_site(trace) if obs_site is None else obs_site
     if obs_site not in trace.nodes:
         raise ValueError(
@@ -50,9 +52,9 @@ def _obs_mean(trace, obs_site=None):
 
 
 class _Temper(Messenger):
-    """Draws every Gaussian latent at temperature τ: N(μ, σ²) becomes N(μ, (τσ)²), site by site, so a group's
-    conditional prior reads the tempered groups above it (NVAE, VDVAE); other distributions and ``exclude`` are
-    left as they are."""
+    """Draws every Gaussian latent at temperature τ: N(μ, σ²) becomes N(μ, (τσ)²), site by site, so
+    a group's conditional prior reads the tempered groups above it (NVAE, VDVAE); other
+    distributions and ``exclude`` are left as they are."""
 
     def __init__(self, temperature, exclude=()):
         super().__init__()
@@ -69,13 +71,15 @@ class _Temper(Messenger):
 
 
 def samples_name(temperature=1.0):
-    """The samples picture's name: ``samples`` at τ = 1, else ``samples_tτ`` (e.g. ``samples_t0.7``)."""
+    """The samples picture's name: ``samples`` at τ = 1, else ``samples_tτ`` (e.g.
+    ``samples_t0.7``)."""
     return "samples" if temperature == 1 else f"samples_t{temperature:g}"
 
 
 @torch.no_grad()
 def prior_samples(model, x, obs_site=None, temperature=1.0):
-    """Mean of p(x|z) for z drawn from the prior, one per row of ``x`` (``x`` only sets shape, device and dtype).
+    """Mean of p(x|z) for z drawn from the prior, one per row of ``x`` (``x`` only sets shape,
+    device and dtype).
 
     ``temperature`` τ scales the standard deviation of every Gaussian latent's (conditional) prior.
     """
@@ -101,8 +105,9 @@ def reconstructions(model, guide, x, obs_site=None):
 
 
 class _MeanPath(Messenger):
-    """Sets every latent site that is not observed or conditioned to its distribution's mean when it has a finite
-    one (a one-hot categorical: its probabilities); the others (a class label, whose mean is NaN) are sampled."""
+    """Sets every latent site that is not observed or conditioned to its distribution's mean when it
+    has a finite one (a one-hot categorical: its probabilities); the others (a class label, whose
+    mean is NaN) are sampled."""
 
     def _pyro_sample(self, msg):
         if msg["is_observed"] or msg["value"] is not None:
@@ -117,7 +122,8 @@ class _MeanPath(Messenger):
 
 @torch.no_grad()
 def decode(model, latents, x, obs_site=None):
-    """Mean of p(x | z) for chosen latents: the model conditioned on ``latents`` = ``{site: [n, ...]}``.
+    """Mean of p(x | z) for chosen latents: the model conditioned on ``latents`` = ``{site: [n,
+    ...]}``.
 
     ``x`` (n rows) only sets the batch, shape, device and dtype the model is called with.
     Latent sites not in ``latents`` take the mean of their conditional distribution in the model
@@ -163,7 +169,8 @@ def interpolations(model, guide, x_from, x_to, steps=10, obs_site=None):
     """
     if len(x_from) != len(x_to) or steps < 2:
         raise ValueError(
-            f"need as many start as end images and steps >= 2, got {len(x_from)}, {len(x_to)}, {steps}"
+            f"need as many start as end images and steps >= 2, got {len(x_from)}, {len(x_to)}, "
+            f"{steps}"
         )
     a, b = posterior_means(guide, x_from), posterior_means(guide, x_to)
     t = torch.linspace(0, 1, steps, dtype=x_from.dtype, device=x_from.device)
@@ -210,7 +217,8 @@ def traversals(model, guide, x, site=None, values=None, max_dims=32, obs_site=No
 
 
 def project_2d(z):
-    """Points ``[N, D]`` → ``[N, 2]``: unchanged when D ≤ 2 (padded with zeros if D = 1), else the first two PCA scores."""
+    """Points ``[N, D]`` → ``[N, 2]``: unchanged when D ≤ 2 (padded with zeros if D = 1), else the
+    first two PCA scores."""
     z = z.reshape(len(z), -1).double()
     if z.shape[1] <= 2:
         return torch.cat([z, z.new_zeros(len(z), 2 - z.shape[1])], 1)
@@ -220,7 +228,8 @@ def project_2d(z):
 
 
 def save_latent_scatter(means, labels, path, title=None):
-    """Scatter of posterior means ``[N, D]`` (PCA to 2-D when D > 2) coloured by integer ``labels``."""
+    """Scatter of posterior means ``[N, D]`` (PCA to 2-D when D > 2) coloured by integer
+    ``labels``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -241,7 +250,8 @@ def save_latent_scatter(means, labels, path, title=None):
 
 
 def save_samples(model, x, path, n=64, nrow=8, obs_site=None, temperature=1.0):
-    """Write a grid of ``n`` prior samples (at ``temperature``, see :func:`prior_samples`) to ``path``."""
+    """Write a grid of ``n`` prior samples (at ``temperature``, see :func:`prior_samples`) to
+    ``path``."""
     save_image(
         prior_samples(model, x[:n], obs_site, temperature).reshape(-1, *x.shape[1:]),
         path,
@@ -282,7 +292,8 @@ def save_loss_curve(metrics_path, path):
 
 
 def save_interpolations(model, guide, x, path, pairs=8, steps=10, obs_site=None):
-    """Write ``pairs`` rows, each decoding ``steps`` points on the line from E_q[z|x_i] to E_q[z|x_{i+pairs}]."""
+    """Write ``pairs`` rows, each decoding ``steps`` points on the line from E_q[z|x_i] to
+    E_q[z|x_{i+pairs}]."""
     if len(x) < 2:
         raise ValueError(f"interpolations need at least 2 images, got {len(x)}")
     pairs = min(pairs, len(x) // 2)
@@ -291,7 +302,8 @@ def save_interpolations(model, guide, x, path, pairs=8, steps=10, obs_site=None)
 
 
 def save_traversals(model, guide, x, path, site=None, steps=9, max_dims=32, obs_site=None):
-    """Write one row per latent dimension of ``site``, traversing it over −3 … 3 around E_q[z | x[0]]."""
+    """Write one row per latent dimension of ``site``, traversing it over −3 … 3 around E_q[z |
+    x[0]]."""
     images = traversals(model, guide, x[:1], site, torch.linspace(-3, 3, steps), max_dims, obs_site)
     save_image(images.reshape(-1, *x.shape[1:]), path, nrow=steps)
 
@@ -300,9 +312,10 @@ def save_run_pictures(model, guide, x, out_dir, labels=None, obs_site=None, temp
     """The pictures of a run directory, from images ``x`` (and their ``labels``, for the scatter).
 
     samples.png, reconstructions.png, interpolations.png, traversals.png, loss.png (when
-    ``metrics.jsonl`` exists) and latent_scatter.png (when ``labels`` are given); with ``temperature`` τ ≠ 1 also
-    samples_tτ.png, prior samples at τ (:func:`prior_samples`).  ``obs_site``: the observed
-    images' site (default: the model's one observed site).  Returns the paths.
+    ``metrics.jsonl`` exists) and latent_scatter.png (when ``labels`` are given); with
+    ``temperature`` τ ≠ 1 also samples_tτ.png, prior samples at τ (:func:`prior_samples`).
+    ``obs_site``: the observed images' site (default: the model's one observed site). Returns the
+    paths.
     """
     paths = {
         name: os.path.join(out_dir, name + ".png")

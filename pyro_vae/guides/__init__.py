@@ -12,7 +12,8 @@ GUIDES = {}
 
 
 def register_guide(name):
-    """Decorator adding a builder ``f(encoder, context_dim, latent_dim, num_flows, **options)`` to :data:`GUIDES`."""
+    """Decorator adding a builder ``f(encoder, context_dim, latent_dim, num_flows, **options)`` to
+    :data:`GUIDES`."""
 
     def decorator(builder):
         GUIDES[name] = builder
@@ -45,7 +46,8 @@ for _flow in FLOWS:
 
 
 def make_guide(name, encoder, context_dim, latent_dim, num_flows=0, **options):
-    """Return the amortized guide ``name`` over ``latent_dim`` latents, conditioned on ``encoder(x)``.
+    """Return the amortized guide ``name`` over ``latent_dim`` latents, conditioned on
+    ``encoder(x)``.
 
     :param str name: one of :data:`GUIDES` (``diagonal``, and the flows ``iaf``, ``spline``,
         ``householder``, ``sylvester``, ``planar``, ``radial``).

@@ -1,4 +1,5 @@
-"""Normalizing-flow guides: q(z|x) = the law of z = f_K ∘ … ∘ f_1(ε; h), ε ~ N(μ(h), diag σ(h)²), h = encoder(x).
+"""Normalizing-flow guides: q(z|x) = the law of z = f_K ∘ … ∘ f_1(ε; h), ε ~ N(μ(h), diag σ(h)²), h
+= encoder(x).
 
 .. math:: \\log q(z|x) = \\log N(ε; μ(h), σ(h)^2) − \\sum_{k=1}^K \\log |\\det ∂f_k / ∂ε_{k-1}|
 
@@ -72,7 +73,8 @@ from pyro_vae.guides.sylvester import ConditionalSylvester
 
 
 class Flow(NamedTuple):
-    """A registered flow: ``layer(latent_dim, context_dim, hidden_dims, index, **options)`` builds layer ``index``."""
+    """A registered flow: ``layer(latent_dim, context_dim, hidden_dims, index, **options)`` builds
+    layer ``index``."""
 
     layer: Callable
     invertible: bool
@@ -82,7 +84,8 @@ FLOWS = {}
 
 
 def register_flow(name, invertible):
-    """Decorator adding a layer builder to :data:`FLOWS` (and, via :mod:`pyro_vae.guides`, a guide ``name``)."""
+    """Decorator adding a layer builder to :data:`FLOWS` (and, via :mod:`pyro_vae.guides`, a guide
+    ``name``)."""
 
     def decorator(layer):
         FLOWS[name] = Flow(layer, invertible)
@@ -100,9 +103,10 @@ def _order(latent_dim, index):
 class _ConditionalAffineAutoregressive(ConditionalAffineAutoregressive):
     """Pyro's conditional IAF whose inverse walks the variable order as Python ints.
 
-    Pyro's ``AffineAutoregressive._inverse`` loops ``for idx in arn.permutation`` (a tensor) and indexes with
-    each 0-d tensor, a host read per variable: a traced step (:mod:`pyro_vae.estimators.fast`) cannot follow it, so DReG
-    and STL, which invert the flow, would lose the fast path.  The order is fixed at construction.
+    Pyro's ``AffineAutoregressive._inverse`` loops ``for idx in arn.permutation`` (a tensor) and
+    indexes with each 0-d tensor, a host read per variable: a traced step
+    (:mod:`pyro_vae.estimators.fast`) cannot follow it, so DReG and STL, which invert the flow,
+    would lose the fast path. The order is fixed at construction.
     """
 
     def __init__(self, nn, **kwargs):
@@ -126,7 +130,8 @@ def iaf_layer(latent_dim, context_dim, hidden_dims, index):
 
 @register_flow("spline", invertible=True)
 def spline_layer(latent_dim, context_dim, hidden_dims, index, count_bins=8, bound=3.0):
-    """Monotone rational-linear spline on [−bound, bound] per coordinate (identity outside), autoregressive in z."""
+    """Monotone rational-linear spline on [−bound, bound] per coordinate (identity outside),
+    autoregressive in z."""
     arn = ConditionalAutoRegressiveNN(
         latent_dim,
         context_dim,
@@ -157,13 +162,15 @@ def planar_layer(latent_dim, context_dim, hidden_dims, index):
 
 @register_flow("radial", invertible=False)
 def radial_layer(latent_dim, context_dim, hidden_dims, index):
-    """z' = z + β (z − z₀)/(α + r), r = ‖z − z₀‖; log|det| = (D−1) log(1 + βh) + log(1 + βh + βh'r)."""
+    """z' = z + β (z − z₀)/(α + r), r = ‖z − z₀‖; log|det| = (D−1) log(1 + βh) + log(1 + βh +
+    βh'r)."""
     return ConditionalRadial(DenseNN(context_dim, hidden_dims, param_dims=[latent_dim, 1, 1]))
 
 
 @register_flow("sylvester", invertible=False)
 def sylvester_layer(latent_dim, context_dim, hidden_dims, index, reflections=None):
-    """z' = z + Q R tanh(S Qᵀ z + b) with Q a product of ``reflections`` Householder reflections (default D)."""
+    """z' = z + Q R tanh(S Qᵀ z + b) with Q a product of ``reflections`` Householder reflections
+    (default D)."""
     return ConditionalSylvester(latent_dim, context_dim, hidden_dims, reflections=reflections)
 
 
@@ -188,20 +195,25 @@ class FlowDistribution(dist.TransformedDistribution):
         if self.invertible or self.transforms[-1]._cached_x_y[1] is value:
             return super().log_prob(value)
         raise ValueError(
-            f"the {self.flow!r} flow has no inverse: it can score only the z it sampled itself (the same "
-            f"tensor object), not a detached or new z. Estimators that re-score a detached z (DReG, STL) "
+            f"the {self.flow!r} flow has no inverse: it can score only the z it sampled itself "
+            "(the same "
+            "tensor object), not a detached or new z. Estimators that re-score a detached z "
+            "(DReG, STL) "
             f"need an invertible guide: {', '.join(n for n, f in FLOWS.items() if f.invertible)}"
         )
 
 
 class FlowGuide(DiagonalGuide):
-    """q(z|x): ``num_flows`` layers of the flow ``flow`` on the base N(μ(h), diag σ(h)²), all conditioned on h.
+    """q(z|x): ``num_flows`` layers of the flow ``flow`` on the base N(μ(h), diag σ(h)²), all
+    conditioned on h.
 
     :param str flow: one of :data:`FLOWS`.
     :param int num_flows: number of layers (≥ 1).
-    :param hidden_dims: hidden sizes of each layer's network (MADE or hypernet); default ``[10 * latent_dim]``.
+    :param hidden_dims: hidden sizes of each layer's network (MADE or hypernet); default ``[10 *
+        latent_dim]``.
     :param options: the flow's own options (``spline``: ``count_bins``, ``bound``; ``sylvester``:
-        ``reflections``) and ``site``, ``plate``, ``name`` of :class:`~pyro_vae.guides.AmortizedGuide`.
+        ``reflections``) and ``site``, ``plate``, ``name`` of
+        :class:`~pyro_vae.guides.AmortizedGuide`.
 
     Attributes: ``invertible`` (can log q be evaluated at any z?), ``jit_compatible = True``.
     """
@@ -250,7 +262,8 @@ class FlowGuide(DiagonalGuide):
         )
 
     def distribution(self, context):
-        """``FlowDistribution`` with batch shape ``context.shape[:-1]``; layers broadcast over extra leading z dims."""
+        """``FlowDistribution`` with batch shape ``context.shape[:-1]``; layers broadcast over extra
+        leading z dims."""
         return FlowDistribution(
             super().distribution(context),
             [f.condition(context) for f in self.flows],

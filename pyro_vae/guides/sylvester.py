@@ -1,4 +1,5 @@
-"""Conditional (amortized) Householder-Sylvester flow, which Pyro lacks: z' = z + Q R tanh(S Qᵀ z + b).
+"""Conditional (amortized) Householder-Sylvester flow, which Pyro lacks: z' = z + Q R tanh(S Qᵀ z +
+b).
 
 R, S are upper triangular with diagonals tanh(·) ∈ (−1, 1), Q = H_1 ⋯ H_n is a product of
 Householder reflections H_i = I − 2 v_i v_iᵀ (‖v_i‖ = 1), and R, S, b, v all come from a
@@ -31,7 +32,8 @@ def _reflect(x, v):
 
 
 class ConditionedSylvester(Transform):
-    """z' = z + Q R tanh(S Qᵀ z + b) for given R, S ``[..., D, D]``, b ``[..., D]``, unit v ``[..., n, D]``."""
+    """z' = z + Q R tanh(S Qᵀ z + b) for given R, S ``[..., D, D]``, b ``[..., D]``, unit v ``[...,
+    n, D]``."""
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
@@ -67,7 +69,8 @@ class ConditionedSylvester(Transform):
 
 
 class ConditionalSylvester(ConditionalTransformModule):
-    """Hypernet h ↦ (R, S, b, v) of one Sylvester layer; ``condition(h)`` returns :class:`ConditionedSylvester`.
+    """Hypernet h ↦ (R, S, b, v) of one Sylvester layer; ``condition(h)`` returns
+    :class:`ConditionedSylvester`.
 
     :param int reflections: number n of Householder reflections in Q (default: ``input_dim``).
     """

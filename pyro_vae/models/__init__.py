@@ -46,7 +46,8 @@ def with_defaults(config):
 def build_model(config, x_shape, num_data=None):
     """Build the model named by ``config.model`` (one of :data:`MODELS`), defaults filled in.
 
-    The combination of options is checked where they enter (:func:`pyro_vae.app.config.check_config`).
+    The combination of options is checked where they enter
+    (:func:`pyro_vae.app.config.check_config`).
     """
     if config.model not in MODELS:
         raise ValueError(

@@ -1,5 +1,5 @@
-"""Nets, guide and likelihood of a model from a :class:`~pyro_vae.app.config.Config`: the pieces every model
-builder shares, and the one-layer VAE's builder."""
+"""Nets, guide and likelihood of a model from a :class:`~pyro_vae.app.config.Config`: the pieces
+every model builder shares, and the one-layer VAE's builder."""
 
 from pyro_vae.guides import make_guide
 from pyro_vae.models.likelihoods import make_likelihood
@@ -27,7 +27,8 @@ def make_encoder(config, x_shape, out_dim=None):
 
 
 def make_decoder(config, x_shape, in_dim):
-    """The decoder net z → decoder output of the likelihood's ``params_shape(x_shape)`` (``x_shape`` for most)."""
+    """The decoder net z → decoder output of the likelihood's ``params_shape(x_shape)`` (``x_shape``
+    for most)."""
     out_shape = make_likelihood(
         config.likelihood, x_shape, config.sigma, config.mixtures
     ).params_shape(x_shape)

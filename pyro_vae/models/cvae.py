@@ -1,7 +1,8 @@
-"""Conditional VAE on class labels (Sohn, Lee, Yan 2015, "Learning Structured Output Representation using Deep
-Conditional Generative Models").
+"""Conditional VAE on class labels (Sohn, Lee, Yan 2015, "Learning Structured Output Representation
+using Deep Conditional Generative Models").
 
-.. math:: p(x | y) = \\int N(z; 0, I)\\, p(x | \\mathrm{decoder}(z, y))\\, dz, \\qquad q(z | x, y) = N(\\mu(x, y), \\mathrm{diag}\\,\\sigma(x, y)^2)
+.. math:: p(x | y) = \\int N(z; 0, I)\\, p(x | \\mathrm{decoder}(z, y))\\, dz, \\qquad q(z | x, y) =
+N(\\mu(x, y), \\mathrm{diag}\\,\\sigma(x, y)^2)
 
 ``model(x, y)`` and ``guide(x, y)`` take the labels ``y`` (int64 ``[B]``) after the batch;
 with ``y`` given, y is a conditioning input, not a sample site.  Without ``y`` (evaluation,
@@ -30,7 +31,8 @@ NUM_CLASSES = 10  # MNIST and Fashion-MNIST
 
 
 def with_label(h, y, num_classes):
-    """Concatenate features ``h [..., H]`` with ``one_hot(y) [..., C]``, broadcasting their batch shapes."""
+    """Concatenate features ``h [..., H]`` with ``one_hot(y) [..., C]``, broadcasting their batch
+    shapes."""
     onehot = (y.unsqueeze(-1) == torch.arange(num_classes, device=y.device)).to(
         h.dtype
     )  # no host read: traceable
@@ -66,7 +68,8 @@ class LabelDecoder(nn.Module):
 
 
 def check_labels(y, x, num_classes):
-    """ValueError unless ``y`` is an integer tensor ``[len(x)]`` of classes in [0, num_classes) on x's device."""
+    """ValueError unless ``y`` is an integer tensor ``[len(x)]`` of classes in [0, num_classes) on
+    x's device."""
     if (
         not torch.is_tensor(y)
         or y.dtype not in (torch.int64, torch.int32)

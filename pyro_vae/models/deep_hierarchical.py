@@ -1,21 +1,23 @@
-"""Deep hierarchical VAE in the NVAE / VDVAE style: many groups of feature-map latents on a shared top-down path.
+"""Deep hierarchical VAE in the NVAE / VDVAE style: many groups of feature-map latents on a shared
+top-down path.
 
 .. math::
 
     p(x, z_1, …, z_L) = p(z_1 | h_0) \\prod_{l=2}^{L} p(z_l | h_{l-1})\\, p(x | h_L), \\qquad
     h_l = \\mathrm{block}_l(h_{l-1} + W_l z_l),
 
-with h_0 a learned constant and every p(z_l | h_{l-1}) = N(μ_l, diag σ_l²) read from h_{l-1} by a conv
-head; the latents z_l are feature maps [C_z, h, w] at several spatial scales (top first, each scale
-twice the resolution of the one above; upsampling between scales).  The guide shares the top-down
-path (the same module, registered once as ``"top_down"``), runs it on its own samples, and combines
-its state with a deterministic bottom-up pass d_s = f_s(x) at the group's scale, as a residual
-relative to the prior (NVAE's eq. 2):
+with h_0 a learned constant and every p(z_l | h_{l-1}) = N(μ_l, diag σ_l²) read from h_{l-1} by a
+conv head; the latents z_l are feature maps [C_z, h, w] at several spatial scales (top first, each
+scale twice the resolution of the one above; upsampling between scales). The guide shares the
+top-down path (the same module, registered once as ``"top_down"``), runs it on its own samples, and
+combines its state with a deterministic bottom-up pass d_s = f_s(x) at the group's scale, as a
+residual relative to the prior (NVAE's eq. 2):
 
-.. math:: q(z_l | z_{<l}, x) = N(μ_l + Δμ_l,\\ σ_l \\exp(Δρ_l)), \\quad [Δμ_l, Δρ_l] = g_l([h_{l-1}, d_{s(l)}]),
+.. math:: q(z_l | z_{<l}, x) = N(μ_l + Δμ_l,\\ σ_l \\exp(Δρ_l)), \\quad [Δμ_l, Δρ_l] = g_l([h_{l-1},
+d_{s(l)}]),
 
-so KL(q ‖ p) of a group given the groups above is ½ Σ (Δμ²/σ² + e^{2Δρ} − 1 − 2Δρ), zero when g_l is.
-Sites ``"z_1"`` (top) … ``"z_L"`` (next to x), each ``Normal(loc, scale).to_event(3)`` of shape
+so KL(q ‖ p) of a group given the groups above is ½ Σ (Δμ²/σ² + e^{2Δρ} − 1 − 2Δρ), zero when g_l
+is. Sites ``"z_1"`` (top) … ``"z_L"`` (next to x), each ``Normal(loc, scale).to_event(3)`` of shape
 [C_z, h, w], then ``"x"``, all inside the ``"data"`` plate; guide and model sample the groups in the
 same order, so ``meanfield`` takes each group's KL in closed form given the sampled groups above.
 
@@ -26,8 +28,8 @@ implementations are :class:`TopDown` and :class:`ResidualGuide`.
 References:
 
 1. Vahdat, Kautz (2020), "NVAE: A Deep Hierarchical Variational Autoencoder", arXiv:2007.03898.
-2. Child (2021), "Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them on Images",
-   arXiv:2011.10650.
+2. Child (2021), "Very Deep VAEs Generalize Autoregressive Models and Can Outperform Them on
+   Images", arXiv:2011.10650.
 """
 
 import math
@@ -45,12 +47,14 @@ from pyro_vae.models.nets import activation
 
 
 def soft_clamp(x, bound=5.0):
-    """bound · tanh(x / bound): ≈ x near 0, never beyond ±bound (keeps log-scales finite, as NVAE)."""
+    """bound · tanh(x / bound): ≈ x near 0, never beyond ±bound (keeps log-scales finite, as
+    NVAE)."""
     return bound * torch.tanh(x / bound)
 
 
 def apply_conv(net, x):
-    """``net`` over the last three dims of ``x`` (``[..., C, H, W]``), any leading (particle, batch) dims."""
+    """``net`` over the last three dims of ``x`` (``[..., C, H, W]``), any leading (particle, batch)
+    dims."""
     batch = x.shape[:-3]
     y = net(x.reshape(-1, *x.shape[-3:]))
     return y.reshape(*batch, *y.shape[1:])
@@ -64,7 +68,8 @@ def _scaled(conv, factor):
 
 
 class ResBlock(nn.Module):
-    """h + conv(act(conv(act(h)))), 3×3 convs; the last conv starts scaled by ``out_scale`` (VDVAE: 1/√depth)."""
+    """h + conv(act(conv(act(h)))), 3×3 convs; the last conv starts scaled by ``out_scale`` (VDVAE:
+    1/√depth)."""
 
     def __init__(self, channels, activation_name="relu", out_scale=1.0):
         super().__init__()
@@ -80,25 +85,30 @@ class ResBlock(nn.Module):
 
 
 def scale_sizes(image_size, scales):
-    """Spatial sizes of the latent scales, top first: H/2^S, …, H/2 (one ValueError line when H, W do not divide)."""
+    """Spatial sizes of the latent scales, top first: H/2^S, …, H/2 (one ValueError line when H, W
+    do not divide)."""
     h, w = (int(s) for s in image_size)
     k = 2**scales
     if h % k or w % k:
         raise ValueError(
-            f"--model deep-hierarchical halves {h}×{w} images {scales} times (--scales {scales}), so H "
-            f"and W must be divisible by 2^{scales} = {k}; pass fewer --scales or an --image-size that "
+            f"--model deep-hierarchical halves {h}×{w} images {scales} times (--scales {scales}), "
+            "so H "
+            f"and W must be divisible by 2^{scales} = {k}; pass fewer --scales or an --image-size "
+            "that "
             f"is a multiple of {k}"
         )
     return [(h // 2**s, w // 2**s) for s in range(scales, 0, -1)]
 
 
 class TopDown(nn.Module):
-    """The top-down path shared by model and guide: a learned constant h_0, per group a prior head, a latent
-    projection and a residual block, upsampling between scales, and an output net to the likelihood's parameters.
+    """The top-down path shared by model and guide: a learned constant h_0, per group a prior head,
+    a latent projection and a residual block, upsampling between scales, and an output net to the
+    likelihood's parameters.
 
     The last state (at H/2) becomes the likelihood's parameters at H through one transposed conv.
 
-    :param out_channels: channels of the decoder output (the likelihood's ``params_shape(x_shape)[0]``).
+    :param out_channels: channels of the decoder output (the likelihood's
+        ``params_shape(x_shape)[0]``).
     :param image_size: ``(H, W)`` of the images.
     """
 
@@ -154,7 +164,8 @@ class TopDown(nn.Module):
         return loc, soft_clamp(rho).exp()
 
     def update(self, l, h, z):
-        """h_l = block_l(h_{l-1} + W_l z_l), upsampled ×2 after the last group of a scale (but the lowest)."""
+        """h_l = block_l(h_{l-1} + W_l z_l), upsampled ×2 after the last group of a scale (but the
+        lowest)."""
         h = self.blocks[l](h + apply_conv(self.projections[l], z))
         if (l + 1) % self.groups_per_scale == 0 and l + 1 < self.num_groups:
             h = apply_conv(self.ups[l // self.groups_per_scale], h)
@@ -166,8 +177,9 @@ class TopDown(nn.Module):
 
 
 class ResidualGuide(nn.Module):
-    """The guide's own nets: a deterministic bottom-up residual conv pass x → d_s at every scale, and per group a
-    head g_l([h, d_s]) → (Δμ, Δρ) (the residual of q relative to p, see the module docstring)."""
+    """The guide's own nets: a deterministic bottom-up residual conv pass x → d_s at every scale,
+    and per group a head g_l([h, d_s]) → (Δμ, Δρ) (the residual of q relative to p, see the module
+    docstring)."""
 
     def __init__(
         self,
@@ -198,7 +210,8 @@ class ResidualGuide(nn.Module):
         self.name = name
 
     def features(self, x):
-        """The bottom-up feature maps, top (smallest) scale first: ``[d_S, …, d_1]``, each ``[B, channels, h, w]``."""
+        """The bottom-up feature maps, top (smallest) scale first: ``[d_S, …, d_1]``, each ``[B,
+        channels, h, w]``."""
         d, out = apply_conv(self.stem, x), []
         for down in self.down:
             d = apply_conv(down, d)
@@ -206,18 +219,21 @@ class ResidualGuide(nn.Module):
         return out[::-1]
 
     def delta(self, l, h, features):
-        """``(Δμ, Δρ)`` of group ``l`` from the top-down state h and the bottom-up features at its scale."""
+        """``(Δμ, Δρ)`` of group ``l`` from the top-down state h and the bottom-up features at its
+        scale."""
         d = features[l // self.groups_per_scale]
         d = d.expand(*h.shape[:-3], *d.shape[-3:])
         return apply_conv(self.heads[l], torch.cat([h, d], dim=-3)).chunk(2, dim=-3)
 
 
 class DeepHierarchicalVAE(nn.Module):
-    """A container of ``model(x)`` and ``guide(x)`` over groups z_1 (top) … z_L (see the module docstring).
+    """A container of ``model(x)`` and ``guide(x)`` over groups z_1 (top) … z_L (see the module
+    docstring).
 
-    :param top_down: shared path with ``initial(x)``, ``prior(l, h)``, ``update(l, h, z)``, ``output(h)`` and
-        ``num_groups`` (a :class:`TopDown`).
-    :param guide: the guide's nets with ``features(x)`` and ``delta(l, h, features)`` (a :class:`ResidualGuide`).
+    :param top_down: shared path with ``initial(x)``, ``prior(l, h)``, ``update(l, h, z)``,
+        ``output(h)`` and ``num_groups`` (a :class:`TopDown`).
+    :param guide: the guide's nets with ``features(x)`` and ``delta(l, h, features)`` (a
+        :class:`ResidualGuide`).
     :param likelihood: module ``(out, x) -> distribution`` (see :mod:`pyro_vae.models.likelihoods`).
     :param num_data: full training-set size for the data plate's scale (None: no scaling).
     """
@@ -238,11 +254,13 @@ class DeepHierarchicalVAE(nn.Module):
         return [f"z_{l + 1}" for l in range(self.top_down.num_groups)]
 
     def sample_group(self, l, loc, scale):
-        """Sample site ``z_{l+1}`` from N(loc, diag scale²) over its [C_z, h, w] event (model and guide alike)."""
+        """Sample site ``z_{l+1}`` from N(loc, diag scale²) over its [C_z, h, w] event (model and
+        guide alike)."""
         return pyro.sample(self.sites[l], dist.Normal(loc, scale).to_event(3))
 
     def model(self, x):
-        """p(z_1) ⋯ p(z_L | z_<L) p(x | z) for ``x`` of shape ``[B, *x_shape]``; returns the decoder output."""
+        """p(z_1) ⋯ p(z_L | z_<L) p(x | z) for ``x`` of shape ``[B, *x_shape]``; returns the decoder
+        output."""
         pyro.module("top_down", self.top_down)
         if any(p.requires_grad for p in self.likelihood.parameters()):
             pyro.module("likelihood", self.likelihood)
@@ -273,14 +291,15 @@ class DeepHierarchicalVAE(nn.Module):
 
 
 def build_deep_hierarchical(config, x_shape, num_data=None):
-    """Build a :class:`DeepHierarchicalVAE` from a config: ``scales``, ``groups_per_scale``, ``hidden_channels``,
-    ``latent_channels``, ``activation`` and the likelihood."""
+    """Build a :class:`DeepHierarchicalVAE` from a config: ``scales``, ``groups_per_scale``,
+    ``hidden_channels``, ``latent_channels``, ``activation`` and the likelihood."""
     from pyro_vae.models.likelihoods import make_likelihood
 
     _check_config(config)
     if len(x_shape) != 3:
         raise ValueError(
-            f"--model deep-hierarchical needs images [C, H, W], got data points of shape {tuple(x_shape)}"
+            "--model deep-hierarchical needs images [C, H, W], got data points of shape "
+            f"{tuple(x_shape)}"
         )
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures)
     sizes = dict(

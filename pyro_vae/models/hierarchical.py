@@ -2,7 +2,8 @@
 
 .. math::
 
-    p(x, z_1, …, z_L) = p(x | z_1)\\, p(z_1 | z_2) ⋯ p(z_{L-1} | z_L)\\, p(z_L), \\qquad p(z_L) = N(0, I),
+    p(x, z_1, …, z_L) = p(x | z_1)\\, p(z_1 | z_2) ⋯ p(z_{L-1} | z_L)\\, p(z_L), \\qquad p(z_L) =
+    N(0, I),
 
 with Gaussian conditionals p(z_l | z_{l+1}) = N(μ_l(z_{l+1}), diag σ_l(z_{l+1})²) from MLPs.
 Sites ``"z1"`` (next to x) … ``"zL"`` (top), each with event shape ``[latent_dims[l-1]]``,
@@ -23,10 +24,10 @@ analytic given the sample of the layer above; it is an unbiased ELBO with the to
   prior p(z_l | z_{l+1}) (σ⁻² = σ̂⁻² + σ_p⁻², μ = σ²(μ̂ σ̂⁻² + μ_p σ_p⁻²)), the ladder VAE [2].
   The prior nets are the model's (registered once, as ``"priors"``).
 
-With ``prior='vampprior'`` the top layer's prior is the VampPrior (Tomczak & Welling 2018)
-p(z_L) = (1/K) Σ_k q(z_L | u_k), the mixture of the top-down guide's top layer at K learned
-pseudo-inputs (:mod:`pyro_vae.models.priors`); it needs the top-down guide, whose q(z_L | x) depends on
-x alone (the bottom-up guide's is a marginal over z_1 … z_{L-1}).
+With ``prior='vampprior'`` the top layer's prior is the VampPrior (Tomczak & Welling 2018) p(z_L) =
+(1/K) Σ_k q(z_L | u_k), the mixture of the top-down guide's top layer at K learned pseudo-inputs
+(:mod:`pyro_vae.models.priors`); it needs the top-down guide, whose q(z_L | x) depends on x alone
+(the bottom-up guide's is a marginal over z_1 … z_{L-1}).
 
 Each layer is sampled by :meth:`HierarchicalVAE.sample_layer`, the one place where a
 per-layer scale (KL warm-up, free bits) can act on model and guide alike.
@@ -34,7 +35,8 @@ per-layer scale (KL warm-up, free bits) can act on model and guide alike.
 References:
 
 1. Burda, Grosse, Salakhutdinov (2016), "Importance Weighted Autoencoders", arXiv:1509.00519.
-2. Sønderby, Raiko, Maaløe, Sønderby, Winther (2016), "Ladder Variational Autoencoders", arXiv:1602.02282.
+2. Sønderby, Raiko, Maaløe, Sønderby, Winther (2016), "Ladder Variational Autoencoders",
+   arXiv:1602.02282.
 """
 
 import pyro
@@ -66,7 +68,8 @@ class GaussianConditional(nn.Module):
         out = self.net(h)
         if out.shape[-1] != 2 * self.dim:
             raise ValueError(
-                f"the net of a GaussianConditional over {self.dim} latents must output 2 * {self.dim} "
+                f"the net of a GaussianConditional over {self.dim} latents must output 2 * "
+                f"{self.dim} "
                 f"= {2 * self.dim} features (loc and raw scale), got {out.shape[-1]}"
             )
         loc, raw = out.chunk(2, dim=-1)
@@ -90,8 +93,8 @@ class HierarchicalVAE(nn.Module):
     :param likelihood: module ``(out, x) -> distribution`` (see :mod:`pyro_vae.models.likelihoods`).
     :param latent_dims: sizes of z1 … zL.
     :param num_data: full training-set size for the data plate's scale (None: no scaling).
-    :param pseudo_inputs: a :class:`~pyro_vae.models.priors.PseudoInputs` for a VampPrior on z_L (top-down guide only), or
-        ``None`` for N(0, I).
+    :param pseudo_inputs: a :class:`~pyro_vae.models.priors.PseudoInputs` for a VampPrior on z_L
+        (top-down guide only), or ``None`` for N(0, I).
     """
 
     def __init__(
@@ -127,7 +130,8 @@ class HierarchicalVAE(nn.Module):
         self.num_data = num_data
         if pseudo_inputs is not None and not isinstance(guide, LadderGuide):
             raise ValueError(
-                f"prior='vampprior' on the hierarchical model needs the top-down guide (its q(z_L | x) "
+                "prior='vampprior' on the hierarchical model needs the top-down guide (its q(z_L "
+                "| x) "
                 f"is a Gaussian of x alone), got {type(guide).__name__}; pass guide='top-down'"
             )
         self.pseudo_inputs = pseudo_inputs
@@ -140,14 +144,16 @@ class HierarchicalVAE(nn.Module):
         return [f"z{l + 1}" for l in range(len(self.latent_dims))]
 
     def prior(self, layer, z_above, x):
-        """``(loc, scale)`` of p(z_{layer+1} | z_above) (0-based ``layer``); the top layer's is N(0, I) on x's device/dtype."""
+        """``(loc, scale)`` of p(z_{layer+1} | z_above) (0-based ``layer``); the top layer's is N(0,
+        I) on x's device/dtype."""
         if layer == len(self.latent_dims) - 1:
             dim = self.latent_dims[layer]
             return x.new_zeros(dim), x.new_ones(dim)
         return self.priors[layer](z_above)
 
     def vampprior(self, x):
-        """p(z_L) = (1/K) Σ_k q(z_L | u_k): the guide's top layer at the pseudo-inputs, on x's device and dtype."""
+        """p(z_L) = (1/K) Σ_k q(z_L | u_k): the guide's top layer at the pseudo-inputs, on x's
+        device and dtype."""
         pyro.module("pseudo_inputs", self.pseudo_inputs)
         pyro.module(
             self.guide_module.name, self.guide_module
@@ -156,16 +162,19 @@ class HierarchicalVAE(nn.Module):
         return VampPrior(dist.Normal(loc, scale).to_event(1))
 
     def sample_layer(self, layer, loc, scale):
-        """Sample site ``z{layer+1}`` from N(loc, diag scale²) (event dim 1); used by model and guides alike."""
+        """Sample site ``z{layer+1}`` from N(loc, diag scale²) (event dim 1); used by model and
+        guides alike."""
         return pyro.sample(self.sites[layer], dist.Normal(loc, scale).to_event(1))
 
     def register_priors(self):
-        """``pyro.module("priors", …)``: the prior nets, under one name whether the model or a guide uses them."""
+        """``pyro.module("priors", …)``: the prior nets, under one name whether the model or a guide
+        uses them."""
         if len(self.priors):
             pyro.module("priors", self.priors)
 
     def model(self, x):
-        """p(zL) ⋯ p(z1 | z2) p(x | z1) for ``x`` of shape ``[B, *x_shape]``; returns the decoder output."""
+        """p(zL) ⋯ p(z1 | z2) p(x | z1) for ``x`` of shape ``[B, *x_shape]``; returns the decoder
+        output."""
         pyro.module("decoder", self.decoder)
         self.register_priors()
         if any(p.requires_grad for p in self.likelihood.parameters()):
@@ -183,7 +192,8 @@ class HierarchicalVAE(nn.Module):
         return out
 
     def guide(self, x):
-        """q(z1, …, zL | x), sampled inside the same data plate as the model; returns ``[z1, …, zL]``."""
+        """q(z1, …, zL | x), sampled inside the same data plate as the model; returns ``[z1, …,
+        zL]``."""
         return self.guide_module(x, self)
 
 
@@ -226,14 +236,16 @@ class LadderGuide(nn.Module):
         super().__init__()
         if len(up) != len(heads):
             raise ValueError(
-                f"a ladder guide needs one head per deterministic layer, got {len(up)} and {len(heads)}"
+                f"a ladder guide needs one head per deterministic layer, got {len(up)} and "
+                f"{len(heads)}"
             )
         self.up = nn.ModuleList(up)
         self.heads = nn.ModuleList(heads)
         self.name = name
 
     def estimates(self, x):
-        """The bottom-up Gaussian estimates ``[(μ̂_1, σ̂_1), …, (μ̂_L, σ̂_L)]``, each ``[B, d_l]``."""
+        """The bottom-up Gaussian estimates ``[(μ̂_1, σ̂_1), …, (μ̂_L, σ̂_L)]``, each ``[B,
+        d_l]``."""
         d, out = x, []
         for f, head in zip(self.up, self.heads):
             d = f(d)
@@ -241,7 +253,8 @@ class LadderGuide(nn.Module):
         return out
 
     def top(self, x, hvae):
-        """``(loc, scale)`` of q(z_L | x): the top estimate merged with N(0, I), the top layer of :meth:`forward`."""
+        """``(loc, scale)`` of q(z_L | x): the top estimate merged with N(0, I), the top layer of
+        :meth:`forward`."""
         d = x
         for f in self.up:
             d = f(d)
@@ -274,7 +287,8 @@ def _mlp(in_dim, out_dim, hidden, activation_name):
 
 
 def build_hierarchical(config, x_shape, num_data=None):
-    """Build a :class:`HierarchicalVAE` from a config: ``latent_dims``, ``guide`` (top-down or bottom-up), nets.
+    """Build a :class:`HierarchicalVAE` from a config: ``latent_dims``, ``guide`` (top-down or
+    bottom-up), nets.
 
     Encoder and decoder nets are the configured ones (``net``, ``hidden_dims``); the nets
     between latent layers are MLPs with one hidden layer of ``hidden_dims[-1]`` units.
@@ -286,11 +300,13 @@ def build_hierarchical(config, x_shape, num_data=None):
     dims = config.latent_dims
     if not dims:
         raise ValueError(
-            "the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x first)"
+            "the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x "
+            "first)"
         )
     if config.guide not in HIERARCHICAL_GUIDES:
         raise ValueError(
-            f"the hierarchical model supports the guides {', '.join(HIERARCHICAL_GUIDES)}, got {config.guide!r}; "
+            f"the hierarchical model supports the guides {', '.join(HIERARCHICAL_GUIDES)}, got "
+            f"{config.guide!r}; "
             f"pass guide='top-down' or guide='bottom-up'"
         )
     if config.flows:
@@ -329,7 +345,8 @@ def build_hierarchical(config, x_shape, num_data=None):
 def _check_config(config):
     if not config.latent_dims:
         raise UserError(
-            "the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x first)"
+            "the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x "
+            "first)"
         )
 
 

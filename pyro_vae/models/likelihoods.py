@@ -10,8 +10,9 @@ distribution whose batch shape equals ``out.shape`` (the model adds
 ``learned-gaussian`` p(x|z) = Π N(x_d; out_d, σ_d²), one learned σ per pixel
 ``sigma-vae``      p(x|z) = Π N(x_d; out_d, σ²), one shared learned σ (Rybkin et al. 2021);
                    ``optimal=True`` uses σ* = sqrt(MSE) instead of a parameter
-``discretized-logistic`` 8-bit pixels: p(x_d = k/255 | z) = Σ_j π_dj [F_dj(k + ½) − F_dj(k − ½)], a mixture
-                   of ``mixtures`` logistics per sub-pixel with open edge bins (Salimans et al. 2017)
+``discretized-logistic`` 8-bit pixels: p(x_d = k/255 | z) = Σ_j π_dj [F_dj(k + ½) − F_dj(k − ½)], a
+                   mixture of ``mixtures`` logistics per sub-pixel with open edge bins (Salimans et
+                   al. 2017)
 ``categorical``    8-bit pixels: p(x_d = k/255 | z) = softmax(out_d)_k, 256 logits per sub-pixel
 ================== ===================================================================
 
@@ -33,10 +34,12 @@ from torch import nn
 
 
 class Likelihood(nn.Module):
-    """Base of the likelihoods: ``forward(out, x)`` returns the distribution; the decoder emits ``params_shape``."""
+    """Base of the likelihoods: ``forward(out, x)`` returns the distribution; the decoder emits
+    ``params_shape``."""
 
     def params_shape(self, x_shape):
-        """Shape of the decoder output for data points of ``x_shape`` (one number per pixel by default)."""
+        """Shape of the decoder output for data points of ``x_shape`` (one number per pixel by
+        default)."""
         return tuple(x_shape)
 
 
@@ -69,7 +72,8 @@ class Gaussian(Likelihood):
 
 
 class LearnedGaussian(Gaussian):
-    """Gaussian with mean ``out`` and one learned σ_d per pixel (σ_d = exp(log_sigma_d), not a function of z)."""
+    """Gaussian with mean ``out`` and one learned σ_d per pixel (σ_d = exp(log_sigma_d), not a
+    function of z)."""
 
     def __init__(self, x_shape, sigma=0.1):
         super().__init__(sigma)
@@ -80,8 +84,8 @@ class LearnedGaussian(Gaussian):
 
 
 class SigmaVAE(Gaussian):
-    """σ-VAE: Gaussian with one σ shared by all pixels (Rybkin, Daniilidis, Levine 2021, "Simple and Effective VAE
-    Training with Calibrated Decoders").
+    """σ-VAE: Gaussian with one σ shared by all pixels (Rybkin, Daniilidis, Levine 2021, "Simple and
+    Effective VAE Training with Calibrated Decoders").
 
     With ``optimal=False`` σ is a learned parameter.  With ``optimal=True`` σ is the
     maximum-likelihood value for the current batch, σ*² = mean((x − out)²), which gives
@@ -117,14 +121,16 @@ BINS = 256  # 8-bit pixels
 
 
 def _bins(x):
-    """Bin index k = round(255 x) of grey levels x ∈ [0, 1], clamped to 0 … 255 (no host reads: traceable)."""
+    """Bin index k = round(255 x) of grey levels x ∈ [0, 1], clamped to 0 … 255 (no host reads:
+    traceable)."""
     return (x * (BINS - 1)).round().clamp(0, BINS - 1)
 
 
 class EightBit(TorchDistribution):
     """A distribution over 8-bit grey levels x ∈ {0, 1/255, …, 1}, elementwise (event shape ``()``).
 
-    Subclasses give :meth:`bin_log_prob` (log p of the bin index k as a float tensor) and ``_sample_bins``.
+    Subclasses give :meth:`bin_log_prob` (log p of the bin index k as a float tensor) and
+    ``_sample_bins``.
     """
 
     arg_constraints = {}
@@ -142,14 +148,15 @@ class EightBit(TorchDistribution):
 class DiscretizedLogisticMixture(EightBit):
     """Mixture of K discretized logistics per element, on the grid k/255 with open edge bins.
 
-    .. math:: p(k) = \\sum_j \\pi_j [\\sigma((c_k + w/2 − μ_j)/s_j) − \\sigma((c_k − w/2 − μ_j)/s_j)],
-              \\quad c_k = k/255,\\ w = 1/255,
+    .. math:: p(k) = \\sum_j \\pi_j [\\sigma((c_k + w/2 − μ_j)/s_j) − \\sigma((c_k − w/2 −
+              μ_j)/s_j)], \\quad c_k = k/255,\\ w = 1/255,
 
     with σ(·) replaced by 1 above the top bin's lower edge and by 0 below the bottom bin's upper
     edge (so the 256 probabilities sum to 1).  Inside, log[σ(a) − σ(b)] = log σ(a) + log σ(−b) +
     log(1 − e^{−(a−b)}), exact and stable since a − b = w/s.
 
-    :param logits: mixture logits ``[..., K]``; ``loc`` (μ, on the [0, 1] scale) and ``log_scale`` (log s) alike.
+    :param logits: mixture logits ``[..., K]``; ``loc`` (μ, on the [0, 1] scale) and ``log_scale``
+        (log s) alike.
     """
 
     def __init__(self, logits, loc, log_scale, validate_args=False):
@@ -179,7 +186,8 @@ class DiscretizedLogisticMixture(EightBit):
 
     @property
     def mean(self):
-        """Σ_j π_j clamp(μ_j, 0, 1): the picture's grey level (the logistics' means, clamped to the grid's range)."""
+        """Σ_j π_j clamp(μ_j, 0, 1): the picture's grey level (the logistics' means, clamped to the
+        grid's range)."""
         return (torch.softmax(self.logits, -1) * self.loc.clamp(0, 1)).sum(-1)
 
     def _sample_bins(self, sample_shape):
@@ -192,7 +200,8 @@ class DiscretizedLogisticMixture(EightBit):
 
 
 class Categorical256(EightBit):
-    """256-way categorical per element: p(x = k/255) = softmax(logits)_k, ``logits`` of shape ``[..., 256]``."""
+    """256-way categorical per element: p(x = k/255) = softmax(logits)_k, ``logits`` of shape
+    ``[..., 256]``."""
 
     def __init__(self, logits, validate_args=False):
         if logits.shape[-1] != BINS:
@@ -220,7 +229,8 @@ class Categorical256(EightBit):
 
 
 def _split_params(out, x_shape, what, per_pixel=None):
-    """Decoder output ``[..., P·C, *rest]`` → ``[..., *x_shape, P]``: P numbers per sub-pixel, parameter-major.
+    """Decoder output ``[..., P·C, *rest]`` → ``[..., *x_shape, P]``: P numbers per sub-pixel,
+    parameter-major.
 
     ``per_pixel``: the P the likelihood needs (None: any P, read from the shape).
     """
@@ -231,7 +241,8 @@ def _split_params(out, x_shape, what, per_pixel=None):
         want = f"{per_pixel}·{x_shape[0]}" if per_pixel else f"P·{x_shape[0]}"
         raise ValueError(
             f"the {what} likelihood needs a decoder output of shape [{want}, "
-            f"{', '.join(map(str, x_shape[1:]))}] per image for data of shape {x_shape}, got {event}; "
+            f"{', '.join(map(str, x_shape[1:]))}] per image for data of shape {x_shape}, got "
+            f"{event}; "
             f"build the decoder for likelihood.params_shape(x_shape)"
         )
     batch = out.shape[: out.dim() - len(x_shape)]
@@ -243,7 +254,7 @@ class DiscretizedLogistic(Likelihood):
 
     The decoder emits 3K numbers per sub-pixel, ``out`` of shape ``[3K·C, H, W]`` = (logits, μ − ½,
     log s + 2) × K × C; K is read from the output's shape (``mixtures`` sets :meth:`params_shape`).
-    The offsets start a zero output at mid-grey with s ≈ 0.14.  log s is clamped at −8 (s ≥ 3·10⁻⁴, a
+    The offsets start a zero output at mid-grey with s ≈ 0.14. log s is clamped at −8 (s ≥ 3·10⁻⁴, a
     tenth of a bin).
     """
 
@@ -266,7 +277,8 @@ class DiscretizedLogistic(Likelihood):
         params = _split_params(out, self.x_shape, "discretized-logistic")
         if params.shape[-1] % 3:
             raise ValueError(
-                f"the discretized-logistic decoder output needs 3K numbers per sub-pixel (logits, means, "
+                "the discretized-logistic decoder output needs 3K numbers per sub-pixel (logits, "
+                "means, "
                 f"log-scales), got {params.shape[-1]}; build the decoder with params_shape(x_shape)"
             )
         logits, loc, log_scale = params.unflatten(-1, (3, -1)).unbind(-2)
@@ -276,7 +288,8 @@ class DiscretizedLogistic(Likelihood):
 
 
 class Categorical(Likelihood):
-    """p(x|z): a :class:`Categorical256` per sub-pixel; the decoder emits 256 logits per sub-pixel, ``[256·C, H, W]``."""
+    """p(x|z): a :class:`Categorical256` per sub-pixel; the decoder emits 256 logits per sub-pixel,
+    ``[256·C, H, W]``."""
 
     unit_interval = eight_bit = (
         True  # data k/255 in [0, 1], scored in 256 bins (checked by pyro_vae.core.checks)
@@ -306,7 +319,8 @@ EIGHT_BIT = ("discretized-logistic", "categorical")
 
 
 def make_likelihood(name, x_shape, sigma=0.1, mixtures=10):
-    """Build a likelihood by name: one of :data:`LIKELIHOODS` (``mixtures``: K of the discretized logistic)."""
+    """Build a likelihood by name: one of :data:`LIKELIHOODS` (``mixtures``: K of the discretized
+    logistic)."""
     if name == "bernoulli":
         return Bernoulli()
     if name == "gaussian":
@@ -325,11 +339,12 @@ def make_likelihood(name, x_shape, sigma=0.1, mixtures=10):
 
 
 def discrete_dims(model, *args, **kwargs):
-    """D = number of discrete values the model's observed sites score for one data point, or 0 when any of them is
-    continuous: 8-bit values (:class:`EightBit`), and binary ones under a Bernoulli (binarized images).
+    """D = number of discrete values the model's observed sites score for one data point, or 0 when
+    any of them is continuous: 8-bit values (:class:`EightBit`), and binary ones under a Bernoulli
+    (binarized images).
 
-    Traces ``model(*args, **kwargs)`` once (give it one data point).  bits/dim of a data point is then
-    −log p(x) / (D ln 2).
+    Traces ``model(*args, **kwargs)`` once (give it one data point). bits/dim of a data point is
+    then −log p(x) / (D ln 2).
     """
     from pyro import poutine
 

@@ -1,8 +1,9 @@
-"""Semi-supervised VAE "M2" (Kingma, Rezende, Mohamed, Welling 2014, "Semi-Supervised Learning with Deep
-Generative Models", arXiv:1406.5298).
+"""Semi-supervised VAE "M2" (Kingma, Rezende, Mohamed, Welling 2014, "Semi-Supervised Learning with
+Deep Generative Models", arXiv:1406.5298).
 
-.. math:: p(x, y, z) = \\mathrm{Cat}(y; 1/C)\\, N(z; 0, I)\\, p(x | \\mathrm{decoder}(z, y)), \\qquad
-    q(y, z | x) = \\mathrm{Cat}(y; \\pi(x))\\, N(z; \\mu(x, y), \\mathrm{diag}\\,\\sigma(x, y)^2)
+.. math:: p(x, y, z) = \\mathrm{Cat}(y; 1/C)\\, N(z; 0, I)\\, p(x | \\mathrm{decoder}(z, y)),
+    \\qquad q(y, z | x) = \\mathrm{Cat}(y; \\pi(x))\\, N(z; \\mu(x, y), \\mathrm{diag}\\,\\sigma(x,
+    y)^2)
 
 Sites (all in the ``"data"`` plate): ``"y"`` the class, ``"z"`` the Gaussian latent, ``"x"``
 the image.  ``model(x, y=None, labeled=None)``:
@@ -38,7 +39,8 @@ from pyro_vae.models.spec import ModelSpec
 
 
 def balanced_labeled_mask(labels, n, num_classes=NUM_CLASSES):
-    """Boolean mask selecting ``n`` points with the first ``n // C`` (+1 for the first ``n % C`` classes) of each class."""
+    """Boolean mask selecting ``n`` points with the first ``n // C`` (+1 for the first ``n % C``
+    classes) of each class."""
     if not 0 <= n <= len(labels):
         raise ValueError(
             f"labeled must be between 0 and the {len(labels)} training images, got {n}"
@@ -62,7 +64,8 @@ class M2(nn.Module):
     :param classifier: net ``x -> logits [..., C]`` of q(y|x).
     :param encoder: :class:`~pyro_vae.models.cvae.LabelEncoder` of q(z|x, y).
     :param decoder: :class:`~pyro_vae.models.cvae.LabelDecoder` of p(x|z, y).
-    :param float aux_weight: α per labeled image (None: 0.1·N/N_labeled, set by :meth:`batch_kwargs`).
+    :param float aux_weight: α per labeled image (None: 0.1·N/N_labeled, set by
+        :meth:`batch_kwargs`).
     :param int labeled: number of labeled training images used by :meth:`batch_kwargs`.
     """
 
@@ -168,9 +171,11 @@ class M2(nn.Module):
             self.train(was)
 
     def batch_kwargs(self, data):
-        """``index -> {"y", "labeled"}`` for training batches: :attr:`labeled` class-balanced labeled images.
+        """``index -> {"y", "labeled"}`` for training batches: :attr:`labeled` class-balanced
+        labeled images.
 
-        Unknown labels are passed as class 0 (never read: masked).  Sets the default α = 0.1·N/N_labeled.
+        Unknown labels are passed as class 0 (never read: masked). Sets the default α =
+        0.1·N/N_labeled.
         """
         labels = data.train_labels.to(data.train.device)
         mask = balanced_labeled_mask(labels, self.labeled, self.num_classes)
@@ -188,7 +193,8 @@ class M2(nn.Module):
 
 
 def build_m2(config, x_shape, num_data=None):
-    """M2 with MLP nets of ``config.hidden_dims`` (``net='mlp'`` only); ``config.labeled`` labeled images."""
+    """M2 with MLP nets of ``config.hidden_dims`` (``net='mlp'`` only); ``config.labeled`` labeled
+    images."""
     from pyro_vae.models.likelihoods import make_likelihood
 
     if config.net != "mlp":

@@ -1,13 +1,15 @@
-"""Neural networks used by the built-in models and guides: MLPs, and conv nets for images of any C × H × W.
+"""Neural networks used by the built-in models and guides: MLPs, and conv nets for images of any C ×
+H × W.
 
 Every net accepts any number of leading batch dimensions, so the same decoder
 serves one sample per data point (``z: [B, D]``) and vectorized particles
 (``z: [K, B, D]``).
 
 References:
-    1. J. M. Tomczak, M. Welling, "VAE with a VampPrior", AISTATS 2018 (its code's ``GatedDense`` layers).
-    2. Y. N. Dauphin, A. Fan, M. Auli, D. Grangier, "Language Modeling with Gated Convolutional Networks",
-       ICML 2017, arXiv:1612.08083.
+    1. J. M. Tomczak, M. Welling, "VAE with a VampPrior", AISTATS 2018 (its code's ``GatedDense``
+       layers).
+    2. Y. N. Dauphin, A. Fan, M. Auli, D. Grangier, "Language Modeling with Gated Convolutional
+       Networks", ICML 2017, arXiv:1612.08083.
 """
 
 import math
@@ -21,7 +23,8 @@ ACTIVATIONS = {
     "gelu": nn.GELU,
     "softplus": nn.Softplus,
 }
-GATED = "gated"  # MLP layers only: h = (W x + b) ⊙ σ(V x + c), the gated dense layer of the VampPrior code [1]
+# MLP layers only: h = (W x + b) ⊙ σ(V x + c), the gated dense layer of the VampPrior code [1]
+GATED = "gated"
 
 
 def activation(name):
@@ -82,8 +85,9 @@ def _flatten_batch(x, event_dims):
 
 
 def conv_sizes(image_size, min_size=8):
-    """Feature-map sizes ``[(H, W), (H₁, W₁), …]`` of stride-2 convs (k = 4, p = 1: H → ⌊H/2⌋), halving while the
-    larger side exceeds ``min_size`` (at least once): 28 → 14 → 7, 32 → 16 → 8, 64 → 32 → 16 → 8."""
+    """Feature-map sizes ``[(H, W), (H₁, W₁), …]`` of stride-2 convs (k = 4, p = 1: H → ⌊H/2⌋),
+    halving while the larger side exceeds ``min_size`` (at least once): 28 → 14 → 7, 32 → 16 → 8, 64
+    → 32 → 16 → 8."""
     sizes = [tuple(int(s) for s in image_size)]
     if len(sizes[0]) != 2 or min(sizes[0]) < 2:
         raise ValueError(f"conv nets need images of at least 2×2 pixels, got size {sizes[0]}")
@@ -97,11 +101,12 @@ def _widths(width, layers):
 
 
 def he_init(module, gain=2.0):
-    """Kaiming-normal weights (Var w = gain / fan_in) and zero biases on every conv and linear layer.
+    """Kaiming-normal weights (Var w = gain / fan_in) and zero biases on every conv and linear
+    layer.
 
     PyTorch's default (``kaiming_uniform_(a=√5)``, Var w = 1 / (3 fan_in)) keeps a third of the
-    variance per ReLU layer and ``ConvTranspose2d`` takes its fan-in from the *output* channels, so a
-    stack of them shrinks the signal layer by layer; ``gain=2`` preserves it through ReLUs."""
+    variance per ReLU layer and ``ConvTranspose2d`` takes its fan-in from the *output* channels, so
+    a stack of them shrinks the signal layer by layer; ``gain=2`` preserves it through ReLUs."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             fan_in = m.weight[0].numel()
@@ -112,9 +117,9 @@ def he_init(module, gain=2.0):
 
 
 class ResBlock(nn.Module):
-    """Pre-activation residual block ``h + conv(act(conv(act(h))))`` (He et al. 2016, "Identity Mappings
-    in Deep Residual Networks", arXiv:1603.05027); the branch's last conv starts at zero, so a block
-    is the identity at initialization and depth does not change the signal's scale."""
+    """Pre-activation residual block ``h + conv(act(conv(act(h))))`` (He et al. 2016, "Identity
+    Mappings in Deep Residual Networks", arXiv:1603.05027); the branch's last conv starts at zero,
+    so a block is the identity at initialization and depth does not change the signal's scale."""
 
     def __init__(self, channels, activation_name="relu"):
         super().__init__()
@@ -146,9 +151,10 @@ class Upsample(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """Residual conv encoder for ``[..., C, H, W]`` images in [0, 1]: centred to [−1, 1], a 3×3 stem, then per
-    scale ``blocks`` :class:`ResBlock` and a stride-2 conv (see :func:`conv_sizes`; 32→16→8), then a linear map
-    to ``out_dim``.  Channel widths ``width``, 2·``width``, 4·``width``, …"""
+    """Residual conv encoder for ``[..., C, H, W]`` images in [0, 1]: centred to [−1, 1], a 3×3
+    stem, then per scale ``blocks`` :class:`ResBlock` and a stride-2 conv (see :func:`conv_sizes`;
+    32→16→8), then a linear map to ``out_dim``. Channel widths ``width``, 2·``width``, 4·``width``,
+    …"""
 
     def __init__(
         self, out_dim, channels=1, width=32, activation_name="relu", image_size=(28, 28), blocks=1
@@ -177,9 +183,11 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Residual conv decoder ``[..., in_dim] -> [..., C, H, W]``: linear to the encoder's smallest maps, then per
-    scale ``blocks`` :class:`ResBlock` and an :class:`Upsample` (nearest neighbour + conv) back through
-    :func:`conv_sizes`, then ``blocks`` blocks at full size and a 3×3 conv to the likelihood's ``C`` channels."""
+    """Residual conv decoder ``[..., in_dim] -> [..., C, H, W]``: linear to the encoder's smallest
+    maps, then per scale ``blocks`` :class:`ResBlock` and an :class:`Upsample` (nearest neighbour +
+    conv) back through
+    :func:`conv_sizes`, then ``blocks`` blocks at full size and a 3×3 conv to the likelihood's ``C``
+        channels."""
 
     def __init__(
         self, in_dim, channels=1, width=32, activation_name="relu", image_size=(28, 28), blocks=1

@@ -1,6 +1,8 @@
-"""Learned priors p(z): the VampPrior, a mixture of the guide's own posteriors at learned pseudo-inputs [1].
+"""Learned priors p(z): the VampPrior, a mixture of the guide's own posteriors at learned
+pseudo-inputs [1].
 
-.. math:: p_\\lambda(z) = \\frac{1}{K} \\sum_{k=1}^K q(z \\mid u_k), \\qquad u_k = \\mathrm{hardtanh}(w_k) \\in [0, 1]^{D_x}
+.. math:: p_\\lambda(z) = \\frac{1}{K} \\sum_{k=1}^K q(z \\mid u_k), \\qquad u_k =
+\\mathrm{hardtanh}(w_k) \\in [0, 1]^{D_x}
 
 :class:`VampPrior` is a torch ``Distribution`` over the components' event (``log_prob`` by a
 log-sum-exp over them, ``rsample`` by drawing a component uniformly and a reparameterized z
@@ -23,14 +25,17 @@ from torch import nn
 
 
 class VampPrior(TorchDistribution):
-    """Uniform mixture (1/K) Σ_k p_k(z) of the K components along the last batch dimension of ``components``.
+    """Uniform mixture (1/K) Σ_k p_k(z) of the K components along the last batch dimension of
+    ``components``.
 
-    :param components: a distribution with batch shape ``[*batch, K]`` and event shape ``E`` (e.g. the guide's
-        ``q(z | u_k)``, ``Normal(loc [K, D], scale [K, D]).to_event(1)``); the mixture has batch shape ``batch``.
+    :param components: a distribution with batch shape ``[*batch, K]`` and event shape ``E`` (e.g.
+        the guide's ``q(z | u_k)``, ``Normal(loc [K, D], scale [K, D]).to_event(1)``); the mixture
+        has batch shape ``batch``.
 
-    For K diagonal Gaussians (batch shape ``[K]``, also after :meth:`expand`) ``log_prob`` takes two matrix products
-    (in float64), log N(z; μ_k, σ_k²) = −½ [Σ_d z_d² σ_kd⁻² − 2 Σ_d z_d μ_kd σ_kd⁻² + Σ_d (μ_kd² σ_kd⁻² + 2 log σ_kd
-    + log 2π)], instead of a ``[…, K, D]`` tensor of differences (8× faster on a CPU for K = 500, D = 40).
+    For K diagonal Gaussians (batch shape ``[K]``, also after :meth:`expand`) ``log_prob`` takes two
+    matrix products (in float64), log N(z; μ_k, σ_k²) = −½ [Σ_d z_d² σ_kd⁻² − 2 Σ_d z_d μ_kd σ_kd⁻²
+    + Σ_d (μ_kd² σ_kd⁻² + 2 log σ_kd + log 2π)], instead of a ``[…, K, D]`` tensor of differences
+    (8× faster on a CPU for K = 500, D = 40).
     """
 
     arg_constraints = {}
@@ -71,7 +76,8 @@ class VampPrior(TorchDistribution):
     def log_prob(self, value):
         """log (1/K) Σ_k p_k(value) = logsumexp_k log p_k(value) − log K."""
         if self._gaussians is not None:
-            # in float64: the three sums cancel (z near a sharp μ_k), which would cost float32 ~1e-3 nats
+            # in float64: the three sums cancel (z near a sharp μ_k), which would cost float32 ~1e-3
+            # nats
             loc, scale = (t.double() for t in self._gaussians)
             precision = scale.pow(-2)  # [K, D]
             const = (loc.pow(2) * precision + 2 * scale.log()).sum(-1) + loc.shape[-1] * math.log(
@@ -93,7 +99,8 @@ class VampPrior(TorchDistribution):
         return per_component.logsumexp(-1) - math.log(self.num_components)
 
     def rsample(self, sample_shape=torch.Size()):
-        """A component k ~ Uniform{1…K} per draw, then a reparameterized z ~ p_k (gradients reach the components)."""
+        """A component k ~ Uniform{1…K} per draw, then a reparameterized z ~ p_k (gradients reach
+        the components)."""
         sample_shape = torch.Size(sample_shape)
         z = self.components.rsample(sample_shape)  # [*sample, *batch, K, *event]
         k = torch.randint(self.num_components, sample_shape + self.batch_shape, device=z.device)
@@ -116,7 +123,8 @@ class VampPrior(TorchDistribution):
 
 
 def _diagonal_gaussians(fn):
-    """``(loc, scale)`` when ``fn`` is ``Normal(loc, scale).to_event(1)`` (event dims exactly 1), else None."""
+    """``(loc, scale)`` when ``fn`` is ``Normal(loc, scale).to_event(1)`` (event dims exactly 1),
+    else None."""
     if (
         isinstance(fn, Independent)
         and fn.reinterpreted_batch_ndims == 1
@@ -127,7 +135,8 @@ def _diagonal_gaussians(fn):
 
 
 class PseudoInputs(nn.Module):
-    """K learned pseudo-inputs ``u = hardtanh(w, 0, 1)`` of shape ``[K, *x_shape]``, w ~ N(mean, std²) at start.
+    """K learned pseudo-inputs ``u = hardtanh(w, 0, 1)`` of shape ``[K, *x_shape]``, w ~ N(mean,
+    std²) at start.
 
     The VampPrior code [1] starts them at mean 0.05, std 0.01 (near-blank images) and keeps them in
     [0, 1] with a hardtanh.
@@ -137,7 +146,8 @@ class PseudoInputs(nn.Module):
         super().__init__()
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
             raise ValueError(
-                f"the VampPrior needs at least one pseudo-input, got {num!r}; pass e.g. pseudo_inputs=500"
+                f"the VampPrior needs at least one pseudo-input, got {num!r}; pass e.g. "
+                "pseudo_inputs=500"
             )
         self.weight = nn.Parameter(torch.randn(num, *x_shape) * std + mean)
 
@@ -146,7 +156,8 @@ class PseudoInputs(nn.Module):
 
 
 def check_vampprior_guide(guide):
-    """The VampPrior scores any z under every q(z | u_k): the guide's q must do so cheaply (diagonal Gaussian)."""
+    """The VampPrior scores any z under every q(z | u_k): the guide's q must do so cheaply (diagonal
+    Gaussian)."""
     from pyro_vae.guides import DiagonalGuide, FlowGuide
 
     if not isinstance(guide, DiagonalGuide) or isinstance(guide, FlowGuide):

@@ -1,8 +1,8 @@
 """VAE with relaxed categorical latents (Jang, Gu, Poole 2017, "Categorical Reparameterization with
 Gumbel-Softmax"; Maddison, Mnih, Teh 2017, "The Concrete Distribution").
 
-.. math:: p(z) = \\prod_{m=1}^M \\mathrm{RelaxedOneHotCat}(z_m; \\tau, 1/C), \\qquad
-    q(z|x) = \\prod_m \\mathrm{RelaxedOneHotCat}(z_m; \\tau, \\pi_m(x)), \\qquad p(x | \\mathrm{decoder}(z))
+.. math:: p(z) = \\prod_{m=1}^M \\mathrm{RelaxedOneHotCat}(z_m; \\tau, 1/C), \\qquad q(z|x) =
+    \\prod_m \\mathrm{RelaxedOneHotCat}(z_m; \\tau, \\pi_m(x)), \\qquad p(x | \\mathrm{decoder}(z))
 
 The latent site ``"z"`` has event shape ``[M, C]`` (M = ``latent_dim`` categorical
 variables of C = ``categories`` classes); each row lies on the simplex and tends to a
@@ -51,7 +51,8 @@ class RelaxedCategoricalVAE(nn.Module):
         super().__init__()
         if num_vars < 1 or categories < 2:
             raise ValueError(
-                f"need at least one categorical latent of >= 2 classes, got {num_vars} × {categories}"
+                f"need at least one categorical latent of >= 2 classes, got {num_vars} × "
+                f"{categories}"
             )
         if not 0 < min_temperature <= temperature:
             raise ValueError(
@@ -72,7 +73,8 @@ class RelaxedCategoricalVAE(nn.Module):
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def anneal(self, epoch):
-        """Set τ = max(τ_min, τ_0 · decay^epoch) for training after ``epoch`` completed epochs; return it."""
+        """Set τ = max(τ_min, τ_0 · decay^epoch) for training after ``epoch`` completed epochs;
+        return it."""
         tau = max(self.min_temperature, self.initial_temperature * self.temperature_decay**epoch)
         self.temperature.fill_(tau)
         return tau
@@ -80,7 +82,8 @@ class RelaxedCategoricalVAE(nn.Module):
     on_epoch = anneal
 
     def latent(self, logits):
-        """Relaxed one-hot distribution at the current τ in training mode, hard one-hot in eval mode."""
+        """Relaxed one-hot distribution at the current τ in training mode, hard one-hot in eval
+        mode."""
         if self.training:
             return dist.RelaxedOneHotCategorical(
                 self.temperature.to(logits), logits=logits
@@ -105,7 +108,8 @@ class RelaxedCategoricalVAE(nn.Module):
 
 
 def build_relaxed_categorical(config, x_shape, num_data=None):
-    """``config.latent_dim`` relaxed categorical latents of ``config.categories`` classes with MLP or conv nets."""
+    """``config.latent_dim`` relaxed categorical latents of ``config.categories`` classes with MLP
+    or conv nets."""
     from pyro_vae.models.builders import make_decoder, make_encoder
     from pyro_vae.models.likelihoods import make_likelihood
     from pyro_vae.models.nets import MLP

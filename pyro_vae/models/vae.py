@@ -16,16 +16,17 @@ from pyro_vae.models.priors import VampPrior, check_vampprior_guide
 class VAE(nn.Module):
     """Variational autoencoder with a standard normal prior, or a VampPrior.
 
-    .. math:: p(x, z) = p(z)\\,p(x | \\mathrm{decoder}(z)), \\qquad q(z|x) = \\mathrm{guide}(x), \\qquad
-              p(z) = N(0, I) \\ \\text{or} \\ \\tfrac{1}{K}\\textstyle\\sum_k q(z | u_k)
+    .. math:: p(x, z) = p(z)\\,p(x | \\mathrm{decoder}(z)), \\qquad q(z|x) = \\mathrm{guide}(x),
+              \\qquad p(z) = N(0, I) \\ \\text{or} \\ \\tfrac{1}{K}\\textstyle\\sum_k q(z | u_k)
 
     :param decoder: module ``[..., latent_dim] -> [..., *x_shape]`` (logits or means).
-    :param guide: amortized guide module called as ``guide(x, num_data=...)`` (see :mod:`pyro_vae.guides`).
+    :param guide: amortized guide module called as ``guide(x, num_data=...)`` (see
+        :mod:`pyro_vae.guides`).
     :param likelihood: module ``(out, x) -> distribution`` (see :mod:`pyro_vae.models.likelihoods`).
     :param num_data: size of the full training set; the data plate scales each batch by
         ``num_data / len(x)`` so the loss estimates the full-data ELBO. ``None``: no scaling.
-    :param pseudo_inputs: a :class:`~pyro_vae.models.priors.PseudoInputs` for the VampPrior (the guide must be diagonal),
-        or ``None`` for N(0, I).
+    :param pseudo_inputs: a :class:`~pyro_vae.models.priors.PseudoInputs` for the VampPrior (the
+        guide must be diagonal), or ``None`` for N(0, I).
     """
 
     def __init__(
@@ -46,12 +47,13 @@ class VAE(nn.Module):
 
     @property
     def jit_compatible(self):
-        """Whether the pair can be traced once and replayed: as its guide says (buffers such as σ-VAE's running σ*
-        are inputs of the trace, see :mod:`pyro_vae.estimators.fast`)."""
+        """Whether the pair can be traced once and replayed: as its guide says (buffers such as
+        σ-VAE's running σ* are inputs of the trace, see :mod:`pyro_vae.estimators.fast`)."""
         return getattr(self.guide_module, "jit_compatible", True) is not False
 
     def model(self, x):
-        """p(z) p(x|z) for a batch ``x`` of shape ``[B, *x_shape]``; priors follow x's device and dtype."""
+        """p(z) p(x|z) for a batch ``x`` of shape ``[B, *x_shape]``; priors follow x's device and
+        dtype."""
         pyro.module("decoder", self.decoder)
         if any(p.requires_grad for p in self.likelihood.parameters()):
             pyro.module("likelihood", self.likelihood)
@@ -63,7 +65,8 @@ class VAE(nn.Module):
         return out
 
     def prior(self, x):
-        """p(z) on x's device and dtype: N(0, I), or the VampPrior (1/K) Σ_k q(z | u_k) at the pseudo-inputs."""
+        """p(z) on x's device and dtype: N(0, I), or the VampPrior (1/K) Σ_k q(z | u_k) at the
+        pseudo-inputs."""
         if self.pseudo_inputs is None:
             return dist.Normal(x.new_zeros(self.latent_dim), x.new_ones(self.latent_dim)).to_event(
                 1

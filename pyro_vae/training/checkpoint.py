@@ -1,5 +1,6 @@
-"""Run-directory files written so that no crash, interrupt or NaN loses them: atomic writes, and the state a
-resume restores (parameters, module buffers, optimizer and RNG states), and the two listeners that write them."""
+"""Run-directory files written so that no crash, interrupt or NaN loses them: atomic writes, and the
+state a resume restores (parameters, module buffers, optimizer and RNG states), and the two
+listeners that write them."""
 
 import json
 import os
@@ -15,7 +16,8 @@ METRICS = "metrics.jsonl"
 
 
 def atomic_save(obj, path):
-    """``torch.save`` to a temporary file in the same folder, fsync it, then rename it over ``path``."""
+    """``torch.save`` to a temporary file in the same folder, fsync it, then rename it over
+    ``path``."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -39,8 +41,8 @@ def atomic_write_lines(lines, path):
 
 
 def capture(modules, optim, **extra):
-    """The state to save: every Pyro parameter, the ``modules``' buffers, the optimizer's and the RNGs' states,
-    and ``extra`` (epoch, history, …)."""
+    """The state to save: every Pyro parameter, the ``modules``' buffers, the optimizer's and the
+    RNGs' states, and ``extra`` (epoch, history, …)."""
     rng = pyro.util.get_rng_state()
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -55,7 +57,8 @@ def capture(modules, optim, **extra):
 
 
 def restore(state, modules, optim):
-    """Put a :func:`capture` back: parameters (already registered), buffers, optimizer and RNG states.
+    """Put a :func:`capture` back: parameters (already registered), buffers, optimizer and RNG
+    states.
 
     A checkpoint of another model raises ValueError naming the first differing parameters.
     """
@@ -103,8 +106,9 @@ def restore(state, modules, optim):
 
 
 class MetricsFile(Listener):
-    """``metrics.jsonl``: one JSON row per completed epoch, appended at its end; rewritten from the checkpoint's
-    copy of the rows when a run starts, so a resumed run's file holds exactly the completed epochs."""
+    """``metrics.jsonl``: one JSON row per completed epoch, appended at its end; rewritten from the
+    checkpoint's copy of the rows when a run starts, so a resumed run's file holds exactly the
+    completed epochs."""
 
     order = 20
 
@@ -122,10 +126,13 @@ class MetricsFile(Listener):
 
 
 class Checkpoints(Listener):
-    """``checkpoint.pt``, everything the next epoch reads (:meth:`Trainer.state_dict`), written atomically before
-    the first epoch and after each one; ``best.pt``, the best epoch's parameters under early stopping."""
+    """``checkpoint.pt``, everything the next epoch reads (:meth:`Trainer.state_dict`), written
+    atomically before the first epoch and after each one; ``best.pt``, the best epoch's parameters
+    under early stopping."""
 
-    order = 40  # after the metrics file and TensorBoard: their rows are on disk before the checkpoint counts them
+    # after the metrics file and TensorBoard: their rows are on disk before the checkpoint counts
+    # them
+    order = 40
 
     def on_run_start(self, trainer):
         if not trainer.writes:

@@ -1,4 +1,5 @@
-"""What a run prints: a progress bar per epoch with the running loss, one line per epoch, the fast path's note."""
+"""What a run prints: a progress bar per epoch with the running loss, one line per epoch, the fast
+path's note."""
 
 from tqdm.auto import tqdm
 
@@ -8,8 +9,9 @@ from pyro_vae.training.listeners import Listener
 
 
 class Console(Listener):
-    """The progress bar of each epoch (the running loss every ``log_every`` steps) and one line of metrics per
-    epoch, printed by the main process; the fast path's note once when the run starts."""
+    """The progress bar of each epoch (the running loss every ``log_every`` steps) and one line of
+    metrics per epoch, printed by the main process; the fast path's note once when the run
+    starts."""
 
     order = 50
 

@@ -1,15 +1,14 @@
 """Data-parallel SVI across processes started by ``torchrun`` (``torch.distributed``).
 
-Every rank holds the whole model and the whole (device-resident) dataset, draws
-the same permutation each epoch and takes its share of every global batch
-(``idx[rank::world_size]``).  After each backward pass the gradients of all Pyro
-parameters are averaged across ranks in one flattened all-reduce, so every rank
-takes the same optimizer step.  The data plate's scale ``num_data / local_batch``
-averaged over ranks gives ``num_data / global_batch`` times the global batch's sum:
-the estimate of the full-data ELBO is the one of a single process with the global batch.
-Rank 0 alone writes metrics, pictures and checkpoints; evaluation is sharded and summed.
-Backend: NCCL for CUDA devices, one rank a GPU; gloo for CPUs, and for CUDA when a machine runs more ranks than
-it has GPUs (NCCL refuses two ranks on one GPU; gloo reduces CUDA tensors through the host).
+Every rank holds the whole model and the whole (device-resident) dataset, draws the same permutation
+each epoch and takes its share of every global batch (``idx[rank::world_size]``). After each
+backward pass the gradients of all Pyro parameters are averaged across ranks in one flattened
+all-reduce, so every rank takes the same optimizer step. The data plate's scale ``num_data /
+local_batch`` averaged over ranks gives ``num_data / global_batch`` times the global batch's sum:
+the estimate of the full-data ELBO is the one of a single process with the global batch. Rank 0
+alone writes metrics, pictures and checkpoints; evaluation is sharded and summed. Backend: NCCL for
+CUDA devices, one rank a GPU; gloo for CPUs, and for CUDA when a machine runs more ranks than it has
+GPUs (NCCL refuses two ranks on one GPU; gloo reduces CUDA tensors through the host).
 """
 
 import os
@@ -26,7 +25,8 @@ def launched():
 def init(device):
     """Join the process group torchrun set up; return the device this rank should use.
 
-    ``device`` is the requested device; for CUDA each rank takes ``cuda:(LOCAL_RANK mod the GPU count)``.
+    ``device`` is the requested device; for CUDA each rank takes ``cuda:(LOCAL_RANK mod the GPU
+    count)``.
     """
     if not launched():
         return device

@@ -1,4 +1,5 @@
-"""Early stopping on the validation ELBO: the best epoch of a run's metrics, when to stop, what ``best.pt`` keeps."""
+"""Early stopping on the validation ELBO: the best epoch of a run's metrics, when to stop, what
+``best.pt`` keeps."""
 
 import math
 
@@ -11,8 +12,8 @@ from pyro_vae.training.listeners import Listener
 
 
 def best_epoch(history):
-    """The epoch with the highest finite ``validation_elbo`` among the metrics rows ``history`` (the first of ties),
-    or None."""
+    """The epoch with the highest finite ``validation_elbo`` among the metrics rows ``history`` (the
+    first of ties), or None."""
     scored = [
         (m["validation_elbo"], -m["epoch"])
         for m in history
@@ -22,7 +23,8 @@ def best_epoch(history):
 
 
 def should_stop(history, epoch, patience, warmup_epochs=0):
-    """Whether ``patience`` epochs have passed since the best validation ELBO, counted from the warm-up's end.
+    """Whether ``patience`` epochs have passed since the best validation ELBO, counted from the
+    warm-up's end.
 
     It is read from ``history`` alone, so a resumed run continues the count exactly.
     """
@@ -31,7 +33,8 @@ def should_stop(history, epoch, patience, warmup_epochs=0):
 
 
 def snapshot(epoch, modules):
-    """Parameters and the ``modules``' buffers now (on the CPU), with the epoch: what ``best.pt`` holds."""
+    """Parameters and the ``modules``' buffers now (on the CPU), with the epoch: what ``best.pt``
+    holds."""
     store = pyro.get_param_store()
     return {
         "epoch": epoch,
@@ -44,11 +47,13 @@ def snapshot(epoch, modules):
 
 
 class EarlyStopping(Listener):
-    """Stop once ``validation_elbo`` has not improved for ``patience`` epochs in a row after the first
-    ``warmup_epochs`` (the count stays at 0 during warm-up); the parameters of the best epoch are kept in
-    ``trainer.best`` (saved in the checkpoint and in ``best.pt`` by :class:`~.checkpoint.Checkpoints`)."""
+    """Stop once ``validation_elbo`` has not improved for ``patience`` epochs in a row after the
+    first ``warmup_epochs`` (the count stays at 0 during warm-up); the parameters of the best epoch
+    are kept in ``trainer.best`` (saved in the checkpoint and in ``best.pt`` by
+    :class:`~.checkpoint.Checkpoints`)."""
 
-    order = 10  # after the evaluation that gives validation_elbo, before the checkpoint that saves the best
+    # after the evaluation that gives validation_elbo, before the checkpoint that saves the best
+    order = 10
 
     def __init__(self, patience, warmup_epochs=0):
         check_option("early_stopping", patience)

@@ -1,8 +1,10 @@
-"""What each epoch records besides the training loss: the ELBO of held-out data split into reconstruction and KL,
-and active units and KL per latent dimension (the listener :class:`Evaluation`).
+"""What each epoch records besides the training loss: the ELBO of held-out data split into
+reconstruction and KL, and active units and KL per latent dimension (the listener
+:class:`Evaluation`).
 
-They draw their random numbers from a fork of the RNG (the caller's ``torch.random.fork_rng``), so they leave the
-training trajectory as it would be without them; the networks are in eval mode while they are taken.
+They draw their random numbers from a fork of the RNG (the caller's ``torch.random.fork_rng``), so
+they leave the training trajectory as it would be without them; the networks are in eval mode while
+they are taken.
 """
 
 import contextlib
@@ -31,14 +33,16 @@ def eval_mode(modules):
 
 
 def cuda_devices(where):
-    """The CUDA device of a tensor or device as a list for :func:`torch.random.fork_rng` (empty on a CPU)."""
+    """The CUDA device of a tensor or device as a list for :func:`torch.random.fork_rng` (empty on a
+    CPU)."""
     device = where.device if torch.is_tensor(where) else where
     return [device] if device.type == "cuda" else []
 
 
 def elbo_figures(model, guide, x, num_particles=1, batch_size=1000, batch_call=None):
-    """Mean ``elbo``, ``recon`` = E_q[log p(x|z)] and ``kl`` = E_q[log q − log p] per data point of ``x`` (nats;
-    ``elbo = recon − kl``), from one pass; under torch.distributed each rank scores its share."""
+    """Mean ``elbo``, ``recon`` = E_q[log p(x|z)] and ``kl`` = E_q[log q − log p] per data point of
+    ``x`` (nats; ``elbo = recon − kl``), from one pass; under torch.distributed each rank scores its
+    share."""
     recon, kl = elbo_terms(
         model,
         guide,
@@ -55,8 +59,10 @@ def elbo_figures(model, guide, x, num_particles=1, batch_size=1000, batch_call=N
 
 
 def latent_figures(model, guide, x, batch_size=1000, batch_call=None):
-    """``{"active_units": {site: count}, "kl_per_dim": {site: [KL of each dimension]}}`` on data ``x`` (see
-    :mod:`pyro_vae.evaluation.metrics`; a site whose q does not factorize has no ``kl_per_dim`` entry)."""
+    """``{"active_units": {site: count}, "kl_per_dim": {site: [KL of each dimension]}}`` on data
+    ``x`` (see
+    :mod:`pyro_vae.evaluation.metrics`; a site whose q does not factorize has no ``kl_per_dim``
+        entry)."""
     _, _, per_dim = _latent_pass(model, guide, x, batch_size=batch_size, batch_call=batch_call)
     active = active_units(posterior_means(guide, x, batch_size=batch_size, batch_call=batch_call))
     return {
@@ -66,7 +72,8 @@ def latent_figures(model, guide, x, batch_size=1000, batch_call=None):
 
 
 def latent_figures_or_none(model, guide, x, batch_call=None):
-    """:func:`latent_figures`, or None (with one warning) for a user pair the evaluator cannot read."""
+    """:func:`latent_figures`, or None (with one warning) for a user pair the evaluator cannot
+    read."""
     try:
         return latent_figures(model, guide, x, batch_call=batch_call)
     except Exception as e:  # noqa: BLE001 - training goes on without these figures
@@ -77,9 +84,10 @@ def latent_figures_or_none(model, guide, x, batch_call=None):
 
 
 class Evaluation(Listener):
-    """At each epoch's end: ``test_elbo``, ``test_recon``, ``test_kl`` on the test images, ``validation_elbo`` on the
-    validation images, and ``active_units`` and ``kl_per_dim`` on the first ``diagnostic_images`` test images (0:
-    not computed), each with ``particles`` samples per image, on a fork of the RNG and in eval mode."""
+    """At each epoch's end: ``test_elbo``, ``test_recon``, ``test_kl`` on the test images,
+    ``validation_elbo`` on the validation images, and ``active_units`` and ``kl_per_dim`` on the
+    first ``diagnostic_images`` test images (0: not computed), each with ``particles`` samples per
+    image, on a fork of the RNG and in eval mode."""
 
     order = 0
 

@@ -1,4 +1,5 @@
-"""What stops a run cleanly: too many non-finite steps (the NaN guard), and SIGINT/SIGTERM at a step boundary."""
+"""What stops a run cleanly: too many non-finite steps (the NaN guard), and SIGINT/SIGTERM at a step
+boundary."""
 
 import contextlib
 import logging
@@ -26,14 +27,16 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class SignalGuard:
-    """SIGINT/SIGTERM set a flag that :meth:`check` reads at step boundaries; a second signal raises at once."""
+    """SIGINT/SIGTERM set a flag that :meth:`check` reads at step boundaries; a second signal raises
+    at once."""
 
     def __init__(self):
         self.signum = None
 
     @contextlib.contextmanager
     def installed(self):
-        """Handle SIGINT/SIGTERM inside the block (in the main thread; elsewhere signals stay as they are)."""
+        """Handle SIGINT/SIGTERM inside the block (in the main thread; elsewhere signals stay as
+        they are)."""
         self.signum = None
         if threading.current_thread() is not threading.main_thread():
             yield self
@@ -58,14 +61,16 @@ class SignalGuard:
 
 
 class NonFiniteGuard:
-    """The NaN guard's counts over one epoch of steps, kept on the device so that no step waits for the host.
+    """The NaN guard's counts over one epoch of steps, kept on the device so that no step waits for
+    the host.
 
-    :meth:`record` takes each step's finiteness flag ``ok``: it counts the bad steps, the current run of bad steps
-    in a row and the longest run since the last read, and puts back the floating ``buffers`` that a bad forward
-    pass changed (e.g. σ-VAE's running σ*), on the device too.  :meth:`check` reads the counts on the host (every
-    ``check_every`` steps): ``on_bad(n)`` for the n bad steps new since the last read (the trainer lowers the
-    learning rate once per step), and :class:`NonFiniteLossError` with ``stopped(run)`` once a run reaches
-    ``max_bad_steps``.  :attr:`seen` is the number of bad steps read so far this epoch.
+    :meth:`record` takes each step's finiteness flag ``ok``: it counts the bad steps, the current
+    run of bad steps in a row and the longest run since the last read, and puts back the floating
+    ``buffers`` that a bad forward pass changed (e.g. σ-VAE's running σ*), on the device too.
+    :meth:`check` reads the counts on the host (every ``check_every`` steps): ``on_bad(n)`` for the
+    n bad steps new since the last read (the trainer lowers the learning rate once per step), and
+    :class:`NonFiniteLossError` with ``stopped(run)`` once a run reaches ``max_bad_steps``.
+    :attr:`seen` is the number of bad steps read so far this epoch.
     """
 
     def __init__(self, buffers, max_bad_steps):
@@ -97,12 +102,13 @@ class NonFiniteGuard:
 
 
 class NaNGuard(Listener):
-    """The NaN guard as a listener: a non-finite step is skipped on the device (by the step itself); here its
-    count is read every ``check_every`` steps (default 1 on a CPU, where a read costs nothing, and the console's
-    ``log_every`` on a GPU), the learning rate is multiplied by ``bad_lr_factor`` once per bad step (kept for the
-    rest of the run and saved in the checkpoint), and ``max_bad_steps`` bad steps in a row raise
-    :class:`NonFiniteLossError`, the run directory still holding the last completed epoch.  Floating module
-    buffers that a bad step changed are put back."""
+    """The NaN guard as a listener: a non-finite step is skipped on the device (by the step itself);
+    here its count is read every ``check_every`` steps (default 1 on a CPU, where a read costs
+    nothing, and the console's ``log_every`` on a GPU), the learning rate is multiplied by
+    ``bad_lr_factor`` once per bad step (kept for the rest of the run and saved in the checkpoint),
+    and ``max_bad_steps`` bad steps in a row raise
+    :class:`NonFiniteLossError`, the run directory still holding the last completed epoch. Floating
+    module buffers that a bad step changed are put back."""
 
     order = 0
 
@@ -156,8 +162,10 @@ class NaNGuard(Listener):
         self.guard.check(
             lower,
             lambda worst: (
-                f"the loss or its gradients were NaN/inf for {worst} steps in a row (epoch {trainer.epoch + 1}/"
-                f"{trainer.run.epochs}, step {step}) although the learning rate was lowered to {trainer.lr:.3g}{kept}; "
+                f"the loss or its gradients were NaN/inf for {worst} steps in a row (epoch "
+                f"{trainer.epoch + 1}/"
+                f"{trainer.run.epochs}, step {step}) although the learning rate was lowered to "
+                f"{trainer.lr:.3g}{kept}; "
                 f"try a smaller lr=, clip_norm=, another likelihood= or sigma=, or check the data"
             ),
         )
@@ -166,8 +174,8 @@ class NaNGuard(Listener):
 
 class SignalStop(Listener):
     """SIGINT/SIGTERM stop the loop at the next step boundary with :class:`TrainingInterrupted` (a
-    ``KeyboardInterrupt``); the partial epoch is discarded, so ``resume=True`` repeats it exactly; a second signal
-    interrupts at once."""
+    ``KeyboardInterrupt``); the partial epoch is discarded, so ``resume=True`` repeats it exactly; a
+    second signal interrupts at once."""
 
     order = 0
 

@@ -1,24 +1,31 @@
-"""What the trainer's loop tells the rest of a run: :class:`Listener` and its hooks (as Lightning's and Keras'
-callbacks).
+"""What the trainer's loop tells the rest of a run: :class:`Listener` and its hooks (as Lightning's
+and Keras' callbacks).
 
-The loop (:class:`~pyro_vae.training.trainer.Trainer`) runs epochs of steps and calls, on every listener in the
-order of their :attr:`Listener.order`:
+The loop (:class:`~pyro_vae.training.trainer.Trainer`) runs epochs of steps and calls, on every
+listener in the order of their :attr:`Listener.order`:
 
-=========================================== ===========================================================
+===========================================
+===========================================================
 ``on_run_start(trainer)``                   once per ``fit``, after a resumed checkpoint is restored
-``on_epoch_start(trainer)``                 before an epoch's first step (``trainer.epoch`` epochs done)
+``on_epoch_start(trainer)``                 before an epoch's first step (``trainer.epoch`` epochs
+done)
 ``on_step_start(trainer)``                  before each step
-``on_step_end(trainer, step, loss, ok)``    after each step: its −ELBO and finiteness flag (device tensors)
-``on_bad_steps(trainer, count, step)``      when ``count`` non-finite steps were newly found (and skipped)
+``on_step_end(trainer, step, loss, ok)``    after each step: its −ELBO and finiteness flag (device
+tensors)
+``on_bad_steps(trainer, count, step)``      when ``count`` non-finite steps were newly found (and
+skipped)
 ``on_train_epoch_end(trainer, step)``       after an epoch's last step, before its metrics are taken
 ``on_epoch_end(trainer, metrics)``          with the epoch's metrics row (a listener may add to it)
 ``on_run_end(trainer)``                     when ``fit`` returns or raises
-=========================================== ===========================================================
+===========================================
+===========================================================
 
 Each piece of a run is one listener in its own module: :class:`~.figures.Evaluation`,
 :class:`~.guards.NaNGuard`, :class:`~.guards.SignalStop`, :class:`~.early_stopping.EarlyStopping`,
-:class:`~.checkpoint.MetricsFile`, :class:`~.checkpoint.Checkpoints`, :class:`~.tensorboard.TensorBoard`,
-:class:`~.console.Console`.  A user's listener subclasses :class:`Listener` and overrides the hooks it needs::
+:class:`~.checkpoint.MetricsFile`, :class:`~.checkpoint.Checkpoints`,
+    :class:`~.tensorboard.TensorBoard`,
+:class:`~.console.Console`. A user's listener subclasses :class:`Listener` and overrides the hooks
+    it needs::
 
     class PrintKL(Listener):
         def on_epoch_end(self, trainer, metrics):
@@ -29,7 +36,8 @@ Each piece of a run is one listener in its own module: :class:`~.figures.Evaluat
 
 
 class Listener:
-    """Base class: every hook does nothing.  :attr:`order` sorts listeners (lower first at every hook)."""
+    """Base class: every hook does nothing. :attr:`order` sorts listeners (lower first at every
+    hook)."""
 
     order = 100
 
@@ -59,8 +67,8 @@ class Listener:
 
 
 class Callback(Listener):
-    """Plain functions as a listener: ``before_epoch(trainer)`` at each epoch's start (first of all listeners) and
-    ``after_epoch(trainer, metrics)`` at its end (last of all)."""
+    """Plain functions as a listener: ``before_epoch(trainer)`` at each epoch's start (first of all
+    listeners) and ``after_epoch(trainer, metrics)`` at its end (last of all)."""
 
     order = 1000
 
@@ -77,6 +85,7 @@ class Callback(Listener):
 
 
 def merged(defaults, given):
-    """The listeners of a run: ``defaults`` where ``given`` holds none of the same class, and ``given``."""
+    """The listeners of a run: ``defaults`` where ``given`` holds none of the same class, and
+    ``given``."""
     kinds = {type(listener) for listener in given}
     return [d for d in defaults if type(d) not in kinds] + list(given)

@@ -1,4 +1,5 @@
-"""Optimizers for SVI: :class:`FusedOptim`, a drop-in :class:`pyro.optim.PyroOptim` with one torch optimizer.
+"""Optimizers for SVI: :class:`FusedOptim`, a drop-in :class:`pyro.optim.PyroOptim` with one torch
+optimizer.
 
 ``pyro.optim.Adam`` builds one torch optimizer per parameter and calls each in
 turn every step: for a VAE with a dozen parameter tensors that is a dozen
@@ -23,10 +24,11 @@ from torch.optim.adam import adam as functional_adam
 class SkippableAdam(torch.optim.Adam):
     """:class:`torch.optim.Adam` whose step can be skipped on the device: ``step(skip=flag)``.
 
-    With the fused kernel, ``flag`` is the kernel's ``found_inf`` input (as under :class:`torch.amp.GradScaler`),
-    given through torch's functional :func:`torch.optim.adam.adam`: parameters, moments and step counts stay as
-    they were when it is true, and the host never reads it.  The state is Adam's own (``step``, ``exp_avg``,
-    ``exp_avg_sq``), so checkpoints move between the two.
+    With the fused kernel, ``flag`` is the kernel's ``found_inf`` input (as under
+    :class:`torch.amp.GradScaler`), given through torch's functional :func:`torch.optim.adam.adam`:
+    parameters, moments and step counts stay as they were when it is true, and the host never reads
+    it. The state is Adam's own (``step``, ``exp_avg``, ``exp_avg_sq``), so checkpoints move between
+    the two.
     """
 
     @torch.no_grad()
@@ -71,7 +73,8 @@ class SkippableAdam(torch.optim.Adam):
 
 
 def _adam(params, **options):
-    """:class:`SkippableAdam` with its fused kernel (one kernel for all parameters) where the device has one."""
+    """:class:`SkippableAdam` with its fused kernel (one kernel for all parameters) where the device
+    has one."""
     try:
         return SkippableAdam(params, fused=True, **options)
     except RuntimeError:  # a device without the fused kernel
@@ -83,7 +86,8 @@ FUSED = {torch.optim.Adam: _adam}  # the constructor FusedOptim uses instead
 
 
 def _to_param(state, p):
-    """A saved per-parameter optimizer state with its tensors on ``p``'s device and dtype (``step`` as saved)."""
+    """A saved per-parameter optimizer state with its tensors on ``p``'s device and dtype (``step``
+    as saved)."""
     return {k: (v.to(p) if torch.is_tensor(v) and k != "step" else v) for k, v in state.items()}
 
 
@@ -97,7 +101,8 @@ class FusedOptim(pyro.optim.PyroOptim):
         self.skip_threshold = (
             skip_threshold  # skip an update whose total gradient norm exceeds this (VDVAE)
         )
-        self.skipped = None  # updates skipped for their gradient norm since the last take_skipped(), on the device
+        # updates skipped for their gradient norm since the last take_skipped(), on the device
+        self.skipped = None
 
     def _add(self, params):
         store = pyro.get_param_store()
@@ -115,10 +120,11 @@ class FusedOptim(pyro.optim.PyroOptim):
                 self.optim.state[p] = _to_param(saved["state"][0], p)
 
     def __call__(self, params, *args, skip=None, **kwargs):
-        """Step ``params``; ``skip``: an optional boolean tensor, true to leave parameters and state unchanged.
+        """Step ``params``; ``skip``: an optional boolean tensor, true to leave parameters and state
+        unchanged.
 
-        With the fused Adam kernel the skip happens on the device (:class:`SkippableAdam`): the host never reads
-        ``skip``.  Other optimizers read it.
+        With the fused Adam kernel the skip happens on the device (:class:`SkippableAdam`): the host
+        never reads ``skip``. Other optimizers read it.
         """
         params = list(params)
         new = [p for p in params if p not in self._members]
@@ -147,8 +153,9 @@ class FusedOptim(pyro.optim.PyroOptim):
             p.grad = g
 
     def _skip_large(self, params, skip):
-        """``skip`` or'ed with ‖(g_1, …, g_n)‖₂ > ``skip_threshold`` (before any clipping), counted in ``skipped``;
-        a non-finite norm is left to the NaN guard's ``skip``.  On the device: no host sync."""
+        """``skip`` or'ed with ‖(g_1, …, g_n)‖₂ > ``skip_threshold`` (before any clipping), counted
+        in ``skipped``; a non-finite norm is left to the NaN guard's ``skip``. On the device: no
+        host sync."""
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return skip
@@ -158,12 +165,14 @@ class FusedOptim(pyro.optim.PyroOptim):
         return large if skip is None else skip | large.to(skip.device)
 
     def take_skipped(self):
-        """The count of updates skipped for their gradient norm since the last call (an int), reset to 0."""
+        """The count of updates skipped for their gradient norm since the last call (an int), reset
+        to 0."""
         count, self.skipped = (0 if self.skipped is None else int(self.skipped)), None
         return count
 
     def set_state(self, state_dict):
-        """Load per-parameter states: now for parameters already held, at first sight for the others."""
+        """Load per-parameter states: now for parameters already held, at first sight for the
+        others."""
         store = pyro.get_param_store()
         members = {store.param_name(p): p for p in self._members}
         for name, saved in state_dict.items():
@@ -174,7 +183,8 @@ class FusedOptim(pyro.optim.PyroOptim):
                 self.optim.state[p] = _to_param(saved["state"][0], p)
 
     def get_state(self):
-        """``{param name: state dict of a one-parameter optimizer}``, as :meth:`pyro.optim.PyroOptim.get_state`."""
+        """``{param name: state dict of a one-parameter optimizer}``, as
+        :meth:`pyro.optim.PyroOptim.get_state`."""
         if self.optim is None:
             return dict(self._state_waiting_to_be_consumed)
         store = pyro.get_param_store()
@@ -192,9 +202,10 @@ class FusedOptim(pyro.optim.PyroOptim):
 
 @dataclass
 class Optimization:
-    """How a run optimizes: ``optimizer`` (``adam`` or ``clipped-adam``) at learning rate ``lr``, multiplied by
-    ``lr_decay`` after each epoch; ``clip_norm`` clips each parameter's gradient norm; ``skip_threshold`` skips
-    every update whose total gradient norm exceeds it (VDVAE).  Checked when made."""
+    """How a run optimizes: ``optimizer`` (``adam`` or ``clipped-adam``) at learning rate ``lr``,
+    multiplied by ``lr_decay`` after each epoch; ``clip_norm`` clips each parameter's gradient norm;
+    ``skip_threshold`` skips every update whose total gradient norm exceeds it (VDVAE). Checked when
+    made."""
 
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -211,12 +222,13 @@ class Optimization:
 
 
 def make_optimizer(name="adam", lr=1e-3, clip_norm=None, fused=True, skip_threshold=None):
-    """A Pyro optimizer by name (``adam`` or ``clipped-adam``); :class:`FusedOptim` unless ``fused=False``.
+    """A Pyro optimizer by name (``adam`` or ``clipped-adam``); :class:`FusedOptim` unless
+    ``fused=False``.
 
     ``clip_norm`` clips each parameter's gradient norm (``clipped-adam`` does it inside its own
-    step).  The learning rate can be changed later with :func:`set_lr` (e.g. a per-epoch decay).
-    ``skip_threshold`` (FusedOptim only): skip every update whose total gradient 2-norm exceeds it (VDVAE's
-    skip; counted in ``optim.skipped``, read with ``optim.take_skipped()``).
+    step). The learning rate can be changed later with :func:`set_lr` (e.g. a per-epoch decay).
+    ``skip_threshold`` (FusedOptim only): skip every update whose total gradient 2-norm exceeds it
+    (VDVAE's skip; counted in ``optim.skipped``, read with ``optim.take_skipped()``).
     """
     from pyro_vae.core import checks as validation
 
@@ -241,7 +253,8 @@ def make_optimizer(name="adam", lr=1e-3, clip_norm=None, fused=True, skip_thresh
 
 
 def set_lr(optim, lr):
-    """Set the learning rate of every parameter's optimizer, present and future (each torch optimizer once)."""
+    """Set the learning rate of every parameter's optimizer, present and future (each torch
+    optimizer once)."""
     optim._lr_holder["lr"] = lr
     objs = {id(o): o for o in optim.optim_objs.values()}
     for opt in objs.values():

@@ -1,4 +1,5 @@
-"""The training step: :class:`pyro.infer.SVI` with the loss kept on the device and bad updates skipped there."""
+"""The training step: :class:`pyro.infer.SVI` with the loss kept on the device and bad updates
+skipped there."""
 
 import pyro
 import torch
@@ -10,15 +11,16 @@ from pyro_vae.training.optim import FusedOptim
 
 
 class DeviceSVI(SVI):
-    """:class:`pyro.infer.SVI` whose :meth:`step` returns ``(loss, ok)`` tensors and skips bad updates on the device.
+    """:class:`pyro.infer.SVI` whose :meth:`step` returns ``(loss, ok)`` tensors and skips bad
+    updates on the device.
 
-    It uses the estimator's ``replay`` where it has one (:class:`~pyro_vae.estimators.fast.FastELBO`), else its
-    ``differentiable_loss`` (or ``loss_and_grads`` when absent), and never reads the loss on the host.  With
-    ``guard=True`` the loss and the gradients are reduced on the device to one boolean ``ok`` (their sum or
-    2-norm is finite); when it is
-    False the optimizer leaves parameters and state unchanged.  With a :class:`FusedOptim`
-    over fused Adam (the trainer's default) that decision is taken on the device too, so a
-    step needs no host sync; other optimizers read ``ok`` on the host.
+    It uses the estimator's ``replay`` where it has one
+    (:class:`~pyro_vae.estimators.fast.FastELBO`), else its ``differentiable_loss`` (or
+    ``loss_and_grads`` when absent), and never reads the loss on the host. With ``guard=True`` the
+    loss and the gradients are reduced on the device to one boolean ``ok`` (their sum or 2-norm is
+    finite); when it is False the optimizer leaves parameters and state unchanged. With a
+    :class:`FusedOptim` over fused Adam (the trainer's default) that decision is taken on the device
+    too, so a step needs no host sync; other optimizers read ``ok`` on the host.
     """
 
     def __init__(self, model, guide, optim, loss, guard=True, **kwargs):
@@ -72,7 +74,8 @@ class DeviceSVI(SVI):
 
 
 def _total_norm(tensors):
-    """The 2-norm of all ``tensors`` together, with multi-tensor kernels (a few launches, one pass over the data)."""
+    """The 2-norm of all ``tensors`` together, with multi-tensor kernels (a few launches, one pass
+    over the data)."""
     if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
         return torch.nn.utils.get_total_norm(tensors)
     return torch.stack([n.float() for n in torch._foreach_norm(tensors)]).norm()

@@ -30,7 +30,8 @@ SKIPPED = ("epoch",)  # the step axis already says it
 
 
 def flatten(row, prefix=""):
-    """``(scalars, texts)``: ``{tag: float}`` and ``{tag: str}`` of a metrics row (nested dicts/lists joined by ``/``)."""
+    """``(scalars, texts)``: ``{tag: float}`` and ``{tag: str}`` of a metrics row (nested
+    dicts/lists joined by ``/``)."""
     scalars, texts = {}, {}
     for key, value in row.items():
         if not prefix and key in SKIPPED:
@@ -59,7 +60,8 @@ class RunWriter:
     """A :class:`torch.utils.tensorboard.SummaryWriter` on a run directory.
 
     :param log_dir: the run directory (event files ``events.out.tfevents.*`` go there).
-    :param purge_step: on resume, the first step after the checkpoint; events at or after it are dropped.
+    :param purge_step: on resume, the first step after the checkpoint; events at or after it are
+        dropped.
     """
 
     def __init__(self, log_dir, purge_step=None):
@@ -69,7 +71,8 @@ class RunWriter:
         self._texts = {}
 
     def row(self, row, step):
-        """Every scalar of a metrics row at ``step``; each text entry when it differs from the last one written."""
+        """Every scalar of a metrics row at ``step``; each text entry when it differs from the last
+        one written."""
         scalars, texts = flatten(row)
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
@@ -98,8 +101,8 @@ class RunWriter:
 
 @torch.no_grad()
 def picture_grids(model, guide, x, n=32):
-    """``{"samples": [n, ...], "reconstructions": [2n, ...]}``: prior samples, and rows of 8 inputs above their
-    reconstructions (from the first ``n`` images of ``x``)."""
+    """``{"samples": [n, ...], "reconstructions": [2n, ...]}``: prior samples, and rows of 8 inputs
+    above their reconstructions (from the first ``n`` images of ``x``)."""
     from pyro_vae.evaluation.pictures import prior_samples, reconstructions
 
     x = x[:n]
@@ -112,7 +115,8 @@ def picture_grids(model, guide, x, n=32):
 
 
 def log_evaluation(run_dir, result, step, split="test"):
-    """Add an evaluation's figures to the run's event files as ``eval/SPLIT/KEY`` at ``step`` (the checkpoint's)."""
+    """Add an evaluation's figures to the run's event files as ``eval/SPLIT/KEY`` at ``step`` (the
+    checkpoint's)."""
     writer = RunWriter(run_dir)
     try:
         keep = {
@@ -129,7 +133,8 @@ def log_evaluation(run_dir, result, step, split="test"):
 
 
 def evaluated_step(run_dir, config):
-    """The step of the parameters an evaluation reads: the last epoch's, or with early stopping the best epoch's."""
+    """The step of the parameters an evaluation reads: the last epoch's, or with early stopping the
+    best epoch's."""
     import json
     import os
 
@@ -142,7 +147,8 @@ def evaluated_step(run_dir, config):
 
 
 def read_scalars(run_dir):
-    """``{tag: [(step, value), …]}`` of the run's event files, read back with TensorBoard's own reader."""
+    """``{tag: [(step, value), …]}`` of the run's event files, read back with TensorBoard's own
+    reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
@@ -161,9 +167,10 @@ __all__ = [
 
 
 def write_epoch(tb, metrics, step, model=None, guide=None, x=None, modules=()):
-    """Write the epoch's row at ``step`` and, given images ``x``, the samples and reconstructions of the pair, then
-    flush: the events are on disk before the checkpoint that includes the epoch.  Returns False when the pictures
-    failed (e.g. a pair without an observed image site), with one warning."""
+    """Write the epoch's row at ``step`` and, given images ``x``, the samples and reconstructions of
+    the pair, then flush: the events are on disk before the checkpoint that includes the epoch.
+    Returns False when the pictures failed (e.g. a pair without an observed image site), with one
+    warning."""
     tb.row(metrics, step)
     ok = True
     if x is not None:
@@ -180,9 +187,10 @@ def write_epoch(tb, metrics, step, model=None, guide=None, x=None, modules=()):
 
 
 class TensorBoard(Listener):
-    """TensorBoard event files in the run directory: every metrics row, the running loss every ``log_every``
-    steps, and pictures (samples, reconstructions) every ``images_every`` epochs and at the last (0: none).
-    On resume the writer drops the events of an interrupted epoch (``purge_step``)."""
+    """TensorBoard event files in the run directory: every metrics row, the running loss every
+    ``log_every`` steps, and pictures (samples, reconstructions) every ``images_every`` epochs and
+    at the last (0: none). On resume the writer drops the events of an interrupted epoch
+    (``purge_step``)."""
 
     order = 30
 

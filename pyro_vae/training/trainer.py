@@ -1,7 +1,9 @@
-"""SVI training loop over device-resident data: NaN guard, atomic checkpoints, exact resume, safe interrupts.
+"""SVI training loop over device-resident data: NaN guard, atomic checkpoints, exact resume, safe
+interrupts.
 
-The trainer takes any ``model``/``guide`` pair, called as ``SVI.step`` calls it; ``batch_call`` says how a batch
-becomes its arguments (default ``model(x)``: the built-in VAE's ``vae.model`` and ``vae.guide`` are one such pair).
+The trainer takes any ``model``/``guide`` pair, called as ``SVI.step`` calls it; ``batch_call`` says
+how a batch becomes its arguments (default ``model(x)``: the built-in VAE's ``vae.model`` and
+``vae.guide`` are one such pair).
 
 Run directory (``out_dir``):
 
@@ -31,12 +33,13 @@ Run directory (``out_dir``):
 =================== ======================================================================
 
 The loop runs epochs of :class:`~pyro_vae.training.svi.DeviceSVI` steps (the estimator wrapped in
-:class:`~pyro_vae.estimators.fast.FastELBO`: a replayed graph where one was proven); everything else is a
-listener (:mod:`.listeners`) with its own module: the per-epoch figures (:class:`~.figures.Evaluation`), the NaN
-guard and the signal stop (:mod:`.guards`), early stopping (:mod:`.early_stopping`), the metrics file and the
-checkpoints (:mod:`.checkpoint`), TensorBoard (:mod:`.tensorboard`) and the console (:mod:`.console`).  Every random
-draw of the set-up happens before a checkpoint is restored, so on CPU ``fit(epochs=4)`` equals ``fit(epochs=2)``
-then ``fit(epochs=4, resume=True)`` bit for bit; the figures draw from a fork of the RNG.
+:class:`~pyro_vae.estimators.fast.FastELBO`: a replayed graph where one was proven); everything else
+is a listener (:mod:`.listeners`) with its own module: the per-epoch figures
+(:class:`~.figures.Evaluation`), the NaN guard and the signal stop (:mod:`.guards`), early stopping
+(:mod:`.early_stopping`), the metrics file and the checkpoints (:mod:`.checkpoint`), TensorBoard
+(:mod:`.tensorboard`) and the console (:mod:`.console`). Every random draw of the set-up happens
+before a checkpoint is restored, so on CPU ``fit(epochs=4)`` equals ``fit(epochs=2)`` then
+``fit(epochs=4, resume=True)`` bit for bit; the figures draw from a fork of the RNG.
 """
 
 import math
@@ -109,43 +112,54 @@ def source_commit():
 
 
 def resolve_device(device="auto"):
-    """``auto`` → ``cuda`` when available, else ``cpu``; checks that a requested CUDA device exists."""
+    """``auto`` → ``cuda`` when available, else ``cpu``; checks that a requested CUDA device
+    exists."""
     return validation.check_device(device)
 
 
 class Trainer:
-    """Stochastic variational inference for a model/guide pair: a loop of epochs over SVI steps, and listeners.
+    """Stochastic variational inference for a model/guide pair: a loop of epochs over SVI steps, and
+    listeners.
 
-    :param model: Pyro model, called as SVI calls it with what ``batch_call`` makes of a batch (default ``model(x)``).
+    :param model: Pyro model, called as SVI calls it with what ``batch_call`` makes of a batch
+        (default ``model(x)``).
     :param guide: Pyro guide, called the same way, with the same data plate.
     :param elbo: an estimator name for :func:`~pyro_vae.make_elbo` or a :class:`pyro.infer.ELBO`.
     :param particles: samples per data point of an estimator given by name.
-    :param optim: the :class:`~pyro_vae.training.optim.Optimization` (learning rate, optimizer, per-epoch decay,
-        clipping, VDVAE's update skip); default Adam with lr 1e-3.
-    :param out_dir: run directory for ``metrics.jsonl``, ``checkpoint.pt`` and TensorBoard (None: write nothing).
-    :param modules: ``nn.Module`` s to switch between train and eval mode and whose buffers are checkpointed.
-    :param fast: ``"auto"``/``True``, ``"compile"``, ``"trace"`` or ``False``: the fast path, the estimator
-        wrapped in :class:`~pyro_vae.estimators.fast.FastELBO` (unless it is one already); whether it applies is
-        printed when training starts and said in :attr:`fast_note` and in each epoch's metrics (``fast_path``,
-        ``fast_path_note``; ``compile_seconds``, 0 when nothing was compiled, and ``compile_cache_hit``, whether
-        inductor's cache held the graph: what capturing cost the process that trained the epoch).
+    :param optim: the :class:`~pyro_vae.training.optim.Optimization` (learning rate, optimizer,
+        per-epoch decay, clipping, VDVAE's update skip); default Adam with lr 1e-3.
+    :param out_dir: run directory for ``metrics.jsonl``, ``checkpoint.pt`` and TensorBoard (None:
+        write nothing).
+    :param modules: ``nn.Module`` s to switch between train and eval mode and whose buffers are
+        checkpointed.
+    :param fast: ``"auto"``/``True``, ``"compile"``, ``"trace"`` or ``False``: the fast path, the
+        estimator wrapped in :class:`~pyro_vae.estimators.fast.FastELBO` (unless it is one already);
+        whether it applies is printed when training starts and said in :attr:`fast_note` and in each
+        epoch's metrics (``fast_path``, ``fast_path_note``; ``compile_seconds``, 0 when nothing was
+        compiled, and ``compile_cache_hit``, whether inductor's cache held the graph: what capturing
+        cost the process that trained the epoch).
     :param progress: print a progress bar and one line per epoch (:class:`~.console.Console`).
-    :param batch_call: ``batch_call(x, idx) -> (args, kwargs)``: the pair's arguments on rows ``x`` at indices
-        ``idx`` of the data, called ``model(*args, **kwargs)`` as ``SVI.step`` calls it; default ``model(x)``
-        (:func:`~pyro_vae.core.pair.batch_as_argument`).  The fast path needs the batch as the one argument.
-    :param str data_plate: the plate over data points, where the trace cannot tell (see :mod:`pyro_vae.core.pair`);
-        it sets the per-image scale of ``train_loss`` and is passed to the per-data-point estimators.
-    :param listeners: :class:`~.listeners.Listener` s added to the defaults (:class:`~.guards.NaNGuard`,
+    :param batch_call: ``batch_call(x, idx) -> (args, kwargs)``: the pair's arguments on rows ``x``
+        at indices ``idx`` of the data, called ``model(*args, **kwargs)`` as ``SVI.step`` calls it;
+        default ``model(x)`` (:func:`~pyro_vae.core.pair.batch_as_argument`). The fast path needs
+        the batch as the one argument.
+    :param str data_plate: the plate over data points, where the trace cannot tell (see
+        :mod:`pyro_vae.core.pair`); it sets the per-image scale of ``train_loss`` and is passed to
+        the per-data-point estimators.
+    :param listeners: :class:`~.listeners.Listener` s added to the defaults
+        (:class:`~.guards.NaNGuard`,
         :class:`~.guards.SignalStop`, :class:`~.figures.Evaluation`, :class:`~.console.Console`,
-        :class:`~.checkpoint.MetricsFile`, :class:`~.tensorboard.TensorBoard`, :class:`~.checkpoint.Checkpoints`);
-        one of a default's class replaces it (e.g. ``TensorBoard(images_every=5)``, ``NaNGuard(max_bad_steps=3)``).
+        :class:`~.checkpoint.MetricsFile`, :class:`~.tensorboard.TensorBoard`,
+        :class:`~.checkpoint.Checkpoints`); one of a default's class replaces it (e.g.
+        ``TensorBoard(images_every=5)``, ``NaNGuard(max_bad_steps=3)``).
 
-    Metrics row of each epoch (``metrics.jsonl``): ``epoch``, ``train_loss`` (mean −ELBO per training image over
-    the finite steps, nats), ``seconds`` (the epoch's steps), ``lr`` (at the epoch's end), ``steps``,
-    ``bad_steps`` (skipped non-finite steps), ``fast_path`` and ``fast_path_note``; ``skipped_updates`` with a
-    ``skip_threshold``; the figures' ``test_elbo``, ``test_recon``, ``test_kl``, ``validation_elbo``,
-    ``active_units``, ``kl_per_dim``.  ``checkpoint.pt`` holds the epoch, params, module buffers, optimizer and RNG
-    states, the learning-rate scale, every row and (early stopping) the best epoch; ``best.pt`` the best epoch.
+    Metrics row of each epoch (``metrics.jsonl``): ``epoch``, ``train_loss`` (mean −ELBO per
+    training image over the finite steps, nats), ``seconds`` (the epoch's steps), ``lr`` (at the
+    epoch's end), ``steps``, ``bad_steps`` (skipped non-finite steps), ``fast_path`` and
+    ``fast_path_note``; ``skipped_updates`` with a ``skip_threshold``; the figures' ``test_elbo``,
+    ``test_recon``, ``test_kl``, ``validation_elbo``, ``active_units``, ``kl_per_dim``.
+    ``checkpoint.pt`` holds the epoch, params, module buffers, optimizer and RNG states, the
+    learning-rate scale, every row and (early stopping) the best epoch; ``best.pt`` the best epoch.
     """
 
     def __init__(
@@ -242,7 +256,8 @@ class Trainer:
         checkpoint.atomic_save(self.state_dict(), path or self.checkpoint_path)
 
     def load_state_dict(self, state, x):
-        """Restore a :meth:`state_dict`; ``x`` is a batch used to register the pair's parameters first.
+        """Restore a :meth:`state_dict`; ``x`` is a batch used to register the pair's parameters
+        first.
 
         A checkpoint of another model raises ValueError naming the first differing parameters.
         """
@@ -257,9 +272,9 @@ class Trainer:
         self.best = state.get("best")
 
     def _probe(self, *args, **kwargs):
-        """Trace the pair once on a batch (:func:`~pyro_vae.core.checked_probe`): its shapes fit, and the plate
-        nesting that Pyro's ELBO would guess at its first step.  It draws samples, so it runs before the RNG
-        state of a checkpoint is restored."""
+        """Trace the pair once on a batch (:func:`~pyro_vae.core.checked_probe`): its shapes fit,
+        and the plate nesting that Pyro's ELBO would guess at its first step. It draws samples, so
+        it runs before the RNG state of a checkpoint is restored."""
         self.pair = checked_probe(
             self.model, self.guide, *args, data_plate=self.data_plate, **kwargs
         )
@@ -275,7 +290,8 @@ class Trainer:
     # -- the fast path ----------------------------------------------------------------------------
     @property
     def fast_steps(self):
-        """``{batch size: captured step}`` that training replays (empty where the fast path does not apply)."""
+        """``{batch size: captured step}`` that training replays (empty where the fast path does not
+        apply)."""
         return self.elbo.steps if isinstance(self.elbo, FastELBO) else {}
 
     @property
@@ -289,9 +305,10 @@ class Trainer:
         """Capture loss and gradients once per batch size where that is valid, else say why
         (:meth:`~pyro_vae.estimators.fast.FastELBO.prepare`); return whether it applies.
 
-        ``batches``: two different batches of each size training uses, tensors ``x`` or pairs ``(x, kwargs)``
-        with the per-batch keyword arguments.  The note is kept in :attr:`fast_note` and logged; the RNG state
-        is left as it was.  ``planned_steps``: the steps of the run, which decide whether compiling pays.
+        ``batches``: two different batches of each size training uses, tensors ``x`` or pairs ``(x,
+        kwargs)`` with the per-batch keyword arguments. The note is kept in :attr:`fast_note` and
+        logged; the RNG state is left as it was. ``planned_steps``: the steps of the run, which
+        decide whether compiling pays.
         """
         if not isinstance(self.elbo, FastELBO):
             return False
@@ -301,21 +318,25 @@ class Trainer:
         return self.elbo.prepare(self.model, self.guide, batches, planned_steps)
 
     def _recheck_fast_path(self, x, kwargs):
-        """At an epoch's start: drop the fast path when a plain and a traced step on ``x`` disagree."""
+        """At an epoch's start: drop the fast path when a plain and a traced step on ``x``
+        disagree."""
         self.elbo.recheck(
             self.model, self.guide, x, kwargs, since=f"from epoch {self.epoch + 1} on"
         )
 
-    # -- per-epoch figures and early stopping --------------------------------------------------------
+    # -- per-epoch figures and early stopping
+    # --------------------------------------------------------
     def evaluate_terms(self, x, batch_size=1000):
-        """Mean ``elbo``, ``recon`` and ``kl`` per image of ``x`` (the run's :class:`~.figures.Evaluation`)."""
+        """Mean ``elbo``, ``recon`` and ``kl`` per image of ``x`` (the run's
+        :class:`~.figures.Evaluation`)."""
         evaluation = next(
             (item for item in self.listeners if isinstance(item, Evaluation)), Evaluation()
         )
         return evaluation.terms(self, x, batch_size)
 
     def evaluate_elbo(self, x, batch_size=1000):
-        """Mean ELBO per image of ``x`` (nats); under torch.distributed each rank scores its share."""
+        """Mean ELBO per image of ``x`` (nats); under torch.distributed each rank scores its
+        share."""
         return self.evaluate_terms(x, batch_size)["elbo"]
 
     @property
@@ -324,7 +345,8 @@ class Trainer:
         return best_epoch(self.history)
 
     def stop_early(self, patience, warmup_epochs=0):
-        """Whether ``patience`` epochs have passed since the best validation ELBO, counting from the warm-up's end."""
+        """Whether ``patience`` epochs have passed since the best validation ELBO, counting from the
+        warm-up's end."""
         return should_stop(self.history, self.epoch, patience, warmup_epochs)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -350,22 +372,27 @@ class Trainer:
         early_stopping=None,
         warmup_epochs=0,
     ):
-        """Train until ``epochs`` epochs are complete (counting resumed ones), or early stopping ends the run;
-        return every epoch's metrics.
+        """Train until ``epochs`` epochs are complete (counting resumed ones), or early stopping
+        ends the run; return every epoch's metrics.
 
-        :param data: an :class:`~pyro_vae.data.ImageData`, a tensor of training images, or a torch ``Dataset`` of
-            images (or ``(image, label)`` pairs; PIL images and uint8 become floats in [0, 1]).
+        :param data: an :class:`~pyro_vae.data.ImageData`, a tensor of training images, or a torch
+            ``Dataset`` of images (or ``(image, label)`` pairs; PIL images and uint8 become floats
+            in [0, 1]).
         :param test_x: images for ``test_elbo`` (default: ``data.test``).
         :param resume: continue from ``out_dir/checkpoint.pt`` instead of starting afresh.
         :param callback: called as ``callback(trainer, metrics)`` after each epoch.
-        :param before_epoch: called as ``before_epoch(trainer)`` before each epoch's first step, also the first
-            after a resume (``trainer.epoch`` epochs complete), e.g. ``KLSchedule.set_epoch``: values that change
-            during a run live in tensors the loss reads, so the traced fast path sees them too.
-        :param batch_kwargs: optional ``f(index) -> dict`` of keyword arguments added to the training steps' call
-            (e.g. labels of ``data.train[index]`` for semi-supervised models); evaluation passes none.
-        :param val_x: images for ``validation_elbo`` (default: ``data.val``, when the data has a validation split).
+        :param before_epoch: called as ``before_epoch(trainer)`` before each epoch's first step,
+            also the first after a resume (``trainer.epoch`` epochs complete), e.g.
+            ``KLSchedule.set_epoch``: values that change during a run live in tensors the loss
+            reads, so the traced fast path sees them too.
+        :param batch_kwargs: optional ``f(index) -> dict`` of keyword arguments added to the
+            training steps' call (e.g. labels of ``data.train[index]`` for semi-supervised models);
+            evaluation passes none.
+        :param val_x: images for ``validation_elbo`` (default: ``data.val``, when the data has a
+            validation split).
         :param early_stopping: patience P: :class:`~.early_stopping.EarlyStopping` after the first
-            ``warmup_epochs``; the parameters of the best epoch are kept in the checkpoint and in ``best.pt``.
+            ``warmup_epochs``; the parameters of the best epoch are kept in the checkpoint and in
+            ``best.pt``.
         """
         validation.check_option("epochs", epochs)
         validation.check_option("batch_size", batch_size)
@@ -394,7 +421,8 @@ class Trainer:
         return list(self.history)
 
     def _start(self, data, epochs, batch_size, test_x, val_x, resume, batch_kwargs, listeners):
-        """Check the data, probe the pair, restore a checkpoint and capture the fast path's steps: :attr:`run`."""
+        """Check the data, probe the pair, restore a checkpoint and capture the fast path's steps:
+        :attr:`run`."""
         data, test_x = training_data(
             data, test_x, self.model
         )  # the data checked once, before any step
@@ -412,7 +440,8 @@ class Trainer:
             return args, ({**kwargs, **batch_kwargs(idx)} if batch_kwargs else kwargs)
 
         first, first_idx = next(data.batches(batch_size, shuffle=False, shard=distributed.shard))
-        # every random draw of the set-up happens here, before the checkpoint's RNG state is restored
+        # every random draw of the set-up happens here, before the checkpoint's RNG state is
+        # restored
         args, kwargs = self.batch_call(first, first_idx)
         plate = self._probe(*args, **kwargs).data_plate
         if state is not None:
@@ -450,7 +479,8 @@ class Trainer:
         self._set_training(True)
 
     def _capture(self, probes, planned_steps):
-        """Capture the fast path's steps (once per trainer); what compiling cost this process, for every row."""
+        """Capture the fast path's steps (once per trainer); what compiling cost this process, for
+        every row."""
         if not isinstance(self.elbo, FastELBO):
             return {
                 "compile_seconds": 0.0,
