@@ -38,7 +38,7 @@ test: install data lint
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-# Every CUDA claim of the README on one GPU in at most 8 minutes → benchmarks/gpu.json (one line and exit 0 without one)
+# Every CUDA claim of the README and docs/ on one GPU in at most 8 minutes → benchmarks/gpu.json (one line and exit 0 without one)
 gpu-check: install data
 	$(PY) benchmarks/gpu_check.py
 

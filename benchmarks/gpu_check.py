@@ -1,4 +1,4 @@
-"""``make gpu-check``: every CUDA claim of the README, run on one CUDA GPU in at most 8 minutes.
+"""``make gpu-check``: every CUDA claim of the README and docs/, run on one GPU in at most 8 min.
 
 Steps (each in its own process, with its own time limit, results written after each one):
 

@@ -18,7 +18,7 @@ This is the same run as::
 Expected: a one-layer VAE with a factorized decoder like this one ends far above the deep
 hierarchical models (NVAE 2.91 [3], VDVAE 2.87 [4], IAF-VAE 3.11 [2] bits/dim): roughly
 4.5–5 bits/dim after 100 epochs (an estimate: no CIFAR-10 run was possible where this was
-written, without internet; the same code gives the Fashion-MNIST figures in the README).
+written, without internet; the same code gives the Fashion-MNIST figures in docs/data.md).
 ``--smoke`` trains a few epochs on 256 generated 32×32 colour images (a shared smooth pattern,
 a colour shift per image, pixel noise worth ≈ 5 bits/dim), which need no download.
 
