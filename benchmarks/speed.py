@@ -274,7 +274,6 @@ def build_pair(name, num_data, device):
         schedule.set_epoch(1)
         model, guide = beta_scale(model, beta), beta_scale(guide, beta)
         if config.free_bits:
-            # noqa: E731
             elbo = lambda: make_elbo("free-bits", config.particles, free_bits=config.free_bits)
     return vae, model, guide, elbo, beta
 
@@ -356,10 +355,9 @@ def short(note):
     return note.split(", replayed by ")[1].split(" (")[0] if ", replayed by " in note else note
 
 
-# -- whole processes
-# ---------------------------------------------------------------------------------- (hidden,
-# latent,
-# batch) of the timed processes: the README's 784-400-20, and an overhead-bound net
+# -- whole processes -------------------------------------------------------------------------------
+# (hidden, latent, batch) of the timed processes: the README's 784-400-20, and an overhead-bound
+# net
 PROCESS_SHAPES = ((400, 20, 128), (32, 8, 32))
 
 
@@ -436,7 +434,6 @@ def bench_processes(device, rounds):
                             "pyro_vae",
                             "train",
                             *process_flags(*shape),
-                            # fmt: skip
                             "--quiet",
                             "--no-pictures",
                             "--out",

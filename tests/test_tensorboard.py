@@ -31,7 +31,6 @@ STEPS = math.ceil(N / BATCH)  # steps per epoch
 
 def synthetic_data():
     g = torch.Generator().manual_seed(1)
-    # noqa: E731
     binary = lambda n: torch.bernoulli(torch.rand(n, 1, SIDE, SIDE, generator=g), generator=g)
     return ImageData(
         train=torch.rand(N, 1, SIDE, SIDE, generator=g),
