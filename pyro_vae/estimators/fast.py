@@ -249,6 +249,14 @@ class FastELBO(ELBO):
         return getattr(self.elbo, name)
 
     @property
+    def route(self):
+        """How the steps are replayed: "compile" (inductor), "trace" (fx) or "off" (none)."""
+        if not self.steps:
+            return "off"
+        inductor = any(s.backend == "inductor" for s in self.steps.values())
+        return "compile" if inductor else "trace"
+
+    @property
     def max_plate_nesting(self):
         return self.elbo.max_plate_nesting
 

@@ -148,3 +148,26 @@ class Checkpoints(Listener):
         trainer.save_checkpoint()
         if trainer.best is not None and trainer.best["epoch"] == trainer.epoch:
             atomic_save(trainer.best, os.path.join(trainer.out_dir, BEST))
+
+
+def source_commit():
+    """The git commit of the code that runs (``+dirty`` when its tracked files differ), or None."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        git = ["git", "-C", here]
+        head = subprocess.run(
+            git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if head.returncode:
+            return None
+        dirty = subprocess.run(
+            git + ["status", "--porcelain", "--untracked-files=no", "--", ".."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

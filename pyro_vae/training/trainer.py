@@ -80,37 +80,6 @@ __all__ = [
 FAST_MODES = ("auto", True, False, "compile", "trace")
 
 
-def fast_route(elbo):
-    """How a :class:`FastELBO`'s steps are replayed: "compile" (inductor), "trace" (fx) or "off"."""
-    steps = getattr(elbo, "steps", None) or {}
-    if not steps:
-        return "off"
-    return "compile" if any(s.backend == "inductor" for s in steps.values()) else "trace"
-
-
-def source_commit():
-    """The git commit of the code that runs (``+dirty`` when its tracked files differ), or None."""
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        git = ["git", "-C", here]
-        head = subprocess.run(
-            git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        if head.returncode:
-            return None
-        dirty = subprocess.run(
-            git + ["status", "--porcelain", "--untracked-files=no", "--", ".."],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def resolve_device(device="auto"):
     """``auto`` → ``cuda`` when available, else ``cpu``; checks that a requested CUDA device
     exists."""
@@ -481,13 +450,9 @@ class Trainer:
     def _capture(self, probes, planned_steps):
         """Capture the fast path's steps (once per trainer); what compiling cost this process, for
         every row."""
+        commit = {"commit": checkpoint.source_commit()}
         if not isinstance(self.elbo, FastELBO):
-            return {
-                "compile_seconds": 0.0,
-                "compile_cache_hit": None,
-                "fast_route": "off",
-                "commit": source_commit(),
-            }
+            return {"compile_seconds": 0.0, "compile_cache_hit": None, "fast_route": "off"} | commit
         if probes is None:
             self.elbo.refuse("the batch is not the pair's one argument")
         elif not self.elbo.steps:
@@ -496,9 +461,8 @@ class Trainer:
         return {
             "compile_seconds": self.elbo.compile_seconds,
             "compile_cache_hit": self.elbo.cache_hit,
-            "fast_route": fast_route(self.elbo),
-            "commit": source_commit(),
-        }
+            "fast_route": self.elbo.route,
+        } | commit
 
     def _epoch(self):
         """One epoch of steps; its metrics row (the listeners add to it at ``on_epoch_end``)."""
