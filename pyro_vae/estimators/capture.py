@@ -31,6 +31,8 @@ import torch
 from pyro import poutine
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from pyro_vae.estimators.bindings import with_bindings
+
 
 class TracedStep:
     """``loss, ok, grads = step(x, **kwargs)``: −ELBO of a batch of ``len(x)``, whether it and every
@@ -90,9 +92,15 @@ class TracedStep:
             if why:
                 raise Untraceable(why)
             self.state = lift_constants(graph)
-            self.fx = graph
-            self.graph, self.backend = graph, "fx"
-            self.compile_seconds, self.cache_hit, self.cudagraphs = None, None, False
+        self.fx = graph  # what inductor compiles; the fx route replays its copy with bindings
+        rng, saved = pyro.util.get_rng_state(), [t.clone() for t in self.state]
+        try:
+            self.bound = with_bindings(graph, [*inputs, *self.state])
+        finally:
+            pyro.util.set_rng_state(rng)
+            put_back(self.state, saved)
+        self.graph, self.backend = self.bound, "fx"
+        self.compile_seconds, self.cache_hit, self.cudagraphs = None, None, False
 
     def compile(self, x, kwargs=None):
         """Replay through TorchInductor from now on (``torch._inductor.compile`` of the make_fx
@@ -140,7 +148,7 @@ class TracedStep:
 
     def uncompile(self):
         """Go back to replaying the fx graph."""
-        self.graph, self.backend, self.cudagraphs = self.fx, "fx", False
+        self.graph, self.backend, self.cudagraphs = self.bound, "fx", False
 
     def __call__(self, x, **kwargs):
         if self.cudagraphs:  # a new step: the outputs of the last replay are no longer read
