@@ -452,6 +452,24 @@ def test_checks_every_few_steps_skip_on_the_device_and_act_at_the_check(tmp_path
         pair.trainer.fit(x, 2, 2)
 
 
+def test_guard_reads_its_counts_every_log_every_steps_off_the_cpu():
+    """Without ``check_every``, a GPU run reads the counts as often as the console prints (a CPU
+    read costs nothing: every step); with no console, every 50 steps."""
+    from types import SimpleNamespace
+
+    from pyro_vae.training.console import Console
+
+    def every(device, listeners):
+        guard = NaNGuard()
+        run = SimpleNamespace(device=torch.device(device), listeners=[guard, *listeners])
+        guard.on_run_start(SimpleNamespace(modules=[], run=run))
+        return guard.every
+
+    assert every("meta", [Console(log_every=7)]) == 7
+    assert every("meta", []) == 50
+    assert every("cpu", [Console(log_every=7)]) == 1
+
+
 def test_too_many_bad_steps_stop_with_a_clear_error_and_keep_the_run_usable(tmp_path):
     pair = Poisoned(bad_epochs={2, 3}, kind="loss")
     x = torch.randn(8, generator=torch.Generator().manual_seed(0))

@@ -9,6 +9,7 @@ import threading
 import torch
 
 from pyro_vae.core.checks import check_option
+from pyro_vae.training.console import Console
 from pyro_vae.training.listeners import Listener
 
 logger = logging.getLogger(__name__)
@@ -125,8 +126,10 @@ class NaNGuard(Listener):
     def on_run_start(self, trainer):
         buffers = [b for m in trainer.modules for b in m.buffers() if b.is_floating_point()]
         self.guard = NonFiniteGuard(buffers, self.max_bad_steps)
+        # on a GPU, the console's log_every (the trainer has none of its own)
+        consoles = [e.log_every for e in trainer.run.listeners if isinstance(e, Console)]
         self.every = self.check_every or (
-            1 if trainer.run.device.type == "cpu" else trainer.log_every
+            1 if trainer.run.device.type == "cpu" else (consoles or [50])[0]
         )
 
     def on_epoch_start(self, trainer):
