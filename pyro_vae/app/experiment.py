@@ -14,10 +14,10 @@ import os
 import pyro
 import torch
 
+from pyro_vae.app import run
 from pyro_vae.app.config import Config, check_config
-from pyro_vae.app.run import LOG, build_trainer, check_run_dir, run_data, run_log
+from pyro_vae.app.run import LOG, run_data
 from pyro_vae.core import checks as validation
-from pyro_vae.training import distributed
 from pyro_vae.training.tensorboard import evaluated_step, log_evaluation
 from pyro_vae.training.trainer import CHECKPOINT, Trainer, resolve_device
 
@@ -31,42 +31,7 @@ def train(config, resume=False, progress=True):
     data is read. The run's log lines (the fast-path note, skipped steps) go to
     ``OUT/pyro-vae.log``; under torchrun every rank returns only when rank 0 has written its files.
     """
-    plan = check_config(config)  # names, combination, data directory: no data read yet
-    config = plan.config  # the model's defaults filled in
-    check_run_dir(config, resume)
-    device = distributed.init(resolve_device(config.device))  # torchrun: one rank per process
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    data = run_data(config, device)
-    vae = plan.spec(config, data.x_shape, len(data.train)).to(device)
-    os.makedirs(config.out, exist_ok=True)
-    with run_log(config.out):
-        if distributed.is_main():
-            config.save(os.path.join(config.out, "config.json"))
-        trainer, hooks = build_trainer(plan, vae, data, progress)
-        history = trainer.fit(data, config.epochs, config.batch_size, resume=resume, **hooks)
-        if distributed.is_main():
-            _finish(config, vae, data, history)
-        distributed.barrier()  # the other ranks wait for rank 0's report and pictures
-    return vae, data, history
-
-
-def _finish(config, vae, data, history):
-    """``report.json`` (the model's own ``report(data)`` figures, also added to the last row of
-    ``history``) and the run's pictures."""
-    if hasattr(vae, "report"):
-        report = vae.report(data)
-        with open(os.path.join(config.out, "report.json"), "w") as f:
-            json.dump(report, f, indent=2)
-        if history:
-            history[-1] = {**history[-1], **report}
-    if config.pictures:
-        from pyro_vae.evaluation.pictures import save_run_pictures
-
-        vae.eval()
-        save_run_pictures(
-            vae.model, vae.guide, data.test[:64], config.out, temperature=config.sample_temperature
-        )
+    return run.train(check_config(config), resume, progress)
 
 
 def load_run(run_dir, device="auto", data=True):

@@ -1,10 +1,13 @@
-"""A training run's pieces, built from its checked :class:`~pyro_vae.app.config.Plan`: the run
-directory (new, or resumed with the same options), its log file, its data, and the trainer with
-its listeners."""
+"""A training run from its checked :class:`~pyro_vae.app.config.Plan`, and its pieces: the run
+directory (new, or resumed with the same options), its log file, its data, the trainer with its
+listeners, and what is written when it ends."""
 
 import contextlib
+import json
 import logging
 import os
+
+import pyro
 
 from pyro_vae.app.config import Config
 from pyro_vae.core import checks
@@ -24,6 +27,36 @@ from pyro_vae.training.trainer import Trainer
 LOG = "pyro-vae.log"
 # what a resumed run may change: more epochs, and the folder of a moved run
 FREE_ON_RESUME = ("epochs", "out")
+
+
+def train(plan, resume=False, progress=True):
+    """Train the checked run ``plan`` (:func:`~pyro_vae.app.config.check_config`) into its
+    ``config.out``; return ``(vae, data, history)`` (:func:`pyro_vae.app.experiment.train`)."""
+    config = plan.config
+    check_run_dir(config, resume)
+    device = checks.check_device(config.device)
+    device = distributed.init(device)  # torchrun: one rank per process
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    vae, data, trainer, hooks = build(plan, device, progress)
+    with run_log(config.out):
+        if distributed.is_main():
+            config.save(os.path.join(config.out, "config.json"))
+        history = trainer.fit(data, config.epochs, config.batch_size, resume=resume, **hooks)
+        if distributed.is_main() and hasattr(vae, "report"):  # the model's own final figures
+            report = vae.report(data)
+            with open(os.path.join(config.out, "report.json"), "w") as f:
+                json.dump(report, f, indent=2)
+            if history:
+                history[-1] = {**history[-1], **report}
+        if distributed.is_main() and config.pictures:
+            from pyro_vae.evaluation.pictures import save_run_pictures
+
+            vae.eval()
+            x, temperature = data.test[:64], config.sample_temperature
+            save_run_pictures(vae.model, vae.guide, x, config.out, temperature=temperature)
+        distributed.barrier()  # the other ranks wait for rank 0's report and pictures
+    return vae, data, history
 
 
 def check_run_dir(config, resume):
@@ -62,6 +95,7 @@ def run_log(out):
     """The package's log lines (the fast-path note, skipped steps) also go to ``OUT/pyro-vae.log``
     inside the block, written by the main process."""
     logger, level = logging.getLogger("pyro_vae"), logging.getLogger("pyro_vae").level
+    os.makedirs(out, exist_ok=True)
     if not distributed.is_main():
         yield
         return
@@ -96,27 +130,27 @@ def run_data(config, device):
     )
 
 
-def build_trainer(plan, vae, data, progress=True):
-    """The run's :class:`~pyro_vae.training.trainer.Trainer` of ``vae`` on ``data``, and the keyword
-    arguments of its ``fit``: the KL schedule, early stopping, and the model's optional hooks
-    (``on_epoch(completed epochs)``, e.g. a temperature's annealing; ``batch_kwargs(data)``, index
-    → extra model and guide arguments such as labels)."""
+def build(plan, device, progress=True):
+    """``(vae, data, trainer, hooks)``: the run's data on ``device``, its model built by the
+    model's spec, the :class:`~pyro_vae.training.trainer.Trainer` and the keyword arguments of its
+    ``fit``: the KL schedule, early stopping, and the model's optional hooks (``on_epoch(completed
+    epochs)``, e.g. a temperature's annealing; ``batch_kwargs(data)``, index → extra model and
+    guide arguments such as labels)."""
     config, schedule = plan.config, plan.schedule
+    data = run_data(config, device)
+    vae = plan.spec(config, data.x_shape, len(data.train)).to(device)
     model, guide, elbo, before_epoch = vae.model, vae.guide, config.elbo, None
     if not schedule.is_identity or config.free_bits:  # β-VAE, KL warm-up, free bits
         # tensors set before each epoch (also after --resume): the traced step reads them
-        beta = schedule.weights(data.train.device)
+        beta = schedule.weights(device)
         model, guide = beta_scale(model, beta), beta_scale(guide, beta)
         before_epoch = lambda t: schedule.set_epoch(t.epoch)  # noqa: E731
         if config.free_bits:
             elbo = make_elbo("free-bits", config.particles, free_bits=config.free_bits)
-    optim = Optimization(
-        config.lr,
-        config.optimizer,
-        config.lr_decay,
-        config.clip_norm,
-        skip_threshold(config, len(data.train)),
-    )
+    # --skip-threshold G is nats per image; the built-in models scale the batch to the full-data
+    # ELBO of N images, so ‖∇ loss‖ = N · ‖∇ loss per image‖
+    skip = None if config.skip_threshold is None else config.skip_threshold * len(data.train)
+    optim = Optimization(config.lr, config.optimizer, config.lr_decay, config.clip_norm, skip)
     listeners = [
         Evaluation(config.eval_particles),
         NaNGuard(config.max_bad_steps),
@@ -143,11 +177,4 @@ def build_trainer(plan, vae, data, progress=True):
         early_stopping=config.early_stopping,
         warmup_epochs=config.kl_warmup_epochs,
     )
-    return trainer, hooks
-
-
-def skip_threshold(config, num_data):
-    """``--skip-threshold G`` (nats per image) as a norm of the loss's gradient: the built-in models
-    scale the batch to the full-data ELBO (``num_data`` images), so ‖∇ loss‖ = num_data · ‖∇ loss
-    per image‖."""
-    return None if config.skip_threshold is None else config.skip_threshold * num_data
+    return vae, data, trainer, hooks

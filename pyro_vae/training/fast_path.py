@@ -1,6 +1,6 @@
 """The trainer's side of the fast path (:class:`~pyro_vae.estimators.fast.FastELBO`): the batches
-that prove a captured step, its capture once per run, its recheck at each epoch's start, and what
-each metrics row says of what capturing cost."""
+that prove a captured step, its capture once per run, and what each metrics row says of what
+capturing cost (the recheck at each epoch's start is :meth:`FastELBO.recheck`)."""
 
 import torch
 
@@ -17,26 +17,20 @@ def proof_batches(train, batch_size, call):
     return traceable_batches([call(train[idx], idx) for idx in rows if len(idx)])
 
 
-def capture(trainer, probes, planned_steps):
-    """Capture the steps of ``trainer`` on ``probes`` (once per trainer; ``planned_steps`` decide
-    whether compiling pays); return what it cost this process, a part of every metrics row:
-    ``compile_seconds``, ``compile_cache_hit``, ``fast_route`` and the code's ``commit``."""
-    elbo, commit = trainer.elbo, {"commit": checkpoint.source_commit()}
+def capture(elbo, model, guide, probes, planned_steps):
+    """Capture the steps of ``elbo`` on the pair's ``probes`` (once per estimator, the modules in
+    the mode the steps run in; ``planned_steps`` decide whether compiling pays); return what it
+    cost this process, a part of every metrics row: ``compile_seconds``, ``compile_cache_hit``,
+    ``fast_route`` and the code's ``commit``."""
+    commit = {"commit": checkpoint.source_commit()}
     if not isinstance(elbo, FastELBO):
         return {"compile_seconds": 0.0, "compile_cache_hit": None, "fast_route": "off"} | commit
     if probes is None:
         elbo.refuse("the batch is not the pair's one argument")
     elif not elbo.steps:
-        trainer.set_training(True)  # the mode the steps run in (a trace keeps it)
-        trainer.enable_fast_path(probes, planned_steps=planned_steps)
+        elbo.prepare(model, guide, probes, planned_steps)
     return {
         "compile_seconds": elbo.compile_seconds,
         "compile_cache_hit": elbo.cache_hit,
         "fast_route": elbo.route,
     } | commit
-
-
-def recheck(trainer, x, kwargs):
-    """At an epoch's start: drop the fast path when a plain and a traced step on ``x`` disagree."""
-    since = f"from epoch {trainer.epoch + 1} on"
-    trainer.elbo.recheck(trainer.model, trainer.guide, x, kwargs, since=since)

@@ -10,8 +10,8 @@ The loop runs epochs of :class:`~pyro_vae.training.svi.DeviceSVI` steps (the est
 is a listener (:mod:`.listeners`) with its own module: the per-epoch figures
 (:class:`~.figures.Evaluation`), the NaN guard and the signal stop (:mod:`.guards`), early stopping
 (:mod:`.early_stopping`), the metrics file and the checkpoints (:mod:`.checkpoint`), TensorBoard
-(:mod:`.tensorboard`) and the console (:mod:`.console`); the fast path's capture and recheck are
-in :mod:`.fast_path`, the resume in :mod:`.checkpoint`. Every random draw of the set-up happens
+(:mod:`.tensorboard`) and the console (:mod:`.console`); the fast path's capture is in
+:mod:`.fast_path`, the resume in :mod:`.checkpoint`. Every random draw of the set-up happens
 before a checkpoint is restored, so on CPU ``fit(epochs=4)`` equals ``fit(epochs=2)`` then
 ``fit(epochs=4, resume=True)`` bit for bit; the figures draw from a fork of the RNG.
 """
@@ -19,6 +19,7 @@ before a checkpoint is restored, so on CPU ``fit(epochs=4)`` equals ``fit(epochs
 import math
 import os
 import time
+from operator import attrgetter
 from types import SimpleNamespace
 
 import pyro
@@ -294,10 +295,16 @@ class Trainer:
         else:
             validation.check_option("warmup_epochs", warmup_epochs)
         run = self._start(data, test_x, val_x, batch_size, batch_kwargs, resume)
-        run.epochs, run.listeners = epochs, sorted(merged(self.listeners, extra), key=_order)
+        run.epochs, run.listeners = (
+            epochs,
+            sorted(merged(self.listeners, extra), key=attrgetter("order")),
+        )
         planned_steps = run.steps_per_epoch * (epochs - self.epoch)
-        self.stopped, self._compiled = False, fast_path.capture(self, run.probes, planned_steps)
-        self.set_training(True)
+        self.set_training(True)  # the mode the captured steps run in (a trace keeps it)
+        self.stopped = False
+        self._compiled = fast_path.capture(
+            self.elbo, self.model, self.guide, run.probes, planned_steps
+        )
         try:
             self.emit("on_run_start")
             while self.epoch < epochs and not self.stopped:
@@ -353,8 +360,9 @@ class Trainer:
         """One epoch of steps; its metrics row (the listeners add to it at ``on_epoch_end``)."""
         run = self.run
         self.emit("on_epoch_start")
-        if self.fast_steps:
-            fast_path.recheck(self, *run.probes[0])
+        if self.fast_steps:  # dropped where a plain and a traced step now disagree
+            since = f"from epoch {self.epoch + 1} on"
+            self.elbo.recheck(self.model, self.guide, *run.probes[0], since=since)
         self.set_lr()
         start = time.perf_counter()
         self._total = torch.zeros((), dtype=run.data.train.dtype, device=run.device)
@@ -387,7 +395,3 @@ class Trainer:
         if getattr(self.optim, "skip_threshold", None) is not None:  # for a large gradient norm
             metrics["skipped_updates"] = self.optim.take_skipped()
         return metrics
-
-
-def _order(listener):
-    return listener.order
