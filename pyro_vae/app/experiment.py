@@ -48,9 +48,7 @@ def load_run(run_dir, device="auto", data=True):
     config = plan.config
     device = resolve_device(device)
     state = validation.load_checkpoint(ckpt_path)
-    if config.early_stopping and state.get(
-        "best"
-    ):  # early stopping: the parameters of the best epoch
+    if config.early_stopping and state.get("best"):  # the parameters of the best epoch
         state = {**state, **{k: state["best"][k] for k in ("params", "buffers")}}
     pyro.clear_param_store()
     dataset = run_data(config, device) if data else None
@@ -195,8 +193,7 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None, temperature=N
     ``samples_tT.png`` at a temperature T ≠ 1); return its path.
 
     ``label``: class of the images, for conditional models (``--model cvae``).  ``temperature``: τ
-    multiplying
-    the prior's standard deviation at every Gaussian latent (default: the run's
+    multiplying the prior's standard deviation at every Gaussian latent (default: the run's
     ``sample_temperature``).
     """
     from pyro_vae.evaluation.pictures import samples_name, save_samples

@@ -166,10 +166,9 @@ class NaNGuard(Listener):
             lower,
             lambda worst: (
                 f"the loss or its gradients were NaN/inf for {worst} steps in a row (epoch "
-                f"{trainer.epoch + 1}/"
-                f"{trainer.run.epochs}, step {step}) although the learning rate was lowered to "
-                f"{trainer.lr:.3g}{kept}; "
-                f"try a smaller lr=, clip_norm=, another likelihood= or sigma=, or check the data"
+                f"{trainer.epoch + 1}/{trainer.run.epochs}, step {step}) although the learning "
+                f"rate was lowered to {trainer.lr:.3g}{kept}; try a smaller lr=, clip_norm=, "
+                f"another likelihood= or sigma=, or check the data"
             ),
         )
         trainer.bad_steps = self.guard.seen

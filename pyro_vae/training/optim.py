@@ -42,9 +42,8 @@ class SkippableAdam(torch.optim.Adam):
             if not params:
                 continue
             for p in params:
-                if not self.state[
-                    p
-                ]:  # Adam's lazy state, as torch.optim.Adam makes it for a fused group
+                # Adam's lazy state, as torch.optim.Adam makes it for a fused group
+                if not self.state[p]:
                     self.state[p].update(
                         step=torch.zeros((), dtype=torch.float32, device=p.device),
                         exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),

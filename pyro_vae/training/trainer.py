@@ -330,8 +330,7 @@ class Trainer:
             args, kwargs = self.batch_call(x, idx)
             return args, ({**kwargs, **batch_kwargs(idx)} if batch_kwargs else kwargs)
 
-        # every random draw of the set-up happens here, before the checkpoint's RNG state is
-        # restored
+        # every random draw of the set-up happens here, before a checkpoint's RNG state is put back
         first, first_idx = next(data.batches(batch_size, shuffle=False, shard=distributed.shard))
         args, kwargs = self.batch_call(first, first_idx)
         plate = self._probe(*args, **kwargs).data_plate
