@@ -164,6 +164,20 @@ class Config:
                 "(e.g. --validation 10000 for the 50k/10k/10k split)"
             )
 
+    def data_options(self):
+        """The keyword arguments of :func:`pyro_vae.data.load_data` that load this run's data."""
+        return dict(
+            name=self.dataset,
+            data_dir=self.data_dir,
+            binarize=self.binarize,
+            validation=self.validation,
+            limit=self.limit,
+            test_limit=self.test_limit,
+            exclude_class=self.exclude_class,
+            image_size=self.image_size,
+            test_fraction=self.test_fraction,
+        )
+
     def to_dict(self):
         return dataclasses.asdict(self)
 

@@ -16,8 +16,10 @@ import torch
 
 from pyro_vae.app import run
 from pyro_vae.app.config import Config, check_config
-from pyro_vae.app.run import LOG, run_data
+from pyro_vae.app.run import LOG
 from pyro_vae.core import checks as validation
+from pyro_vae.data import load_data
+from pyro_vae.training import distributed
 from pyro_vae.training.tensorboard import evaluated_step, log_evaluation
 from pyro_vae.training.trainer import CHECKPOINT, Trainer, resolve_device
 
@@ -31,7 +33,23 @@ def train(config, resume=False, progress=True):
     data is read. The run's log lines (the fast-path note, skipped steps) go to
     ``OUT/pyro-vae.log``; under torchrun every rank returns only when rank 0 has written its files.
     """
-    return run.train(check_config(config), resume, progress)
+    plan = check_config(config)  # names, combination, data directory: no data read yet
+    config = plan.config  # the model's defaults filled in
+    run.check_run_dir(config, resume)
+    device = distributed.init(resolve_device(config.device))  # torchrun: one rank per process
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    data = load_data(**config.data_options(), device=device)
+    vae = plan.spec(config, data.x_shape, len(data.train)).to(device)
+    with run.run_log(config.out):
+        if distributed.is_main():
+            config.save(os.path.join(config.out, "config.json"))
+        trainer, hooks = run.build_trainer(plan, vae, data, progress)
+        history = trainer.fit(data, config.epochs, config.batch_size, resume=resume, **hooks)
+        if distributed.is_main():
+            run.finish(config, vae, data, history)
+        distributed.barrier()  # the other ranks wait for rank 0's report and pictures
+    return vae, data, history
 
 
 def load_run(run_dir, device="auto", data=True):
@@ -51,7 +69,7 @@ def load_run(run_dir, device="auto", data=True):
     if config.early_stopping and state.get("best"):  # the parameters of the best epoch
         state = {**state, **{k: state["best"][k] for k in ("params", "buffers")}}
     pyro.clear_param_store()
-    dataset = run_data(config, device) if data else None
+    dataset = load_data(**config.data_options(), device=device) if data else None
     x_shape = dataset.x_shape if dataset else (1, 28, 28)
     num_data = len(dataset.train) if dataset else None
     vae = plan.spec(config, x_shape, num_data).to(device)

@@ -1,17 +1,15 @@
-"""A training run from its checked :class:`~pyro_vae.app.config.Plan`, and its pieces: the run
-directory (new, or resumed with the same options), its log file, its data, the trainer with its
-listeners, and what is written when it ends."""
+"""The pieces of a training run (:func:`pyro_vae.app.experiment.train`) built from its checked
+:class:`~pyro_vae.app.config.Plan`: the run directory (new, or resumed with the same options), its
+log file, the trainer with its listeners, and what is written when it ends."""
 
 import contextlib
 import json
 import logging
 import os
 
-import pyro
 
 from pyro_vae.app.config import Config
 from pyro_vae.core import checks
-from pyro_vae.data import load_data
 from pyro_vae.estimators import make_elbo
 from pyro_vae.estimators.variants import beta_scale
 from pyro_vae.training import distributed
@@ -29,34 +27,21 @@ LOG = "pyro-vae.log"
 FREE_ON_RESUME = ("epochs", "out")
 
 
-def train(plan, resume=False, progress=True):
-    """Train the checked run ``plan`` (:func:`~pyro_vae.app.config.check_config`) into its
-    ``config.out``; return ``(vae, data, history)`` (:func:`pyro_vae.app.experiment.train`)."""
-    config = plan.config
-    check_run_dir(config, resume)
-    device = checks.check_device(config.device)
-    device = distributed.init(device)  # torchrun: one rank per process
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    vae, data, trainer, hooks = build(plan, device, progress)
-    with run_log(config.out):
-        if distributed.is_main():
-            config.save(os.path.join(config.out, "config.json"))
-        history = trainer.fit(data, config.epochs, config.batch_size, resume=resume, **hooks)
-        if distributed.is_main() and hasattr(vae, "report"):  # the model's own final figures
-            report = vae.report(data)
-            with open(os.path.join(config.out, "report.json"), "w") as f:
-                json.dump(report, f, indent=2)
-            if history:
-                history[-1] = {**history[-1], **report}
-        if distributed.is_main() and config.pictures:
-            from pyro_vae.evaluation.pictures import save_run_pictures
+def finish(config, vae, data, history):
+    """What the main process writes when the run ends: ``report.json`` (the model's own
+    ``report(data)`` figures, also added to the last row of ``history``) and the run's pictures."""
+    if hasattr(vae, "report"):
+        report = vae.report(data)
+        with open(os.path.join(config.out, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        if history:
+            history[-1] = {**history[-1], **report}
+    if config.pictures:
+        from pyro_vae.evaluation.pictures import save_run_pictures
 
-            vae.eval()
-            x, temperature = data.test[:64], config.sample_temperature
-            save_run_pictures(vae.model, vae.guide, x, config.out, temperature=temperature)
-        distributed.barrier()  # the other ranks wait for rank 0's report and pictures
-    return vae, data, history
+        vae.eval()
+        x, temperature = data.test[:64], config.sample_temperature
+        save_run_pictures(vae.model, vae.guide, x, config.out, temperature=temperature)
 
 
 def check_run_dir(config, resume):
@@ -114,35 +99,16 @@ def run_log(out):
         handler.close()
 
 
-def run_data(config, device):
-    """The run's :class:`~pyro_vae.data.ImageData` on ``device``, as its data options say."""
-    return load_data(
-        config.dataset,
-        config.data_dir,
-        config.binarize,
-        config.validation,
-        config.limit,
-        config.test_limit,
-        device=device,
-        exclude_class=config.exclude_class,
-        image_size=config.image_size,
-        test_fraction=config.test_fraction,
-    )
-
-
-def build(plan, device, progress=True):
-    """``(vae, data, trainer, hooks)``: the run's data on ``device``, its model built by the
-    model's spec, the :class:`~pyro_vae.training.trainer.Trainer` and the keyword arguments of its
-    ``fit``: the KL schedule, early stopping, and the model's optional hooks (``on_epoch(completed
-    epochs)``, e.g. a temperature's annealing; ``batch_kwargs(data)``, index → extra model and
-    guide arguments such as labels)."""
+def build_trainer(plan, vae, data, progress=True):
+    """The run's :class:`~pyro_vae.training.trainer.Trainer` of ``vae`` on ``data``, and the keyword
+    arguments of its ``fit``: the KL schedule, early stopping, and the model's optional hooks
+    (``on_epoch(completed epochs)``, e.g. a temperature's annealing; ``batch_kwargs(data)``, index
+    → extra model and guide arguments such as labels)."""
     config, schedule = plan.config, plan.schedule
-    data = run_data(config, device)
-    vae = plan.spec(config, data.x_shape, len(data.train)).to(device)
     model, guide, elbo, before_epoch = vae.model, vae.guide, config.elbo, None
     if not schedule.is_identity or config.free_bits:  # β-VAE, KL warm-up, free bits
         # tensors set before each epoch (also after --resume): the traced step reads them
-        beta = schedule.weights(device)
+        beta = schedule.weights(data.train.device)
         model, guide = beta_scale(model, beta), beta_scale(guide, beta)
         before_epoch = lambda t: schedule.set_epoch(t.epoch)  # noqa: E731
         if config.free_bits:
@@ -177,4 +143,4 @@ def build(plan, device, progress=True):
         early_stopping=config.early_stopping,
         warmup_epochs=config.kl_warmup_epochs,
     )
-    return vae, data, trainer, hooks
+    return trainer, hooks
