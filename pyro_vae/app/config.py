@@ -233,12 +233,19 @@ def _check_net_and_estimator(config, spec):
         )
 
 
-def _check_guide(config):
-    """The guide's flows against ``--flows`` and the estimator's declared ``needs_inverse``."""
+def _check_guide(config, spec):
+    """The guide against the model's declared guides, its flows against ``--flows``, and the
+    estimator's declared ``needs_inverse``."""
     from pyro_vae.estimators import ESTIMATORS
     from pyro_vae.guides import FLOWS
 
-    guide = config.guide
+    guide, guides = config.guide, spec.guide_names()
+    if not isinstance(guide, str) or guide not in guides:
+        raise checks.UserError(
+            f"unknown guide {guide!r} for --model {config.model} (--guide); choose one of "
+            f"{', '.join(sorted(guides))}, or leave --guide out for its default, "
+            f"{spec.default_guide_name()}"
+        )
     if guide in FLOWS and config.flows < 1:
         raise checks.UserError(
             f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)"
@@ -259,11 +266,13 @@ def _check_guide(config):
 
 class Plan(NamedTuple):
     """A checked run: its config with the model's defaults filled in (``guide``, ``net``), the
-    model's :class:`~pyro_vae.models.spec.ModelSpec`, and the KL schedule β(e) it trains with."""
+    model's :class:`~pyro_vae.models.spec.ModelSpec`, the KL schedule β(e) it trains with, and the
+    arguments of :func:`~pyro_vae.data.load_data` that read its data."""
 
     config: Config
     spec: Any
     schedule: Any
+    data: dict
 
 
 def check_config(config):
@@ -288,17 +297,10 @@ def check_config(config):
     checks.check_choice("model", config.model, MODELS, "model")
     checks.check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
     checks.check_choice("activation", config.activation, [*ACTIVATIONS, GATED], "activation")
-    spec, filled = MODELS[config.model], with_defaults(config)  # the model's own guide and net
-    guides = spec.guide_names()
-    if not isinstance(filled.guide, str) or filled.guide not in guides:
-        raise checks.UserError(
-            f"unknown guide {filled.guide!r} for --model {config.model} (--guide); choose one of "
-            f"{', '.join(sorted(guides))}, or leave --guide out for its default, "
-            f"{spec.default_guide_name()}"
-        )
     checks.check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
+    spec, filled = MODELS[config.model], with_defaults(config)  # the model's own guide and net
+    _check_guide(filled, spec)
     _check_net_and_estimator(filled, spec)
-    _check_guide(filled)
     schedule = KLSchedule(config.beta, config.kl_warmup_epochs)  # the run's one schedule
     if not schedule.is_identity or config.free_bits:
         check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
@@ -314,4 +316,4 @@ def check_config(config):
             f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
             f"--data-dir or leave it out to use the default cache"
         )
-    return Plan(filled, spec, schedule)
+    return Plan(filled, spec, schedule, filled.data_options())

@@ -23,7 +23,7 @@ from pyro_vae.training import distributed
 from pyro_vae.training.tensorboard import evaluated_step, log_evaluation
 from pyro_vae.training.trainer import CHECKPOINT, Trainer, resolve_device
 
-__all__ = ["LOG", "load_run", "train"]
+__all__ = ["LOG", "load_run", "resolve_device", "train"]
 
 
 def train(config, resume=False, progress=True):
@@ -36,10 +36,11 @@ def train(config, resume=False, progress=True):
     plan = check_config(config)  # names, combination, data directory: no data read yet
     config = plan.config  # the model's defaults filled in
     run.check_run_dir(config, resume)
-    device = distributed.init(resolve_device(config.device))  # torchrun: one rank per process
+    device = validation.check_device(config.device)  # auto: cuda where there is one
+    device = distributed.init(device)  # torchrun: one rank per process
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-    data = load_data(**config.data_options(), device=device)
+    data = load_data(**plan.data, device=device)
     vae = plan.spec(config, data.x_shape, len(data.train)).to(device)
     with run.run_log(config.out):
         if distributed.is_main():
@@ -69,7 +70,7 @@ def load_run(run_dir, device="auto", data=True):
     if config.early_stopping and state.get("best"):  # the parameters of the best epoch
         state = {**state, **{k: state["best"][k] for k in ("params", "buffers")}}
     pyro.clear_param_store()
-    dataset = load_data(**config.data_options(), device=device) if data else None
+    dataset = load_data(**plan.data, device=device) if data else None
     x_shape = dataset.x_shape if dataset else (1, 28, 28)
     num_data = len(dataset.train) if dataset else None
     vae = plan.spec(config, x_shape, num_data).to(device)
