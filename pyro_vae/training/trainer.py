@@ -294,17 +294,9 @@ class Trainer:
             extra.append(EarlyStopping(early_stopping, warmup_epochs))
         else:
             validation.check_option("warmup_epochs", warmup_epochs)
-        run = self._start(data, test_x, val_x, batch_size, batch_kwargs, resume)
-        run.epochs, run.listeners = (
-            epochs,
-            sorted(merged(self.listeners, extra), key=attrgetter("order")),
-        )
-        planned_steps = run.steps_per_epoch * (epochs - self.epoch)
-        self.set_training(True)  # the mode the captured steps run in (a trace keeps it)
+        run = self._start(data, epochs, batch_size, test_x, val_x, resume, batch_kwargs)
+        run.listeners = sorted(merged(self.listeners, extra), key=attrgetter("order"))
         self.stopped = False
-        self._compiled = fast_path.capture(
-            self.elbo, self.model, self.guide, run.probes, planned_steps
-        )
         try:
             self.emit("on_run_start")
             while self.epoch < epochs and not self.stopped:
@@ -314,8 +306,9 @@ class Trainer:
             self.emit("on_run_end")
         return list(self.history)
 
-    def _start(self, data, test_x, val_x, batch_size, batch_kwargs, resume):
-        """Check the data, probe the pair and restore a checkpoint: the run's :attr:`run`."""
+    def _start(self, data, epochs, batch_size, test_x, val_x, resume, batch_kwargs):
+        """Check the data, probe the pair, restore a checkpoint and capture the fast path's steps:
+        the run's :attr:`run`."""
         data, test_x = training_data(data, test_x, self.model)  # checked once, before any step
         val_x = data.val if val_x is None else val_x
         if val_x is not None:
@@ -346,12 +339,18 @@ class Trainer:
             data=data,
             test_x=test_x,
             val_x=val_x,
+            epochs=epochs,
             batch_size=batch_size,
             steps_per_epoch=math.ceil(len(data.train) / batch_size),
             device=first.device,
             call=call,
             probes=fast_path.proof_batches(data.train, batch_size, call),
             per_image=plate.size if plate is not None and plate.scale != 1 else None,
+        )
+        self.set_training(True)  # the mode the captured steps run in (a trace keeps it)
+        planned_steps = self.run.steps_per_epoch * (epochs - self.epoch)
+        self._compiled = fast_path.capture(
+            self.elbo, self.model, self.guide, self.run.probes, planned_steps
         )
         return self.run
 
