@@ -172,9 +172,7 @@ class Checkpoints(Listener):
     atomically before the first epoch and after each one; ``best.pt``, the best epoch's parameters
     under early stopping."""
 
-    order = (
-        40  # after the metrics file and TensorBoard: their rows are on disk before it counts them
-    )
+    order = 40  # after the metrics file and TensorBoard: their rows are on disk first
 
     def on_run_start(self, trainer):
         if not trainer.writes:

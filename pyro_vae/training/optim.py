@@ -97,9 +97,8 @@ class FusedOptim(pyro.optim.PyroOptim):
         super().__init__(FUSED.get(optim_constructor, optim_constructor), optim_args, clip_args)
         self.optim = None
         self._members = set()
-        self.skip_threshold = (
-            skip_threshold  # skip an update whose total gradient norm exceeds this (VDVAE)
-        )
+        # skip an update whose total gradient norm exceeds this (VDVAE)
+        self.skip_threshold = skip_threshold
         # updates skipped for their gradient norm since the last take_skipped(), on the device
         self.skipped = None
 
