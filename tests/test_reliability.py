@@ -71,6 +71,50 @@ def test_unknown_names_fail_before_anything_is_read_or_written(tmp_path, field, 
     assert not out.exists()
 
 
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST"
+)
+def test_a_run_resolves_its_config_once(tmp_path, monkeypatch):
+    """Each option is checked where it enters: a built Config is not checked again by the run, the
+    model's defaults are filled in once (by check_config) and the KL schedule is built once."""
+    from collections import Counter
+
+    import pyro_vae.models
+    from pyro_vae.estimators.variants import KLSchedule
+
+    calls = Counter()
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(Config, "validate", counted("validate", Config.validate))
+    monkeypatch.setattr(KLSchedule, "__init__", counted("schedule", KLSchedule.__init__))
+    defaults = counted("with_defaults", pyro_vae.models.with_defaults)
+    monkeypatch.setattr(pyro_vae.models, "with_defaults", defaults)
+    config = Config(
+        out=str(tmp_path / "run"),
+        limit=128,
+        test_limit=64,
+        epochs=1,
+        batch_size=64,
+        latent_dim=2,
+        hidden_dims=[8],
+        beta=2.0,
+        kl_warmup_epochs=2,
+        fast="off",
+        pictures=False,
+        tensorboard=False,
+        device="cpu",
+    )
+    calls.clear()
+    experiment.train(config, progress=False)
+    assert calls == {"with_defaults": 1, "schedule": 1}
+
+
 @pytest.mark.parametrize(
     "changes, words",
     [

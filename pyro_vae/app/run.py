@@ -7,7 +7,6 @@ import json
 import logging
 import os
 
-
 from pyro_vae.app.config import Config
 from pyro_vae.core import checks
 from pyro_vae.estimators import make_elbo
@@ -25,23 +24,6 @@ from pyro_vae.training.trainer import Trainer
 LOG = "pyro-vae.log"
 # what a resumed run may change: more epochs, and the folder of a moved run
 FREE_ON_RESUME = ("epochs", "out")
-
-
-def finish(config, vae, data, history):
-    """What the main process writes when the run ends: ``report.json`` (the model's own
-    ``report(data)`` figures, also added to the last row of ``history``) and the run's pictures."""
-    if hasattr(vae, "report"):
-        report = vae.report(data)
-        with open(os.path.join(config.out, "report.json"), "w") as f:
-            json.dump(report, f, indent=2)
-        if history:
-            history[-1] = {**history[-1], **report}
-    if config.pictures:
-        from pyro_vae.evaluation.pictures import save_run_pictures
-
-        vae.eval()
-        x, temperature = data.test[:64], config.sample_temperature
-        save_run_pictures(vae.model, vae.guide, x, config.out, temperature=temperature)
 
 
 def check_run_dir(config, resume):
@@ -144,3 +126,20 @@ def build_trainer(plan, vae, data, progress=True):
         warmup_epochs=config.kl_warmup_epochs,
     )
     return trainer, hooks
+
+
+def finish(config, vae, data, history):
+    """What the main process writes when the run ends: ``report.json`` (the model's own
+    ``report(data)`` figures, also added to the last row of ``history``) and the run's pictures."""
+    if hasattr(vae, "report"):
+        report = vae.report(data)
+        with open(os.path.join(config.out, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        if history:
+            history[-1] = {**history[-1], **report}
+    if config.pictures:
+        from pyro_vae.evaluation.pictures import save_run_pictures
+
+        vae.eval()
+        x, temperature = data.test[:64], config.sample_temperature
+        save_run_pictures(vae.model, vae.guide, x, config.out, temperature=temperature)
