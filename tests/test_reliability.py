@@ -71,6 +71,50 @@ def test_unknown_names_fail_before_anything_is_read_or_written(tmp_path, field, 
     assert not out.exists()
 
 
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST"
+)
+def test_a_run_resolves_its_config_once(tmp_path, monkeypatch):
+    """Each option is checked where it enters: a built Config is not checked again by the run, the
+    model's defaults are filled in once (by check_config) and the KL schedule is built once."""
+    from collections import Counter
+
+    import pyro_vae.models
+    from pyro_vae.estimators.variants import KLSchedule
+
+    calls = Counter()
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(Config, "validate", counted("validate", Config.validate))
+    monkeypatch.setattr(KLSchedule, "__init__", counted("schedule", KLSchedule.__init__))
+    defaults = counted("with_defaults", pyro_vae.models.with_defaults)
+    monkeypatch.setattr(pyro_vae.models, "with_defaults", defaults)
+    config = Config(
+        out=str(tmp_path / "run"),
+        limit=128,
+        test_limit=64,
+        epochs=1,
+        batch_size=64,
+        latent_dim=2,
+        hidden_dims=[8],
+        beta=2.0,
+        kl_warmup_epochs=2,
+        fast="off",
+        pictures=False,
+        tensorboard=False,
+        device="cpu",
+    )
+    calls.clear()
+    experiment.train(config, progress=False)
+    assert calls == {"with_defaults": 1, "schedule": 1}
+
+
 @pytest.mark.parametrize(
     "changes, words",
     [
@@ -450,6 +494,24 @@ def test_checks_every_few_steps_skip_on_the_device_and_act_at_the_check(tmp_path
         NonFiniteLossError, match=r"NaN/inf for 4 steps in a row \(epoch 1/2, step 4\)"
     ):
         pair.trainer.fit(x, 2, 2)
+
+
+def test_guard_reads_its_counts_every_log_every_steps_off_the_cpu():
+    """Without ``check_every``, a GPU run reads the counts as often as the console prints (a CPU
+    read costs nothing: every step); with no console, every 50 steps."""
+    from types import SimpleNamespace
+
+    from pyro_vae.training.console import Console
+
+    def every(device, listeners):
+        guard = NaNGuard()
+        run = SimpleNamespace(device=torch.device(device), listeners=[guard, *listeners])
+        guard.on_run_start(SimpleNamespace(modules=[], run=run))
+        return guard.every
+
+    assert every("meta", [Console(log_every=7)]) == 7
+    assert every("meta", []) == 50
+    assert every("cpu", [Console(log_every=7)]) == 1
 
 
 def test_too_many_bad_steps_stop_with_a_clear_error_and_keep_the_run_usable(tmp_path):

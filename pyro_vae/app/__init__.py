@@ -1,2 +1,2 @@
 """The only layer that knows flags and run directories: :mod:`.config`, :mod:`.experiment`,
-:mod:`.cli`."""
+:mod:`.run`, :mod:`.cli`."""

@@ -4,24 +4,64 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, NamedTuple, Optional
 
-from pyro_vae.core import checks as validation
+from pyro_vae.core import checks
 
 FAST = ("auto", "compile", "trace", "off")  # --fast: Trainer(fast=...), "off" being False
+# the fields checked by core.checks.check_option, the one check of each training option
+OPTIONS = (
+    "particles",
+    "eval_particles",
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_decay",
+    "clip_norm",
+    "max_bad_steps",
+    "log_every",
+    "images_every",
+    "early_stopping",
+    "kl_warmup_epochs",
+    "beta",
+    "free_bits",
+    "image_size",
+    "test_fraction",
+    "skip_threshold",
+    "limit",
+    "test_limit",
+)
+POSITIVE_INTS = {  # field: the hint after its message
+    "latent_dim": "",
+    "mixtures": "",
+    "pseudo_inputs": "; pass e.g. --pseudo-inputs 500",
+    "scales": "",
+    "groups_per_scale": "",
+    "hidden_channels": "",
+    "latent_channels": "",
+}
+POSITIVE_FLOATS = {
+    "sigma": "; pass e.g. --sigma 0.1",
+    "temperature": "",
+    "min_temperature": "",
+    "sample_temperature": "; e.g. 0.7 (1: the prior)",
+}
+CHOICES = (  # (what it is, field, its names) for the names that need no registry; None: default
+    ("optimizer", "optimizer", ("adam", "clipped-adam")),
+    ("net", "net", ("mlp", "conv")),
+    ("fast-path mode", "fast", FAST),
+    ("prior", "prior", ("standard", "vampprior")),
+)
 
 
 @dataclass
 class Config:
-    """Everything a training run needs; ``pyro-vae train`` flags map one-to-one onto these
-    fields."""
+    """Everything a training run needs; ``pyro-vae train`` flags map one-to-one onto its fields."""
 
     # data
     dataset: str = "fashion-mnist"
     data_dir: Optional[str] = None
-    binarize: Optional[str] = (
-        None  # None: what the likelihood needs (dynamic for bernoulli, else none)
-    )
+    binarize: Optional[str] = None  # None: what the likelihood needs (bernoulli: dynamic)
     validation: int = 0
     limit: Optional[int] = None
     test_limit: Optional[int] = None
@@ -40,9 +80,7 @@ class Config:
     conv_channels: int = 32  # --net conv: channels at full size (×2, ×4 at the smaller scales)
     conv_blocks: int = 1  # --net conv: residual blocks per scale
     activation: str = "relu"
-    guide: Optional[str] = (
-        None  # None: the model's default guide (vae: diagonal; hierarchical: top-down; …)
-    )
+    guide: Optional[str] = None  # None: the model's default (vae: diagonal; hierarchical: top-down)
     flows: int = 0
     flow_hidden_dims: Optional[List[int]] = None
     prior: str = "standard"
@@ -72,9 +110,8 @@ class Config:
     lr_decay: float = 1.0
     clip_norm: Optional[float] = None
     max_bad_steps: int = 10
-    skip_threshold: Optional[float] = (
-        None  # skip an update whose gradient norm per image exceeds it (VDVAE)
-    )
+    # skip an update whose gradient norm per image exceeds it (VDVAE)
+    skip_threshold: Optional[float] = None
     fast: str = "auto"
     seed: int = 0
     early_stopping: Optional[int] = None
@@ -94,83 +131,51 @@ class Config:
         self.validate()
 
     def validate(self):
-        """Raise ValueError/TypeError naming the field and how to fix it (names are checked by
-        :func:`check_config`, which needs the registries)."""
-        for name in (
-            "particles",
-            "eval_particles",
-            "epochs",
-            "batch_size",
-            "lr",
-            "lr_decay",
-            "clip_norm",
-            "max_bad_steps",
-            "log_every",
-            "images_every",
-            "early_stopping",
-            "kl_warmup_epochs",
-            "beta",
-            "free_bits",
-            "image_size",
-            "test_fraction",
-            "skip_threshold",
-        ):
-            validation.check_option(
-                name, getattr(self, name)
-            )  # the one check of each, also run by the Python calls
-        for name in ("latent_dim", "mixtures"):
-            validation.check_positive_int(name, getattr(self, name))
+        """Each field on its own (its kind and range), where the config is built: one line naming
+        the field and how to fix it. Names and combinations are :func:`check_config`'s."""
+        for name in OPTIONS:  # the one check of each, also run by the Python calls
+            checks.check_option(name, getattr(self, name))
+        for name, hint in POSITIVE_INTS.items():
+            checks.check_positive_int(name, getattr(self, name), hint)
+        for name, hint in POSITIVE_FLOATS.items():
+            checks.check_positive_float(name, getattr(self, name), hint)
         for name in ("hidden_dims", "latent_dims", "flow_hidden_dims"):
-            dims = getattr(self, name)
-            if dims is not None and (
-                not dims
-                or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims)
-            ):
-                raise validation.UserError(
-                    f"{name} must be positive integers such as 400 or 64,32, got {dims!r}"
-                )
-        if (
-            isinstance(self.categories, bool)
-            or not isinstance(self.categories, int)
-            or self.categories < 2
-        ):
-            raise validation.UserError(
-                f"categories must be an integer >= 2, got {self.categories!r}"
-            )
-        validation.check_positive_float("temperature", self.temperature)
-        validation.check_positive_float("min_temperature", self.min_temperature)
+            _check_dims(name, getattr(self, name))
+        if type(self.categories) is not int or self.categories < 2:
+            raise checks.UserError(f"categories must be an integer >= 2, got {self.categories!r}")
         if self.min_temperature > self.temperature:
-            raise validation.UserError(
+            raise checks.UserError(
                 f"need min_temperature <= temperature, got {self.min_temperature!r} and "
                 f"{self.temperature!r}"
             )
-        validation.check_fraction("temperature_decay", self.temperature_decay, "; 1: no annealing")
-        validation.check_nonnegative_int(
-            "labeled", self.labeled, "; labeled training images for m2"
-        )
+        checks.check_fraction("temperature_decay", self.temperature_decay, "; 1: no annealing")
+        checks.check_nonnegative_int("labeled", self.labeled, "; labeled training images for m2")
         if self.aux_weight is not None:
-            validation.check_nonnegative_float(
+            checks.check_nonnegative_float(
                 "aux_weight", self.aux_weight, "; leave it out for 0.1·N/labeled"
             )
-        validation.check_nonnegative_int("flows", self.flows)
-        validation.check_choice("optimizer", self.optimizer, ("adam", "clipped-adam"), "optimizer")
-        if self.net is not None:
-            validation.check_choice("net", self.net, ("mlp", "conv"), "net")
-        validation.check_choice("fast-path mode", self.fast, FAST, "fast")
-        validation.check_choice("prior", self.prior, ("standard", "vampprior"), "prior")
-        validation.check_positive_int(
-            "pseudo_inputs", self.pseudo_inputs, "; pass e.g. --pseudo-inputs 500"
-        )
-        if self.early_stopping is not None:
-            if not self.validation:
-                raise validation.UserError(
-                    "--early-stopping watches the validation ELBO: also pass --validation N "
-                    "(e.g. --validation 10000 for the 50k/10k/10k split)"
-                )
-        for name in ("scales", "groups_per_scale", "hidden_channels", "latent_channels"):
-            validation.check_positive_int(name, getattr(self, name))
-        validation.check_positive_float(
-            "sample_temperature", self.sample_temperature, "; e.g. 0.7 (1: the prior)"
+        checks.check_nonnegative_int("flows", self.flows)
+        for kind, name, choices in CHOICES:
+            if getattr(self, name) is not None:
+                checks.check_choice(kind, getattr(self, name), choices, name)
+        if self.early_stopping is not None and not self.validation:
+            raise checks.UserError(
+                "--early-stopping watches the validation ELBO: also pass --validation N "
+                "(e.g. --validation 10000 for the 50k/10k/10k split)"
+            )
+
+    def data_options(self):
+        """The keyword arguments of :func:`pyro_vae.data.load_data` that load this run's data."""
+        return dict(
+            name=self.dataset,
+            data_dir=self.data_dir,
+            binarize=self.binarize,
+            validation=self.validation,
+            limit=self.limit,
+            test_limit=self.test_limit,
+            exclude_class=self.exclude_class,
+            image_size=self.image_size,
+            test_fraction=self.test_fraction,
         )
 
     def to_dict(self):
@@ -181,9 +186,7 @@ class Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise validation.UserError(
-                f"unknown config key(s) {unknown}; valid keys: {sorted(names)}"
-            )
+            raise checks.UserError(f"unknown config key(s) {unknown}; valid keys: {sorted(names)}")
         return cls(**d)
 
     def save(self, path):
@@ -196,18 +199,26 @@ class Config:
             return cls.from_dict(json.load(f))
 
 
-def _check_net_and_estimator(config, spec, net):
+def _check_dims(name, dims):
+    """A list of layer widths: None, or positive integers."""
+    if dims is not None and (not dims or any(type(d) is not int or d <= 0 for d in dims)):
+        raise checks.UserError(
+            f"{name} must be positive integers such as 400 or 64,32, got {dims!r}"
+        )
+
+
+def _check_net_and_estimator(config, spec):
     """The net against the model's declared nets, and the estimator against its declared ones."""
     from pyro_vae.models.nets import ACTIVATIONS, GATED
 
-    nets = spec.nets
+    nets, net = spec.nets, config.net
     if net not in nets:
-        raise validation.UserError(
+        raise checks.UserError(
             f"--model {config.model} has {' or '.join(nets)} nets only, not --net {net}; "
             f"pass --net {nets[0]} or leave --net out"
         )
     if config.activation == GATED and net != "mlp":
-        raise validation.UserError(
+        raise checks.UserError(
             f"--activation gated is a gated dense layer, for --net mlp; --net {net} takes a "
             f"pointwise activation: --activation {' or '.join(sorted(ACTIVATIONS))}"
         )
@@ -215,93 +226,94 @@ def _check_net_and_estimator(config, spec, net):
     used = "free-bits" if config.free_bits else config.elbo
     if estimators is not None and used not in estimators:
         what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
-        raise validation.UserError(
+        raise checks.UserError(
             f"--model {config.model} samples a discrete latent that is not reparameterizable, "
-            "which "
-            f"{what} cannot train; use --elbo {' or '.join(estimators)}"
+            f"which {what} cannot train; use --elbo {' or '.join(estimators)}"
             + (" without --free-bits" if config.free_bits else "")
         )
 
 
-def _check_guide(config, guide):
-    """The guide's flows against ``--flows`` and the estimator's declared ``needs_inverse``."""
+def _check_guide(config, spec):
+    """The guide against the model's declared guides, its flows against ``--flows``, and the
+    estimator's declared ``needs_inverse``."""
     from pyro_vae.estimators import ESTIMATORS
     from pyro_vae.guides import FLOWS
 
+    guide, guides = config.guide, spec.guide_names()
+    if not isinstance(guide, str) or guide not in guides:
+        raise checks.UserError(
+            f"unknown guide {guide!r} for --model {config.model} (--guide); choose one of "
+            f"{', '.join(sorted(guides))}, or leave --guide out for its default, "
+            f"{spec.default_guide_name()}"
+        )
     if guide in FLOWS and config.flows < 1:
-        raise validation.UserError(
+        raise checks.UserError(
             f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)"
         )
     if guide not in FLOWS and (config.flows or config.flow_hidden_dims):
         flag = "--flows" if config.flows else "--flow-hidden-dims"
-        raise validation.UserError(
+        raise checks.UserError(
             f"{flag} needs a flow guide (--guide {', '.join(FLOWS)}); the {guide!r} guide has no "
             f"flows: drop {flag}"
         )
     if guide in FLOWS and not FLOWS[guide].invertible and ESTIMATORS[config.elbo].needs_inverse:
-        raise validation.UserError(
+        raise checks.UserError(
             f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; "
-            "the "
-            f"{guide!r} flow has none: use --guide "
+            f"the {guide!r} flow has none: use --guide "
             f"{' or '.join(n for n, f in FLOWS.items() if f.invertible)}, or --elbo iwae"
         )
+
+
+class Plan(NamedTuple):
+    """A checked run: its config with the model's defaults filled in (``guide``, ``net``), the
+    model's :class:`~pyro_vae.models.spec.ModelSpec`, the KL schedule β(e) it trains with, and the
+    arguments of :func:`~pyro_vae.data.load_data` that read its data."""
+
+    config: Config
+    spec: Any
+    schedule: Any
+    data: dict
 
 
 def check_config(config):
     """Names in a :class:`Config` that only the registries know, the combination of model, guide,
     net, estimator and KL variant, and the data directory: the one place that refuses a
-    configuration.
+    configuration. Returns its :class:`Plan` (``config`` itself is left as it is).
 
     Checked before any data is read; each refusal is one line naming the conflict.  The device is
     checked by the caller (a run trained on CUDA may be evaluated on CPU).
     """
-    from pyro_vae.data import (
-        BINARIZE,
-        check_source,
-    )  # the registries, imported when a run starts, not for --help
+    # the registries, imported when a run starts, not for --help
+    from pyro_vae.data import BINARIZE, check_source
     from pyro_vae.estimators import ESTIMATORS
     from pyro_vae.estimators.variants import KLSchedule, check_estimator
-    from pyro_vae.models import MODELS, model_guides, with_defaults
+    from pyro_vae.models import MODELS, with_defaults
     from pyro_vae.models.likelihoods import EIGHT_BIT, LIKELIHOODS
     from pyro_vae.models.nets import ACTIVATIONS, GATED
 
     check_source(config.dataset)
-    validation.check_choice("binarize mode", config.binarize, BINARIZE, "binarize")
-    validation.check_eight_bit(config.likelihood in EIGHT_BIT, config.binarize, config.likelihood)
-    validation.check_choice("model", config.model, MODELS, "model")
-    validation.check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
-    validation.check_choice("activation", config.activation, [*ACTIVATIONS, GATED], "activation")
-    builder = MODELS[config.model]
-    guides, default = model_guides(
-        builder
-    )  # a model builder may declare its own guides (hierarchical: top-down…)
-    filled = with_defaults(config)  # the model's own guide and net where they are left out
-    guide, net = filled.guide, filled.net
-    if not isinstance(guide, str) or guide not in guides:
-        raise validation.UserError(
-            f"unknown guide {guide!r} for --model {config.model} (--guide); choose one of "
-            f"{', '.join(sorted(guides))}, or leave --guide out for its default, {default}"
-        )
-    validation.check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
-    _check_net_and_estimator(config, builder, net)
-    _check_guide(config, guide)
-    schedule = KLSchedule(config.beta, config.kl_warmup_epochs)
+    checks.check_choice("binarize mode", config.binarize, BINARIZE, "binarize")
+    checks.check_eight_bit(config.likelihood in EIGHT_BIT, config.binarize, config.likelihood)
+    checks.check_choice("model", config.model, MODELS, "model")
+    checks.check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
+    checks.check_choice("activation", config.activation, [*ACTIVATIONS, GATED], "activation")
+    checks.check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
+    spec, filled = MODELS[config.model], with_defaults(config)  # the model's own guide and net
+    _check_guide(filled, spec)
+    _check_net_and_estimator(filled, spec)
+    schedule = KLSchedule(config.beta, config.kl_warmup_epochs)  # the run's one schedule
     if not schedule.is_identity or config.free_bits:
         check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
-    priors = builder.priors
-    if config.prior not in priors:
-        raise validation.UserError(
+    if config.prior not in spec.priors:
+        raise checks.UserError(
             f"--prior {config.prior} is not available for --model {config.model}; it offers "
-            f"{', '.join(priors)}"
+            f"{', '.join(spec.priors)}"
         )
-    if builder.check is not None:  # the model's own rules (e.g. hierarchical: --latent-dims)
-        builder.check(config)
-    validation.check_positive_float("sigma", config.sigma, "; pass e.g. --sigma 0.1")
-    for option in ("limit", "test_limit"):
-        validation.check_option(option, getattr(config, option))
+    if spec.check is not None:  # the model's own rules (e.g. hierarchical: --latent-dims)
+        spec.check(filled)
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         raise FileNotFoundError(
             f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
             f"--data-dir or leave it out to use the default cache"
         )
-    return config
+    return Plan(filled, spec, schedule, filled.data_options())

@@ -9,205 +9,48 @@ evaluation, ``eval.json`` and ``latent_scatter.png`` (``anomaly.json``,
 """
 
 import json
-import logging
 import os
 
 import pyro
 import torch
 
+from pyro_vae.app import run
 from pyro_vae.app.config import Config, check_config
+from pyro_vae.app.run import LOG
 from pyro_vae.core import checks as validation
 from pyro_vae.data import load_data
-from pyro_vae.estimators import make_elbo
-from pyro_vae.estimators.variants import KLSchedule, beta_scale
-from pyro_vae.models import build_model, with_defaults
 from pyro_vae.training import distributed
-from pyro_vae.training.console import Console
-from pyro_vae.training.figures import Evaluation
-from pyro_vae.training.guards import NaNGuard
-from pyro_vae.training.optim import Optimization
-from pyro_vae.training.tensorboard import TensorBoard, evaluated_step, log_evaluation
-from pyro_vae.training.trainer import CHECKPOINT, METRICS, Trainer, resolve_device
+from pyro_vae.training.tensorboard import evaluated_step, log_evaluation
+from pyro_vae.training.trainer import CHECKPOINT, Trainer, resolve_device
 
-# the run's log: the trainer's log lines, and the traceback of a failed command (cli.py)
-LOG = "pyro-vae.log"
-
-
-def _load_data(config, device):
-    return load_data(
-        config.dataset,
-        config.data_dir,
-        config.binarize,
-        config.validation,
-        config.limit,
-        config.test_limit,
-        device=device,
-        exclude_class=config.exclude_class,
-        image_size=config.image_size,
-        test_fraction=config.test_fraction,
-    )
+__all__ = ["LOG", "load_run", "resolve_device", "train"]
 
 
 def train(config, resume=False, progress=True):
     """Train the run described by ``config`` into ``config.out``; return ``(vae, data, history)``.
 
-    Every refusal (:func:`~pyro_vae.app.config.check_config`) happens before any data is read. The
-    run's log lines (the fast-path note, skipped steps) go to ``OUT/pyro-vae.log``; under torchrun
-    every rank returns only when rank 0 has written its files.
+    Every refusal (:func:`~pyro_vae.app.config.check_config`, the run directory) happens before any
+    data is read. The run's log lines (the fast-path note, skipped steps) go to
+    ``OUT/pyro-vae.log``; under torchrun every rank returns only when rank 0 has written its files.
     """
-    config = with_defaults(
-        check_config(config)
-    )  # names, combination, data directory: no data read yet
-    out = config.out
-    config_path = os.path.join(out, "config.json")
-    held = [f for f in ("config.json", CHECKPOINT, METRICS) if os.path.exists(os.path.join(out, f))]
-    if held and not resume:
-        raise FileExistsError(
-            f"{out!r} already holds a run ({', '.join(held)}); pass --resume to continue it "
-            f"or choose another --out"
-        )
-    if resume:
-        if not os.path.exists(os.path.join(out, CHECKPOINT)):
-            raise FileNotFoundError(
-                f"--resume: {out!r} has no {CHECKPOINT}; start a new run without --resume"
-            )
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(
-                f"--resume: {out!r} has no config.json, so it was not written by pyro-vae "
-                f"train; start a new run in another --out"
-            )
-        validation.load_checkpoint(
-            os.path.join(out, CHECKPOINT)
-        )  # corrupt or foreign: fail before loading data
-        saved = Config.load(config_path)
-        free = (
-            "epochs",
-            "out",
-        )  # a run may be given more epochs, and its folder may have been moved
-        if {k: v for k, v in saved.to_dict().items() if k not in free} != {
-            k: v for k, v in config.to_dict().items() if k not in free
-        }:
-            raise ValueError(
-                f"--resume: the options differ from those saved in {config_path}; "
-                "only --epochs may change when resuming (and --out, for a moved run folder)"
-            )
-    device = distributed.init(resolve_device(config.device))  # torchrun: one rank per process
+    plan = check_config(config)  # names, combination, data directory: no data read yet
+    config = plan.config  # the model's defaults filled in
+    run.check_run_dir(config, resume)
+    device = validation.check_device(config.device)  # auto: cuda where there is one
+    device = distributed.init(device)  # torchrun: one rank per process
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-    data = _load_data(config, device)
-    vae = build_model(config, data.x_shape, num_data=len(data.train)).to(device)
-    os.makedirs(out, exist_ok=True)
-    logger, level = logging.getLogger("pyro_vae"), logging.getLogger("pyro_vae").level
-    handler = None
-    if (
-        distributed.is_main()
-    ):  # the package's log lines (fast-path note, skipped steps) also go to OUT/pyro-vae.log
-        handler = logging.FileHandler(os.path.join(out, LOG))
-        handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
-            )
-        )
-        handler.setLevel(logging.INFO)
-        logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
-        logger.addHandler(handler)
-    try:
+    data = load_data(**plan.data, device=device)
+    vae = plan.spec(config, data.x_shape, len(data.train)).to(device)
+    with run.run_log(config.out):
         if distributed.is_main():
-            config.save(config_path)
-        result = _fit(config, vae, data, resume, progress)
-        # the other ranks wait for rank 0's report and pictures before they exit
-        distributed.barrier()
-        return result
-    finally:
-        if handler is not None:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
-            handler.close()
-
-
-def _fit(config, vae, data, resume, progress):
-    out, device = config.out, data.train.device
-    model, guide, elbo = vae.model, vae.guide, config.elbo
-    schedule = KLSchedule(
-        config.beta, config.kl_warmup_epochs
-    )  # β-VAE, KL warm-up, free bits (estimators.variants)
-    before_epoch = None
-    if (
-        not schedule.is_identity or config.free_bits
-    ):  # check_config has refused the estimators that cannot
-        beta = schedule.weights(
-            device
-        )  # tensors set before each epoch (also after --resume): the traced step reads them
-        model, guide = beta_scale(model, beta), beta_scale(guide, beta)
-        before_epoch = lambda t: schedule.set_epoch(t.epoch)  # noqa: E731
-        if config.free_bits:
-            elbo = make_elbo("free-bits", config.particles, free_bits=config.free_bits)
-    optim = Optimization(
-        config.lr,
-        config.optimizer,
-        config.lr_decay,
-        config.clip_norm,
-        skip_threshold(config, len(data.train)),
-    )
-    listeners = [
-        Evaluation(config.eval_particles),
-        NaNGuard(config.max_bad_steps),
-        TensorBoard(config.log_every, config.images_every, enabled=config.tensorboard),
-    ]
-    listeners += [Console(config.log_every)] if progress else []
-    trainer = Trainer(
-        model,
-        guide,
-        elbo,
-        config.particles,
-        optim,
-        out_dir=out,
-        modules=[vae],
-        progress=progress,
-        fast=False if config.fast == "off" else config.fast,
-        listeners=listeners,
-    )
-    # optional model hooks: on_epoch(completed epochs) e.g. anneals a temperature;
-    # batch_kwargs(data)
-    # gives index -> extra model/guide kwargs (labels); report(data) gives final figures (written to
-    # report.json)
-    on_epoch = getattr(vae, "on_epoch", None)
-    callback = (lambda t, metrics: on_epoch(t.epoch)) if on_epoch else None
-    batch_kwargs = vae.batch_kwargs(data) if hasattr(vae, "batch_kwargs") else None
-    history = trainer.fit(
-        data,
-        config.epochs,
-        config.batch_size,
-        resume=resume,
-        callback=callback,
-        batch_kwargs=batch_kwargs,
-        before_epoch=before_epoch,
-        early_stopping=config.early_stopping,
-        warmup_epochs=config.kl_warmup_epochs,
-    )
-    if not distributed.is_main():
-        return vae, data, history
-    if hasattr(vae, "report"):
-        report = vae.report(data)
-        with open(os.path.join(out, "report.json"), "w") as f:
-            json.dump(report, f, indent=2)
-        if history:
-            history[-1] = {**history[-1], **report}
-    if config.pictures:
-        from pyro_vae.evaluation.pictures import save_run_pictures
-
-        vae.eval()
-        save_run_pictures(
-            vae.model, vae.guide, data.test[:64], out, temperature=config.sample_temperature
-        )
+            config.save(os.path.join(config.out, "config.json"))
+        trainer, hooks = run.build_trainer(plan, vae, data, progress)
+        history = trainer.fit(data, config.epochs, config.batch_size, resume=resume, **hooks)
+        if distributed.is_main():
+            run.finish(config, vae, data, history)
+        distributed.barrier()  # the other ranks wait for rank 0's report and pictures
     return vae, data, history
-
-
-def skip_threshold(config, num_data):
-    """``--skip-threshold G`` (nats per image) as a norm of the loss's gradient: the built-in models
-    scale the batch to the full-data ELBO (``num_data`` images), so ‖∇ loss‖ = num_data · ‖∇ loss
-    per image‖."""
-    return None if config.skip_threshold is None else config.skip_threshold * num_data
 
 
 def load_run(run_dir, device="auto", data=True):
@@ -220,18 +63,17 @@ def load_run(run_dir, device="auto", data=True):
             raise FileNotFoundError(
                 f"{run_dir!r} is not a finished run: {os.path.basename(path)} is missing"
             )
-    config = with_defaults(check_config(Config.load(config_path)))
+    plan = check_config(Config.load(config_path))
+    config = plan.config
     device = resolve_device(device)
     state = validation.load_checkpoint(ckpt_path)
-    if config.early_stopping and state.get(
-        "best"
-    ):  # early stopping: the parameters of the best epoch
+    if config.early_stopping and state.get("best"):  # the parameters of the best epoch
         state = {**state, **{k: state["best"][k] for k in ("params", "buffers")}}
     pyro.clear_param_store()
-    dataset = _load_data(config, device) if data else None
+    dataset = load_data(**plan.data, device=device) if data else None
     x_shape = dataset.x_shape if dataset else (1, 28, 28)
     num_data = len(dataset.train) if dataset else None
-    vae = build_model(config, x_shape, num_data=num_data).to(device)
+    vae = plan.spec(config, x_shape, num_data).to(device)
     trainer = Trainer(
         vae.model, vae.guide, config.elbo, config.particles, modules=[vae], progress=False
     )
@@ -370,8 +212,7 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None, temperature=N
     ``samples_tT.png`` at a temperature T ≠ 1); return its path.
 
     ``label``: class of the images, for conditional models (``--model cvae``).  ``temperature``: τ
-    multiplying
-    the prior's standard deviation at every Gaussian latent (default: the run's
+    multiplying the prior's standard deviation at every Gaussian latent (default: the run's
     ``sample_temperature``).
     """
     from pyro_vae.evaluation.pictures import samples_name, save_samples

@@ -5,7 +5,7 @@ the model's own file: its builder ``build(config, x_shape, num_data)``, guides, 
 estimators and its own checks. A new model is one file with a ``SPEC`` plus one line here.
 """
 
-import dataclasses
+import copy
 
 from pyro_vae.models import builders, cvae, deep_hierarchical, hierarchical, m2, relaxed_categorical
 from pyro_vae.models.spec import ModelSpec
@@ -32,15 +32,17 @@ def model_nets(builder):
 
 def with_defaults(config):
     """``config`` with the model's defaults filled in: ``guide=None`` becomes the model's default
-    guide, and ``net=None`` its default net (conv for deep-hierarchical, else mlp)."""
-    if config.model not in MODELS:
+    guide, and ``net=None`` its default net (conv for deep-hierarchical, else mlp).
+
+    A copy where something is filled in, not checked again: the defaults are the model's own."""
+    if config.model not in MODELS or None not in (config.guide, config.net):
         return config
-    builder, filled = MODELS[config.model], {}
+    builder, filled = MODELS[config.model], copy.copy(config)
     if config.guide is None:
-        filled["guide"] = model_guides(builder)[1]
+        filled.guide = model_guides(builder)[1]
     if config.net is None:
-        filled["net"] = model_nets(builder)[1]
-    return dataclasses.replace(config, **filled) if filled else config
+        filled.net = model_nets(builder)[1]
+    return filled
 
 
 def build_model(config, x_shape, num_data=None):

@@ -1,6 +1,33 @@
-"""Run-directory files written so that no crash, interrupt or NaN loses them: atomic writes, and the
-state a resume restores (parameters, module buffers, optimizer and RNG states), and the two
-listeners that write them."""
+"""Run-directory files written so that no crash, interrupt or NaN loses them: atomic writes, the
+state a resume restores (parameters, module buffers, optimizer and RNG states) and its restoring,
+and the two listeners that write them.
+
+Run directory (``out_dir``):
+
+=================== ======================================================================
+``metrics.jsonl``   one JSON object per completed epoch: ``epoch``, ``train_loss`` (mean
+                    −ELBO per training image over the finite steps, nats), ``test_elbo``
+                    (mean ELBO per test image), ``seconds``, ``lr`` (at the epoch's end),
+                    ``steps``, ``bad_steps`` (skipped non-finite steps), ``fast_path``
+                    (whether the epoch's steps replayed one traced graph) and
+                    ``fast_path_note`` (how, or why not); ``test_recon`` and ``test_kl``
+                    (``test_elbo = test_recon − test_kl``); ``validation_elbo`` when the data
+                    has a validation split; ``active_units`` and ``kl_per_dim`` (``{site: …}``,
+                    on the first ``diagnostic_images`` test images); ``skipped_updates`` with
+                    ``skip_threshold`` (updates skipped for their gradient norm); in the first
+                    row a process trains, ``compile_seconds`` (0 when nothing was compiled) and
+                    ``compile_cache_hit`` (whether inductor's cache held the graph),
+                    ``fast_route`` ("compile", "trace" or "off": how that process's steps
+                    ran) and ``commit`` (the code's git commit, ``+dirty`` if edited)
+``checkpoint.pt``   epoch, params, module buffers, optimizer state, RNG states, learning-rate
+                    scale, the metrics of every completed epoch and (early stopping) the best
+                    epoch's parameters; written atomically (temporary file, fsync, rename)
+                    before the first epoch and after each one
+``best.pt``         early stopping: ``epoch``, ``params``, ``buffers`` of the epoch with the
+                    highest ``validation_elbo``
+``events.out.*``    TensorBoard event files: the same rows, the running loss, pictures
+=================== ======================================================================
+"""
 
 import json
 import os
@@ -8,6 +35,7 @@ import os
 import pyro
 import torch
 
+from pyro_vae.core.pair import checked_probe
 from pyro_vae.training.listeners import Listener
 
 CHECKPOINT = "checkpoint.pt"
@@ -105,6 +133,20 @@ def restore(state, modules, optim):
         torch.cuda.set_rng_state_all(cuda)
 
 
+def resume(trainer, state, x):
+    """Put a checkpoint's ``state`` back into ``trainer``: the pair traced once on the batch ``x``
+    registers every parameter, then :func:`restore`, then the epoch, the learning-rate scale, the
+    metrics rows and the best epoch. A checkpoint of another model raises ValueError naming the
+    first differing parameters."""
+    args, kwargs = trainer.batch_call(x, torch.arange(len(x), device=x.device))
+    checked_probe(trainer.model, trainer.guide, *args, data_plate=trainer.data_plate, **kwargs)
+    restore(state, trainer.modules, trainer.optim)
+    trainer.epoch = state["epoch"]
+    trainer.lr_scale = state.get("lr_scale", 1.0)
+    trainer.history = list(state.get("history", []))
+    trainer.best = state.get("best")
+
+
 class MetricsFile(Listener):
     """``metrics.jsonl``: one JSON row per completed epoch, appended at its end; rewritten from the
     checkpoint's copy of the rows when a run starts, so a resumed run's file holds exactly the
@@ -130,9 +172,7 @@ class Checkpoints(Listener):
     atomically before the first epoch and after each one; ``best.pt``, the best epoch's parameters
     under early stopping."""
 
-    # after the metrics file and TensorBoard: their rows are on disk before the checkpoint counts
-    # them
-    order = 40
+    order = 40  # after the metrics file and TensorBoard: their rows are on disk first
 
     def on_run_start(self, trainer):
         if not trainer.writes:

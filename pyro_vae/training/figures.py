@@ -60,9 +60,8 @@ def elbo_figures(model, guide, x, num_particles=1, batch_size=1000, batch_call=N
 
 def latent_figures(model, guide, x, batch_size=1000, batch_call=None):
     """``{"active_units": {site: count}, "kl_per_dim": {site: [KL of each dimension]}}`` on data
-    ``x`` (see
-    :mod:`pyro_vae.evaluation.metrics`; a site whose q does not factorize has no ``kl_per_dim``
-        entry)."""
+    ``x`` (see :mod:`pyro_vae.evaluation.metrics`; a site whose q does not factorize has no
+    ``kl_per_dim`` entry)."""
     _, _, per_dim = _latent_pass(model, guide, x, batch_size=batch_size, batch_call=batch_call)
     active = active_units(posterior_means(guide, x, batch_size=batch_size, batch_call=batch_call))
     return {
@@ -100,9 +99,7 @@ class Evaluation(Listener):
         run, pair = trainer.run, (trainer.model, trainer.guide)
         if run.test_x is not None:
             metrics.update({f"test_{k}": v for k, v in self.terms(trainer, run.test_x).items()})
-        with torch.random.fork_rng(
-            devices=cuda_devices(run.device)
-        ):  # training's random stream stays
+        with torch.random.fork_rng(devices=cuda_devices(run.device)):  # training's stream stays
             if run.val_x is not None:
                 metrics["validation_elbo"] = self.terms(trainer, run.val_x)["elbo"]
             if run.test_x is not None and self.diagnostic_images:

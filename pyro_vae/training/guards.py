@@ -9,6 +9,7 @@ import threading
 import torch
 
 from pyro_vae.core.checks import check_option
+from pyro_vae.training.console import Console
 from pyro_vae.training.listeners import Listener
 
 logger = logging.getLogger(__name__)
@@ -125,8 +126,10 @@ class NaNGuard(Listener):
     def on_run_start(self, trainer):
         buffers = [b for m in trainer.modules for b in m.buffers() if b.is_floating_point()]
         self.guard = NonFiniteGuard(buffers, self.max_bad_steps)
+        # on a GPU, the console's log_every (the trainer has none of its own)
+        consoles = [e.log_every for e in trainer.run.listeners if isinstance(e, Console)]
         self.every = self.check_every or (
-            1 if trainer.run.device.type == "cpu" else trainer.log_every
+            1 if trainer.run.device.type == "cpu" else (consoles or [50])[0]
         )
 
     def on_epoch_start(self, trainer):
@@ -163,10 +166,9 @@ class NaNGuard(Listener):
             lower,
             lambda worst: (
                 f"the loss or its gradients were NaN/inf for {worst} steps in a row (epoch "
-                f"{trainer.epoch + 1}/"
-                f"{trainer.run.epochs}, step {step}) although the learning rate was lowered to "
-                f"{trainer.lr:.3g}{kept}; "
-                f"try a smaller lr=, clip_norm=, another likelihood= or sigma=, or check the data"
+                f"{trainer.epoch + 1}/{trainer.run.epochs}, step {step}) although the learning "
+                f"rate was lowered to {trainer.lr:.3g}{kept}; try a smaller lr=, clip_norm=, "
+                f"another likelihood= or sigma=, or check the data"
             ),
         )
         trainer.bad_steps = self.guard.seen

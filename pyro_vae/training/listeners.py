@@ -4,28 +4,22 @@ and Keras' callbacks).
 The loop (:class:`~pyro_vae.training.trainer.Trainer`) runs epochs of steps and calls, on every
 listener in the order of their :attr:`Listener.order`:
 
-===========================================
-===========================================================
-``on_run_start(trainer)``                   once per ``fit``, after a resumed checkpoint is restored
-``on_epoch_start(trainer)``                 before an epoch's first step (``trainer.epoch`` epochs
-done)
-``on_step_start(trainer)``                  before each step
-``on_step_end(trainer, step, loss, ok)``    after each step: its −ELBO and finiteness flag (device
-tensors)
-``on_bad_steps(trainer, count, step)``      when ``count`` non-finite steps were newly found (and
-skipped)
-``on_train_epoch_end(trainer, step)``       after an epoch's last step, before its metrics are taken
-``on_epoch_end(trainer, metrics)``          with the epoch's metrics row (a listener may add to it)
-``on_run_end(trainer)``                     when ``fit`` returns or raises
-===========================================
-===========================================================
+======================================== ===========================================================
+``on_run_start(trainer)``                once per ``fit``, after a resumed checkpoint is restored
+``on_epoch_start(trainer)``              before an epoch's first step, ``trainer.epoch`` epochs done
+``on_step_start(trainer)``               before each step
+``on_step_end(trainer, step, loss, ok)`` after each step: its −ELBO and ``ok`` flag (device tensors)
+``on_bad_steps(trainer, count, step)``   when ``count`` new non-finite steps were found (skipped)
+``on_train_epoch_end(trainer, step)``    after an epoch's last step, before its metrics are taken
+``on_epoch_end(trainer, metrics)``       with the epoch's metrics row (a listener may add to it)
+``on_run_end(trainer)``                  when ``fit`` returns or raises
+======================================== ===========================================================
 
 Each piece of a run is one listener in its own module: :class:`~.figures.Evaluation`,
 :class:`~.guards.NaNGuard`, :class:`~.guards.SignalStop`, :class:`~.early_stopping.EarlyStopping`,
 :class:`~.checkpoint.MetricsFile`, :class:`~.checkpoint.Checkpoints`,
-    :class:`~.tensorboard.TensorBoard`,
-:class:`~.console.Console`. A user's listener subclasses :class:`Listener` and overrides the hooks
-    it needs::
+:class:`~.tensorboard.TensorBoard`, :class:`~.console.Console`. A user's listener subclasses
+:class:`Listener` and overrides the hooks it needs::
 
     class PrintKL(Listener):
         def on_epoch_end(self, trainer, metrics):

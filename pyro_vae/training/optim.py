@@ -42,9 +42,8 @@ class SkippableAdam(torch.optim.Adam):
             if not params:
                 continue
             for p in params:
-                if not self.state[
-                    p
-                ]:  # Adam's lazy state, as torch.optim.Adam makes it for a fused group
+                # Adam's lazy state, as torch.optim.Adam makes it for a fused group
+                if not self.state[p]:
                     self.state[p].update(
                         step=torch.zeros((), dtype=torch.float32, device=p.device),
                         exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
@@ -98,9 +97,8 @@ class FusedOptim(pyro.optim.PyroOptim):
         super().__init__(FUSED.get(optim_constructor, optim_constructor), optim_args, clip_args)
         self.optim = None
         self._members = set()
-        self.skip_threshold = (
-            skip_threshold  # skip an update whose total gradient norm exceeds this (VDVAE)
-        )
+        # skip an update whose total gradient norm exceeds this (VDVAE)
+        self.skip_threshold = skip_threshold
         # updates skipped for their gradient norm since the last take_skipped(), on the device
         self.skipped = None
 

@@ -30,9 +30,8 @@ class DeviceSVI(SVI):
 
     def step(self, *args, **kwargs):
         ok = None
-        replay = getattr(
-            self.elbo, "replay", None
-        )  # a FastELBO: loss, finiteness and gradients from one graph
+        # a FastELBO: loss, finiteness and gradients from one graph
+        replay = getattr(self.elbo, "replay", None)
         replayed = replay(self.model, self.guide, *args, **kwargs) if replay else None
         if replayed is not None:
             loss, ok, params, grads = replayed
@@ -59,9 +58,7 @@ class DeviceSVI(SVI):
         elif ok is None:
             grads = [p.grad for p in params if p.grad is not None]
             total = loss.sum()
-            if (
-                grads
-            ):  # ‖(g_1, …, g_n)‖₂ is finite iff every gradient is (or overflows beyond ~1e19)
+            if grads:  # ‖(g_1, …, g_n)‖₂ is finite iff every gradient is (or overflows ~1e19)
                 total = total + _total_norm(grads).to(total)
             ok = torch.isfinite(total)
         if isinstance(self.optim, FusedOptim):

@@ -1,43 +1,17 @@
 """SVI training loop over device-resident data: NaN guard, atomic checkpoints, exact resume, safe
-interrupts.
+interrupts (the run directory it writes: :mod:`.checkpoint`).
 
 The trainer takes any ``model``/``guide`` pair, called as ``SVI.step`` calls it; ``batch_call`` says
 how a batch becomes its arguments (default ``model(x)``: the built-in VAE's ``vae.model`` and
 ``vae.guide`` are one such pair).
-
-Run directory (``out_dir``):
-
-=================== ======================================================================
-``metrics.jsonl``   one JSON object per completed epoch: ``epoch``, ``train_loss`` (mean
-                    −ELBO per training image over the finite steps, nats), ``test_elbo``
-                    (mean ELBO per test image), ``seconds``, ``lr`` (at the epoch's end),
-                    ``steps``,
-                    ``bad_steps`` (skipped non-finite steps), ``fast_path`` (whether the
-                    epoch's steps replayed one traced graph) and ``fast_path_note`` (how,
-                    or why not); ``test_recon`` and ``test_kl``
-                    (``test_elbo = test_recon − test_kl``); ``validation_elbo`` when the data
-                    has a validation split; ``active_units`` and ``kl_per_dim`` (``{site: …}``,
-                    on the first ``diagnostic_images`` test images); ``skipped_updates`` with
-                    ``skip_threshold`` (updates skipped for their gradient norm); in the first
-                    row a process trains, ``compile_seconds`` (0 when nothing was compiled) and
-                    ``compile_cache_hit`` (whether inductor's cache held the graph),
-                    ``fast_route`` ("compile", "trace" or "off": how that process's steps
-                    ran) and ``commit`` (the code's git commit, ``+dirty`` if edited)
-``checkpoint.pt``   epoch, params, module buffers, optimizer state, RNG states, learning-rate
-                    scale, the metrics of every completed epoch and (early stopping) the best
-                    epoch's parameters; written atomically (temporary file, fsync, rename)
-                    before the first epoch and after each one
-``best.pt``         early stopping: ``epoch``, ``params``, ``buffers`` of the epoch with the
-                    highest ``validation_elbo``
-``events.out.*``    TensorBoard event files: the same rows, the running loss, pictures
-=================== ======================================================================
 
 The loop runs epochs of :class:`~pyro_vae.training.svi.DeviceSVI` steps (the estimator wrapped in
 :class:`~pyro_vae.estimators.fast.FastELBO`: a replayed graph where one was proven); everything else
 is a listener (:mod:`.listeners`) with its own module: the per-epoch figures
 (:class:`~.figures.Evaluation`), the NaN guard and the signal stop (:mod:`.guards`), early stopping
 (:mod:`.early_stopping`), the metrics file and the checkpoints (:mod:`.checkpoint`), TensorBoard
-(:mod:`.tensorboard`) and the console (:mod:`.console`). Every random draw of the set-up happens
+(:mod:`.tensorboard`) and the console (:mod:`.console`); the fast path's capture is in
+:mod:`.fast_path`, the resume in :mod:`.checkpoint`. Every random draw of the set-up happens
 before a checkpoint is restored, so on CPU ``fit(epochs=4)`` equals ``fit(epochs=2)`` then
 ``fit(epochs=4, resume=True)`` bit for bit; the figures draw from a fork of the RNG.
 """
@@ -45,6 +19,7 @@ before a checkpoint is restored, so on CPU ``fit(epochs=4)`` equals ``fit(epochs
 import math
 import os
 import time
+from operator import attrgetter
 from types import SimpleNamespace
 
 import pyro
@@ -54,11 +29,10 @@ from pyro_vae.core import checks as validation
 from pyro_vae.core.pair import batch_as_argument, checked_probe
 from pyro_vae.data import training_data
 from pyro_vae.estimators import FastELBO, make_elbo
-from pyro_vae.estimators.fast import proof_rows, traceable_batches
-from pyro_vae.training import checkpoint, distributed
+from pyro_vae.training import checkpoint, distributed, fast_path
 from pyro_vae.training.checkpoint import BEST, CHECKPOINT, METRICS, Checkpoints, MetricsFile
 from pyro_vae.training.console import Console
-from pyro_vae.training.early_stopping import EarlyStopping, best_epoch, should_stop
+from pyro_vae.training.early_stopping import EarlyStopping, best_epoch
 from pyro_vae.training.figures import Evaluation
 from pyro_vae.training.guards import NaNGuard, NonFiniteLossError, SignalStop, TrainingInterrupted
 from pyro_vae.training.listeners import Callback, Listener, merged
@@ -116,19 +90,12 @@ class Trainer:
         :mod:`pyro_vae.core.pair`); it sets the per-image scale of ``train_loss`` and is passed to
         the per-data-point estimators.
     :param listeners: :class:`~.listeners.Listener` s added to the defaults
-        (:class:`~.guards.NaNGuard`,
-        :class:`~.guards.SignalStop`, :class:`~.figures.Evaluation`, :class:`~.console.Console`,
-        :class:`~.checkpoint.MetricsFile`, :class:`~.tensorboard.TensorBoard`,
-        :class:`~.checkpoint.Checkpoints`); one of a default's class replaces it (e.g.
-        ``TensorBoard(images_every=5)``, ``NaNGuard(max_bad_steps=3)``).
+        (:class:`~.guards.NaNGuard`, :class:`~.guards.SignalStop`, :class:`~.figures.Evaluation`,
+        :class:`~.console.Console`, :class:`~.checkpoint.MetricsFile`,
+        :class:`~.tensorboard.TensorBoard`, :class:`~.checkpoint.Checkpoints`); one of a default's
+        class replaces it (e.g. ``TensorBoard(images_every=5)``, ``NaNGuard(max_bad_steps=3)``).
 
-    Metrics row of each epoch (``metrics.jsonl``): ``epoch``, ``train_loss`` (mean −ELBO per
-    training image over the finite steps, nats), ``seconds`` (the epoch's steps), ``lr`` (at the
-    epoch's end), ``steps``, ``bad_steps`` (skipped non-finite steps), ``fast_path`` and
-    ``fast_path_note``; ``skipped_updates`` with a ``skip_threshold``; the figures' ``test_elbo``,
-    ``test_recon``, ``test_kl``, ``validation_elbo``, ``active_units``, ``kl_per_dim``.
-    ``checkpoint.pt`` holds the epoch, params, module buffers, optimizer and RNG states, the
-    learning-rate scale, every row and (early stopping) the best epoch; ``best.pt`` the best epoch.
+    What each epoch's metrics row and the checkpoint hold: :mod:`~pyro_vae.training.checkpoint`.
     """
 
     def __init__(
@@ -168,21 +135,11 @@ class Trainer:
         )
         self.svi = DeviceSVI(model, guide, self.optim, self.elbo)
         self.out_dir, self.progress, self.modules = out_dir, progress, list(modules)
-        defaults = [
-            NaNGuard(),
-            SignalStop(),
-            Evaluation(),
-            MetricsFile(),
-            TensorBoard(),
-            Checkpoints(),
-        ]
-        self.listeners = merged(defaults + ([Console()] if progress else []), listeners)
-        self.epoch, self.history, self.best, self.lr_scale = (
-            0,
-            [],
-            None,
-            1.0,
-        )  # lr_scale: the NaN guard's
+        defaults = [NaNGuard(), SignalStop(), Evaluation(), MetricsFile(), TensorBoard()]
+        defaults += [Checkpoints()] + ([Console()] if progress else [])
+        self.listeners = merged(defaults, listeners)
+        self.epoch, self.history, self.best = 0, [], None
+        self.lr_scale = 1.0  # the NaN guard's
         self.run, self.stopped, self.bad_steps = None, False, 0
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
@@ -225,20 +182,9 @@ class Trainer:
         checkpoint.atomic_save(self.state_dict(), path or self.checkpoint_path)
 
     def load_state_dict(self, state, x):
-        """Restore a :meth:`state_dict`; ``x`` is a batch used to register the pair's parameters
-        first.
-
-        A checkpoint of another model raises ValueError naming the first differing parameters.
-        """
-        args, kwargs = self.batch_call(x, torch.arange(len(x), device=x.device))
-        checked_probe(
-            self.model, self.guide, *args, data_plate=self.data_plate, **kwargs
-        )  # registers every param
-        checkpoint.restore(state, self.modules, self.optim)
-        self.epoch = state["epoch"]
-        self.lr_scale = state.get("lr_scale", 1.0)
-        self.history = list(state.get("history", []))
-        self.best = state.get("best")
+        """Restore a :meth:`state_dict` (:func:`~pyro_vae.training.checkpoint.resume`); ``x`` is a
+        batch used to register the pair's parameters first."""
+        checkpoint.resume(self, state, x)
 
     def _probe(self, *args, **kwargs):
         """Trace the pair once on a batch (:func:`~pyro_vae.core.checked_probe`): its shapes fit,
@@ -247,9 +193,8 @@ class Trainer:
         self.pair = checked_probe(
             self.model, self.guide, *args, data_plate=self.data_plate, **kwargs
         )
-        if (
-            getattr(self.elbo, "max_plate_nesting", None) == math.inf
-        ):  # as Pyro counts it: vectorized particles too
+        if getattr(self.elbo, "max_plate_nesting", None) == math.inf:
+            # as Pyro counts it: vectorized particles too
             particles = (
                 getattr(self.elbo, "vectorize_particles", False) and self.elbo.num_particles > 1
             )
@@ -286,40 +231,20 @@ class Trainer:
             self._probe(x, **kwargs)
         return self.elbo.prepare(self.model, self.guide, batches, planned_steps)
 
-    def _recheck_fast_path(self, x, kwargs):
-        """At an epoch's start: drop the fast path when a plain and a traced step on ``x``
-        disagree."""
-        self.elbo.recheck(
-            self.model, self.guide, x, kwargs, since=f"from epoch {self.epoch + 1} on"
-        )
-
-    # -- per-epoch figures and early stopping
-    # --------------------------------------------------------
-    def evaluate_terms(self, x, batch_size=1000):
-        """Mean ``elbo``, ``recon`` and ``kl`` per image of ``x`` (the run's
-        :class:`~.figures.Evaluation`)."""
-        evaluation = next(
-            (item for item in self.listeners if isinstance(item, Evaluation)), Evaluation()
-        )
-        return evaluation.terms(self, x, batch_size)
-
+    # -- per-epoch figures and early stopping ------------------------------------------------
     def evaluate_elbo(self, x, batch_size=1000):
-        """Mean ELBO per image of ``x`` (nats); under torch.distributed each rank scores its
-        share."""
-        return self.evaluate_terms(x, batch_size)["elbo"]
+        """Mean ELBO per image of ``x`` (nats, with the run's :class:`~.figures.Evaluation`); under
+        torch.distributed each rank scores its share."""
+        evaluation = next((e for e in self.listeners if isinstance(e, Evaluation)), Evaluation())
+        return evaluation.terms(self, x, batch_size)["elbo"]
 
     @property
     def best_epoch(self):
         """The epoch with the highest ``validation_elbo`` so far (the first of ties), or None."""
         return best_epoch(self.history)
 
-    def stop_early(self, patience, warmup_epochs=0):
-        """Whether ``patience`` epochs have passed since the best validation ELBO, counting from the
-        warm-up's end."""
-        return should_stop(self.history, self.epoch, patience, warmup_epochs)
-
     # -- the loop ------------------------------------------------------------------------------
-    def _set_training(self, mode):
+    def set_training(self, mode):
         for m in self.modules:
             m.train(mode)
 
@@ -350,15 +275,14 @@ class Trainer:
         :param test_x: images for ``test_elbo`` (default: ``data.test``).
         :param resume: continue from ``out_dir/checkpoint.pt`` instead of starting afresh.
         :param callback: called as ``callback(trainer, metrics)`` after each epoch.
+        :param batch_kwargs: optional ``f(index) -> dict`` of keyword arguments added to the
+            training steps' call (e.g. labels of ``data.train[index]`` for semi-supervised models);
+            evaluation passes none.
         :param before_epoch: called as ``before_epoch(trainer)`` before each epoch's first step,
             also the first after a resume (``trainer.epoch`` epochs complete), e.g.
             ``KLSchedule.set_epoch``: values that change during a run live in tensors the loss
             reads, so the traced fast path sees them too.
-        :param batch_kwargs: optional ``f(index) -> dict`` of keyword arguments added to the
-            training steps' call (e.g. labels of ``data.train[index]`` for semi-supervised models);
-            evaluation passes none.
-        :param val_x: images for ``validation_elbo`` (default: ``data.val``, when the data has a
-            validation split).
+        :param val_x: images for ``validation_elbo`` (default: ``data.val``, if the data has one).
         :param early_stopping: patience P: :class:`~.early_stopping.EarlyStopping` after the first
             ``warmup_epochs``; the parameters of the best epoch are kept in the checkpoint and in
             ``best.pt``.
@@ -370,16 +294,9 @@ class Trainer:
             extra.append(EarlyStopping(early_stopping, warmup_epochs))
         else:
             validation.check_option("warmup_epochs", warmup_epochs)
-        self._start(
-            data,
-            epochs,
-            batch_size,
-            test_x,
-            val_x,
-            resume,
-            batch_kwargs,
-            merged(self.listeners, extra),
-        )
+        run = self._start(data, epochs, batch_size, test_x, val_x, resume, batch_kwargs)
+        run.listeners = sorted(merged(self.listeners, extra), key=attrgetter("order"))
+        self.stopped = False
         try:
             self.emit("on_run_start")
             while self.epoch < epochs and not self.stopped:
@@ -389,12 +306,10 @@ class Trainer:
             self.emit("on_run_end")
         return list(self.history)
 
-    def _start(self, data, epochs, batch_size, test_x, val_x, resume, batch_kwargs, listeners):
+    def _start(self, data, epochs, batch_size, test_x, val_x, resume, batch_kwargs):
         """Check the data, probe the pair, restore a checkpoint and capture the fast path's steps:
-        :attr:`run`."""
-        data, test_x = training_data(
-            data, test_x, self.model
-        )  # the data checked once, before any step
+        the run's :attr:`run`."""
+        data, test_x = training_data(data, test_x, self.model)  # checked once, before any step
         val_x = data.val if val_x is None else val_x
         if val_x is not None:
             validation.check_data_for_model(self.model, val_x, "validation data")
@@ -408,9 +323,8 @@ class Trainer:
             args, kwargs = self.batch_call(x, idx)
             return args, ({**kwargs, **batch_kwargs(idx)} if batch_kwargs else kwargs)
 
+        # every random draw of the set-up happens here, before a checkpoint's RNG state is put back
         first, first_idx = next(data.batches(batch_size, shuffle=False, shard=distributed.shard))
-        # every random draw of the set-up happens here, before the checkpoint's RNG state is
-        # restored
         args, kwargs = self.batch_call(first, first_idx)
         plate = self._probe(*args, **kwargs).data_plate
         if state is not None:
@@ -421,60 +335,35 @@ class Trainer:
             distributed.broadcast_parameters(
                 [p for _, p in sorted(pyro.get_param_store().named_parameters())]
             )
-        steps_per_epoch = math.ceil(len(data.train) / batch_size)
-        everything = torch.arange(
-            len(data.train), device=first.device
-        )  # two batches of each size, on this rank:
-        rows = [distributed.shard(everything[s]) for s in proof_rows(len(data.train), batch_size)]
-        probes = traceable_batches([call(data.train[idx], idx) for idx in rows if len(idx)])
-        per_image = plate.size if plate is not None and plate.scale != 1 else None
         self.run = SimpleNamespace(
             data=data,
             test_x=test_x,
             val_x=val_x,
             epochs=epochs,
             batch_size=batch_size,
-            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=math.ceil(len(data.train) / batch_size),
             device=first.device,
             call=call,
-            probes=probes,
-            listeners=sorted(listeners, key=lambda item: item.order),
-            per_image=per_image,
+            probes=fast_path.proof_batches(data.train, batch_size, call),
+            per_image=plate.size if plate is not None and plate.scale != 1 else None,
         )
-        self.stopped, self._compiled = (
-            False,
-            self._capture(probes, steps_per_epoch * (epochs - self.epoch)),
+        self.set_training(True)  # the mode the captured steps run in (a trace keeps it)
+        planned_steps = self.run.steps_per_epoch * (epochs - self.epoch)
+        self._compiled = fast_path.capture(
+            self.elbo, self.model, self.guide, self.run.probes, planned_steps
         )
-        self._set_training(True)
-
-    def _capture(self, probes, planned_steps):
-        """Capture the fast path's steps (once per trainer); what compiling cost this process, for
-        every row."""
-        commit = {"commit": checkpoint.source_commit()}
-        if not isinstance(self.elbo, FastELBO):
-            return {"compile_seconds": 0.0, "compile_cache_hit": None, "fast_route": "off"} | commit
-        if probes is None:
-            self.elbo.refuse("the batch is not the pair's one argument")
-        elif not self.elbo.steps:
-            self._set_training(True)  # the mode the steps run in (a trace keeps it)
-            self.enable_fast_path(probes, planned_steps=planned_steps)
-        return {
-            "compile_seconds": self.elbo.compile_seconds,
-            "compile_cache_hit": self.elbo.cache_hit,
-            "fast_route": self.elbo.route,
-        } | commit
+        return self.run
 
     def _epoch(self):
         """One epoch of steps; its metrics row (the listeners add to it at ``on_epoch_end``)."""
         run = self.run
         self.emit("on_epoch_start")
-        if self.fast_steps:
-            self._recheck_fast_path(*run.probes[0])
+        if self.fast_steps:  # dropped where a plain and a traced step now disagree
+            since = f"from epoch {self.epoch + 1} on"
+            self.elbo.recheck(self.model, self.guide, *run.probes[0], since=since)
         self.set_lr()
         start = time.perf_counter()
-        self._total = torch.zeros(
-            (), dtype=run.data.train.dtype, device=run.device
-        )  # the data's precision
+        self._total = torch.zeros((), dtype=run.data.train.dtype, device=run.device)
         step = 0
         for step, (x, idx) in enumerate(
             run.data.batches(run.batch_size, shard=distributed.shard), 1
@@ -501,8 +390,6 @@ class Trainer:
             "fast_path_note": self.fast_note,
             **self._compiled,
         }
-        if (
-            getattr(self.optim, "skip_threshold", None) is not None
-        ):  # skipped for a large gradient norm
+        if getattr(self.optim, "skip_threshold", None) is not None:  # for a large gradient norm
             metrics["skipped_updates"] = self.optim.take_skipped()
         return metrics
