@@ -126,6 +126,14 @@ HELP = {
     "sample_temperature": "τ scaling the prior's standard deviation when drawing the samples "
     "picture "
     "(samples_tτ.png beside samples.png when τ ≠ 1; Gaussian latents)",
+    "levels": "vq-vae model: 1, or 2 (VQ-VAE-2: top codes at H/4 read by the bottom's encoder, "
+    "bottom codes at H/2)",
+    "codebook_size": "vq-vae model: codes K in each level's codebook",
+    "code_dim": "vq-vae model: size D of each code vector",
+    "commitment": "vq-vae model: weight β of the commitment term Σ‖z − sg(e)‖² per image",
+    "codebook": "vq-vae model: ema (codes follow moving averages of their encoder outputs) or loss "
+    "(codes learned by the codebook term Σ‖sg(z) − e‖²)",
+    "ema_decay": "vq-vae model, --codebook ema: decay γ of the moving averages",
     "skip_threshold": "skip every update whose gradient norm of the loss per image exceeds this "
     "(VDVAE), "
     "counted in skipped_updates (default: off)",

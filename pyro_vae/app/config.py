@@ -51,6 +51,12 @@ class Config:
     groups_per_scale: int = 2
     hidden_channels: int = 32
     latent_channels: int = 4
+    levels: int = 1  # --model vq-vae: 1, or 2 (VQ-VAE-2: top codes at H/4, bottom codes at H/2)
+    codebook_size: int = 512
+    code_dim: int = 64
+    commitment: float = 0.25
+    codebook: str = "ema"  # ema (moving averages, decay ema_decay) or loss
+    ema_decay: float = 0.99
     # inference
     elbo: str = "trace"
     particles: int = 1
@@ -172,6 +178,13 @@ class Config:
         validation.check_positive_float(
             "sample_temperature", self.sample_temperature, "; e.g. 0.7 (1: the prior)"
         )
+        for name in ("levels", "codebook_size", "code_dim"):  # --model vq-vae
+            validation.check_positive_int(name, getattr(self, name), "; e.g. --codebook-size 512")
+        validation.check_nonnegative_float("commitment", self.commitment, "; e.g. 0.25")
+        if not isinstance(self.ema_decay, (int, float)) or not 0 <= self.ema_decay < 1:
+            raise validation.UserError(
+                f"ema_decay must be in [0, 1), e.g. 0.99; got {self.ema_decay!r}"
+            )
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -215,6 +228,12 @@ def _check_net_and_estimator(config, spec, net):
     used = "free-bits" if config.free_bits else config.elbo
     if estimators is not None and used not in estimators:
         what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
+        if spec.estimators_why:  # e.g. vq-vae: a point-mass guide
+            raise validation.UserError(
+                f"--model {config.model} {spec.estimators_why}, so it refuses {what}; use "
+                f"--elbo {' or '.join(estimators)}"
+                + (" without --free-bits" if config.free_bits else "")
+            )
         raise validation.UserError(
             f"--model {config.model} samples a discrete latent that is not reparameterizable, "
             "which "

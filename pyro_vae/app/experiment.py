@@ -25,6 +25,7 @@ from pyro_vae.training import distributed
 from pyro_vae.training.console import Console
 from pyro_vae.training.figures import Evaluation
 from pyro_vae.training.guards import NaNGuard
+from pyro_vae.training.model_epochs import ModelEpochs
 from pyro_vae.training.optim import Optimization
 from pyro_vae.training.tensorboard import TensorBoard, evaluated_step, log_evaluation
 from pyro_vae.training.trainer import CHECKPOINT, METRICS, Trainer, resolve_device
@@ -155,6 +156,8 @@ def _fit(config, vae, data, resume, progress):
         TensorBoard(config.log_every, config.images_every, enabled=config.tensorboard),
     ]
     listeners += [Console(config.log_every)] if progress else []
+    if hasattr(vae, "end_epoch"):  # the model's own work between epochs (vq-vae: its codebooks)
+        listeners.append(ModelEpochs(vae))
     trainer = Trainer(
         model,
         guide,
@@ -264,6 +267,8 @@ def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="au
     config, vae, data = load_run(run_dir, device)
     x, labels = _eval_split(data, split, limit)
     result = {"split": split, **evaluate(vae.model, vae.guide, x, nll_samples=nll_samples)}
+    if hasattr(vae, "codebook_figures"):  # vq-vae: codebook_usage and perplexity per level
+        result.update(vae.codebook_figures(x))
     if config.tensorboard:
         log_evaluation(run_dir, result, evaluated_step(run_dir, config), split)
     if pictures:
