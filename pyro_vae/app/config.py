@@ -178,8 +178,13 @@ class Config:
         validation.check_positive_float(
             "sample_temperature", self.sample_temperature, "; e.g. 0.7 (1: the prior)"
         )
-        for name in ("levels", "codebook_size", "code_dim"):  # --model vq-vae
-            validation.check_positive_int(name, getattr(self, name), "; e.g. --codebook-size 512")
+        self._validate_vq_vae()
+
+    def _validate_vq_vae(self):
+        """The fields of ``--model vq-vae`` (:mod:`pyro_vae.models.vq_vae`)."""
+        hints = {"levels": "; 1 or 2", "codebook_size": "; e.g. 512", "code_dim": "; e.g. 64"}
+        for name, hint in hints.items():
+            validation.check_positive_int(name, getattr(self, name), hint)
         validation.check_nonnegative_float("commitment", self.commitment, "; e.g. 0.25")
         if not isinstance(self.ema_decay, (int, float)) or not 0 <= self.ema_decay < 1:
             raise validation.UserError(
