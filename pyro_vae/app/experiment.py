@@ -15,6 +15,7 @@ import os
 import pyro
 import torch
 
+from pyro_vae.app import code_prior
 from pyro_vae.app.config import Config, check_config
 from pyro_vae.core import checks as validation
 from pyro_vae.data import load_data
@@ -267,8 +268,8 @@ def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="au
     config, vae, data = load_run(run_dir, device)
     x, labels = _eval_split(data, split, limit)
     result = {"split": split, **evaluate(vae.model, vae.guide, x, nll_samples=nll_samples)}
-    if hasattr(vae, "codebook_figures"):  # vq-vae: codebook_usage and perplexity per level
-        result.update(vae.codebook_figures(x))
+    if hasattr(vae, "codebook_figures"):  # vq-vae: codebook usage, perplexity, its prior's bound
+        result.update(code_prior.code_figures(run_dir, vae, x, result))
     if config.tensorboard:
         log_evaluation(run_dir, result, evaluated_step(run_dir, config), split)
     if pictures:
@@ -387,6 +388,8 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None, temperature=N
     config, vae, data = load_run(run_dir, device)
     temperature = config.sample_temperature if temperature is None else temperature
     path = out or os.path.join(run_dir, samples_name(temperature) + ".png")
+    if hasattr(vae, "codebook_figures"):  # vq-vae: codes drawn from its fitted prior
+        return code_prior.save_prior_samples(run_dir, vae, data.test, path, n)
     probe = data.test[:1].expand(n, *data.x_shape)
     model = vae.model
     if label is not None:
