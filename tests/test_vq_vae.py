@@ -294,3 +294,93 @@ def test_fast_path_matches_plain_steps_and_resume_is_exact(tmp_path, data_cache)
     buffers = dict(runs["trace"][0].named_buffers())
     for k, b in runs["resumed"][0].named_buffers():
         assert torch.equal(b, buffers[k]), k
+
+
+# -- the learned prior over the codes (fit-prior) -------------------------------------------------
+def test_pixelcnn_logits_at_a_position_read_only_the_codes_before_it():
+    """Raster-order causality: changing the code at position p leaves the logits at p and before
+    it unchanged (and changes some after it)."""
+    from pyro_vae.models.code_prior import GatedPixelCNN
+
+    net = GatedPixelCNN(5, (4, 5), channels=8, layers=3).to(DT)
+    codes = torch.randint(0, 5, (2, 4, 5))
+    base = net(codes).detach()
+    for p in range(20):
+        changed = codes.clone()
+        changed.view(2, -1)[:, p] = (changed.view(2, -1)[:, p] + 1) % 5
+        diff = (net(changed).detach() - base).abs().reshape(2, 20, 5).amax((0, 2))
+        assert (diff[: p + 1] == 0).all(), p
+        assert p == 19 or diff[p + 1 :].max() > 0, p
+
+
+def test_prior_sites_and_conditioning_of_two_levels():
+    """log p(c) = Σ log softmax of the PixelCNNs' logits at the observed codes; the bottom reads
+    the top codes, the top does not read the bottom."""
+    from pyro import poutine
+
+    from pyro_vae.models.code_prior import CodePrior
+
+    vae = build_model(tiny(2), (1, 8, 8)).to(DT)
+    prior = CodePrior(vae, channels=8, layers=2).to(DT)
+    x = grey_images()
+    trace = poutine.trace(prior.model).get_trace(x)
+    codes = prior.codes(x)
+    expected = sum(
+        torch.log_softmax(prior.logits(level, codes), -1).gather(-1, codes[level][..., None]).sum()
+        for level in (0, 1)
+    )
+    assert trace.log_prob_sum().item() == pytest.approx(expected.item(), rel=1e-12)
+    assert list(prior.sites) == ["codes_top", "codes_bottom"]
+    other = [codes[0], (codes[1] + 1) % 16]
+    assert torch.equal(prior.logits(0, other), prior.logits(0, codes))
+    other = [(codes[0] + 1) % 16, codes[1]]
+    assert not torch.equal(prior.logits(1, other), prior.logits(1, codes))
+
+
+def test_prior_samples_follow_the_conditionals():
+    """With a head that ignores its input (zero weights, bias log π), every position draws π."""
+    from pyro_vae.models.code_prior import CodePrior
+
+    vae = build_model(tiny(1, codebook_size=4), (1, 4, 4)).to(DT)
+    prior = CodePrior(vae, channels=4, layers=1).to(DT)
+    pi = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=DT)
+    with torch.no_grad():
+        prior.pixelcnns[0].head[1].weight.zero_()
+        prior.pixelcnns[0].head[1].bias.copy_(pi.log())
+    (codes,) = prior.sample(4000)
+    freq = torch.bincount(codes.reshape(-1), minlength=4).to(DT) / codes.numel()
+    assert torch.allclose(freq, pi, atol=0.02)  # 16 000 draws: standard error < 0.004
+
+
+@needs_data
+def test_fit_prior_resumes_exactly_then_samples_and_evaluates(tmp_path, capsys, data_cache):
+    import shutil
+
+    from pyro_vae.app.cli import main
+
+    run = tmp_path / "run"
+    quick = ["--limit", "64", "--batch-size", "64", "--fast", "off", "--no-pictures"]
+    main(
+        ["train", *SMALL, "--levels", "2", *quick, "--no-tensorboard", "--quiet", "--out", str(run)]
+    )
+    with pytest.raises(SystemExit) as e:  # before fit-prior: one line says what to run
+        main(["sample", str(run)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and f"pyro-vae fit-prior {run}" in err
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    main(["fit-prior", str(run), "--epochs", "2", "--quiet"])
+    main(["fit-prior", str(copy), "--epochs", "1", "--quiet"])
+    main(["fit-prior", str(copy), "--epochs", "2", "--resume", "--quiet"])
+    rows = [[json.loads(line) for line in open(d / "prior" / "metrics.jsonl")] for d in (run, copy)]
+    assert [r["train_loss"] for r in rows[0]] == [r["train_loss"] for r in rows[1]]
+    assert len(rows[0]) == 2 and all(math.isfinite(r["test_elbo"]) for r in rows[0])
+    capsys.readouterr()
+    main(["sample", str(run), "--n", "4"])
+    assert (run / "samples.png").stat().st_size > 0
+    main(["evaluate", str(run), "--nll-samples", "0", "--limit", "16", "--json", "--no-pictures"])
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["prior_bits_per_dim"] == pytest.approx(
+        -result["prior_elbo"] / (784 * math.log(2))
+    )
+    assert result["prior_elbo"] - result["recon"] < 0  # log p_prior(c) of a normalized prior

@@ -115,7 +115,7 @@ def save_prior_samples(run_dir, vae, x, path, n=64):
 def code_figures(run_dir, vae, x, result):
     """``evaluate``'s vq-vae figures on images ``x``: ``codebook_usage`` and ``perplexity`` per
     level and, once the prior is fitted, ``prior_elbo`` (log p(x | c) + log p_prior(c) per image)
-    and, beside ``bits_per_dim``, ``prior_bits_per_dim``."""
+    and, for an 8-bit likelihood, ``prior_bits_per_dim``."""
     from pyro_vae.evaluation.metrics import elbo_terms
 
     figures = vae.codebook_figures(x)
@@ -124,7 +124,7 @@ def code_figures(run_dir, vae, x, result):
         return figures
     log_prior, _ = elbo_terms(prior.model, prior.guide, x)
     figures["prior_elbo"] = result["recon"] + log_prior.double().mean().item()
-    if "bits_per_dim" in result:
+    if getattr(vae.likelihood, "eight_bit", False) is True:
         figures["prior_bits_per_dim"] = -figures["prior_elbo"] / (x[0].numel() * math.log(2))
     return figures
 
