@@ -257,13 +257,19 @@ def build_parser():
     em.add_argument("--out", default=None, help="folder for the .npy files (default RUN_DIR)")
     em.add_argument("--device", default="auto")
     add_gradient_snr_parser(add)
+    add_fit_prior_parser(add)
+    return parser
+
+
+def add_fit_prior_parser(add):
+    """``fit-prior RUN_DIR``: a learned prior over a vq-vae run's codes,
+    :func:`~pyro_vae.app.code_prior.fit_prior_run`."""
     fp = add("fit-prior", help="vq-vae runs: fit a gated PixelCNN prior over the codes (RUN/prior)")
     fp.add_argument("run_dir")
     fp.add_argument("--epochs", type=int, default=10, help="epochs in all, resumed ones included")
     fp.add_argument("--resume", action="store_true", help="continue RUN/prior from its checkpoint")
     fp.add_argument("--device", default="auto")
     fp.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
-    return parser
 
 
 def add_gradient_snr_parser(add):
@@ -370,12 +376,15 @@ def run(args):
     elif args.command == "gradient-snr":
         _gradient_snr(experiment, args)
     elif args.command == "fit-prior":
-        from pyro_vae.app.code_prior import fit_prior_run
+        _fit_prior(args)
 
-        _, history = fit_prior_run(
-            args.run_dir, args.epochs, args.resume, args.device, not args.quiet
-        )
-        print(json.dumps(history[-1]) if history and not args.quiet else "", end="")
+
+def _fit_prior(args):
+    from pyro_vae.app.code_prior import fit_prior_run
+
+    _, history = fit_prior_run(args.run_dir, args.epochs, args.resume, args.device, not args.quiet)
+    if history and not args.quiet:
+        print(json.dumps(history[-1]))
 
 
 def _gradient_snr(experiment, args):
