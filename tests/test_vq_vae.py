@@ -137,12 +137,12 @@ def test_perplexity_of_uniform_and_of_one_code():
 
 
 # -- the pair -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("levels", [1, 2])
-def test_bound_is_reconstruction_plus_positions_log_k(levels):
+@pytest.mark.parametrize("levels, channels", [(1, 1), (2, 1), (2, 3)])
+def test_bound_is_reconstruction_plus_positions_log_k(levels, channels):
     """−ELBO = −log p(x | c) + P log K exactly, P the code positions of every level, whatever the
-    codebook and commitment terms, which enter the gradient only."""
-    vae = build_model(tiny(levels, commitment=3.0), (1, 8, 8)).to(DT)
-    x = grey_images()
+    codebook and commitment terms, which enter the gradient only; grey or colour images."""
+    vae = build_model(tiny(levels, commitment=3.0), (channels, 8, 8)).to(DT)
+    x = grey_images().expand(-1, channels, -1, -1) ** torch.arange(1.0, channels + 1)[:, None, None]
     vae.eval()  # no EMA move between the trace and the direct computation
     loss = make_elbo("trace").differentiable_loss(vae.model, vae.guide, x)
     with torch.no_grad():
@@ -237,12 +237,13 @@ SMALL = [
 
 
 @needs_data
-@pytest.mark.parametrize("levels", [1, 2])
-def test_cli_trains_evaluates_and_draws(levels, tmp_path, capsys, data_cache):
+@pytest.mark.parametrize("levels, codebook", [(1, "loss"), (2, "ema")])
+def test_cli_trains_evaluates_and_draws(levels, codebook, tmp_path, capsys, data_cache):
     from pyro_vae.app.cli import main
 
     out = tmp_path / "run"
-    main(["train", *SMALL, "--levels", str(levels), "--quiet", "--out", str(out)])
+    flags = ["--levels", str(levels), "--codebook", codebook, "--quiet", "--out", str(out)]
+    main(["train", *SMALL, *flags])
     row = json.loads(open(out / "metrics.jsonl").readline())
     assert math.isfinite(row["train_loss"]) and row["fast_path"], row["fast_path_note"]
     positions = 196 + (49 if levels == 2 else 0)

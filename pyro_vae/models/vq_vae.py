@@ -24,7 +24,9 @@ the guide's factor (the codebook and commitment terms) out of their loss.
 Codebook upkeep between epochs (:meth:`VQVAE.begin_epoch`, :meth:`VQVAE.end_epoch`): before the
 first epoch every code is set to an encoder output; after each, the codes no step chose are
 restarted from encoder outputs, counted per level, and the epoch's usage and perplexity per level
-join its metrics row.
+join its metrics row. ``pyro-vae train`` calls them through the listener
+:class:`~pyro_vae.training.model_epochs.ModelEpochs`; a Python run adds ``ModelEpochs(vae)`` to the
+trainer's listeners. Samples need a learned prior over the codes: :mod:`.code_prior`.
 """
 
 import contextlib
