@@ -263,7 +263,7 @@ def build_parser():
 
 def add_fit_prior_parser(add):
     """``fit-prior RUN_DIR``: a learned prior over a vq-vae run's codes,
-    :func:`~pyro_vae.app.code_prior.fit_prior_run`."""
+    :func:`~pyro_vae.app.experiment.fit_prior_run`."""
     fp = add("fit-prior", help="vq-vae runs: fit a gated PixelCNN prior over the codes (RUN/prior)")
     fp.add_argument("run_dir")
     fp.add_argument("--epochs", type=int, default=10, help="epochs in all, resumed ones included")
@@ -376,13 +376,13 @@ def run(args):
     elif args.command == "gradient-snr":
         _gradient_snr(experiment, args)
     elif args.command == "fit-prior":
-        _fit_prior(args)
+        _fit_prior(experiment, args)
 
 
-def _fit_prior(args):
-    from pyro_vae.app.code_prior import fit_prior_run
-
-    _, history = fit_prior_run(args.run_dir, args.epochs, args.resume, args.device, not args.quiet)
+def _fit_prior(experiment, args):
+    _, history = experiment.fit_prior_run(
+        args.run_dir, args.epochs, args.resume, args.device, not args.quiet
+    )
     if history and not args.quiet:
         print(json.dumps(history[-1]))
 

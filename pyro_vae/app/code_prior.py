@@ -37,13 +37,11 @@ def _check_vq_run(vae, config):
         )
 
 
-def fit_prior_run(run_dir, epochs=10, resume=False, device="auto", progress=True, lr=3e-4):
-    """Fit the prior of the vq-vae run in ``run_dir`` for ``epochs`` epochs (counting resumed
-    ones) on the run's training images; return ``(prior, history)``."""
-    from pyro_vae.app.experiment import load_run
-
+def fit_prior(run_dir, config, vae, data, epochs=10, resume=False, progress=True, lr=3e-4):
+    """Fit the prior of the vq-vae run in ``run_dir`` (its ``config``, ``vae`` and ``data``, from
+    :func:`~pyro_vae.app.experiment.load_run`) for ``epochs`` epochs, counting resumed ones, on
+    its training images; return ``(prior, history)``."""
     validation.check_positive_int("epochs", epochs, "; e.g. --epochs 10")
-    config, vae, data = load_run(run_dir, device)
     _check_vq_run(vae, config)
     out = prior_dir(run_dir)
     held = os.path.exists(os.path.join(out, CHECKPOINT))
@@ -129,4 +127,4 @@ def code_figures(run_dir, vae, x, result):
     return figures
 
 
-__all__ = ["code_figures", "fit_prior_run", "load_prior", "prior_dir", "save_prior_samples"]
+__all__ = ["code_figures", "fit_prior", "load_prior", "prior_dir", "save_prior_samples"]
