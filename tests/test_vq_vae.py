@@ -370,9 +370,13 @@ def test_fit_prior_resumes_exactly_then_samples_and_evaluates(tmp_path, capsys, 
     assert e.value.code == 2 and err.count("\n") == 1 and f"pyro-vae fit-prior {run}" in err
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
-    main(["fit-prior", str(run), "--epochs", "2", "--quiet"])
-    main(["fit-prior", str(copy), "--epochs", "1", "--quiet"])
+    small = ["--channels", "8", "--layers", "2", "--quiet"]
+    main(["fit-prior", str(run), "--epochs", "2", *small])
+    main(["fit-prior", str(copy), "--epochs", "1", *small])
     main(["fit-prior", str(copy), "--epochs", "2", "--resume", "--quiet"])
+    with pytest.raises(SystemExit) as e:  # a resume keeps the saved options
+        main(["fit-prior", str(copy), "--epochs", "3", "--resume", "--channels", "16"])
+    assert e.value.code == 2 and "options differ" in capsys.readouterr().err
     rows = [[json.loads(line) for line in open(d / "prior" / "metrics.jsonl")] for d in (run, copy)]
     assert [r["train_loss"] for r in rows[0]] == [r["train_loss"] for r in rows[1]]
     assert len(rows[0]) == 2 and all(math.isfinite(r["test_elbo"]) for r in rows[0])

@@ -268,6 +268,9 @@ def add_fit_prior_parser(add):
     fp.add_argument("run_dir")
     fp.add_argument("--epochs", type=int, default=10, help="epochs in all, resumed ones included")
     fp.add_argument("--resume", action="store_true", help="continue RUN/prior from its checkpoint")
+    fp.add_argument("--channels", type=int, default=None, help="PixelCNN channels (default 64)")
+    fp.add_argument("--layers", type=int, default=None, help="gated layers (default 6)")
+    fp.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4)")
     fp.add_argument("--device", default="auto")
     fp.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
 
@@ -380,8 +383,9 @@ def run(args):
 
 
 def _fit_prior(experiment, args):
+    given = {k: getattr(args, k) for k in ("channels", "layers", "lr") if getattr(args, k)}
     _, history = experiment.fit_prior_run(
-        args.run_dir, args.epochs, args.resume, args.device, not args.quiet
+        args.run_dir, args.epochs, args.resume, args.device, not args.quiet, **given
     )
     if history and not args.quiet:
         print(json.dumps(history[-1]))

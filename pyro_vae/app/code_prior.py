@@ -9,6 +9,7 @@ log p_prior(c) with c the codes of x, so −ELBO_prior / (D ln 2) bounds the bit
 8-bit likelihood from above.
 """
 
+import json
 import math
 import os
 
@@ -23,6 +24,38 @@ from pyro_vae.training.tensorboard import TensorBoard
 from pyro_vae.training.trainer import CHECKPOINT, Trainer
 
 PRIOR = "prior"  # the folder in the run directory
+OPTIONS = {"channels": 64, "layers": 6, "lr": 3e-4}  # fit-prior's defaults, saved in prior.json
+
+
+def _options(run_dir, resume, given):
+    """The prior's options: ``given`` over :data:`OPTIONS` for a new prior (written to prior.json),
+    those of prior.json for a resume (where ``given`` may only repeat them)."""
+    out = prior_dir(run_dir)
+    path, held = os.path.join(out, "prior.json"), os.path.exists(os.path.join(out, CHECKPOINT))
+    if held and not resume:
+        raise UserError(
+            f"{out!r} already holds a fitted prior; pass --resume (with more --epochs) to continue "
+            "it, or delete that folder"
+        )
+    if resume and not held:
+        raise UserError(f"--resume: {out!r} holds no prior yet; run fit-prior without --resume")
+    unknown = sorted(set(given) - set(OPTIONS))
+    if unknown:
+        raise UserError(f"unknown fit-prior option(s) {unknown}; valid: {sorted(OPTIONS)}")
+    if resume:
+        with open(path) as f:
+            saved = json.load(f)
+        if any(saved[k] != v for k, v in given.items()):
+            raise UserError(f"--resume: the options differ from those saved in {path}")
+        return saved
+    options = {**OPTIONS, **given}
+    for name in ("channels", "layers"):
+        validation.check_positive_int(name, options[name])
+    validation.check_option("lr", options["lr"])
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(options, f)
+    return options
 
 
 def prior_dir(run_dir):
@@ -37,24 +70,19 @@ def _check_vq_run(vae, config):
         )
 
 
-def fit_prior(run_dir, config, vae, data, epochs=10, resume=False, progress=True, lr=3e-4):
+def fit_prior(run_dir, config, vae, data, epochs=10, resume=False, progress=True, **options):
     """Fit the prior of the vq-vae run in ``run_dir`` (its ``config``, ``vae`` and ``data``, from
     :func:`~pyro_vae.app.experiment.load_run`) for ``epochs`` epochs, counting resumed ones, on
-    its training images; return ``(prior, history)``."""
+    its training images; return ``(prior, history)``. ``options``: the PixelCNNs' ``channels``
+    and ``layers`` and the learning rate ``lr`` (:data:`OPTIONS`), kept in ``RUN/prior/prior.json``
+    (a resume takes them from there)."""
     validation.check_positive_int("epochs", epochs, "; e.g. --epochs 10")
     _check_vq_run(vae, config)
-    out = prior_dir(run_dir)
-    held = os.path.exists(os.path.join(out, CHECKPOINT))
-    if held and not resume:
-        raise UserError(
-            f"{out!r} already holds a fitted prior; pass --resume (with more --epochs) to continue "
-            "it, or delete that folder"
-        )
-    if resume and not held:
-        raise UserError(f"--resume: {out!r} holds no prior yet; run fit-prior without --resume")
+    options = _options(run_dir, resume, options)
     pyro.clear_param_store()  # the VQ-VAE's modules keep their weights; only the prior's are fitted
     pyro.set_rng_seed(config.seed)
-    prior = CodePrior(vae, num_data=len(data.train)).to(data.train.device)
+    size = {k: options[k] for k in ("channels", "layers")}
+    prior = CodePrior(vae, num_data=len(data.train), **size).to(data.train.device)
     listeners = [
         Evaluation(diagnostic_images=0),  # test_elbo: log p(c) per test image
         TensorBoard(config.log_every, images_every=0, enabled=config.tensorboard),
@@ -63,8 +91,8 @@ def fit_prior(run_dir, config, vae, data, epochs=10, resume=False, progress=True
         prior.model,
         prior.guide,
         "trace",
-        optim=Optimization(lr),
-        out_dir=out,
+        optim=Optimization(options["lr"]),
+        out_dir=prior_dir(run_dir),
         modules=[prior],
         fast=False if config.fast == "off" else config.fast,
         progress=progress,
@@ -81,7 +109,10 @@ def load_prior(run_dir, vae, x):
     if not os.path.exists(path):
         return None
     pyro.clear_param_store()  # the VQ-VAE registers its own again when it is next called
-    prior = CodePrior(vae).to(x.device)
+    with open(os.path.join(prior_dir(run_dir), "prior.json")) as f:
+        options = json.load(f)
+    size = {k: options[k] for k in ("channels", "layers")}
+    prior = CodePrior(vae, **size).to(x.device)
     trainer = Trainer(prior.model, prior.guide, modules=[prior], progress=False)
     trainer.load_state_dict(validation.load_checkpoint(path), x[:2])
     prior.eval()

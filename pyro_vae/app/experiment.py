@@ -406,11 +406,12 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None, temperature=N
     return path
 
 
-def fit_prior_run(run_dir, epochs=10, resume=False, device="auto", progress=True):
+def fit_prior_run(run_dir, epochs=10, resume=False, device="auto", progress=True, **options):
     """``pyro-vae fit-prior``: a learned prior over the codes of a vq-vae run, in ``RUN/prior``
-    (:func:`~pyro_vae.app.code_prior.fit_prior`); returns ``(prior, history)``."""
+    (:func:`~pyro_vae.app.code_prior.fit_prior`, ``options`` its ``channels``, ``layers``,
+    ``lr``); returns ``(prior, history)``."""
     config, vae, data = load_run(run_dir, device)
-    return code_prior.fit_prior(run_dir, config, vae, data, epochs, resume, progress)
+    return code_prior.fit_prior(run_dir, config, vae, data, epochs, resume, progress, **options)
 
 
 # -- the estimator lab (issue #32) ----------------------------------------------------------------
