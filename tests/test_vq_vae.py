@@ -332,6 +332,8 @@ def test_prior_sites_and_conditioning_of_two_levels():
     )
     assert trace.log_prob_sum().item() == pytest.approx(expected.item(), rel=1e-12)
     assert list(prior.sites) == ["codes_top", "codes_bottom"]
+    for rows in (1, 3):  # the first rows alone give their own logits (what sampling uses)
+        assert torch.allclose(prior.logits(1, codes, rows), prior.logits(1, codes)[:, :rows])
     other = [codes[0], (codes[1] + 1) % 16]
     assert torch.equal(prior.logits(0, other), prior.logits(0, codes))
     other = [(codes[0] + 1) % 16, codes[1]]

@@ -98,11 +98,13 @@ class GatedPixelCNN(nn.Module):
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, num_codes, 1))
 
     def forward(self, codes, context=None):
+        """Logits for ``codes [B, h', w]``: the first h' ≤ h rows of a map suffice for their own
+        logits (causality), which is how :meth:`CodePrior.sample` saves work."""
         v = h = self.embed(codes).movedim(-1, 1)
         cond = None
         if self.context is not None:
             cond = self.context(context).movedim(-1, 1)
-            cond = F.interpolate(cond, size=self.size, mode="nearest")
+            cond = F.interpolate(cond, size=self.size, mode="nearest")[..., : codes.shape[-2], :]
         for layer in self.layers:
             v, h = layer(v, h, cond)
         return self.head(h).movedim(1, -1)
@@ -147,9 +149,10 @@ class CodePrior(nn.Module):
         self.vq_vae.eval()
         return [idx for _, idx, _ in self.vq_vae.encode(x)]
 
-    def logits(self, level, codes):
-        """Logits of level ``level`` given the code maps ``codes`` (top first)."""
-        return self.pixelcnns[level](codes[level], codes[0] if level else None)
+    def logits(self, level, codes, rows=None):
+        """Logits of level ``level`` given the code maps ``codes`` (top first); ``rows``: of its
+        first rows only."""
+        return self.pixelcnns[level](codes[level][:, :rows], codes[0] if level else None)
 
     def model(self, x):
         """p(c) of the codes of ``x``, observed level by level, top first."""
@@ -172,7 +175,7 @@ class CodePrior(nn.Module):
             codes.append(c)
             for i in range(net.size[0]):
                 for j in range(net.size[1]):
-                    logits = self.logits(level, codes)[:, i, j]
+                    logits = self.logits(level, codes, rows=i + 1)[:, i, j]
                     c[:, i, j] = dist.Categorical(logits=logits).sample()
         return codes
 
