@@ -385,7 +385,7 @@ def test_fit_prior_resumes_exactly_then_samples_and_evaluates(tmp_path, capsys, 
     capsys.readouterr()
     main(["sample", str(run), "--n", "4"])
     assert (run / "samples.png").stat().st_size > 0
-    main(["evaluate", str(run), "--nll-samples", "0", "--limit", "16", "--json", "--no-pictures"])
+    main(["evaluate", str(run), "--nll-samples", "0", "--limit", "16", "--json"])  # pictures too
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert result["prior_bits_per_dim"] == pytest.approx(
         -result["prior_elbo"] / (784 * math.log(2))

@@ -119,14 +119,17 @@ def load_prior(run_dir, vae, x):
     return prior
 
 
-def save_prior_samples(run_dir, vae, x, path, n=64):
+def save_prior_samples(run_dir, vae, x, path, n=64, missing_ok=False):
     """Draw ``n`` code maps from the fitted prior, decode them (the mean of p(x | c)) and write
-    them as a grid to ``path``; one line says what to run when no prior is fitted."""
+    them as a grid to ``path``; when no prior is fitted, one line says what to run (or, with
+    ``missing_ok``, nothing is written and None returned)."""
     from torchvision.utils import save_image
 
     from pyro_vae.evaluation.pictures import decode
 
     prior = load_prior(run_dir, vae, x)
+    if prior is None and missing_ok:
+        return None
     if prior is None:
         raise UserError(
             f"a vq-vae run draws samples from a learned prior over its codes: run "

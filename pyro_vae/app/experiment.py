@@ -276,6 +276,8 @@ def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="au
         paths = save_run_pictures(
             vae.model, vae.guide, x[:64], run_dir, temperature=config.sample_temperature
         )
+        if hasattr(vae, "codebook_figures"):  # vq-vae: samples from its fitted prior, if any
+            code_prior.save_prior_samples(run_dir, vae, x, paths["samples"], missing_ok=True)
         save_latent_scatter(
             embeddings(vae.guide, x[:5000]),
             labels[:5000],
