@@ -145,6 +145,8 @@ def test_bound_is_reconstruction_plus_positions_log_k(levels, channels):
     x = grey_images().expand(-1, channels, -1, -1) ** torch.arange(1.0, channels + 1)[:, None, None]
     vae.eval()  # no EMA move between the trace and the direct computation
     loss = make_elbo("trace").differentiable_loss(vae.model, vae.guide, x)
+    meanfield = make_elbo("meanfield").differentiable_loss(vae.model, vae.guide, x)
+    assert meanfield.item() == pytest.approx(loss.item(), rel=1e-12)
     with torch.no_grad():
         codes = [z_q for z_q, _, _ in vae.encode(x)]
         recon = vae.likelihood(vae.nets.decode(codes), x).to_event(3).log_prob(x).sum()
@@ -180,8 +182,13 @@ def test_level_sizes_and_the_one_line_refusals():
         level_sizes((30, 30), 2)
     with pytest.raises(UserError, match="--image-size that is a multiple of 4"):
         check_config(tiny(2, image_size=30))
-    with pytest.raises(UserError, match="point-mass guide.*refuses --elbo iwae; use --elbo trace"):
+    with pytest.raises(
+        UserError, match="point-mass guide.*refuses --elbo iwae; use --elbo trace or"
+    ):
         check_config(tiny(elbo="iwae"))
+    with pytest.raises(UserError, match="refuses --elbo stl"):
+        check_config(tiny(elbo="stl"))
+    check_config(tiny(elbo="meanfield"))
     with pytest.raises(UserError, match="refuses --free-bits"):
         check_config(tiny(free_bits=0.1))
     with pytest.raises(UserError, match="--beta changes nothing"):

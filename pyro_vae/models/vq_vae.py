@@ -17,9 +17,11 @@ Sites, inside the ``"data"`` plate: ``"codes"`` for one level; ``"codes_top"`` t
 at H/2 × W/2, the top codes at H/4 × W/4 (7×7 and 14×14 for 28×28 images); the bottom encoder reads
 the top's quantized codes, and the decoder reads both.
 
-Estimators: only ``trace``. A point mass makes every particle the same code map, so the bounds per
-data point (iwae, dreg, renyi) and STL equal the ELBO, and those, ``meanfield`` and free bits leave
-the guide's factor (the codebook and commitment terms) out of their loss.
+Estimators: ``trace`` and ``meanfield`` (the same loss here: no closed-form KL between a point mass
+and :class:`UniformCodes`, so it takes log p − log q at the code map). A point mass makes every
+particle the same code map, so the bounds per data point (iwae, dreg, renyi) equal the ELBO and
+leave the guide's factor out of their loss; STL replays the guide, which would move an EMA codebook
+twice a step; free bits have no KL to shape.
 
 Codebook upkeep between epochs (:meth:`VQVAE.begin_epoch`, :meth:`VQVAE.end_epoch`): before the
 first epoch every code is set to an encoder output; after each, the codes no step chose are
@@ -332,10 +334,11 @@ SPEC = ModelSpec(
     build=build_vq_vae,
     guides=("quantized",),
     nets=("conv",),
-    estimators=("trace",),
+    estimators=("trace", "meanfield"),
     estimators_why=(
-        "has a point-mass guide whose codebook and commitment terms are a guide factor: every "
-        "particle is the same code map, and only --elbo trace adds that factor to the loss"
+        "has a point-mass guide (every particle is the same code map) with its codebook and "
+        "commitment terms as a guide factor, which only the ELBOs trace and meanfield train as "
+        "written"
     ),
     check=check_vq_vae,
 )
