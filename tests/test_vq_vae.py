@@ -398,3 +398,19 @@ def test_fit_prior_resumes_exactly_then_samples_and_evaluates(tmp_path, capsys, 
         -result["prior_elbo"] / (784 * math.log(2))
     )
     assert result["prior_elbo"] - result["recon"] < 0  # log p_prior(c) of a normalized prior
+
+
+def test_first_epoch_sets_every_code_to_an_encoder_output_and_forgets_earlier_counts():
+    vae = build_model(tiny(2), (1, 8, 8)).to(DT)
+    x = grey_images()
+    vae.guide(x)  # a call before training (the trainer's probe) counts codes
+    assert all(q.counts.sum() > 0 for q in vae.quantizers)
+    vae.begin_epoch(0, x)
+    outputs = vae.encoder_outputs(x)
+    for q, z in zip(vae.quantizers, outputs):
+        rows = z.movedim(1, -1).reshape(-1, 4)
+        assert (q.embedding[:, None, :] == rows[None]).all(-1).any(-1).all()
+        assert q.counts.sum() == 0 and int(q.restarts) == 0
+    before = [q.embedding.clone() for q in vae.quantizers]
+    vae.begin_epoch(1, x)  # later epochs: nothing
+    assert all(torch.equal(b, q.embedding) for b, q in zip(before, vae.quantizers))

@@ -250,13 +250,15 @@ class VQVAE(nn.Module):
 
     def begin_epoch(self, epoch, x):
         """Before the first epoch (``epoch`` 0), set every code of each level to an encoder output
-        on images ``x``, top level first (the bottom's outputs read the top's new codes)."""
+        on images ``x``, top level first (the bottom's outputs read the top's new codes), and
+        forget the counts of calls before training (the trainer's probe)."""
         if epoch != 0:
             return
         for level, q in enumerate(self.quantizers):
             z = self.encoder_outputs(x)[level]
             with torch.no_grad():
                 q.restart(torch.ones(q.num_codes, dtype=torch.bool, device=z.device), z)
+                q.counts.zero_()
 
     def end_epoch(self, x):
         """The epoch's ``codebook_usage`` and ``perplexity`` per level (top first), then the dead
