@@ -126,6 +126,14 @@ HELP = {
     "sample_temperature": "τ scaling the prior's standard deviation when drawing the samples "
     "picture "
     "(samples_tτ.png beside samples.png when τ ≠ 1; Gaussian latents)",
+    "levels": "vq-vae model: 1, or 2 (VQ-VAE-2: top codes at H/4 read by the bottom's encoder, "
+    "bottom codes at H/2)",
+    "codebook_size": "vq-vae model: codes K in each level's codebook",
+    "code_dim": "vq-vae model: size D of each code vector",
+    "commitment": "vq-vae model: weight β of the commitment term Σ‖z − sg(e)‖² per image",
+    "codebook": "vq-vae model: ema (codes follow moving averages of their encoder outputs) or loss "
+    "(codes learned by the codebook term Σ‖sg(z) − e‖²)",
+    "ema_decay": "vq-vae model, --codebook ema: decay γ of the moving averages",
     "skip_threshold": "skip every update whose gradient norm of the loss per image exceeds this "
     "(VDVAE), "
     "counted in skipped_updates (default: off)",
@@ -249,7 +257,22 @@ def build_parser():
     em.add_argument("--out", default=None, help="folder for the .npy files (default RUN_DIR)")
     em.add_argument("--device", default="auto")
     add_gradient_snr_parser(add)
+    add_fit_prior_parser(add)
     return parser
+
+
+def add_fit_prior_parser(add):
+    """``fit-prior RUN_DIR``: a learned prior over a vq-vae run's codes,
+    :func:`~pyro_vae.app.experiment.fit_prior_run`."""
+    fp = add("fit-prior", help="vq-vae runs: fit a gated PixelCNN prior over the codes (RUN/prior)")
+    fp.add_argument("run_dir")
+    fp.add_argument("--epochs", type=int, default=10, help="epochs in all, resumed ones included")
+    fp.add_argument("--resume", action="store_true", help="continue RUN/prior from its checkpoint")
+    fp.add_argument("--channels", type=int, default=None, help="PixelCNN channels (default 64)")
+    fp.add_argument("--layers", type=int, default=None, help="gated layers (default 6)")
+    fp.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4)")
+    fp.add_argument("--device", default="auto")
+    fp.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
 
 
 def add_gradient_snr_parser(add):
@@ -355,6 +378,17 @@ def run(args):
             print(path)
     elif args.command == "gradient-snr":
         _gradient_snr(experiment, args)
+    elif args.command == "fit-prior":
+        _fit_prior(experiment, args)
+
+
+def _fit_prior(experiment, args):
+    given = {k: getattr(args, k) for k in ("channels", "layers", "lr") if getattr(args, k)}
+    _, history = experiment.fit_prior_run(
+        args.run_dir, args.epochs, args.resume, args.device, not args.quiet, **given
+    )
+    if history and not args.quiet:
+        print(json.dumps(history[-1]))
 
 
 def _gradient_snr(experiment, args):

@@ -39,6 +39,9 @@ POSITIVE_INTS = {  # field: the hint after its message
     "groups_per_scale": "",
     "hidden_channels": "",
     "latent_channels": "",
+    "levels": "; 1 or 2",
+    "codebook_size": "; e.g. 512",
+    "code_dim": "; e.g. 64",
 }
 POSITIVE_FLOATS = {
     "sigma": "; pass e.g. --sigma 0.1",
@@ -89,6 +92,12 @@ class Config:
     groups_per_scale: int = 2
     hidden_channels: int = 32
     latent_channels: int = 4
+    levels: int = 1  # --model vq-vae: 1, or 2 (VQ-VAE-2: top codes at H/4, bottom codes at H/2)
+    codebook_size: int = 512
+    code_dim: int = 64
+    commitment: float = 0.25
+    codebook: str = "ema"  # ema (moving averages, decay ema_decay) or loss
+    ema_decay: float = 0.99
     # inference
     elbo: str = "trace"
     particles: int = 1
@@ -155,6 +164,11 @@ class Config:
                 "aux_weight", self.aux_weight, "; leave it out for 0.1·N/labeled"
             )
         checks.check_nonnegative_int("flows", self.flows)
+        checks.check_nonnegative_float("commitment", self.commitment, "; e.g. 0.25")
+        if type(self.ema_decay) not in (int, float) or not 0 <= self.ema_decay < 1:
+            raise checks.UserError(
+                f"ema_decay must be in [0, 1), e.g. 0.99; got {self.ema_decay!r}"
+            )
         for kind, name, choices in CHOICES:
             if getattr(self, name) is not None:
                 checks.check_choice(kind, getattr(self, name), choices, name)
@@ -226,6 +240,12 @@ def _check_net_and_estimator(config, spec):
     used = "free-bits" if config.free_bits else config.elbo
     if estimators is not None and used not in estimators:
         what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
+        if spec.estimators_why:  # e.g. vq-vae: a point-mass guide
+            raise checks.UserError(
+                f"--model {config.model} {spec.estimators_why}, so it refuses {what}; use "
+                f"--elbo {' or '.join(estimators)}"
+                + (" without --free-bits" if config.free_bits else "")
+            )
         raise checks.UserError(
             f"--model {config.model} samples a discrete latent that is not reparameterizable, "
             f"which {what} cannot train; use --elbo {' or '.join(estimators)}"

@@ -14,7 +14,7 @@ import os
 import pyro
 import torch
 
-from pyro_vae.app import run
+from pyro_vae.app import code_prior, run
 from pyro_vae.app.config import Config, check_config
 from pyro_vae.app.run import LOG
 from pyro_vae.core import checks as validation
@@ -106,12 +106,16 @@ def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="au
     config, vae, data = load_run(run_dir, device)
     x, labels = _eval_split(data, split, limit)
     result = {"split": split, **evaluate(vae.model, vae.guide, x, nll_samples=nll_samples)}
+    if hasattr(vae, "codebook_figures"):  # vq-vae: codebook usage, perplexity, its prior's bound
+        result.update(code_prior.code_figures(run_dir, vae, x, result))
     if config.tensorboard:
         log_evaluation(run_dir, result, evaluated_step(run_dir, config), split)
     if pictures:
         paths = save_run_pictures(
             vae.model, vae.guide, x[:64], run_dir, temperature=config.sample_temperature
         )
+        if hasattr(vae, "codebook_figures"):  # vq-vae: samples from its fitted prior, if any
+            code_prior.save_prior_samples(run_dir, vae, x, paths["samples"], missing_ok=True)
         save_latent_scatter(
             embeddings(vae.guide, x[:5000]),
             labels[:5000],
@@ -223,6 +227,8 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None, temperature=N
     config, vae, data = load_run(run_dir, device)
     temperature = config.sample_temperature if temperature is None else temperature
     path = out or os.path.join(run_dir, samples_name(temperature) + ".png")
+    if hasattr(vae, "codebook_figures"):  # vq-vae: codes drawn from its fitted prior
+        return code_prior.save_prior_samples(run_dir, vae, data.test, path, n)
     probe = data.test[:1].expand(n, *data.x_shape)
     model = vae.model
     if label is not None:
@@ -237,6 +243,14 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None, temperature=N
         model = lambda x: vae.model(x, y=labels)  # noqa: E731
     save_samples(model, probe, path, n=n, temperature=temperature)
     return path
+
+
+def fit_prior_run(run_dir, epochs=10, resume=False, device="auto", progress=True, **options):
+    """``pyro-vae fit-prior``: a learned prior over the codes of a vq-vae run, in ``RUN/prior``
+    (:func:`~pyro_vae.app.code_prior.fit_prior`, ``options`` its ``channels``, ``layers``,
+    ``lr``); returns ``(prior, history)``."""
+    config, vae, data = load_run(run_dir, device)
+    return code_prior.fit_prior(run_dir, config, vae, data, epochs, resume, progress, **options)
 
 
 # -- the estimator lab (issue #32) ----------------------------------------------------------------

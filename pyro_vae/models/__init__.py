@@ -7,7 +7,15 @@ estimators and its own checks. A new model is one file with a ``SPEC`` plus one 
 
 import copy
 
-from pyro_vae.models import builders, cvae, deep_hierarchical, hierarchical, m2, relaxed_categorical
+from pyro_vae.models import (
+    builders,
+    cvae,
+    deep_hierarchical,
+    hierarchical,
+    m2,
+    relaxed_categorical,
+    vq_vae,
+)
 from pyro_vae.models.spec import ModelSpec
 
 MODELS = {
@@ -17,6 +25,7 @@ MODELS = {
     "m2": m2.SPEC,
     "cvae": cvae.SPEC,
     "deep-hierarchical": deep_hierarchical.SPEC,
+    "vq-vae": vq_vae.SPEC,
 }
 
 

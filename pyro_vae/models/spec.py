@@ -20,6 +20,8 @@ class ModelSpec:
     :param nets: the nets it accepts; the first is its default.
     :param priors: the ``config.prior`` names it accepts.
     :param estimators: the estimators that can train it (None: every one).
+    :param estimators_why: why the others cannot, a clause after "--model NAME" (None: it samples
+        a discrete latent that is not reparameterizable).
     :param check: ``check(config)``, its own one-line refusals, run before any data is read.
     """
 
@@ -29,6 +31,7 @@ class ModelSpec:
     nets: Tuple[str, ...] = NETS
     priors: Tuple[str, ...] = ("standard",)
     estimators: Optional[Tuple[str, ...]] = None
+    estimators_why: Optional[str] = None
     check: Optional[Callable] = None
 
     def guide_names(self):
