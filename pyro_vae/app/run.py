@@ -16,6 +16,7 @@ from pyro_vae.training.checkpoint import CHECKPOINT, METRICS
 from pyro_vae.training.console import Console
 from pyro_vae.training.figures import Evaluation
 from pyro_vae.training.guards import NaNGuard
+from pyro_vae.training.model_epochs import ModelEpochs
 from pyro_vae.training.optim import Optimization
 from pyro_vae.training.tensorboard import TensorBoard
 from pyro_vae.training.trainer import Trainer
@@ -104,6 +105,8 @@ def build_trainer(plan, vae, data, progress=True):
         NaNGuard(config.max_bad_steps),
         TensorBoard(config.log_every, config.images_every, enabled=config.tensorboard),
     ] + ([Console(config.log_every)] if progress else [])
+    if hasattr(vae, "end_epoch"):  # the model's own work between epochs (vq-vae: its codebooks)
+        listeners.append(ModelEpochs(vae))
     fast = False if config.fast == "off" else config.fast
     trainer = Trainer(
         model,
