@@ -38,6 +38,7 @@ from pyro.infer import ELBO
 
 from pyro_vae.estimators.capture import TracedStep, Untraceable, put_back
 from pyro_vae.estimators.trace import device_twin
+from pyro_vae.core.checks import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ class FastELBO(ELBO):
 
     def __init__(self, elbo, mode="auto"):
         if not any(mode is m or (isinstance(mode, str) and mode == m) for m in MODES):
-            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+            raise UserError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         self.elbo = (
             device_twin(elbo) or elbo
         )  # Pyro's Trace_ELBO: the same loss, kept on the device
