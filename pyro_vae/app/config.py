@@ -127,7 +127,8 @@ class Config:
                 or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims)
             ):
                 raise validation.UserError(
-                    f"{name} must be positive integers such as 400 or 64,32, got {dims!r}"
+                    f"{validation.option(name)} must be positive integers such as 400 or 64,32, "
+                    f"got {dims!r}"
                 )
         if (
             isinstance(self.categories, bool)
@@ -135,13 +136,15 @@ class Config:
             or self.categories < 2
         ):
             raise validation.UserError(
-                f"categories must be an integer >= 2, got {self.categories!r}"
+                f"{validation.option('categories')} must be an integer >= 2, "
+                f"got {self.categories!r}"
             )
         validation.check_positive_float("temperature", self.temperature)
         validation.check_positive_float("min_temperature", self.min_temperature)
         if self.min_temperature > self.temperature:
             raise validation.UserError(
-                f"need min_temperature <= temperature, got {self.min_temperature!r} and "
+                f"need {validation.option('min_temperature')} <= "
+                f"{validation.option('temperature')}, got {self.min_temperature!r} and "
                 f"{self.temperature!r}"
             )
         validation.check_fraction("temperature_decay", self.temperature_decay, "; 1: no annealing")
@@ -300,7 +303,7 @@ def check_config(config):
     for option in ("limit", "test_limit"):
         validation.check_option(option, getattr(config, option))
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
-        raise FileNotFoundError(
+        raise validation.MissingFileError(
             f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
             f"--data-dir or leave it out to use the default cache"
         )

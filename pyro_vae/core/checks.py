@@ -271,7 +271,7 @@ def check_device(device):
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+        raise UserError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -8,7 +8,7 @@ import threading
 
 import torch
 
-from pyro_vae.core.checks import check_option
+from pyro_vae.core.checks import check_option, option
 from pyro_vae.training.listeners import Listener
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,8 @@ class NaNGuard(Listener):
                 f"{trainer.epoch + 1}/"
                 f"{trainer.run.epochs}, step {step}) although the learning rate was lowered to "
                 f"{trainer.lr:.3g}{kept}; "
-                f"try a smaller lr=, clip_norm=, another likelihood= or sigma=, or check the data"
+                f"try a smaller {option('lr', '')}, {option('clip_norm', '')}, another "
+                f"{option('likelihood', '')} or {option('sigma', '')}, or check the data"
             ),
         )
         trainer.bad_steps = self.guard.seen
@@ -203,6 +204,6 @@ class SignalStop(Listener):
             lambda name: (
                 f"{name} during epoch {trainer.epoch + 1}/{trainer.run.epochs}: stopped at "
                 f"a step boundary; the partial epoch is discarded and the run holds "
-                f"{where}; continue with resume=True"
+                f"{where}; continue with {option('resume', 'True')}"
             )
         )
