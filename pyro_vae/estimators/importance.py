@@ -299,8 +299,7 @@ def log_likelihood(
         if info.data_plate is None:
             raise UserError(
                 "log_likelihood needs a data plate: put the observed sites in pyro.plate(...), or "
-                "pass "
-                "data_plate=NAME"
+                "pass data_plate=NAME"
             )
         mpn, chunks = info.max_plate_nesting, [args]
         batch_size = info.data_plate.subsample_size

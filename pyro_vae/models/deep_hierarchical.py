@@ -92,10 +92,8 @@ def scale_sizes(image_size, scales):
     if h % k or w % k:
         raise UserError(
             f"--model deep-hierarchical halves {h}×{w} images {scales} times (--scales {scales}), "
-            "so H "
-            f"and W must be divisible by 2^{scales} = {k}; pass fewer --scales or an --image-size "
-            "that "
-            f"is a multiple of {k}"
+            f"so H and W must be divisible by 2^{scales} = {k}; pass fewer --scales or an "
+            f"--image-size that is a multiple of {k}"
         )
     return [(h // 2**s, w // 2**s) for s in range(scales, 0, -1)]
 
