@@ -260,10 +260,9 @@ def read_torchvision(name, root, image_size=None):
                 raise DataUnavailableError(
                     f"could not load {name}: it is not under {root!r} and torchvision's download "
                     f"failed ({type(e).__name__}: {reason}). To fix: on a machine with internet "
-                    "run python -c \"import torchvision; "
-                    f"torchvision.datasets.{cls_name}('DIR', download=True, **{kwargs!r})\" "
-                    f"and copy DIR's contents into {root!r} (or pass {option('data_dir', 'DIR')} "
-                    "/ set $PYRO_VAE_DATA)"
+                    f"run python -c \"import torchvision; torchvision.datasets.{cls_name}('DIR', "
+                    f"download=True, **{kwargs!r})\" and copy DIR's contents into {root!r} (or "
+                    f"pass {option('data_dir', 'DIR')} / set $PYRO_VAE_DATA)"
                 ) from None
         out += _torchvision_tensors(name, ds, image_size)
     return tuple(out)

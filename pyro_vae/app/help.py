@@ -41,10 +41,9 @@ HELP = {
         "comma-separated hidden sizes of encoder (decoder mirrors them), e.g. 400 or 300,300"
     ),
     "guide": (
-        "guide name; default: the model's own "
-        "(vae: diagonal, or a flow: iaf, spline, householder, sylvester, planar, radial; "
-        "hierarchical: top-down or bottom-up; relaxed-categorical: categorical; "
-        "m2, cvae: diagonal)"
+        "guide name; default: the model's own (vae: diagonal, or a flow: iaf, spline, "
+        "householder, sylvester, planar, radial; hierarchical: top-down or bottom-up; "
+        "relaxed-categorical: categorical; m2, cvae: diagonal)"
     ),
     "flows": "number of flow layers in the guide (>= 1 for a flow guide, 0 for diagonal)",
     "flow_hidden_dims": (
@@ -57,9 +56,8 @@ HELP = {
     ),
     "pseudo_inputs": "vampprior: number K of learned pseudo-inputs",
     "early_stopping": (
-        "stop once the validation ELBO has not improved for this many epochs "
-        "after the KL warm-up (needs --validation N); "
-        "evaluation then uses the best epoch (best.pt)"
+        "stop once the validation ELBO has not improved for this many epochs after the KL warm-up "
+        "(needs --validation N); evaluation then uses the best epoch (best.pt)"
     ),
     "tensorboard": "write TensorBoard event files into the run directory (--no-tensorboard: none)",
     "images_every": (

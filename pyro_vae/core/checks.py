@@ -11,8 +11,8 @@ import math
 import numbers
 import os
 
-# torch is imported by the checks that need it, so that `pyro-vae --help` (config.py imports this)
-# stays fast
+# torch is imported by the checks that need it, so that `pyro-vae --help` (config.py imports
+# this) stays fast
 
 
 CHECKPOINT_KEYS = ("epoch", "params", "optim", "rng")

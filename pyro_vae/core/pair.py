@@ -97,8 +97,8 @@ def find_data_plate(model_trace, guide_trace=None, name=None, ignore=()):
         if name not in plates:
             raise UserError(
                 f"no site of the model or guide is inside the plate {name!r} "
-                f"(data_plate={name!r}); "
-                f"their plates are {sorted(p for p in plates if p not in ignore) or 'none'}"
+                f"(data_plate={name!r}); their plates are "
+                f"{sorted(p for p in plates if p not in ignore) or 'none'}"
             )
         return plates[name]
     observed = [
@@ -143,8 +143,7 @@ def check_observed_shapes(model_trace):
             if torch.broadcast_shapes(shape, value) != value:
                 raise UserError(
                     f"the observed site {name!r} got data of shape {value} but its distribution "
-                    "has "
-                    f"shape {shape}: the data would be broadcast; give data whose shape matches"
+                    f"has shape {shape}: the data would be broadcast; give data whose shape matches"
                 )
 
 

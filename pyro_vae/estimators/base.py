@@ -128,12 +128,10 @@ class ImportanceWeightedELBO(ELBO):
                 if not _is_one(extra_scale(site, weights.data_plate.name)):
                     raise UserError(
                         f"{name}: {who} site {site['name']!r} is scaled by something other than "
-                        "the data plate's "
-                        "subsampling (poutine.scale, e.g. a β-VAE, or another subsampled plate); "
-                        "an "
-                        "importance-weighted bound with per-site scales is not a bound on log "
-                        "p(x). "
-                        f"Use make_elbo('trace') or 'meanfield' for scaled objectives"
+                        "the data plate's subsampling (poutine.scale, e.g. a β-VAE, or another "
+                        "subsampled plate); an importance-weighted bound with per-site scales is "
+                        "not a bound on log p(x). Use make_elbo('trace') or 'meanfield' for "
+                        "scaled objectives"
                     )
                 if who == "guide" and not site["is_observed"] and not site["fn"].has_rsample:
                     raise UserError(
@@ -144,8 +142,8 @@ class ImportanceWeightedELBO(ELBO):
                 if who == "model" and not site["is_observed"] and site["name"] not in guide_sites:
                     raise UserError(
                         f"{name}: model latent site {site['name']!r} has no guide site; give the "
-                        "guide a site of "
-                        f"the same name, or use make_elbo('enum') for enumerated discrete latents"
+                        "guide a site of the same name, or use make_elbo('enum') for enumerated "
+                        "discrete latents"
                     )
 
     def surrogate(self, model, guide, *args, **kwargs):

@@ -65,11 +65,9 @@ def per_particle_and_point(t, site, particle_dim, event_ndims=0, data_plate="dat
     if frame is None:
         raise UserError(
             f"sample site {site['name']!r} is not inside the data plate {data_plate!r}: "
-            "per-data-point bounds and "
-            "figures need every sample site of model and guide inside it (a global latent has no "
-            "weight per data "
-            "point: train such a pair with make_elbo('trace'); pass data_plate=NAME to name "
-            "another plate)"
+            "per-data-point bounds and figures need every sample site of model and guide inside "
+            "it (a global latent has no weight per data point: train such a pair with "
+            "make_elbo('trace'); pass data_plate=NAME to name another plate)"
         )
     event = t.shape[t.dim() - event_ndims :]
     batch = t.shape[: t.dim() - event_ndims]
@@ -121,8 +119,7 @@ def traced_data_plate(model_trace, guide_trace=None, data_plate=None):
     if plate is None:
         raise UserError(
             "no plate holds every observed site, so there is no data plate to split log-weights "
-            "per "
-            "data point: put the observed sites in pyro.plate(...), or pass data_plate=NAME"
+            "per data point: put the observed sites in pyro.plate(...), or pass data_plate=NAME"
         )
     return plate
 
@@ -196,8 +193,7 @@ def data_plate_scale(trace, data_plate=None):
                 return f.full_size / f.size if f.full_size else 1.0
     raise UserError(
         f"no site of the trace is inside the plate {data_plate!r}; put every sample site of model "
-        "and "
-        f"guide inside it (pass data_plate=NAME if your plate has another name)"
+        "and guide inside it (pass data_plate=NAME if your plate has another name)"
     )
 
 

@@ -197,10 +197,9 @@ class FlowDistribution(dist.TransformedDistribution):
             return super().log_prob(value)
         raise UserError(
             f"the {self.flow!r} flow has no inverse: it can score only the z it sampled itself "
-            "(the same "
-            "tensor object), not a detached or new z. Estimators that re-score a detached z "
-            "(DReG, STL) "
-            f"need an invertible guide: {', '.join(n for n, f in FLOWS.items() if f.invertible)}"
+            "(the same tensor object), not a detached or new z. Estimators that re-score a "
+            "detached z (DReG, STL) need an invertible guide: "
+            f"{', '.join(n for n, f in FLOWS.items() if f.invertible)}"
         )
 
 

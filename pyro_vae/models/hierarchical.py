@@ -69,8 +69,7 @@ class GaussianConditional(nn.Module):
         if out.shape[-1] != 2 * self.dim:
             raise UserError(
                 f"the net of a GaussianConditional over {self.dim} latents must output 2 * "
-                f"{self.dim} "
-                f"= {2 * self.dim} features (loc and raw scale), got {out.shape[-1]}"
+                f"{self.dim} = {2 * self.dim} features (loc and raw scale), got {out.shape[-1]}"
             )
         loc, raw = out.chunk(2, dim=-1)
         return loc, F.softplus(raw) + self.min_scale

@@ -243,8 +243,7 @@ def _split_params(out, x_shape, what, per_pixel=None):
         raise UserError(
             f"the {what} likelihood needs a decoder output of shape [{want}, "
             f"{', '.join(map(str, x_shape[1:]))}] per image for data of shape {x_shape}, got "
-            f"{event}; "
-            f"build the decoder for likelihood.params_shape(x_shape)"
+            f"{event}; build the decoder for likelihood.params_shape(x_shape)"
         )
     batch = out.shape[: out.dim() - len(x_shape)]
     return out.reshape(*batch, p, *x_shape).movedim(len(batch), -1)
@@ -280,8 +279,8 @@ class DiscretizedLogistic(Likelihood):
         if params.shape[-1] % 3:
             raise UserError(
                 "the discretized-logistic decoder output needs 3K numbers per sub-pixel (logits, "
-                "means, "
-                f"log-scales), got {params.shape[-1]}; build the decoder with params_shape(x_shape)"
+                f"means, log-scales), got {params.shape[-1]}; build the decoder with "
+                "params_shape(x_shape)"
             )
         logits, loc, log_scale = params.unflatten(-1, (3, -1)).unbind(-2)
         return DiscretizedLogisticMixture(

@@ -77,8 +77,8 @@ class VampPrior(TorchDistribution):
     def log_prob(self, value):
         """log (1/K) Σ_k p_k(value) = logsumexp_k log p_k(value) − log K."""
         if self._gaussians is not None:
-            # in float64: the three sums cancel (z near a sharp μ_k), which would cost float32 ~1e-3
-            # nats
+            # in float64: the three sums cancel (z near a sharp μ_k), which would cost float32
+            # ~1e-3 nats
             loc, scale = (t.double() for t in self._gaussians)
             precision = scale.pow(-2)  # [K, D]
             const = (loc.pow(2) * precision + 2 * scale.log()).sum(-1) + loc.shape[-1] * math.log(
