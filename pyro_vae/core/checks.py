@@ -1,71 +1,30 @@
 """Input checks run once, early, by the public entry points; each failure is one actionable line.
 
-Every check raises :class:`UserError` (a :class:`ValueError`) whose message names the option
-through :func:`option`, says what was wrong and what to change, so that ``pyro-vae`` prints it
-without a traceback. Checks that need the data's values (:func:`check_images`) cost one device
-sync per call and run once per dataset, never per training step.
+Every check raises :class:`~pyro_vae.core.errors.UserError` (a :class:`ValueError`) whose
+message names the option through :func:`~pyro_vae.core.errors.option`, says what was wrong and
+what to change, so that ``pyro-vae`` prints it without a traceback. Checks that need the data's
+values (:func:`check_images`) cost one device sync per call and run once per dataset, never per
+training step.
 """
 
-import contextlib
 import math
 import numbers
 import os
+
+from pyro_vae.core.errors import (  # noqa: F401 (re-exported: checks.UserError, …)
+    DataUnavailableError,
+    MissingFileError,
+    RunExistsError,
+    UserError,
+    naming_flags,
+    option,
+)
 
 # torch is imported by the checks that need it, so that `pyro-vae --help` (config.py imports
 # this) stays fast
 
 
 CHECKPOINT_KEYS = ("epoch", "params", "optim", "rng")
-
-
-class UserError(ValueError):
-    """A mistake of the user's (an option, the data, a file), told in one line that names the option
-    and what to change; the CLI prints it without a traceback and exits with status 2."""
-
-
-class MissingFileError(UserError, FileNotFoundError):
-    """A file or folder the user named (a run, a checkpoint, a data directory) is not there."""
-
-
-class RunExistsError(UserError, FileExistsError):
-    """The run directory already holds a run that the command would overwrite."""
-
-
-class DataUnavailableError(UserError, RuntimeError):
-    """A dataset is neither on disk nor downloadable here; the message says how to get it."""
-
-
-_FLAGS = {}  # option name -> command-line flag, while the command line runs (naming_flags)
-
-
-@contextlib.contextmanager
-def naming_flags(flags):
-    """Within the block, :func:`option` names each option ``name`` by its flag ``flags[name]``
-    (``{"kl_warmup_epochs": "--kl-warmup-epochs", …}``): the command line's one mapping."""
-    global _FLAGS
-    saved, _FLAGS = _FLAGS, dict(flags)
-    try:
-        yield
-    finally:
-        _FLAGS = saved
-
-
-def option(name, value=None):
-    """The option ``name`` as a message names it, set to ``value`` written as in Python: for a
-    Python caller ``lr``, ``lr=1e-3``, ``guide='top-down'``, ``lr=`` (``value=""``); inside
-    :func:`naming_flags` the flags ``--lr``, ``--lr 1e-3``, ``--guide top-down``, ``--lr``
-    (``latent_dims=[64, 32]`` → ``--latent-dims 64,32``, ``tensorboard=False`` →
-    ``--no-tensorboard``, ``resume=True`` → ``--resume``)."""
-    flag = _FLAGS.get(name)
-    if flag is None:
-        return name if value is None else f"{name}={value}"
-    if value in (None, "", "True"):
-        return flag
-    if value == "False":
-        return "--no-" + flag[2:]
-    if value.startswith("["):
-        value = ",".join(v.strip() for v in value[1:-1].split(","))
-    return f"{flag} " + value.strip("'\"")
 
 
 def _number(name, value, integral, in_range, what, hint):

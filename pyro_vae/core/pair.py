@@ -15,7 +15,7 @@ from typing import Dict, NamedTuple, Optional, Tuple
 import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
-from pyro_vae.core.checks import UserError
+from pyro_vae.core.errors import UserError
 
 
 class PlateInfo(NamedTuple):
