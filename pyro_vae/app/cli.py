@@ -5,7 +5,7 @@ Every flag of ``train`` is a field of :class:`~pyro_vae.app.config.Config` (keba
 the commands only build a config and call :mod:`pyro_vae.app.experiment`, imported when a
 command runs (``--help`` imports neither torch nor pyro).
 
-Exit status: 0 on success; 2 for a :class:`~pyro_vae.core.checks.UserError` (a bad option,
+Exit status: 0 on success; 2 for a :class:`~pyro_vae.core.errors.UserError` (a bad option,
 missing data or run, a refused combination), printed as one line that names the flags; 1 for any
 other exception (a failure inside torch, Pyro or elsewhere), printed as one line that names it,
 with the traceback behind ``--debug`` and in the run's ``pyro-vae.log``; 128 + N when stopped by
@@ -22,7 +22,7 @@ import traceback
 
 from pyro_vae.app.config import Config
 from pyro_vae.app.parser import LOG, build_parser
-from pyro_vae.core import checks
+from pyro_vae.core.errors import UserError, naming_flags
 
 
 @functools.lru_cache(maxsize=None)
@@ -152,8 +152,8 @@ def one_line(e):
 
 def explain(e):
     """``(exit status, one line)`` for an exception that ended a command: 2 and its message for a
-    :class:`~pyro_vae.core.checks.UserError`, else 1 and its class and message."""
-    if isinstance(e, checks.UserError):
+    :class:`~pyro_vae.core.errors.UserError`, else 1 and its class and message."""
+    if isinstance(e, UserError):
         return 2, one_line(e)
     return 1, (
         f"{type(e).__name__}: {one_line(e)}; this combination of options may be unsupported "
@@ -196,7 +196,7 @@ def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        with checks.naming_flags(parser.flags):
+        with naming_flags(parser.flags):
             run(args)
     except KeyboardInterrupt as e:  # SIGINT, or SIGTERM turned into TrainingInterrupted
         saved = str(e) or "the last completed epoch is saved in the run directory"

@@ -20,7 +20,7 @@ LOG = "pyro-vae.log"
 class FlagParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` that keeps ``flags``: the long flag of each option of every command by
     the option's Python name (``dest``), e.g. ``kl_warmup_epochs`` → ``--kl-warmup-epochs``, the
-    one mapping by which library messages name flags (:func:`~pyro_vae.core.checks.option`)."""
+    one mapping by which library messages name flags (:func:`~pyro_vae.core.errors.option`)."""
 
     def __init__(self, *args, flags=None, **kwargs):
         self.flags = {} if flags is None else flags  # before __init__ adds --help
