@@ -13,7 +13,7 @@ _EXPORTS = {  # imported on first use, so that `pyro-vae --help` imports neither
     "Config": "app.config",
     "data_plate": "core.plates",
     "probe": "core.pair",
-    "UserError": "core.checks",
+    "UserError": "core.errors",
     "ModelSpec": "models.spec",
     "load_data": "data",
     "make_elbo": "estimators",

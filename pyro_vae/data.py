@@ -3,12 +3,13 @@
 Sources (:func:`load_data`'s ``name``): ``mnist``, ``fashion-mnist``, the torchvision names of
 :data:`pyro_vae.datasets.TORCHVISION` (kmnist, emnist, cifar10, cifar100, svhn, celeba, omniglot),
 ``folder:PATH``, ``npy:PATH``/``pt:PATH``, or in Python an array, tensor or torch ``Dataset``
-(see :mod:`pyro_vae.datasets`).  A source without a test set gets one split off with a fixed seed.
+(see :mod:`pyro_vae.datasets` and :mod:`pyro_vae.image_files`). A source without a test set gets
+one split off with a fixed seed.
 
-``load_images(name, root)`` reads MNIST or Fashion-MNIST through torchvision.
-When torchvision cannot download (no internet), Fashion-MNIST falls back to the
-gzipped IDX files of Debian's ``dataset-fashion-mnist`` package
-(``/usr/share/datasets/fashion-mnist``), copied into ``root/FashionMNIST/raw``.
+``load_images(name, root)`` reads MNIST or Fashion-MNIST through torchvision. When torchvision
+cannot download (no internet), Fashion-MNIST falls back to the gzipped IDX files of Debian's
+``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``), copied into
+``root/FashionMNIST/raw``.
 
 Binarization (``binarize``):
 
@@ -29,8 +30,14 @@ from typing import Optional
 
 import torch
 
-from pyro_vae import datasets
-from pyro_vae.core.checks import check_option
+from pyro_vae import datasets, image_files
+from pyro_vae.core.checks import (
+    DataUnavailableError,
+    MissingFileError,
+    UserError,
+    check_option,
+    option,
+)
 
 DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 BINARIZE = ("dynamic", "static", "none")
@@ -78,11 +85,11 @@ def load_images(name, root=None, train=True):
     import torchvision
 
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = root or default_root()
     cls = getattr(torchvision.datasets, DATASETS[name])
     if root and not os.path.isdir(root) and os.path.exists(root):
-        raise ValueError(f"data directory {root!r} is not a directory")
+        raise UserError(f"data directory {root!r} is not a directory")
     try:
         ds = cls(root, train=train, download=False)
     except RuntimeError:
@@ -97,8 +104,7 @@ def load_images(name, root=None, train=True):
             except Exception as e:  # no internet, blocked mirror, …
                 fixes = (
                     f"put the four IDX files ({', '.join(FILES)}, gzipped or not) in a folder and "
-                    "pass "
-                    f"data_dir=FOLDER"
+                    f"pass {option('data_dir', 'FOLDER')}"
                 )
                 if name == "fashion-mnist":
                     fixes = (
@@ -106,10 +112,9 @@ def load_images(name, root=None, train=True):
                         + fixes
                     )
                 reason = " ".join(str(e).split())[:300]
-                raise RuntimeError(
+                raise DataUnavailableError(
                     f"could not load {name}: torchvision's download failed ({type(e).__name__}: "
-                    f"{reason}) and no local "
-                    f"copy was found under {root!r}. To fix: {fixes}."
+                    f"{reason}) and no local copy was found under {root!r}. To fix: {fixes}."
                 ) from None
     return ds.data.unsqueeze(1), ds.targets.long()
 
@@ -120,15 +125,16 @@ def _resolve_root(name, data_dir):
     if data_dir is None:
         return default_root()
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(
-            f"data directory {data_dir!r} does not exist; pass an existing folder as data_dir="
+        raise MissingFileError(
+            f"data directory {data_dir!r} does not exist; pass an existing folder as "
+            f"{option('data_dir', '')}"
         )
     if any(
         os.path.exists(os.path.join(data_dir, f + ext)) for f in FILES[:1] for ext in ("", ".gz")
     ):
         root = os.path.join(data_dir, "_torchvision")
         if not _copy_local_files(name, root, data_dir):
-            raise FileNotFoundError(f"{data_dir!r} holds only some of the IDX files {FILES}")
+            raise MissingFileError(f"{data_dir!r} holds only some of the IDX files {FILES}")
         return root
     return data_dir
 
@@ -137,24 +143,23 @@ def check_source(name):
     """``name`` is a known dataset or a ``folder:``/``npy:``/``pt:`` source whose path exists
     (one-line errors)."""
     if not isinstance(name, str):
-        raise TypeError(
-            "dataset must be a name such as fashion-mnist or folder:PATH, got "
+        raise UserError(
+            f"{option('dataset')} must be a name such as fashion-mnist or folder:PATH, got "
             f"{type(name).__name__}"
         )
     kind, arg = datasets.parse_source(name)
     if kind is None and name not in DATASETS:
         names = ", ".join([*DATASETS, *datasets.TORCHVISION])
-        raise ValueError(
+        raise UserError(
             f"unknown dataset {name!r}; choose one of {names}, or folder:PATH, npy:PATH (.npy, "
-            ".npz, "
-            f".pt)"
+            ".npz, .pt)"
         )
     path = arg.partition(",")[0] if kind == "array" else arg
     if kind in ("folder", "array") and not os.path.exists(path):
         what = "image folder" if kind == "folder" else "array file"
-        raise FileNotFoundError(
-            f"{what} {path!r} does not exist; pass dataset='{name.partition(':')[0]}:PATH' "
-            f"with an existing path"
+        raise MissingFileError(
+            f"{what} {path!r} does not exist; pass "
+            f"{option('dataset', repr(name.partition(':')[0] + ':PATH'))} with an existing path"
         )
     return kind
 
@@ -175,15 +180,15 @@ def read_source(name, data_dir=None, image_size=None, labels=None):
             )
             return datasets.fit_size(x, image_size), y, datasets.fit_size(tx, image_size), ty
         if kind == "folder":
-            return datasets.read_folder(name.partition(":")[2], image_size)
+            return image_files.read_folder(name.partition(":")[2], image_size)
         if kind == "array":
-            x, y, tx, ty = datasets.read_array(name.partition(":")[2], labels)
+            x, y, tx, ty = image_files.read_array(name.partition(":")[2], labels)
         else:
             root = data_dir or default_root()
             if data_dir is not None and not os.path.isdir(data_dir):
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"data directory {data_dir!r} does not exist; pass an existing folder as "
-                    f"data_dir="
+                    f"{option('data_dir', '')}"
                 )
             return datasets.read_torchvision(name, root, image_size)
     elif torch.is_tensor(name) or hasattr(name, "__array__"):
@@ -194,8 +199,7 @@ def read_source(name, data_dir=None, image_size=None, labels=None):
     else:
         raise TypeError(
             "data source must be a dataset name, folder:PATH, npy:PATH, an array or tensor of "
-            "images, or "
-            f"a torch Dataset; got {type(name).__name__}"
+            f"images, or a torch Dataset; got {type(name).__name__}"
         )
     fit = lambda t: None if t is None else datasets.fit_size(t, image_size)  # noqa: E731
     return fit(x), y, fit(tx), ty
@@ -258,12 +262,15 @@ class ImageData:
             return self.test, self.test_labels
         if name == "val":
             if self.val is None:
-                raise ValueError("this dataset has no validation split; build it with validation=N")
+                raise UserError(
+                    "this dataset has no validation split; build it with "
+                    + option("validation", "N")
+                )
             return self.val, self.val_labels
         if name == "train":
             x = _binarize_once(self.train) if self.binarize == "dynamic" else self.train
             return x, self.train_labels
-        raise ValueError(f"unknown split {name!r}; choose train, val or test")
+        raise UserError(f"unknown split {name!r}; choose train, val or test")
 
 
 def training_data(data, test_x=None, model=None):
@@ -285,8 +292,7 @@ def training_data(data, test_x=None, model=None):
     elif not isinstance(data, ImageData):
         raise TypeError(
             "data must be an ImageData (from load_data) or a tensor of images [N, ...] (or a "
-            "torch "
-            f"Dataset of them), got {type(data).__name__}"
+            f"torch Dataset of them), got {type(data).__name__}"
         )
     else:
         checks.check_eight_bit(checks.model_is_eight_bit(model), data.binarize)
@@ -296,10 +302,10 @@ def training_data(data, test_x=None, model=None):
     if test_x is not None:
         checks.check_data_for_model(model, test_x, "test data")
         if test_x.shape[1:] != data.train.shape[1:] or test_x.device != data.train.device:
-            raise ValueError(
+            raise UserError(
                 f"test data {tuple(test_x.shape)} on {test_x.device} does not match the training "
                 f"data {tuple(data.train.shape)} on {data.train.device}; give both the same shape "
-                f"and device"
+                "and device"
             )
     return data, test_x
 
@@ -336,51 +342,51 @@ def load_data(
         anomaly detection.
     """
     if binarize not in BINARIZE:
-        raise ValueError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE)}")
-    for option, value in (
-        ("limit", limit),
-        ("test_limit", test_limit),
-        ("image_size", image_size),
-        ("test_fraction", test_fraction),
-    ):
-        check_option(option, value)
+        raise UserError(f"unknown binarize mode {binarize!r}; choose one of {', '.join(BINARIZE)}")
+    sizes = dict(limit=limit, test_limit=test_limit, image_size=image_size)
+    for name_, value in dict(sizes, test_fraction=test_fraction).items():
+        check_option(name_, value)
     train, train_y, test, test_y = read_source(name, data_dir, image_size, labels)
     if test is None:
         train, train_y, test, test_y = datasets.split_off(train, train_y, test_fraction, split_seed)
-    if validation < 0 or validation >= len(train):
-        raise ValueError(f"validation must be in [0, {len(train)}), got {validation}")
-    val = val_y = None
-    if validation:
-        train, val, train_y, val_y = (
-            train[:-validation],
-            train[-validation:],
-            train_y[:-validation],
-            train_y[-validation:],
-        )
+    train, train_y, val, val_y = _hold_out(train, train_y, validation)
     if exclude_class is not None:
-        keep = train_y != exclude_class
-        train, train_y = train[keep], train_y[keep]
+        train, train_y = _without(exclude_class, train, train_y)
         if val is not None:
-            keep = val_y != exclude_class
-            val, val_y = val[keep], val_y[keep]
+            val, val_y = _without(exclude_class, val, val_y)
     if limit:
         train, train_y = train[:limit], train_y[:limit]
     if test_limit:
         test, test_y = test[:test_limit], test_y[:test_limit]
-
-    def prepare(x, once):
-        x = x.to(dtype) / 255.0 if x.dtype == torch.uint8 else x.to(dtype)
-        return _binarize_once(x) if once else x
-
-    static = binarize == "static"
-    evaluated = binarize != "none"
+    evaluated = binarize != "none"  # validation and test images are binarized once
     data = ImageData(
-        train=prepare(train, static),
+        train=_floats(train, dtype, binarize == "static"),
         train_labels=train_y,
-        test=prepare(test, evaluated),
+        test=_floats(test, dtype, evaluated),
         test_labels=test_y,
-        val=None if val is None else prepare(val, evaluated),
+        val=None if val is None else _floats(val, dtype, evaluated),
         val_labels=val_y,
         binarize=binarize,
     )
     return data.to(device)
+
+
+def _floats(x, dtype, binarized):
+    """``x`` as ``dtype`` in [0, 1] (uint8 divided by 255), ``binarized`` once with a fixed seed."""
+    x = x.to(dtype) / 255.0 if x.dtype == torch.uint8 else x.to(dtype)
+    return _binarize_once(x) if binarized else x
+
+
+def _hold_out(x, y, validation):
+    """``(train_x, train_y, val_x, val_y)``: the last ``validation`` images held out (None if 0)."""
+    if validation < 0 or validation >= len(x):
+        raise UserError(f"{option('validation')} must be in [0, {len(x)}), got {validation}")
+    if not validation:
+        return x, y, None, None
+    return x[:-validation], y[:-validation], x[-validation:], y[-validation:]
+
+
+def _without(label, x, y):
+    """The images ``x`` and labels ``y`` whose label is not ``label``."""
+    keep = y != label
+    return x[keep], y[keep]

@@ -1,33 +1,23 @@
-"""Image sources beyond the IDX datasets: folders, arrays, torch Datasets and torchvision datasets
-by name.
+"""Image sources beyond the IDX datasets, as tensors: in-memory arrays, torch Datasets and
+torchvision datasets by name; the user's own files (``folder:PATH``, ``npy:PATH``) are read by
+:mod:`pyro_vae.image_files` into the same form.
 
-``load_data``'s ``name`` (the Config field ``dataset``) takes:
-
-* ``folder:PATH``: PNG/JPEG (also BMP, GIF, WebP, TIFF) images, grey or RGB (all RGB if any is
-  colour). Class subfolders give labels (sorted names → 0, 1, …); images directly in PATH are
-  unlabelled. ``PATH/train`` and ``PATH/test`` (each laid out the same way) are used as the two
-  splits.
-* ``npy:PATH`` (or ``pt:PATH``): an array ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]`` (C = 1
-  or 3), uint8 or float in [0, 1], in a ``.npy``, ``.npz`` or ``.pt`` file. Labels:
-  ``npy:IMAGES.npy,LABELS.npy``, or the keys ``x``/``images`` and ``y``/``labels`` of an ``.npz`` or
-  a saved dict (``x_test``/``y_test``: a test split); a ``.pt`` may also hold a tuple ``(images,
-  labels)``.
-* a torchvision name of :data:`TORCHVISION` (downloaded into the data root by torchvision's own
-  class).
+``load_data``'s ``name`` (the Config field ``dataset``) takes ``folder:PATH``, ``npy:PATH`` (or
+``pt:PATH``), a torchvision name of :data:`TORCHVISION` (downloaded into the data root by
+torchvision's own class), or in Python an array, tensor or torch ``Dataset``.
 
 Every reader returns uint8 images (floats stay floats) ``[N, C, H, W]`` and int64 labels, −1 for
 unlabelled data (:data:`UNLABELLED`). Sizes: ``image_size=S`` resizes the shorter side to S and
 crops the centre S × S; without it the images keep their own size, which must then be shared.
 """
 
-import os
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pyro_vae.core.checks import DataUnavailableError, UserError, option
+
 UNLABELLED = -1
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 PREFIXES = ("folder", "npy", "pt")
 # name -> (torchvision class, train kwargs, test kwargs, default image size or None)
 TORCHVISION = {
@@ -52,8 +42,9 @@ def parse_source(name):
     kind, sep, rest = name.partition(":")
     if sep and kind in PREFIXES:
         if not rest:
-            raise ValueError(
-                f"dataset={name!r} names no path; pass e.g. dataset='{kind}:/data/my_images'"
+            raise UserError(
+                f"{option('dataset', repr(name))} names no path; pass e.g. "
+                + option("dataset", repr(f"{kind}:/data/my_images"))
             )
         return ("folder" if kind == "folder" else "array"), rest
     if name in TORCHVISION:
@@ -74,18 +65,17 @@ def as_images(x, where="the array"):
         if x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
             x = x.permute(0, 3, 1, 2)
         elif x.shape[1] not in (1, 3):
-            raise ValueError(
+            raise UserError(
                 f"{where} has shape {tuple(x.shape)}: neither [N, C, H, W] nor [N, H, W, C] with "
-                "1 or 3 "
-                f"channels; reshape it to one of those layouts"
+                "1 or 3 channels; reshape it to one of those layouts"
             )
     else:
-        raise ValueError(
+        raise UserError(
             f"{where} has rank {x.dim()} (shape {tuple(x.shape)}); images must be [N, H, W], "
             f"[N, C, H, W] or [N, H, W, C]"
         )
     if len(x) == 0:
-        raise ValueError(f"{where} holds no images (shape {tuple(x.shape)})")
+        raise UserError(f"{where} holds no images (shape {tuple(x.shape)})")
     if x.dtype == torch.bool:
         x = x.to(torch.uint8) * 255
     if x.dtype == torch.uint8:
@@ -93,18 +83,18 @@ def as_images(x, where="the array"):
     if not x.is_floating_point():
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
-            raise ValueError(
+            raise UserError(
                 f"{where} holds integers in [{lo}, {hi}]; 8-bit images need 0…255 (uint8), or pass "
-                f"floats in [0, 1]"
+                "floats in [0, 1]"
             )
         return x.to(torch.uint8).contiguous()
     if not torch.isfinite(x).all():
-        raise ValueError(f"{where} holds NaN or infinite values; clean or drop those images first")
+        raise UserError(f"{where} holds NaN or infinite values; clean or drop those images first")
     lo, hi = x.min().item(), x.max().item()
     if lo < 0 or hi > 1:
-        raise ValueError(
+        raise UserError(
             f"{where} holds floats in [{lo:.4g}, {hi:.4g}]; images must be in [0, 1]: divide 8-bit "
-            f"values by 255 (or save them as uint8)"
+            "values by 255 (or save them as uint8)"
         )
     return x.contiguous()
 
@@ -129,12 +119,12 @@ def fit_size(x, size):
     return y.reshape(*x.shape[:-3], *y.shape[-3:])
 
 
-def _pil_array(image, where):
+def pil_array(image, where):
     """A PIL image as a uint8 array ``[H, W]`` (grey) or ``[H, W, 3]`` (colour)."""
     try:
         image.load()
     except Exception as e:  # truncated or corrupt
-        raise ValueError(
+        raise UserError(
             f"cannot read {where} ({type(e).__name__}: {e}); remove or replace the file"
         ) from None
     grey = image.mode in ("1", "L", "LA", "I", "I;16", "F") or (
@@ -166,167 +156,24 @@ def stack_images(arrays, names, where, image_size=None):
         sizes.setdefault(tuple(t.shape[1:]), n)
     if len(sizes) > 1:
         examples = ", ".join(f"{h}×{w} ({n})" for (h, w), n in list(sizes.items())[:3])
-        raise ValueError(
+        raise UserError(
             f"the images of {where} have {len(sizes)} different sizes, e.g. {examples}; pass "
-            f"image_size=N to resize and crop them all to N×N"
+            f"{option('image_size', 'N')} to resize and crop them all to N×N"
         )
     return torch.stack(tensors)
 
 
 # ---------------------------------------------------------------------------------------------
-# folders
-# ---------------------------------------------------------------------------------------------
-def _image_files(folder, recursive):
-    out = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        out += [
-            os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)
-        ]
-        if not recursive:
-            break
-    return out
-
-
-def _scan(path):
-    """``{class name or None: [files]}`` of one split folder."""
-    subdirs = sorted(
-        d
-        for d in os.listdir(path)
-        if os.path.isdir(os.path.join(path, d)) and not d.startswith(".")
-    )
-    classes = {d: _image_files(os.path.join(path, d), True) for d in subdirs}
-    classes = {d: f for d, f in classes.items() if f}
-    top = _image_files(path, False)
-    if classes and top:
-        raise ValueError(
-            f"{path!r} holds images both at its top level ({os.path.basename(top[0])}, …) and in "
-            f"subfolders ({', '.join(list(classes)[:3])}); put every image in a class subfolder, "
-            "or none"
-        )
-    if not classes and not top:
-        raise ValueError(
-            f"{path!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); point folder:PATH at a "
-            "folder "
-            f"of images or of class subfolders of images"
-        )
-    return classes or {None: top}
-
-
-def read_folder(path, image_size=None):
-    """``(train_x, train_y, test_x, test_y)`` from a folder (``test_*`` None unless it has train/
-    and test/)."""
-    from PIL import Image
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"image folder {path!r} does not exist; pass dataset='folder:PATH' with an "
-            f"existing folder"
-        )
-    split_dirs = [os.path.join(path, s) for s in ("train", "test")]
-    splits = (
-        [_scan(p) for p in split_dirs] if all(map(os.path.isdir, split_dirs)) else [_scan(path)]
-    )
-    names = sorted({c for s in splits for c in s if c is not None})
-    if names and any(None in s for s in splits):
-        raise ValueError(f"{path!r}: train/ and test/ must both use class subfolders, or neither")
-    index = {c: i for i, c in enumerate(names)}
-    arrays, labels, files, sizes = [], [], [], []
-    for split in splits:
-        n = 0
-        for c, paths in split.items():
-            for f in paths:
-                try:
-                    image = Image.open(f)
-                except Exception as e:
-                    raise ValueError(
-                        f"cannot read image {f!r} ({type(e).__name__}); remove or replace the file"
-                    ) from None
-                with image:
-                    arrays.append(_pil_array(image, f"image {f!r}"))
-                labels.append(index.get(c, UNLABELLED))
-                files.append(os.path.relpath(f, path))
-                n += 1
-        sizes.append(n)
-    x = stack_images(arrays, files, repr(path), image_size)
-    y = torch.tensor(labels, dtype=torch.long)
-    if len(splits) == 1:
-        return x, y, None, None
-    return x[: sizes[0]], y[: sizes[0]], x[sizes[0] :], y[sizes[0] :]
-
-
-# ---------------------------------------------------------------------------------------------
 # arrays
 # ---------------------------------------------------------------------------------------------
-KEYS = {
-    "x": ("x", "images"),
-    "y": ("y", "labels"),
-    "x_test": ("x_test", "test_images"),
-    "y_test": ("y_test", "test_labels"),
-}
-
-
-def _load_array_file(path):
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"array file {path!r} does not exist; pass dataset='npy:PATH' with an "
-            f"existing .npy, .npz or .pt file"
-        )
-    ext = os.path.splitext(path)[1].lower()
-    try:
-        if ext == ".npy":
-            return np.load(path, allow_pickle=False)
-        if ext == ".npz":
-            with np.load(path, allow_pickle=False) as f:
-                return {k: f[k] for k in f.files}
-        if ext in (".pt", ".pth"):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(
-            f"cannot read array file {path!r} ({type(e).__name__}: {str(e)[:200]}); save it with "
-            f"numpy.save / numpy.savez / torch.save"
-        ) from None
-    raise ValueError(f"array file {path!r} must end in .npy, .npz or .pt")
-
-
-def _pick(d, key, path, required=False):
-    for k in KEYS[key]:
-        if k in d:
-            return d[k]
-    if required:
-        raise ValueError(
-            f"{path!r} holds the keys {sorted(d)} but no images; name them {' or '.join(KEYS[key])}"
-        )
-    return None
-
-
 def _labels(y, n, where):
     y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
     if y.dim() != 1 or len(y) != n or y.is_floating_point() and not (y == y.round()).all():
-        raise ValueError(
+        raise UserError(
             f"{where} must be one integer label per image ({n}), got shape {tuple(y.shape)} of "
             f"{y.dtype}"
         )
     return y.long()
-
-
-def read_array(spec, labels=None):
-    """``(train_x, train_y, test_x, test_y)`` from ``PATH`` or ``IMAGES,LABELS`` (see the module
-    docstring)."""
-    path, _, labels_path = spec.partition(",")
-    content = _load_array_file(path)
-    test = test_y = None
-    if isinstance(content, (tuple, list)) and len(content) == 2:
-        content, labels = content
-    if isinstance(content, dict):
-        x, y = _pick(content, "x", path, True), _pick(content, "y", path)
-        test, test_y = _pick(content, "x_test", path), _pick(content, "y_test", path)
-        labels = y if labels is None else labels
-    else:
-        x = content
-    if labels_path:
-        labels = _load_array_file(labels_path)
-    return from_arrays(x, labels, test, test_y, where=repr(path))
 
 
 def from_arrays(x, labels=None, test=None, test_labels=None, where="the array"):
@@ -341,7 +188,7 @@ def from_arrays(x, labels=None, test=None, test_labels=None, where="the array"):
         return x, y, None, None
     test = as_images(test, f"the test images of {where}")
     if test.shape[1:] != x.shape[1:]:
-        raise ValueError(
+        raise UserError(
             f"the test images of {where} are {tuple(test.shape[1:])}, the training images "
             f"{tuple(x.shape[1:])}; give both the same shape"
         )
@@ -370,7 +217,7 @@ def dataset_tensors(ds, image_size=None, where="the dataset"):
             f"{type(ds).__name__}"
         ) from None
     if n == 0:
-        raise ValueError(f"{where} holds no items")
+        raise UserError(f"{where} holds no items")
     images, labels, pil = [], [], False
     for i in range(n):
         item = ds[i]
@@ -380,7 +227,7 @@ def dataset_tensors(ds, image_size=None, where="the dataset"):
             else (item, None)
         )
         if isinstance(image, Image.Image):
-            image, pil = _pil_array(image, f"item {i} of {where}"), True
+            image, pil = pil_array(image, f"item {i} of {where}"), True
         images.append(image)
         is_int = isinstance(label, (int, np.integer)) or (
             torch.is_tensor(label) and label.numel() == 1 and not label.is_floating_point()
@@ -410,23 +257,19 @@ def read_torchvision(name, root, image_size=None):
                 ds = cls(root, download=True, **kwargs)
             except Exception as e:  # no internet, blocked mirror, quota (CelebA's Google Drive) …
                 reason = " ".join(str(e).split())[:200]
-                raise RuntimeError(
+                raise DataUnavailableError(
                     f"could not load {name}: it is not under {root!r} and torchvision's download "
-                    "failed "
-                    f"({type(e).__name__}: {reason}). To fix: on a machine with internet run "
-                    "python -c \"import "
-                    f"torchvision; torchvision.datasets.{cls_name}('DIR', download=True, "
-                    f"**{kwargs!r})\" and copy DIR's "
-                    f"contents into {root!r} (or pass data_dir=DIR / set $PYRO_VAE_DATA)"
+                    f"failed ({type(e).__name__}: {reason}). To fix: on a machine with internet "
+                    f"run python -c \"import torchvision; torchvision.datasets.{cls_name}('DIR', "
+                    f"download=True, **{kwargs!r})\" and copy DIR's contents into {root!r} (or "
+                    f"pass {option('data_dir', 'DIR')} / set $PYRO_VAE_DATA)"
                 ) from None
         out += _torchvision_tensors(name, ds, image_size)
     return tuple(out)
 
 
 def _torchvision_tensors(name, ds, image_size):
-    if hasattr(ds, "data") and not isinstance(
-        ds.data, list
-    ):  # in-memory arrays: (K/E)MNIST, CIFAR, SVHN
+    if hasattr(ds, "data") and not isinstance(ds.data, list):  # (K/E)MNIST, CIFAR, SVHN
         x = as_images(ds.data, f"torchvision's {name}")
         if name == "emnist":
             x = x.transpose(-1, -2)  # EMNIST's files hold the images transposed
@@ -444,7 +287,7 @@ def split_off(x, y, fraction, seed=0):
     """Random test split of ``round(fraction · N)`` (at least 1) images with a fixed ``seed``: ``(x,
     y, test, test_y)``."""
     if len(x) < 2:
-        raise ValueError(f"need at least 2 images to split off a test set, got {len(x)}")
+        raise UserError(f"need at least 2 images to split off a test set, got {len(x)}")
     n_test = min(len(x) - 1, max(1, round(fraction * len(x))))
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     test, train = perm[:n_test].sort().values, perm[n_test:].sort().values

@@ -128,20 +128,30 @@ def test_a_cli_error_names_the_flag_and_the_same_error_from_python_the_argument(
     assert arguments in str(e.value) and "--" not in str(e.value)
 
 
-def test_as_flags_turns_python_names_into_flags_and_leaves_the_rest():
-    from pyro_vae.app.cli import as_flags
+def test_option_names_python_arguments_and_under_the_cli_mapping_flags():
+    from pyro_vae.app.cli import build_parser
+    from pyro_vae.core.checks import naming_flags, option
 
-    assert (
-        as_flags("pass guide='top-down' or set tensorboard=False; continue with resume=True")
-        == "pass --guide top-down or set --no-tensorboard; continue with --resume"
+    def words():
+        return (
+            f"pass {option('guide', repr('top-down'))} or set {option('tensorboard', 'False')}; "
+            f"continue with {option('resume', 'True')}; try a smaller {option('lr', '')}, or "
+            f"{option('clip_norm', '10')}; {option('kl_warmup_epochs')}, "
+            f"{option('latent_dims', '[64, 32]')} and {option('data_plate', 'NAME')} stay"
+        )
+
+    assert words() == (
+        "pass guide='top-down' or set tensorboard=False; continue with resume=True; try a smaller "
+        "lr=, or clip_norm=10; kl_warmup_epochs, latent_dims=[64, 32] and data_plate=NAME stay"
     )
-    assert (
-        as_flags("try a smaller lr=, or clip_norm=10; kl_warmup_epochs and data_plate=NAME stay")
-        == "try a smaller --lr, or --clip-norm 10; --kl-warmup-epochs and data_plate=NAME stay"
+    with naming_flags(build_parser().flags):
+        flags = words()
+    assert flags == (
+        "pass --guide top-down or set --no-tensorboard; continue with --resume; try a smaller "
+        "--lr, or --clip-norm 10; --kl-warmup-epochs, --latent-dims 64,32 and data_plate=NAME "
+        "stay"
     )
-    assert (
-        as_flags("the model and the guide") == "the model and the guide"
-    )  # plain words are not names
+    assert "--" not in words()  # the mapping holds only inside the block
 
 
 def test_existing_run_needs_resume(tmp_path):

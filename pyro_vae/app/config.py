@@ -151,10 +151,13 @@ class Config:
         for name in ("hidden_dims", "latent_dims", "flow_hidden_dims"):
             _check_dims(name, getattr(self, name))
         if type(self.categories) is not int or self.categories < 2:
-            raise checks.UserError(f"categories must be an integer >= 2, got {self.categories!r}")
+            raise checks.UserError(
+                f"{checks.option('categories')} must be an integer >= 2, got {self.categories!r}"
+            )
         if self.min_temperature > self.temperature:
             raise checks.UserError(
-                f"need min_temperature <= temperature, got {self.min_temperature!r} and "
+                f"need {checks.option('min_temperature')} <= {checks.option('temperature')}, got "
+                f"{self.min_temperature!r} and "
                 f"{self.temperature!r}"
             )
         checks.check_fraction("temperature_decay", self.temperature_decay, "; 1: no annealing")
@@ -167,7 +170,7 @@ class Config:
         checks.check_nonnegative_float("commitment", self.commitment, "; e.g. 0.25")
         if type(self.ema_decay) not in (int, float) or not 0 <= self.ema_decay < 1:
             raise checks.UserError(
-                f"ema_decay must be in [0, 1), e.g. 0.99; got {self.ema_decay!r}"
+                f"{checks.option('ema_decay')} must be in [0, 1), e.g. 0.99; got {self.ema_decay!r}"
             )
         for kind, name, choices in CHOICES:
             if getattr(self, name) is not None:
@@ -217,7 +220,7 @@ def _check_dims(name, dims):
     """A list of layer widths: None, or positive integers."""
     if dims is not None and (not dims or any(type(d) is not int or d <= 0 for d in dims)):
         raise checks.UserError(
-            f"{name} must be positive integers such as 400 or 64,32, got {dims!r}"
+            f"{checks.option(name)} must be positive integers such as 400 or 64,32, got {dims!r}"
         )
 
 
@@ -332,7 +335,7 @@ def check_config(config):
     if spec.check is not None:  # the model's own rules (e.g. hierarchical: --latent-dims)
         spec.check(filled)
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
-        raise FileNotFoundError(
+        raise checks.MissingFileError(
             f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
             f"--data-dir or leave it out to use the default cache"
         )

@@ -60,7 +60,7 @@ def load_run(run_dir, device="auto", data=True):
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
     for path in (config_path, ckpt_path):
         if not os.path.exists(path):
-            raise FileNotFoundError(
+            raise validation.MissingFileError(
                 f"{run_dir!r} is not a finished run: {os.path.basename(path)} is missing"
             )
     plan = check_config(Config.load(config_path))
@@ -87,7 +87,7 @@ def _eval_split(data, split, limit):
     x, labels = data.split(split)
     if limit is not None:
         if limit < 2:
-            raise ValueError(f"--limit must be at least 2 images, got {limit}")
+            raise validation.UserError(f"--limit must be at least 2 images, got {limit}")
         x, labels = x[:limit], labels[:limit]
     return x, labels
 
@@ -142,7 +142,7 @@ def anomaly_run(
     config, vae, data = load_run(run_dir, device)
     cls = config.exclude_class if anomaly_class is None else anomaly_class
     if cls is None:
-        raise ValueError(
+        raise validation.UserError(
             "which class is anomalous? pass --class K, or train with --exclude-class K"
         )
     x, labels = _eval_split(data, "test", limit)
@@ -233,12 +233,14 @@ def sample_run(run_dir, n=64, out=None, device="auto", label=None, temperature=N
     model = vae.model
     if label is not None:
         if not isinstance(vae, CVAE):
-            raise ValueError(
+            raise validation.UserError(
                 "--label needs a conditional model (--model cvae); this run's model is "
                 f"{config.model!r}"
             )
         if not 0 <= label < vae.num_classes:
-            raise ValueError(f"--label must be a class in [0, {vae.num_classes}), got {label}")
+            raise validation.UserError(
+                f"--label must be a class in [0, {vae.num_classes}), got {label}"
+            )
         labels = torch.full((n,), label, dtype=torch.long, device=probe.device)
         model = lambda x: vae.model(x, y=labels)  # noqa: E731
     save_samples(model, probe, path, n=n, temperature=temperature)
@@ -273,7 +275,7 @@ def gradient_snr_run(
     check_grid(elbos, particles, repeats)  # every refusal before the run is loaded
     validation.check_positive_int("batch_size", batch_size)
     if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"no run directory {run_dir!r}")
+        raise validation.MissingFileError(f"no run directory {run_dir!r}")
     config, vae, data = load_run(run_dir, device)
     x, _ = _eval_split(data, split, batch_size)
     pyro.set_rng_seed(seed)

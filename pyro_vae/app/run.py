@@ -34,25 +34,25 @@ def check_run_dir(config, resume):
     config_path = os.path.join(out, "config.json")
     held = [f for f in ("config.json", CHECKPOINT, METRICS) if os.path.exists(os.path.join(out, f))]
     if held and not resume:
-        raise FileExistsError(
+        raise checks.RunExistsError(
             f"{out!r} already holds a run ({', '.join(held)}); pass --resume to continue it "
             f"or choose another --out"
         )
     if not resume:
         return
     if not os.path.exists(os.path.join(out, CHECKPOINT)):
-        raise FileNotFoundError(
+        raise checks.MissingFileError(
             f"--resume: {out!r} has no {CHECKPOINT}; start a new run without --resume"
         )
     if not os.path.exists(config_path):
-        raise FileNotFoundError(
+        raise checks.MissingFileError(
             f"--resume: {out!r} has no config.json, so it was not written by pyro-vae "
             f"train; start a new run in another --out"
         )
     checks.load_checkpoint(os.path.join(out, CHECKPOINT))  # corrupt or foreign: fail now
     saved = {k: v for k, v in Config.load(config_path).to_dict().items() if k not in FREE_ON_RESUME}
     if saved != {k: v for k, v in config.to_dict().items() if k not in FREE_ON_RESUME}:
-        raise ValueError(
+        raise checks.UserError(
             f"--resume: the options differ from those saved in {config_path}; "
             "only --epochs may change when resuming (and --out, for a moved run folder)"
         )

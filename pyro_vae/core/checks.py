@@ -1,36 +1,42 @@
 """Input checks run once, early, by the public entry points; each failure is one actionable line.
 
-Every check raises :class:`ValueError` (a bad value) or :class:`TypeError` (a value of
-the wrong kind) whose message names the argument, what was wrong and what to change,
-so that ``pyro-vae`` can print it without a traceback.  Checks that need the data's
-values (:func:`check_images`) cost one device sync per call and run once per dataset,
-never per training step.
+Every check raises :class:`~pyro_vae.core.errors.UserError` (a :class:`ValueError`) whose
+message names the option through :func:`~pyro_vae.core.errors.option`, says what was wrong and
+what to change, so that ``pyro-vae`` prints it without a traceback. Checks that need the data's
+values (:func:`check_images`) cost one device sync per call and run once per dataset, never per
+training step.
 """
 
 import math
 import numbers
 import os
 
-# torch is imported by the checks that need it, so that `pyro-vae --help` (config.py imports this)
-# stays fast
+from pyro_vae.core.errors import (  # noqa: F401 (re-exported: checks.UserError, …)
+    DataUnavailableError,
+    MissingFileError,
+    RunExistsError,
+    UserError,
+    naming_flags,
+    option,
+)
+
+# torch is imported by the checks that need it, so that `pyro-vae --help` (config.py imports
+# this) stays fast
 
 
 CHECKPOINT_KEYS = ("epoch", "params", "optim", "rng")
 
 
-class UserError(ValueError):
-    """A mistake of the user's (an option, the data, a file), told in one line that names the option
-    and what to change; the CLI prints it without a traceback and exits with status 2."""
-
-
 def _number(name, value, integral, in_range, what, hint):
     """``value`` is a number of the kind ``integral`` asks for (not a bool) and ``in_range(value)``;
-    else a TypeError or ValueError that says ``name must be WHAT``."""
+    else a UserError that says ``name must be WHAT``."""
     kind = numbers.Integral if integral else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__}){hint}")
+        raise UserError(
+            f"{option(name)} must be {what}, got {value!r} ({type(value).__name__}){hint}"
+        )
     if not ((integral or math.isfinite(value)) and in_range(value)):
-        raise UserError(f"{name} must be {what}, got {value!r}{hint}")
+        raise UserError(f"{option(name)} must be {what}, got {value!r}{hint}")
     return int(value) if integral else float(value)
 
 
@@ -61,41 +67,40 @@ def check_fraction(name, value, hint=""):
 
 # The one check of each training option, by its Python name (a Config field, or an argument of
 # Trainer, fit, make_optimizer, make_elbo): Config.validate calls it for a configured run, the
-# Python
-# entry point for a call. None is accepted for the options in OPTIONAL.
+# Python entry point for a call. Each has an example value for the message (or None) and a note.
+# None is accepted for the options in OPTIONAL.
 OPTIONS = {
-    "particles": (check_positive_int, "; e.g. particles=1"),
-    "eval_particles": (check_positive_int, ""),
-    "epochs": (check_positive_int, "; e.g. epochs=10"),
-    "batch_size": (check_positive_int, "; e.g. batch_size=128"),
-    "lr": (check_positive_float, "; e.g. lr=1e-3"),
-    "lr_decay": (check_fraction, "; 1 keeps the learning rate constant"),
-    "clip_norm": (check_positive_float, "; e.g. clip_norm=10, or None for no clipping"),
-    "max_bad_steps": (check_positive_int, "; e.g. max_bad_steps=10"),
-    "bad_lr_factor": (check_fraction, "; e.g. 0.5 halves the learning rate"),
-    "log_every": (check_positive_int, ""),
-    "check_every": (check_positive_int, ""),
-    "images_every": (check_nonnegative_int, "; 0: no images in TensorBoard"),
-    "diagnostic_images": (check_nonnegative_int, "; 0: no per-epoch active units"),
-    "early_stopping": (
-        check_positive_int,
-        "; e.g. early_stopping=50, or None to train every epoch",
-    ),
-    "warmup_epochs": (check_nonnegative_int, ""),
-    "kl_warmup_epochs": (check_nonnegative_int, "; 0: no warm-up"),
-    "beta": (check_nonnegative_float, "; 1 is the plain ELBO"),
-    "free_bits": (check_nonnegative_float, "; nats per latent dimension, 0: off"),
-    "limit": (check_positive_int, "; e.g. limit=1000, or None for all"),
-    "test_limit": (check_positive_int, "; e.g. test_limit=1000, or None for all"),
-    "image_size": (check_positive_int, "; e.g. image_size=32, or None for the images' own size"),
+    "particles": (check_positive_int, "1", ""),
+    "eval_particles": (check_positive_int, None, ""),
+    "epochs": (check_positive_int, "10", ""),
+    "batch_size": (check_positive_int, "128", ""),
+    "lr": (check_positive_float, "1e-3", ""),
+    "lr_decay": (check_fraction, None, "; 1 keeps the learning rate constant"),
+    "clip_norm": (check_positive_float, "10", ", or None for no clipping"),
+    "max_bad_steps": (check_positive_int, "10", ""),
+    "bad_lr_factor": (check_fraction, None, "; e.g. 0.5 halves the learning rate"),
+    "log_every": (check_positive_int, None, ""),
+    "check_every": (check_positive_int, None, ""),
+    "images_every": (check_nonnegative_int, None, "; 0: no images in TensorBoard"),
+    "diagnostic_images": (check_nonnegative_int, None, "; 0: no per-epoch active units"),
+    "early_stopping": (check_positive_int, "50", ", or None to train every epoch"),
+    "warmup_epochs": (check_nonnegative_int, None, ""),
+    "kl_warmup_epochs": (check_nonnegative_int, None, "; 0: no warm-up"),
+    "beta": (check_nonnegative_float, None, "; 1 is the plain ELBO"),
+    "free_bits": (check_nonnegative_float, None, "; nats per latent dimension, 0: off"),
+    "limit": (check_positive_int, "1000", ", or None for all"),
+    "test_limit": (check_positive_int, "1000", ", or None for all"),
+    "image_size": (check_positive_int, "32", ", or None for the images' own size"),
     "test_fraction": (
         lambda name, v, hint: _number(
             name, v, False, lambda f: 0 < f < 1, "a number in (0, 1)", hint
         ),
-        "; e.g. test_fraction=0.1",
+        "0.1",
+        "",
     ),
     "skip_threshold": (
         check_positive_float,
+        None,
         "; a gradient norm (nats per image in a Config), or None: off",
     ),
 }
@@ -115,17 +120,18 @@ def check_option(name, value, argument=None):
     ``argument`` (the caller's own name for it, e.g. ``num_particles``; default ``name``)."""
     if value is None and name in OPTIONAL:
         return None
-    check, hint = OPTIONS[name]
-    return check(argument or name, value, hint)
+    check, example, note = OPTIONS[name]
+    hint = "" if example is None else f"; e.g. {option(name, example)}"
+    return check(argument or name, value, hint + note)
 
 
 def check_choice(kind, value, choices, argument=None):
     """``value`` is one of ``choices`` (a registry's names); the message lists them and names
     ``argument``."""
     if not isinstance(value, str):
-        raise TypeError(f"{kind} name must be a string, got {value!r} ({type(value).__name__})")
+        raise UserError(f"{kind} name must be a string, got {value!r} ({type(value).__name__})")
     if value not in choices:
-        where = f" ({argument}={value!r})" if argument else ""
+        where = f" ({option(argument, repr(value))})" if argument else ""
         raise UserError(
             f"unknown {kind} {value!r}{where}; choose one of {', '.join(sorted(choices))}"
         )
@@ -155,8 +161,7 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
         raise UserError(
             f"{name} has data points of shape {tuple(x.shape[1:])} but the model expects "
             f"{tuple(x_shape)}; reshape the data to [N, {', '.join(map(str, x_shape))}] or build "
-            "the "
-            f"model for this shape"
+            "the model for this shape"
         )
     finite = torch.isfinite(x).all()
     if unit_interval:
@@ -172,10 +177,9 @@ def check_images(x, name="x", x_shape=None, unit_interval=False):
     if unit_interval and (lo < 0 or hi > 1):
         raise UserError(
             f"{name} has values in [{lo:.4g}, {hi:.4g}] but the Bernoulli likelihood needs values "
-            "in "
-            "[0, 1] (so do the 8-bit ones); rescale the data (e.g. divide 8-bit images by 255) "
-            "or use a "
-            f"Gaussian likelihood (likelihood='gaussian' or 'sigma-vae')"
+            "in [0, 1] (so do the 8-bit ones); rescale the data (e.g. divide 8-bit images by 255) "
+            f"or use a Gaussian likelihood ({option('likelihood', repr('gaussian'))} or "
+            f"{option('likelihood', repr('sigma-vae'))})"
         )
     return x
 
@@ -212,7 +216,7 @@ def check_data_for_model(model, x, name="x"):
 
 def check_pair_runs(model, guide, x, *args, **kwargs):
     """Trace ``guide`` and ``model`` once on ``x[:2]`` and return their max plate nesting; a failure
-    deep in torch becomes one ValueError line (:func:`~pyro_vae.core.checked_probe`)."""
+    deep in torch becomes one UserError line (:func:`~pyro_vae.core.checked_probe`)."""
     from pyro_vae.core.pair import checked_probe
 
     return checked_probe(model, guide, x[:2], *args, **kwargs).max_plate_nesting
@@ -226,7 +230,7 @@ def check_device(device):
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+        raise UserError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -237,7 +241,7 @@ def check_device(device):
         if not torch.cuda.is_available():
             raise UserError(
                 f"device {device!r} was asked for but CUDA is not available here; "
-                f"use device='cpu' or device='auto'"
+                f"use {option('device', repr('cpu'))} or {option('device', repr('auto'))}"
             )
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
@@ -256,16 +260,16 @@ def load_checkpoint(path):
     import torch
 
     if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"no checkpoint at {path!r}; train the run first (without resume=True to start it)"
+        raise MissingFileError(
+            f"no checkpoint at {path!r}; train the run first (without {option('resume', 'True')} "
+            "to start it)"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated file, not a torch file, pickle error …
         raise UserError(
             f"checkpoint {path!r} is unreadable ({type(e).__name__}); it may be corrupt or "
-            "truncated: "
-            f"restore it from a backup or start a new run in another directory"
+            "truncated: restore it from a backup or start a new run in another directory"
         ) from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
@@ -282,5 +286,5 @@ def check_eight_bit(eight_bit, binarize, likelihood="the 8-bit likelihood"):
     if eight_bit and binarize != "none":
         raise UserError(
             f"the {likelihood} likelihood models 8-bit grey levels but the data is binarized "
-            f"(binarize={binarize!r}); pass binarize='none'"
+            f"({option('binarize', repr(binarize))}); pass {option('binarize', repr('none'))}"
         )

@@ -15,6 +15,7 @@ from typing import Dict, NamedTuple, Optional, Tuple
 import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
+from pyro_vae.core.errors import UserError
 
 
 class PlateInfo(NamedTuple):
@@ -94,10 +95,10 @@ def find_data_plate(model_trace, guide_trace=None, name=None, ignore=()):
     plates = _plates(*traces)
     if name is not None:
         if name not in plates:
-            raise ValueError(
+            raise UserError(
                 f"no site of the model or guide is inside the plate {name!r} "
-                f"(data_plate={name!r}); "
-                f"their plates are {sorted(p for p in plates if p not in ignore) or 'none'}"
+                f"(data_plate={name!r}); their plates are "
+                f"{sorted(p for p in plates if p not in ignore) or 'none'}"
             )
         return plates[name]
     observed = [
@@ -140,10 +141,9 @@ def check_observed_shapes(model_trace):
         if site["type"] == "sample" and site["is_observed"] and torch.is_tensor(site["value"]):
             shape, value = tuple(site["fn"].shape()), tuple(site["value"].shape)
             if torch.broadcast_shapes(shape, value) != value:
-                raise ValueError(
+                raise UserError(
                     f"the observed site {name!r} got data of shape {value} but its distribution "
-                    "has "
-                    f"shape {shape}: the data would be broadcast; give data whose shape matches"
+                    f"has shape {shape}: the data would be broadcast; give data whose shape matches"
                 )
 
 
@@ -201,7 +201,7 @@ def checked_probe(model, guide, *args, data_plate=None, **kwargs):
         return probe(model, guide, *args, data_plate=data_plate, **kwargs)
     except (RuntimeError, ValueError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
+        raise UserError(
             f"the model/guide pair fails on a batch of shape {_shapes(args, kwargs)}: {first}; "
             f"check that the data's shape, dtype and device fit the model"
         ) from None

@@ -26,7 +26,7 @@ loss and gradients from one captured graph (the trainer does this itself, see
 
 import inspect
 
-from pyro_vae.core.checks import check_choice, check_option
+from pyro_vae.core.checks import UserError, check_choice, check_option
 from pyro_vae.estimators.base import DetachedPathELBO, ImportanceWeightedELBO
 from pyro_vae.estimators.dreg import DReG_ELBO
 from pyro_vae.estimators.fast import FastELBO
@@ -90,7 +90,7 @@ def make_elbo(name, num_particles=1, data_plate=None, fast=False, **options):
     valid = _options_of(builder)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"unknown option(s) {unknown} for estimator {name!r}; valid options: {valid}"
         )
     if data_plate is not None and "data_plate" in valid:

@@ -35,6 +35,7 @@ from pyro_vae.estimators.importance import (
     split_log_weights,
     trace_pair,
 )
+from pyro_vae.core.checks import UserError
 
 
 def _is_one(scale):
@@ -64,7 +65,7 @@ class ImportanceWeightedELBO(ELBO):
         self, num_particles=1, max_plate_nesting=None, vectorize_particles=True, data_plate=None
     ):
         if not vectorize_particles:
-            raise ValueError(
+            raise UserError(
                 f"{type(self).__name__} always vectorizes its particles; drop "
                 "vectorize_particles=False"
             )
@@ -73,7 +74,7 @@ class ImportanceWeightedELBO(ELBO):
             or not isinstance(max_plate_nesting, int)
             or max_plate_nesting < 0
         ):
-            raise ValueError(
+            raise UserError(
                 "max_plate_nesting must be a non-negative integer or None, got "
                 f"{max_plate_nesting!r}"
             )
@@ -107,7 +108,7 @@ class ImportanceWeightedELBO(ELBO):
                 model_trace, guide_trace, particle_dim, self.num_particles, self.data_plate
             )
         except ValueError as e:
-            raise ValueError(f"{type(self).__name__} is a bound per data point: {e}") from None
+            raise UserError(f"{type(self).__name__} is a bound per data point: {e}") from None
         return weights, guide_trace
 
     def _get_trace(self, model, guide, args, kwargs):
@@ -125,26 +126,24 @@ class ImportanceWeightedELBO(ELBO):
                 if site["type"] != "sample":
                     continue
                 if not _is_one(extra_scale(site, weights.data_plate.name)):
-                    raise ValueError(
+                    raise UserError(
                         f"{name}: {who} site {site['name']!r} is scaled by something other than "
-                        "the data plate's "
-                        "subsampling (poutine.scale, e.g. a β-VAE, or another subsampled plate); "
-                        "an "
-                        "importance-weighted bound with per-site scales is not a bound on log "
-                        "p(x). "
-                        f"Use make_elbo('trace') or 'meanfield' for scaled objectives"
+                        "the data plate's subsampling (poutine.scale, e.g. a β-VAE, or another "
+                        "subsampled plate); an importance-weighted bound with per-site scales is "
+                        "not a bound on log p(x). Use make_elbo('trace') or 'meanfield' for "
+                        "scaled objectives"
                     )
                 if who == "guide" and not site["is_observed"] and not site["fn"].has_rsample:
-                    raise ValueError(
+                    raise UserError(
                         f"{name}: guide site {site['name']!r} ({type(site['fn']).__name__}) is not "
                         "reparameterizable; use make_elbo('trace') (score-function gradients) or "
                         "'enum'"
                     )
                 if who == "model" and not site["is_observed"] and site["name"] not in guide_sites:
-                    raise ValueError(
+                    raise UserError(
                         f"{name}: model latent site {site['name']!r} has no guide site; give the "
-                        "guide a site of "
-                        f"the same name, or use make_elbo('enum') for enumerated discrete latents"
+                        "guide a site of the same name, or use make_elbo('enum') for enumerated "
+                        "discrete latents"
                     )
 
     def surrogate(self, model, guide, *args, **kwargs):
@@ -219,7 +218,7 @@ class DetachedPathELBO(ImportanceWeightedELBO):
                 model, guide, args, kwargs, replay=_detached_replay_trace(live_guide_trace)
             )
         except NotImplementedError as e:
-            raise ValueError(
+            raise UserError(
                 f"{type(self).__name__} evaluates log q(z|x) at a fixed z, which needs the guide's "
                 f"inverse transform; this guide has none ({e or 'NotImplementedError'}). Use an "
                 f"invertible flow, or make_elbo('iwae') / 'trace'"

@@ -38,6 +38,7 @@ from pyro.infer import ELBO
 
 from pyro_vae.estimators.capture import TracedStep, Untraceable, put_back
 from pyro_vae.estimators.trace import device_twin
+from pyro_vae.core.checks import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,7 @@ MODES = ("auto", True, "compile", "trace")
 
 # compile when the planned steps of a run would take at least this long through the fx replay:
 # compiling costs 3–30 s (a few when inductor's cache holds the graph) and saves 10–60 % of a step
-# on
-# a CPU, more on CUDA, where the step becomes one CUDA graph launch
+# on a CPU, more on CUDA, where the step becomes one CUDA graph launch
 COMPILE_WHEN_SECONDS = {"cpu": 120.0, "cuda": 20.0}
 
 
@@ -64,8 +64,7 @@ def blocker(elbo, model, guide):
     if getattr(elbo, "traceable", False) is not True:
         return (
             "only estimators whose loss stays on the device are traced (traceable = True, or "
-            "Pyro's "
-            f"Trace_ELBO and TraceMeanField_ELBO), not {type(elbo).__name__}"
+            f"Pyro's Trace_ELBO and TraceMeanField_ELBO), not {type(elbo).__name__}"
         )
     for owner in (_owner(model), _owner(guide)):
         if getattr(owner, "jit_compatible", True) is False:
@@ -233,7 +232,7 @@ class FastELBO(ELBO):
 
     def __init__(self, elbo, mode="auto"):
         if not any(mode is m or (isinstance(mode, str) and mode == m) for m in MODES):
-            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+            raise UserError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         self.elbo = (
             device_twin(elbo) or elbo
         )  # Pyro's Trace_ELBO: the same loss, kept on the device

@@ -14,7 +14,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
-from pyro_vae.core.checks import check_images, check_positive_int
+from pyro_vae.core.checks import UserError, check_images, check_positive_int
 from pyro_vae.core.chunks import mean_over_particles, particles_per_pass, row_chunks
 from pyro_vae.core.host_memory import release_freed_memory
 from pyro_vae.core.pair import checked_probe, find_data_plate, probe
@@ -63,13 +63,11 @@ def per_particle_and_point(t, site, particle_dim, event_ndims=0, data_plate="dat
     """
     frame = next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
     if frame is None:
-        raise ValueError(
+        raise UserError(
             f"sample site {site['name']!r} is not inside the data plate {data_plate!r}: "
-            "per-data-point bounds and "
-            "figures need every sample site of model and guide inside it (a global latent has no "
-            "weight per data "
-            "point: train such a pair with make_elbo('trace'); pass data_plate=NAME to name "
-            "another plate)"
+            "per-data-point bounds and figures need every sample site of model and guide inside "
+            "it (a global latent has no weight per data point: train such a pair with "
+            "make_elbo('trace'); pass data_plate=NAME to name another plate)"
         )
     event = t.shape[t.dim() - event_ndims :]
     batch = t.shape[: t.dim() - event_ndims]
@@ -119,10 +117,9 @@ def traced_data_plate(model_trace, guide_trace=None, data_plate=None):
     there is none."""
     plate = find_data_plate(model_trace, guide_trace, data_plate, ignore=(PARTICLE_PLATE,))
     if plate is None:
-        raise ValueError(
+        raise UserError(
             "no plate holds every observed site, so there is no data plate to split log-weights "
-            "per "
-            "data point: put the observed sites in pyro.plate(...), or pass data_plate=NAME"
+            "per data point: put the observed sites in pyro.plate(...), or pass data_plate=NAME"
         )
     return plate
 
@@ -194,10 +191,9 @@ def data_plate_scale(trace, data_plate=None):
         for f in site.get("cond_indep_stack", ()):
             if f.name == data_plate:
                 return f.full_size / f.size if f.full_size else 1.0
-    raise ValueError(
+    raise UserError(
         f"no site of the trace is inside the plate {data_plate!r}; put every sample site of model "
-        "and "
-        f"guide inside it (pass data_plate=NAME if your plate has another name)"
+        "and guide inside it (pass data_plate=NAME if your plate has another name)"
     )
 
 
@@ -297,10 +293,9 @@ def log_likelihood(
             model, guide, *args, data_plate=data_plate, **kwargs
         )  # one line if it does not fit
         if info.data_plate is None:
-            raise ValueError(
+            raise UserError(
                 "log_likelihood needs a data plate: put the observed sites in pyro.plate(...), or "
-                "pass "
-                "data_plate=NAME"
+                "pass data_plate=NAME"
             )
         mpn, chunks = info.max_plate_nesting, [args]
         batch_size = info.data_plate.subsample_size

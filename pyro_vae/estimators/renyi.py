@@ -17,6 +17,7 @@ import math
 import torch
 
 from pyro_vae.estimators.base import ImportanceWeightedELBO
+from pyro_vae.core.checks import UserError
 
 
 class RenyiBound_ELBO(ImportanceWeightedELBO):
@@ -39,7 +40,7 @@ class RenyiBound_ELBO(ImportanceWeightedELBO):
             or not isinstance(alpha, (int, float))
             or not math.isfinite(alpha)
         ):
-            raise ValueError(f"alpha must be a finite number (0: IWAE, 1: ELBO), got {alpha!r}")
+            raise UserError(f"alpha must be a finite number (0: IWAE, 1: ELBO), got {alpha!r}")
         super().__init__(num_particles, max_plate_nesting, vectorize_particles, data_plate)
         self.alpha = float(alpha)
 

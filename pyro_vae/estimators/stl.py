@@ -24,6 +24,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from pyro_vae.estimators.trace import DeviceTrace_ELBO
+from pyro_vae.core.checks import UserError
 
 
 def _reparameterized(site):
@@ -49,7 +50,7 @@ def _log_q_at_detached_z(guide, recorded, args, kwargs):
         )
         fixed.compute_log_prob(site_filter=lambda name, site: _reparameterized(site))
     except NotImplementedError as e:
-        raise ValueError(
+        raise UserError(
             f"STL_ELBO evaluates log q(z|x) at a fixed z, which needs the guide's inverse "
             f"transform; this guide has none ({e or 'NotImplementedError'}). Use an invertible "
             f"flow, or make_elbo('trace')"

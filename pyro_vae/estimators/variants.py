@@ -45,7 +45,7 @@ from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.core.checks import check_option
+from pyro_vae.core.checks import UserError, check_option, option
 from pyro_vae.core.kl import elementwise_kl
 from pyro_vae.estimators.importance import (
     extra_scale,
@@ -66,7 +66,7 @@ def _check_beta(beta, what="beta"):
         return
     if torch.is_tensor(beta):
         if beta.dim() != 0 or not beta.is_floating_point():
-            raise ValueError(
+            raise UserError(
                 f"{what} must be a 0-d floating-point tensor when it is a tensor, got shape "
                 f"{tuple(beta.shape)} and dtype {beta.dtype}"
             )
@@ -168,7 +168,7 @@ class KLSchedule:
     def factor(self, epoch):
         """min(1, e / E): the fraction of β in force after ``epoch`` completed epochs."""
         if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
+            raise UserError(f"epoch must be >= 0, got {epoch}")
         return 1.0 if self.warmup_epochs == 0 else min(1.0, epoch / self.warmup_epochs)
 
     def __call__(self, epoch):
@@ -185,21 +185,21 @@ class KLSchedule:
 
 
 def check_estimator(name, scaled=True, free_bits=0.0):
-    """ValueError unless estimator ``name`` supports the KL weights asked for (see the module
+    """UserError unless estimator ``name`` supports the KL weights asked for (see the module
     docstring)."""
     if (scaled or free_bits) and name not in SCALED_ESTIMATORS:
-        raise ValueError(
-            f"elbo={name!r} is an importance-weighted bound: a β or free-bits weight on the KL "
-            "inside its "
-            "log-sum-exp is no longer a bound on log p(x), so it is refused; use elbo='trace', "
-            "elbo='meanfield' "
-            f"or elbo='stl' with beta=, kl_warmup_epochs= or free_bits= (or leave those out)"
+        elbo = lambda name: option("elbo", repr(name))  # noqa: E731
+        raise UserError(
+            f"{elbo(name)} is an importance-weighted bound: a β or free-bits weight on the KL "
+            "inside its log-sum-exp is no longer a bound on log p(x), so it is refused; use "
+            f"{elbo('trace')}, {elbo('meanfield')} or {elbo('stl')} with {option('beta', '')}, "
+            f"{option('kl_warmup_epochs', '')} or {option('free_bits', '')} (or leave those out)"
         )
     if free_bits and name == "enum":
-        raise ValueError(
-            "free_bits does not support enumerated discrete latents (elbo='enum'); use "
-            "elbo='trace' "
-            "or elbo='meanfield', or leave out free_bits"
+        raise UserError(
+            f"{option('free_bits')} does not support enumerated discrete latents "
+            f"({option('elbo', repr('enum'))}); use {option('elbo', repr('trace'))} or "
+            f"{option('elbo', repr('meanfield'))}, or leave out {option('free_bits')}"
         )
 
 
@@ -267,7 +267,7 @@ class FreeBits_ELBO(ELBO):
     ):
         check_option("free_bits", free_bits)
         if not vectorize_particles:
-            raise ValueError(
+            raise UserError(
                 "FreeBits_ELBO always vectorizes its particles; drop vectorize_particles=False"
             )
         super().__init__(
@@ -295,7 +295,7 @@ class FreeBits_ELBO(ELBO):
                 model_trace, guide_trace, particle_dim, self.num_particles, self.data_plate
             )
         except ValueError as e:
-            raise ValueError(f"FreeBits_ELBO averages the KL over the batch: {e}") from None
+            raise UserError(f"FreeBits_ELBO averages the KL over the batch: {e}") from None
 
     def _get_trace(self, model, guide, args, kwargs):
         """One vectorized pass: ``(model_trace, guide_trace)``, without subsample sites."""
@@ -319,7 +319,7 @@ class FreeBits_ELBO(ELBO):
             beta[name] = extra_scale(q_site, plate.name)
         for name, p_site in model_trace.nodes.items():
             if p_site["type"] == "sample" and not p_site["is_observed"] and name not in kl:
-                raise ValueError(
+                raise UserError(
                     f"FreeBits_ELBO: model latent site {name!r} has no guide site of the same name"
                 )
         return weights.obs.mean(0).sum(), kl, plate, beta
@@ -354,13 +354,13 @@ class FreeBits_ELBO(ELBO):
 def _model_site(name, q_site, model_trace):
     """The model's site of guide site ``name``; ValueError where free bits cannot take its KL."""
     if not q_site["fn"].has_rsample:
-        raise ValueError(
+        raise UserError(
             f"FreeBits_ELBO: guide site {name!r} ({type(q_site['fn']).__name__}) is not "
             f"reparameterizable; free bits need reparameterized latents"
         )
     p_site = model_trace.nodes.get(name)
     if p_site is None or p_site["type"] != "sample":
-        raise ValueError(
+        raise UserError(
             f"FreeBits_ELBO: the guide samples {name!r} but the model has no site of that name"
         )
     return p_site

@@ -22,6 +22,7 @@ import torch
 from pyro_vae.estimators.importance import log_likelihood
 from pyro_vae.evaluation.metrics import elbo_per_point, posterior_means
 from pyro_vae.evaluation.pictures import decode
+from pyro_vae.core.checks import UserError, option
 
 SCORES = ("nll", "elbo")
 CORRUPTIONS = ("gaussian", "flip", "mask")
@@ -46,7 +47,7 @@ def anomaly_scores(model, guide, x, *args, score="nll", num_samples=1000, **kwar
             batch_size=max(1, 2**16 // num_samples),
             **kwargs,
         ).double()
-    raise ValueError(f"unknown anomaly score {score!r}; choose one of {', '.join(SCORES)}")
+    raise UserError(f"unknown anomaly score {score!r}; choose one of {', '.join(SCORES)}")
 
 
 def _rankdata(a):
@@ -76,17 +77,17 @@ def roc_auc(scores, labels):
     ).reshape(-1)
     y = np.asarray(labels.detach().cpu() if torch.is_tensor(labels) else labels).reshape(-1)
     if s.shape != y.shape:
-        raise ValueError(
+        raise UserError(
             f"scores and labels must have the same length, got {s.shape[0]} and {y.shape[0]}"
         )
     if not np.isin(y, (0, 1)).all():
-        raise ValueError("labels must be 0/1 or booleans (1 = positive)")
+        raise UserError("labels must be 0/1 or booleans (1 = positive)")
     if np.isnan(s).any():
-        raise ValueError("scores contain NaN; check the model's log-densities")
+        raise UserError("scores contain NaN; check the model's log-densities")
     y = y.astype(bool)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"ROC AUC needs both classes, got {n_pos} positives and {n_neg} negatives")
+        raise UserError(f"ROC AUC needs both classes, got {n_pos} positives and {n_neg} negatives")
     r_pos = _rankdata(s)[y].sum()
     return float((r_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
@@ -99,9 +100,9 @@ def corrupt(x, kind="mask", level=0.5, generator=None):
     ``mask``: each pixel set to 0 with probability ``level``.
     """
     if kind not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {kind!r}; choose one of {', '.join(CORRUPTIONS)}")
+        raise UserError(f"unknown corruption {kind!r}; choose one of {', '.join(CORRUPTIONS)}")
     if not level >= 0 or (kind != "gaussian" and level > 1):
-        raise ValueError(f"level must be >= 0 (and <= 1 for {kind!r}), got {level}")
+        raise UserError(f"{option('level')} must be >= 0 (and <= 1 for {kind!r}), got {level}")
     if kind == "gaussian":
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
         return (x + level * noise).clamp(0, 1), torch.ones_like(x, dtype=torch.bool)
@@ -157,7 +158,7 @@ def embeddings(guide, x, site=None, batch_size=1000):
     means = posterior_means(guide, x, batch_size=batch_size)
     site = site or next(iter(means))
     if site not in means:
-        raise ValueError(f"the guide has no latent site {site!r}; its sites are {list(means)}")
+        raise UserError(f"the guide has no latent site {site!r}; its sites are {list(means)}")
     return means[site].reshape(len(x), -1)
 
 

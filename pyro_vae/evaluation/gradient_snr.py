@@ -33,7 +33,7 @@ from typing import Dict, NamedTuple, Tuple
 import pyro
 import torch
 
-from pyro_vae.core.checks import check_choice, check_option, check_positive_int
+from pyro_vae.core.checks import UserError, check_choice, check_option, check_positive_int, option
 from pyro_vae.core.pair import batch_as_argument, checked_probe
 from pyro_vae.estimators import ESTIMATORS, make_elbo
 
@@ -102,17 +102,21 @@ def split_params(info):
 def check_grid(elbos, particles, repeats):
     """Check the lab's options where they enter: estimator names, K ≥ 1, R ≥ 2 (for a variance)."""
     if isinstance(elbos, str) or not list(elbos):
-        raise ValueError(f"elbos must be a non-empty list of estimator names, got {elbos!r}")
+        raise UserError(
+            f"{option('elbos')} must be a non-empty list of estimator names, got {elbos!r}"
+        )
     for name in elbos:
         check_choice("estimator", name, ESTIMATORS, "elbos")
     if isinstance(particles, int) or not list(particles):
-        raise ValueError(
-            f"particles must be a non-empty list of particle counts, got {particles!r}"
+        raise UserError(
+            f"{option('particles')} must be a non-empty list of particle counts, got {particles!r}"
         )
     for k in particles:
         check_option("particles", k)
     if check_positive_int("repeats", repeats) < 2:
-        raise ValueError(f"repeats must be at least 2 (a variance needs two draws), got {repeats}")
+        raise UserError(
+            f"{option('repeats')} must be at least 2 (a variance needs two draws), got {repeats}"
+        )
 
 
 def _pair_arguments(data, args, kwargs, batch_call):

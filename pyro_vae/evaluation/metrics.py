@@ -25,6 +25,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_vae.core.checks import UserError, option
 from pyro_vae.core.chunks import mean_over_particles, particles_per_pass, row_chunks
 from pyro_vae.core.kl import elementwise_kl
 from pyro_vae.core.pair import batch_as_argument, checked_probe, plate_nesting
@@ -173,7 +174,7 @@ def posterior_means(
             every = _latent_sites(trace)
             sites = [n for n in every if not _is_discrete(trace.nodes[n])]
             if not sites:
-                raise ValueError(
+                raise UserError(
                     "the guide has no real-valued latent site, so there is no posterior mean to "
                     "take"
                 )
@@ -202,7 +203,7 @@ def active_units(means, threshold=ACTIVE_THRESHOLD):
     out = {}
     for name, m in means.items():
         if len(m) < 2:
-            raise ValueError(
+            raise UserError(
                 "active units need at least 2 images to take a variance over the data, got "
                 f"{len(m)}"
             )
@@ -442,13 +443,13 @@ def _plan(model, guide, call, batch_size, data_plate):
 
 def _check_counts(images, nll_samples, elbo_particles):
     if images < 2:
-        raise ValueError(
+        raise UserError(
             f"evaluate needs at least 2 images (active units take a variance over the data), "
             f"got {images}"
         )
     if nll_samples < 0 or elbo_particles < 1:
-        raise ValueError(
-            f"nll_samples must be >= 0 and elbo_particles >= 1, got {nll_samples} and "
+        raise UserError(
+            f"{option('nll_samples')} must be >= 0 and elbo_particles >= 1, got {nll_samples} and "
             f"{elbo_particles}"
         )
 

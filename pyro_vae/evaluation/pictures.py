@@ -22,6 +22,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torchvision.utils import save_image
 
 from pyro_vae.evaluation.metrics import posterior_means
+from pyro_vae.core.checks import UserError
 
 
 def _observed_site(trace, exclude=()):
@@ -33,7 +34,7 @@ def _observed_site(trace, exclude=()):
         if s["type"] == "sample" and s["is_observed"] and n not in exclude
     ]
     if len(observed) != 1:
-        raise ValueError(
+        raise UserError(
             f"the model observes {len(observed)} sites ({', '.join(observed) or 'none'}); pass "
             f"obs_site=NAME of its observed images"
         )
@@ -45,7 +46,7 @@ def _obs_mean(trace, obs_site=None):
     to [0, 1]."""
     obs_site = _observed_site(trace) if obs_site is None else obs_site
     if obs_site not in trace.nodes:
-        raise ValueError(
+        raise UserError(
             f"the model has no site {obs_site!r}; pass obs_site=NAME of its observed images"
         )
     return trace.nodes[obs_site]["fn"].mean.clamp(0, 1)
@@ -132,7 +133,7 @@ def decode(model, latents, x, obs_site=None):
     n = len(x)
     for name, z in latents.items():
         if len(z) != n:
-            raise ValueError(
+            raise UserError(
                 f"latent {name!r} has {len(z)} rows but x has {n}; pass one latent per image"
             )
     with poutine.block():
@@ -168,7 +169,7 @@ def interpolations(model, guide, x_from, x_to, steps=10, obs_site=None):
     Every latent site of the guide is interpolated (one path per pair of images).
     """
     if len(x_from) != len(x_to) or steps < 2:
-        raise ValueError(
+        raise UserError(
             f"need as many start as end images and steps >= 2, got {len(x_from)}, {len(x_to)}, "
             f"{steps}"
         )
@@ -196,7 +197,7 @@ def traversals(model, guide, x, site=None, values=None, max_dims=32, obs_site=No
     means = posterior_means(guide, x[:1])
     site = site or next(iter(means))
     if site not in means:
-        raise ValueError(f"the guide has no latent site {site!r}; its sites are {list(means)}")
+        raise UserError(f"the guide has no latent site {site!r}; its sites are {list(means)}")
     if values is None:
         values = torch.linspace(-3, 3, 9)
     values = torch.as_tensor(values, dtype=x.dtype, device=x.device)
@@ -295,7 +296,7 @@ def save_interpolations(model, guide, x, path, pairs=8, steps=10, obs_site=None)
     """Write ``pairs`` rows, each decoding ``steps`` points on the line from E_q[z|x_i] to
     E_q[z|x_{i+pairs}]."""
     if len(x) < 2:
-        raise ValueError(f"interpolations need at least 2 images, got {len(x)}")
+        raise UserError(f"interpolations need at least 2 images, got {len(x)}")
     pairs = min(pairs, len(x) // 2)
     images = interpolations(model, guide, x[:pairs], x[pairs : 2 * pairs], steps, obs_site)
     save_image(images.reshape(-1, *x.shape[1:]), path, nrow=steps)

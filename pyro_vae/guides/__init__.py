@@ -7,6 +7,7 @@ parameters with ``pyro.module``.
 
 from pyro_vae.guides.diagonal import AmortizedGuide, DiagonalGuide
 from pyro_vae.guides.flows import FLOWS, FlowGuide
+from pyro_vae.core.checks import UserError
 
 GUIDES = {}
 
@@ -25,7 +26,7 @@ def register_guide(name):
 @register_guide("diagonal")
 def _diagonal(encoder, context_dim, latent_dim, num_flows=0, **options):
     if num_flows:
-        raise ValueError(
+        raise UserError(
             "the diagonal guide has no flows; use num_flows=0 or a flow guide such as 'iaf'"
         )
     return DiagonalGuide(encoder, context_dim, latent_dim, **options)
@@ -56,13 +57,13 @@ def make_guide(name, encoder, context_dim, latent_dim, num_flows=0, **options):
     :param options: ``site``, ``plate`` and the guide's own options.
     """
     if name not in GUIDES:
-        raise ValueError(f"unknown guide {name!r}; choose one of {', '.join(sorted(GUIDES))}")
+        raise UserError(f"unknown guide {name!r}; choose one of {', '.join(sorted(GUIDES))}")
     if num_flows < 0:
-        raise ValueError(f"num_flows must be >= 0, got {num_flows}")
+        raise UserError(f"num_flows must be >= 0, got {num_flows}")
     try:
         return GUIDES[name](encoder, context_dim, latent_dim, num_flows=num_flows, **options)
     except TypeError as e:
-        raise ValueError(f"bad option for guide {name!r}: {e}") from None
+        raise UserError(f"bad option for guide {name!r}: {e}") from None
 
 
 __all__ = [

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vae.core.plates import data_plate
+from pyro_vae.core.checks import UserError, option
 
 
 class AmortizedGuide(nn.Module):
@@ -19,8 +20,9 @@ class AmortizedGuide(nn.Module):
     def __init__(self, encoder, context_dim, latent_dim, site="z", plate="data", name="guide"):
         super().__init__()
         if latent_dim <= 0 or context_dim <= 0:
-            raise ValueError(
-                f"latent_dim and context_dim must be positive, got {latent_dim} and {context_dim}"
+            raise UserError(
+                f"{option('latent_dim')} and context_dim must be positive, got {latent_dim} and "
+                f"{context_dim}"
             )
         self.encoder = encoder
         self.context_dim = context_dim

@@ -70,6 +70,7 @@ from torch import nn
 
 from pyro_vae.guides.diagonal import DiagonalGuide
 from pyro_vae.guides.sylvester import ConditionalSylvester
+from pyro_vae.core.checks import UserError, option
 
 
 class Flow(NamedTuple):
@@ -194,12 +195,11 @@ class FlowDistribution(dist.TransformedDistribution):
     def log_prob(self, value):
         if self.invertible or self.transforms[-1]._cached_x_y[1] is value:
             return super().log_prob(value)
-        raise ValueError(
+        raise UserError(
             f"the {self.flow!r} flow has no inverse: it can score only the z it sampled itself "
-            "(the same "
-            "tensor object), not a detached or new z. Estimators that re-score a detached z "
-            "(DReG, STL) "
-            f"need an invertible guide: {', '.join(n for n, f in FLOWS.items() if f.invertible)}"
+            "(the same tensor object), not a detached or new z. Estimators that re-score a "
+            "detached z (DReG, STL) need an invertible guide: "
+            f"{', '.join(n for n, f in FLOWS.items() if f.invertible)}"
         )
 
 
@@ -226,11 +226,11 @@ class FlowGuide(DiagonalGuide):
         self, encoder, context_dim, latent_dim, flow="iaf", num_flows=1, hidden_dims=None, **options
     ):
         if flow not in FLOWS:
-            raise ValueError(f"unknown flow {flow!r}; choose one of {', '.join(sorted(FLOWS))}")
+            raise UserError(f"unknown flow {flow!r}; choose one of {', '.join(sorted(FLOWS))}")
         if isinstance(num_flows, bool) or not isinstance(num_flows, int) or num_flows < 1:
-            raise ValueError(
+            raise UserError(
                 f"the {flow!r} guide needs num_flows >= 1, got {num_flows!r}; "
-                f"use the 'diagonal' guide for no flow"
+                "use the 'diagonal' guide for no flow"
             )
         layer = FLOWS[flow].layer
         own = set(inspect.signature(layer).parameters) - {
@@ -242,17 +242,17 @@ class FlowGuide(DiagonalGuide):
         flow_options = {k: options.pop(k) for k in list(options) if k in own}
         unknown = sorted(set(options) - {"site", "plate", "name"})
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"unknown option(s) {unknown} for the {flow!r} guide; valid: "
                 f"{sorted(own | {'hidden_dims', 'site', 'plate', 'name'})}"
             )
         hidden_dims = list(hidden_dims) if hidden_dims else [10 * latent_dim]
         if any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden_dims):
-            raise ValueError(f"hidden_dims must be positive integers, got {hidden_dims!r}")
+            raise UserError(f"hidden_dims must be positive integers, got {hidden_dims!r}")
         if flow in ("iaf", "spline") and min(hidden_dims) < latent_dim:
-            raise ValueError(
-                f"the {flow!r} guide's autoregressive networks need hidden sizes >= latent_dim "
-                f"({latent_dim}), got {hidden_dims}; raise hidden_dims"
+            raise UserError(
+                f"the {flow!r} guide's autoregressive networks need hidden sizes >= "
+                f"{option('latent_dim')} ({latent_dim}), got {hidden_dims}; raise its hidden_dims"
             )
         super().__init__(encoder, context_dim, latent_dim, **options)
         self.flow = flow

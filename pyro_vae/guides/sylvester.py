@@ -19,6 +19,7 @@ from pyro.distributions import constraints
 from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.nn import DenseNN
 from torch.distributions import Transform
+from pyro_vae.core.checks import UserError
 
 
 def _matvec(m, x):
@@ -83,7 +84,7 @@ class ConditionalSylvester(ConditionalTransformModule):
         super().__init__()
         reflections = input_dim if reflections is None else reflections
         if isinstance(reflections, bool) or not isinstance(reflections, int) or reflections < 1:
-            raise ValueError(f"reflections must be a positive integer, got {reflections!r}")
+            raise UserError(f"reflections must be a positive integer, got {reflections!r}")
         d = self.input_dim = input_dim
         self.reflections = reflections
         self.nn = DenseNN(

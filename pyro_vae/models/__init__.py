@@ -17,6 +17,7 @@ from pyro_vae.models import (
     vq_vae,
 )
 from pyro_vae.models.spec import ModelSpec
+from pyro_vae.core.checks import UserError
 
 MODELS = {
     "vae": builders.SPEC,
@@ -61,7 +62,7 @@ def build_model(config, x_shape, num_data=None):
     (:func:`pyro_vae.app.config.check_config`).
     """
     if config.model not in MODELS:
-        raise ValueError(
+        raise UserError(
             f"unknown model {config.model!r}; choose one of {', '.join(sorted(MODELS))}"
         )
     config = with_defaults(config)

@@ -26,6 +26,7 @@ from torch import nn
 from pyro_vae.core.plates import data_plate
 from pyro_vae.models.nets import MLP
 from pyro_vae.models.spec import ModelSpec
+from pyro_vae.core.checks import UserError, option
 
 NUM_CLASSES = 10  # MNIST and Fashion-MNIST
 
@@ -75,12 +76,12 @@ def check_labels(y, x, num_classes):
         or y.dtype not in (torch.int64, torch.int32)
         or y.shape != x.shape[:1]
     ):
-        raise ValueError(
+        raise UserError(
             f"labels y must be an integer tensor of shape [{len(x)}] (one class per image), got "
             f"{type(y).__name__} {getattr(y, 'dtype', '')} {tuple(getattr(y, 'shape', ()))}"
         )
     if y.device != x.device:
-        raise ValueError(
+        raise UserError(
             f"labels y are on {y.device} but x is on {x.device}; move them to x's device"
         )
 
@@ -136,7 +137,7 @@ class CVAE(nn.Module):
         """Training labels per batch: ``index -> {"y": labels[index]}``."""
         labels = data.train_labels.to(data.train.device)
         if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
-            raise ValueError(
+            raise UserError(
                 f"training labels must lie in [0, {self.num_classes}), got {int(labels.min())}.."
                 f"{int(labels.max())}"
             )
@@ -148,7 +149,7 @@ def build_cvae(config, x_shape, num_data=None):
     from pyro_vae.models.likelihoods import make_likelihood
 
     if config.net != "mlp":
-        raise ValueError("the cvae model uses MLP nets; pass net='mlp'")
+        raise UserError(f"the cvae model uses MLP nets; pass {option('net', repr('mlp'))}")
     encoder = LabelEncoder(
         x_shape, config.hidden_dims, config.latent_dim, NUM_CLASSES, config.activation
     )

@@ -90,12 +90,10 @@ def scale_sizes(image_size, scales):
     h, w = (int(s) for s in image_size)
     k = 2**scales
     if h % k or w % k:
-        raise ValueError(
+        raise UserError(
             f"--model deep-hierarchical halves {h}×{w} images {scales} times (--scales {scales}), "
-            "so H "
-            f"and W must be divisible by 2^{scales} = {k}; pass fewer --scales or an --image-size "
-            "that "
-            f"is a multiple of {k}"
+            f"so H and W must be divisible by 2^{scales} = {k}; pass fewer --scales or an "
+            f"--image-size that is a multiple of {k}"
         )
     return [(h // 2**s, w // 2**s) for s in range(scales, 0, -1)]
 
@@ -297,7 +295,7 @@ def build_deep_hierarchical(config, x_shape, num_data=None):
 
     _check_config(config)
     if len(x_shape) != 3:
-        raise ValueError(
+        raise UserError(
             "--model deep-hierarchical needs images [C, H, W], got data points of shape "
             f"{tuple(x_shape)}"
         )

@@ -47,7 +47,7 @@ from torch import nn
 
 from pyro_vae.core.plates import data_plate
 from pyro_vae.models.priors import VampPrior
-from pyro_vae.core.checks import UserError
+from pyro_vae.core.checks import UserError, option
 from pyro_vae.models.spec import ModelSpec
 
 
@@ -67,10 +67,9 @@ class GaussianConditional(nn.Module):
     def forward(self, h):
         out = self.net(h)
         if out.shape[-1] != 2 * self.dim:
-            raise ValueError(
+            raise UserError(
                 f"the net of a GaussianConditional over {self.dim} latents must output 2 * "
-                f"{self.dim} "
-                f"= {2 * self.dim} features (loc and raw scale), got {out.shape[-1]}"
+                f"{self.dim} = {2 * self.dim} features (loc and raw scale), got {out.shape[-1]}"
             )
         loc, raw = out.chunk(2, dim=-1)
         return loc, F.softplus(raw) + self.min_scale
@@ -113,11 +112,12 @@ class HierarchicalVAE(nn.Module):
         if not latent_dims or any(
             isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in latent_dims
         ):
-            raise ValueError(
-                f"latent_dims must be a non-empty list of positive integers, got {latent_dims!r}"
+            raise UserError(
+                f"{option('latent_dims')} must be a non-empty list of positive integers, got "
+                f"{latent_dims!r}"
             )
         if len(priors) != len(latent_dims) - 1:
-            raise ValueError(
+            raise UserError(
                 f"{len(latent_dims)} latent layers need {len(latent_dims) - 1} prior conditionals "
                 f"p(z_l | z_l+1), got {len(priors)}"
             )
@@ -129,10 +129,10 @@ class HierarchicalVAE(nn.Module):
         self.x_shape = tuple(x_shape)
         self.num_data = num_data
         if pseudo_inputs is not None and not isinstance(guide, LadderGuide):
-            raise ValueError(
-                "prior='vampprior' on the hierarchical model needs the top-down guide (its q(z_L "
-                "| x) "
-                f"is a Gaussian of x alone), got {type(guide).__name__}; pass guide='top-down'"
+            raise UserError(
+                f"{option('prior', repr('vampprior'))} on the hierarchical model needs the "
+                "top-down guide (its q(z_L | x) is a Gaussian of x alone), got "
+                f"{type(guide).__name__}; pass {option('guide', repr('top-down'))}"
             )
         self.pseudo_inputs = pseudo_inputs
 
@@ -210,7 +210,7 @@ class BottomUpGuide(nn.Module):
 
     def forward(self, x, hvae):
         if len(self.conditionals) != len(hvae.latent_dims):
-            raise ValueError(
+            raise UserError(
                 f"this guide has {len(self.conditionals)} layers, the model {len(hvae.latent_dims)}"
             )
         pyro.module(self.name, self)
@@ -235,7 +235,7 @@ class LadderGuide(nn.Module):
     def __init__(self, up, heads, name="guide"):
         super().__init__()
         if len(up) != len(heads):
-            raise ValueError(
+            raise UserError(
                 f"a ladder guide needs one head per deterministic layer, got {len(up)} and "
                 f"{len(heads)}"
             )
@@ -262,7 +262,7 @@ class LadderGuide(nn.Module):
 
     def forward(self, x, hvae):
         if len(self.heads) != len(hvae.latent_dims):
-            raise ValueError(
+            raise UserError(
                 f"this guide has {len(self.heads)} layers, the model {len(hvae.latent_dims)}"
             )
         pyro.module(self.name, self)
@@ -299,18 +299,18 @@ def build_hierarchical(config, x_shape, num_data=None):
 
     dims = config.latent_dims
     if not dims:
-        raise ValueError(
-            "the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x "
-            "first)"
+        raise UserError(
+            f"the hierarchical model needs {option('latent_dims')}, e.g. "
+            f"{option('latent_dims', '[64, 32]')} (z1 next to x first)"
         )
     if config.guide not in HIERARCHICAL_GUIDES:
-        raise ValueError(
+        raise UserError(
             f"the hierarchical model supports the guides {', '.join(HIERARCHICAL_GUIDES)}, got "
-            f"{config.guide!r}; "
-            f"pass guide='top-down' or guide='bottom-up'"
+            f"{config.guide!r}; pass {option('guide', repr('top-down'))} or "
+            f"{option('guide', repr('bottom-up'))}"
         )
     if config.flows:
-        raise ValueError("the hierarchical guides have no flows; use flows=0")
+        raise UserError(f"the hierarchical guides have no flows; use {option('flows', '0')}")
     hidden, act = config.hidden_dims[-1], config.activation
     priors = [
         GaussianConditional(_mlp(dims[l + 1], 2 * dims[l], hidden, act), dims[l])
@@ -345,8 +345,8 @@ def build_hierarchical(config, x_shape, num_data=None):
 def _check_config(config):
     if not config.latent_dims:
         raise UserError(
-            "the hierarchical model needs latent_dims, e.g. latent_dims=[64, 32] (z1 next to x "
-            "first)"
+            f"the hierarchical model needs {option('latent_dims')}, e.g. "
+            f"{option('latent_dims', '[64, 32]')} (z1 next to x first)"
         )
 
 

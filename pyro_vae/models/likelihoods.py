@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
 from torch import nn
+from pyro_vae.core.checks import UserError, option
 
 
 class Likelihood(nn.Module):
@@ -64,7 +65,7 @@ class Gaussian(Likelihood):
     def __init__(self, sigma=0.1):
         super().__init__()
         if not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma}")
+            raise UserError(f"{option('sigma')} must be > 0, got {sigma}")
         self.sigma = float(sigma)
 
     def forward(self, out, x=None):
@@ -205,7 +206,7 @@ class Categorical256(EightBit):
 
     def __init__(self, logits, validate_args=False):
         if logits.shape[-1] != BINS:
-            raise ValueError(
+            raise UserError(
                 f"Categorical256 needs {BINS} logits in the last dimension, got {logits.shape[-1]}"
             )
         self.logits = logits
@@ -239,11 +240,10 @@ def _split_params(out, x_shape, what, per_pixel=None):
     p = event[0] // x_shape[0] if event and event[0] % x_shape[0] == 0 else 0
     if event[1:] != x_shape[1:] or p == 0 or (per_pixel is not None and p != per_pixel):
         want = f"{per_pixel}·{x_shape[0]}" if per_pixel else f"P·{x_shape[0]}"
-        raise ValueError(
+        raise UserError(
             f"the {what} likelihood needs a decoder output of shape [{want}, "
             f"{', '.join(map(str, x_shape[1:]))}] per image for data of shape {x_shape}, got "
-            f"{event}; "
-            f"build the decoder for likelihood.params_shape(x_shape)"
+            f"{event}; build the decoder for likelihood.params_shape(x_shape)"
         )
     batch = out.shape[: out.dim() - len(x_shape)]
     return out.reshape(*batch, p, *x_shape).movedim(len(batch), -1)
@@ -265,8 +265,9 @@ class DiscretizedLogistic(Likelihood):
     def __init__(self, x_shape, mixtures=10, min_log_scale=-8.0):
         super().__init__()
         if isinstance(mixtures, bool) or not isinstance(mixtures, int) or mixtures < 1:
-            raise ValueError(
-                f"mixtures must be a positive integer (logistics per pixel), got {mixtures!r}"
+            raise UserError(
+                f"{option('mixtures')} must be a positive integer (logistics per pixel), got "
+                f"{mixtures!r}"
             )
         self.x_shape, self.mixtures, self.min_log_scale = tuple(x_shape), mixtures, min_log_scale
 
@@ -276,10 +277,10 @@ class DiscretizedLogistic(Likelihood):
     def forward(self, out, x=None):
         params = _split_params(out, self.x_shape, "discretized-logistic")
         if params.shape[-1] % 3:
-            raise ValueError(
+            raise UserError(
                 "the discretized-logistic decoder output needs 3K numbers per sub-pixel (logits, "
-                "means, "
-                f"log-scales), got {params.shape[-1]}; build the decoder with params_shape(x_shape)"
+                f"means, log-scales), got {params.shape[-1]}; build the decoder with "
+                "params_shape(x_shape)"
             )
         logits, loc, log_scale = params.unflatten(-1, (3, -1)).unbind(-2)
         return DiscretizedLogisticMixture(
@@ -335,7 +336,7 @@ def make_likelihood(name, x_shape, sigma=0.1, mixtures=10):
         return DiscretizedLogistic(x_shape, mixtures)
     if name == "categorical":
         return Categorical(x_shape)
-    raise ValueError(f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")
+    raise UserError(f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")
 
 
 def discrete_dims(model, *args, **kwargs):

@@ -36,14 +36,15 @@ from pyro_vae.core.plates import data_plate
 from pyro_vae.models.cvae import NUM_CLASSES, LabelDecoder, LabelEncoder, check_labels
 from pyro_vae.models.nets import MLP
 from pyro_vae.models.spec import ModelSpec
+from pyro_vae.core.checks import UserError, option
 
 
 def balanced_labeled_mask(labels, n, num_classes=NUM_CLASSES):
     """Boolean mask selecting ``n`` points with the first ``n // C`` (+1 for the first ``n % C``
     classes) of each class."""
     if not 0 <= n <= len(labels):
-        raise ValueError(
-            f"labeled must be between 0 and the {len(labels)} training images, got {n}"
+        raise UserError(
+            f"{option('labeled')} must be between 0 and the {len(labels)} training images, got {n}"
         )
     mask = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
     for c in range(num_classes):
@@ -97,15 +98,13 @@ class M2(nn.Module):
             check_labels(y, x, self.num_classes)
         if labeled is not None:
             if y is None:
-                raise ValueError(
-                    "labeled needs the labels y (any class where the label is unknown)"
-                )
+                raise UserError("labeled needs the labels y (any class where the label is unknown)")
             if (
                 not torch.is_tensor(labeled)
                 or labeled.dtype != torch.bool
                 or labeled.shape != x.shape[:1]
             ):
-                raise ValueError(
+                raise UserError(
                     f"labeled must be a boolean tensor of shape [{len(x)}], got "
                     f"{getattr(labeled, 'dtype', type(labeled).__name__)}"
                 )
@@ -198,7 +197,7 @@ def build_m2(config, x_shape, num_data=None):
     from pyro_vae.models.likelihoods import make_likelihood
 
     if config.net != "mlp":
-        raise ValueError("the m2 model uses MLP nets; pass net='mlp'")
+        raise UserError(f"the m2 model uses MLP nets; pass {option('net', repr('mlp'))}")
     classifier = MLP(x_shape, config.hidden_dims, NUM_CLASSES, config.activation)
     encoder = LabelEncoder(
         x_shape, config.hidden_dims, config.latent_dim, NUM_CLASSES, config.activation

@@ -15,6 +15,7 @@ References:
 import math
 
 from torch import nn
+from pyro_vae.core.checks import UserError, option
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -30,12 +31,12 @@ GATED = "gated"
 def activation(name):
     """Return a fresh pointwise activation module by name (one of :data:`ACTIVATIONS`)."""
     if name == GATED:
-        raise ValueError(
-            "the gated activation is for MLPs (net='mlp'); conv nets take a pointwise activation: "
-            f"one of {sorted(ACTIVATIONS)}"
+        raise UserError(
+            f"the gated activation is for MLPs ({option('net', repr('mlp'))}); conv nets take a "
+            f"pointwise activation: one of {sorted(ACTIVATIONS)}"
         )
     if name not in ACTIVATIONS:
-        raise ValueError(
+        raise UserError(
             f"unknown activation {name!r}; choose one of {sorted([*ACTIVATIONS, GATED])}"
         )
     return ACTIVATIONS[name]()
@@ -90,7 +91,7 @@ def conv_sizes(image_size, min_size=8):
     → 32 → 16 → 8."""
     sizes = [tuple(int(s) for s in image_size)]
     if len(sizes[0]) != 2 or min(sizes[0]) < 2:
-        raise ValueError(f"conv nets need images of at least 2×2 pixels, got size {sizes[0]}")
+        raise UserError(f"conv nets need images of at least 2×2 pixels, got size {sizes[0]}")
     while len(sizes) == 1 or (max(sizes[-1]) > min_size and min(sizes[-1]) >= 4):
         sizes.append(tuple(s // 2 for s in sizes[-1]))
     return sizes

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import Independent, Normal, TorchDistribution
 from torch import nn
+from pyro_vae.core.checks import UserError, option
 
 
 class VampPrior(TorchDistribution):
@@ -43,7 +44,7 @@ class VampPrior(TorchDistribution):
 
     def __init__(self, components, validate_args=None):
         if len(components.batch_shape) < 1:
-            raise ValueError(
+            raise UserError(
                 "VampPrior needs components with a batch dimension of size K (the pseudo-inputs), "
                 f"got batch shape {tuple(components.batch_shape)}"
             )
@@ -76,8 +77,8 @@ class VampPrior(TorchDistribution):
     def log_prob(self, value):
         """log (1/K) Σ_k p_k(value) = logsumexp_k log p_k(value) − log K."""
         if self._gaussians is not None:
-            # in float64: the three sums cancel (z near a sharp μ_k), which would cost float32 ~1e-3
-            # nats
+            # in float64: the three sums cancel (z near a sharp μ_k), which would cost float32
+            # ~1e-3 nats
             loc, scale = (t.double() for t in self._gaussians)
             precision = scale.pow(-2)  # [K, D]
             const = (loc.pow(2) * precision + 2 * scale.log()).sum(-1) + loc.shape[-1] * math.log(
@@ -145,9 +146,9 @@ class PseudoInputs(nn.Module):
     def __init__(self, num, x_shape, mean=0.05, std=0.01):
         super().__init__()
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise ValueError(
+            raise UserError(
                 f"the VampPrior needs at least one pseudo-input, got {num!r}; pass e.g. "
-                "pseudo_inputs=500"
+                + option("pseudo_inputs", "500")
             )
         self.weight = nn.Parameter(torch.randn(num, *x_shape) * std + mean)
 
@@ -161,10 +162,10 @@ def check_vampprior_guide(guide):
     from pyro_vae.guides import DiagonalGuide, FlowGuide
 
     if not isinstance(guide, DiagonalGuide) or isinstance(guide, FlowGuide):
-        raise ValueError(
-            f"prior='vampprior' needs the diagonal guide (it scores every z under all K posteriors "
-            f"q(z | u_k); a flow would need its inverse for each), got {type(guide).__name__}; "
-            f"pass guide='diagonal'"
+        raise UserError(
+            f"{option('prior', repr('vampprior'))} needs the diagonal guide (it scores every z "
+            "under all K posteriors q(z | u_k); a flow would need its inverse for each), got "
+            f"{type(guide).__name__}; pass {option('guide', repr('diagonal'))}"
         )
 
 

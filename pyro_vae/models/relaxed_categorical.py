@@ -24,6 +24,7 @@ from torch import nn
 
 from pyro_vae.core.plates import data_plate
 from pyro_vae.models.spec import ModelSpec
+from pyro_vae.core.checks import UserError, option
 
 MIN_LOGIT = -20.0
 
@@ -50,13 +51,14 @@ class RelaxedCategoricalVAE(nn.Module):
     ):
         super().__init__()
         if num_vars < 1 or categories < 2:
-            raise ValueError(
+            raise UserError(
                 f"need at least one categorical latent of >= 2 classes, got {num_vars} × "
                 f"{categories}"
             )
         if not 0 < min_temperature <= temperature:
-            raise ValueError(
-                f"need 0 < min_temperature <= temperature, got {min_temperature} and {temperature}"
+            raise UserError(
+                f"need 0 < {option('min_temperature')} <= {option('temperature')}, got "
+                f"{min_temperature} and {temperature}"
             )
         self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
         self.num_vars, self.categories, self.x_shape, self.num_data = (

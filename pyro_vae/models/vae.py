@@ -11,6 +11,7 @@ from torch import nn
 
 from pyro_vae.core.plates import data_plate
 from pyro_vae.models.priors import VampPrior, check_vampprior_guide
+from pyro_vae.core.checks import UserError, option
 
 
 class VAE(nn.Module):
@@ -34,7 +35,7 @@ class VAE(nn.Module):
     ):
         super().__init__()
         if latent_dim <= 0:
-            raise ValueError(f"latent_dim must be positive, got {latent_dim}")
+            raise UserError(f"{option('latent_dim')} must be positive, got {latent_dim}")
         self.decoder = decoder
         self.guide_module = guide
         self.likelihood = likelihood

@@ -35,6 +35,7 @@ import os
 import pyro
 import torch
 
+from pyro_vae.core.checks import UserError
 from pyro_vae.core.pair import checked_probe
 from pyro_vae.training.listeners import Listener
 
@@ -88,20 +89,20 @@ def restore(state, modules, optim):
     """Put a :func:`capture` back: parameters (already registered), buffers, optimizer and RNG
     states.
 
-    A checkpoint of another model raises ValueError naming the first differing parameters.
+    A checkpoint of another model raises UserError naming the first differing parameters.
     """
     store = pyro.get_param_store()
     current = dict(store.named_parameters())
     missing = sorted(set(state["params"]) - set(current))
     extra = sorted(set(current) - set(state["params"]))
     if missing or extra:
-        raise ValueError(
+        raise UserError(
             f"checkpoint does not match this model: missing here {missing[:5]}, "
             f"not in checkpoint {extra[:5]}; load it with the options it was trained with"
         )
     for name, value in state["params"].items():
         if current[name].shape != value.shape:
-            raise ValueError(
+            raise UserError(
                 f"checkpoint does not match this model: parameter {name!r} has shape "
                 f"{tuple(value.shape)} in the checkpoint and {tuple(current[name].shape)} here; "
                 f"load it with the options it was trained with"
@@ -110,7 +111,7 @@ def restore(state, modules, optim):
     for i, m in enumerate(modules):
         for k, b in m.named_buffers():
             if k not in buffers.get(i, {}) or buffers[i][k].shape != b.shape:
-                raise ValueError(
+                raise UserError(
                     f"checkpoint does not match this model: buffer {k!r} of module {i} is "
                     f"missing or has another shape"
                 )

@@ -6,7 +6,7 @@ import math
 import pyro
 from tqdm.auto import tqdm
 
-from pyro_vae.core.checks import check_option
+from pyro_vae.core.checks import UserError, check_option, option
 from pyro_vae.training import distributed
 from pyro_vae.training.listeners import Listener
 
@@ -62,9 +62,10 @@ class EarlyStopping(Listener):
 
     def on_run_start(self, trainer):
         if trainer.run.val_x is None:
-            raise ValueError(
+            raise UserError(
                 "early stopping watches the validation ELBO, but the data has no validation split; "
-                "load it with validation=N (e.g. 10000), pass val_x, or leave out early_stopping"
+                f"load it with {option('validation', 'N')} (e.g. 10000), pass val_x, or leave out "
+                + option("early_stopping")
             )
         self._update(trainer)
 

@@ -8,7 +8,7 @@ import threading
 
 import torch
 
-from pyro_vae.core.checks import check_option
+from pyro_vae.core.checks import check_option, option
 from pyro_vae.training.console import Console
 from pyro_vae.training.listeners import Listener
 
@@ -166,9 +166,11 @@ class NaNGuard(Listener):
             lower,
             lambda worst: (
                 f"the loss or its gradients were NaN/inf for {worst} steps in a row (epoch "
-                f"{trainer.epoch + 1}/{trainer.run.epochs}, step {step}) although the learning "
-                f"rate was lowered to {trainer.lr:.3g}{kept}; try a smaller lr=, clip_norm=, "
-                f"another likelihood= or sigma=, or check the data"
+                f"{trainer.epoch + 1}/"
+                f"{trainer.run.epochs}, step {step}) although the learning rate was lowered to "
+                f"{trainer.lr:.3g}{kept}; "
+                f"try a smaller {option('lr', '')}, {option('clip_norm', '')}, another "
+                f"{option('likelihood', '')} or {option('sigma', '')}, or check the data"
             ),
         )
         trainer.bad_steps = self.guard.seen
@@ -205,6 +207,6 @@ class SignalStop(Listener):
             lambda name: (
                 f"{name} during epoch {trainer.epoch + 1}/{trainer.run.epochs}: stopped at "
                 f"a step boundary; the partial epoch is discarded and the run holds "
-                f"{where}; continue with resume=True"
+                f"{where}; continue with {option('resume', 'True')}"
             )
         )
