@@ -8,7 +8,9 @@ from typing import Any, List, NamedTuple, Optional
 
 from pyro_vae.core import checks
 
-FAST = ("auto", "compile", "trace", "off")  # --fast: Trainer(fast=...), "off" being False
+FAST = ("auto", "compile", "trace", "off")
+# what a resumed run may change: more epochs, and the folder of a moved run
+FREE_ON_RESUME = ("epochs", "out")  # --fast: Trainer(fast=...), "off" being False
 # the fields checked by core.checks.check_option, the one check of each training option
 OPTIONS = (
     "particles",
@@ -224,119 +226,92 @@ def _check_dims(name, dims):
         )
 
 
-def _check_net_and_estimator(config, spec):
-    """The net against the model's declared nets, and the estimator against its declared ones."""
-    from pyro_vae.models.nets import ACTIVATIONS, GATED
+def _check_run_dir(config, resume):
+    """``config.out`` holds no run (a new one), or, with ``resume``, a run of the same options
+    (whose checkpoint :func:`check_config` then loads)."""
+    from pyro_vae.training.checkpoint import CHECKPOINT, METRICS
 
-    nets, net = spec.nets, config.net
-    if net not in nets:
-        raise checks.UserError(
-            f"--model {config.model} has {' or '.join(nets)} nets only, not --net {net}; "
-            f"pass --net {nets[0]} or leave --net out"
+    out = config.out
+    config_path = os.path.join(out, "config.json")
+    held = [f for f in ("config.json", CHECKPOINT, METRICS) if os.path.exists(os.path.join(out, f))]
+    if held and not resume:
+        raise checks.RunExistsError(
+            f"{out!r} already holds a run ({', '.join(held)}); pass --resume to continue it "
+            f"or choose another --out"
         )
-    if config.activation == GATED and net != "mlp":
-        raise checks.UserError(
-            f"--activation gated is a gated dense layer, for --net mlp; --net {net} takes a "
-            f"pointwise activation: --activation {' or '.join(sorted(ACTIVATIONS))}"
+    if not resume:
+        return
+    if not os.path.exists(os.path.join(out, CHECKPOINT)):
+        raise checks.MissingFileError(
+            f"--resume: {out!r} has no {CHECKPOINT}; start a new run without --resume"
         )
-    estimators = spec.estimators  # e.g. m2: a discrete latent that is not reparameterizable
-    used = "free-bits" if config.free_bits else config.elbo
-    if estimators is not None and used not in estimators:
-        what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
-        if spec.estimators_why:  # e.g. vq-vae: a point-mass guide
-            raise checks.UserError(
-                f"--model {config.model} {spec.estimators_why}, so it refuses {what}; use "
-                f"--elbo {' or '.join(estimators)}"
-                + (" without --free-bits" if config.free_bits else "")
-            )
-        raise checks.UserError(
-            f"--model {config.model} samples a discrete latent that is not reparameterizable, "
-            f"which {what} cannot train; use --elbo {' or '.join(estimators)}"
-            + (" without --free-bits" if config.free_bits else "")
+    if not os.path.exists(config_path):
+        raise checks.MissingFileError(
+            f"--resume: {out!r} has no config.json, so it was not written by pyro-vae "
+            f"train; start a new run in another --out"
         )
-
-
-def _check_guide(config, spec):
-    """The guide against the model's declared guides, its flows against ``--flows``, and the
-    estimator's declared ``needs_inverse``."""
-    from pyro_vae.estimators import ESTIMATORS
-    from pyro_vae.guides import FLOWS
-
-    guide, guides = config.guide, spec.guide_names()
-    if not isinstance(guide, str) or guide not in guides:
+    saved = {k: v for k, v in Config.load(config_path).to_dict().items() if k not in FREE_ON_RESUME}
+    if saved != {k: v for k, v in config.to_dict().items() if k not in FREE_ON_RESUME}:
         raise checks.UserError(
-            f"unknown guide {guide!r} for --model {config.model} (--guide); choose one of "
-            f"{', '.join(sorted(guides))}, or leave --guide out for its default, "
-            f"{spec.default_guide_name()}"
-        )
-    if guide in FLOWS and config.flows < 1:
-        raise checks.UserError(
-            f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)"
-        )
-    if guide not in FLOWS and (config.flows or config.flow_hidden_dims):
-        flag = "--flows" if config.flows else "--flow-hidden-dims"
-        raise checks.UserError(
-            f"{flag} needs a flow guide (--guide {', '.join(FLOWS)}); the {guide!r} guide has no "
-            f"flows: drop {flag}"
-        )
-    if guide in FLOWS and not FLOWS[guide].invertible and ESTIMATORS[config.elbo].needs_inverse:
-        raise checks.UserError(
-            f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's inverse; "
-            f"the {guide!r} flow has none: use --guide "
-            f"{' or '.join(n for n, f in FLOWS.items() if f.invertible)}, or --elbo iwae"
+            f"--resume: the options differ from those saved in {config_path}; "
+            "only --epochs may change when resuming (and --out, for a moved run folder)"
         )
 
 
 class Plan(NamedTuple):
     """A checked run: its config with the model's defaults filled in (``guide``, ``net``), the
-    model's :class:`~pyro_vae.models.spec.ModelSpec`, the KL schedule β(e) it trains with, and the
-    arguments of :func:`~pyro_vae.data.load_data` that read its data."""
+    model's :class:`~pyro_vae.models.spec.ModelSpec`, the KL schedule β(e) it trains with, the
+    arguments of :func:`~pyro_vae.data.load_data` that read its data, and the device it trains on
+    (None: not a training run)."""
 
     config: Config
     spec: Any
     schedule: Any
     data: dict
+    device: Any = None
 
 
-def check_config(config):
+def check_config(config, resume=None):
     """Names in a :class:`Config` that only the registries know, the combination of model, guide,
     net, estimator and KL variant, and the data directory: the one place that refuses a
     configuration. Returns its :class:`Plan` (``config`` itself is left as it is).
 
-    Checked before any data is read; each refusal is one line naming the conflict.  The device is
-    checked by the caller (a run trained on CUDA may be evaluated on CPU).
+    For a training run (``resume`` False: a new run in ``config.out``; True: the run there,
+    continued), also its run directory and its device. The run of a finished config may be
+    evaluated on another device, checked by the caller. Checked before any data is read (the
+    dataset's name where it is read, by :func:`~pyro_vae.data.load_data`); each refusal is one line
+    naming the conflict.
     """
     # the registries, imported when a run starts, not for --help
-    from pyro_vae.data import BINARIZE, check_source
+    from pyro_vae.data import BINARIZE
     from pyro_vae.estimators import ESTIMATORS
-    from pyro_vae.estimators.variants import KLSchedule, check_estimator
+    from pyro_vae.estimators.variants import SCALED_ESTIMATORS, KLSchedule
     from pyro_vae.models import MODELS, with_defaults
     from pyro_vae.models.likelihoods import EIGHT_BIT, LIKELIHOODS
     from pyro_vae.models.nets import ACTIVATIONS, GATED
+    from pyro_vae.training.checkpoint import CHECKPOINT
 
-    check_source(config.dataset)
+    data = config.data_options()  # the same with the model's defaults filled in
+    if resume is not None:
+        _check_run_dir(config, resume)
+    # the run's one schedule, of the numbers Config.validate checked
+    schedule = KLSchedule(config.beta, config.kl_warmup_epochs, validate_args=False)
+    if resume:  # corrupt or foreign: fail now
+        checks.load_checkpoint(os.path.join(config.out, CHECKPOINT))
+    device = None if resume is None else checks.check_device(config.device)
     checks.check_choice("binarize mode", config.binarize, BINARIZE, "binarize")
     checks.check_eight_bit(config.likelihood in EIGHT_BIT, config.binarize, config.likelihood)
     checks.check_choice("model", config.model, MODELS, "model")
     checks.check_choice("likelihood", config.likelihood, LIKELIHOODS, "likelihood")
     checks.check_choice("activation", config.activation, [*ACTIVATIONS, GATED], "activation")
     checks.check_choice("estimator", config.elbo, ESTIMATORS, "elbo")
-    spec, filled = MODELS[config.model], with_defaults(config)  # the model's own guide and net
-    _check_guide(filled, spec)
-    _check_net_and_estimator(filled, spec)
-    schedule = KLSchedule(config.beta, config.kl_warmup_epochs)  # the run's one schedule
-    if not schedule.is_identity or config.free_bits:
-        check_estimator(config.elbo, not schedule.is_identity, config.free_bits)
-    if config.prior not in spec.priors:
-        raise checks.UserError(
-            f"--prior {config.prior} is not available for --model {config.model}; it offers "
-            f"{', '.join(spec.priors)}"
-        )
-    if spec.check is not None:  # the model's own rules (e.g. hierarchical: --latent-dims)
-        spec.check(filled)
+    scaled = not schedule.is_identity
+    checks.check_kl_weights(config.elbo, scaled, config.free_bits, SCALED_ESTIMATORS)
+    filled = with_defaults(config)  # the model's own guide and net
+    MODELS[config.model].check_options(filled)  # what the model declares, and its own rules
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         raise checks.MissingFileError(
             f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
             f"--data-dir or leave it out to use the default cache"
         )
-    return Plan(filled, spec, schedule, filled.data_options())
+    return Plan(filled, MODELS[config.model], schedule, data, device)

@@ -29,26 +29,37 @@ __all__ = ["LOG", "load_run", "resolve_device", "train"]
 def train(config, resume=False, progress=True):
     """Train the run described by ``config`` into ``config.out``; return ``(vae, data, history)``.
 
-    Every refusal (:func:`~pyro_vae.app.config.check_config`, the run directory) happens before any
-    data is read. The run's log lines (the fast-path note, skipped steps) go to
-    ``OUT/pyro-vae.log``; under torchrun every rank returns only when rank 0 has written its files.
+    Every refusal (:func:`~pyro_vae.app.config.check_config`: the options, the run directory, the
+    device) happens before any data is read. The run's log lines (the fast-path note, skipped
+    steps) go to ``OUT/pyro-vae.log``. When it ends, the main process writes ``report.json`` (the
+    model's own ``report(data)`` figures, also added to the last row of ``history``) and the run's
+    pictures; under torchrun every rank returns only when rank 0 has written its files.
     """
-    plan = check_config(config)  # names, combination, data directory: no data read yet
+    plan = check_config(config, resume)  # no data read yet
     config = plan.config  # the model's defaults filled in
-    run.check_run_dir(config, resume)
-    device = validation.check_device(config.device)  # auto: cuda where there is one
-    device = distributed.init(device)  # torchrun: one rank per process
+    device = distributed.init(plan.device)  # torchrun: one rank per process
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     data = load_data(**plan.data, device=device)
     vae = plan.spec(config, data.x_shape, len(data.train)).to(device)
     with run.run_log(config.out):
-        if distributed.is_main():
+        main = distributed.is_main()
+        if main:
             config.save(os.path.join(config.out, "config.json"))
         trainer, hooks = run.build_trainer(plan, vae, data, progress)
         history = trainer.fit(data, config.epochs, config.batch_size, resume=resume, **hooks)
-        if distributed.is_main():
-            run.finish(config, vae, data, history)
+        if main and hasattr(vae, "report"):
+            report = vae.report(data)
+            with open(os.path.join(config.out, "report.json"), "w") as f:
+                json.dump(report, f, indent=2)
+            if history:
+                history[-1] = {**history[-1], **report}
+        if main and config.pictures:
+            from pyro_vae.evaluation.pictures import save_run_pictures
+
+            vae.eval()
+            x, temperature = data.test[:64], config.sample_temperature
+            save_run_pictures(vae.model, vae.guide, x, config.out, temperature=temperature)
         distributed.barrier()  # the other ranks wait for rank 0's report and pictures
     return vae, data, history
 

@@ -125,6 +125,19 @@ def check_option(name, value, argument=None):
     return check(argument or name, value, hint + note)
 
 
+class Options:
+    """A piece made with options (a listener, an estimator): it declares them in :attr:`options`
+    and calls :meth:`check_options` when made, unless made with ``validate_args=False`` from values
+    already checked where they entered (a :class:`~pyro_vae.app.config.Config`)."""
+
+    options = {}  # {attribute: its option in OPTIONS}
+
+    def check_options(self):
+        """:func:`check_option` on each attribute named in :attr:`options`."""
+        for attribute, name in self.options.items():
+            check_option(name, getattr(self, attribute))
+
+
 def check_choice(kind, value, choices, argument=None):
     """``value`` is one of ``choices`` (a registry's names); the message lists them and names
     ``argument``."""
@@ -287,4 +300,23 @@ def check_eight_bit(eight_bit, binarize, likelihood="the 8-bit likelihood"):
         raise UserError(
             f"the {likelihood} likelihood models 8-bit grey levels but the data is binarized "
             f"({option('binarize', repr(binarize))}); pass {option('binarize', repr('none'))}"
+        )
+
+
+def check_kl_weights(elbo, scaled, free_bits, weighted):
+    """A β, a KL warm-up (``scaled``) or ``free_bits`` only with an estimator that is a sum of
+    per-site terms (``weighted``: their names); free bits not with enumerated latents."""
+    if (scaled or free_bits) and elbo not in weighted:
+        name = lambda e: option("elbo", repr(e))  # noqa: E731
+        raise UserError(
+            f"{name(elbo)} is an importance-weighted bound: a β or free-bits weight on the KL "
+            "inside its log-sum-exp is no longer a bound on log p(x), so it is refused; use "
+            f"{name('trace')}, {name('meanfield')} or {name('stl')} with {option('beta', '')}, "
+            f"{option('kl_warmup_epochs', '')} or {option('free_bits', '')} (or leave those out)"
+        )
+    if free_bits and elbo == "enum":
+        raise UserError(
+            f"{option('free_bits')} does not support enumerated discrete latents "
+            f"({option('elbo', repr('enum'))}); use {option('elbo', repr('trace'))} or "
+            f"{option('elbo', repr('meanfield'))}, or leave out {option('free_bits')}"
         )

@@ -45,7 +45,7 @@ from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.core.checks import UserError, check_option, option
+from pyro_vae.core.checks import Options, UserError, check_kl_weights, check_option
 from pyro_vae.core.kl import elementwise_kl
 from pyro_vae.estimators.importance import (
     extra_scale,
@@ -81,13 +81,11 @@ class BetaScaleMessenger(Messenger):
         or a callable with no argument returning one of those (read at every site). A tensor is read
         at every step, also by the trainer's traced fast path, so a schedule that changes it in
         place (:meth:`KLSchedule.weights`) needs no Python at each step; a number is a constant of
-        the trace.
+        the trace. Checked by :func:`beta_scale`, the handler a user calls.
     """
 
     def __init__(self, beta=1.0):
         super().__init__()
-        if not callable(beta):
-            _check_beta(beta)
         self.beta = beta
 
     def current(self):
@@ -121,6 +119,8 @@ def beta_scale(fn=None, beta=1.0):
     >>> tr.nodes["z"]["scale"], tr.nodes["x"]["scale"]
     (4.0, 1.0)
     """
+    if not callable(beta):
+        _check_beta(beta)
     msngr = BetaScaleMessenger(beta)
     return msngr(fn) if fn is not None else msngr
 
@@ -130,13 +130,19 @@ class KLSchedule:
 
     :param beta: the final β, a number or ``{site: β}`` (each site warms up alike).
     :param int warmup_epochs: E, epochs over which β rises from 0.
+    :param bool validate_args: check both (False: they were checked where they entered, e.g. a
+        :class:`~pyro_vae.app.config.Config`).
     """
 
-    def __init__(self, beta=1.0, warmup_epochs=0):
-        _check_beta(beta)
-        check_option("kl_warmup_epochs", warmup_epochs)
+    def __init__(self, beta=1.0, warmup_epochs=0, validate_args=True):
         self.beta, self.warmup_epochs = beta, warmup_epochs
         self._weights = None
+        if validate_args:
+            self._validate()
+
+    def _validate(self):
+        _check_beta(self.beta)
+        check_option("kl_warmup_epochs", self.warmup_epochs)
 
     def weights(self, device=None):
         """β(e) as 0-d tensors on ``device`` (one, or ``{site: tensor}``) that :meth:`set_epoch`
@@ -152,6 +158,11 @@ class KLSchedule:
                 {k: make(b) for k, b in value.items()} if isinstance(value, dict) else make(value)
             )
         return self._weights
+
+    def weighted(self, fn, device=None):
+        """``fn`` (a model or a guide) with the log-density of every latent site multiplied by
+        β(e): the tensors of :meth:`weights` on ``device``, which :meth:`set_epoch` updates."""
+        return BetaScaleMessenger(self.weights(device))(fn)
 
     def set_epoch(self, epoch):
         """Set the tensors of :meth:`weights` to β(``epoch``) (``epoch`` completed epochs), in
@@ -186,21 +197,8 @@ class KLSchedule:
 
 def check_estimator(name, scaled=True, free_bits=0.0):
     """UserError unless estimator ``name`` supports the KL weights asked for (see the module
-    docstring)."""
-    if (scaled or free_bits) and name not in SCALED_ESTIMATORS:
-        elbo = lambda name: option("elbo", repr(name))  # noqa: E731
-        raise UserError(
-            f"{elbo(name)} is an importance-weighted bound: a β or free-bits weight on the KL "
-            "inside its log-sum-exp is no longer a bound on log p(x), so it is refused; use "
-            f"{elbo('trace')}, {elbo('meanfield')} or {elbo('stl')} with {option('beta', '')}, "
-            f"{option('kl_warmup_epochs', '')} or {option('free_bits', '')} (or leave those out)"
-        )
-    if free_bits and name == "enum":
-        raise UserError(
-            f"{option('free_bits')} does not support enumerated discrete latents "
-            f"({option('elbo', repr('enum'))}); use {option('elbo', repr('trace'))} or "
-            f"{option('elbo', repr('meanfield'))}, or leave out {option('free_bits')}"
-        )
+    docstring; :func:`~pyro_vae.core.checks.check_kl_weights` with :data:`SCALED_ESTIMATORS`)."""
+    check_kl_weights(name, scaled, free_bits, SCALED_ESTIMATORS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +230,7 @@ def _mean_over_points(t, site, group_ndims, particle_dim, data_plate):
     )
 
 
-class FreeBits_ELBO(ELBO):
+class FreeBits_ELBO(ELBO, Options):
     """Negative ELBO with a floor λ on the minibatch-averaged KL of every latent dimension or site.
 
     .. math:: \\mathcal{L} = -\\frac{N}{B}\\sum_i \\mathbb{E}_q \\log p(x_i|z)
@@ -251,11 +249,14 @@ class FreeBits_ELBO(ELBO):
     :param float free_bits: λ, nats per group.
     :param int max_plate_nesting: plate dims of model and guide (default: found on the first call).
     :param str data_plate: the plate over data points (default: found from the trace).
+    :param bool validate_args: check ``free_bits`` (False: it was checked where it entered, e.g. a
+        :class:`~pyro_vae.app.config.Config`).
     """
 
     # the trainer may trace loss and gradients once per batch size (pyro_vae.estimators.fast)
     traceable = True
     needs_inverse = False
+    options = {"free_bits": "free_bits"}
 
     def __init__(
         self,
@@ -264,8 +265,11 @@ class FreeBits_ELBO(ELBO):
         max_plate_nesting=None,
         vectorize_particles=True,
         data_plate=None,
+        validate_args=True,
     ):
-        check_option("free_bits", free_bits)
+        self.free_bits = free_bits
+        if validate_args:
+            self.check_options()
         if not vectorize_particles:
             raise UserError(
                 "FreeBits_ELBO always vectorizes its particles; drop vectorize_particles=False"

@@ -7,6 +7,8 @@ A model file holds its pair, its builder ``build(config, x_shape, num_data)`` an
 import dataclasses
 from typing import Callable, Optional, Tuple
 
+from pyro_vae.core.errors import UserError
+
 NETS = ("mlp", "conv")
 
 
@@ -48,6 +50,80 @@ class ModelSpec:
 
     def __call__(self, config, x_shape, num_data=None):
         return self.build(config, x_shape, num_data)
+
+    def check_options(self, config):
+        """Refuse a config (its defaults filled in) whose guide, net, estimator or prior this model
+        does not declare, then run its own :attr:`check`: one line naming the conflict."""
+        self._check_guide(config)
+        self._check_net_and_estimator(config)
+        if config.prior not in self.priors:
+            raise UserError(
+                f"--prior {config.prior} is not available for --model {config.model}; it offers "
+                f"{', '.join(self.priors)}"
+            )
+        if self.check is not None:  # the model's own rules (e.g. hierarchical: --latent-dims)
+            self.check(config)
+
+    def _check_net_and_estimator(self, config):
+        """The net against the declared nets, and the estimator against the declared ones."""
+        from pyro_vae.models.nets import ACTIVATIONS, GATED
+
+        nets, net = self.nets, config.net
+        if net not in nets:
+            raise UserError(
+                f"--model {config.model} has {' or '.join(nets)} nets only, not --net {net}; "
+                f"pass --net {nets[0]} or leave --net out"
+            )
+        if config.activation == GATED and net != "mlp":
+            raise UserError(
+                f"--activation gated is a gated dense layer, for --net mlp; --net {net} takes a "
+                f"pointwise activation: --activation {' or '.join(sorted(ACTIVATIONS))}"
+            )
+        estimators = self.estimators  # e.g. m2: a discrete latent that is not reparameterizable
+        used = "free-bits" if config.free_bits else config.elbo
+        if estimators is None or used in estimators:
+            return
+        what = "--free-bits" if used != config.elbo else f"--elbo {config.elbo}"
+        without = " without --free-bits" if config.free_bits else ""
+        if self.estimators_why:  # e.g. vq-vae: a point-mass guide
+            raise UserError(
+                f"--model {config.model} {self.estimators_why}, so it refuses {what}; use "
+                f"--elbo {' or '.join(estimators)}{without}"
+            )
+        raise UserError(
+            f"--model {config.model} samples a discrete latent that is not reparameterizable, "
+            f"which {what} cannot train; use --elbo {' or '.join(estimators)}{without}"
+        )
+
+    def _check_guide(self, config):
+        """The guide against the declared guides, its flows against ``--flows``, and the
+        estimator's declared ``needs_inverse``."""
+        from pyro_vae.estimators import ESTIMATORS
+        from pyro_vae.guides import FLOWS
+
+        guide, guides = config.guide, self.guide_names()
+        if not isinstance(guide, str) or guide not in guides:
+            raise UserError(
+                f"unknown guide {guide!r} for --model {config.model} (--guide); choose one of "
+                f"{', '.join(sorted(guides))}, or leave --guide out for its default, "
+                f"{self.default_guide_name()}"
+            )
+        if guide in FLOWS and config.flows < 1:
+            raise UserError(
+                f"the {guide!r} guide is a flow: pass --flows N with N >= 1 layers (e.g. --flows 2)"
+            )
+        if guide not in FLOWS and (config.flows or config.flow_hidden_dims):
+            flag = "--flows" if config.flows else "--flow-hidden-dims"
+            raise UserError(
+                f"{flag} needs a flow guide (--guide {', '.join(FLOWS)}); the {guide!r} guide has "
+                f"no flows: drop {flag}"
+            )
+        if guide in FLOWS and not FLOWS[guide].invertible and ESTIMATORS[config.elbo].needs_inverse:
+            raise UserError(
+                f"--elbo {config.elbo} scores the guide at a fixed z, which needs the flow's "
+                f"inverse; the {guide!r} flow has none: use --guide "
+                f"{' or '.join(n for n, f in FLOWS.items() if f.invertible)}, or --elbo iwae"
+            )
 
 
 __all__ = ["ModelSpec", "NETS"]

@@ -3,7 +3,6 @@ path's note."""
 
 from tqdm.auto import tqdm
 
-from pyro_vae.core.checks import check_option
 from pyro_vae.training import distributed
 from pyro_vae.training.listeners import Listener
 
@@ -14,11 +13,13 @@ class Console(Listener):
     starts."""
 
     order = 50
+    options = {"log_every": "log_every"}
 
-    def __init__(self, log_every=50):
-        check_option("log_every", log_every)
+    def __init__(self, log_every=50, validate_args=True):
         self.log_every = log_every
         self.bar = None
+        if validate_args:
+            self.check_options()
 
     def on_run_start(self, trainer):
         if distributed.is_main() and trainer.fast_note:

@@ -12,7 +12,6 @@ import logging
 
 import torch
 
-from pyro_vae.core.checks import check_option
 from pyro_vae.evaluation.metrics import _latent_pass, active_units, elbo_terms, posterior_means
 from pyro_vae.training import distributed
 from pyro_vae.training.listeners import Listener
@@ -89,11 +88,12 @@ class Evaluation(Listener):
     image, on a fork of the RNG and in eval mode."""
 
     order = 0
+    options = {"particles": "eval_particles", "diagnostic_images": "diagnostic_images"}
 
-    def __init__(self, particles=1, diagnostic_images=1000):
-        check_option("eval_particles", particles)
-        check_option("diagnostic_images", diagnostic_images)
+    def __init__(self, particles=1, diagnostic_images=1000, validate_args=True):
         self.particles, self.diagnostic_images = particles, diagnostic_images
+        if validate_args:
+            self.check_options()
 
     def on_epoch_end(self, trainer, metrics):
         run, pair = trainer.run, (trainer.model, trainer.guide)

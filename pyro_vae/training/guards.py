@@ -8,7 +8,7 @@ import threading
 
 import torch
 
-from pyro_vae.core.checks import check_option, option
+from pyro_vae.core.checks import option
 from pyro_vae.training.console import Console
 from pyro_vae.training.listeners import Listener
 
@@ -113,15 +113,13 @@ class NaNGuard(Listener):
 
     order = 0
 
-    def __init__(self, max_bad_steps=10, bad_lr_factor=0.5, check_every=None):
-        check_option("max_bad_steps", max_bad_steps)
-        check_option("bad_lr_factor", bad_lr_factor)
-        check_option("check_every", check_every)
-        self.max_bad_steps, self.bad_lr_factor, self.check_every = (
-            max_bad_steps,
-            bad_lr_factor,
-            check_every,
-        )
+    options = {name: name for name in ("max_bad_steps", "bad_lr_factor", "check_every")}
+
+    def __init__(self, max_bad_steps=10, bad_lr_factor=0.5, check_every=None, validate_args=True):
+        self.max_bad_steps, self.bad_lr_factor = max_bad_steps, bad_lr_factor
+        self.check_every = check_every
+        if validate_args:
+            self.check_options()
 
     def on_run_start(self, trainer):
         buffers = [b for m in trainer.modules for b in m.buffers() if b.is_floating_point()]

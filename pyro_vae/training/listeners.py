@@ -26,12 +26,18 @@ Each piece of a run is one listener in its own module: :class:`~.figures.Evaluat
             print(trainer.epoch, metrics["test_kl"])
 
     Trainer(model, guide, listeners=[PrintKL()])
+
+A listener with options declares them in :attr:`Listener.options` and checks them when made,
+unless it is made with ``validate_args=False`` from values already checked where they entered (as
+:func:`pyro_vae.app.run.build_trainer` does from a checked :class:`~pyro_vae.app.config.Config`).
 """
 
+from pyro_vae.core.checks import Options
 
-class Listener:
+
+class Listener(Options):
     """Base class: every hook does nothing. :attr:`order` sorts listeners (lower first at every
-    hook)."""
+    hook); :attr:`options` are its checked options (:class:`~pyro_vae.core.checks.Options`)."""
 
     order = 100
 

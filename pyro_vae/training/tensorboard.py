@@ -19,7 +19,6 @@ import numbers
 
 import torch
 
-from pyro_vae.core.checks import check_option
 from pyro_vae.training.early_stopping import best_epoch
 from pyro_vae.training.figures import cuda_devices, eval_mode
 from pyro_vae.training.listeners import Listener
@@ -193,12 +192,13 @@ class TensorBoard(Listener):
     (``purge_step``)."""
 
     order = 30
+    options = {"log_every": "log_every", "images_every": "images_every"}
 
-    def __init__(self, log_every=50, images_every=1, enabled=True):
-        check_option("log_every", log_every)
-        check_option("images_every", images_every)
+    def __init__(self, log_every=50, images_every=1, enabled=True, validate_args=True):
         self.log_every, self.images_every, self.enabled = log_every, images_every, enabled
         self.writer = None
+        if validate_args:
+            self.check_options()
 
     def on_run_start(self, trainer):
         if self.enabled and trainer.writes:
