@@ -48,7 +48,6 @@ FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-BINARIZE_SEED = 0
 
 
 def default_root():
@@ -139,6 +138,22 @@ def _resolve_root(name, data_dir):
     return data_dir
 
 
+def parse_source(name):
+    """``(kind, argument)``: ``("folder", path)``, ``("array", path)``, ``("torchvision", name)`` or
+    ``(None, name)``."""
+    kind, sep, rest = name.partition(":")
+    if sep and kind in datasets.PREFIXES:
+        if not rest:
+            raise UserError(
+                f"{option('dataset', repr(name))} names no path; pass e.g. "
+                + option("dataset", repr(f"{kind}:/data/my_images"))
+            )
+        return ("folder" if kind == "folder" else "array"), rest
+    if name in datasets.TORCHVISION:
+        return "torchvision", name
+    return None, name
+
+
 def check_source(name):
     """``name`` is a known dataset or a ``folder:``/``npy:``/``pt:`` source whose path exists
     (one-line errors)."""
@@ -147,7 +162,7 @@ def check_source(name):
             f"{option('dataset')} must be a name such as fashion-mnist or folder:PATH, got "
             f"{type(name).__name__}"
         )
-    kind, arg = datasets.parse_source(name)
+    kind, arg = parse_source(name)
     if kind is None and name not in DATASETS:
         names = ", ".join([*DATASETS, *datasets.TORCHVISION])
         raise UserError(
@@ -174,15 +189,12 @@ def read_source(name, data_dir=None, image_size=None, labels=None):
         kind = check_source(name)
         if kind is None:  # mnist, fashion-mnist
             root = _resolve_root(name, data_dir)
-            (x, y), (tx, ty) = (
-                load_images(name, root, train=True),
-                load_images(name, root, train=False),
-            )
-            return datasets.fit_size(x, image_size), y, datasets.fit_size(tx, image_size), ty
-        if kind == "folder":
+            x, y = load_images(name, root, train=True)
+            tx, ty = load_images(name, root, train=False)
+        elif kind == "folder":
             return image_files.read_folder(name.partition(":")[2], image_size)
-        if kind == "array":
-            x, y, tx, ty = image_files.read_array(name.partition(":")[2], labels)
+        elif kind == "array":
+            x, y, tx, ty = datasets.read_array(name.partition(":")[2], labels)
         else:
             root = data_dir or default_root()
             if data_dir is not None and not os.path.isdir(data_dir):
@@ -203,11 +215,6 @@ def read_source(name, data_dir=None, image_size=None, labels=None):
         )
     fit = lambda t: None if t is None else datasets.fit_size(t, image_size)  # noqa: E731
     return fit(x), y, fit(tx), ty
-
-
-def _binarize_once(x, seed=BINARIZE_SEED):
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.bernoulli(x.cpu(), generator=g).to(x)
 
 
 @dataclass
@@ -268,7 +275,7 @@ class ImageData:
                 )
             return self.val, self.val_labels
         if name == "train":
-            x = _binarize_once(self.train) if self.binarize == "dynamic" else self.train
+            x = datasets.binarize_once(self.train) if self.binarize == "dynamic" else self.train
             return x, self.train_labels
         raise UserError(f"unknown split {name!r}; choose train, val or test")
 
@@ -349,44 +356,23 @@ def load_data(
     train, train_y, test, test_y = read_source(name, data_dir, image_size, labels)
     if test is None:
         train, train_y, test, test_y = datasets.split_off(train, train_y, test_fraction, split_seed)
-    train, train_y, val, val_y = _hold_out(train, train_y, validation)
+    train, train_y, val, val_y = datasets.hold_out(train, train_y, validation)
     if exclude_class is not None:
-        train, train_y = _without(exclude_class, train, train_y)
+        train, train_y = datasets.without_label(exclude_class, train, train_y)
         if val is not None:
-            val, val_y = _without(exclude_class, val, val_y)
+            val, val_y = datasets.without_label(exclude_class, val, val_y)
     if limit:
         train, train_y = train[:limit], train_y[:limit]
     if test_limit:
         test, test_y = test[:test_limit], test_y[:test_limit]
     evaluated = binarize != "none"  # validation and test images are binarized once
     data = ImageData(
-        train=_floats(train, dtype, binarize == "static"),
+        train=datasets.as_floats(train, dtype, binarize == "static"),
         train_labels=train_y,
-        test=_floats(test, dtype, evaluated),
+        test=datasets.as_floats(test, dtype, evaluated),
         test_labels=test_y,
-        val=None if val is None else _floats(val, dtype, evaluated),
+        val=None if val is None else datasets.as_floats(val, dtype, evaluated),
         val_labels=val_y,
         binarize=binarize,
     )
     return data.to(device)
-
-
-def _floats(x, dtype, binarized):
-    """``x`` as ``dtype`` in [0, 1] (uint8 divided by 255), ``binarized`` once with a fixed seed."""
-    x = x.to(dtype) / 255.0 if x.dtype == torch.uint8 else x.to(dtype)
-    return _binarize_once(x) if binarized else x
-
-
-def _hold_out(x, y, validation):
-    """``(train_x, train_y, val_x, val_y)``: the last ``validation`` images held out (None if 0)."""
-    if validation < 0 or validation >= len(x):
-        raise UserError(f"{option('validation')} must be in [0, {len(x)}), got {validation}")
-    if not validation:
-        return x, y, None, None
-    return x[:-validation], y[:-validation], x[-validation:], y[-validation:]
-
-
-def _without(label, x, y):
-    """The images ``x`` and labels ``y`` whose label is not ``label``."""
-    keep = y != label
-    return x[keep], y[keep]

@@ -1,6 +1,14 @@
-"""Image sources beyond the IDX datasets, as tensors: in-memory arrays, torch Datasets and
-torchvision datasets by name; the user's own files (``folder:PATH``, ``npy:PATH``) are read by
-:mod:`pyro_vae.image_files` into the same form.
+"""Image sources beyond the IDX datasets, as tensors: in-memory arrays and array files
+(``npy:PATH``), torch Datasets and torchvision datasets by name; folders of the user's own images
+(``folder:PATH``) are read by :mod:`pyro_vae.image_files` into the same form. Then the splits
+(a test set split off, validation held out, a class left out) and the float images of
+:func:`pyro_vae.data.load_data`.
+
+``npy:PATH`` (or ``pt:PATH``): an array ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]`` (C = 1
+or 3), uint8 or float in [0, 1], in a ``.npy``, ``.npz`` or ``.pt`` file. Labels:
+``npy:IMAGES.npy,LABELS.npy``, or the keys ``x``/``images`` and ``y``/``labels`` of an ``.npz`` or a
+saved dict (``x_test``/``y_test``: a test split); a ``.pt`` may also hold a tuple ``(images,
+labels)``.
 
 ``load_data``'s ``name`` (the Config field ``dataset``) takes ``folder:PATH``, ``npy:PATH`` (or
 ``pt:PATH``), a torchvision name of :data:`TORCHVISION` (downloaded into the data root by
@@ -11,13 +19,16 @@ unlabelled data (:data:`UNLABELLED`). Sizes: ``image_size=S`` resizes the shorte
 crops the centre S × S; without it the images keep their own size, which must then be shared.
 """
 
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pyro_vae.core.checks import DataUnavailableError, UserError, option
+from pyro_vae.core.checks import DataUnavailableError, MissingFileError, UserError, option
 
 UNLABELLED = -1
+BINARIZE_SEED = 0  # the one draw of binarized evaluation images
 PREFIXES = ("folder", "npy", "pt")
 # name -> (torchvision class, train kwargs, test kwargs, default image size or None)
 TORCHVISION = {
@@ -34,22 +45,6 @@ TORCHVISION = {
     "celeba": ("CelebA", {"split": "train"}, {"split": "test"}, 64),
     "omniglot": ("Omniglot", {"background": True}, {"background": False}, None),
 }
-
-
-def parse_source(name):
-    """``(kind, argument)``: ``("folder", path)``, ``("array", path)``, ``("torchvision", name)`` or
-    ``(None, name)``."""
-    kind, sep, rest = name.partition(":")
-    if sep and kind in PREFIXES:
-        if not rest:
-            raise UserError(
-                f"{option('dataset', repr(name))} names no path; pass e.g. "
-                + option("dataset", repr(f"{kind}:/data/my_images"))
-            )
-        return ("folder" if kind == "folder" else "array"), rest
-    if name in TORCHVISION:
-        return "torchvision", name
-    return None, name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,3 +287,94 @@ def split_off(x, y, fraction, seed=0):
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     test, train = perm[:n_test].sort().values, perm[n_test:].sort().values
     return x[train], y[train], x[test], y[test]
+
+
+def hold_out(x, y, validation):
+    """``(train_x, train_y, val_x, val_y)``: the last ``validation`` images held out (None if 0)."""
+    if validation < 0 or validation >= len(x):
+        raise UserError(f"{option('validation')} must be in [0, {len(x)}), got {validation}")
+    if not validation:
+        return x, y, None, None
+    return x[:-validation], y[:-validation], x[-validation:], y[-validation:]
+
+
+def without_label(label, x, y):
+    """The images ``x`` and labels ``y`` whose label is not ``label``."""
+    keep = y != label
+    return x[keep], y[keep]
+
+
+def binarize_once(x, seed=BINARIZE_SEED):
+    """``x ~ Bernoulli(x)`` drawn once on the CPU with a fixed ``seed`` (the same images every
+    time)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.bernoulli(x.cpu(), generator=g).to(x)
+
+
+def as_floats(x, dtype, binarized):
+    """``x`` as ``dtype`` in [0, 1] (uint8 divided by 255), ``binarized`` once with a fixed seed."""
+    x = x.to(dtype) / 255.0 if x.dtype == torch.uint8 else x.to(dtype)
+    return binarize_once(x) if binarized else x
+
+
+# ---------------------------------------------------------------------------------------------
+# array files: npy:PATH, pt:PATH
+# ---------------------------------------------------------------------------------------------
+KEYS = {
+    "x": ("x", "images"),
+    "y": ("y", "labels"),
+    "x_test": ("x_test", "test_images"),
+    "y_test": ("y_test", "test_labels"),
+}
+
+
+def _load_array_file(path):
+    if not os.path.exists(path):
+        raise MissingFileError(
+            f"array file {path!r} does not exist; pass {option('dataset', repr('npy:PATH'))} "
+            "with an existing .npy, .npz or .pt file"
+        )
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".npy":
+            return np.load(path, allow_pickle=False)
+        if ext == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        if ext in (".pt", ".pth"):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(
+            f"cannot read array file {path!r} ({type(e).__name__}: {str(e)[:200]}); save it with "
+            "numpy.save / numpy.savez / torch.save"
+        ) from None
+    raise UserError(f"array file {path!r} must end in .npy, .npz or .pt")
+
+
+def _pick(d, key, path, required=False):
+    for k in KEYS[key]:
+        if k in d:
+            return d[k]
+    if required:
+        raise UserError(
+            f"{path!r} holds the keys {sorted(d)} but no images; name them {' or '.join(KEYS[key])}"
+        )
+    return None
+
+def read_array(spec, labels=None):
+    """``(train_x, train_y, test_x, test_y)`` from ``PATH`` or ``IMAGES,LABELS`` (see the module
+    docstring)."""
+    path, _, labels_path = spec.partition(",")
+    content = _load_array_file(path)
+    test = test_y = None
+    if isinstance(content, (tuple, list)) and len(content) == 2:
+        content, labels = content
+    if isinstance(content, dict):
+        x, y = _pick(content, "x", path, True), _pick(content, "y", path)
+        test, test_y = _pick(content, "x_test", path), _pick(content, "y_test", path)
+        labels = y if labels is None else labels
+    else:
+        x = content
+    if labels_path:
+        labels = _load_array_file(labels_path)
+    return from_arrays(x, labels, test, test_y, where=repr(path))

@@ -1,26 +1,19 @@
-"""Images from the user's own files: ``folder:PATH`` and ``npy:PATH`` (``pt:PATH``) sources.
+"""Images from the user's own image files: the ``folder:PATH`` source (arrays saved in files,
+``npy:PATH``, are read by :func:`pyro_vae.datasets.read_array`).
 
-* ``folder:PATH``: PNG/JPEG (also BMP, GIF, WebP, TIFF) images, grey or RGB (all RGB if any is
-  colour). Class subfolders give labels (sorted names → 0, 1, …); images directly in PATH are
-  unlabelled. ``PATH/train`` and ``PATH/test`` (each laid out the same way) are used as the two
-  splits.
-* ``npy:PATH`` (or ``pt:PATH``): an array ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, H, W, C]`` (C = 1
-  or 3), uint8 or float in [0, 1], in a ``.npy``, ``.npz`` or ``.pt`` file. Labels:
-  ``npy:IMAGES.npy,LABELS.npy``, or the keys ``x``/``images`` and ``y``/``labels`` of an ``.npz`` or
-  a saved dict (``x_test``/``y_test``: a test split); a ``.pt`` may also hold a tuple ``(images,
-  labels)``.
-
-Both readers return what :mod:`pyro_vae.datasets`' readers return: uint8 images (floats stay
-floats) ``[N, C, H, W]`` and int64 labels, −1 for unlabelled data.
+``folder:PATH``: PNG/JPEG (also BMP, GIF, WebP, TIFF) images, grey or RGB (all RGB if any is
+colour). Class subfolders give labels (sorted names → 0, 1, …); images directly in PATH are
+unlabelled. ``PATH/train`` and ``PATH/test`` (each laid out the same way) are used as the two
+splits. The reader returns what :mod:`pyro_vae.datasets`' readers return: uint8 images ``[N, C, H,
+W]`` and int64 labels, −1 for unlabelled data.
 """
 
 import os
 
-import numpy as np
 import torch
 
 from pyro_vae.core.checks import MissingFileError, UserError, option
-from pyro_vae.datasets import UNLABELLED, from_arrays, pil_array, stack_images
+from pyro_vae.datasets import UNLABELLED, pil_array, stack_images
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -104,64 +97,3 @@ def read_folder(path, image_size=None):
     if len(splits) == 1:
         return x, y, None, None
     return x[: sizes[0]], y[: sizes[0]], x[sizes[0] :], y[sizes[0] :]
-
-
-KEYS = {
-    "x": ("x", "images"),
-    "y": ("y", "labels"),
-    "x_test": ("x_test", "test_images"),
-    "y_test": ("y_test", "test_labels"),
-}
-
-
-def _load_array_file(path):
-    if not os.path.exists(path):
-        raise MissingFileError(
-            f"array file {path!r} does not exist; pass {option('dataset', repr('npy:PATH'))} "
-            "with an existing .npy, .npz or .pt file"
-        )
-    ext = os.path.splitext(path)[1].lower()
-    try:
-        if ext == ".npy":
-            return np.load(path, allow_pickle=False)
-        if ext == ".npz":
-            with np.load(path, allow_pickle=False) as f:
-                return {k: f[k] for k in f.files}
-        if ext in (".pt", ".pth"):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(
-            f"cannot read array file {path!r} ({type(e).__name__}: {str(e)[:200]}); save it with "
-            "numpy.save / numpy.savez / torch.save"
-        ) from None
-    raise UserError(f"array file {path!r} must end in .npy, .npz or .pt")
-
-
-def _pick(d, key, path, required=False):
-    for k in KEYS[key]:
-        if k in d:
-            return d[k]
-    if required:
-        raise UserError(
-            f"{path!r} holds the keys {sorted(d)} but no images; name them {' or '.join(KEYS[key])}"
-        )
-    return None
-
-
-def read_array(spec, labels=None):
-    """``(train_x, train_y, test_x, test_y)`` from ``PATH`` or ``IMAGES,LABELS`` (see the module
-    docstring)."""
-    path, _, labels_path = spec.partition(",")
-    content = _load_array_file(path)
-    test = test_y = None
-    if isinstance(content, (tuple, list)) and len(content) == 2:
-        content, labels = content
-    if isinstance(content, dict):
-        x, y = _pick(content, "x", path, True), _pick(content, "y", path)
-        test, test_y = _pick(content, "x_test", path), _pick(content, "y_test", path)
-        labels = y if labels is None else labels
-    else:
-        x = content
-    if labels_path:
-        labels = _load_array_file(labels_path)
-    return from_arrays(x, labels, test, test_y, where=repr(path))
