@@ -174,6 +174,12 @@ def interpolations(model, guide, x_from, x_to, steps=10, obs_site=None):
             f"{steps}"
         )
     a, b = posterior_means(guide, x_from), posterior_means(guide, x_to)
+    return _interpolations(model, a, b, x_from, steps, obs_site)
+
+
+def _interpolations(model, a, b, x_from, steps, obs_site):
+    """:func:`interpolations` between the posterior means ``a`` and ``b`` (``{site: [pairs,
+    ...]}``) of the images ``x_from`` and their partners."""
     t = torch.linspace(0, 1, steps, dtype=x_from.dtype, device=x_from.device)
     latents = {}
     for name in a:
@@ -194,7 +200,11 @@ def traversals(model, guide, x, site=None, values=None, max_dims=32, obs_site=No
     model samples after it take their conditional mean given it (see :func:`decode`).
     Returns ``[dims, len(values), *x_shape]``.
     """
-    means = posterior_means(guide, x[:1])
+    return _traversals(model, posterior_means(guide, x[:1]), x, site, values, max_dims, obs_site)
+
+
+def _traversals(model, means, x, site, values, max_dims, obs_site):
+    """:func:`traversals` around the posterior ``means`` (``{site: [1, ...]}``) of ``x[:1]``."""
     site = site or next(iter(means))
     if site not in means:
         raise UserError(f"the guide has no latent site {site!r}; its sites are {list(means)}")
@@ -295,18 +305,37 @@ def save_loss_curve(metrics_path, path):
 def save_interpolations(model, guide, x, path, pairs=8, steps=10, obs_site=None):
     """Write ``pairs`` rows, each decoding ``steps`` points on the line from E_q[z|x_i] to
     E_q[z|x_{i+pairs}]."""
+    _save_interpolations(
+        model, posterior_means(guide, x[: 2 * pairs]), x, path, pairs, steps, obs_site
+    )
+
+
+def _save_interpolations(model, means, x, path, pairs=8, steps=10, obs_site=None):
+    """:func:`save_interpolations` from the posterior ``means`` of the first images of ``x``."""
     if len(x) < 2:
         raise UserError(f"interpolations need at least 2 images, got {len(x)}")
     pairs = min(pairs, len(x) // 2)
-    images = interpolations(model, guide, x[:pairs], x[pairs : 2 * pairs], steps, obs_site)
+    a, b = _rows(means, 0, pairs), _rows(means, pairs, 2 * pairs)
+    images = _interpolations(model, a, b, x[:pairs], steps, obs_site)
     save_image(images.reshape(-1, *x.shape[1:]), path, nrow=steps)
 
 
 def save_traversals(model, guide, x, path, site=None, steps=9, max_dims=32, obs_site=None):
     """Write one row per latent dimension of ``site``, traversing it over −3 … 3 around E_q[z |
     x[0]]."""
-    images = traversals(model, guide, x[:1], site, torch.linspace(-3, 3, steps), max_dims, obs_site)
+    _save_traversals(model, posterior_means(guide, x[:1]), x, path, site, steps, max_dims, obs_site)
+
+
+def _save_traversals(model, means, x, path, site=None, steps=9, max_dims=32, obs_site=None):
+    """:func:`save_traversals` from the posterior ``means`` of the first images of ``x``."""
+    values = torch.linspace(-3, 3, steps)
+    images = _traversals(model, _rows(means, 0, 1), x[:1], site, values, max_dims, obs_site)
     save_image(images.reshape(-1, *x.shape[1:]), path, nrow=steps)
+
+
+def _rows(means, start, stop):
+    """Rows ``start:stop`` of each site's posterior means ``{site: [N, ...]}``."""
+    return {name: m[start:stop] for name, m in means.items()}
 
 
 def save_run_pictures(model, guide, x, out_dir, labels=None, obs_site=None, temperature=1.0):
@@ -329,14 +358,14 @@ def save_run_pictures(model, guide, x, out_dir, labels=None, obs_site=None, temp
             model, x, paths["tempered_samples"], obs_site=obs_site, temperature=temperature
         )
     save_reconstructions(model, guide, x, paths["reconstructions"], obs_site=obs_site)
-    save_interpolations(model, guide, x, paths["interpolations"], obs_site=obs_site)
-    save_traversals(model, guide, x, paths["traversals"], obs_site=obs_site)
+    means = posterior_means(guide, x)  # one pass for the pictures of latent space below
+    _save_interpolations(model, means, x, paths["interpolations"], obs_site=obs_site)
+    _save_traversals(model, means, x, paths["traversals"], obs_site=obs_site)
     metrics = os.path.join(out_dir, "metrics.jsonl")
     if os.path.exists(metrics):
         paths["loss"] = os.path.join(out_dir, "loss.png")
         save_loss_curve(metrics, paths["loss"])
     if labels is not None:
-        means = posterior_means(guide, x)
         first = next(iter(means))
         paths["latent_scatter"] = os.path.join(out_dir, "latent_scatter.png")
         save_latent_scatter(
