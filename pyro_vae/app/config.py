@@ -227,8 +227,8 @@ def _check_dims(name, dims):
 
 
 def _check_run_dir(config, resume):
-    """``config.out`` holds no run (a new one), or, with ``resume``, a run of the same options
-    (whose checkpoint :func:`check_config` then loads)."""
+    """``config.out`` holds no run (a new one), or, with ``resume``, a run written by ``pyro-vae
+    train`` (whose checkpoint and options :func:`check_config` then checks)."""
     from pyro_vae.training.checkpoint import CHECKPOINT, METRICS
 
     out = config.out
@@ -249,12 +249,6 @@ def _check_run_dir(config, resume):
         raise checks.MissingFileError(
             f"--resume: {out!r} has no config.json, so it was not written by pyro-vae "
             f"train; start a new run in another --out"
-        )
-    saved = {k: v for k, v in Config.load(config_path).to_dict().items() if k not in FREE_ON_RESUME}
-    if saved != {k: v for k, v in config.to_dict().items() if k not in FREE_ON_RESUME}:
-        raise checks.UserError(
-            f"--resume: the options differ from those saved in {config_path}; "
-            "only --epochs may change when resuming (and --out, for a moved run folder)"
         )
 
 
@@ -309,6 +303,15 @@ def check_config(config, resume=None):
     checks.check_kl_weights(config.elbo, scaled, config.free_bits, SCALED_ESTIMATORS)
     filled = with_defaults(config)  # the model's own guide and net
     MODELS[config.model].check_options(filled)  # what the model declares, and its own rules
+    if resume:  # the saved run's options, those a resume may change taken from now
+        saved = Config.load(os.path.join(config.out, "config.json"))
+        now = {k: getattr(filled, k) for k in FREE_ON_RESUME}
+        if dataclasses.replace(saved, **now) != filled:
+            raise checks.UserError(
+                f"--resume: the options differ from those saved in "
+                f"{os.path.join(config.out, 'config.json')}; only --epochs may change when "
+                "resuming (and --out, for a moved run folder)"
+            )
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         raise checks.MissingFileError(
             f"data directory {config.data_dir!r} does not exist; pass an existing folder to "
