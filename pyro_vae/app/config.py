@@ -228,7 +228,8 @@ def _check_dims(name, dims):
 
 def _check_run_dir(config, resume):
     """``config.out`` holds no run (a new one), or, with ``resume``, a run written by ``pyro-vae
-    train`` (whose checkpoint and options :func:`check_config` then checks)."""
+    train``: return its saved config (whose options :func:`check_config` then compares), or
+    None."""
     from pyro_vae.training.checkpoint import CHECKPOINT, METRICS
 
     out = config.out
@@ -240,7 +241,7 @@ def _check_run_dir(config, resume):
             f"or choose another --out"
         )
     if not resume:
-        return
+        return None
     if not os.path.exists(os.path.join(out, CHECKPOINT)):
         raise checks.MissingFileError(
             f"--resume: {out!r} has no {CHECKPOINT}; start a new run without --resume"
@@ -250,6 +251,7 @@ def _check_run_dir(config, resume):
             f"--resume: {out!r} has no config.json, so it was not written by pyro-vae "
             f"train; start a new run in another --out"
         )
+    return Config.load(config_path)
 
 
 class Plan(NamedTuple):
@@ -286,8 +288,7 @@ def check_config(config, resume=None):
     from pyro_vae.training.checkpoint import CHECKPOINT
 
     data = config.data_options()  # the same with the model's defaults filled in
-    if resume is not None:
-        _check_run_dir(config, resume)
+    saved = None if resume is None else _check_run_dir(config, resume)
     # the run's one schedule, of the numbers Config.validate checked
     schedule = KLSchedule(config.beta, config.kl_warmup_epochs, validate_args=False)
     if resume:  # corrupt or foreign: fail now
@@ -303,8 +304,7 @@ def check_config(config, resume=None):
     checks.check_kl_weights(config.elbo, scaled, config.free_bits, SCALED_ESTIMATORS)
     filled = with_defaults(config)  # the model's own guide and net
     MODELS[config.model].check_options(filled)  # what the model declares, and its own rules
-    if resume:  # the saved run's options, those a resume may change taken from now
-        saved = Config.load(os.path.join(config.out, "config.json"))
+    if saved is not None:  # the saved run's options, those a resume may change taken from now
         now = {k: getattr(filled, k) for k in FREE_ON_RESUME}
         if dataclasses.replace(saved, **now) != filled:
             raise checks.UserError(
