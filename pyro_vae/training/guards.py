@@ -112,7 +112,6 @@ class NaNGuard(Listener):
     module buffers that a bad step changed are put back."""
 
     order = 0
-
     options = {name: name for name in ("max_bad_steps", "bad_lr_factor", "check_every")}
 
     def __init__(self, max_bad_steps=10, bad_lr_factor=0.5, check_every=None, validate_args=True):
