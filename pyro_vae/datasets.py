@@ -361,6 +361,7 @@ def _pick(d, key, path, required=False):
         )
     return None
 
+
 def read_array(spec, labels=None):
     """``(train_x, train_y, test_x, test_y)`` from ``PATH`` or ``IMAGES,LABELS`` (see the module
     docstring)."""
