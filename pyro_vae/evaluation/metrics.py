@@ -195,10 +195,8 @@ def posterior_moments(
             m = site["value"] if m is None else m.expand(site["value"].shape)
             m = per_particle_and_point(m, site, particle_dim, site["fn"].event_dim, plate)
             sums.setdefault(name, []).append(m.mean(0))  # [B, *event]
-            spread = m.var(0) / len(m) if len(m) > 1 else torch.zeros_like(m[0])
-            noise.setdefault(name, []).append(spread)
-    cat = lambda parts: {name: torch.cat(ts) for name, ts in parts.items()}  # noqa: E731
-    return cat(sums), cat(noise)
+            noise.setdefault(name, []).append(m.var(0) / len(m) if len(m) > 1 else 0 * m[0])
+    return tuple({name: torch.cat(ts) for name, ts in d.items()} for d in (sums, noise))
 
 
 def active_units(means, threshold=ACTIVE_THRESHOLD, noise=None):
