@@ -22,7 +22,7 @@ _EXPORTS = {  # imported on first use, so that `pyro-vae --help` imports neither
     "FreeBits_ELBO": "estimators.variants",
     "KLSchedule": "estimators.variants",
     "beta_scale": "estimators.variants",
-    "elbo_per_point": "evaluation.metrics",
+    "elbo_per_point": "evaluation.terms",
     "evaluate": "evaluation.metrics",
     "make_guide": "guides",
     "HierarchicalVAE": "models.hierarchical",

@@ -28,8 +28,8 @@ from pyro_vae.evaluation.metrics import (
     elbo_per_point,
     latent_sites,
     posterior_means,
-    posterior_moments,
 )
+from pyro_vae.evaluation.latents import posterior_moments
 from pyro_vae.evaluation.pictures import (
     decode,
     interpolations,

@@ -148,7 +148,7 @@ def code_figures(run_dir, vae, x, result):
     """``evaluate``'s vq-vae figures on images ``x``: ``codebook_usage`` and ``perplexity`` per
     level and, once the prior is fitted, ``prior_elbo`` (log p(x | c) + log p_prior(c) per image)
     and, for an 8-bit likelihood, ``prior_bits_per_dim``."""
-    from pyro_vae.evaluation.metrics import elbo_terms
+    from pyro_vae.evaluation.terms import elbo_terms
 
     figures = vae.codebook_figures(x)
     prior = load_prior(run_dir, vae, x)

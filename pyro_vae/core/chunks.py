@@ -9,7 +9,7 @@ their per-pass sums (or log-sum-exps) are combined into one mean,
 
 the second accumulated with ``logaddexp``, so the result does not depend on how K is split (up to
 round-off).  Used by :func:`~pyro_vae.estimators.importance.log_likelihood` and
-:mod:`pyro_vae.evaluation.metrics`.
+:mod:`pyro_vae.evaluation.terms`.
 """
 
 import math

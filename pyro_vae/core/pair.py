@@ -218,3 +218,17 @@ def batch_as_argument(x, idx):
     plate subsampled by ``idx``.
     """
     return (x,), {}
+
+
+def row_caller(x, args=(), kwargs=None, batch_call=None):
+    """``call(rows) -> (args, kwargs)``: the pair's arguments on the rows ``rows`` (a slice) of
+    ``x``, from ``batch_call(x[rows], idx[rows])`` (default :func:`batch_as_argument`), followed by
+    the extra ``args`` and ``kwargs``."""
+    batch_call, kwargs = batch_call or batch_as_argument, kwargs or {}
+    idx = torch.arange(len(x), device=x.device)
+
+    def call(rows):
+        a, kw = batch_call(x[rows], idx[rows])
+        return (*a, *args), {**kw, **kwargs}
+
+    return call

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from pyro_vae.estimators.importance import log_likelihood
-from pyro_vae.evaluation.metrics import elbo_per_point, posterior_means
+from pyro_vae.evaluation.latents import posterior_means
+from pyro_vae.evaluation.terms import elbo_per_point
 from pyro_vae.evaluation.pictures import decode
 from pyro_vae.core.checks import UserError, option
 

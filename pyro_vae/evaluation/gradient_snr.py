@@ -34,7 +34,7 @@ import pyro
 import torch
 
 from pyro_vae.core.checks import UserError, check_choice, check_option, check_positive_int, option
-from pyro_vae.core.pair import batch_as_argument, checked_probe
+from pyro_vae.core.pair import checked_probe, row_caller
 from pyro_vae.estimators import ESTIMATORS, make_elbo
 
 
@@ -119,11 +119,6 @@ def check_grid(elbos, particles, repeats):
         )
 
 
-def _pair_arguments(data, args, kwargs, batch_call):
-    a, kw = (batch_call or batch_as_argument)(data, torch.arange(len(data), device=data.device))
-    return (*a, *args), {**kw, **kwargs}
-
-
 def _estimator(name, particles, data_plate, info):
     """:func:`~pyro_vae.make_elbo`, told the plate nesting the probe found, as the trainer tells it
     (the vectorized particles' plate counted), so that no estimator guesses it again."""
@@ -195,7 +190,7 @@ def gradient_moments(
     ``data_plate``: as for :func:`~pyro_vae.make_elbo`.
     """
     check_grid([elbo], [particles], repeats)
-    args, kwargs = _pair_arguments(data, args, kwargs, batch_call)
+    args, kwargs = row_caller(data, args, kwargs, batch_call)(slice(None))
     info = checked_probe(model, guide, *args, data_plate=data_plate, **kwargs)
     return _moments(
         _estimator(elbo, particles, data_plate, info),
@@ -248,7 +243,7 @@ def gradient_snr(
     >>> [(r.elbo, r.particles, r.guide.median) for r in rows]  # doctest: +SKIP
     """
     check_grid(elbos, particles, repeats)
-    args, kwargs = _pair_arguments(data, args, kwargs, batch_call)
+    args, kwargs = row_caller(data, args, kwargs, batch_call)(slice(None))
     info = checked_probe(model, guide, *args, data_plate=data_plate, **kwargs)
     groups = split_params(info)
     rows = []

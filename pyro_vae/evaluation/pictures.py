@@ -21,8 +21,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from torchvision.utils import save_image
 
-from pyro_vae.evaluation.metrics import posterior_means
 from pyro_vae.core.checks import UserError
+from pyro_vae.evaluation.latents import posterior_means
 
 
 def _observed_site(trace, exclude=()):
@@ -85,9 +85,8 @@ def prior_samples(model, x, obs_site=None, temperature=1.0):
     ``temperature`` τ scales the standard deviation of every Gaussian latent's (conditional) prior.
     """
     with poutine.block():
-        if (
-            obs_site is None
-        ):  # the one observed site, read before uncondition turns it into a latent
+        # the one observed site, read before uncondition turns it into a latent
+        if obs_site is None:
             obs_site = _observed_site(poutine.trace(model).get_trace(x))
         sampler = poutine.uncondition(model)
         if temperature != 1:
@@ -138,9 +137,8 @@ def decode(model, latents, x, obs_site=None):
             )
     with poutine.block():
         trace = poutine.trace(_MeanPath()(poutine.condition(model, data=latents))).get_trace(x)
-    if (
-        obs_site is None
-    ):  # the conditioned latents count as observed here: the one other observed site
+    # the conditioned latents count as observed here: the one other observed site
+    if obs_site is None:
         obs_site = _observed_site(prune_subsample_sites(trace), exclude=latents)
     return _obs_mean(trace, obs_site)
 

@@ -8,7 +8,7 @@ pseudo-inputs [1].
 log-sum-exp over them, ``rsample`` by drawing a component uniformly and a reparameterized z
 from it), so ``pyro.sample("z", prior)`` works unchanged and every estimator scores it by
 sampling: no ``kl_divergence`` is registered for it, so ``meanfield`` falls back on
-E_q[log q − log p] and the per-dimension KL of :mod:`pyro_vae.evaluation.metrics` is not defined
+E_q[log q − log p] and the per-dimension KL of :mod:`pyro_vae.evaluation.terms` is not defined
 (the mixture does not factorize over dimensions).  :class:`PseudoInputs` holds the w_k.
 
 References:

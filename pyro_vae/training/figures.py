@@ -13,7 +13,8 @@ import logging
 import torch
 
 from pyro_vae.core.checks import check_option
-from pyro_vae.evaluation.metrics import _latent_pass, active_units, elbo_terms, posterior_moments
+from pyro_vae.evaluation.latents import active_units, posterior_moments
+from pyro_vae.evaluation.terms import elbo_terms, latent_pass
 from pyro_vae.training import distributed
 from pyro_vae.training.listeners import Listener
 
@@ -67,9 +68,10 @@ def elbo_figures(model, guide, x, num_particles=1, batch_size=1000, batch_call=N
 
 def latent_figures(model, guide, x, batch_size=1000, batch_call=None):
     """``{"active_units": {site: count}, "kl_per_dim": {site: [KL of each dimension]}}`` on data
-    ``x`` (see :mod:`pyro_vae.evaluation.metrics`; a site whose q does not factorize has no
-    ``kl_per_dim`` entry; the means from :data:`MEAN_DRAWS` draws, their noise subtracted)."""
-    _, _, per_dim = _latent_pass(model, guide, x, batch_size=batch_size, batch_call=batch_call)
+    ``x`` (see :mod:`pyro_vae.evaluation.latents` and :mod:`pyro_vae.evaluation.terms`; a site whose
+    q does not factorize has no ``kl_per_dim`` entry; the means from :data:`MEAN_DRAWS` draws,
+    their noise subtracted)."""
+    _, _, per_dim = latent_pass(model, guide, x, batch_size=batch_size, batch_call=batch_call)
     means, noise = posterior_moments(
         guide, x, mc_samples=MEAN_DRAWS, batch_size=batch_size, batch_call=batch_call
     )
