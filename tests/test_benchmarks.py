@@ -135,3 +135,35 @@ def test_host_memory_benchmark_runs_both_ways(tmp_path):
     bench.main(["--images", "3", "--samples", "50", "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["passes"] == 3 and all(result[k]["peak_mib"] > 0 for k in ("released", "kept"))
+
+
+@pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist")
+def test_plain_pytorch_reference_gives_the_test_elbo_of_pyro_vae_train(tmp_path, capsys):
+    """The reference draws the trainer's random numbers in the trainer's order, so the two runs
+    differ only by float32 rounding (op order, the fx replay, the top-down path run once or twice):
+    about 1e-7 relative per op, amplified by four Adam steps; 1e-3 relative (≈ 0.5 nats here) is
+    far above that and far below what a different loss costs (a group's KL, the data plate's
+    scale: tens of nats). The issue asks for 2 %."""
+    from pyro_vae.app import cli
+
+    sizes = ["--scales", "2", "--groups-per-scale", "2", "--hidden-channels", "8"]
+    sizes += ["--latent-channels", "2", "--limit", "200", "--epochs", "2", "--batch-size", "100"]
+    sizes += ["--seed", "3"]
+    reference = load_example("deep_hierarchical_reference", "benchmarks")
+    expected = reference.main(reference.parse_args([*sizes, "--test-limit", "200"]))
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"test_elbo: {expected:.6g}"
+    out = tmp_path / "run"
+    flags = [
+        "--test-limit",
+        "200",
+        "--device",
+        "cpu",
+        "--no-pictures",
+        "--no-tensorboard",
+        "--quiet",
+    ]
+    cli.main(["train", "--model", "deep-hierarchical", *sizes, *flags, "--out", str(out)])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["fast_path"]
+    assert -700 < expected < -300  # binarized images, barely trained: about 784 · log 2 ≈ 543
+    assert rows[-1]["test_elbo"] == pytest.approx(expected, rel=1e-3)

@@ -23,7 +23,13 @@ from pyro_vae import (
     make_guide,
     make_likelihood,
 )
-from pyro_vae.evaluation.metrics import active_units, elbo_per_point, latent_sites, posterior_means
+from pyro_vae.evaluation.metrics import (
+    active_units,
+    elbo_per_point,
+    latent_sites,
+    posterior_means,
+)
+from pyro_vae.evaluation.latents import posterior_moments
 from pyro_vae.evaluation.pictures import (
     decode,
     interpolations,
@@ -191,6 +197,31 @@ def test_active_units_count_the_live_dimensions_and_their_variance_is_the_closed
     assert torch.allclose(var[live], expected_var[live], rtol=0.12)
     assert torch.all(var[~live] == 0) and count == 3
     assert result["warnings"] == []
+
+
+def test_active_units_subtract_the_monte_carlo_noise_of_the_means():
+    """z₁ ~ N(0, 1) whatever x; z₂ | z₁ ~ N([z₁, z₁ + x], 0.1²): E[z₂ | x] = [0, x], so Var_x is
+    exactly [0, Var x = 1]. Each of M = 8 draws of z₁ adds Var z₁ / M = 1/8 to the variance of the
+    estimated means; subtracting s²/M leaves an unbiased estimate with s.d. ≈ (1/8)·√(2/N)·1.1 ≈
+    0.003 at N = 4000 (so within 0.015 of 0, five s.d.), and the same draws without the correction
+    give about 1/8."""
+    n = 4000
+    x = torch.randn(n)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            z1 = pyro.sample("z1", dist.Normal(torch.zeros_like(x), 1.0))
+            loc = torch.stack([z1, z1 + x], -1)
+            pyro.sample("z2", dist.Normal(loc, 0.1).to_event(1))
+
+    pyro.set_rng_seed(0)
+    means, noise = posterior_moments(guide, x, mc_samples=8)
+    assert torch.all(noise["z1"] == 0)  # z1's mean is exact: 0, whatever the draws
+    count, var = active_units(means, noise=noise)["z2"]
+    assert var[0].abs() < 0.015 and var[1] == pytest.approx(x.var().item(), rel=0.05)
+    assert count == 1
+    biased = active_units(means)["z2"][1]
+    assert biased[0] == pytest.approx(1 / 8, rel=0.15) and active_units(means)["z2"][0] == 2
 
 
 def test_collapse_warning_when_no_dimension_reaches_x(capsys):

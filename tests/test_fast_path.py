@@ -534,3 +534,47 @@ def test_pyro_vae_train_with_warmup_beta_and_free_bits_takes_the_fast_path(tmp_p
     _, _, history = experiment.train(config, progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "run" / METRICS)]
     assert [r["fast_path"] for r in rows] == [True] * 3 and rows == history
+
+
+def test_the_replay_check_allows_float_rounding_of_a_sum_and_no_more():
+    """A float32 sum of n terms taken in another order (as inductor's fused kernels do) differs by
+    about √n·ε·|terms| from the first: within the check's tolerance (16·√n·ε·max |value|); a 1 %
+    change to a gradient (a wrong graph: a frozen Python number changes it by O(1)) is far beyond
+    it, and the check reports its size."""
+    from pyro_vae.estimators.replay_check import difference
+
+    g = torch.Generator().manual_seed(0)
+    terms = torch.randn(64, 100 * 784, generator=g)  # 64 gradient entries, a batch of 100 images
+    plain = terms.sum(-1)
+    reordered = terms.reshape(64, 28, -1).sum(-1).flip(-1).cumsum(-1)[:, -1]
+    exact = terms.double().sum(-1)
+    assert (plain.double() - exact).abs().max() > 0  # rounding is there to be allowed for
+    assert difference(reordered, plain, terms.shape[-1]) is None
+    assert difference(plain, plain, terms.shape[-1]) is None
+    diff, tolerance = difference(plain * (1 + 1e-2), plain, terms.shape[-1])
+    assert diff == pytest.approx(1e-2 * plain.abs().max().item(), rel=1e-3)
+    assert diff > 10 * tolerance
+
+
+def test_a_fallback_names_the_parameter_and_the_size_of_the_difference(caplog):
+    """A Python number the trace froze that scales only the gradient of 'w' (the loss is the
+    same): the check says which parameter, by how much, and what rounding allows, in the log."""
+    calls = [0]
+
+    def model(x):
+        w = pyro.param("w", torch.zeros(X_SHAPE))
+        calls[0] += 1
+        logits = w + calls[0] * (w - w.detach())  # the value of w, the gradient (1 + calls)·…
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(3), obs=x)
+
+    def guide(x):
+        pass
+
+    pyro.clear_param_store()
+    x = torch.full((64, *X_SHAPE), 0.5).bernoulli()
+    elbo = fast.FastELBO(pyro.infer.Trace_ELBO(), mode="trace")
+    with caplog.at_level("INFO", logger="pyro_vae.estimators.fast"):
+        assert not elbo.prepare(model, guide, [x[:32], x[32:]])
+    assert "the traced gradient of 'w' differs from the plain one by " in elbo.note
+    assert "more than float rounding allows" in elbo.note and elbo.note in caplog.text

@@ -32,6 +32,7 @@ from pyro import poutine
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pyro_vae.estimators.bindings import with_bindings
+from pyro_vae.estimators.cse import eliminate_common_subexpressions
 
 
 class TracedStep:
@@ -88,6 +89,7 @@ class TracedStep:
         with _traceable(), writes.undo():
             graph = make_fx(step)(*inputs)
             graph.graph.eliminate_dead_code()
+            self.merged = eliminate_common_subexpressions(graph)  # a path model and guide share
             why = data_dependent_shapes(graph)
             if why:
                 raise Untraceable(why)

@@ -62,8 +62,14 @@ def _latent_plate(guide_trace):
     return common[0] if common and (len(common) == 1 or "data" not in common) else "data"
 
 
+def posterior_means(guide, x, *args, mc_samples=64, **kwargs):
+    """E_q[z | x_i] of every real-valued latent site of ``guide``: a dict ``{site: tensor [N,
+    *event_shape]}`` in guide order (see :func:`posterior_moments`, whose first half it is)."""
+    return posterior_moments(guide, x, *args, mc_samples=mc_samples, **kwargs)[0]
+
+
 @torch.no_grad()
-def posterior_means(
+def posterior_moments(
     guide,
     x,
     *args,
@@ -74,11 +80,12 @@ def posterior_means(
     batch_call=None,
     **kwargs,
 ):
-    """E_q[z | x_i] of every real-valued latent site of ``guide``: a dict ``{site: tensor [N,
-    *event_shape]}`` in guide order. Integer-valued sites (e.g. the class ``y`` of M2 or of an
-    unconditioned CVAE) have no mean in latent space and are left out (a one-hot site's mean is its
-    probabilities); the sites after them are averaged over their draws, E_q[z|x] = E_{q(y|x)}
-    E_q[z|x,y].
+    """``(means, noise)``: E_q[z | x_i] of every real-valued latent site of ``guide``, a dict
+    ``{site: tensor [N, *event_shape]}`` in guide order, and the variance of each Monte Carlo mean,
+    s²_i / M over its M draws (zeros where the mean is exact). Integer-valued sites (e.g. the class
+    ``y`` of M2 or of an unconditioned CVAE) have no mean in latent space and are left out (a
+    one-hot site's mean is its probabilities); the sites after them are averaged over their draws,
+    E_q[z|x] = E_{q(y|x)} E_q[z|x,y].
 
     A site whose distribution has a ``mean`` contributes ``fn.mean``, averaged over ``mc_samples``
     draws of the sites sampled before it (E[z₂] = E_{z₁}[E[z₂ | z₁]]); a single site with a mean
@@ -96,7 +103,7 @@ def posterior_means(
             a, kw = call(chunks[0])
             max_plate_nesting = plate_nesting(poutine.trace(guide).get_trace(*a, **kw))
     particle_dim = -(max_plate_nesting + 1)
-    sums = {}
+    sums, noise = {}, {}
     for rows in chunks:
         a, kw = call(rows)
         k = 1
@@ -120,14 +127,19 @@ def posterior_means(
             m = site["value"] if m is None else m.expand(site["value"].shape)
             m = per_particle_and_point(m, site, particle_dim, site["fn"].event_dim, plate)
             sums.setdefault(name, []).append(m.mean(0))  # [B, *event]
-    return {name: torch.cat(parts) for name, parts in sums.items()}
+            noise.setdefault(name, []).append(m.var(0) / len(m) if len(m) > 1 else 0 * m[0])
+    return tuple({name: torch.cat(ts) for name, ts in d.items()} for d in (sums, noise))
 
 
-def active_units(means, threshold=ACTIVE_THRESHOLD):
+def active_units(means, threshold=ACTIVE_THRESHOLD, noise=None):
     """Per-site ``(count, variances)``: Var over data of E_q[z_d | x] per dimension, and how many
     exceed ``threshold``.
 
     .. math:: A_s = \\#\\{d : \\mathrm{Var}_x(\\mathbb{E}_{q(z|x)}[z_{s,d}]) > 0.01\\}
+
+    With ``noise`` (the variance of each Monte Carlo mean, from :func:`posterior_moments`) the
+    variance is Var_x(m̂) − mean_x(s²/M), unbiased for any M ≥ 2 draws: the draws' own spread adds
+    mean_x(s²/M) to the variance of the estimated means.
 
     :param dict means: ``{site: [N, ...]}`` from :func:`posterior_means` (N ≥ 2).
     :returns: dict ``{site: (int, tensor [D])}``.
@@ -140,5 +152,7 @@ def active_units(means, threshold=ACTIVE_THRESHOLD):
                 f"{len(m)}"
             )
         var = m.reshape(len(m), -1).double().var(0)
+        if noise is not None:
+            var = var - noise[name].reshape(len(m), -1).double().mean(0)
         out[name] = (int((var > threshold).sum()), var)
     return out
