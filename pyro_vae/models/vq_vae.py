@@ -43,7 +43,7 @@ from pyro_vae.core.checks import UserError, check_choice
 from pyro_vae.core.plates import data_plate
 from pyro_vae.models.deep_hierarchical import apply_conv
 from pyro_vae.models.nets import ResBlock, Upsample, activation, he_init
-from pyro_vae.models.quantizer import VectorQuantizer, channels_first
+from pyro_vae.models.quantizer import VectorQuantizer, channels_first, ranks
 from pyro_vae.models.spec import ModelSpec
 
 LEVELS = (1, 2)
@@ -198,6 +198,12 @@ class VQVAE(nn.Module):
         self.likelihood, self.x_shape = likelihood, tuple(x_shape)
         self.commitment, self.num_data = commitment, num_data
         self.sites = ["codes"] if len(quantizers) == 1 else ["codes_top", "codes_bottom"]
+
+    @property
+    def jit_compatible(self):
+        """False under torchrun with an EMA codebook: its step all-reduces the codebook's
+        statistics, a collective that the fast path's captured step cannot hold."""
+        return ranks() == 1 or not any(q.ema for q in self.quantizers)
 
     def _register(self):
         pyro.module("vq_nets", self.nets)
