@@ -7,6 +7,7 @@ import json
 import logging
 import os
 
+from pyro_vae.app import code_prior
 from pyro_vae.app.config import Config
 from pyro_vae.core import checks
 from pyro_vae.estimators import make_elbo
@@ -103,7 +104,12 @@ def build_trainer(plan, vae, data, progress=True):
     listeners = [
         Evaluation(config.eval_particles),
         NaNGuard(config.max_bad_steps),
-        TensorBoard(config.log_every, config.images_every, enabled=config.tensorboard),
+        TensorBoard(
+            config.log_every,
+            config.images_every,
+            enabled=config.tensorboard,
+            samples=plan.spec.prior_samples,
+        ),
     ] + ([Console(config.log_every)] if progress else [])
     if hasattr(vae, "end_epoch"):  # the model's own work between epochs (vq-vae: its codebooks)
         listeners.append(ModelEpochs(vae))
@@ -131,9 +137,11 @@ def build_trainer(plan, vae, data, progress=True):
     return trainer, hooks
 
 
-def finish(config, vae, data, history):
+def finish(plan, vae, data, history):
     """What the main process writes when the run ends: ``report.json`` (the model's own
-    ``report(data)`` figures, also added to the last row of ``history``) and the run's pictures."""
+    ``report(data)`` figures, also added to the last row of ``history``) and the run's pictures
+    (samples where the model's own prior draws them; a vq-vae's code maps)."""
+    config = plan.config
     if hasattr(vae, "report"):
         report = vae.report(data)
         with open(os.path.join(config.out, "report.json"), "w") as f:
@@ -145,4 +153,9 @@ def finish(config, vae, data, history):
 
         vae.eval()
         x, temperature = data.test[:64], config.sample_temperature
-        save_run_pictures(vae.model, vae.guide, x, config.out, temperature=temperature)
+        samples = plan.spec.prior_samples
+        save_run_pictures(
+            vae.model, vae.guide, x, config.out, temperature=temperature, samples=samples
+        )
+        if hasattr(vae, "codebook_figures"):  # vq-vae: code maps, samples once a prior is fitted
+            code_prior.save_pictures(config.out, vae, x)
