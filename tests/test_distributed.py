@@ -74,6 +74,65 @@ def test_two_processes_take_the_steps_of_one_with_the_global_batch(tmp_path):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 * abs(b["train_loss"])
 
 
+# A tiny VQ-VAE trained on two ranks, each drawing its own random numbers (its own codebook at
+# start, its own images for the restarts): only the synchronisation can make the codebooks equal.
+VQ_SCRIPT = textwrap.dedent('''
+    import sys, torch, pyro
+    from pyro_vae import Config, Optimization, Trainer
+    from pyro_vae.models import build_model
+    from pyro_vae.training import distributed
+    from pyro_vae.training.listeners import Listener
+    from pyro_vae.training.model_epochs import ModelEpochs
+
+    class EveryStep(Listener):
+        def __init__(self, vae):
+            self.vae, self.codebooks = vae, []
+
+        def on_step_end(self, trainer, step, loss, ok):
+            self.codebooks.append([q.embedding.detach().clone() for q in self.vae.quantizers])
+
+    distributed.init(torch.device("cpu"))
+    x = torch.randint(0, 256, (96, 1, 8, 8), generator=torch.Generator().manual_seed(1)) / 255
+    for codebook in ("ema", "loss"):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(distributed.rank())
+        config = Config(model="vq-vae", levels=2, likelihood="discretized-logistic",
+            binarize="none", codebook=codebook, codebook_size=32, code_dim=4, conv_channels=4,
+            mixtures=2)
+        vae = build_model(config, (1, 8, 8), len(x))
+        steps = EveryStep(vae)
+        trainer = Trainer(vae.model, vae.guide, optim=Optimization(lr=1e-2), modules=[vae],
+            progress=False, fast="auto" if codebook == "ema" else False,
+            listeners=[ModelEpochs(vae, images=32), steps])
+        history = trainer.fit(x, epochs=2, batch_size=32)
+        state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+        torch.save({"state": state, "history": history, "steps": steps.codebooks},
+            f"{sys.argv[1]}/{codebook}{distributed.rank()}.pt")
+    distributed.shutdown()
+''')
+
+
+def test_two_ranks_hold_the_same_vq_codebooks(tmp_path):
+    """EMA statistics and usage counts summed over ranks, dead codes restarted from rank 0's
+    choice: after every step and at the end both ranks hold the same codebooks, bit for bit."""
+    script = tmp_path / "vq.py"
+    script.write_text(VQ_SCRIPT)
+    _run([TORCHRUN, "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)])
+    for codebook in ("ema", "loss"):
+        zero, one = (torch.load(tmp_path / f"{codebook}{r}.pt") for r in (0, 1))
+        for k, v in zero["state"].items():
+            assert torch.equal(v, one["state"][k]), (codebook, k)
+        assert len(zero["steps"]) == 6  # 3 steps an epoch
+        for step, (a, b) in enumerate(zip(zero["steps"], one["steps"])):
+            assert all(torch.equal(u, v) for u, v in zip(a, b)), (codebook, step)
+        rows = zero["history"]
+        for key in ("codebook_usage", "perplexity", "dead_code_restarts"):
+            assert [r[key] for r in rows] == [r[key] for r in one["history"]], (codebook, key)
+        assert sum(rows[-1]["dead_code_restarts"]) > 0, codebook  # the restarts were exercised
+    note = torch.load(tmp_path / "ema0.pt")["history"][0]["fast_path_note"]
+    assert "jit_compatible" in note  # the ema step all-reduces: plain steps
+
+
 @pytest.mark.skipif(
     not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Fashion-MNIST"
 )

@@ -9,6 +9,7 @@ import os
 import pyro
 import pytest
 import torch
+from torchvision.io import read_image
 
 from pyro_vae import Config
 from pyro_vae.app.config import check_config
@@ -259,8 +260,11 @@ def test_cli_trains_evaluates_and_draws(levels, codebook, tmp_path, capsys, data
         assert len(row[key]) == levels, key
     assert all(0 < u <= 1 for u in row["codebook_usage"])
     assert all(1 <= p <= 64 for p in row["perplexity"])
-    for name in ("samples", "reconstructions", "interpolations", "traversals"):
+    for name in ("reconstructions", "interpolations", "traversals"):
         assert (out / f"{name}.png").stat().st_size > 0, name
+    assert not (out / "samples.png").exists()  # uniform codes decode to noise: no samples yet
+    code_maps = read_image(str(out / "code_maps.png"))  # 8 images above a row of codes per level
+    assert code_maps.shape == (3, 30 * (1 + levels) + 2, 30 * 8 + 2)
     capsys.readouterr()
     main(["evaluate", str(out), "--nll-samples", "2", "--limit", "16", "--json", "--no-pictures"])
     result = json.loads(capsys.readouterr().out)
@@ -302,6 +306,42 @@ def test_fast_path_matches_plain_steps_and_resume_is_exact(tmp_path, data_cache)
     buffers = dict(runs["trace"][0].named_buffers())
     for k, b in runs["resumed"][0].named_buffers():
         assert torch.equal(b, buffers[k]), k
+
+
+# -- pictures --------------------------------------------------------------------------------------
+def test_code_maps_colour_each_position_by_its_code(tmp_path):
+    """Each position of a level is a block of its code's colour (palette[k], distinct for
+    distinct k) under the image it encodes; 8-bit PNG rounding only."""
+    from pyro_vae.evaluation.code_maps import palette, save_code_maps
+
+    colours = palette(512)
+    assert torch.allclose(colours[0], torch.tensor([1.0, 0.0, 0.0]))  # hue 0: red
+    assert len(torch.unique((colours * 255).round(), dim=0)) > 200  # neighbours differ
+    vae = build_model(tiny(2), (1, 8, 8)).to(DT)
+    x = grey_images(3)
+    top, bottom = vae.code_indices(x)
+    assert top.shape == (3, 2, 2) and bottom.shape == (3, 4, 4)
+    path = save_code_maps(x, [top, bottom], [16, 16], str(tmp_path / "code_maps.png"))
+    picture = read_image(path).movedim(0, -1) / 255  # [2 + 3·10, 2 + 3·10, 3]
+    assert picture.shape == (32, 32, 3)
+    for row, (idx, block) in enumerate(((top, 4), (bottom, 2)), 1):
+        for b, i, j in ((0, 0, 0), (2, idx.shape[1] - 1, 0), (1, 1, 1)):
+            y0, x0 = 2 + 10 * row + block * i, 2 + 10 * b + block * j
+            pixels = picture[y0 : y0 + block, x0 : x0 + block].reshape(-1, 3)
+            expected = palette(16)[idx[b, i, j]]
+            assert torch.allclose(pixels, expected.expand_as(pixels), atol=1 / 255), (row, b)
+    assert torch.allclose(picture[2:10, 2:10, 0], x[0, 0].float(), atol=1 / 255)  # the image
+
+
+def test_training_pictures_leave_out_uniform_prior_samples():
+    """TensorBoard's grids for vq-vae: reconstructions only (samples come from a fitted prior)."""
+    from pyro_vae.models import MODELS
+    from pyro_vae.training.tensorboard import picture_grids
+
+    vae = build_model(tiny(1), (1, 8, 8)).to(DT).eval()
+    samples = MODELS["vq-vae"].prior_samples
+    grids = picture_grids(vae.model, vae.guide, grey_images(8), n=8, samples=samples)
+    assert list(grids) == ["reconstructions"] and grids["reconstructions"].shape == (16, 1, 8, 8)
 
 
 # -- the learned prior over the codes (fit-prior) -------------------------------------------------

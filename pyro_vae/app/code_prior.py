@@ -99,6 +99,8 @@ def fit_prior(run_dir, config, vae, data, epochs=10, resume=False, progress=True
         listeners=listeners,
     )
     history = trainer.fit(data, epochs, config.batch_size, resume=resume)
+    if config.pictures:  # the run's samples.png, now drawn from the fitted prior
+        save_prior_samples(run_dir, vae, data.test, os.path.join(run_dir, "samples.png"))
     return prior, history
 
 
@@ -144,6 +146,22 @@ def save_prior_samples(run_dir, vae, x, path, n=64, missing_ok=False):
     return path
 
 
+def save_pictures(run_dir, vae, x):
+    """A vq-vae run's own pictures: ``code_maps.png`` of the first 8 images ``x`` (the code index
+    at every position of each level, :mod:`pyro_vae.evaluation.code_maps`) and, once the prior is
+    fitted, ``samples.png`` drawn from it (before, none: codes drawn from the uniform training prior
+    decode to noise). Returns the paths written."""
+    from pyro_vae.evaluation.code_maps import save_code_maps
+
+    sizes = [q.num_codes for q in vae.quantizers]
+    path = os.path.join(run_dir, "code_maps.png")
+    paths = {"code_maps": save_code_maps(x[:8], vae.code_indices(x[:8]), sizes, path)}
+    samples = os.path.join(run_dir, "samples.png")
+    if save_prior_samples(run_dir, vae, x, samples, missing_ok=True):
+        paths["samples"] = samples
+    return paths
+
+
 def code_figures(run_dir, vae, x, result):
     """``evaluate``'s vq-vae figures on images ``x``: ``codebook_usage`` and ``perplexity`` per
     level and, once the prior is fitted, ``prior_elbo`` (log p(x | c) + log p_prior(c) per image)
@@ -161,4 +179,11 @@ def code_figures(run_dir, vae, x, result):
     return figures
 
 
-__all__ = ["code_figures", "fit_prior", "load_prior", "prior_dir", "save_prior_samples"]
+__all__ = [
+    "code_figures",
+    "fit_prior",
+    "load_prior",
+    "prior_dir",
+    "save_pictures",
+    "save_prior_samples",
+]

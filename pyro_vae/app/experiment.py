@@ -5,7 +5,8 @@ A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``s
 ``reconstructions.png``, ``interpolations.png``, ``traversals.png``, ``loss.png`` and, after
 evaluation, ``eval.json`` and ``latent_scatter.png`` (``anomaly.json``,
 ``denoise.json``/``denoise.png`` and ``embeddings_SPLIT.npy`` after the corresponding commands;
-``gradient_snr.json`` and ``gradient_snr.png`` after ``gradient-snr``).
+``gradient_snr.json`` and ``gradient_snr.png`` after ``gradient-snr``). A vq-vae run adds
+``code_maps.png``, and has ``samples.png`` only once ``fit-prior`` has fitted its prior.
 """
 
 import json
@@ -19,6 +20,7 @@ from pyro_vae.app.config import Config, check_config
 from pyro_vae.app.run import LOG
 from pyro_vae.core import checks as validation
 from pyro_vae.data import load_data
+from pyro_vae.models import MODELS
 from pyro_vae.training import distributed
 from pyro_vae.training.tensorboard import evaluated_step, log_evaluation
 from pyro_vae.training.trainer import CHECKPOINT, Trainer, resolve_device
@@ -59,7 +61,14 @@ def train(config, resume=False, progress=True):
 
             vae.eval()
             x, temperature = data.test[:64], config.sample_temperature
-            save_run_pictures(vae.model, vae.guide, x, config.out, temperature=temperature)
+            samples = plan.spec.prior_samples  # none from a vq-vae's uniform training prior
+            save_run_pictures(
+                vae.model, vae.guide, x, config.out, temperature=temperature, samples=samples
+            )
+            if hasattr(
+                vae, "codebook_figures"
+            ):  # vq-vae: code maps, samples once a prior is fitted
+                code_prior.save_pictures(config.out, vae, x)
         distributed.barrier()  # the other ranks wait for rank 0's report and pictures
     return vae, data, history
 
@@ -122,11 +131,17 @@ def evaluate_run(run_dir, nll_samples=5000, limit=None, split="test", device="au
     if config.tensorboard:
         log_evaluation(run_dir, result, evaluated_step(run_dir, config), split)
     if pictures:
+        samples = MODELS[config.model].prior_samples  # vq-vae: from its fitted prior, below
         paths = save_run_pictures(
-            vae.model, vae.guide, x[:64], run_dir, temperature=config.sample_temperature
+            vae.model,
+            vae.guide,
+            x[:64],
+            run_dir,
+            temperature=config.sample_temperature,
+            samples=samples,
         )
-        if hasattr(vae, "codebook_figures"):  # vq-vae: samples from its fitted prior, if any
-            code_prior.save_prior_samples(run_dir, vae, x, paths["samples"], missing_ok=True)
+        if hasattr(vae, "codebook_figures"):  # vq-vae: code maps, samples from its fitted prior
+            paths.update(code_prior.save_pictures(run_dir, vae, x))
         save_latent_scatter(
             embeddings(vae.guide, x[:5000]),
             labels[:5000],

@@ -68,7 +68,13 @@ def build_trainer(plan, vae, data, progress=True):
     listeners = [
         Evaluation(config.eval_particles, **checked),
         NaNGuard(config.max_bad_steps, **checked),
-        TensorBoard(config.log_every, config.images_every, config.tensorboard, **checked),
+        TensorBoard(
+            config.log_every,
+            config.images_every,
+            config.tensorboard,
+            samples=plan.spec.prior_samples,
+            **checked,
+        ),
     ] + ([Console(config.log_every, **checked)] if progress else [])
     if hasattr(vae, "end_epoch"):  # the model's own work between epochs (vq-vae: its codebooks)
         listeners.append(ModelEpochs(vae))

@@ -336,21 +336,22 @@ def _rows(means, start, stop):
     return {name: m[start:stop] for name, m in means.items()}
 
 
-def save_run_pictures(model, guide, x, out_dir, labels=None, obs_site=None, temperature=1.0):
+def save_run_pictures(
+    model, guide, x, out_dir, labels=None, obs_site=None, temperature=1.0, samples=True
+):
     """The pictures of a run directory, from images ``x`` (and their ``labels``, for the scatter).
 
     samples.png, reconstructions.png, interpolations.png, traversals.png, loss.png (when
     ``metrics.jsonl`` exists) and latent_scatter.png (when ``labels`` are given); with
     ``temperature`` τ ≠ 1 also samples_tτ.png, prior samples at τ (:func:`prior_samples`).
-    ``obs_site``: the observed images' site (default: the model's one observed site). Returns the
-    paths.
+    ``obs_site``: the observed images' site (default: the model's one observed site);
+    ``samples=False``: no samples (a model whose own prior does not draw them). Returns the paths.
     """
-    paths = {
-        name: os.path.join(out_dir, name + ".png")
-        for name in ("samples", "reconstructions", "interpolations", "traversals")
-    }
-    save_samples(model, x, paths["samples"], obs_site=obs_site)
-    if temperature != 1:
+    names = ("samples",) * samples + ("reconstructions", "interpolations", "traversals")
+    paths = {name: os.path.join(out_dir, name + ".png") for name in names}
+    if samples:
+        save_samples(model, x, paths["samples"], obs_site=obs_site)
+    if samples and temperature != 1:
         paths["tempered_samples"] = os.path.join(out_dir, samples_name(temperature) + ".png")
         save_samples(
             model, x, paths["tempered_samples"], obs_site=obs_site, temperature=temperature

@@ -26,6 +26,13 @@ of its graph and writes back), and the restarts of dead codes happen between epo
 The buffers (``embedding``, ``ema_count``, ``ema_sum``, ``counts`` of the current epoch,
 ``restarts`` so far) are module buffers, so a checkpoint holds them and a resume is exact.
 
+Under torchrun (``torch.distributed``, each rank a share of every batch) every rank holds the same
+codebook: a step sums the codes' uses n_k and sums Σ z_i over the ranks before the moving averages
+(one all-reduce), so they are those of one process with the global batch; the epoch's usage counts
+are summed over the ranks at its end; the dead codes are then restarted from rank 0's encoder
+outputs, its codebook broadcast to the others. The all-reduce inside the step is a collective the
+fast path does not capture, so an EMA codebook under torchrun takes plain steps.
+
 References:
 
 1. van den Oord, Vinyals, Kavukcuoglu (2017), "Neural Discrete Representation Learning",
@@ -35,6 +42,7 @@ References:
 """
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -57,6 +65,28 @@ def perplexity(counts):
     used equally, 1 when one code takes all (0 log 0 = 0)."""
     p = counts / counts.sum().clamp_min(1)
     return torch.exp(-torch.special.xlogy(p, p).sum())
+
+
+def ranks():
+    """The number of torchrun processes that share the codebook (1 without torch.distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_sum_(*tensors):
+    """Replace each tensor by its sum over the ranks, in place, in one all-reduce."""
+    if ranks() == 1:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
+
+
+def from_rank0_(*tensors):
+    """Overwrite each tensor by rank 0's, in place."""
+    if ranks() > 1:
+        for t in tensors:
+            dist.broadcast(t, src=0)
 
 
 def channels_last(z):
@@ -115,14 +145,15 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def update(self, z, idx):
-        """Count the codes of ``idx`` this epoch and, with EMA, move the codebook (fixed shapes
-        only, so the fast path can capture it)."""
+        """Count the codes of ``idx`` this epoch and, with EMA, move the codebook by the uses and
+        sums of every rank (fixed shapes only, so the fast path can capture it in one process)."""
         flat, idx = channels_last(z).reshape(-1, self.code_dim), idx.reshape(-1)
         n = torch.zeros_like(self.counts).index_add_(0, idx, torch.ones_like(idx, dtype=z.dtype))
-        self.counts.add_(n)
+        self.counts.add_(n)  # this rank's: summed over ranks at the epoch's end
         if not self.ema:
             return
         sums = torch.zeros_like(self.ema_sum).index_add_(0, idx, flat.to(self.ema_sum.dtype))
+        all_sum_(n, sums)
         self.ema_count.mul_(self.decay).add_(n, alpha=1 - self.decay)
         self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.ema_count.sum()
@@ -132,22 +163,25 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def restart(self, dead, z):
         """Set each code where ``dead [K]`` is true to an encoder output drawn from ``z [..., D, h,
-        w]`` (its moving averages to one use of it); return how many were restarted."""
+        w]`` (its moving averages to one use of it); return how many were restarted. Under
+        torchrun, rank 0's choice is every rank's (``dead`` must be the same on every rank)."""
         flat = channels_last(z).reshape(-1, self.code_dim)
         which = dead.nonzero().squeeze(-1)
-        if not len(which) or not len(flat):
-            return 0
-        picked = flat[torch.randint(len(flat), (len(which),), device=flat.device)]
-        self.embedding[which] = picked.to(self.embedding.dtype)
-        if self.ema:
-            self.ema_count[which] = 1.0
-            self.ema_sum[which] = picked.to(self.ema_sum.dtype)
-        return len(which)
+        if len(which) and len(flat):
+            picked = flat[torch.randint(len(flat), (len(which),), device=flat.device)]
+            self.embedding[which] = picked.to(self.embedding.dtype)
+            if self.ema:
+                self.ema_count[which] = 1.0
+                self.ema_sum[which] = picked.to(self.ema_sum.dtype)
+        from_rank0_(self.embedding.data, *([self.ema_count, self.ema_sum] if self.ema else []))
+        return len(which) if len(flat) else 0
 
     @torch.no_grad()
     def end_epoch(self, z):
         """The epoch's ``usage`` (fraction of codes chosen at least once) and ``perplexity``, then
-        restart the codes no step chose (from encoder outputs ``z``) and start counting afresh."""
+        restart the codes no step chose (from encoder outputs ``z``) and start counting afresh; the
+        counts are those of every rank."""
+        all_sum_(self.counts)
         figures = {
             "usage": (self.counts > 0).float().mean().item(),
             "perplexity": perplexity(self.counts).item(),
@@ -169,9 +203,11 @@ class VectorQuantizer(nn.Module):
 
 __all__ = [
     "VectorQuantizer",
+    "all_sum_",
     "channels_first",
     "channels_last",
     "nearest",
     "perplexity",
+    "ranks",
     "straight_through",
 ]

@@ -25,6 +25,9 @@ class ModelSpec:
     :param estimators_why: why the others cannot, a clause after "--model NAME" (None: it samples
         a discrete latent that is not reparameterizable).
     :param check: ``check(config)``, its own one-line refusals, run before any data is read.
+    :param prior_samples: whether draws from the model's own prior are its samples, pictured as
+        ``samples.png`` (vq-vae: no, its training prior is uniform over the codes; its samples come
+        from the prior that ``fit-prior`` learns).
     """
 
     build: Callable
@@ -35,6 +38,7 @@ class ModelSpec:
     estimators: Optional[Tuple[str, ...]] = None
     estimators_why: Optional[str] = None
     check: Optional[Callable] = None
+    prior_samples: bool = True
 
     def guide_names(self):
         """The guide names this model accepts."""

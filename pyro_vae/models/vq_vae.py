@@ -43,7 +43,7 @@ from pyro_vae.core.checks import UserError, check_choice
 from pyro_vae.core.plates import data_plate
 from pyro_vae.models.deep_hierarchical import apply_conv
 from pyro_vae.models.nets import ResBlock, Upsample, activation, he_init
-from pyro_vae.models.quantizer import VectorQuantizer, channels_first
+from pyro_vae.models.quantizer import VectorQuantizer, channels_first, ranks
 from pyro_vae.models.spec import ModelSpec
 
 LEVELS = (1, 2)
@@ -199,6 +199,12 @@ class VQVAE(nn.Module):
         self.commitment, self.num_data = commitment, num_data
         self.sites = ["codes"] if len(quantizers) == 1 else ["codes_top", "codes_bottom"]
 
+    @property
+    def jit_compatible(self):
+        """False under torchrun with an EMA codebook: its step all-reduces the codebook's
+        statistics, a collective that the fast path's captured step cannot hold."""
+        return ranks() == 1 or not any(q.ema for q in self.quantizers)
+
     def _register(self):
         pyro.module("vq_nets", self.nets)
         pyro.module("codebooks", self.quantizers)  # parameters with --codebook loss, else none
@@ -271,15 +277,21 @@ class VQVAE(nn.Module):
             "dead_code_restarts": [int(q.restarts) for q in self.quantizers],
         }
 
-    def codebook_figures(self, x, batch_size=1000):
-        """``codebook_usage`` and ``perplexity`` per level (top first) of the codes of images
-        ``x``."""
+    def code_indices(self, x, batch_size=1000):
+        """The code index of every position of images ``x``, per level (top first): ``[N, h, w]``
+        each, without updates."""
         indices = [[] for _ in self.quantizers]
         with _frozen(self):
             for start in range(0, len(x), batch_size):
                 for level, (_, idx, _) in enumerate(self.encode(x[start : start + batch_size])):
                     indices[level].append(idx)
-        figures = [q.figures(torch.cat(i)) for q, i in zip(self.quantizers, indices)]
+        return [torch.cat(i) for i in indices]
+
+    def codebook_figures(self, x, batch_size=1000):
+        """``codebook_usage`` and ``perplexity`` per level (top first) of the codes of images
+        ``x``."""
+        indices = self.code_indices(x, batch_size)
+        figures = [q.figures(i) for q, i in zip(self.quantizers, indices)]
         return {
             "codebook_usage": [f["usage"] for f in figures],
             "perplexity": [f["perplexity"] for f in figures],
@@ -343,6 +355,7 @@ SPEC = ModelSpec(
         "written"
     ),
     check=check_vq_vae,
+    prior_samples=False,  # uniform codes decode to noise: samples come from the fitted prior
 )
 
 __all__ = [

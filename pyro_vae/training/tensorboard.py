@@ -6,8 +6,9 @@ list is flattened with ``/`` (``active_units/z``, ``kl_per_dim/z/07``), a string
 entry written when it changes (e.g. ``fast_path_note``).  The horizontal axis is the
 optimizer step: an epoch's row is written at its last step, ``epoch · steps_per_epoch``,
 and the running training loss every ``log_every`` steps under ``running_loss``.  Images:
-``samples`` (prior samples) and ``reconstructions`` (test inputs above their
-reconstructions).  ``pyro-vae evaluate`` adds ``eval/SPLIT/…`` (NLL, bits/dim, ELBO, …).
+``samples`` (prior samples, where the model's own prior draws them) and ``reconstructions``
+(test inputs above their reconstructions).  ``pyro-vae evaluate`` adds ``eval/SPLIT/…`` (NLL,
+bits/dim, ELBO, …).
 
 On resume the writer is opened with ``purge_step`` = the first step after the checkpoint, so
 the events of an interrupted epoch are dropped by TensorBoard and no step appears twice.
@@ -99,18 +100,21 @@ class RunWriter:
 
 
 @torch.no_grad()
-def picture_grids(model, guide, x, n=32):
-    """``{"samples": [n, ...], "reconstructions": [2n, ...]}``: prior samples, and rows of 8 inputs
-    above their reconstructions (from the first ``n`` images of ``x``)."""
+def picture_grids(model, guide, x, n=32, samples=True):
+    """``{"samples": [n, ...], "reconstructions": [2n, ...]}``: prior samples (left out with
+    ``samples=False``), and rows of 8 inputs above their reconstructions (from the first ``n``
+    images of ``x``)."""
     from pyro_vae.evaluation.pictures import prior_samples, reconstructions
 
-    x = x[:n]
-    samples = prior_samples(model, x[:1].expand(n, *x.shape[1:]))
+    x, grids = x[:n], {}
+    if samples:
+        drawn = prior_samples(model, x[:1].expand(n, *x.shape[1:]))
+        grids["samples"] = drawn.reshape(-1, *x.shape[1:])
     recon = reconstructions(model, guide, x)
     rows = []
     for start in range(0, len(x), 8):
         rows += [x[start : start + 8], recon[start : start + 8].reshape(-1, *x.shape[1:])]
-    return {"samples": samples.reshape(-1, *x.shape[1:]), "reconstructions": torch.cat(rows)}
+    return {**grids, "reconstructions": torch.cat(rows)}
 
 
 def log_evaluation(run_dir, result, step, split="test"):
@@ -165,17 +169,17 @@ __all__ = [
 ]
 
 
-def write_epoch(tb, metrics, step, model=None, guide=None, x=None, modules=()):
-    """Write the epoch's row at ``step`` and, given images ``x``, the samples and reconstructions of
-    the pair, then flush: the events are on disk before the checkpoint that includes the epoch.
-    Returns False when the pictures failed (e.g. a pair without an observed image site), with one
-    warning."""
+def write_epoch(tb, metrics, step, model=None, guide=None, x=None, modules=(), samples=True):
+    """Write the epoch's row at ``step`` and, given images ``x``, the samples (with ``samples``)
+    and reconstructions of the pair, then flush: the events are on disk before the checkpoint that
+    includes the epoch. Returns False when the pictures failed (e.g. a pair without an observed
+    image site), with one warning."""
     tb.row(metrics, step)
     ok = True
     if x is not None:
         try:
             with eval_mode(modules), torch.random.fork_rng(devices=cuda_devices(x)):
-                grids = picture_grids(model, guide, x)
+                grids = picture_grids(model, guide, x, samples=samples)
             for tag, images in grids.items():
                 tb.images(tag, images, step)
         except Exception as e:  # noqa: BLE001 - training goes on without the pictures
@@ -188,14 +192,18 @@ def write_epoch(tb, metrics, step, model=None, guide=None, x=None, modules=()):
 class TensorBoard(Listener):
     """TensorBoard event files in the run directory: every metrics row, the running loss every
     ``log_every`` steps, and pictures (samples, reconstructions) every ``images_every`` epochs and
-    at the last (0: none). On resume the writer drops the events of an interrupted epoch
+    at the last (0: none; ``samples=False``: reconstructions only, for a model whose own prior
+    does not draw samples). On resume the writer drops the events of an interrupted epoch
     (``purge_step``)."""
 
     order = 30
     options = {"log_every": "log_every", "images_every": "images_every"}
 
-    def __init__(self, log_every=50, images_every=1, enabled=True, validate_args=True):
+    def __init__(
+        self, log_every=50, images_every=1, enabled=True, samples=True, validate_args=True
+    ):
         self.log_every, self.images_every, self.enabled = log_every, images_every, enabled
+        self.samples = samples
         self.writer = None
         if validate_args:
             self.check_options()
@@ -231,6 +239,7 @@ class TensorBoard(Listener):
             trainer.guide,
             run.test_x if pictures else None,
             trainer.modules,
+            self.samples,
         ):
             self.images_every = 0
 
