@@ -146,16 +146,21 @@ def save_prior_samples(run_dir, vae, x, path, n=64, missing_ok=False):
     return path
 
 
-def save_pictures(run_dir, vae, x):
-    """A vq-vae run's own pictures: ``code_maps.png`` of the first 8 images ``x`` (the code index
-    at every position of each level, :mod:`pyro_vae.evaluation.code_maps`) and, once the prior is
-    fitted, ``samples.png`` drawn from it (before, none: codes drawn from the uniform training prior
-    decode to noise). Returns the paths written."""
-    from pyro_vae.evaluation.code_maps import save_code_maps
+def save_code_maps(run_dir, vae, x):
+    """``RUN/code_maps.png``: the code index at every position of each level for the first 8
+    images ``x`` (:mod:`pyro_vae.evaluation.code_maps`). Returns its path."""
+    from pyro_vae.evaluation import code_maps
 
     sizes = [q.num_codes for q in vae.quantizers]
     path = os.path.join(run_dir, "code_maps.png")
-    paths = {"code_maps": save_code_maps(x[:8], vae.code_indices(x[:8]), sizes, path)}
+    return code_maps.save_code_maps(x[:8], vae.code_indices(x[:8]), sizes, path)
+
+
+def save_pictures(run_dir, vae, x):
+    """A vq-vae run's own pictures: ``code_maps.png`` (:func:`save_code_maps`) and, once the prior
+    is fitted, ``samples.png`` drawn from it (before, none: codes drawn from the uniform training
+    prior decode to noise). Returns the paths written."""
+    paths = {"code_maps": save_code_maps(run_dir, vae, x)}
     samples = os.path.join(run_dir, "samples.png")
     if save_prior_samples(run_dir, vae, x, samples, missing_ok=True):
         paths["samples"] = samples
@@ -184,6 +189,7 @@ __all__ = [
     "fit_prior",
     "load_prior",
     "prior_dir",
+    "save_code_maps",
     "save_pictures",
     "save_prior_samples",
 ]

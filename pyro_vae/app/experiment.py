@@ -65,10 +65,8 @@ def train(config, resume=False, progress=True):
             save_run_pictures(
                 vae.model, vae.guide, x, config.out, temperature=temperature, samples=samples
             )
-            if hasattr(
-                vae, "codebook_figures"
-            ):  # vq-vae: code maps, samples once a prior is fitted
-                code_prior.save_pictures(config.out, vae, x)
+            if hasattr(vae, "codebook_figures"):  # vq-vae: code maps (no prior is fitted yet)
+                code_prior.save_code_maps(config.out, vae, x)
         distributed.barrier()  # the other ranks wait for rank 0's report and pictures
     return vae, data, history
 
