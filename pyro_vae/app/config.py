@@ -30,6 +30,7 @@ OPTIONS = (
     "image_size",
     "test_fraction",
     "skip_threshold",
+    "weight_ema",
     "limit",
     "test_limit",
 )
@@ -123,6 +124,7 @@ class Config:
     max_bad_steps: int = 10
     # skip an update whose gradient norm per image exceeds it (VDVAE)
     skip_threshold: Optional[float] = None
+    weight_ema: float = 0.0  # VDVAE: a moving average of the weights for evaluation (0: off)
     fast: str = "auto"
     seed: int = 0
     early_stopping: Optional[int] = None

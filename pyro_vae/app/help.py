@@ -129,6 +129,10 @@ HELP = {
         "skip every update whose gradient norm of the loss per image exceeds this (VDVAE), "
         "counted in skipped_updates (default: off)"
     ),
+    "weight_ema": (
+        "decay d of a moving average of the weights, θ̄ ← d·θ̄ + (1−d)·θ after every step "
+        "(VDVAE, e.g. 0.999), used for evaluation and sampling; training goes on from θ (0: off)"
+    ),
     "levels": (
         "vq-vae model: 1, or 2 (VQ-VAE-2: top codes at H/4 read by the bottom's encoder, bottom "
         "codes at H/2)"

@@ -1,0 +1,130 @@
+"""Issue 29, item 3: NVAE's and VDVAE's training recipe against closed forms: the weights' moving
+average (``--weight-ema``)."""
+
+import dataclasses
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae import Config, Optimization, Trainer
+from pyro_vae.data import ImageData
+from pyro_vae.models import build_model
+from pyro_vae.training.figures import Evaluation
+from pyro_vae.training.listeners import Listener
+from pyro_vae.training.weight_ema import WeightEMA
+
+TINY = Config(latent_dim=3, hidden_dims=[16], lr=1e-2)
+
+
+def tiny_data():
+    g = torch.Generator().manual_seed(1)
+    return ImageData(
+        train=torch.rand(48, 1, 3, 3, generator=g),
+        train_labels=None,
+        test=torch.bernoulli(torch.rand(20, 1, 3, 3, generator=g), generator=g),
+        test_labels=None,
+        binarize="dynamic",
+    )
+
+
+class Recorder(Listener):
+    """The raw parameters θ_0 (run start) and after every step θ_k, and the RNG state each epoch's
+    evaluation starts from."""
+
+    order = 1
+
+    def __init__(self):
+        self.thetas, self.rng = [], []
+
+    def _take(self):
+        store = pyro.get_param_store()
+        self.thetas.append({k: p.detach().double().clone() for k, p in store.named_parameters()})
+
+    def on_run_start(self, trainer):
+        self._take()
+
+    def on_step_end(self, trainer, step, loss, ok):
+        self._take()
+
+    def on_train_epoch_end(self, trainer, step):
+        self.rng.append((len(self.thetas), pyro.util.get_rng_state()))
+
+
+def closed_form(thetas, d):
+    """θ̄_n = dⁿ θ_0 + Σ_{k=1}^n (1−d) d^{n−k} θ_k."""
+    n = len(thetas) - 1
+    return {
+        name: d**n * thetas[0][name]
+        + sum((1 - d) * d ** (n - k) * thetas[k][name] for k in range(1, n + 1))
+        for name in thetas[0]
+    }
+
+
+@pytest.mark.parametrize("fast", [False, "trace"])
+def test_weight_ema_is_the_closed_form_and_evaluation_uses_it(fast):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = build_model(TINY, (1, 3, 3), num_data=48)
+    d, recorder = 0.9, Recorder()
+    ema = WeightEMA(d)
+    trainer = Trainer(
+        vae.model,
+        vae.guide,
+        optim=Optimization(TINY.lr),
+        modules=[vae],
+        fast=fast,
+        progress=False,
+        listeners=[ema, recorder],
+    )
+    data = tiny_data()
+    history = trainer.fit(data, epochs=2, batch_size=16)
+    assert [r["fast_path"] for r in history] == [bool(fast)] * 2  # the replayed step, too
+    thetas = recorder.thetas
+    assert len(thetas) == 1 + 2 * 3  # θ_0 and 3 steps per epoch: training went on from θ, not θ̄
+    expected = closed_form(thetas, d)
+    store = dict(pyro.get_param_store().named_parameters())
+    for name, value in expected.items():  # (a) the shadow, also in the store once fit returns
+        assert torch.allclose(ema.shadow[name].double(), value, atol=1e-6), name
+        assert torch.equal(store[name], ema.shadow[name]), name
+        assert not torch.allclose(value, thetas[-1][name], atol=1e-3), name  # θ̄ ≠ θ_n
+    # (b) each epoch's test ELBO is the shadow's: the same draws on θ̄ give it, on θ another
+    for (steps, rng), row in zip(recorder.rng, history):
+        at = {"ema": closed_form(thetas[:steps], d), "raw": thetas[steps - 1]}
+        elbos = {}
+        for kind, params in at.items():
+            with torch.no_grad():
+                for name, value in params.items():
+                    store[name].copy_(value)
+            pyro.util.set_rng_state(rng)
+            elbos[kind] = Evaluation().terms(trainer, data.test)["elbo"]
+        assert row["test_elbo"] == pytest.approx(elbos["ema"], rel=1e-5)
+        assert abs(row["test_elbo"] - elbos["raw"]) > 1e-3
+
+
+def test_weight_ema_refuses_a_decay_outside_0_1():
+    with pytest.raises(ValueError, match=r"weight_ema must be in \[0, 1\), got 1.0"):
+        WeightEMA(1.0)
+    with pytest.raises(ValueError, match="weight_ema"):
+        Config(weight_ema=-0.1)
+
+
+def test_a_run_with_weight_ema_is_evaluated_and_sampled_with_the_shadow(tmp_path, monkeypatch):
+    from pyro_vae.app import experiment
+    from pyro_vae.core.checks import load_checkpoint
+
+    monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "data"))
+    out = str(tmp_path / "run")
+    config = dataclasses.replace(
+        TINY, limit=64, test_limit=32, epochs=1, batch_size=32, weight_ema=0.5, out=out
+    )
+    config = dataclasses.replace(config, device="cpu", pictures=False, tensorboard=False)
+    experiment.train(config, progress=False)
+    state = load_checkpoint(f"{out}/checkpoint.pt")
+    shadow = state["listeners"]["WeightEMA"]["shadow"]
+    experiment.load_run(out, device="cpu", data=False)
+    store = dict(pyro.get_param_store().named_parameters())
+    assert shadow.keys() == store.keys()
+    for name, value in shadow.items():
+        assert torch.equal(store[name], value), name
+        assert not torch.equal(state["params"][name], value), name  # the raw weights differ
