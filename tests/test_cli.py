@@ -80,6 +80,7 @@ def test_train_evaluate_sample(tmp_path, capsys):
         (["train", "--latent-dim", "0"], "--latent-dim must be a positive integer"),
         (["train", "--lr", "nan"], "lr must be a finite positive number"),
         (["train", "--weight-ema", "1"], "--weight-ema must be in [0, 1), got 1.0"),
+        (["train", "--spectral-reg", "0.1"], "--spectral-reg regularizes conv weights"),
         (["train", "--elbo", "nope", "--limit", "64", "--epochs", "1"], "unknown estimator"),
         (["evaluate", "/nonexistent/run"], "not a finished run"),
     ],

@@ -1,5 +1,5 @@
 """Issue 29, item 3: NVAE's and VDVAE's training recipe against closed forms: the weights' moving
-average (``--weight-ema``)."""
+average (``--weight-ema``), the spectral regularization (``--spectral-reg``)."""
 
 import dataclasses
 
@@ -9,6 +9,7 @@ import torch
 
 from pyro_vae import Config, Optimization, Trainer
 from pyro_vae.data import ImageData
+from pyro_vae.estimators.spectral_reg import SpectralPenalty, spectral_regularized
 from pyro_vae.models import build_model
 from pyro_vae.training.figures import Evaluation
 from pyro_vae.training.listeners import Listener
@@ -128,3 +129,80 @@ def test_a_run_with_weight_ema_is_evaluated_and_sampled_with_the_shadow(tmp_path
     for name, value in shadow.items():
         assert torch.equal(store[name], value), name
         assert not torch.equal(state["params"][name], value), name  # the raw weights differ
+
+
+# -- spectral regularization ---------------------------------------------------------------------
+def test_spectral_penalty_is_the_largest_singular_value_and_its_gradient_u_vT():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3).double()
+    lam = 0.3
+    penalty = SpectralPenalty(conv, lam)
+    assert set(dict(penalty.named_buffers())) == {"u0", "v0"}
+    for _ in range(200):  # power iteration: one step per call in training mode
+        value = penalty()
+    w = conv.weight.detach().flatten(1)  # [out, in·k·k]
+    U, S, Vh = torch.linalg.svd(w)
+    assert torch.allclose(S, torch.linalg.svdvals(w))
+    assert value.item() == pytest.approx(lam * S[0].item(), rel=1e-10)
+    penalty.eval()  # evaluation: no step, the same σ
+    value = penalty()
+    assert value.item() == pytest.approx(lam * S[0].item(), rel=1e-10)
+    value.backward()  # ∂(λσ)/∂W = λ u vᵀ (the singular vectors' signs cancel)
+    expected = lam * torch.outer(U[:, 0], Vh[0]).reshape(conv.weight.shape)
+    assert torch.allclose(conv.weight.grad, expected, atol=1e-10)
+
+
+def tiny_conv_vae(num_data):
+    config = dataclasses.replace(TINY, net="conv", conv_channels=4, latent_dim=2)
+    return build_model(config, (1, 8, 8), num_data=num_data)
+
+
+@pytest.mark.parametrize("elbo", ["pyro-trace", "iwae", "dreg"])
+def test_spectral_reg_adds_n_lambda_sigma_to_the_loss_of_every_estimator(elbo):
+    """Each data point's log-joint falls by λ·Σσ: the full-data loss of N images by N·λ·Σσ, for
+    the ELBO and for the per-data-point bounds alike; the evaluation (eval mode) leaves it out."""
+    from pyro_vae.estimators import make_elbo
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    n, lam = 100, 0.05
+    vae = tiny_conv_vae(n)
+    penalty = SpectralPenalty(vae, lam)
+    for _ in range(100):  # σ converged: dreg calls the model twice, each call taking a step
+        penalty()
+    regularized = spectral_regularized(vae.model, penalty)
+    estimator = pyro.infer.Trace_ELBO() if elbo == "pyro-trace" else make_elbo(elbo, 3)
+    x = torch.bernoulli(torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(2)))
+    estimator.differentiable_loss(vae.model, vae.guide, x)  # it finds the plates, drawing samples
+    losses = {}
+    for name, model in (("plain", vae.model), ("regularized", regularized)):
+        pyro.set_rng_seed(1)
+        losses[name] = estimator.differentiable_loss(model, vae.guide, x).item()
+    penalty.eval()
+    sigmas = penalty.sigmas().sum().item()
+    assert len(penalty.convs) > 2 and sigmas > 0
+    gap = losses["regularized"] - losses["plain"]
+    assert gap == pytest.approx(n * lam * sigmas, rel=1e-4)
+    pyro.set_rng_seed(1)  # eval mode: no factor
+    assert estimator.differentiable_loss(regularized, vae.guide, x).item() == pytest.approx(
+        losses["plain"], rel=1e-6
+    )
+
+
+def test_spectral_reg_trains_on_the_fast_path(tmp_path, monkeypatch):
+    """The captured step reads and writes the power iteration's buffers: its replay check (at the
+    capture and at each epoch's start) passes, and the buffers are in the checkpoint."""
+    from pyro_vae.app import experiment
+    from pyro_vae.core.checks import load_checkpoint
+
+    monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "data"))
+    out = str(tmp_path / "run")
+    config = Config(
+        net="conv", conv_channels=4, latent_dim=2, limit=64, test_limit=32, epochs=2,
+        batch_size=32, spectral_reg=0.1, fast="trace", out=out, device="cpu", pictures=False,
+        tensorboard=False,
+    )  # fmt: skip
+    _, _, history = experiment.train(config, progress=False)
+    assert [r["fast_path"] for r in history] == [True, True], history[-1]["fast_path_note"]
+    buffers = load_checkpoint(f"{out}/checkpoint.pt")["buffers"][1]
+    assert sorted(buffers)[:2] == ["u0", "u1"] and all(b.dim() == 1 for b in buffers.values())

@@ -31,6 +31,7 @@ OPTIONS = (
     "test_fraction",
     "skip_threshold",
     "weight_ema",
+    "spectral_reg",
     "limit",
     "test_limit",
 )
@@ -125,6 +126,7 @@ class Config:
     # skip an update whose gradient norm per image exceeds it (VDVAE)
     skip_threshold: Optional[float] = None
     weight_ema: float = 0.0  # VDVAE: a moving average of the weights for evaluation (0: off)
+    spectral_reg: float = 0.0  # NVAE: λ·Σ σ_max of the conv weights per image (0: off)
     fast: str = "auto"
     seed: int = 0
     early_stopping: Optional[int] = None
@@ -306,6 +308,13 @@ def check_config(config, resume=None):
     checks.check_kl_weights(config.elbo, scaled, config.free_bits, SCALED_ESTIMATORS)
     filled = with_defaults(config)  # the model's own guide and net
     MODELS[config.model].check_options(filled)  # what the model declares, and its own rules
+    if config.spectral_reg and filled.net != "conv":
+        raise checks.UserError(
+            f"{checks.option('spectral_reg')} regularizes conv weights, and "
+            f"{checks.option('model', repr(config.model))} with "
+            f"{checks.option('net', repr(filled.net))} has none; pass "
+            f"{checks.option('net', repr('conv'))} or leave out {checks.option('spectral_reg')}"
+        )
     if saved is not None:  # the saved run's options, those a resume may change taken from now
         now = {k: getattr(filled, k) for k in FREE_ON_RESUME}
         if dataclasses.replace(saved, **now) != filled:

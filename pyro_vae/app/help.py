@@ -133,6 +133,10 @@ HELP = {
         "decay d of a moving average of the weights, θ̄ ← d·θ̄ + (1−d)·θ after every step "
         "(VDVAE, e.g. 0.999), used for evaluation and sampling; training goes on from θ (0: off)"
     ),
+    "spectral_reg": (
+        "NVAE's spectral regularization: λ·Σ σ_max(W) over the conv weights added to each image's "
+        "loss (σ by one power-iteration step per training step; e.g. 0.1; 0: off)"
+    ),
     "levels": (
         "vq-vae model: 1, or 2 (VQ-VAE-2: top codes at H/4 read by the bottom's encoder, bottom "
         "codes at H/2)"

@@ -103,6 +103,7 @@ OPTIONS = {
         "0.999",
         "; 0: off",
     ),
+    "spectral_reg": (check_nonnegative_float, "0.1", "; λ per image, 0: off"),
     "skip_threshold": (
         check_positive_float,
         None,
