@@ -2,6 +2,7 @@
 average (``--weight-ema``), the spectral regularization (``--spectral-reg``)."""
 
 import dataclasses
+import math
 
 import pyro
 import pytest
@@ -206,3 +207,93 @@ def test_spectral_reg_trains_on_the_fast_path(tmp_path, monkeypatch):
     assert [r["fast_path"] for r in history] == [True, True], history[-1]["fast_path_note"]
     buffers = load_checkpoint(f"{out}/checkpoint.pt")["buffers"][1]
     assert sorted(buffers)[:2] == ["u0", "u1"] and all(b.dim() == 1 for b in buffers.values())
+
+
+# -- KL balancing ----------------------------------------------------------------------------------
+def two_group_pair(n):
+    """z1 ~ N(0, I_2), z2 ~ N(0, I_3), x ~ N(A z1 + C z2, 0.5² I_4) in a data plate of N; the guide
+    q(z_l | x) = N(M_l x, diag s_l²) with parameters M_l, log s_l."""
+    import pyro.distributions as dist
+
+    from pyro_vae import data_plate
+
+    g = torch.Generator().manual_seed(3)
+    A, C = torch.randn(4, 2, generator=g), torch.randn(4, 3, generator=g)
+    init = {
+        "M1": 0.3 * torch.randn(2, 4, generator=g),
+        "M2": 0.3 * torch.randn(3, 4, generator=g),
+        "log_s1": torch.tensor([-1.0, -0.5]),
+        "log_s2": torch.tensor([-0.2, -1.5, 0.1]),
+    }
+
+    def model(x):
+        with data_plate(x, n):
+            z1 = pyro.sample("z1", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            z2 = pyro.sample("z2", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+            pyro.sample("x", dist.Normal(z1 @ A.T + z2 @ C.T, 0.5).to_event(1), obs=x)
+
+    def guide(x):
+        p = {k: pyro.param(k, v) for k, v in init.items()}
+        with data_plate(x, n):
+            for l in ("1", "2"):
+                q = dist.Normal(x @ p["M" + l].T, p["log_s" + l].exp()).to_event(1)
+                pyro.sample("z" + l, q)
+
+    def mean_kls():  # KL(N(m, s²) || N(0, 1)) per image, averaged over the batch: by hand
+        p = {k: pyro.param(k) for k in init}
+        kls = []
+        for l in ("1", "2"):
+            m, s = x @ p["M" + l].T, p["log_s" + l].exp()
+            kls.append((0.5 * (s**2 + m**2 - 1) - s.log()).sum(-1).mean())
+        return torch.stack(kls)
+
+    x = torch.randn(6, 4, generator=g)
+    return model, guide, x, mean_kls
+
+
+@pytest.mark.parametrize("beta", [0.25, 1.0])
+def test_kl_balancing_weighs_each_group_by_nvae_gamma_while_beta_below_1(beta):
+    from pyro_vae.estimators import FreeBits_ELBO, KLBalanced_ELBO
+    from pyro_vae.estimators.variants import beta_scale
+
+    pyro.clear_param_store()
+    n = 60
+    model, guide, x, mean_kls = two_group_pair(n)
+    model, guide = beta_scale(model, beta), beta_scale(guide, beta)
+    losses = {}
+    for name, elbo in (("plain", FreeBits_ELBO(2)), ("balanced", KLBalanced_ELBO(2))):
+        elbo.differentiable_loss(model, guide, x)  # finds the plates, drawing samples
+        pyro.set_rng_seed(5)
+        losses[name] = elbo.differentiable_loss(model, guide, x)
+    kl = mean_kls()
+    c = (kl.detach() + 0.01) / torch.tensor([2.0, 3.0])  # NVAE: (mean KL + 0.01) / group size
+    gamma = 2 * c / c.sum() if beta < 1 else torch.ones(2)
+    assert gamma.sum().item() == pytest.approx(2.0)
+    assert not torch.allclose(gamma, torch.ones(2), atol=0.05) or beta == 1
+    expected = n * beta * ((gamma - 1) * kl).sum()  # the recon terms are the same draws
+    gap = losses["balanced"] - losses["plain"]
+    assert gap.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-4)
+    store = pyro.get_param_store()
+    params = [store.get_param(k).unconstrained() for k in ("M1", "M2", "log_s1", "log_s2")]
+    got = torch.autograd.grad(gap, params, allow_unused=True)
+    want = torch.autograd.grad(expected, params, allow_unused=True)  # γ held fixed
+    for g_, w in zip(got, want):
+        zero = torch.zeros_like(w if w is not None else g_)
+        assert torch.allclose(zero if g_ is None else g_, zero if w is None else w, atol=1e-4)
+
+
+def test_every_recipe_flag_trains_a_deep_hierarchy_on_the_fast_path(tmp_path, monkeypatch):
+    """--kl-balance (during the warm-up), --spectral-reg and --weight-ema together: the captured
+    step's replay check passes at its capture and at each epoch's start."""
+    from pyro_vae.app import experiment
+
+    monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "data"))
+    config = Config(
+        model="deep-hierarchical", scales=1, groups_per_scale=2, hidden_channels=8,
+        latent_channels=2, limit=64, test_limit=32, epochs=2, batch_size=32, kl_warmup_epochs=2,
+        kl_balance=True, spectral_reg=0.1, weight_ema=0.9, fast="trace", out=str(tmp_path / "r"),
+        device="cpu", pictures=False, tensorboard=False,
+    )  # fmt: skip
+    _, _, history = experiment.train(config, progress=False)
+    assert [r["fast_path"] for r in history] == [True, True], history[-1]["fast_path_note"]
+    assert all(math.isfinite(r["test_elbo"]) for r in history)

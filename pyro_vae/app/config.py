@@ -109,6 +109,7 @@ class Config:
     beta: float = 1.0
     kl_warmup_epochs: int = 0
     free_bits: float = 0.0
+    kl_balance: bool = False  # NVAE: balance the groups' KL during the warm-up
     categories: int = 10
     temperature: float = 1.0
     min_temperature: float = 0.5
@@ -271,6 +272,23 @@ class Plan(NamedTuple):
     device: Any = None
 
 
+def _check_recipe(filled, schedule):
+    """NVAE's KL balancing needs the KL warm-up, its spectral regularization conv weights."""
+    if filled.kl_balance and (schedule.is_identity or filled.elbo == "enum"):
+        raise checks.UserError(
+            f"{checks.option('kl_balance')} weighs each latent group's KL while β < 1, during the "
+            f"KL warm-up: pass {checks.option('kl_warmup_epochs', '10')} (and an estimator other "
+            f"than enum), or leave out {checks.option('kl_balance')}"
+        )
+    if filled.spectral_reg and filled.net != "conv":
+        raise checks.UserError(
+            f"{checks.option('spectral_reg')} regularizes conv weights, and "
+            f"{checks.option('model', repr(filled.model))} with "
+            f"{checks.option('net', repr(filled.net))} has none; pass "
+            f"{checks.option('net', repr('conv'))} or leave out {checks.option('spectral_reg')}"
+        )
+
+
 def check_config(config, resume=None):
     """Names in a :class:`Config` that only the registries know, the combination of model, guide,
     net, estimator and KL variant, and the data directory: the one place that refuses a
@@ -308,13 +326,7 @@ def check_config(config, resume=None):
     checks.check_kl_weights(config.elbo, scaled, config.free_bits, SCALED_ESTIMATORS)
     filled = with_defaults(config)  # the model's own guide and net
     MODELS[config.model].check_options(filled)  # what the model declares, and its own rules
-    if config.spectral_reg and filled.net != "conv":
-        raise checks.UserError(
-            f"{checks.option('spectral_reg')} regularizes conv weights, and "
-            f"{checks.option('model', repr(config.model))} with "
-            f"{checks.option('net', repr(filled.net))} has none; pass "
-            f"{checks.option('net', repr('conv'))} or leave out {checks.option('spectral_reg')}"
-        )
+    _check_recipe(filled, schedule)
     if saved is not None:  # the saved run's options, those a resume may change taken from now
         now = {k: getattr(filled, k) for k in FREE_ON_RESUME}
         if dataclasses.replace(saved, **now) != filled:

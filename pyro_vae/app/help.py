@@ -79,6 +79,11 @@ HELP = {
         "free bits λ: floor (nats) on the batch-mean KL of each latent dimension "
         "(whole site if not diagonal); 0: off"
     ),
+    "kl_balance": (
+        "NVAE's KL balancing: while β < 1 (the KL warm-up), weigh each latent group's KL by γ ∝ "
+        "its batch-mean KL per latent unit, the γ summing to the number of groups "
+        "(hierarchical, deep-hierarchical)"
+    ),
     "categories": (
         "relaxed-categorical model: classes C of each categorical latent (--latent-dim of them)"
     ),

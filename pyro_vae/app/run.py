@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 
+from pyro_vae.estimators.kl_balance import KLBalanced_ELBO
 from pyro_vae.estimators.spectral_reg import SpectralPenalty, spectral_regularized
 from pyro_vae.estimators.variants import FreeBits_ELBO
 from pyro_vae.training import distributed
@@ -50,14 +51,15 @@ def run_log(out):
 def _pair(plan, vae, device):
     """``(model, guide, elbo, before_epoch, modules)`` of the run: ``vae``'s pair with its KL
     schedule (β-VAE, KL warm-up: tensors set before each epoch, also after --resume, which the
-    traced step reads), free bits and spectral regularization."""
+    traced step reads), free bits, KL balancing and spectral regularization."""
     config, schedule = plan.config, plan.schedule
     model, guide, elbo, before_epoch, modules = vae.model, vae.guide, config.elbo, None, [vae]
     if not schedule.is_identity or config.free_bits:
         model, guide = schedule.weighted(model, device), schedule.weighted(guide, device)
         before_epoch = lambda t: schedule.set_epoch(t.epoch)  # noqa: E731
-        if config.free_bits:
-            elbo = FreeBits_ELBO(config.particles, config.free_bits, validate_args=False)
+        if config.free_bits or config.kl_balance:
+            variant = KLBalanced_ELBO if config.kl_balance else FreeBits_ELBO
+            elbo = variant(config.particles, config.free_bits, validate_args=False)
     if config.spectral_reg:  # its power iteration's buffers: in the checkpoint, train/eval mode
         modules.append(SpectralPenalty(vae, config.spectral_reg, validate_args=False))
         model = spectral_regularized(model, modules[-1])
