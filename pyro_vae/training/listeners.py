@@ -22,8 +22,9 @@ it back to ``load_state_dict(state)`` before ``on_run_start``.
 Each piece of a run is one listener in its own module: :class:`~.figures.Evaluation`,
 :class:`~.guards.NaNGuard`, :class:`~.guards.SignalStop`, :class:`~.early_stopping.EarlyStopping`,
 :class:`~.checkpoint.MetricsFile`, :class:`~.checkpoint.Checkpoints`,
-:class:`~.tensorboard.TensorBoard`, :class:`~.console.Console`. A user's listener subclasses
-:class:`Listener` and overrides the hooks it needs::
+:class:`~.tensorboard.TensorBoard`, :class:`~.console.Console`, and where asked
+:class:`~.weight_ema.WeightEMA` and :class:`~.model_epochs.ModelEpochs`. A user's listener
+subclasses :class:`Listener` and overrides the hooks it needs::
 
     class PrintKL(Listener):
         def on_epoch_end(self, trainer, metrics):
