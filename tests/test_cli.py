@@ -83,7 +83,7 @@ def test_train_evaluate_sample(tmp_path, capsys):
         (["train", "--spectral-reg", "0.1"], "--spectral-reg regularizes conv weights"),
         (
             ["train", "--kl-balance", "--kl-warmup-epochs", "2"],
-            "--kl-balance balances the KL of several latent groups, and --model vae has 1",
+            "--kl-balance balances the KL of several latent groups, and --model vae has 1;",
         ),
         (
             ["train", "--model", "deep-hierarchical", "--kl-balance"],

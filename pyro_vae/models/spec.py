@@ -7,7 +7,7 @@ A model file holds its pair, its builder ``build(config, x_shape, num_data)`` an
 import dataclasses
 from typing import Callable, Optional, Tuple
 
-from pyro_vae.core.errors import UserError
+from pyro_vae.core.errors import UserError, option
 
 NETS = ("mlp", "conv")
 
@@ -73,9 +73,9 @@ class ModelSpec:
         groups = self.latent_groups(config) if self.latent_groups else 1
         if config.kl_balance and groups < 2:
             raise UserError(
-                f"--kl-balance balances the KL of several latent groups, and --model "
-                f"{config.model} has {groups}; use --model hierarchical or deep-hierarchical with "
-                f"more than one group, or leave out --kl-balance"
+                f"{option('kl_balance')} balances the KL of several latent groups, and "
+                f"{option('model', repr(config.model))} has {groups}; use a hierarchical or "
+                f"deep-hierarchical model with more than one, or leave out {option('kl_balance')}"
             )
 
     def _check_net_and_estimator(self, config):
