@@ -11,6 +11,9 @@ a run's parameters live in Pyro's param store (a user pair may have no module at
 would not see the fast path's in-place updates; here the shadow is a list of tensors beside the
 store, updated outside the (replayed or compiled) step, after it.
 
+Only parameters are averaged; module buffers (a vq-vae's moving-average codebook, the spectral
+penalty's u and v) are used as they are, as ``AveragedModel(use_buffers=False)`` does.
+
 At each epoch's end the shadow is swapped into the store for the evaluation, early stopping's best
 parameters and the pictures, and the raw weights come back before the checkpoint is written, so
 training continues from them; the checkpoint holds both (``listeners["WeightEMA"]``), so a resume
