@@ -167,3 +167,16 @@ def test_plain_pytorch_reference_gives_the_test_elbo_of_pyro_vae_train(tmp_path,
     assert rows[-1]["fast_path"]
     assert -700 < expected < -300  # binarized images, barely trained: about 784 · log 2 ≈ 543
     assert rows[-1]["test_elbo"] == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.skipif(not os.path.isdir(DEBIAN), reason="needs Debian's dataset-fashion-mnist")
+def test_recipe_benchmark_writes_one_row_per_flag(tmp_path):
+    recipe = load_example("recipe", "benchmarks")
+    md = tmp_path / "recipe.md"
+    args = ["--limit", "100", "--test-limit", "50", "--epochs", "1", "--only", "none,spectral-reg"]
+    sizes = "--scales 1 --hidden-channels 8 --latent-channels 2"
+    args += ["--model-args", sizes, "--out", str(tmp_path / "runs"), "--md", str(md)]
+    results = recipe.main(recipe.parse_args(args))
+    assert list(results) == ["none", "spectral-reg"]
+    text = md.read_text()
+    assert "| `(none)` | " in text and "| `--spectral-reg 0.1` | " in text

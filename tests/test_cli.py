@@ -79,6 +79,16 @@ def test_train_evaluate_sample(tmp_path, capsys):
     [
         (["train", "--latent-dim", "0"], "--latent-dim must be a positive integer"),
         (["train", "--lr", "nan"], "lr must be a finite positive number"),
+        (["train", "--weight-ema", "1"], "--weight-ema must be in [0, 1), got 1.0"),
+        (["train", "--spectral-reg", "0.1"], "--spectral-reg regularizes conv weights"),
+        (
+            ["train", "--kl-balance", "--kl-warmup-epochs", "2"],
+            "--kl-balance balances the KL of several latent groups, and --model vae has 1;",
+        ),
+        (
+            ["train", "--model", "deep-hierarchical", "--kl-balance"],
+            "--kl-balance weighs each latent group's KL while β < 1, during the KL warm-up",
+        ),
         (["train", "--elbo", "nope", "--limit", "64", "--epochs", "1"], "unknown estimator"),
         (["evaluate", "/nonexistent/run"], "not a finished run"),
     ],

@@ -17,6 +17,7 @@ from pyro_vae.data import ImageData
 from pyro_vae.models import build_model
 from pyro_vae.training.tensorboard import read_scalars
 from pyro_vae.training.trainer import CHECKPOINT, METRICS, TrainingInterrupted
+from pyro_vae.training.weight_ema import WeightEMA
 
 CONFIG = Config(
     latent_dim=3, hidden_dims=[16], lr=1e-2, lr_decay=0.8, optimizer="clipped-adam", clip_norm=5.0
@@ -34,7 +35,7 @@ def synthetic_data():
     )  # training batches resampled from the RNG every step
 
 
-def make_trainer(out_dir, seed=0, device="cpu"):
+def make_trainer(out_dir, seed=0, device="cpu", listeners=()):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     vae = build_model(CONFIG, (1, 3, 3), num_data=60).to(device)
@@ -48,6 +49,7 @@ def make_trainer(out_dir, seed=0, device="cpu"):
         out_dir=str(out_dir),
         progress=False,
         modules=[vae],
+        listeners=listeners,
     )
 
 
@@ -98,6 +100,26 @@ def test_two_plus_two_epochs_equal_four(tmp_path, reference):
     assert comparable(resumed) == comparable(history)  # same losses, test ELBOs, learning rates
     assert metric_epochs(tmp_path / "run") == [1, 2, 3, 4]
     assert [m["lr"] for m in history] == pytest.approx([1e-2 * 0.8**e for e in range(4)])
+
+
+def test_two_plus_two_epochs_equal_four_with_weight_ema(tmp_path):
+    """--weight-ema: the shadow is in the checkpoint, so the resumed run's shadow, raw weights and
+    test ELBOs (taken with the shadow) are those of the run in one go, bit for bit."""
+    runs = []
+    for parts in ([4], [2, 4]):
+        for i, epochs in enumerate(parts):
+            ema = WeightEMA(0.8)
+            trainer = make_trainer(tmp_path / str(len(parts)), seed=i, listeners=[ema])
+            history = trainer.fit(synthetic_data(), epochs=epochs, batch_size=16, resume=i > 0)
+        runs.append((final_state(trainer), ema.shadow, ema.raw, history))
+    (state, shadow, raw, history), (state2, shadow2, raw2, history2) = runs
+    assert_same_state(state, state2)  # the store holds the shadow once fit returns
+    assert shadow.keys() == shadow2.keys() and all(
+        torch.equal(shadow[k], shadow2[k]) for k in shadow
+    )
+    assert all(torch.equal(a, b) for a, b in zip(raw, raw2, strict=True))
+    assert comparable(history) == comparable(history2)
+    assert not torch.equal(raw[0], next(iter(shadow.values())))
 
 
 @pytest.mark.parametrize("signum, stop_epoch", [(signal.SIGINT, 1), (signal.SIGTERM, 3)])

@@ -30,6 +30,8 @@ OPTIONS = (
     "image_size",
     "test_fraction",
     "skip_threshold",
+    "weight_ema",
+    "spectral_reg",
     "limit",
     "test_limit",
 )
@@ -107,6 +109,7 @@ class Config:
     beta: float = 1.0
     kl_warmup_epochs: int = 0
     free_bits: float = 0.0
+    kl_balance: bool = False  # NVAE: balance the groups' KL during the warm-up
     categories: int = 10
     temperature: float = 1.0
     min_temperature: float = 0.5
@@ -123,6 +126,8 @@ class Config:
     max_bad_steps: int = 10
     # skip an update whose gradient norm per image exceeds it (VDVAE)
     skip_threshold: Optional[float] = None
+    weight_ema: float = 0.0  # VDVAE: a moving average of the weights for evaluation (0: off)
+    spectral_reg: float = 0.0  # NVAE: λ·Σ σ_max of the conv weights per image (0: off)
     fast: str = "auto"
     seed: int = 0
     early_stopping: Optional[int] = None
@@ -267,6 +272,23 @@ class Plan(NamedTuple):
     device: Any = None
 
 
+def _check_recipe(filled, schedule):
+    """NVAE's KL balancing needs the KL warm-up, its spectral regularization conv weights."""
+    if filled.kl_balance and (schedule.is_identity or filled.elbo == "enum"):
+        raise checks.UserError(
+            f"{checks.option('kl_balance')} weighs each latent group's KL while β < 1, during the "
+            f"KL warm-up: pass {checks.option('kl_warmup_epochs', '10')} (and an estimator other "
+            f"than enum), or leave out {checks.option('kl_balance')}"
+        )
+    if filled.spectral_reg and filled.net != "conv":
+        raise checks.UserError(
+            f"{checks.option('spectral_reg')} regularizes conv weights, and "
+            f"{checks.option('model', repr(filled.model))} with "
+            f"{checks.option('net', repr(filled.net))} has none; pass "
+            f"{checks.option('net', repr('conv'))} or leave out {checks.option('spectral_reg')}"
+        )
+
+
 def check_config(config, resume=None):
     """Names in a :class:`Config` that only the registries know, the combination of model, guide,
     net, estimator and KL variant, and the data directory: the one place that refuses a
@@ -304,6 +326,7 @@ def check_config(config, resume=None):
     checks.check_kl_weights(config.elbo, scaled, config.free_bits, SCALED_ESTIMATORS)
     filled = with_defaults(config)  # the model's own guide and net
     MODELS[config.model].check_options(filled)  # what the model declares, and its own rules
+    _check_recipe(filled, schedule)
     if saved is not None:  # the saved run's options, those a resume may change taken from now
         now = {k: getattr(filled, k) for k in FREE_ON_RESUME}
         if dataclasses.replace(saved, **now) != filled:

@@ -24,6 +24,7 @@ from pyro_vae.models import MODELS
 from pyro_vae.training import distributed
 from pyro_vae.training.tensorboard import evaluated_step, log_evaluation
 from pyro_vae.training.trainer import CHECKPOINT, Trainer, resolve_device
+from pyro_vae.training.weight_ema import averaged
 
 __all__ = ["LOG", "load_run", "resolve_device", "train"]
 
@@ -87,6 +88,8 @@ def load_run(run_dir, device="auto", data=True):
     state = validation.load_checkpoint(ckpt_path)
     if config.early_stopping and state.get("best"):  # the parameters of the best epoch
         state = {**state, **{k: state["best"][k] for k in ("params", "buffers")}}
+    else:  # --weight-ema: the weights' moving average
+        state = averaged(state)
     pyro.clear_param_store()
     dataset = load_data(**plan.data, device=device) if data else None
     x_shape = dataset.x_shape if dataset else (1, 28, 28)

@@ -79,6 +79,11 @@ HELP = {
         "free bits λ: floor (nats) on the batch-mean KL of each latent dimension "
         "(whole site if not diagonal); 0: off"
     ),
+    "kl_balance": (
+        "NVAE's KL balancing: while β < 1 (the KL warm-up), weigh each latent group's KL by γ ∝ "
+        "its batch-mean KL per latent unit, the γ summing to the number of groups "
+        "(hierarchical, deep-hierarchical)"
+    ),
     "categories": (
         "relaxed-categorical model: classes C of each categorical latent (--latent-dim of them)"
     ),
@@ -128,6 +133,14 @@ HELP = {
     "skip_threshold": (
         "skip every update whose gradient norm of the loss per image exceeds this (VDVAE), "
         "counted in skipped_updates (default: off)"
+    ),
+    "weight_ema": (
+        "decay d of a moving average of the weights, θ̄ ← d·θ̄ + (1−d)·θ after every step "
+        "(VDVAE, e.g. 0.999), used for evaluation and sampling; training goes on from θ (0: off)"
+    ),
+    "spectral_reg": (
+        "NVAE's spectral regularization: λ·Σ σ_max(W) over the conv weights added to each image's "
+        "loss (σ by one power-iteration step per training step; e.g. 0.1; 0: off)"
     ),
     "levels": (
         "vq-vae model: 1, or 2 (VQ-VAE-2: top codes at H/4 read by the bottom's encoder, bottom "

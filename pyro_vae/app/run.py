@@ -7,6 +7,8 @@ import contextlib
 import logging
 import os
 
+from pyro_vae.estimators.kl_balance import KLBalanced_ELBO
+from pyro_vae.estimators.spectral_reg import SpectralPenalty, spectral_regularized
 from pyro_vae.estimators.variants import FreeBits_ELBO
 from pyro_vae.training import distributed
 from pyro_vae.training.console import Console
@@ -16,6 +18,7 @@ from pyro_vae.training.model_epochs import ModelEpochs
 from pyro_vae.training.optim import Optimization
 from pyro_vae.training.tensorboard import TensorBoard
 from pyro_vae.training.trainer import Trainer
+from pyro_vae.training.weight_ema import WeightEMA
 
 # the run's log: the trainer's log lines, and the traceback of a failed command (cli.py)
 LOG = "pyro-vae.log"
@@ -45,6 +48,24 @@ def run_log(out):
         handler.close()
 
 
+def _pair(plan, vae, device):
+    """``(model, guide, elbo, before_epoch, modules)`` of the run: ``vae``'s pair with its KL
+    schedule (β-VAE, KL warm-up: tensors set before each epoch, also after --resume, which the
+    traced step reads), free bits, KL balancing and spectral regularization."""
+    config, schedule = plan.config, plan.schedule
+    model, guide, elbo, before_epoch, modules = vae.model, vae.guide, config.elbo, None, [vae]
+    if not schedule.is_identity or config.free_bits:
+        model, guide = schedule.weighted(model, device), schedule.weighted(guide, device)
+        before_epoch = lambda t: schedule.set_epoch(t.epoch)  # noqa: E731
+        if config.free_bits or config.kl_balance:
+            variant = KLBalanced_ELBO if config.kl_balance else FreeBits_ELBO
+            elbo = variant(config.particles, config.free_bits, validate_args=False)
+    if config.spectral_reg:  # its power iteration's buffers: in the checkpoint, train/eval mode
+        modules.append(SpectralPenalty(vae, config.spectral_reg, validate_args=False))
+        model = spectral_regularized(model, modules[-1])
+    return model, guide, elbo, before_epoch, modules
+
+
 def build_trainer(plan, vae, data, progress=True):
     """The run's :class:`~pyro_vae.training.trainer.Trainer` of ``vae`` on ``data``, and the keyword
     arguments of its ``fit``: the KL schedule, early stopping, and the model's optional hooks
@@ -52,15 +73,7 @@ def build_trainer(plan, vae, data, progress=True):
     → extra model and guide arguments such as labels)."""
     config = plan.config
     checked = dict(validate_args=False)  # the Config checked every option where it entered
-    model, guide, elbo, before_epoch = vae.model, vae.guide, config.elbo, None
-    schedule = plan.schedule
-    if not schedule.is_identity or config.free_bits:  # β-VAE, KL warm-up, free bits
-        # tensors set before each epoch (also after --resume): the traced step reads them
-        device = data.train.device
-        model, guide = schedule.weighted(model, device), schedule.weighted(guide, device)
-        before_epoch = lambda t: schedule.set_epoch(t.epoch)  # noqa: E731
-        if config.free_bits:
-            elbo = FreeBits_ELBO(config.particles, config.free_bits, **checked)
+    model, guide, elbo, before_epoch, modules = _pair(plan, vae, data.train.device)
     # --skip-threshold G is nats per image; the built-in models scale the batch to the full-data
     # ELBO of N images, so ‖∇ loss‖ = N · ‖∇ loss per image‖
     skip = None if config.skip_threshold is None else config.skip_threshold * len(data.train)
@@ -76,6 +89,8 @@ def build_trainer(plan, vae, data, progress=True):
             **checked,
         ),
     ] + ([Console(config.log_every, **checked)] if progress else [])
+    if config.weight_ema:
+        listeners.append(WeightEMA(config.weight_ema, **checked))
     if hasattr(vae, "end_epoch"):  # the model's own work between epochs (vq-vae: its codebooks)
         listeners.append(ModelEpochs(vae))
     fast = False if config.fast == "off" else config.fast
@@ -86,7 +101,7 @@ def build_trainer(plan, vae, data, progress=True):
         config.particles,
         optim,
         out_dir=config.out,
-        modules=[vae],
+        modules=modules,
         fast=fast,
         progress=progress,
         listeners=listeners,

@@ -98,6 +98,12 @@ OPTIONS = {
         "0.1",
         "",
     ),
+    "weight_ema": (
+        lambda name, v, hint: _number(name, v, False, lambda d: 0 <= d < 1, "in [0, 1)", hint),
+        "0.999",
+        "; 0: off",
+    ),
+    "spectral_reg": (check_nonnegative_float, "0.1", "; λ per image, 0: off"),
     "skip_threshold": (
         check_positive_float,
         None,

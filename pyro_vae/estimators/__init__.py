@@ -31,6 +31,7 @@ from pyro_vae.estimators.base import DetachedPathELBO, ImportanceWeightedELBO
 from pyro_vae.estimators.dreg import DReG_ELBO
 from pyro_vae.estimators.fast import FastELBO
 from pyro_vae.estimators.iwae import IWAE_ELBO
+from pyro_vae.estimators.kl_balance import KLBalanced_ELBO
 from pyro_vae.estimators.renyi import RenyiBound_ELBO
 from pyro_vae.estimators.stl import STL_ELBO
 from pyro_vae.estimators.trace import DeviceTrace_ELBO, DeviceTraceMeanField_ELBO, Enum_ELBO
@@ -111,6 +112,7 @@ __all__ = [
     "FastELBO",
     "IWAE_ELBO",
     "ImportanceWeightedELBO",
+    "KLBalanced_ELBO",
     "RenyiBound_ELBO",
     "STL_ELBO",
     "make_elbo",

@@ -307,13 +307,14 @@ class FreeBits_ELBO(ELBO, Options):
         return weights.model_trace, weights.guide_trace
 
     def _terms(self, model, guide, args, kwargs):
-        """``(recon, kl, plate, beta)``: :meth:`terms` with the data plate's
-        :class:`~pyro_vae.core.PlateInfo` in place of its factor N/B."""
+        """``(recon, kl, plate, beta, sizes)``: :meth:`terms` with the data plate's
+        :class:`~pyro_vae.core.PlateInfo` in place of its factor N/B, and each site's latent size
+        per data point."""
         weights = self._log_weights(model, guide, args, kwargs)
         particle_dim = -(self.max_plate_nesting + 1)
         plate = weights.data_plate
         model_trace, guide_trace = weights.model_trace, weights.guide_trace
-        kl, beta = {}, {}
+        kl, beta, sizes = {}, {}, {}
         for name, q_site in guide_trace.nodes.items():
             if q_site["type"] != "sample" or q_site["is_observed"]:
                 continue
@@ -321,27 +322,31 @@ class FreeBits_ELBO(ELBO, Options):
             t, group_ndims = _group_kl(q_site, p_site)
             kl[name] = _mean_over_points(t, q_site, group_ndims, particle_dim, plate.name)
             beta[name] = extra_scale(q_site, plate.name)
+            sizes[name] = q_site["fn"].event_shape.numel()  # per data point
         for name, p_site in model_trace.nodes.items():
             if p_site["type"] == "sample" and not p_site["is_observed"] and name not in kl:
                 raise UserError(
                     f"FreeBits_ELBO: model latent site {name!r} has no guide site of the same name"
                 )
-        return weights.obs.mean(0).sum(), kl, plate, beta
+        return weights.obs.mean(0).sum(), kl, plate, beta, sizes
 
     def terms(self, model, guide, *args, **kwargs):
         """``(recon, kl, scale, beta)``: recon = Σ_i E_q log p(x_i|z) (a scalar), kl =
         ``{site: [G] tensor}`` minibatch-mean KLs, scale = the data plate's factor N/B and beta =
         ``{site: β}``."""
-        recon, kl, plate, beta = self._terms(model, guide, args, kwargs)
+        recon, kl, plate, beta, _ = self._terms(model, guide, args, kwargs)
         return recon, kl, plate.scale, beta
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """The loss above, differentiable w.r.t. model and guide parameters."""
-        recon, kl, plate, beta = self._terms(model, guide, args, kwargs)
-        penalty = sum(
-            (beta[n] * kl[n].clamp(min=self.free_bits).sum() for n in kl), recon.new_zeros(())
-        )
+        recon, kl, plate, beta, sizes = self._terms(model, guide, args, kwargs)
+        penalty = self.kl_penalty(kl, beta, sizes, recon.new_zeros(()))
         return -plate.scale * recon + plate.scale * plate.subsample_size * penalty
+
+    def kl_penalty(self, kl, beta, sizes, zero):
+        """The KL part of the loss per data point, Σ_g β_g max(λ, KL̄_g), from the ``{site: [G]}``
+        batch-mean KLs, ``{site: β}`` and ``{site: latent size per data point}``."""
+        return sum((beta[n] * kl[n].clamp(min=self.free_bits).sum() for n in kl), zero)
 
     def loss(self, model, guide, *args, **kwargs):
         """The loss as a float (no gradients)."""

@@ -327,6 +327,7 @@ SPEC = ModelSpec(
     guides=("residual",),
     nets=("conv",),
     check=_check_config,
+    latent_groups=lambda config: config.scales * config.groups_per_scale,
 )
 
 __all__ = [

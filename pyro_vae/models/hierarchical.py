@@ -355,6 +355,7 @@ SPEC = ModelSpec(
     guides=HIERARCHICAL_GUIDES,
     default_guide="top-down",
     priors=("standard", "vampprior"),
+    latent_groups=lambda config: len(config.latent_dims),
     check=_check_config,
 )
 

@@ -7,7 +7,7 @@ A model file holds its pair, its builder ``build(config, x_shape, num_data)`` an
 import dataclasses
 from typing import Callable, Optional, Tuple
 
-from pyro_vae.core.errors import UserError
+from pyro_vae.core.errors import UserError, option
 
 NETS = ("mlp", "conv")
 
@@ -25,6 +25,8 @@ class ModelSpec:
     :param estimators_why: why the others cannot, a clause after "--model NAME" (None: it samples
         a discrete latent that is not reparameterizable).
     :param check: ``check(config)``, its own one-line refusals, run before any data is read.
+    :param latent_groups: ``latent_groups(config)``, the number of latent sites (groups) of the
+        model (None: one), which KL balancing (``--kl-balance``) needs to be more than one.
     :param prior_samples: whether draws from the model's own prior are its samples, pictured as
         ``samples.png`` (vq-vae: no, its training prior is uniform over the codes; its samples come
         from the prior that ``fit-prior`` learns).
@@ -39,6 +41,7 @@ class ModelSpec:
     estimators_why: Optional[str] = None
     check: Optional[Callable] = None
     prior_samples: bool = True
+    latent_groups: Optional[Callable] = None
 
     def guide_names(self):
         """The guide names this model accepts."""
@@ -67,6 +70,13 @@ class ModelSpec:
             )
         if self.check is not None:  # the model's own rules (e.g. hierarchical: --latent-dims)
             self.check(config)
+        groups = self.latent_groups(config) if self.latent_groups else 1
+        if config.kl_balance and groups < 2:
+            raise UserError(
+                f"{option('kl_balance')} balances the KL of several latent groups, and "
+                f"{option('model', repr(config.model))} has {groups}; use a hierarchical or "
+                f"deep-hierarchical model with more than one, or leave out {option('kl_balance')}"
+            )
 
     def _check_net_and_estimator(self, config):
         """The net against the declared nets, and the estimator against the declared ones."""

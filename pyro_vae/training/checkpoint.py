@@ -20,9 +20,10 @@ Run directory (``out_dir``):
                     ``fast_route`` ("compile", "trace" or "off": how that process's steps
                     ran) and ``commit`` (the code's git commit, ``+dirty`` if edited)
 ``checkpoint.pt``   epoch, params, module buffers, optimizer state, RNG states, learning-rate
-                    scale, the metrics of every completed epoch and (early stopping) the best
-                    epoch's parameters; written atomically (temporary file, fsync, rename)
-                    before the first epoch and after each one
+                    scale, the metrics of every completed epoch, (early stopping) the best
+                    epoch's parameters and the listeners' states (``listeners``, e.g. the
+                    weights' moving average of ``--weight-ema``); written atomically
+                    (temporary file, fsync, rename) before the first epoch and after each one
 ``best.pt``         early stopping: ``epoch``, ``params``, ``buffers`` of the epoch with the
                     highest ``validation_elbo``
 ``events.out.*``    TensorBoard event files: the same rows, the running loss, pictures
@@ -137,8 +138,8 @@ def restore(state, modules, optim):
 def resume(trainer, state, x):
     """Put a checkpoint's ``state`` back into ``trainer``: the pair traced once on the batch ``x``
     registers every parameter, then :func:`restore`, then the epoch, the learning-rate scale, the
-    metrics rows and the best epoch. A checkpoint of another model raises ValueError naming the
-    first differing parameters."""
+    metrics rows, the best epoch and the listeners' own states. A checkpoint of another model
+    raises ValueError naming the first differing parameters."""
     args, kwargs = trainer.batch_call(x, torch.arange(len(x), device=x.device))
     checked_probe(trainer.model, trainer.guide, *args, data_plate=trainer.data_plate, **kwargs)
     restore(state, trainer.modules, trainer.optim)
@@ -146,6 +147,10 @@ def resume(trainer, state, x):
     trainer.lr_scale = state.get("lr_scale", 1.0)
     trainer.history = list(state.get("history", []))
     trainer.best = state.get("best")
+    kept = state.get("listeners", {})
+    for listener in trainer.listeners:
+        if type(listener).__name__ in kept:
+            listener.load_state_dict(kept[type(listener).__name__])
 
 
 class MetricsFile(Listener):

@@ -15,11 +15,16 @@ listener in the order of their :attr:`Listener.order`:
 ``on_run_end(trainer)``                  when ``fit`` returns or raises
 ======================================== ===========================================================
 
+A listener with state of its own that a resume needs (as Lightning's ``on_save_checkpoint``)
+returns it from ``state_dict()``; the checkpoint keeps it under its class name, and a resume hands
+it back to ``load_state_dict(state)`` before ``on_run_start``.
+
 Each piece of a run is one listener in its own module: :class:`~.figures.Evaluation`,
 :class:`~.guards.NaNGuard`, :class:`~.guards.SignalStop`, :class:`~.early_stopping.EarlyStopping`,
 :class:`~.checkpoint.MetricsFile`, :class:`~.checkpoint.Checkpoints`,
-:class:`~.tensorboard.TensorBoard`, :class:`~.console.Console`. A user's listener subclasses
-:class:`Listener` and overrides the hooks it needs::
+:class:`~.tensorboard.TensorBoard`, :class:`~.console.Console`, and where asked
+:class:`~.weight_ema.WeightEMA` and :class:`~.model_epochs.ModelEpochs`. A user's listener
+subclasses :class:`Listener` and overrides the hooks it needs::
 
     class PrintKL(Listener):
         def on_epoch_end(self, trainer, metrics):
@@ -63,6 +68,13 @@ class Listener(Options):
         pass
 
     def on_run_end(self, trainer):
+        pass
+
+    def state_dict(self):
+        """What the checkpoint keeps of this listener (None: nothing)."""
+        return None
+
+    def load_state_dict(self, state):
         pass
 
 

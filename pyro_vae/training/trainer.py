@@ -176,6 +176,11 @@ class Trainer:
             lr_scale=self.lr_scale,
             history=list(self.history),
             best=self.best,
+            listeners={
+                type(listener).__name__: state
+                for listener in self.listeners
+                if (state := listener.state_dict()) is not None
+            },
         )
 
     def save_checkpoint(self, path=None):
