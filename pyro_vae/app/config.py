@@ -272,23 +272,6 @@ class Plan(NamedTuple):
     device: Any = None
 
 
-def _check_recipe(filled, schedule):
-    """NVAE's KL balancing needs the KL warm-up, its spectral regularization conv weights."""
-    if filled.kl_balance and (schedule.is_identity or filled.elbo == "enum"):
-        raise checks.UserError(
-            f"{checks.option('kl_balance')} weighs each latent group's KL while β < 1, during the "
-            f"KL warm-up: pass {checks.option('kl_warmup_epochs', '10')} (and an estimator other "
-            f"than enum), or leave out {checks.option('kl_balance')}"
-        )
-    if filled.spectral_reg and filled.net != "conv":
-        raise checks.UserError(
-            f"{checks.option('spectral_reg')} regularizes conv weights, and "
-            f"{checks.option('model', repr(filled.model))} with "
-            f"{checks.option('net', repr(filled.net))} has none; pass "
-            f"{checks.option('net', repr('conv'))} or leave out {checks.option('spectral_reg')}"
-        )
-
-
 def check_config(config, resume=None):
     """Names in a :class:`Config` that only the registries know, the combination of model, guide,
     net, estimator and KL variant, and the data directory: the one place that refuses a
@@ -326,7 +309,6 @@ def check_config(config, resume=None):
     checks.check_kl_weights(config.elbo, scaled, config.free_bits, SCALED_ESTIMATORS)
     filled = with_defaults(config)  # the model's own guide and net
     MODELS[config.model].check_options(filled)  # what the model declares, and its own rules
-    _check_recipe(filled, schedule)
     if saved is not None:  # the saved run's options, those a resume may change taken from now
         now = {k: getattr(filled, k) for k in FREE_ON_RESUME}
         if dataclasses.replace(saved, **now) != filled:

@@ -31,20 +31,22 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from pyro_vae.core.checks import UserError, check_option
+from pyro_vae.core.checks import Options, UserError
 
 SITE = "spectral_reg"
 
 
-class SpectralPenalty(nn.Module):
+class SpectralPenalty(Options, nn.Module):
     """``forward() = weight · Σ σ_max(W)`` over the ``nn.Conv2d`` (and 1d, 3d) weights W of
     ``module``; in training mode each call first takes one power-iteration step."""
 
+    options = {"weight": "spectral_reg"}
+
     def __init__(self, module, weight, validate_args=True):
         super().__init__()
-        if validate_args:
-            check_option("spectral_reg", weight)
         self.weight = weight
+        if validate_args:
+            self.check_options()
         self.convs = [
             m for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
         ]

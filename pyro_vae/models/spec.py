@@ -70,12 +70,31 @@ class ModelSpec:
             )
         if self.check is not None:  # the model's own rules (e.g. hierarchical: --latent-dims)
             self.check(config)
+        self._check_recipe(config)
+
+    def _check_recipe(self, config):
+        """NVAE's recipe: KL balancing needs several latent groups and the KL warm-up (β < 1),
+        spectral regularization conv weights."""
         groups = self.latent_groups(config) if self.latent_groups else 1
         if config.kl_balance and groups < 2:
             raise UserError(
                 f"{option('kl_balance')} balances the KL of several latent groups, and "
                 f"{option('model', repr(config.model))} has {groups}; use a hierarchical or "
                 f"deep-hierarchical model with more than one, or leave out {option('kl_balance')}"
+            )
+        warmup = config.kl_warmup_epochs or config.beta != 1
+        if config.kl_balance and (not warmup or config.elbo == "enum"):
+            raise UserError(
+                f"{option('kl_balance')} weighs each latent group's KL while β < 1, during the "
+                f"KL warm-up: pass {option('kl_warmup_epochs', '10')} (and an estimator other "
+                f"than enum), or leave out {option('kl_balance')}"
+            )
+        if config.spectral_reg and config.net != "conv":
+            raise UserError(
+                f"{option('spectral_reg')} regularizes conv weights, and "
+                f"{option('model', repr(config.model))} with {option('net', repr(config.net))} "
+                f"has none; pass {option('net', repr('conv'))} or leave out "
+                f"{option('spectral_reg')}"
             )
 
     def _check_net_and_estimator(self, config):
