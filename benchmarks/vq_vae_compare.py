@@ -101,13 +101,13 @@ def one_run(data, shape, fields, out, args):
 
 def divides(shape):
     """What ``--levels 1`` and ``2`` do with images of ``shape``: their code-map sizes, or the
-    refusal's line."""
+    refusal's line (keys "1", "2", as JSON keeps them)."""
     found = {}
     for levels in (1, 2):
         try:
-            found[levels] = " and ".join(f"{h}×{w}" for h, w in level_sizes(shape[1:], levels))
+            found[str(levels)] = " and ".join(f"{h}×{w}" for h, w in level_sizes(shape[1:], levels))
         except UserError as e:
-            found[levels] = f"refused: {e}"
+            found[str(levels)] = f"refused: {e}"
     return found
 
 
@@ -134,7 +134,22 @@ def table(rows):
     return lines
 
 
-def markdown(args, results, sizes, total):
+def epochs_table(rows):
+    """Codebook usage and restarts so far after each epoch, per level, of the vq-vae rows."""
+    lines = [
+        "| model | usage per epoch (%) | restarts so far, per epoch |",
+        "| --- | --- | --- |",
+    ]
+    for name, r in rows.items():
+        if "restarts" in r:
+            usage = " → ".join(fmt(e["codebook_usage"], 100, 0) for e in r["epochs"])
+            restarts = " → ".join(fmt(e["dead_code_restarts"], digits=0) for e in r["epochs"])
+            lines.append(f"| {name} | {usage} | {restarts} |")
+    return lines
+
+
+def markdown(args, results, sizes):
+    total = sum(r["seconds"] for rows in results.values() for r in rows.values())
     lines = [
         "# VQ-VAE (1 and 2 levels) against the conv Gaussian VAE: grey levels, colour photographs",
         "",
@@ -151,25 +166,36 @@ def markdown(args, results, sizes, total):
     ]
     for name, rows in results.items():
         lines += [f"## {name}", ""]
-        lines += [f"Code maps: `--levels 1` {sizes[name][1]}; `--levels 2` {sizes[name][2]}.", ""]
-        lines += table(rows) + [""]
+        lines += [
+            f"Code maps: `--levels 1` {sizes[name]['1']}; `--levels 2` {sizes[name]['2']}.",
+            "",
+        ]
+        lines += table(rows) + [""] + epochs_table(rows) + [""]
     return lines
 
 
+def write_markdown(args, results, sizes):
+    with open(os.path.join(HERE, "vq_vae_compare.md"), "w") as f:
+        f.write("\n".join(markdown(args, results, sizes)) + "\n")
+
+
 def main(args):
+    if args.md_only:  # the tables again, from the json of the last run
+        with open(os.path.join(HERE, "vq_vae_compare.json")) as f:
+            saved = json.load(f)
+        args = argparse.Namespace(**saved["args"])
+        return write_markdown(args, saved["results"], saved["sizes"])
     torch.set_num_threads(args.threads)
-    results, sizes, start = {}, {}, time.time()
+    results, sizes = {}, {}
     for name, (data, shape) in datasets(args).items():
         sizes[name], results[name] = divides(shape), {}
         for model, fields in MODELS.items():
             slug = f"{name.split()[0]}-{model}".lower().replace(",", "").replace(" ", "-")
             results[name][model] = one_run(data, shape, fields, os.path.join(args.out, slug), args)
             print(name, model, {k: v for k, v in results[name][model].items() if k != "epochs"})
-    total = time.time() - start
     with open(os.path.join(HERE, "vq_vae_compare.json"), "w") as f:
         json.dump({"args": vars(args), "sizes": sizes, "results": results}, f, indent=2)
-    with open(os.path.join(HERE, "vq_vae_compare.md"), "w") as f:
-        f.write("\n".join(markdown(args, results, sizes, total)) + "\n")
+    write_markdown(args, results, sizes)
 
 
 if __name__ == "__main__":
@@ -180,4 +206,5 @@ if __name__ == "__main__":
     p.add_argument("--k", type=int, default=20, help="importance samples of the conv VAE's NLL")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="/tmp/vq_vae_compare")
+    p.add_argument("--md-only", action="store_true", help="rewrite the md from the json")
     main(p.parse_args())
