@@ -132,6 +132,48 @@ def test_dead_codes_are_restarted_from_encoder_outputs_and_counted():
     assert int(q.restarts) == 3
 
 
+def test_without_restarts_unused_codes_only_decay_and_end_epoch_leaves_them():
+    """restart_dead=False: a code no step chose keeps its moving averages decayed by γ per step,
+    N_k = γ^s N_k(0) and m_k = γ^s m_k(0), so e_k = m_k / Ñ_k; ``end_epoch`` reports the usage and
+    perplexity, restarts nothing and changes no codebook buffer."""
+    gamma, eps, steps = 0.9, 1e-5, 3
+    q = VectorQuantizer(4, 2, decay=gamma, eps=eps, restart_dead=False).to(DT)
+    e0 = torch.tensor([[0.0, 0.0], [50.0, 0], [0, 50.0], [50.0, 50.0]], dtype=DT)
+    q.embedding.copy_(e0)
+    q.ema_sum.copy_(e0)  # N = 1 per code, m = e
+    z = 0.1 * torch.randn(3, 2, 2, 2, dtype=DT)  # every position nearest to code 0
+    for _ in range(steps):
+        q.quantize(z)
+    N, m = gamma**steps * torch.ones(3, dtype=DT), gamma**steps * e0[1:]
+    smoothed = (N + eps) / (q.ema_count.sum() + 4 * eps) * q.ema_count.sum()
+    assert torch.allclose(q.ema_count[1:], N, rtol=1e-14, atol=0)
+    assert torch.allclose(q.ema_sum[1:], m, rtol=1e-14, atol=0)
+    assert torch.allclose(q.embedding[1:], m / smoothed[:, None], rtol=1e-12, atol=0)
+    before = {k: b.clone() for k, b in q.named_buffers() if k != "counts"}
+    figures = q.end_epoch(z)
+    assert figures == {"usage": 0.25, "perplexity": pytest.approx(1.0)}
+    assert int(q.restarts) == 0 and torch.equal(q.counts, torch.zeros(4, dtype=DT))
+    for k, b in before.items():
+        assert torch.equal(dict(q.named_buffers())[k], b), k
+
+
+def test_no_code_restarts_reaches_every_level_and_counts_stay_zero():
+    vae = build_model(tiny(2, code_restarts=False), (1, 8, 8)).to(DT)
+    assert [q.restart_dead for q in vae.quantizers] == [False, False]
+    x = grey_images()
+    vae.begin_epoch(0, x)  # the codebooks still start at encoder outputs
+    vae.guide(x)  # one training step's counts and EMA update
+    unused = [q.counts == 0 for q in vae.quantizers]
+    assert all(u.any() for u in unused)  # dead codes that a restart would have moved
+    before = [q.embedding.clone() for q in vae.quantizers]
+    figures = vae.end_epoch(x)
+    assert figures["dead_code_restarts"] == [0, 0]
+    assert figures["codebook_usage"] == [1 - u.double().mean().item() for u in unused]
+    for b, q in zip(before, vae.quantizers):
+        assert torch.equal(b, q.embedding)
+    assert build_model(tiny(2), (1, 8, 8)).quantizers[0].restart_dead  # on by default
+
+
 def test_perplexity_of_uniform_and_of_one_code():
     assert perplexity(torch.tensor([5.0, 5.0, 5.0, 5.0])).item() == pytest.approx(4.0)
     assert perplexity(torch.tensor([0.0, 7.0, 0.0])).item() == pytest.approx(1.0)
@@ -273,6 +315,18 @@ def test_cli_trains_evaluates_and_draws(levels, codebook, tmp_path, capsys, data
     for key in ("recon_mse", "bits_per_dim", "nll", "elbo"):
         assert math.isfinite(result[key]), key
     assert result["nll"] == pytest.approx(-result["elbo"], rel=1e-5)  # a point mass: nll = −ELBO
+
+
+@needs_data
+def test_cli_no_code_restarts_trains_with_zero_restarts(tmp_path, data_cache):
+    from pyro_vae.app.cli import main
+
+    out = tmp_path / "run"
+    main(["train", *SMALL, "--epochs", "2", "--no-code-restarts", "--quiet", "--out", str(out)])
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert json.load(open(out / "config.json"))["code_restarts"] is False
+    assert [r["dead_code_restarts"] for r in rows] == [[0], [0]]
+    assert any(u < 1 for r in rows for u in r["codebook_usage"])  # there were dead codes
 
 
 @needs_data

@@ -102,6 +102,7 @@ class Config:
     commitment: float = 0.25
     codebook: str = "ema"  # ema (moving averages, decay ema_decay) or loss
     ema_decay: float = 0.99
+    code_restarts: bool = True  # --model vq-vae: restart the codes unused over an epoch
     # inference
     elbo: str = "trace"
     particles: int = 1

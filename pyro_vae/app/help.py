@@ -154,4 +154,8 @@ HELP = {
         "learned by the codebook term Σ‖sg(z) − e‖²)"
     ),
     "ema_decay": "vq-vae model, --codebook ema: decay γ of the moving averages",
+    "code_restarts": (
+        "vq-vae model: after each epoch, set the codes no step chose to encoder outputs, counted "
+        "in dead_code_restarts (--no-code-restarts: leave them; usage is still reported)"
+    ),
 }

@@ -104,12 +104,15 @@ class VectorQuantizer(nn.Module):
 
     :param ema: learn the codebook by moving averages (decay ``decay``), else by its loss (the
         codebook is then a parameter).
+    :param restart_dead: at each epoch's end, restart the codes no step chose (False: leave them,
+        only their usage and perplexity are reported).
     """
 
-    def __init__(self, num_codes, code_dim, ema=True, decay=0.99, eps=1e-5):
+    def __init__(self, num_codes, code_dim, ema=True, decay=0.99, eps=1e-5, restart_dead=True):
         super().__init__()
         self.num_codes, self.code_dim = num_codes, code_dim
         self.ema, self.decay, self.eps = ema, decay, eps
+        self.restart_dead = restart_dead
         init = torch.empty(num_codes, code_dim).uniform_(-1 / num_codes, 1 / num_codes)
         if ema:
             self.register_buffer("embedding", init)
@@ -179,14 +182,14 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def end_epoch(self, z):
         """The epoch's ``usage`` (fraction of codes chosen at least once) and ``perplexity``, then
-        restart the codes no step chose (from encoder outputs ``z``) and start counting afresh; the
-        counts are those of every rank."""
+        restart the codes no step chose (from encoder outputs ``z``; not with ``restart_dead``
+        False) and start counting afresh; the counts are those of every rank."""
         all_sum_(self.counts)
         figures = {
             "usage": (self.counts > 0).float().mean().item(),
             "perplexity": perplexity(self.counts).item(),
         }
-        if self.counts.sum() > 0:  # no step this epoch: nothing is known to be dead
+        if self.restart_dead and self.counts.sum() > 0:  # no step: nothing is known to be dead
             self.restarts += self.restart(self.counts == 0, z)
         self.counts.zero_()
         return figures

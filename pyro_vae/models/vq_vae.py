@@ -25,8 +25,9 @@ twice a step; free bits have no KL to shape.
 
 Codebook upkeep between epochs (:meth:`VQVAE.begin_epoch`, :meth:`VQVAE.end_epoch`): before the
 first epoch every code is set to an encoder output; after each, the codes no step chose are
-restarted from encoder outputs, counted per level, and the epoch's usage and perplexity per level
-join its metrics row. ``pyro-vae train`` calls them through the listener
+restarted from encoder outputs, counted per level (with ``--no-code-restarts`` they are left as
+they are and the counts stay 0), and the epoch's usage and perplexity per level join its metrics
+row. ``pyro-vae train`` calls them through the listener
 :class:`~pyro_vae.training.model_epochs.ModelEpochs`; a Python run adds ``ModelEpochs(vae)`` to the
 trainer's listeners. Samples need a learned prior over the codes: :mod:`.code_prior`.
 """
@@ -300,8 +301,8 @@ class VQVAE(nn.Module):
 
 def build_vq_vae(config, x_shape, num_data=None):
     """Build a :class:`VQVAE` from a config: ``levels``, ``codebook_size``, ``code_dim``,
-    ``commitment``, ``codebook``, ``ema_decay``, the conv nets' ``conv_channels``, ``conv_blocks``
-    and ``activation``, and the likelihood."""
+    ``commitment``, ``codebook``, ``ema_decay``, ``code_restarts``, the conv nets'
+    ``conv_channels``, ``conv_blocks`` and ``activation``, and the likelihood."""
     from pyro_vae.models.likelihoods import make_likelihood
 
     check_vq_vae(config)
@@ -322,7 +323,11 @@ def build_vq_vae(config, x_shape, num_data=None):
     )
     quantizers = [
         VectorQuantizer(
-            config.codebook_size, config.code_dim, config.codebook == "ema", config.ema_decay
+            config.codebook_size,
+            config.code_dim,
+            config.codebook == "ema",
+            config.ema_decay,
+            restart_dead=config.code_restarts,
         )
         for _ in range(config.levels)
     ]
