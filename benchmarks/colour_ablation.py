@@ -11,23 +11,17 @@ zero-initialized residual branches), or ``base`` / flags joined by ``+`` for our
 ``nofcrelu`` (no ReLU after the decoder's first map). Readings: the #33 closing note of 2026-12-05.
 """
 
-import math
+import functools
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
-import torch.nn.functional as F
 from torch import nn
 import colour_photos as cp  # noqa: E402
 from pyro_vae.models import nets  # noqa: E402
 from pyro_vae.models.likelihoods import DiscretizedLogistic  # noqa: E402
-
-torch.set_num_threads(1)
-n_train, n_test, epochs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-variants = sys.argv[4].split(",")
-train_x, test_x = cp.patches(n_train, n_test)
 
 
 class Ours(nn.Module):
@@ -54,43 +48,32 @@ class Ours(nn.Module):
 
     def elbo(self, x):
         loc, raw = self.head(self.enc(x)).chunk(2, -1)
-        scale = F.softplus(raw) + 1e-5
-        z = loc + scale * torch.randn_like(loc)
-        recon = self.likelihood(self.dec(z)).log_prob(x).sum((1, 2, 3))
-        kl = (0.5 * (loc**2 + scale**2 - 1) - scale.log()).sum(-1)
-        return recon - kl
+        return cp.gaussian_elbo(loc, raw, self.dec, self, x)
 
 
-def run(make, seed=0):
-    torch.manual_seed(seed)
-    vae = make()
-    opt = torch.optim.Adam(vae.parameters(), 1e-3)
-    xtr, xte = torch.tensor(train_x) / 255.0, torch.tensor(test_x) / 255.0
-    out = []
-    for _ in range(epochs):
-        for idx in torch.randperm(len(xtr)).split(64):
-            loss = -vae.elbo(xtr[idx]).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            elbo = torch.cat([vae.elbo(b) for b in xte.split(500)]).mean().item()
-        out.append(round(-elbo / (3 * 32 * 32 * math.log(2)), 3))
-    return out
+def reference_with_our_init():
+    """The reference's architecture with our He init and zero-initialized residual branches."""
+    vae = cp.ReferenceVAE()
+    for m in vae.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nets.he_init(m)
+        if isinstance(m, cp.Block):
+            nn.init.zeros_(m.net[-1].weight)
+    return vae
 
 
-for v in variants:
-    t = time.time()
-    flags = set(v.split("+"))
+def main(n_train, n_test, epochs, variants):
+    torch.set_num_threads(1)
+    train_x, test_x = cp.patches(n_train, n_test)
+    for v in variants:
+        t = time.time()
+        if v in ("ref", "refhe"):
+            make = cp.ReferenceVAE if v == "ref" else reference_with_our_init
+        else:
+            make = functools.partial(Ours, set(v.split("+")))
+        bits = cp.plain_bits(make, train_x, test_x, epochs, every_epoch=True)
+        print(v, [round(b, 3) for b in bits], round(time.time() - t), flush=True)
 
-    def refhe():
-        m = cp.ReferenceVAE()
-        for mod in m.modules():
-            if isinstance(mod, (nn.Conv2d, nn.Linear)):
-                nets.he_init(mod)
-            if isinstance(mod, cp.Block):
-                nn.init.zeros_(mod.net[-1].weight)
-        return m
 
-    make = cp.ReferenceVAE if v == "ref" else refhe if v == "refhe" else (lambda: Ours(flags))
-    print(v, run(make), round(time.time() - t), flush=True)
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(","))

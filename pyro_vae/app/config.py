@@ -309,7 +309,7 @@ def check_config(config, resume=None):
     scaled = not schedule.is_identity
     checks.check_kl_weights(config.elbo, scaled, config.free_bits, SCALED_ESTIMATORS)
     filled = with_defaults(config)  # the model's own guide and net
-    MODELS[config.model].check_options(filled)  # what the model declares, and its own rules
+    MODELS[config.model].check_options(filled, schedule)  # what it declares, its own rules
     if saved is not None:  # the saved run's options, those a resume may change taken from now
         now = {k: getattr(filled, k) for k in FREE_ON_RESUME}
         if dataclasses.replace(saved, **now) != filled:

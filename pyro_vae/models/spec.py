@@ -58,9 +58,11 @@ class ModelSpec:
     def __call__(self, config, x_shape, num_data=None):
         return self.build(config, x_shape, num_data)
 
-    def check_options(self, config):
+    def check_options(self, config, schedule):
         """Refuse a config (its defaults filled in) whose guide, net, estimator or prior this model
-        does not declare, then run its own :attr:`check`: one line naming the conflict."""
+        does not declare, then run its own :attr:`check`, then the recipe's flags against the run's
+        KL ``schedule`` (a :class:`~pyro_vae.estimators.variants.KLSchedule`): one line naming the
+        conflict."""
         self._check_guide(config)
         self._check_net_and_estimator(config)
         if config.prior not in self.priors:
@@ -70,9 +72,9 @@ class ModelSpec:
             )
         if self.check is not None:  # the model's own rules (e.g. hierarchical: --latent-dims)
             self.check(config)
-        self._check_recipe(config)
+        self._check_recipe(config, schedule)
 
-    def _check_recipe(self, config):
+    def _check_recipe(self, config, schedule):
         """NVAE's recipe: KL balancing needs several latent groups and the KL warm-up (β < 1),
         spectral regularization conv weights."""
         groups = self.latent_groups(config) if self.latent_groups else 1
@@ -82,8 +84,7 @@ class ModelSpec:
                 f"{option('model', repr(config.model))} has {groups}; use a hierarchical or "
                 f"deep-hierarchical model with more than one, or leave out {option('kl_balance')}"
             )
-        warmup = config.kl_warmup_epochs or config.beta != 1
-        if config.kl_balance and (not warmup or config.elbo == "enum"):
+        if config.kl_balance and (schedule.is_identity or config.elbo == "enum"):
             raise UserError(
                 f"{option('kl_balance')} weighs each latent group's KL while β < 1, during the "
                 f"KL warm-up: pass {option('kl_warmup_epochs', '10')} (and an estimator other "
