@@ -9,7 +9,7 @@ stride-2 conv nets, and log p(x) is estimated by importance sampling with the gu
 
 This is the same run as::
 
-    pyro-vae train --dataset cifar10 --binarize none --likelihood discretized-logistic --mixtures 10
+    pyro-vae train --dataset cifar10 --likelihood discretized-logistic --mixtures 10
     \\
         --net conv --latent-dim 128 --hidden-dims 512 --epochs 100 --batch-size 64 --lr 5e-4 --out
         runs/cifar10
@@ -82,7 +82,6 @@ def main(args):
     config = Config(
         dataset=dataset,
         data_dir=args.data_dir,
-        binarize="none",
         likelihood="discretized-logistic",
         mixtures=args.mixtures,
         net="conv",

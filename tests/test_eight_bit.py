@@ -285,8 +285,6 @@ def test_fashion_mnist_8_bit_vae_beats_the_per_pixel_histogram(tmp_path, monkeyp
     main(
         [
             "train",
-            "--binarize",
-            "none",
             "--likelihood",
             "discretized-logistic",
             "--mixtures",

@@ -158,7 +158,8 @@ def test_without_restarts_unused_codes_only_decay_and_end_epoch_leaves_them():
 
 
 def test_no_code_restarts_reaches_every_level_and_counts_stay_zero():
-    vae = build_model(tiny(2, code_restarts=False), (1, 8, 8)).to(DT)
+    # 128 codes and at most 6 · 16 code positions per level: some codes must stay unused
+    vae = build_model(tiny(2, code_restarts=False, codebook_size=128), (1, 8, 8)).to(DT)
     assert [q.restart_dead for q in vae.quantizers] == [False, False]
     x = grey_images()
     vae.begin_epoch(0, x)  # the codebooks still start at encoder outputs

@@ -1,6 +1,8 @@
 """Nets, guide and likelihood of a model from a :class:`~pyro_vae.app.config.Config`: the pieces
 every model builder shares, and the one-layer VAE's builder."""
 
+import math
+
 from pyro_vae.guides import make_guide
 from pyro_vae.models.likelihoods import make_likelihood
 from pyro_vae.models.nets import MLP, ConvDecoder, ConvEncoder
@@ -12,8 +14,9 @@ NETS = ("mlp", "conv")  # the encoder/decoder nets of make_encoder and make_deco
 
 
 def make_encoder(config, x_shape, out_dim=None):
-    """The encoder net x → context of size ``out_dim`` (default: the last hidden size)."""
-    out_dim = out_dim or config.hidden_dims[-1]
+    """The encoder net x → context of ``encoder.out_shape``: ``out_dim`` features, or by default
+    the last hidden layer (MLP) or the flattened smallest feature maps (conv, as plain conv VAEs
+    put their heads)."""
     if config.net == "conv":
         return ConvEncoder(
             out_dim,
@@ -23,6 +26,7 @@ def make_encoder(config, x_shape, out_dim=None):
             x_shape[1:],
             config.conv_blocks,
         )
+    out_dim = out_dim or config.hidden_dims[-1]
     return MLP(x_shape, config.hidden_dims[:-1], out_dim, config.activation, final_activation=True)
 
 
@@ -55,7 +59,7 @@ def build_vae(config, x_shape, num_data=None):
     guide = make_guide(
         config.guide,
         encoder,
-        config.hidden_dims[-1],
+        math.prod(encoder.out_shape),
         config.latent_dim,
         config.flows,
         **guide_options(config),

@@ -43,45 +43,13 @@ from pyro_vae.core.checks import UserError
 from pyro_vae.models.spec import ModelSpec
 
 from pyro_vae.core.plates import data_plate
-from pyro_vae.models.nets import activation
+from pyro_vae.models.nets import ResBlock, activation, apply_conv, scale_init
 
 
 def soft_clamp(x, bound=5.0):
     """bound · tanh(x / bound): ≈ x near 0, never beyond ±bound (keeps log-scales finite, as
     NVAE)."""
     return bound * torch.tanh(x / bound)
-
-
-def apply_conv(net, x):
-    """``net`` over the last three dims of ``x`` (``[..., C, H, W]``), any leading (particle, batch)
-    dims."""
-    batch = x.shape[:-3]
-    y = net(x.reshape(-1, *x.shape[-3:]))
-    return y.reshape(*batch, *y.shape[1:])
-
-
-def _scaled(conv, factor):
-    with torch.no_grad():
-        conv.weight.mul_(factor)
-        conv.bias.mul_(factor)
-    return conv
-
-
-class ResBlock(nn.Module):
-    """h + conv(act(conv(act(h)))), 3×3 convs; the last conv starts scaled by ``out_scale`` (VDVAE:
-    1/√depth)."""
-
-    def __init__(self, channels, activation_name="relu", out_scale=1.0):
-        super().__init__()
-        self.net = nn.Sequential(
-            activation(activation_name),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            activation(activation_name),
-            _scaled(nn.Conv2d(channels, channels, 3, padding=1), out_scale),
-        )
-
-    def forward(self, h):
-        return h + apply_conv(self.net, h)
 
 
 def scale_sizes(image_size, scales):
@@ -130,7 +98,7 @@ class TopDown(nn.Module):
         depth = 1 / math.sqrt(self.num_groups)
         self.h0 = nn.Parameter(0.1 * torch.randn(channels, *self.sizes[0]))
         self.prior_heads = nn.ModuleList(
-            _scaled(nn.Conv2d(channels, 2 * latent_channels, 3, padding=1), 0.1)
+            scale_init(nn.Conv2d(channels, 2 * latent_channels, 3, padding=1), 0.1)
             for _ in range(self.num_groups)
         )
         self.projections = nn.ModuleList(
@@ -202,7 +170,7 @@ class ResidualGuide(nn.Module):
             for _ in range(scales)
         )
         self.heads = nn.ModuleList(
-            _scaled(nn.Conv2d(2 * channels, 2 * latent_channels, 3, padding=1), 0.1)
+            scale_init(nn.Conv2d(2 * channels, 2 * latent_channels, 3, padding=1), 0.1)
             for _ in range(scales * groups_per_scale)
         )
         self.name = name
@@ -332,10 +300,8 @@ SPEC = ModelSpec(
 
 __all__ = [
     "DeepHierarchicalVAE",
-    "ResBlock",
     "ResidualGuide",
     "TopDown",
-    "apply_conv",
     "build_deep_hierarchical",
     "scale_sizes",
     "soft_clamp",

@@ -318,7 +318,8 @@ def build_hierarchical(config, x_shape, num_data=None):
     ]
     if config.guide == "bottom-up":
         first = GaussianConditional(
-            nn.Sequential(make_encoder(config, x_shape), nn.Linear(hidden, 2 * dims[0])), dims[0]
+            nn.Sequential(make_encoder(config, x_shape, hidden), nn.Linear(hidden, 2 * dims[0])),
+            dims[0],
         )
         rest = [
             GaussianConditional(_mlp(dims[l], 2 * dims[l + 1], hidden, act), dims[l + 1])
@@ -326,7 +327,7 @@ def build_hierarchical(config, x_shape, num_data=None):
         ]
         guide = BottomUpGuide([first, *rest])
     else:
-        up = [make_encoder(config, x_shape)]
+        up = [make_encoder(config, x_shape, hidden)]
         up += [MLP(hidden, [], hidden, act, final_activation=True) for _ in dims[1:]]
         heads = [GaussianConditional(nn.Linear(hidden, 2 * d), d) for d in dims]
         guide = LadderGuide(up, heads)

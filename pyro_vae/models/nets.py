@@ -14,6 +14,7 @@ References:
 
 import math
 
+import torch
 from torch import nn
 from pyro_vae.core.checks import UserError, option
 
@@ -80,9 +81,12 @@ class MLP(nn.Sequential):
         return y.reshape(*batch, *self.out_shape)
 
 
-def _flatten_batch(x, event_dims):
-    batch = x.shape[: x.dim() - event_dims]
-    return x.reshape(-1, *x.shape[x.dim() - event_dims :]), batch
+def apply_conv(net, x):
+    """``net`` over the last three dims of ``x`` (``[..., C, H, W]``), any leading (particle, batch)
+    dims."""
+    batch = x.shape[:-3]
+    y = net(x.reshape(-1, *x.shape[-3:]))
+    return y.reshape(*batch, *y.shape[1:])
 
 
 def conv_sizes(image_size, min_size=8):
@@ -97,17 +101,14 @@ def conv_sizes(image_size, min_size=8):
     return sizes
 
 
-def _widths(width, layers):
-    return [width * 2 ** min(i, 2) for i in range(layers)]  # 32, 64, 128, 128, …
+def _widths(width, scales):
+    return [width * 2 ** min(i, 2) for i in range(scales)]  # 32, 64, 128, 128, …
 
 
 def he_init(module, gain=2.0):
     """Kaiming-normal weights (Var w = gain / fan_in) and zero biases on every conv and linear
-    layer.
-
-    PyTorch's default (``kaiming_uniform_(a=√5)``, Var w = 1 / (3 fan_in)) keeps a third of the
-    variance per ReLU layer and ``ConvTranspose2d`` takes its fan-in from the *output* channels, so
-    a stack of them shrinks the signal layer by layer; ``gain=2`` preserves it through ReLUs."""
+    layer (the VQ-VAE's nets; the conv VAE's nets keep PyTorch's default init, see
+    :class:`ConvEncoder`)."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             fan_in = m.weight[0].numel()
@@ -117,25 +118,31 @@ def he_init(module, gain=2.0):
     return module
 
 
-class ResBlock(nn.Module):
-    """Pre-activation residual block ``h + conv(act(conv(act(h))))`` (He et al. 2016, "Identity
-    Mappings in Deep Residual Networks", arXiv:1603.05027); the branch's last conv starts at zero,
-    so a block is the identity at initialization and depth does not change the signal's scale."""
+def scale_init(layer, factor):
+    """``layer`` with its initial weight and bias multiplied by ``factor``."""
+    with torch.no_grad():
+        layer.weight.mul_(factor)
+        if layer.bias is not None:
+            layer.bias.mul_(factor)
+    return layer
 
-    def __init__(self, channels, activation_name="relu"):
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block ``h + conv(act(conv(act(h))))`` over ``[..., C, H, W]`` (He et
+    al. 2016, "Identity Mappings in Deep Residual Networks", arXiv:1603.05027); the branch's last
+    conv starts scaled by ``out_scale`` (VDVAE: 1/√depth; 0: the identity at initialization)."""
+
+    def __init__(self, channels, activation_name="relu", out_scale=1.0):
         super().__init__()
-        self.branch = he_init(
-            nn.Sequential(
-                activation(activation_name),
-                nn.Conv2d(channels, channels, 3, padding=1),
-                activation(activation_name),
-                nn.Conv2d(channels, channels, 3, padding=1),
-            )
+        self.branch = nn.Sequential(
+            activation(activation_name),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            activation(activation_name),
+            scale_init(nn.Conv2d(channels, channels, 3, padding=1), out_scale),
         )
-        nn.init.zeros_(self.branch[-1].weight)
 
     def forward(self, h):
-        return h + self.branch(h)
+        return h + apply_conv(self.branch, h)
 
 
 class Upsample(nn.Module):
@@ -145,7 +152,7 @@ class Upsample(nn.Module):
     def __init__(self, c_in, c_out, size):
         super().__init__()
         self.size = tuple(size)
-        self.conv = he_init(nn.Conv2d(c_in, c_out, 3, padding=1), gain=1.0)
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
 
     def forward(self, h):
         return self.conv(nn.functional.interpolate(h, size=self.size, mode="nearest"))
@@ -154,70 +161,68 @@ class Upsample(nn.Module):
 class ConvEncoder(nn.Module):
     """Residual conv encoder for ``[..., C, H, W]`` images in [0, 1]: centred to [−1, 1], a 3×3
     stem, then per scale ``blocks`` :class:`ResBlock` and a stride-2 conv (see :func:`conv_sizes`;
-    32→16→8), then a linear map to ``out_dim``. Channel widths ``width``, 2·``width``, 4·``width``,
-    …"""
+    32→16→8; channel widths ``width``, 2·``width``, 4·``width``), ``blocks`` blocks at the smallest
+    scale, an activation and the flattened maps (``out_shape``); with ``out_dim``, a linear map and
+    an activation to ``out_dim`` features after them.
+
+    The residual stream carries no activation between blocks and the layers keep PyTorch's default
+    init, as the plain PyTorch reference of ``benchmarks/colour_photos.py``: with He init,
+    zero-initialized branches, a ReLU bottleneck and activations between the scales, the decoder
+    emitted each colour patch's mean colour (issue #33)."""
 
     def __init__(
-        self, out_dim, channels=1, width=32, activation_name="relu", image_size=(28, 28), blocks=1
+        self,
+        out_dim=None,
+        channels=1,
+        width=32,
+        activation_name="relu",
+        image_size=(28, 28),
+        blocks=1,
     ):
         super().__init__()
         sizes = conv_sizes(image_size)
-        widths = _widths(width, len(sizes) - 1)
+        widths = _widths(width, len(sizes))
         layers = [nn.Conv2d(channels, widths[0], 3, padding=1)]
-        for c_in, c_out in zip(widths, [*widths[1:], widths[-1]]):
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
             layers += [ResBlock(c_in, activation_name) for _ in range(blocks)]
-            layers += [activation(activation_name), nn.Conv2d(c_in, c_out, 4, 2, 1)]
-        self.net = nn.Sequential(
-            *layers,
-            activation(activation_name),
-            nn.Flatten(),
-            nn.Linear(widths[-1] * math.prod(sizes[-1]), out_dim),
-            activation(activation_name),
-        )
-        for m in self.net:
-            if not isinstance(m, ResBlock):
-                he_init(m)
+            layers.append(nn.Conv2d(c_in, c_out, 4, 2, 1))
+        layers += [ResBlock(widths[-1], activation_name) for _ in range(blocks)]
+        layers += [activation(activation_name), nn.Flatten()]
+        self.out_shape = (widths[-1] * math.prod(sizes[-1]),)
+        if out_dim is not None:
+            layers += [nn.Linear(self.out_shape[0], out_dim), activation(activation_name)]
+            self.out_shape = (out_dim,)
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x):
-        flat, batch = _flatten_batch(x, 3)
-        return self.net(2 * flat - 1).reshape(*batch, -1)
+        batch = x.shape[:-3]
+        return self.net(2 * x.reshape(-1, *x.shape[-3:]) - 1).reshape(*batch, -1)
 
 
 class ConvDecoder(nn.Module):
-    """Residual conv decoder ``[..., in_dim] -> [..., C, H, W]``: linear to the encoder's smallest
-    maps, then per scale ``blocks`` :class:`ResBlock` and an :class:`Upsample` (nearest neighbour +
-    conv) back through
-    :func:`conv_sizes`, then ``blocks`` blocks at full size and a 3×3 conv to the likelihood's ``C``
-        channels."""
+    """Residual conv decoder ``[..., in_dim] -> [..., C, H, W]``, the mirror of
+    :class:`ConvEncoder`: a linear map to its smallest maps, then per scale ``blocks``
+    :class:`ResBlock` and an :class:`Upsample` (nearest neighbour + conv) back through
+    :func:`conv_sizes`, ``blocks`` blocks at full size, an activation and a 3×3 conv to the
+    likelihood's ``C`` channels."""
 
     def __init__(
         self, in_dim, channels=1, width=32, activation_name="relu", image_size=(28, 28), blocks=1
     ):
         super().__init__()
         sizes = conv_sizes(image_size)
-        widths = _widths(width, len(sizes) - 1)
+        widths = _widths(width, len(sizes))
         self.start = (widths[-1], *sizes[-1])
-        self.fc = he_init(
-            nn.Sequential(nn.Linear(in_dim, math.prod(self.start)), activation(activation_name)),
-            gain=1.0,
-        )
+        self.fc = nn.Linear(in_dim, math.prod(self.start))
         layers = []
-        outs = [*reversed(widths[:-1]), widths[0]]
-        for i, (c_in, c_out) in enumerate(zip(reversed(widths), outs)):
-            layers += [ResBlock(c_in, activation_name) for _ in range(blocks)]
-            layers += [
-                activation(activation_name),
-                Upsample(c_in, c_out, sizes[len(sizes) - 2 - i]),
-            ]
+        for i in range(len(sizes) - 1, 0, -1):
+            layers += [ResBlock(widths[i], activation_name) for _ in range(blocks)]
+            layers.append(Upsample(widths[i], widths[i - 1], sizes[i - 1]))
         layers += [ResBlock(widths[0], activation_name) for _ in range(blocks)]
-        layers += [
-            activation(activation_name),
-            he_init(nn.Conv2d(widths[0], channels, 3, padding=1), 1.0),
-        ]
+        layers += [activation(activation_name), nn.Conv2d(widths[0], channels, 3, padding=1)]
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, z):
-        flat, batch = _flatten_batch(z, 1)
-        h = self.fc(flat).reshape(-1, *self.start)
-        out = self.deconv(h)
+        batch = z.shape[:-1]
+        out = self.deconv(self.fc(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start))
         return out.reshape(*batch, *out.shape[1:])

@@ -117,8 +117,9 @@ def build_relaxed_categorical(config, x_shape, num_data=None):
     from pyro_vae.models.nets import MLP
 
     m, c = config.latent_dim, config.categories
+    hidden = config.hidden_dims[-1]
     encoder = nn.Sequential(
-        make_encoder(config, x_shape), MLP(config.hidden_dims[-1], [], (m, c), config.activation)
+        make_encoder(config, x_shape, hidden), MLP(hidden, [], (m, c), config.activation)
     )
     likelihood = make_likelihood(config.likelihood, x_shape, config.sigma, config.mixtures)
     if config.net == "mlp":

@@ -42,8 +42,7 @@ from torch import nn
 
 from pyro_vae.core.checks import UserError, check_choice
 from pyro_vae.core.plates import data_plate
-from pyro_vae.models.deep_hierarchical import apply_conv
-from pyro_vae.models.nets import ResBlock, Upsample, activation, he_init
+from pyro_vae.models.nets import ResBlock, Upsample, activation, apply_conv, he_init
 from pyro_vae.models.quantizer import VectorQuantizer, channels_first, ranks
 from pyro_vae.models.spec import ModelSpec
 
@@ -124,7 +123,7 @@ class VQNets(nn.Module):
         act = lambda: activation(activation_name)  # noqa: E731
 
         def res():
-            return [ResBlock(width, activation_name) for _ in range(blocks)]
+            return [ResBlock(width, activation_name, out_scale=0.0) for _ in range(blocks)]
 
         self.stem = nn.Sequential(
             _conv(in_channels, width), *res(), act(), _conv(width, width, 4, 2), *res()
