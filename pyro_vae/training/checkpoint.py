@@ -96,17 +96,21 @@ def restore(state, modules, optim):
     current = dict(store.named_parameters())
     missing = sorted(set(state["params"]) - set(current))
     extra = sorted(set(current) - set(state["params"]))
+    fix = (
+        "load it with the options it was trained with, or with the pyro_vae version that wrote it "
+        "(the conv nets' layers changed in issue #33)"
+    )
     if missing or extra:
         raise UserError(
             f"checkpoint does not match this model: missing here {missing[:5]}, "
-            f"not in checkpoint {extra[:5]}; load it with the options it was trained with"
+            f"not in checkpoint {extra[:5]}; {fix}"
         )
     for name, value in state["params"].items():
         if current[name].shape != value.shape:
             raise UserError(
                 f"checkpoint does not match this model: parameter {name!r} has shape "
                 f"{tuple(value.shape)} in the checkpoint and {tuple(current[name].shape)} here; "
-                f"load it with the options it was trained with"
+                + fix
             )
     buffers = state.get("buffers", {})
     for i, m in enumerate(modules):
