@@ -312,12 +312,18 @@ def main(args):
         }
         with open(path, "w") as f:
             json.dump({"results": results}, f, indent=2)
+    write_markdown(results)
+
+
+def write_markdown(results):
+    """``colour_photos.md`` beside this file: one table per dataset of ``results``."""
     lines = [
         "# Conv against MLP on colour and grey-level images (issue #33)",
         "",
         "Written by `benchmarks/colour_photos.py`. Every VAE: 32 latents, batch 64, Adam 1e-3;",
         "ours through the trainer with the CLI's defaults. One figure per seed (`a / b`); test",
-        "ELBO in bits/dim (lower is better), KL in nats, `recon_mse` per pixel in [0, 1].",
+        "ELBO in bits/dim (lower is better), KL in nats, `recon_mse` per pixel in [0, 1]. Figures:",
+        "the first 16 test images, then the conv VAE's and the MLP's reconstructions (first seed).",
     ]
     for name, r in results.items():
         lines += ["", f"## {name} ({r['likelihood']})", "", f"`{r['command']}`", ""]
@@ -334,6 +340,8 @@ def main(args):
                 f"| {model} | {_cell(bits, '{:.2f}')} | {_cell(kl, '{:.1f}')} | "
                 f"{_cell(mse, '{:.4f}')} |"
             )
+        if os.path.exists(os.path.join(HERE, f"colour_{name}.png")):
+            lines += ["", f"![test images, conv and MLP reconstructions](colour_{name}.png)"]
     with open(os.path.join(HERE, "colour_photos.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -165,8 +165,6 @@ def test_cli_conv_vae_with_discretized_logistic_on_a_png_folder(png_folder, tmp_
             "train",
             "--dataset",
             f"folder:{png_folder}",
-            "--binarize",
-            "none",
             "--likelihood",
             "discretized-logistic",
             "--mixtures",
