@@ -195,8 +195,7 @@ class ConvEncoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
-        batch = x.shape[:-3]
-        return self.net(2 * x.reshape(-1, *x.shape[-3:]) - 1).reshape(*batch, -1)
+        return apply_conv(self.net, 2 * x - 1)
 
 
 class ConvDecoder(nn.Module):
