@@ -443,9 +443,10 @@ def test_every_estimator_trains_from_the_cli(estimator, tmp_path, data_cache):
 
 def test_the_captured_step_runs_the_shared_top_down_path_once():
     """Under Trace_ELBO the model recomputes the top-down path on the guide's samples; the captured
-    graph keeps one copy: as many forward convolutions as a hand-written loss (bottom-up 1 + 3 per
-    scale; per group prior head, guide head, projection, 2 block convs; an upsampling conv between
-    scales; the output conv), and the replay still gives the plain loss and gradients (proven)."""
+    graph keeps one copy, forward and backward: as many convolutions as a hand-written loss
+    (bottom-up 1 + 3 per scale; per group prior head, guide head, projection, 2 block convs; an
+    upsampling conv between scales; the output conv), and the replay still gives the plain loss and
+    gradients (proven)."""
     from pyro.infer import Trace_ELBO
 
     from pyro_vae.estimators import FastELBO
@@ -460,5 +461,11 @@ def test_the_captured_step_runs_the_shared_top_down_path_once():
     step = elbo.steps[8]
     convs = [n for n in step.fx.graph.nodes if n.target is torch.ops.aten.convolution.default]
     scales, groups = config.scales, config.scales * config.groups_per_scale
-    assert step.merged > 0
+    assert step.merged > 0 and step.backward_merged
     assert len(convs) == 1 + 3 * scales + 5 * groups + (scales - 1) + 1
+    # and its backward once: one convolution_backward per convolution (unmerged: 43 against 29 at
+    # the default size, the shared path differentiated once for the model and once for the guide)
+    backward = [
+        n for n in step.fx.graph.nodes if n.target is torch.ops.aten.convolution_backward.default
+    ]
+    assert len(backward) == len(convs)

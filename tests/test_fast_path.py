@@ -578,3 +578,62 @@ def test_a_fallback_names_the_parameter_and_the_size_of_the_difference(caplog):
         assert not elbo.prepare(model, guide, [x[:32], x[32:]])
     assert "the traced gradient of 'w' differs from the plain one by " in elbo.note
     assert "more than float rounding allows" in elbo.note and elbo.note in caplog.text
+
+
+class _HalfGradient(torch.autograd.Function):
+    """Identity forward, half the gradient backward: what autograd saw and the ATen graph does
+    not say."""
+
+    @staticmethod
+    def forward(ctx, h):
+        return h.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 0.5
+
+
+def _no_grad_scale(h):
+    with torch.no_grad():
+        scale = h.abs().mean()  # a constant to autograd; in the ATen graph, just ops on h
+    return h * scale
+
+
+@pytest.mark.parametrize("hidden", [_HalfGradient.apply, _no_grad_scale])
+def test_a_shared_path_whose_backward_autograd_alone_knows_is_captured_unmerged(hidden):
+    """Model and guide compute the same ``hidden(net(x))``; the capture merges it and
+    differentiates the merged forward, which is wrong here (a custom backward, a no_grad block):
+    the proof catches it and the step is captured forward and backward together, with the plain
+    gradients."""
+    net = torch.nn.Linear(36, 2)
+
+    def shared(x):
+        pyro.module("net", net)
+        return hidden(net(x.flatten(1)))
+
+    decoder = MLP(2, [8], X_SHAPE)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        h = shared(x)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(h, 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z + h)).to_event(3), obs=x)
+
+    def guide(x):
+        h = shared(x)
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(h * 0.5, 1.0).to_event(1))
+
+    pyro.clear_param_store()
+    x = torch.rand(64, *X_SHAPE).bernoulli()
+    trainer = Trainer(model, guide, "trace", progress=False, fast="trace")
+    assert trainer.enable_fast_path([x[:32], x[32:]]), trainer.fast_note
+    step = trainer.fast_steps[32]
+    assert step.merged > 0 and not step.backward_merged
+    assert fast.check_step(step, trainer.elbo.elbo, model, guide, x[:32]) is None
+    merged = capture.TracedStep(trainer.elbo.elbo, model, guide, x[:32])
+    assert merged.backward_merged  # what was tried first, and differs
+    assert "differs from the plain one" in fast.check_step(
+        merged, trainer.elbo.elbo, model, guide, x[:32]
+    )

@@ -11,18 +11,24 @@ rebuilds and walks its tape.  :class:`TracedStep` records one call of
 
 with :func:`torch.fx.experimental.proxy_tensor.make_fx`, which sees every ATen op of the forward
 *and* of the backward pass on real tensors (so Pyro's handlers, the surrogate's ``detach`` and the
-autograd tape are all resolved at trace time). A step is then one replay of that graph returning the
-loss, a finiteness flag and the gradients, with no Pyro and no autograd in between: the fx graph
-itself (its ATen ops called from Python), or TorchInductor after :meth:`TracedStep.compile`. The
-loss must read nothing on the host (``elbo.traceable``; :mod:`pyro_vae.estimators.trace` keeps
-Pyro's ELBOs on the device). Every tensor the loss reads besides the parameters and ``x`` becomes an
-input of the graph (:func:`lift_constants`); ops whose output shape depends on the data are refused
-(:func:`data_dependent_shapes`). Which pairs are traced, and the proof that a replay equals the
-plain loss, are in :mod:`pyro_vae.estimators.fast`.
+autograd tape are all resolved at trace time). The forward is captured first and its repeated pure
+ops merged (:mod:`.cse`: the path model and guide share runs once), then that merged forward is
+traced again with its gradients, so the shared path's backward also runs once (``merge_backward``).
+The ATen graph does not say what autograd alone knows (a custom ``autograd.Function``'s backward, a
+``no_grad`` block): where that changes the gradients the proof fails and :func:`~.fast.trace_steps`
+captures forward and backward together in one trace. A step is then one replay of that graph
+returning the loss, a finiteness flag and the gradients, with no Pyro and no autograd in between:
+the fx graph itself (its ATen ops called from Python), or TorchInductor after
+:meth:`TracedStep.compile`. The loss must read nothing on the host (``elbo.traceable``;
+:mod:`pyro_vae.estimators.trace` keeps Pyro's ELBOs on the device). Every tensor the loss reads
+besides the parameters and ``x`` becomes an input of the graph (:func:`lift_constants`); ops whose
+output shape depends on the data are refused (:func:`data_dependent_shapes`). Which pairs are
+traced, and the proof that a replay equals the plain loss, are in :mod:`pyro_vae.estimators.fast`.
 """
 
 import contextlib
 import copy
+import functools
 import time
 import warnings
 
@@ -43,12 +49,14 @@ class TracedStep:
     ``x``), in name order; ``grads`` follow that order (None for a parameter the loss does not
     depend on). ``kwargs``: per-batch tensors passed to model and guide (e.g. labels ``y``), inputs
     of the graph too.
+    :attr:`merged` counts the ops merged (:mod:`.cse`), :attr:`backward_merged` says whether the
+    gradients are those of the merged forward (``merge_backward`` and something to merge).
     :attr:`backend` says what replays the graph: ``"fx"`` (the make_fx graph run as Python), or
     ``"inductor"`` after :meth:`compile`. ``elbo`` must read nothing on the host (``traceable``, see
     :func:`pyro_vae.estimators.trace.device_twin`).
     """
 
-    def __init__(self, elbo, model, guide, x, kwargs=None):
+    def __init__(self, elbo, model, guide, x, kwargs=None, merge_backward=True):
         from torch.fx.experimental.proxy_tensor import make_fx
 
         kwargs = dict(kwargs or {})
@@ -69,12 +77,14 @@ class TracedStep:
         self.params = [store.get_param(name).unconstrained() for name in self.names]
         n = len(self.params)
 
-        def step(
-            *inputs,
-        ):  # the pair reads the same tensors from the param store: make_fx sees them as inputs
-            loss = elbo.differentiable_loss(
+        def loss_of(*inputs):
+            return elbo.differentiable_loss(
                 model, guide, inputs[n], **dict(zip(self.keys, inputs[n + 1 :]))
             )
+
+        def step(*inputs, loss_of=loss_of):
+            # the pair reads the same tensors from the param store: make_fx sees them as inputs
+            loss = loss_of(*inputs)
             grads = torch.autograd.grad(loss, inputs[:n], allow_unused=True)
             self.used = [
                 g is not None for g in grads
@@ -87,9 +97,15 @@ class TracedStep:
 
         inputs = (*self.params, x, *(kwargs[k] for k in self.keys))
         with _traceable(), writes.undo():
+            self.merged, self.backward_merged = 0, False
+            if merge_backward:  # the forward alone, its shared paths merged, then differentiated
+                forward = make_fx(loss_of)(*inputs)
+                self.merged = eliminate_common_subexpressions(forward)
+                if self.merged:
+                    step, self.backward_merged = functools.partial(step, loss_of=forward), True
             graph = make_fx(step)(*inputs)
             graph.graph.eliminate_dead_code()
-            self.merged = eliminate_common_subexpressions(graph)  # a path model and guide share
+            self.merged += eliminate_common_subexpressions(graph)  # a path model and guide share
             why = data_dependent_shapes(graph)
             if why:
                 raise Untraceable(why)

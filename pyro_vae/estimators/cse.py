@@ -7,6 +7,8 @@ same convolutions of the same parameters and the same z. In the make_fx graph th
 the same op and the same arguments; :func:`eliminate_common_subexpressions` keeps the first of
 each, so the replay runs the shared forward once, as a hand-written loss would. Values are
 unchanged (the same op on the same tensors), only fewer ops run.
+:class:`~.capture.TracedStep` merges the forward before differentiating it, so the shared path's
+backward runs once too.
 
 An op is merged only when it is pure (draws no random numbers, writes into no argument) and none of
 its arguments is written in place; a graph that writes into anything but a fresh buffer (the

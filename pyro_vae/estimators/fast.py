@@ -92,6 +92,13 @@ def trace_steps(elbo, model, guide, batches):
             if len(x) not in traced:
                 traced[len(x)] = TracedStep(elbo, model, guide, x, kwargs)
             why = check_step(traced[len(x)], elbo, model, guide, x, kwargs)
+            if why and traced[len(x)].backward_merged:
+                # differentiating the merged forward misses what autograd saw and the ATen
+                # graph does not say (a custom autograd.Function's backward, a no_grad block):
+                # capture forward and backward together, as the plain step runs them
+                logger.info("the merged replay differs (%s); capturing it unmerged", why)
+                traced[len(x)] = TracedStep(elbo, model, guide, x, kwargs, merge_backward=False)
+                why = check_step(traced[len(x)], elbo, model, guide, x, kwargs)
             if why:
                 return {}, why
     except Untraceable as e:
