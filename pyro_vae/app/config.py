@@ -32,6 +32,7 @@ OPTIONS = (
     "skip_threshold",
     "weight_ema",
     "spectral_reg",
+    "time_budget",
     "limit",
     "test_limit",
 )
@@ -132,6 +133,7 @@ class Config:
     fast: str = "auto"
     seed: int = 0
     early_stopping: Optional[int] = None
+    time_budget: float = 0.0  # minutes: end at the last epoch that fits (0: off)
     device: str = "auto"
     # output
     out: str = "runs/latest"

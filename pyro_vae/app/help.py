@@ -59,6 +59,11 @@ HELP = {
         "stop once the validation ELBO has not improved for this many epochs after the KL warm-up "
         "(needs --validation N); evaluation then uses the best epoch (best.pt)"
     ),
+    "time_budget": (
+        "minutes of training (epochs, their evaluation and pictures; not the capture before): "
+        "the run ends at the epoch end after which one more epoch would pass them, e.g. for "
+        "comparisons at equal wall-clock time; --resume with a larger budget continues (0: off)"
+    ),
     "tensorboard": "write TensorBoard event files into the run directory (--no-tensorboard: none)",
     "images_every": (
         "TensorBoard: samples and reconstructions every N epochs, and at the last (0: none)"

@@ -18,6 +18,7 @@ from pyro_vae.training.model_epochs import ModelEpochs
 from pyro_vae.training.optim import Optimization
 from pyro_vae.training.tensorboard import TensorBoard
 from pyro_vae.training.trainer import Trainer
+from pyro_vae.training.time_budget import TimeBudget
 from pyro_vae.training.weight_ema import WeightEMA
 
 # the run's log: the trainer's log lines, and the traceback of a failed command (cli.py)
@@ -91,6 +92,8 @@ def build_trainer(plan, vae, data, progress=True):
     ] + ([Console(config.log_every, **checked)] if progress else [])
     if config.weight_ema:
         listeners.append(WeightEMA(config.weight_ema, **checked))
+    if config.time_budget:
+        listeners.append(TimeBudget(config.time_budget, **checked))
     if hasattr(vae, "end_epoch"):  # the model's own work between epochs (vq-vae: its codebooks)
         listeners.append(ModelEpochs(vae))
     fast = False if config.fast == "off" else config.fast

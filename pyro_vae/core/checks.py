@@ -104,6 +104,7 @@ OPTIONS = {
         "; 0: off",
     ),
     "spectral_reg": (check_nonnegative_float, "0.1", "; λ per image, 0: off"),
+    "time_budget": (check_nonnegative_float, "30", "; minutes of training, 0: off"),
     "skip_threshold": (
         check_positive_float,
         None,

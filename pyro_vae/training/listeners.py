@@ -23,7 +23,8 @@ Each piece of a run is one listener in its own module: :class:`~.figures.Evaluat
 :class:`~.guards.NaNGuard`, :class:`~.guards.SignalStop`, :class:`~.early_stopping.EarlyStopping`,
 :class:`~.checkpoint.MetricsFile`, :class:`~.checkpoint.Checkpoints`,
 :class:`~.tensorboard.TensorBoard`, :class:`~.console.Console`, and where asked
-:class:`~.weight_ema.WeightEMA` and :class:`~.model_epochs.ModelEpochs`. A user's listener
+:class:`~.weight_ema.WeightEMA`, :class:`~.time_budget.TimeBudget` and
+:class:`~.model_epochs.ModelEpochs`. A user's listener
 subclasses :class:`Listener` and overrides the hooks it needs::
 
     class PrintKL(Listener):
