@@ -637,3 +637,46 @@ def test_a_shared_path_whose_backward_autograd_alone_knows_is_captured_unmerged(
     assert "differs from the plain one" in fast.check_step(
         merged, trainer.elbo.elbo, model, guide, x[:32]
     )
+
+
+def test_rounding_that_compounds_or_cancels_is_refereed_by_the_float64_step():
+    """A sum whose terms cancel rounds by far more than √n·ε·|result|: another summation order
+    fails the quick bound but is as close to the float64 sum as the first order is, which the
+    referee accepts; a 5 % error is not (float32's own error here is 0.15 % of the largest sum)."""
+    from pyro_vae.estimators.replay_check import ROUNDING_ERRORS, as_accurate, difference
+
+    g = torch.Generator().manual_seed(0)
+    big = 1e4 * torch.randn(64, 50_000, generator=g)
+    terms = torch.cat([big, -big[:, torch.randperm(50_000, generator=g)]], -1)  # sums of ~0
+    terms += torch.randn(64, 100_000, generator=g)
+    plain, exact = terms.sum(-1), terms.double().sum(-1)
+    reordered = terms.flip(-1).reshape(64, 100, -1).sum(-1).sum(-1)
+    assert difference(reordered, plain, 100_000) is not None  # the quick bound is too tight here
+    assert as_accurate(reordered, plain, exact) is None
+    off, own = as_accurate(plain * 1.05, plain, exact)
+    assert off > 2 * ROUNDING_ERRORS * own
+
+
+def test_the_float64_referee_draws_the_float32_steps_random_numbers():
+    """:func:`exact_step` runs the plain step in float64 from the same RNG state with the same
+    random numbers: its loss and gradients agree with the float32 step's to float32 rounding (other
+    random numbers would move the loss by O(1) nats)."""
+    from pyro_vae.estimators.replay_check import exact_step
+
+    pyro.clear_param_store()
+    vae = _vae(flows=0)
+    x = _data().train[:32].bernoulli()
+    trainer = Trainer(vae.model, vae.guide, "trace", progress=False, modules=[vae], fast="trace")
+    assert trainer.enable_fast_path([x[:16], x[16:]])
+    step, elbo = trainer.fast_steps[16], trainer.elbo.elbo
+    rng = pyro.util.get_rng_state()
+    plain = elbo.differentiable_loss(vae.model, vae.guide, x[:16])
+    grads = torch.autograd.grad(plain, step.params, allow_unused=True)
+    loss, exact, _ = exact_step(step, elbo, vae.model, vae.guide, x[:16], {}, rng)
+    assert loss.dtype == torch.float64 and all(p.dtype == torch.float32 for p in step.params)
+    assert abs(loss.item() - plain.item()) < 1e-4 * abs(plain.item())
+    for g, e in zip(grads, exact):
+        if g is not None:
+            assert (g.double() - e).abs().max() <= 1e-4 * e.abs().max() + 1e-6
+    other = exact_step(step, elbo, vae.model, vae.guide, x[:16], {}, pyro.util.get_rng_state())
+    assert abs(other[0].item() - plain.item()) > 1e-3 * abs(plain.item())  # other draws
