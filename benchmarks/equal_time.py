@@ -32,20 +32,14 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from deep_hierarchical_cpu import rows_of  # noqa: E402  (beside this script)
 
 MODELS = {
-    "deep-hierarchical": ["--model", "deep-hierarchical"],
-    "ladder (hierarchical 40,40, top-down, conv)": [
-        "--model",
-        "hierarchical",
-        "--latent-dims",
-        "40,40",
-        "--guide",
-        "top-down",
-        "--net",
-        "conv",
-    ],
-    "conv VAE (40 latents)": ["--net", "conv", "--latent-dim", "40"],
+    "deep-hierarchical": "--model deep-hierarchical".split(),
+    "ladder (hierarchical 40,40, top-down, conv)": (
+        "--model hierarchical --latent-dims 40,40 --guide top-down --net conv".split()
+    ),
+    "conv VAE (40 latents)": "--net conv --latent-dim 40".split(),
 }
 COMMON = ["--lr", "1e-3", "--device", "cpu", "--quiet", "--seed", "0", "--epochs", "100000"]
 COMMON += ["--sample-temperature", "0.7", "--no-tensorboard"]
@@ -59,14 +53,9 @@ def pyro_vae(argv):
     return time.perf_counter() - start
 
 
-def rows_of(run):
-    with open(os.path.join(run, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def datasets(args):
     """``{name: (train flags, evaluate flags, bits/dim divisor or None)}``."""
-    from colour_photos import patches
+    from colour_photos import patches  # beside this script
 
     os.makedirs(args.out, exist_ok=True)
     npz = os.path.join(args.out, "photos.npz")
@@ -168,10 +157,9 @@ def main(args):
             name: pool.submit(run_dataset, name, flags, args) for name, flags in todo.items()
         }
         result["rows"].update({name: f.result() for name, f in futures.items()})
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(HERE, "equal_time.md"), "w") as f:
-        f.write(markdown(result))
+    for name, text in (("json", json.dumps(result, indent=2)), ("md", markdown(result))):
+        with open(os.path.join(HERE, f"equal_time.{name}"), "w") as f:
+            f.write(text)
     print(markdown(result))
 
 
