@@ -17,8 +17,8 @@ from pyro_vae.training.guards import NaNGuard
 from pyro_vae.training.model_epochs import ModelEpochs
 from pyro_vae.training.optim import Optimization
 from pyro_vae.training.tensorboard import TensorBoard
-from pyro_vae.training.trainer import Trainer
 from pyro_vae.training.time_budget import TimeBudget
+from pyro_vae.training.trainer import Trainer
 from pyro_vae.training.weight_ema import WeightEMA
 
 # the run's log: the trainer's log lines, and the traceback of a failed command (cli.py)

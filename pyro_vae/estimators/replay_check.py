@@ -157,7 +157,7 @@ def check_step(step, elbo, model, guide, x, kwargs=None):
             if exact is None:
                 exact = _referee(step, elbo, model, guide, x, kwargs, rng)
             if isinstance(exact, str):
-                why = _message(what, a, b, off, len(x), f"(no float64 referee: {exact})")
+                why = _message(what, a, b, off, len(x), f"no float64 referee: {exact}")
                 break
             value = exact[part] if i is None else exact[part][i]
             errors = as_accurate(a, b, value)

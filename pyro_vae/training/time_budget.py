@@ -9,6 +9,7 @@ before it are not counted) and adds up over resumes.
 
 import time
 
+import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.training import distributed
@@ -43,7 +44,8 @@ class TimeBudget(Listener):
         used = self.used()
         metrics["minutes"] = used
         cycle = (used - self.before) / self.epochs
-        if used + cycle > self.minutes:
+        late = torch.tensor(float(used + cycle > self.minutes), device=trainer.run.device)
+        if distributed.all_sum(late).item() > 0:  # under torchrun: every rank stops together
             trainer.stopped = self.hit = True
 
     def on_run_end(self, trainer):
