@@ -76,10 +76,14 @@ def run_dataset(name, flags, args):
     train_flags, eval_flags, *bits = flags
     rows = {}
     for i, (model, model_flags) in enumerate(MODELS.items()):
+        if i not in args.models:
+            continue
         run = os.path.join(args.out, f"{name.split()[0]}-{i}")
-        shutil.rmtree(run, ignore_errors=True)
         argv = ["train", *model_flags, *train_flags, *COMMON, "--out", run]
-        wall = pyro_vae([*argv, "--time-budget", str(args.minutes)])
+        wall = None  # --reuse: a run that has spent its budget is only evaluated
+        if not (args.reuse and os.path.exists(os.path.join(run, "checkpoint.pt"))):
+            shutil.rmtree(run, ignore_errors=True)
+            wall = pyro_vae([*argv, "--time-budget", str(args.minutes)])
         eval_wall = pyro_vae(["evaluate", run, *eval_flags, "--json"])
         with open(os.path.join(run, "eval.json")) as f:
             result = json.load(f)
@@ -91,7 +95,7 @@ def run_dataset(name, flags, args):
             "epochs": len(history),
             "steps": sum(r["steps"] for r in history),
             "train_minutes": history[-1]["minutes"],
-            "process_minutes": wall / 60,
+            "process_minutes": wall and wall / 60,
             "evaluate_minutes": eval_wall / 60,
             "elbo": result["elbo"],
             "kl": result["kl"],
@@ -133,7 +137,7 @@ def markdown(result):
             lines.append(
                 f"| {data} | {model} | {nll} | {bits} | {r['elbo']:.2f} | {r['kl']:.2f} | "
                 f"{r['epochs']} | {r['steps']} | {r['train_minutes']:.1f} | "
-                f"{r['process_minutes']:.1f} |"
+                f"{r['process_minutes'] or float('nan'):.1f} |"
             )
     lines += ["", "Samples (τ = 1.0, then 0.7): `benchmarks/equal_time_<data>-<i>_samples*.png`,"]
     lines += ["i in the order of the table.", "", "Reproduce:", ""]
@@ -144,19 +148,21 @@ def markdown(result):
 def main(args):
     """Run the datasets asked for; their rows replace those in ``equal_time.json`` (the others
     are kept, so the datasets can run as separate commands)."""
-    path = os.path.join(HERE, "equal_time.json")
-    result = {"rows": {}}
-    if os.path.exists(path):
-        with open(path) as f:
-            result = json.load(f)
-    result["args"] = vars(args)
-    result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     todo = {name: flags for name, flags in datasets(args).items() if name in args.datasets}
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {
             name: pool.submit(run_dataset, name, flags, args) for name, flags in todo.items()
         }
-        result["rows"].update({name: f.result() for name, f in futures.items()})
+        done = {name: future.result() for name, future in futures.items()}
+    path = os.path.join(HERE, "equal_time.json")
+    result = {"rows": {}}
+    if os.path.exists(path):  # read now, not at the start: another command may have written it
+        with open(path) as f:
+            result = json.load(f)
+    result["args"] = vars(args)
+    result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for name, rows in done.items():  # per model, so models can run as separate commands
+        result["rows"].setdefault(name, {}).update(rows)
     for name, text in (("json", json.dumps(result, indent=2)), ("md", markdown(result))):
         with open(os.path.join(HERE, f"equal_time.{name}"), "w") as f:
             f.write(text)
@@ -172,6 +178,17 @@ def parse_args(argv=None):
     p.add_argument("--photo-train", type=int, default=8000)
     p.add_argument("--photo-test", type=int, default=1000)
     p.add_argument("--jobs", type=int, default=2, help="datasets run side by side")
+    p.add_argument(
+        "--models",
+        type=lambda s: [int(i) for i in s.split(",")],
+        default=[0, 1, 2],
+        help="comma-separated indices into MODELS (0 deep, 1 ladder, 2 conv VAE)",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="evaluate a run of --out that has a checkpoint instead of training it again",
+    )
     p.add_argument(
         "--datasets",
         type=lambda s: s.split(","),
