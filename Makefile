@@ -32,11 +32,12 @@ train: install data
 lint: install
 	$(VENV)/bin/ruff check pyro_vae tests benchmarks examples
 
+# one pytest worker per core, a test file per worker (its module fixtures built once)
 test: install data lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n auto --dist loadfile
 
 # Every CUDA claim of the README and docs/ on one GPU in at most 8 minutes → benchmarks/gpu.json (one line and exit 0 without one)
 gpu-check: install data
