@@ -131,14 +131,16 @@ def markdown(result):
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for data, rows in result["rows"].items():
-        for model, r in rows.items():
+        for model in (m for m in MODELS if m in rows):
+            r = rows[model]
             nll = f"{r['nll']:.2f}" if "nll" in r else "–"
             bits = f"{r['bits_per_dim']:.3f}" if "bits_per_dim" in r else "–"
             lines.append(
                 f"| {data} | {model} | {nll} | {bits} | {r['elbo']:.2f} | {r['kl']:.2f} | "
                 f"{r['epochs']} | {r['steps']} | {r['train_minutes']:.1f} | "
-                f"{r['process_minutes'] or float('nan'):.1f} |"
+                f"{'–' if r['process_minutes'] is None else format(r['process_minutes'], '.1f')} |"
             )
+    lines += ["", result["reading"]] if result.get("reading") else []
     lines += ["", "Samples (τ = 1.0, then 0.7): `benchmarks/equal_time_<data>-<i>_samples*.png`,"]
     lines += ["i in the order of the table.", "", "Reproduce:", ""]
     lines += [f"    {r['command']}" for rows in result["rows"].values() for r in rows.values()]
