@@ -148,6 +148,20 @@ def check_step(step, elbo, model, guide, x, kwargs=None):
         for i, (t, a) in enumerate(zip(replayed, after))
         if t.is_floating_point()
     ]
+    return _judge(
+        checks,
+        terms,
+        len(x),
+        lambda: _referee(step, elbo, model, guide, x, kwargs, rng),
+        state,
+        step,
+        end,
+    )
+
+
+def _judge(checks, terms, size, referee, state, step, end):
+    """Why a replayed value of ``checks`` differs beyond rounding, or None (see :func:`check_step`);
+    ``referee()`` makes the float64 step once, where the quick bound is exceeded."""
     exact, why = None, None
     try:
         for what, a, b, (part, i) in checks:
@@ -155,9 +169,9 @@ def check_step(step, elbo, model, guide, x, kwargs=None):
             if off is None:
                 continue
             if exact is None:
-                exact = _referee(step, elbo, model, guide, x, kwargs, rng)
+                exact = referee()
             if isinstance(exact, str):
-                why = _message(what, a, b, off, len(x), f"no float64 referee: {exact}")
+                why = _message(what, a, b, off, size, f"no float64 referee: {exact}")
                 break
             value = exact[part] if i is None else exact[part][i]
             errors = as_accurate(a, b, value)
@@ -174,7 +188,7 @@ def check_step(step, elbo, model, guide, x, kwargs=None):
                     a,
                     b,
                     off,
-                    len(x),
+                    size,
                     f"against the float64 step its error is {errors[0]:.3g}, the plain step's "
                     f"{errors[1]:.3g}",
                 )
